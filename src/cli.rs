@@ -1,0 +1,218 @@
+//! The command line: `serve`, `keygen` and `token`, each flag also read from `CREDVAULT_<FLAG>`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::auth::{self, Permission};
+use crate::config::{self, Config};
+use crate::crypto::MasterKey;
+use crate::provider::{fleetio, ProviderSettings};
+use crate::telemetry::{self, LogFormat};
+
+/// credvault: the encrypted credential vault for data-ingestion workers.
+#[derive(Debug, Parser)]
+#[command(name = "credvault", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the gRPC server.
+    Serve(ServeArgs),
+    /// Prints a fresh random master key (32 bytes, base64) for --master-key-file.
+    Keygen,
+    /// Mints a caller token, prints it once, and prints its callers.toml entry.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "CREDVAULT_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// Directory of the store [default: credvault-data, or .credvault-dev with --dev].
+    #[arg(long, env = "CREDVAULT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// File holding the base64 master key (or set CREDVAULT_MASTER_KEY).
+    #[arg(long, env = "CREDVAULT_MASTER_KEY_FILE")]
+    master_key_file: Option<PathBuf>,
+    /// TOML file listing the callers, their token digests and permissions.
+    #[arg(long, env = "CREDVAULT_CALLERS_FILE")]
+    callers_file: Option<PathBuf>,
+    /// Fleetio API base URL (tests point it at a local fake).
+    #[arg(long, env = "CREDVAULT_FLEETIO_BASE_URL", default_value = fleetio::DEFAULT_BASE_URL)]
+    fleetio_base_url: String,
+    /// Longest wait for a connection to a provider, e.g. 5s.
+    #[arg(long, env = "CREDVAULT_PROVIDER_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    provider_connect_timeout: Duration,
+    /// Longest wait for a whole provider check, e.g. 10s.
+    #[arg(long, env = "CREDVAULT_PROVIDER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    provider_timeout: Duration,
+    /// Longest wait for in-flight calls to finish after SIGTERM.
+    #[arg(long, env = "CREDVAULT_SHUTDOWN_GRACE", default_value = "25s", value_parser = humantime::parse_duration)]
+    shutdown_grace: Duration,
+    /// Log line format.
+    #[arg(long, env = "CREDVAULT_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Log level or tracing directives, e.g. `info` or `credvault=debug`.
+    #[arg(long, env = "CREDVAULT_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    /// Development mode: makes a data dir, a key file and an all-permissions token on first run.
+    #[arg(long, env = "CREDVAULT_DEV")]
+    dev: bool,
+}
+
+#[derive(Debug, Args)]
+struct TokenArgs {
+    /// The caller's name, as logs will show it.
+    #[arg(long)]
+    name: String,
+    /// Comma-separated permissions: credentials.read, credentials.write, credentials.verify, headers.read.
+    #[arg(long, value_delimiter = ',', required = true)]
+    permissions: Vec<String>,
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Keygen => {
+            println!("{}", MasterKey::generate_base64().as_str());
+            Ok(())
+        }
+        Command::Token(args) => token(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("credvault: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn token(args: &TokenArgs) -> Result<(), String> {
+    let name = args.name.trim();
+    if name.is_empty() {
+        return Err("--name must not be empty".into());
+    }
+    let permissions = args
+        .permissions
+        .iter()
+        .map(|p| Permission::parse(p.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let token = auth::mint_token();
+    println!("# token for {name:?} (shown once; give it to the caller, store it nowhere else):");
+    println!("# {}", token.as_str());
+    println!("{}", auth::callers_entry(name, &token, &permissions));
+    Ok(())
+}
+
+fn serve(args: ServeArgs) -> Result<(), String> {
+    telemetry::init(args.log_format, &args.log_level)?;
+    let config = resolve(args.dev, &args)?;
+    let runtime =
+        tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+        crate::run(listener, config, shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())
+    })
+}
+
+fn resolve(dev: bool, args: &ServeArgs) -> Result<Config, String> {
+    let env_key = config::master_key_from_env()?;
+    if env_key.is_some() && args.master_key_file.is_some() {
+        return Err(format!(
+            "both {} and --master-key-file are set; use one",
+            config::MASTER_KEY_ENV
+        ));
+    }
+    let (data_dir, key_file, callers_file) = if dev {
+        let root = args
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(".credvault-dev"));
+        let files = config::dev_bootstrap(&root)?;
+        tracing::warn!(
+            root = %root.display(),
+            "DEVELOPMENT MODE: the master key and an all-permissions token lie beside the data; never use --dev in production"
+        );
+        let token = std::fs::read_to_string(&files.token_file).unwrap_or_default();
+        println!(
+            "credvault --dev: token with every permission (also in {}):",
+            files.token_file.display()
+        );
+        println!("{}", token.trim());
+        (
+            files.data_dir,
+            args.master_key_file.clone().or(Some(files.key_file)),
+            args.callers_file.clone().or(Some(files.callers_file)),
+        )
+    } else {
+        (
+            args.data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("credvault-data")),
+            args.master_key_file.clone(),
+            args.callers_file.clone(),
+        )
+    };
+    let master_key = match (env_key, &key_file) {
+        (Some(key), _) => key,
+        (None, Some(file)) => config::read_master_key_file(file)?,
+        (None, None) => {
+            return Err(format!(
+                "no master key: set {} or --master-key-file; make one with \
+                 `credvault keygen > master.key && chmod 600 master.key`, or start with --dev",
+                config::MASTER_KEY_ENV
+            ))
+        }
+    };
+    let callers = config::load_callers(callers_file.as_deref())?;
+    Ok(Config {
+        data_dir,
+        master_key,
+        callers,
+        providers: ProviderSettings {
+            fleetio_base_url: args.fleetio_base_url.clone(),
+            connect_timeout: args.provider_connect_timeout,
+            request_timeout: args.provider_timeout,
+        },
+        shutdown_grace: args.shutdown_grace,
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,103 @@
+//! The one error type of the vault and its single mapping onto gRPC status codes.
+//!
+//! Messages are lowercase, name what was wrong and what to do, and never carry a
+//! secret value or a token.
+
+use tonic::{Code, Status};
+
+use crate::store::StoreError;
+
+/// Everything a vault operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed: a field is empty, too long or of the wrong form.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// No valid bearer token was presented.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    /// The caller is known but lacks the permission the call needs.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The addressed credential does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// A credential with that name exists already.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A check-and-set saw another version than expected.
+    #[error("{0}")]
+    Aborted(String),
+    /// The request is valid but cannot apply to the credential as it is.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Stored bytes are damaged or cannot be opened with this master key.
+    #[error("{0}")]
+    DataLoss(String),
+    /// The store cannot take the operation now (I/O error, shutting down).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or an unexpected state; details are logged, not returned.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Shorthand for [`Error::InvalidArgument`].
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::InvalidArgument(msg.into())
+    }
+
+    /// The gRPC code this error answers with.
+    pub fn code(&self) -> Code {
+        match self {
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::NotFound(_) => Code::NotFound,
+            Error::AlreadyExists(_) => Code::AlreadyExists,
+            Error::Aborted(_) => Code::Aborted,
+            Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::DataLoss(_) => Code::DataLoss,
+            Error::Unavailable(_) => Code::Unavailable,
+            Error::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        let code = err.code();
+        match err {
+            // Internal details stay in the log; the caller gets a generic message.
+            Error::Internal(_) => Status::new(code, "internal error; see the server log"),
+            Error::InvalidArgument(m)
+            | Error::PermissionDenied(m)
+            | Error::NotFound(m)
+            | Error::AlreadyExists(m)
+            | Error::Aborted(m)
+            | Error::FailedPrecondition(m)
+            | Error::DataLoss(m)
+            | Error::Unavailable(m) => Status::new(code, m),
+            Error::Unauthenticated(m) => Status::new(code, m),
+        }
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NameTaken(name) => {
+                Error::AlreadyExists(format!("a credential named {name:?} exists already"))
+            }
+            StoreError::NotFound(id) => Error::NotFound(format!("credential {id} not found")),
+            StoreError::VersionMismatch { id, expected, actual } => Error::Aborted(format!(
+                "credential {id} is at version {actual}, not the expected {expected}; read it again and retry"
+            )),
+            StoreError::Corrupt { id, reason } => Error::DataLoss(format!(
+                "stored record {id} is damaged ({reason}); restore it from a backup or delete it"
+            )),
+            StoreError::Io(e) => Error::Unavailable(format!("the credential store failed: {e}")),
+        }
+    }
+}

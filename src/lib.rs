@@ -1,0 +1,36 @@
+//! credvault: the one place the API secrets of data-ingestion workers live.
+//!
+//! A gRPC service (tonic) that keeps provider credentials sealed with
+//! AES-256-GCM in an embedded sled database and hands authorised workers the
+//! exact HTTP headers to send. The parts:
+//!
+//! - [`api`]: the generated `credvault.v1` gRPC types and descriptor set;
+//! - [`config`]: resolved server settings, master key and callers loading, `--dev`;
+//! - [`crypto`]: the master key, sealing and opening with record-bound associated data;
+//! - [`record`]: the stored record format (prost, versioned);
+//! - [`store`]: the engine-neutral store trait and its sled implementation;
+//! - [`auth`]: callers, permissions and constant-time bearer-token checks;
+//! - [`provider`]: each third-party API's secret, headers and verification ([`provider::fleetio`]);
+//! - [`validate`]: request validation;
+//! - [`service`]: the gRPC service itself;
+//! - [`server`]: [`run`], which serves the vault, health and reflection until shutdown;
+//! - [`error`]: the error enum and its mapping onto gRPC status codes;
+//! - [`cli`] and [`telemetry`]: the command line and logging.
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod error;
+pub mod provider;
+pub mod record;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod telemetry;
+pub mod validate;
+
+pub use config::Config;
+pub use error::Error;
+pub use server::run;

@@ -1,0 +1,207 @@
+//! The stored record format: prost messages with an explicit format number.
+//!
+//! A record holds a credential's metadata in the clear and its secret sealed
+//! (see [`crate::crypto`]). The sealed bytes are bound to the record's id,
+//! provider and key id, so they cannot be moved to another record.
+
+use std::time::SystemTime;
+
+use prost::Message;
+use prost_types::Timestamp;
+
+use crate::crypto::Sealed;
+
+/// The format number written into every record; a reader refuses others.
+pub const RECORD_FORMAT: u32 = 1;
+
+/// One credential as stored.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CredentialRecord {
+    /// Always [`RECORD_FORMAT`] for records this version writes.
+    #[prost(uint32, tag = "1")]
+    pub format: u32,
+    #[prost(string, tag = "2")]
+    pub id: String,
+    #[prost(string, tag = "3")]
+    pub name: String,
+    #[prost(string, tag = "4")]
+    pub description: String,
+    /// The provider name, e.g. `fleetio`.
+    #[prost(string, tag = "5")]
+    pub provider: String,
+    /// The last 4 characters of the API key.
+    #[prost(string, tag = "6")]
+    pub api_key_hint: String,
+    #[prost(message, optional, tag = "7")]
+    pub create_time: Option<Timestamp>,
+    #[prost(message, optional, tag = "8")]
+    pub update_time: Option<Timestamp>,
+    /// Starts at 1; grows by one on every change of description or secret.
+    #[prost(uint64, tag = "9")]
+    pub version: u64,
+    #[prost(message, optional, tag = "10")]
+    pub last_verification: Option<Verification>,
+    /// The provider secret, sealed with AES-256-GCM.
+    #[prost(message, optional, tag = "11")]
+    pub secret: Option<Sealed>,
+}
+
+/// What the provider said of a credential.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum VerificationStatus {
+    Unspecified = 0,
+    Valid = 1,
+    ApiKeyRejected = 2,
+    AccountTokenRejected = 3,
+    Forbidden = 4,
+    RateLimited = 5,
+    ProviderError = 6,
+    Unreachable = 7,
+}
+
+/// The outcome of one check of a credential against its provider.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Verification {
+    #[prost(enumeration = "VerificationStatus", tag = "1")]
+    pub status: i32,
+    /// The HTTP status that decided; 0 when the provider was not reached.
+    #[prost(int32, tag = "2")]
+    pub http_status: i32,
+    /// Human-readable, never a secret.
+    #[prost(string, tag = "3")]
+    pub message: String,
+    #[prost(uint32, tag = "4")]
+    pub retry_after_seconds: u32,
+    #[prost(message, optional, tag = "5")]
+    pub check_time: Option<Timestamp>,
+}
+
+impl Verification {
+    /// A verification made now.
+    pub fn now(status: VerificationStatus, http_status: u16, message: impl Into<String>) -> Self {
+        Verification {
+            status: status as i32,
+            http_status: i32::from(http_status),
+            message: message.into(),
+            retry_after_seconds: 0,
+            check_time: Some(timestamp(SystemTime::now())),
+        }
+    }
+
+    /// The same verification with a Retry-After delay.
+    pub fn with_retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after_seconds = seconds;
+        self
+    }
+}
+
+/// Why stored bytes could not be read as a record.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not a valid record encoding")]
+    Malformed,
+    #[error("record format {0} is not known to this version of credvault")]
+    UnknownFormat(u32),
+    #[error("record holds id {found} under key {key}")]
+    WrongId { key: String, found: String },
+    #[error("record has no sealed secret")]
+    NoSecret,
+}
+
+impl CredentialRecord {
+    /// Encodes the record for storage.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.encode_to_vec()
+    }
+
+    /// Decodes a stored record and checks that it is whole and belongs under `id`.
+    pub fn from_bytes(id: &str, bytes: &[u8]) -> Result<Self, DecodeError> {
+        let record = CredentialRecord::decode(bytes).map_err(|_| DecodeError::Malformed)?;
+        if record.format != RECORD_FORMAT {
+            return Err(DecodeError::UnknownFormat(record.format));
+        }
+        if record.id != id {
+            return Err(DecodeError::WrongId {
+                key: id.to_owned(),
+                found: record.id,
+            });
+        }
+        if record.secret.is_none() {
+            return Err(DecodeError::NoSecret);
+        }
+        Ok(record)
+    }
+}
+
+/// The associated data that binds a sealed secret to its record and key.
+pub fn secret_aad(id: &str, provider: &str, key_id: &str) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(64);
+    for part in [
+        b"credvault/secret/v1".as_slice(),
+        id.as_bytes(),
+        provider.as_bytes(),
+        key_id.as_bytes(),
+    ] {
+        aad.extend_from_slice(part);
+        aad.push(0);
+    }
+    aad
+}
+
+/// A protobuf timestamp for a point in time.
+pub fn timestamp(t: SystemTime) -> Timestamp {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    Timestamp {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> CredentialRecord {
+        CredentialRecord {
+            format: RECORD_FORMAT,
+            id: "cred_1".into(),
+            name: "n".into(),
+            version: 1,
+            secret: Some(Sealed::default()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn round_trip_and_checks() {
+        let r = sample();
+        assert_eq!(
+            CredentialRecord::from_bytes("cred_1", &r.to_bytes()).unwrap(),
+            r
+        );
+        assert!(matches!(
+            CredentialRecord::from_bytes("cred_2", &r.to_bytes()),
+            Err(DecodeError::WrongId { .. })
+        ));
+        let mut future = r.clone();
+        future.format = 9;
+        assert!(matches!(
+            CredentialRecord::from_bytes("cred_1", &future.to_bytes()),
+            Err(DecodeError::UnknownFormat(9))
+        ));
+    }
+
+    #[test]
+    fn aad_parts_cannot_run_together() {
+        assert_ne!(secret_aad("ab", "c", "k"), secret_aad("a", "bc", "k"));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = CredentialRecord::from_bytes("cred_1", &bytes);
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! Request validation: names, ids, descriptions and page tokens.
+//!
+//! Every check answers `INVALID_ARGUMENT` with a message that says what is
+//! allowed; none echoes a secret (secrets are checked in their provider module).
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+
+use crate::error::Error;
+
+/// The longest credential name.
+pub const MAX_NAME_LEN: usize = 63;
+/// The longest description, in bytes.
+pub const MAX_DESCRIPTION_LEN: usize = 1024;
+/// The page size when none is asked for.
+pub const DEFAULT_PAGE_SIZE: usize = 50;
+/// The largest page; larger requests are served this many.
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+const ID_PREFIX: &str = "cred_";
+const PAGE_TOKEN_PREFIX: &str = "after:";
+
+/// A fresh credential id: `cred_` and a UUIDv7 in hex, so ids sort by creation time.
+pub fn new_id() -> String {
+    format!("{ID_PREFIX}{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Checks a credential name: lowercase letters, digits, `.`, `_`, `-`; 1 to 63 characters.
+pub fn name(name: &str) -> Result<(), Error> {
+    if name.is_empty() {
+        return Err(Error::invalid("name is required"));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(Error::invalid(format!(
+            "name must be at most {MAX_NAME_LEN} characters, not {}",
+            name.len()
+        )));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(Error::invalid(format!(
+            "name {name:?} may hold only lowercase letters, digits, '.', '_' and '-'"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a credential id's form (`cred_` and 32 lowercase hex digits).
+pub fn id(id: &str) -> Result<(), Error> {
+    let ok = id.strip_prefix(ID_PREFIX).is_some_and(|hex| {
+        hex.len() == 32
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    });
+    if ok {
+        Ok(())
+    } else if id.is_empty() {
+        Err(Error::invalid("id is required"))
+    } else {
+        let shown: String = id.chars().take(40).collect();
+        Err(Error::invalid(format!(
+            "id {shown:?} is not a credential id (expected cred_ and 32 hex digits)"
+        )))
+    }
+}
+
+/// Checks a description's length.
+pub fn description(text: &str) -> Result<(), Error> {
+    if text.len() > MAX_DESCRIPTION_LEN {
+        return Err(Error::invalid(format!(
+            "description must be at most {MAX_DESCRIPTION_LEN} bytes, not {}",
+            text.len()
+        )));
+    }
+    if text
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return Err(Error::invalid(
+            "description may not hold control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// The page size to serve for a requested one.
+pub fn page_size(requested: i32) -> Result<usize, Error> {
+    match requested {
+        n if n < 0 => Err(Error::invalid(format!(
+            "page_size must not be negative, not {n}"
+        ))),
+        0 => Ok(DEFAULT_PAGE_SIZE),
+        n => Ok((n as usize).min(MAX_PAGE_SIZE)),
+    }
+}
+
+/// The opaque token for the page after the credential `last_id`.
+pub fn page_token(last_id: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{PAGE_TOKEN_PREFIX}{last_id}"))
+}
+
+/// The id a page token continues after; `None` for the first page.
+pub fn parse_page_token(token: &str) -> Result<Option<String>, Error> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let invalid = || {
+        Error::invalid(
+            "page_token is not one this server issued; start again from an empty page_token",
+        )
+    };
+    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+    let last = text.strip_prefix(PAGE_TOKEN_PREFIX).ok_or_else(invalid)?;
+    id(last).map_err(|_| invalid())?;
+    Ok(Some(last.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn names() {
+        for ok in ["a", "fleetio-acme", "x.y_z-9", &"a".repeat(63)] {
+            assert!(name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Acme", "a b", "ü", "a/b", &"a".repeat(64)] {
+            assert!(name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ids_are_time_ordered_and_valid() {
+        let a = new_id();
+        let b = new_id();
+        assert!(a < b);
+        assert!(id(&a).is_ok());
+        assert!(id("cred_XYZ").is_err());
+        assert!(id(&a.to_uppercase()).is_err());
+    }
+
+    #[test]
+    fn page_tokens_round_trip() {
+        let last = new_id();
+        assert_eq!(parse_page_token(&page_token(&last)).unwrap(), Some(last));
+        assert_eq!(parse_page_token("").unwrap(), None);
+        assert!(parse_page_token("garbage!").is_err());
+        assert_eq!(page_size(0).unwrap(), 50);
+        assert_eq!(page_size(5000).unwrap(), 1000);
+        assert!(page_size(-1).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn validators_never_panic(s in ".{0,200}", n in any::<i32>()) {
+            let _ = name(&s);
+            let _ = id(&s);
+            let _ = description(&s);
+            let _ = parse_page_token(&s);
+            let _ = page_size(n);
+        }
+
+        #[test]
+        fn accepted_names_are_header_and_path_safe(s in "[a-z0-9._-]{1,63}") {
+            prop_assert!(name(&s).is_ok());
+        }
+    }
+}
