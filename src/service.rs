@@ -23,7 +23,7 @@ use crate::store::{Store, StoreError};
 use crate::validate;
 
 /// How often an update without `expected_version` retries after losing a race.
-const MAX_CAS_RETRIES: usize = 5;
+const MAX_CAS_RETRIES: usize = 16;
 
 /// A credential addressed by id or by name.
 enum CredentialRef {
@@ -97,12 +97,17 @@ impl<S: Store> VaultService<S> {
         let span = tracing::info_span!(
             "rpc",
             method,
-            caller = "anonymous",
+            caller = field::Empty,
             credential_id = field::Empty,
         );
         async move {
             let result = async {
-                let caller: Arc<Caller> = self.callers.authenticate(request.metadata())?;
+                let caller: Arc<Caller> = self
+                    .callers
+                    .authenticate(request.metadata())
+                    .inspect_err(|_| {
+                        Span::current().record("caller", "anonymous");
+                    })?;
                 Span::current().record("caller", caller.name.as_str());
                 caller.require(permission)?;
                 handle(request.into_inner()).await

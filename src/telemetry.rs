@@ -1,5 +1,7 @@
 //! Logging through tracing: human-readable text or JSON lines, on stderr.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// The log line format.
@@ -18,6 +20,7 @@ pub fn init(format: LogFormat, filter: &str) -> Result<(), String> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let installed = match format {
         LogFormat::Text => builder.try_init(),

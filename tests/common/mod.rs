@@ -1,0 +1,546 @@
+//! Shared test helpers: the real server on an ephemeral port, authenticated
+//! clients, the real binary, and a fake Fleetio API served over real HTTP.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use credvault::api::credential_vault_service_client::CredentialVaultServiceClient;
+use credvault::api::{self, FleetioSecret};
+use credvault::auth::{callers_entry, mint_token, Callers, Permission};
+use credvault::crypto::MasterKey;
+use credvault::provider::ProviderSettings;
+use credvault::server::ServeError;
+use credvault::Config;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
+use tonic::transport::Channel;
+
+/// Adds `authorization: Bearer <token>` to every call (or nothing).
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+pub type Client = CredentialVaultServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// The callers every test server knows: one per permission, an admin and a no-permission caller.
+pub struct Tokens {
+    pub admin: String,
+    pub reader: String,
+    pub writer: String,
+    pub verifier: String,
+    pub worker: String,
+    pub nobody: String,
+}
+
+impl Tokens {
+    fn new() -> Self {
+        let t = || mint_token().as_str().to_owned();
+        Tokens {
+            admin: t(),
+            reader: t(),
+            writer: t(),
+            verifier: t(),
+            worker: t(),
+            nobody: t(),
+        }
+    }
+
+    pub fn callers_toml(&self) -> String {
+        [
+            callers_entry("admin", &self.admin, &Permission::ALL),
+            callers_entry("reader", &self.reader, &[Permission::CredentialsRead]),
+            callers_entry("writer", &self.writer, &[Permission::CredentialsWrite]),
+            callers_entry("verifier", &self.verifier, &[Permission::CredentialsVerify]),
+            callers_entry("worker", &self.worker, &[Permission::HeadersRead]),
+            callers_entry("nobody", &self.nobody, &[]),
+        ]
+        .join("\n")
+    }
+}
+
+/// How to start a test server.
+pub struct Options {
+    pub fleetio_base_url: String,
+    pub request_timeout: Duration,
+    pub key_b64: String,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            fleetio_base_url: "http://127.0.0.1:9/api".into(),
+            request_timeout: Duration::from_millis(800),
+            key_b64: MasterKey::generate_base64().as_str().to_owned(),
+            data_dir: None,
+        }
+    }
+}
+
+/// The real server, in this process, on 127.0.0.1:0.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub tokens: Tokens,
+    pub key_b64: String,
+    pub data_dir: PathBuf,
+    _tmp: Option<TempDir>,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<Result<(), ServeError>>>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(opts: Options) -> Self {
+        let (tmp, data_dir) = match opts.data_dir.clone() {
+            Some(d) => (None, d),
+            None => {
+                let tmp = TempDir::new().unwrap();
+                let d = tmp.path().to_path_buf();
+                (Some(tmp), d)
+            }
+        };
+        let tokens = Tokens::new();
+        let config = Config {
+            data_dir: data_dir.clone(),
+            master_key: MasterKey::from_base64(&opts.key_b64).unwrap(),
+            callers: Callers::from_toml(&tokens.callers_toml()).unwrap(),
+            providers: ProviderSettings {
+                fleetio_base_url: opts.fleetio_base_url.clone(),
+                connect_timeout: opts.request_timeout,
+                request_timeout: opts.request_timeout,
+            },
+            shutdown_grace: Duration::from_secs(5),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(credvault::run(listener, config, async {
+            let _ = rx.await;
+        }));
+        TestServer {
+            addr,
+            tokens,
+            key_b64: opts.key_b64,
+            data_dir,
+            _tmp: tmp,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        for _ in 0..100 {
+            if let Ok(c) = Channel::from_shared(self.url()).unwrap().connect().await {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("server at {} never accepted a connection", self.addr);
+    }
+
+    /// A client that sends `token` (or no token at all).
+    pub async fn client_with(&self, token: Option<&str>) -> Client {
+        let value = token.map(|t| format!("Bearer {t}").parse().unwrap());
+        CredentialVaultServiceClient::with_interceptor(self.channel().await, Bearer(value))
+    }
+
+    pub async fn admin(&self) -> Client {
+        self.client_with(Some(&self.tokens.admin)).await
+    }
+
+    /// Triggers shutdown and waits for the server to drain and stop.
+    pub async fn stop(mut self) -> Result<(), ServeError> {
+        self.shutdown.take().unwrap().send(()).ok();
+        self.handle.take().unwrap().await.unwrap()
+    }
+
+    /// Stops the server but keeps its data dir for a restart.
+    pub async fn stop_keep(mut self) -> (Result<(), ServeError>, Option<TempDir>, PathBuf, String) {
+        self.shutdown.take().unwrap().send(()).ok();
+        let result = self.handle.take().unwrap().await.unwrap();
+        (
+            result,
+            self._tmp.take(),
+            self.data_dir.clone(),
+            self.key_b64.clone(),
+        )
+    }
+}
+
+/// A Fleetio secret for requests.
+pub fn fleetio(
+    api_key: &str,
+    account_token: &str,
+    api_version: &str,
+) -> api::create_credential_request::Secret {
+    api::create_credential_request::Secret::Fleetio(FleetioSecret {
+        api_key: api_key.into(),
+        account_token: account_token.into(),
+        api_version: api_version.into(),
+    })
+}
+
+/// Creates a Fleetio credential through the API.
+pub async fn create(
+    client: &mut Client,
+    name: &str,
+    api_key: &str,
+    account_token: &str,
+) -> api::Credential {
+    client
+        .create_credential(api::CreateCredentialRequest {
+            name: name.into(),
+            description: format!("test credential {name}"),
+            secret: Some(fleetio(api_key, account_token, "")),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("create {name}: {s:?}"))
+        .into_inner()
+        .credential
+        .unwrap()
+}
+
+pub fn by_id_get(id: &str) -> api::GetCredentialRequest {
+    api::GetCredentialRequest {
+        r#ref: Some(api::get_credential_request::Ref::Id(id.into())),
+    }
+}
+
+pub fn by_name_get(name: &str) -> api::GetCredentialRequest {
+    api::GetCredentialRequest {
+        r#ref: Some(api::get_credential_request::Ref::Name(name.into())),
+    }
+}
+
+pub fn headers_by_id(id: &str) -> api::GetCredentialHeadersRequest {
+    api::GetCredentialHeadersRequest {
+        r#ref: Some(api::get_credential_headers_request::Ref::Id(id.into())),
+    }
+}
+
+pub fn headers_by_name(name: &str) -> api::GetCredentialHeadersRequest {
+    api::GetCredentialHeadersRequest {
+        r#ref: Some(api::get_credential_headers_request::Ref::Name(name.into())),
+    }
+}
+
+pub fn verify_by_name(name: &str) -> api::VerifyCredentialRequest {
+    api::VerifyCredentialRequest {
+        r#ref: Some(api::verify_credential_request::Ref::Name(name.into())),
+    }
+}
+
+/// The header list as plain pairs.
+pub fn pairs(headers: &[api::Header]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|h| (h.name.clone(), h.value.clone()))
+        .collect()
+}
+
+/// Every file under `dir`, read as bytes.
+pub fn all_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push((path.clone(), std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+/// Whether `needle` occurs anywhere in `haystack`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+// ---------------------------------------------------------------- fake Fleetio
+
+/// What the fake Fleetio saw of one request.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub path: String,
+    pub authorization: Option<String>,
+    pub account_token: Option<String>,
+    pub api_version: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// How the fake answers for one API key.
+#[derive(Clone)]
+pub enum Behaviour {
+    /// A working key with these account tokens (listed as `{"records": [...]}` or a bare array).
+    Accounts { tokens: Vec<String>, bare: bool },
+    /// users/me answers this status (with `Retry-After` for 429).
+    Status(u16),
+    /// users/me answers 200 only after this delay.
+    Slow(Duration),
+}
+
+/// A local HTTP server that behaves like Fleetio's API for the keys it knows.
+pub struct FakeFleetio {
+    pub base_url: String,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    _task: JoinHandle<()>,
+}
+
+#[derive(Clone)]
+struct FakeState {
+    keys: Arc<HashMap<String, Behaviour>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+fn header(h: &axum::http::HeaderMap, name: &str) -> Option<String> {
+    h.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+impl FakeFleetio {
+    pub async fn start(keys: Vec<(&str, Behaviour)>) -> Self {
+        use axum::http::{HeaderMap, StatusCode, Uri};
+        use axum::response::{IntoResponse, Response};
+
+        let state = FakeState {
+            keys: Arc::new(keys.into_iter().map(|(k, b)| (k.to_owned(), b)).collect()),
+            seen: Arc::new(Mutex::new(Vec::new())),
+        };
+        async fn handle(
+            axum::extract::State(state): axum::extract::State<FakeState>,
+            uri: Uri,
+            headers: HeaderMap,
+        ) -> Response {
+            let seen = Seen {
+                path: uri.path().to_owned(),
+                authorization: header(&headers, "authorization"),
+                account_token: header(&headers, "account-token"),
+                api_version: header(&headers, "x-api-version"),
+                user_agent: header(&headers, "user-agent"),
+            };
+            state.seen.lock().unwrap().push(seen.clone());
+            let behaviour = seen
+                .authorization
+                .as_deref()
+                .and_then(|a| a.strip_prefix("Token "))
+                .and_then(|k| state.keys.get(k).cloned());
+            let Some(behaviour) = behaviour else {
+                return (StatusCode::UNAUTHORIZED, r#"{"error":"unauthorized"}"#).into_response();
+            };
+            match (uri.path(), behaviour) {
+                ("/api/v1/users/me", Behaviour::Accounts { tokens, .. }) => {
+                    match seen.account_token {
+                        Some(t) if tokens.contains(&t) => {
+                            (StatusCode::OK, r#"{"id":1,"email":"ops@example.com"}"#)
+                                .into_response()
+                        }
+                        _ => (StatusCode::UNAUTHORIZED, r#"{"error":"unauthorized"}"#)
+                            .into_response(),
+                    }
+                }
+                ("/api/v1/users/me", Behaviour::Status(code)) => {
+                    let code = StatusCode::from_u16(code).unwrap();
+                    if code == StatusCode::TOO_MANY_REQUESTS {
+                        (code, [("retry-after", "7")], "slow down").into_response()
+                    } else {
+                        (code, "{}").into_response()
+                    }
+                }
+                ("/api/v1/users/me", Behaviour::Slow(delay)) => {
+                    tokio::time::sleep(delay).await;
+                    (StatusCode::OK, "{}").into_response()
+                }
+                ("/api/v1/accounts", Behaviour::Accounts { tokens, bare }) => {
+                    let list: Vec<_> = tokens
+                        .iter()
+                        .enumerate()
+                        .map(|(i, t)| serde_json::json!({"id": i, "name": format!("account {i}"), "token": t}))
+                        .collect();
+                    let body = if bare {
+                        serde_json::json!(list)
+                    } else {
+                        serde_json::json!({"records": list})
+                    };
+                    axum::Json(body).into_response()
+                }
+                _ => (StatusCode::NOT_FOUND, "not found").into_response(),
+            }
+        }
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        FakeFleetio {
+            base_url: format!("http://{addr}/api"),
+            seen: state.seen,
+            _task: task,
+        }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// An address nothing listens on.
+pub async fn closed_port_url() -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    format!("http://{addr}/api")
+}
+
+// ---------------------------------------------------------------- the real binary
+
+/// The `credvault` binary built for these tests.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_credvault")
+}
+
+/// A running `credvault serve` process and the address it reported.
+pub struct Process {
+    pub child: tokio::process::Child,
+    pub addr: SocketAddr,
+    pub stdout: Arc<Mutex<String>>,
+    pub stderr: Arc<Mutex<String>>,
+}
+
+impl Process {
+    /// Starts `credvault serve --listen 127.0.0.1:0 --log-format json <args>` and waits for "credvault serving".
+    pub async fn serve(args: &[&str], envs: &[(&str, &str)], cwd: &Path) -> Result<Self, String> {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let mut cmd = tokio::process::Command::new(binary());
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(args)
+            .env_remove("CREDVAULT_MASTER_KEY")
+            .envs(envs.iter().copied())
+            .current_dir(cwd)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (addr_tx, mut addr_rx) = tokio::sync::mpsc::unbounded_channel::<SocketAddr>();
+        {
+            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+            let out = Arc::clone(&stdout);
+            tokio::spawn(async move {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    out.lock().unwrap().push_str(&(line + "\n"));
+                }
+            });
+        }
+        {
+            let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+            let err = Arc::clone(&stderr);
+            tokio::spawn(async move {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                        if v["message"] == "credvault serving" {
+                            if let Some(a) = v["addr"].as_str().and_then(|a| a.parse().ok()) {
+                                let _ = addr_tx.send(a);
+                            }
+                        }
+                    }
+                    err.lock().unwrap().push_str(&(line + "\n"));
+                }
+            });
+        }
+        let addr = tokio::select! {
+            a = addr_rx.recv() => a,
+            status = child.wait() => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return Err(format!("credvault exited with {:?}: {}", status.ok(), stderr.lock().unwrap()));
+            }
+            () = tokio::time::sleep(Duration::from_secs(30)) => None,
+        };
+        match addr {
+            Some(addr) => Ok(Process {
+                child,
+                addr,
+                stdout,
+                stderr,
+            }),
+            None => Err(format!(
+                "credvault never reported its address: {}",
+                stderr.lock().unwrap()
+            )),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn client(&self, token: &str) -> Client {
+        let channel = Channel::from_shared(self.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        CredentialVaultServiceClient::with_interceptor(
+            channel,
+            Bearer(Some(format!("Bearer {token}").parse().unwrap())),
+        )
+    }
+
+    /// Sends a signal (e.g. "TERM", "KILL") to the process.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("process is running").to_string();
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+}
+
+/// Writes a key file and a callers file into `dir` and returns (key path, callers path, tokens).
+pub fn write_config(dir: &Path) -> (PathBuf, PathBuf, Tokens) {
+    let key = dir.join("master.key");
+    std::fs::write(&key, MasterKey::generate_base64().as_str()).unwrap();
+    let tokens = Tokens::new();
+    let callers = dir.join("callers.toml");
+    std::fs::write(&callers, tokens.callers_toml()).unwrap();
+    (key, callers, tokens)
+}
