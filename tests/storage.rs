@@ -1,0 +1,329 @@
+//! Storage: restarts, the master-key check, encryption at rest, tampering and crash durability.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use credvault::api;
+use credvault::crypto::MasterKey;
+use credvault::record::CredentialRecord;
+use credvault::server::ServeError;
+use tonic::Code;
+
+#[tokio::test]
+async fn restart_with_the_same_key_keeps_everything() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin().await;
+    let a = create(&mut admin, "keep-a", "key-keep-0000aaaa", "acct-a").await;
+    let b = create(&mut admin, "keep-b", "key-keep-0000bbbb", "acct-b").await;
+    drop(admin);
+    let (result, tmp, dir, key) = server.stop_keep().await;
+    result.unwrap();
+
+    let server = TestServer::start_with(Options {
+        data_dir: Some(dir),
+        key_b64: key,
+        ..Options::default()
+    })
+    .await;
+    let mut admin = server.admin().await;
+    assert_eq!(
+        admin
+            .get_credential(by_id_get(&a.id))
+            .await
+            .unwrap()
+            .into_inner()
+            .credential
+            .unwrap(),
+        a
+    );
+    let headers = admin
+        .get_credential_headers(headers_by_name("keep-b"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(headers.credential_id, b.id);
+    assert_eq!(headers.headers[0].value, "Token key-keep-0000bbbb");
+    let list = admin
+        .list_credentials(api::ListCredentialsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.credentials.len(), 2);
+    drop(admin);
+    server.stop().await.unwrap();
+    drop(tmp);
+}
+
+#[tokio::test]
+async fn another_master_key_refuses_to_start() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin().await;
+    create(&mut admin, "locked", "key-locked-000001", "acct").await;
+    drop(admin);
+    let (result, _tmp, dir, key) = server.stop_keep().await;
+    result.unwrap();
+
+    let other = MasterKey::generate_base64().as_str().to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = credvault::Config {
+        data_dir: dir.clone(),
+        master_key: MasterKey::from_base64(&other).unwrap(),
+        callers: credvault::auth::Callers::from_toml("").unwrap(),
+        providers: Default::default(),
+        shutdown_grace: Duration::from_secs(1),
+    };
+    let err = credvault::run(listener, config, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ServeError::WrongMasterKey { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.contains("master key does not open this data directory"),
+        "{message}"
+    );
+    assert!(
+        message.contains(MasterKey::from_base64(&key).unwrap().id()),
+        "names the key it needs: {message}"
+    );
+    assert!(
+        !message.contains(&other) && !message.contains(&key),
+        "never the key itself"
+    );
+
+    // Refusing lost nothing: the right key still opens it.
+    let server = TestServer::start_with(Options {
+        data_dir: Some(dir),
+        key_b64: key,
+        ..Options::default()
+    })
+    .await;
+    let mut admin = server.admin().await;
+    admin
+        .get_credential_headers(headers_by_name("locked"))
+        .await
+        .unwrap();
+    drop(admin);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn no_plaintext_secret_lies_in_the_data_dir() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin().await;
+    let secrets = ["key-PLAINTEXT-CANARY-1", "acct-PLAINTEXT-CANARY-2"];
+    create(&mut admin, "canary", secrets[0], secrets[1]).await;
+    admin
+        .update_credential(api::UpdateCredentialRequest {
+            r#ref: Some(api::update_credential_request::Ref::Name("canary".into())),
+            secret: Some(api::update_credential_request::Secret::Fleetio(
+                api::FleetioSecret {
+                    api_key: "key-PLAINTEXT-CANARY-3".into(),
+                    account_token: "acct-PLAINTEXT-CANARY-4".into(),
+                    api_version: String::new(),
+                },
+            )),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    drop(admin);
+    let (result, _tmp, dir, key) = server.stop_keep().await;
+    result.unwrap();
+    let files = all_files(&dir);
+    assert!(!files.is_empty());
+    // The metadata is there (proving we read the right files); no secret or key is.
+    assert!(files.iter().any(|(_, bytes)| contains(bytes, b"canary")));
+    for (path, bytes) in &files {
+        for needle in ["PLAINTEXT-CANARY", key.trim()] {
+            assert!(
+                !contains(bytes, needle.as_bytes()),
+                "{} holds {needle:?} in plain text",
+                path.display()
+            );
+        }
+    }
+}
+
+/// Rewrites a stored record's raw bytes with the server stopped.
+fn tamper(dir: &std::path::Path, id: &str, change: impl FnOnce(Vec<u8>) -> Vec<u8>) {
+    let db = sled::open(dir.join("db")).unwrap();
+    let tree = db.open_tree("credentials").unwrap();
+    let bytes = tree.get(id).unwrap().unwrap().to_vec();
+    tree.insert(id, change(bytes)).unwrap();
+    db.flush().unwrap();
+}
+
+fn record(dir: &std::path::Path, id: &str) -> CredentialRecord {
+    let db = sled::open(dir.join("db")).unwrap();
+    let bytes = db
+        .open_tree("credentials")
+        .unwrap()
+        .get(id)
+        .unwrap()
+        .unwrap();
+    CredentialRecord::from_bytes(id, &bytes).unwrap()
+}
+
+#[tokio::test]
+async fn tampered_records_answer_data_loss_alone() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin().await;
+    let flipped = create(&mut admin, "flipped", "key-flip-00000001", "acct").await;
+    let swapped = create(&mut admin, "swapped", "key-swap-00000002", "acct").await;
+    let truncated = create(&mut admin, "truncated", "key-trun-00000003", "acct").await;
+    let healthy = create(&mut admin, "healthy", "key-heal-00000004", "acct").await;
+    drop(admin);
+    let (result, _tmp, dir, key) = server.stop_keep().await;
+    result.unwrap();
+
+    use prost::Message;
+    tamper(&dir, &flipped.id, |bytes| {
+        let mut r = CredentialRecord::from_bytes(&flipped.id, &bytes).unwrap();
+        r.secret.as_mut().unwrap().ciphertext[3] ^= 0x40;
+        r.encode_to_vec()
+    });
+    let donor = record(&dir, &healthy.id).secret;
+    tamper(&dir, &swapped.id, |bytes| {
+        let mut r = CredentialRecord::from_bytes(&swapped.id, &bytes).unwrap();
+        r.secret = donor;
+        r.encode_to_vec()
+    });
+    tamper(&dir, &truncated.id, |bytes| {
+        bytes[..bytes.len() / 2].to_vec()
+    });
+
+    let server = TestServer::start_with(Options {
+        data_dir: Some(dir),
+        key_b64: key,
+        ..Options::default()
+    })
+    .await;
+    let mut admin = server.admin().await;
+    for name in ["flipped", "swapped", "truncated"] {
+        let status = admin
+            .get_credential_headers(headers_by_name(name))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::DataLoss, "{name}: {status:?}");
+        assert!(!status.message().contains("key-"), "{}", status.message());
+    }
+    // Metadata of the ciphertext-damaged records is still readable; the truncated one is not.
+    admin.get_credential(by_name_get("flipped")).await.unwrap();
+    assert_eq!(
+        admin
+            .get_credential(by_name_get("truncated"))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::DataLoss
+    );
+    // Everything else keeps working, and the listing skips only the unreadable record.
+    let h = admin
+        .get_credential_headers(headers_by_name("healthy"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(h.headers[0].value, "Token key-heal-00000004");
+    let list = admin
+        .list_credentials(api::ListCredentialsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<_> = list.credentials.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["flipped", "swapped", "healthy"]);
+    // A damaged record can be deleted, freeing its name.
+    admin
+        .delete_credential(api::DeleteCredentialRequest {
+            r#ref: Some(api::delete_credential_request::Ref::Name(
+                "truncated".into(),
+            )),
+            expected_version: None,
+        })
+        .await
+        .unwrap();
+    create(&mut admin, "truncated", "key-trun-00000005", "acct").await;
+    drop(admin);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn acknowledged_writes_survive_kill_9() {
+    let tmp = tempfile::TempDir::new().unwrap();
+    let (key, callers, tokens) = write_config(tmp.path());
+    let data = tmp.path().join("data");
+    let args = [
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--master-key-file",
+        key.to_str().unwrap(),
+        "--callers-file",
+        callers.to_str().unwrap(),
+    ];
+    let mut acked = Vec::new();
+    for round in 0..3 {
+        let mut process = Process::serve(&args, &[], tmp.path()).await.unwrap();
+        let mut client = process.client(&tokens.admin).await;
+        for c in &acked {
+            let (name, key): &(String, String) = c;
+            let h = client
+                .get_credential_headers(headers_by_name(name))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(
+                h.headers[0].value,
+                format!("Token {key}"),
+                "round {round}: {name}"
+            );
+        }
+        // Writers in flight while the process dies: only acknowledged ones are checked.
+        let mut tasks = Vec::new();
+        for w in 0..4 {
+            let mut c = client.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut done = Vec::new();
+                for i in 0.. {
+                    let name = format!("r{round}-w{w}-{i}");
+                    let key = format!("key-{round}-{w}-{i:06}");
+                    match c
+                        .create_credential(api::CreateCredentialRequest {
+                            name: name.clone(),
+                            description: String::new(),
+                            secret: Some(fleetio(&key, "acct", "")),
+                        })
+                        .await
+                    {
+                        Ok(_) => done.push((name, key)),
+                        Err(_) => break,
+                    }
+                }
+                done
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(300 + 200 * round as u64)).await;
+        process.signal("KILL");
+        let _ = process.child.wait().await;
+        for t in tasks {
+            acked.extend(t.await.unwrap());
+        }
+        assert!(!acked.is_empty());
+    }
+    let mut process = Process::serve(&args, &[], tmp.path()).await.unwrap();
+    let mut client = process.client(&tokens.admin).await;
+    for (name, key) in &acked {
+        let h = client
+            .get_credential_headers(headers_by_name(name))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(h.headers[0].value, format!("Token {key}"));
+    }
+    process.signal("TERM");
+    assert!(process.child.wait().await.unwrap().success());
+    eprintln!(
+        "{} acknowledged writes survived 3 kill -9 rounds",
+        acked.len()
+    );
+}
