@@ -99,6 +99,7 @@ impl<S: Store> VaultService<S> {
             method,
             caller = field::Empty,
             credential_id = field::Empty,
+            verification = field::Empty,
         );
         async move {
             let result = async {
@@ -329,16 +330,11 @@ impl<S: Store> VaultService<S> {
             let secret = self.open(&record)?;
             self.providers.verify(&secret).await
         };
-        let status = VerificationStatus::try_from(verification.status)
-            .unwrap_or(VerificationStatus::Unspecified);
-        tracing::debug!(
-            ?status,
-            http_status = verification.http_status,
-            "provider answered"
-        );
+        let shown = verification_to_api(&verification);
+        Span::current().record("verification", shown.status().as_str_name());
         let stored = self.record_verification(&record, &verification).await?;
         Ok(api::VerifyCredentialResponse {
-            verification: Some(verification_to_api(&verification)),
+            verification: Some(shown),
             credential: Some(to_api(&stored)),
         })
     }
