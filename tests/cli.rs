@@ -57,25 +57,9 @@ async fn a_minted_token_works_with_exactly_its_permissions() {
     );
     assert!(!entry.contains(&token), "the entry holds only the digest");
 
-    let key = dir.path().join("master.key");
-    std::fs::write(&key, MasterKey::generate_base64().as_str()).unwrap();
-    let callers = dir.path().join("callers.toml");
-    std::fs::write(&callers, entry).unwrap();
-    let data = dir.path().join("data");
-    let mut process = Process::serve(
-        &[
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--master-key-file",
-            key.to_str().unwrap(),
-            "--callers-file",
-            callers.to_str().unwrap(),
-        ],
-        &[],
-        dir.path(),
-    )
-    .await
-    .unwrap();
+    let setup = write_config(dir.path());
+    std::fs::write(&setup.callers, entry).unwrap();
+    let mut process = Process::serve(&setup.args, &[], dir.path()).await.unwrap();
     let mut client = process.client(&token).await;
     client
         .list_credentials(credvault::api::ListCredentialsRequest::default())
@@ -161,14 +145,15 @@ fn serve_without_key_or_callers_says_how_to_make_them() {
 #[tokio::test]
 async fn the_master_key_may_come_from_the_environment() {
     let dir = tempfile::TempDir::new().unwrap();
-    let (_, callers, tokens) = write_config(dir.path());
+    let setup = write_config(dir.path());
+    let tokens = &setup.tokens;
     let key = MasterKey::generate_base64().as_str().to_owned();
     let data = dir.path().join("data");
     let args = [
         "--data-dir",
         data.to_str().unwrap(),
         "--callers-file",
-        callers.to_str().unwrap(),
+        setup.callers.to_str().unwrap(),
     ];
     let mut process = Process::serve(&args, &[("CREDVAULT_MASTER_KEY", &key)], dir.path())
         .await

@@ -16,26 +16,16 @@ async fn trace_logs_carry_no_secret() {
     )])
     .await;
     let dir = tempfile::TempDir::new().unwrap();
-    let (key, callers, tokens) = write_config(dir.path());
-    let data = dir.path().join("data");
-    let mut process = Process::serve(
-        &[
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--master-key-file",
-            key.to_str().unwrap(),
-            "--callers-file",
-            callers.to_str().unwrap(),
-            "--fleetio-base-url",
-            &fake.base_url,
-            "--log-level",
-            "trace",
-        ],
-        &[],
-        dir.path(),
-    )
-    .await
-    .unwrap();
+    let setup = write_config(dir.path());
+    let (key, tokens) = (&setup.key, &setup.tokens);
+    let mut args = setup.args.clone();
+    args.extend([
+        "--fleetio-base-url".into(),
+        fake.base_url.clone(),
+        "--log-level".into(),
+        "trace".into(),
+    ]);
+    let mut process = Process::serve(&args, &[], dir.path()).await.unwrap();
     let mut admin = process.client(&tokens.admin).await;
     create(
         &mut admin,
@@ -83,7 +73,7 @@ async fn trace_logs_carry_no_secret() {
     for secret in [
         "LOGCANARY",
         &tokens.admin,
-        &std::fs::read_to_string(&key).unwrap(),
+        &std::fs::read_to_string(key).unwrap(),
     ] {
         assert!(!logs.contains(secret.trim()), "logs leak {secret:?}");
     }

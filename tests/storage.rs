@@ -251,19 +251,11 @@ async fn tampered_records_answer_data_loss_alone() {
 #[tokio::test]
 async fn acknowledged_writes_survive_kill_9() {
     let tmp = tempfile::TempDir::new().unwrap();
-    let (key, callers, tokens) = write_config(tmp.path());
-    let data = tmp.path().join("data");
-    let args = [
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--master-key-file",
-        key.to_str().unwrap(),
-        "--callers-file",
-        callers.to_str().unwrap(),
-    ];
+    let setup = write_config(tmp.path());
+    let (args, tokens) = (&setup.args, &setup.tokens);
     let mut acked = Vec::new();
     for round in 0..3 {
-        let mut process = Process::serve(&args, &[], tmp.path()).await.unwrap();
+        let mut process = Process::serve(args, &[], tmp.path()).await.unwrap();
         let mut client = process.client(&tokens.admin).await;
         for c in &acked {
             let (name, key): &(String, String) = c;
@@ -310,7 +302,7 @@ async fn acknowledged_writes_survive_kill_9() {
         }
         assert!(!acked.is_empty());
     }
-    let mut process = Process::serve(&args, &[], tmp.path()).await.unwrap();
+    let mut process = Process::serve(args, &[], tmp.path()).await.unwrap();
     let mut client = process.client(&tokens.admin).await;
     for (name, key) in &acked {
         let h = client

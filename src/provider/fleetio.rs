@@ -33,21 +33,12 @@ const MIN_API_KEY_LEN: usize = 8;
 /// The largest `/v1/accounts` body read; more is a provider error.
 const MAX_ACCOUNTS_BODY: usize = 1 << 20;
 
-/// A validated Fleetio key pair.
+/// A validated Fleetio key pair. Debug shows the secrets as `[REDACTED]` (secrecy).
+#[derive(Debug)]
 pub struct FleetioSecret {
     api_key: Secret,
     account_token: Secret,
     api_version: Option<String>,
-}
-
-impl fmt::Debug for FleetioSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FleetioSecret")
-            .field("api_key", &"[REDACTED]")
-            .field("account_token", &"[REDACTED]")
-            .field("api_version", &self.api_version)
-            .finish()
-    }
 }
 
 /// Header-safe: visible ASCII only, so no spaces, CR or LF can split a header.

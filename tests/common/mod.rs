@@ -438,7 +438,11 @@ pub struct Process {
 
 impl Process {
     /// Starts `credvault serve --listen 127.0.0.1:0 --log-format json <args>` and waits for "credvault serving".
-    pub async fn serve(args: &[&str], envs: &[(&str, &str)], cwd: &Path) -> Result<Self, String> {
+    pub async fn serve<S: AsRef<std::ffi::OsStr>>(
+        args: &[S],
+        envs: &[(&str, &str)],
+        cwd: &Path,
+    ) -> Result<Self, String> {
         use tokio::io::{AsyncBufReadExt, BufReader};
         let mut cmd = tokio::process::Command::new(binary());
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
@@ -535,12 +539,35 @@ impl Process {
     }
 }
 
-/// Writes a key file and a callers file into `dir` and returns (key path, callers path, tokens).
-pub fn write_config(dir: &Path) -> (PathBuf, PathBuf, Tokens) {
+/// A key file and a callers file written into a directory, and the flags that use them.
+pub struct Setup {
+    pub key: PathBuf,
+    pub callers: PathBuf,
+    pub tokens: Tokens,
+    /// `--data-dir <dir>/data --master-key-file <key> --callers-file <callers>`.
+    pub args: Vec<String>,
+}
+
+/// Writes a fresh master key and the test callers into `dir`.
+pub fn write_config(dir: &Path) -> Setup {
     let key = dir.join("master.key");
     std::fs::write(&key, MasterKey::generate_base64().as_str()).unwrap();
     let tokens = Tokens::new();
     let callers = dir.join("callers.toml");
     std::fs::write(&callers, tokens.callers_toml()).unwrap();
-    (key, callers, tokens)
+    let path = |p: &Path| p.to_str().unwrap().to_owned();
+    let args = vec![
+        "--data-dir".into(),
+        path(&dir.join("data")),
+        "--master-key-file".into(),
+        path(&key),
+        "--callers-file".into(),
+        path(&callers),
+    ];
+    Setup {
+        key,
+        callers,
+        tokens,
+        args,
+    }
 }
