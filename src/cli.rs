@@ -11,6 +11,7 @@ use crate::auth::{self, Permission};
 use crate::config::{self, Config};
 use crate::crypto::MasterKey;
 use crate::provider::{fleetio, ProviderSettings};
+use crate::reverify::ReverifySettings;
 use crate::telemetry::{self, LogFormat};
 
 /// credvault: the encrypted credential vault for data-ingestion workers.
@@ -54,6 +55,12 @@ struct ServeArgs {
     /// Longest wait for a whole provider check, e.g. 10s.
     #[arg(long, env = "CREDVAULT_PROVIDER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     provider_timeout: Duration,
+    /// Mean time between background re-verifications of every credential (jittered ±10 %); 0s turns them off.
+    #[arg(long, env = "CREDVAULT_REVERIFY_INTERVAL", default_value = "6h", value_parser = humantime::parse_duration)]
+    reverify_interval: Duration,
+    /// How many background provider checks may run at once.
+    #[arg(long, env = "CREDVAULT_REVERIFY_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    reverify_concurrency: u16,
     /// Longest wait for in-flight calls to finish after SIGTERM.
     #[arg(long, env = "CREDVAULT_SHUTDOWN_GRACE", default_value = "25s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
@@ -188,6 +195,10 @@ fn resolve(dev: bool, args: &ServeArgs) -> Result<Config, String> {
             fleetio_base_url: args.fleetio_base_url.clone(),
             connect_timeout: args.provider_connect_timeout,
             request_timeout: args.provider_timeout,
+        },
+        reverify: ReverifySettings {
+            interval: args.reverify_interval,
+            concurrency: usize::from(args.reverify_concurrency),
         },
         shutdown_grace: args.shutdown_grace,
     })

@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::auth::{self, Callers, Permission};
 use crate::crypto::MasterKey;
 use crate::provider::ProviderSettings;
+use crate::reverify::ReverifySettings;
 
 /// Environment variable that may hold the base64 master key.
 pub const MASTER_KEY_ENV: &str = "CREDVAULT_MASTER_KEY";
@@ -24,6 +25,8 @@ pub struct Config {
     pub callers: Callers,
     /// Provider endpoints and timeouts.
     pub providers: ProviderSettings,
+    /// The background re-verifier's schedule.
+    pub reverify: ReverifySettings,
     /// Longest wait for in-flight calls after shutdown begins.
     pub shutdown_grace: Duration,
 }

@@ -12,6 +12,8 @@
 //! - [`auth`]: callers, permissions and constant-time bearer-token checks;
 //! - [`provider`]: each third-party API's secret, headers and verification ([`provider::fleetio`]);
 //! - [`validate`]: request validation;
+//! - [`vault`]: the domain core: seal, open, check with the provider, record results;
+//! - [`reverify`]: the background re-verifier;
 //! - [`service`]: the gRPC service itself;
 //! - [`server`]: [`run`], which serves the vault, health and reflection until shutdown;
 //! - [`error`]: the error enum and its mapping onto gRPC status codes;
@@ -25,11 +27,13 @@ pub mod crypto;
 pub mod error;
 pub mod provider;
 pub mod record;
+pub mod reverify;
 pub mod server;
 pub mod service;
 pub mod store;
 pub mod telemetry;
 pub mod validate;
+pub mod vault;
 
 pub use config::Config;
 pub use error::Error;

@@ -44,6 +44,9 @@ pub struct CredentialRecord {
     /// The provider secret, sealed with AES-256-GCM.
     #[prost(message, optional, tag = "11")]
     pub secret: Option<Sealed>,
+    /// When the key is known to expire, if an admin said so.
+    #[prost(message, optional, tag = "12")]
+    pub expire_time: Option<Timestamp>,
 }
 
 /// What the provider said of a credential.

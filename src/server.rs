@@ -16,8 +16,10 @@ use crate::api::{self, credential_vault_service_server::CredentialVaultServiceSe
 use crate::config::Config;
 use crate::crypto::MasterKey;
 use crate::provider::Providers;
+use crate::reverify;
 use crate::service::VaultService;
 use crate::store::{SledStore, Store, StoreError};
+use crate::vault::Vault;
 
 /// The largest request message accepted; larger ones answer `INVALID_ARGUMENT`.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -90,12 +92,14 @@ pub async fn run(
     let store = Arc::new(open_store(&config.data_dir, &key).await?);
     let providers = Providers::new(&config.providers).map_err(ServeError::Provider)?;
     let count = store.count().await?;
-    let vault = VaultService::new(
-        Arc::clone(&store),
-        Arc::clone(&key),
-        Arc::new(config.callers),
-        Arc::new(providers),
-    );
+    let vault = Arc::new(Vault::new(Arc::clone(&store), Arc::clone(&key), providers));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let reverifier = tokio::spawn(reverify::run(
+        Arc::clone(&vault),
+        config.reverify.clone(),
+        stop_rx,
+    ));
+    let service = VaultService::new(vault, Arc::new(config.callers));
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -130,6 +134,7 @@ pub async fn run(
         async move {
             shutdown.await;
             set_health(&reporter, ServingStatus::NotServing).await;
+            let _ = stop_tx.send(true);
             tracing::info!("shutdown requested: health is NOT_SERVING, draining in-flight calls");
             let _ = began_tx.send(());
         }
@@ -140,7 +145,7 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
-            CredentialVaultServiceServer::new(vault).max_decoding_message_size(MAX_REQUEST_BYTES),
+            CredentialVaultServiceServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES),
         )
         .serve_with_incoming_shutdown(incoming, signal);
     let grace = config.shutdown_grace;
@@ -149,6 +154,9 @@ pub async fn run(
         () = drain_deadline(began_rx, grace) => {
             tracing::warn!(?grace, "drain took longer than the grace period; closing the remaining connections");
         }
+    }
+    if reverifier.await.is_err() {
+        tracing::error!("the re-verifier task failed");
     }
     store.flush().await?;
     tracing::info!("store flushed; stopped");

@@ -1,5 +1,5 @@
 //! The gRPC service: authenticates and authorises every call, validates the
-//! request, converts between proto and domain types, and drives the store.
+//! request, converts between proto and domain types, and drives the vault core.
 //!
 //! Each RPC emits exactly one tracing event (method, caller, credential id,
 //! code, latency); none carries a secret.
@@ -13,17 +13,15 @@ use tracing::{field, Instrument, Span};
 
 use crate::api::{self, credential_vault_service_server::CredentialVaultService};
 use crate::auth::{Caller, Callers, Permission};
-use crate::crypto::{MasterKey, Sealed};
 use crate::error::Error;
-use crate::provider::{ProviderSecret, Providers};
-use crate::record::{
-    self, secret_aad, CredentialRecord, Verification, VerificationStatus, RECORD_FORMAT,
-};
+use crate::provider::ProviderSecret;
+use crate::record::{self, CredentialRecord, Verification, VerificationStatus, RECORD_FORMAT};
 use crate::store::{Store, StoreError};
 use crate::validate;
+use crate::vault::{Vault, MAX_CAS_RETRIES};
 
-/// How often an update without `expected_version` retries after losing a race.
-const MAX_CAS_RETRIES: usize = 16;
+/// How many records a listing reads from the store at a time (at least a page).
+const LIST_SCAN_BATCH: usize = 256;
 
 /// A credential addressed by id or by name.
 enum CredentialRef {
@@ -59,26 +57,14 @@ fn required_ref(r: Option<impl Into<CredentialRef>>) -> Result<CredentialRef, Er
 
 /// The vault's gRPC service over a store `S`.
 pub struct VaultService<S> {
-    store: Arc<S>,
-    key: Arc<MasterKey>,
+    vault: Arc<Vault<S>>,
     callers: Arc<Callers>,
-    providers: Arc<Providers>,
 }
 
 impl<S: Store> VaultService<S> {
-    /// A service over an opened store whose key check has passed.
-    pub fn new(
-        store: Arc<S>,
-        key: Arc<MasterKey>,
-        callers: Arc<Callers>,
-        providers: Arc<Providers>,
-    ) -> Self {
-        VaultService {
-            store,
-            key,
-            callers,
-            providers,
-        }
+    /// A service over the vault core, admitting `callers`.
+    pub fn new(vault: Arc<Vault<S>>, callers: Arc<Callers>) -> Self {
+        VaultService { vault, callers }
     }
 
     /// Runs one RPC: authenticate, authorise, handle, and log one event.
@@ -133,19 +119,19 @@ impl<S: Store> VaultService<S> {
 
     /// The id a reference points at (checked to exist only by the caller's next step).
     async fn resolve_id(&self, r: &CredentialRef) -> Result<String, Error> {
-        let id = match r {
-            CredentialRef::Id(id) => {
-                validate::id(id)?;
-                id.clone()
-            }
-            CredentialRef::Name(name) => {
-                validate::name(name)?;
-                self.store
-                    .id_for_name(name)
-                    .await?
-                    .ok_or_else(|| Error::NotFound(format!("no credential is named {name:?}")))?
-            }
-        };
+        let id =
+            match r {
+                CredentialRef::Id(id) => {
+                    validate::id(id)?;
+                    id.clone()
+                }
+                CredentialRef::Name(name) => {
+                    validate::name(name)?;
+                    self.vault.store().id_for_name(name).await?.ok_or_else(|| {
+                        Error::NotFound(format!("no credential is named {name:?}"))
+                    })?
+                }
+            };
         Span::current().record("credential_id", id.as_str());
         Ok(id)
     }
@@ -153,28 +139,26 @@ impl<S: Store> VaultService<S> {
     /// The record a reference points at.
     async fn resolve(&self, r: &CredentialRef) -> Result<CredentialRecord, Error> {
         let id = self.resolve_id(r).await?;
-        self.store
+        self.vault
+            .store()
             .get(&id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("credential {id} not found")))
     }
 
-    fn seal(&self, id: &str, secret: &ProviderSecret) -> Sealed {
-        let aad = secret_aad(id, secret.provider(), self.key.id());
-        self.key.seal(&aad, &secret.to_plaintext())
-    }
-
-    fn open(&self, record: &CredentialRecord) -> Result<ProviderSecret, Error> {
-        let damaged = || {
-            Error::DataLoss(format!(
-                "the secret of credential {} cannot be decrypted: the stored record is damaged or was sealed with another master key",
-                record.id
-            ))
-        };
-        let sealed = record.secret.as_ref().ok_or_else(damaged)?;
-        let aad = secret_aad(&record.id, &record.provider, &sealed.key_id);
-        let plaintext = self.key.open(sealed, &aad).map_err(|_| damaged())?;
-        ProviderSecret::from_plaintext(&record.provider, &plaintext).map_err(|_| damaged())
+    /// Checks a secret before writing it when the request asks to.
+    async fn check_if_asked(
+        &self,
+        secret: &ProviderSecret,
+        verify: bool,
+        best_effort: bool,
+    ) -> Result<Option<Verification>, Error> {
+        if !verify {
+            return Ok(None);
+        }
+        let verification = self.vault.check_before_write(secret, best_effort).await?;
+        Span::current().record("verification", status_name(&verification));
+        Ok(Some(verification))
     }
 
     async fn create(
@@ -183,17 +167,25 @@ impl<S: Store> VaultService<S> {
     ) -> Result<api::CreateCredentialResponse, Error> {
         validate::name(&req.name)?;
         validate::description(&req.description)?;
+        let expire_time = req.expire_time.map(validate::timestamp).transpose()?;
         let secret = req
             .secret
             .map(ProviderSecret::try_from)
             .transpose()?
             .ok_or_else(|| Error::invalid("a secret is required: set fleetio"))?;
+        if self.vault.store().id_for_name(&req.name).await?.is_some() {
+            // Fail before asking the provider; the insert below still guards races.
+            return Err(StoreError::NameTaken(req.name).into());
+        }
+        let verification = self
+            .check_if_asked(&secret, req.verify, req.verify_best_effort)
+            .await?;
         let id = validate::new_id();
         Span::current().record("credential_id", id.as_str());
         let now = Some(record::timestamp(SystemTime::now()));
         let record = CredentialRecord {
             format: RECORD_FORMAT,
-            secret: Some(self.seal(&id, &secret)),
+            secret: Some(self.vault.seal(&id, &secret)),
             id,
             name: req.name,
             description: req.description,
@@ -202,9 +194,10 @@ impl<S: Store> VaultService<S> {
             create_time: now,
             update_time: now,
             version: 1,
-            last_verification: None,
+            last_verification: verification,
+            expire_time,
         };
-        self.store.insert(&record).await?;
+        self.vault.store().insert(&record).await?;
         Ok(api::CreateCredentialResponse {
             credential: Some(to_api(&record)),
         })
@@ -225,24 +218,38 @@ impl<S: Store> VaultService<S> {
         req: api::ListCredentialsRequest,
     ) -> Result<api::ListCredentialsResponse, Error> {
         let size = validate::page_size(req.page_size)?;
-        let after = validate::parse_page_token(&req.page_token)?;
-        let mut items = self.store.list(after.as_deref(), size + 1).await?;
-        let more = items.len() > size;
-        items.truncate(size);
-        let next_page_token = match items.last() {
-            Some((last, _)) if more => validate::page_token(last),
+        let filter = ListFilter::new(&req)?;
+        let batch = LIST_SCAN_BATCH.max(size + 1);
+        let mut cursor = validate::parse_page_token(&req.page_token)?;
+        let mut credentials = Vec::new();
+        let mut more = false;
+        'scan: loop {
+            let items = self.vault.store().list(cursor.as_deref(), batch).await?;
+            let read = items.len();
+            for (id, record) in items {
+                match record {
+                    Ok(record) if filter.matches(&record) => {
+                        if credentials.len() == size {
+                            more = true;
+                            break 'scan;
+                        }
+                        credentials.push(to_api(&record));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(credential_id = %id, error = %e, "unreadable record left out of a listing");
+                    }
+                }
+                cursor = Some(id);
+            }
+            if read < batch {
+                break;
+            }
+        }
+        let next_page_token = match cursor {
+            Some(last) if more => validate::page_token(&last),
             _ => String::new(),
         };
-        let credentials = items
-            .into_iter()
-            .filter_map(|(id, record)| match record {
-                Ok(record) => Some(to_api(&record)),
-                Err(e) => {
-                    tracing::error!(credential_id = %id, error = %e, "unreadable record left out of a listing");
-                    None
-                }
-            })
-            .collect();
         Ok(api::ListCredentialsResponse {
             credentials,
             next_page_token,
@@ -257,12 +264,34 @@ impl<S: Store> VaultService<S> {
         if let Some(d) = &req.description {
             validate::description(d)?;
         }
-        let secret = req.secret.map(ProviderSecret::try_from).transpose()?;
-        if req.description.is_none() && secret.is_none() {
+        let expire_time = req.expire_time.map(validate::timestamp).transpose()?;
+        if expire_time.is_some() && req.clear_expire_time {
             return Err(Error::invalid(
-                "nothing to update: set description and/or a new secret",
+                "set expire_time or clear_expire_time, not both",
             ));
         }
+        let secret = req.secret.map(ProviderSecret::try_from).transpose()?;
+        if req.description.is_none()
+            && secret.is_none()
+            && expire_time.is_none()
+            && !req.clear_expire_time
+        {
+            return Err(Error::invalid(
+                "nothing to update: set description, a new secret, expire_time or clear_expire_time",
+            ));
+        }
+        let verification = match &secret {
+            Some(secret) => {
+                self.check_if_asked(secret, req.verify, req.verify_best_effort)
+                    .await?
+            }
+            None if req.verify => {
+                return Err(Error::invalid(
+                    "verify checks a new secret: set one, or call VerifyCredential to check the stored one",
+                ))
+            }
+            None => None,
+        };
         for _ in 0..MAX_CAS_RETRIES {
             let current = self.resolve(&r).await?;
             if let Some(expected) = req.expected_version {
@@ -279,6 +308,9 @@ impl<S: Store> VaultService<S> {
             if let Some(d) = &req.description {
                 next.description.clone_from(d);
             }
+            if expire_time.is_some() || req.clear_expire_time {
+                next.expire_time = expire_time;
+            }
             if let Some(secret) = &secret {
                 if secret.provider() != current.provider {
                     return Err(Error::FailedPrecondition(format!(
@@ -288,14 +320,14 @@ impl<S: Store> VaultService<S> {
                         secret.provider()
                     )));
                 }
-                next.secret = Some(self.seal(&next.id, secret));
+                next.secret = Some(self.vault.seal(&next.id, secret));
                 next.api_key_hint = secret.hint();
-                // The new secret has not been checked yet.
-                next.last_verification = None;
+                // A new secret is unverified unless it was just checked.
+                next.last_verification.clone_from(&verification);
             }
             next.version += 1;
             next.update_time = Some(record::timestamp(SystemTime::now()));
-            match self.store.replace(&next, current.version).await {
+            match self.vault.store().replace(&next, current.version).await {
                 Ok(()) => {
                     return Ok(api::UpdateCredentialResponse {
                         credential: Some(to_api(&next)),
@@ -317,7 +349,7 @@ impl<S: Store> VaultService<S> {
         req: api::DeleteCredentialRequest,
     ) -> Result<api::DeleteCredentialResponse, Error> {
         let id = self.resolve_id(&required_ref(req.r#ref)?).await?;
-        self.store.delete(&id, req.expected_version).await?;
+        self.vault.store().delete(&id, req.expected_version).await?;
         Ok(api::DeleteCredentialResponse {})
     }
 
@@ -326,47 +358,12 @@ impl<S: Store> VaultService<S> {
         req: api::VerifyCredentialRequest,
     ) -> Result<api::VerifyCredentialResponse, Error> {
         let record = self.resolve(&required_ref(req.r#ref)?).await?;
-        let verification = {
-            let secret = self.open(&record)?;
-            self.providers.verify(&secret).await
-        };
-        let shown = verification_to_api(&verification);
-        Span::current().record("verification", shown.status().as_str_name());
-        let stored = self.record_verification(&record, &verification).await?;
+        let (verification, stored) = self.vault.verify_record(&record).await?;
+        Span::current().record("verification", status_name(&verification));
         Ok(api::VerifyCredentialResponse {
-            verification: Some(shown),
+            verification: Some(verification_to_api(&verification)),
             credential: Some(to_api(&stored)),
         })
-    }
-
-    /// Stores a verification on the credential, unless its secret changed meanwhile.
-    async fn record_verification(
-        &self,
-        verified: &CredentialRecord,
-        verification: &Verification,
-    ) -> Result<CredentialRecord, Error> {
-        for _ in 0..MAX_CAS_RETRIES {
-            let current = self.store.get(&verified.id).await?.ok_or_else(|| {
-                Error::NotFound(format!(
-                    "credential {} was deleted during verification",
-                    verified.id
-                ))
-            })?;
-            if current.secret != verified.secret {
-                // A rotation won the race: this result speaks of the old secret.
-                return Ok(current);
-            }
-            let mut next = current.clone();
-            next.last_verification = Some(verification.clone());
-            match self.store.replace(&next, current.version).await {
-                Ok(()) => return Ok(next),
-                Err(StoreError::VersionMismatch { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(Error::Aborted(
-            "the credential kept changing while its verification was stored; retry".into(),
-        ))
     }
 
     async fn headers(
@@ -374,8 +371,8 @@ impl<S: Store> VaultService<S> {
         req: api::GetCredentialHeadersRequest,
     ) -> Result<api::GetCredentialHeadersResponse, Error> {
         let record = self.resolve(&required_ref(req.r#ref)?).await?;
-        let secret = self.open(&record)?;
-        let out = self.providers.headers(&secret);
+        let secret = self.vault.open(&record)?;
+        let out = self.vault.headers(&secret);
         Ok(api::GetCredentialHeadersResponse {
             headers: out
                 .headers
@@ -392,6 +389,54 @@ impl<S: Store> VaultService<S> {
     }
 }
 
+/// The filters of a listing.
+struct ListFilter {
+    statuses: Vec<VerificationStatus>,
+    expire_before: Option<(i64, i32)>,
+}
+
+impl ListFilter {
+    fn new(req: &api::ListCredentialsRequest) -> Result<Self, Error> {
+        let statuses = req
+            .verification_statuses
+            .iter()
+            .map(|&s| {
+                VerificationStatus::try_from(s).map_err(|_| {
+                    Error::invalid(format!("verification_statuses holds an unknown status {s}"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let expire_before = req
+            .expire_before
+            .map(validate::timestamp)
+            .transpose()?
+            .map(|t| (t.seconds, t.nanos));
+        Ok(ListFilter {
+            statuses,
+            expire_before,
+        })
+    }
+
+    fn matches(&self, r: &CredentialRecord) -> bool {
+        let status = r
+            .last_verification
+            .as_ref()
+            .map_or(VerificationStatus::Unspecified, Verification::status);
+        let status_ok = self.statuses.is_empty() || self.statuses.contains(&status);
+        let expiry_ok = match (self.expire_before, r.expire_time) {
+            (None, _) => true,
+            (Some(before), Some(t)) => (t.seconds, t.nanos) < before,
+            (Some(_), None) => false,
+        };
+        status_ok && expiry_ok
+    }
+}
+
+/// The API name of a verification's status, for logs.
+fn status_name(v: &Verification) -> &'static str {
+    verification_to_api(v).status().as_str_name()
+}
+
 /// A record's metadata as the API shows it.
 fn to_api(r: &CredentialRecord) -> api::Credential {
     api::Credential {
@@ -404,6 +449,7 @@ fn to_api(r: &CredentialRecord) -> api::Credential {
         update_time: r.update_time,
         last_verification: r.last_verification.as_ref().map(verification_to_api),
         version: r.version,
+        expire_time: r.expire_time,
     }
 }
 

@@ -85,6 +85,18 @@ pub fn description(text: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Checks a timestamp is a real instant between the years 1970 and 9999.
+pub fn timestamp(t: prost_types::Timestamp) -> Result<prost_types::Timestamp, Error> {
+    const YEAR_10000: i64 = 253_402_300_800;
+    if (0..YEAR_10000).contains(&t.seconds) && (0..1_000_000_000).contains(&t.nanos) {
+        Ok(t)
+    } else {
+        Err(Error::invalid(
+            "timestamps must lie between 1970-01-01 and 9999-12-31",
+        ))
+    }
+}
+
 /// The page size to serve for a requested one.
 pub fn page_size(requested: i32) -> Result<usize, Error> {
     match requested {

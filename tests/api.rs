@@ -30,6 +30,7 @@ async fn create_get_and_headers() {
             name: "fleetio-acme".into(),
             description: "Acme's fleet".into(),
             secret: Some(fleetio("key-acme-0000abcd", "acct-acme", "2024-03-15")),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -193,6 +194,7 @@ async fn create_rejects_bad_input_and_duplicates() {
                 name: "long-desc".into(),
                 description: "d".repeat(1025),
                 secret: Some(fleetio("key-00000001", "a", "")),
+                ..Default::default()
             },
             Code::InvalidArgument,
             "description",
@@ -240,6 +242,7 @@ async fn oversized_messages_are_invalid_argument() {
             name: "big".into(),
             description: "x".repeat(200 * 1024),
             secret: Some(fleetio("key-00000001", "a", "")),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -302,6 +305,7 @@ async fn list_paginates_in_stable_creation_order() {
             .list_credentials(api::ListCredentialsRequest {
                 page_size: 50,
                 page_token: token.clone(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -327,7 +331,7 @@ async fn list_paginates_in_stable_creation_order() {
     let capped = admin
         .list_credentials(api::ListCredentialsRequest {
             page_size: 5000,
-            page_token: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -338,11 +342,12 @@ async fn list_paginates_in_stable_creation_order() {
     for bad in [
         api::ListCredentialsRequest {
             page_size: -1,
-            page_token: String::new(),
+            ..Default::default()
         },
         api::ListCredentialsRequest {
             page_size: 10,
             page_token: "not-a-token".into(),
+            ..Default::default()
         },
     ] {
         let status = admin.list_credentials(bad).await.unwrap_err();

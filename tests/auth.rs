@@ -18,6 +18,7 @@ async fn codes(client: &mut Client, name: &str) -> Vec<(&'static str, Code)> {
                         name: format!("{name}-new"),
                         description: String::new(),
                         secret: Some(fleetio("key-00000001", "acct", "")),
+                        ..Default::default()
                     })
                     .await
                     .map(drop),
@@ -231,6 +232,7 @@ async fn missing_unknown_and_malformed_tokens_are_unauthenticated() {
                     api_version: String::new(),
                 },
             )),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -70,6 +70,7 @@ async fn a_minted_token_works_with_exactly_its_permissions() {
             name: "x".into(),
             description: String::new(),
             secret: Some(fleetio("key-00000001", "acct", "")),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -52,6 +52,7 @@ async fn trace_logs_carry_no_secret() {
                 "acct-LOGCANARY-4",
                 "",
             )),
+            ..Default::default()
         })
         .await
         .unwrap_err();

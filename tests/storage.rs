@@ -72,6 +72,7 @@ async fn another_master_key_refuses_to_start() {
         master_key: MasterKey::from_base64(&other).unwrap(),
         callers: credvault::auth::Callers::from_toml("").unwrap(),
         providers: Default::default(),
+        reverify: Default::default(),
         shutdown_grace: Duration::from_secs(1),
     };
     let err = credvault::run(listener, config, std::future::pending())
@@ -284,6 +285,7 @@ async fn acknowledged_writes_survive_kill_9() {
                             name: name.clone(),
                             description: String::new(),
                             secret: Some(fleetio(&key, "acct", "")),
+                            ..Default::default()
                         })
                         .await
                     {

@@ -160,6 +160,7 @@ async fn api_version_is_sent_when_set() {
             name: "pinned".into(),
             description: String::new(),
             secret: Some(fleetio(GOOD_KEY, "acct-1", "2024-03-15")),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -130,6 +130,14 @@ impl FleetioSecret {
         key[key.len().saturating_sub(4)..].to_owned()
     }
 
+    pub(super) fn account_key(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(b"credvault/rate-limit/fleetio\0");
+        hasher.update(self.account_token.expose_secret().as_bytes());
+        hasher.finalize().into()
+    }
+
     pub(super) fn to_plaintext(&self) -> Zeroizing<Vec<u8>> {
         let payload = Payload {
             api_key: self.api_key.expose_secret().clone(),

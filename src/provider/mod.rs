@@ -46,6 +46,14 @@ impl ProviderSecret {
         }
     }
 
+    /// A fingerprint of the provider account the secret speaks for (rate limits
+    /// are per account); kept in memory only, never logged.
+    pub fn account_key(&self) -> [u8; 32] {
+        match self {
+            ProviderSecret::Fleetio(s) => s.account_key(),
+        }
+    }
+
     /// The bytes to seal.
     pub fn to_plaintext(&self) -> Zeroizing<Vec<u8>> {
         match self {

@@ -81,6 +81,7 @@ pub struct Options {
     pub request_timeout: Duration,
     pub key_b64: String,
     pub data_dir: Option<PathBuf>,
+    pub reverify: credvault::reverify::ReverifySettings,
 }
 
 impl Default for Options {
@@ -90,6 +91,11 @@ impl Default for Options {
             request_timeout: Duration::from_millis(800),
             key_b64: MasterKey::generate_base64().as_str().to_owned(),
             data_dir: None,
+            // Off unless a test turns it on.
+            reverify: credvault::reverify::ReverifySettings {
+                interval: Duration::ZERO,
+                concurrency: 4,
+            },
         }
     }
 }
@@ -129,6 +135,7 @@ impl TestServer {
                 connect_timeout: opts.request_timeout,
                 request_timeout: opts.request_timeout,
             },
+            reverify: opts.reverify.clone(),
             shutdown_grace: Duration::from_secs(5),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -216,6 +223,7 @@ pub async fn create(
             name: name.into(),
             description: format!("test credential {name}"),
             secret: Some(fleetio(api_key, account_token, "")),
+            ..Default::default()
         })
         .await
         .unwrap_or_else(|s| panic!("create {name}: {s:?}"))
