@@ -181,7 +181,7 @@ async fn check<S: Store>(
                     name = %record.name,
                     from = ?before.unwrap_or(VerificationStatus::Unspecified),
                     to = ?after,
-                    message = %verification.message,
+                    detail = %verification.message,
                     "verification status changed"
                 );
             }

@@ -313,18 +313,21 @@ pub enum Behaviour {
     Status(u16),
     /// users/me answers 200 only after this delay.
     Slow(Duration),
+    /// users/me answers 302 to this URL.
+    Redirect(String),
 }
 
 /// A local HTTP server that behaves like Fleetio's API for the keys it knows.
 pub struct FakeFleetio {
     pub base_url: String,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    keys: Arc<Mutex<HashMap<String, Behaviour>>>,
     _task: JoinHandle<()>,
 }
 
 #[derive(Clone)]
 struct FakeState {
-    keys: Arc<HashMap<String, Behaviour>>,
+    keys: Arc<Mutex<HashMap<String, Behaviour>>>,
     seen: Arc<Mutex<Vec<Seen>>>,
 }
 
@@ -338,7 +341,9 @@ impl FakeFleetio {
         use axum::response::{IntoResponse, Response};
 
         let state = FakeState {
-            keys: Arc::new(keys.into_iter().map(|(k, b)| (k.to_owned(), b)).collect()),
+            keys: Arc::new(Mutex::new(
+                keys.into_iter().map(|(k, b)| (k.to_owned(), b)).collect(),
+            )),
             seen: Arc::new(Mutex::new(Vec::new())),
         };
         async fn handle(
@@ -358,7 +363,7 @@ impl FakeFleetio {
                 .authorization
                 .as_deref()
                 .and_then(|a| a.strip_prefix("Token "))
-                .and_then(|k| state.keys.get(k).cloned());
+                .and_then(|k| state.keys.lock().unwrap().get(k).cloned());
             let Some(behaviour) = behaviour else {
                 return (StatusCode::UNAUTHORIZED, r#"{"error":"unauthorized"}"#).into_response();
             };
@@ -380,6 +385,9 @@ impl FakeFleetio {
                     } else {
                         (code, "{}").into_response()
                     }
+                }
+                ("/api/v1/users/me", Behaviour::Redirect(to)) => {
+                    (StatusCode::FOUND, [("location", to)], "").into_response()
                 }
                 ("/api/v1/users/me", Behaviour::Slow(delay)) => {
                     tokio::time::sleep(delay).await;
@@ -412,12 +420,32 @@ impl FakeFleetio {
         FakeFleetio {
             base_url: format!("http://{addr}/api"),
             seen: state.seen,
+            keys: state.keys,
             _task: task,
         }
     }
 
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
+    }
+
+    /// Changes (or adds) how the fake answers for `key`.
+    pub fn set(&self, key: &str, behaviour: Behaviour) {
+        self.keys.lock().unwrap().insert(key.to_owned(), behaviour);
+    }
+
+    /// Forgets `key`: Fleetio now rejects it.
+    pub fn revoke(&self, key: &str) {
+        self.keys.lock().unwrap().remove(key);
+    }
+
+    /// How many users/me checks the fake saw for `key`.
+    pub fn checks_of(&self, key: &str) -> usize {
+        let auth = format!("Token {key}");
+        self.seen()
+            .iter()
+            .filter(|s| s.path == "/api/v1/users/me" && s.authorization.as_deref() == Some(&*auth))
+            .count()
     }
 }
 
