@@ -30,6 +30,34 @@ enum Command {
     Keygen,
     /// Mints a caller token, prints it once, and prints its callers.toml entry.
     Token(TokenArgs),
+    /// Asks a server's gRPC health service; exits 0 only when it answers SERVING.
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Debug, Args)]
+struct HealthcheckArgs {
+    /// The server's gRPC address, host:port.
+    #[arg(
+        long,
+        env = "CREDVAULT_HEALTHCHECK_ADDR",
+        default_value = "127.0.0.1:50051"
+    )]
+    addr: String,
+    /// The service to ask about; empty means the whole server.
+    #[arg(long, default_value = "")]
+    service: String,
+    /// Longest wait for the connection and the answer together.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Connect with TLS (public roots, or --ca-file).
+    #[arg(long)]
+    tls: bool,
+    /// PEM file of the CA that signed the server's certificate (implies --tls).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// The name to expect in the server's certificate, when it differs from the host in --addr.
+    #[arg(long)]
+    tls_server_name: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -61,8 +89,15 @@ struct ServeArgs {
     /// How many background provider checks may run at once.
     #[arg(long, env = "CREDVAULT_REVERIFY_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     reverify_concurrency: u16,
-    /// Longest wait for in-flight calls to finish after SIGTERM.
-    #[arg(long, env = "CREDVAULT_SHUTDOWN_GRACE", default_value = "25s", value_parser = humantime::parse_duration)]
+    /// After SIGTERM: how long health answers NOT_SERVING while calls are still served, so
+    /// load balancers and Kubernetes readiness stop routing here before connections close.
+    #[arg(long, env = "CREDVAULT_DRAIN_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    drain_delay: Duration,
+    /// Serve Prometheus metrics on this address (HTTP, /metrics), e.g. 0.0.0.0:9090.
+    #[arg(long, env = "CREDVAULT_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// Longest wait for in-flight calls to finish once connections stop being accepted.
+    #[arg(long, env = "CREDVAULT_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
     /// Log line format.
     #[arg(long, env = "CREDVAULT_LOG_FORMAT", value_enum, default_value = "text")]
@@ -95,6 +130,7 @@ pub fn main() -> ExitCode {
             Ok(())
         }
         Command::Token(args) => token(&args),
+        Command::Healthcheck(args) => healthcheck(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -120,6 +156,67 @@ fn token(args: &TokenArgs) -> Result<(), String> {
     println!("# {}", token.as_str());
     println!("{}", auth::callers_entry(name, &token, &permissions));
     Ok(())
+}
+
+fn healthcheck(args: &HealthcheckArgs) -> Result<(), String> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+    use tonic_health::pb::{
+        health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+    };
+
+    let tls = args.tls || args.ca_file.is_some();
+    let url = format!("{}://{}", if tls { "https" } else { "http" }, args.addr);
+    let mut endpoint = Endpoint::from_shared(url)
+        .map_err(|e| format!("--addr {:?} is not a host:port: {e}", args.addr))?
+        .connect_timeout(args.timeout)
+        .timeout(args.timeout);
+    if tls {
+        let mut config = ClientTlsConfig::new().with_webpki_roots();
+        if let Some(file) = &args.ca_file {
+            let pem =
+                std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            config = config.ca_certificate(Certificate::from_pem(pem));
+        }
+        if let Some(name) = &args.tls_server_name {
+            config = config.domain_name(name.clone());
+        }
+        endpoint = endpoint
+            .tls_config(config)
+            .map_err(|e| format!("bad tls settings: {e}"))?;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let status = runtime.block_on(async {
+        let ask = async {
+            let channel = endpoint
+                .connect()
+                .await
+                .map_err(|e| format!("cannot connect to {}: {e}", args.addr))?;
+            HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: args.service.clone(),
+                })
+                .await
+                .map(|r| r.into_inner().status())
+                .map_err(|s| format!("health check failed: {:?}: {}", s.code(), s.message()))
+        };
+        tokio::time::timeout(args.timeout, ask)
+            .await
+            .map_err(|_| format!("no answer from {} within {:?}", args.addr, args.timeout))?
+    })?;
+    let name = if args.service.is_empty() {
+        "the server"
+    } else {
+        args.service.as_str()
+    };
+    if status == ServingStatus::Serving {
+        println!("SERVING");
+        Ok(())
+    } else {
+        Err(format!("{name} is {}", status.as_str_name()))
+    }
 }
 
 fn serve(args: ServeArgs) -> Result<(), String> {
@@ -200,7 +297,9 @@ fn resolve(dev: bool, args: &ServeArgs) -> Result<Config, String> {
             interval: args.reverify_interval,
             concurrency: usize::from(args.reverify_concurrency),
         },
+        drain_delay: args.drain_delay,
         shutdown_grace: args.shutdown_grace,
+        metrics_listen: args.metrics_listen,
     })
 }
 

@@ -27,8 +27,12 @@ pub struct Config {
     pub providers: ProviderSettings,
     /// The background re-verifier's schedule.
     pub reverify: ReverifySettings,
-    /// Longest wait for in-flight calls after shutdown begins.
+    /// How long health shows NOT_SERVING, still serving, before new connections are refused.
+    pub drain_delay: Duration,
+    /// Longest wait for in-flight calls after connections stop being accepted.
     pub shutdown_grace: Duration,
+    /// Where to serve Prometheus `/metrics`, if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Reads a master key from a key file (base64), warning if others may read it.

@@ -17,7 +17,7 @@
 //! - [`service`]: the gRPC service itself;
 //! - [`server`]: [`run`], which serves the vault, health and reflection until shutdown;
 //! - [`error`]: the error enum and its mapping onto gRPC status codes;
-//! - [`cli`] and [`telemetry`]: the command line and logging.
+//! - [`cli`], [`telemetry`] and [`metrics`]: the command line, logging and Prometheus metrics.
 
 pub mod api;
 pub mod auth;
@@ -25,6 +25,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod error;
+pub mod metrics;
 pub mod provider;
 pub mod record;
 pub mod reverify;

@@ -63,6 +63,24 @@ pub enum VerificationStatus {
     Unreachable = 7,
 }
 
+impl VerificationStatus {
+    /// The name the API gives this status, e.g. `VERIFICATION_STATUS_VALID`.
+    pub fn name(self) -> &'static str {
+        match self {
+            VerificationStatus::Unspecified => "VERIFICATION_STATUS_UNSPECIFIED",
+            VerificationStatus::Valid => "VERIFICATION_STATUS_VALID",
+            VerificationStatus::ApiKeyRejected => "VERIFICATION_STATUS_API_KEY_REJECTED",
+            VerificationStatus::AccountTokenRejected => {
+                "VERIFICATION_STATUS_ACCOUNT_TOKEN_REJECTED"
+            }
+            VerificationStatus::Forbidden => "VERIFICATION_STATUS_FORBIDDEN",
+            VerificationStatus::RateLimited => "VERIFICATION_STATUS_RATE_LIMITED",
+            VerificationStatus::ProviderError => "VERIFICATION_STATUS_PROVIDER_ERROR",
+            VerificationStatus::Unreachable => "VERIFICATION_STATUS_UNREACHABLE",
+        }
+    }
+}
+
 /// The outcome of one check of a credential against its provider.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Verification {

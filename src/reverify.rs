@@ -172,7 +172,10 @@ async fn check<S: Store>(
     account: [u8; 32],
 ) -> Option<Checked> {
     let before = record.last_verification.as_ref().map(Verification::status);
-    match vault.verify_record(&record).await {
+    match vault
+        .verify_record(&record, crate::metrics::Source::Background)
+        .await
+    {
         Ok((verification, _)) => {
             let after = verification.status();
             if before != Some(after) {

@@ -15,6 +15,7 @@ use tonic_health::ServingStatus;
 use crate::api::{self, credential_vault_service_server::CredentialVaultServiceServer};
 use crate::config::Config;
 use crate::crypto::MasterKey;
+use crate::metrics;
 use crate::provider::Providers;
 use crate::reverify;
 use crate::service::VaultService;
@@ -88,6 +89,9 @@ pub async fn run(
     let (reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::NotServing).await;
 
+    if let Some(addr) = config.metrics_listen {
+        metrics::install(addr).map_err(ServeError::Transport)?;
+    }
     let key = Arc::new(config.master_key);
     let store = Arc::new(open_store(&config.data_dir, &key).await?);
     let providers = Providers::new(&config.providers).map_err(ServeError::Provider)?;
@@ -118,24 +122,35 @@ pub async fn run(
         .map_err(|e| ServeError::Transport(e.to_string()))?;
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
 
+    metrics::set_credentials(count);
     set_health(&reporter, ServingStatus::Serving).await;
+    let metrics_addr = config
+        .metrics_listen
+        .map_or_else(|| "off".to_owned(), |a| a.to_string());
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         %addr,
         data_dir = %config.data_dir.display(),
         credentials = count,
         key_id = key.id(),
+        tls = false,
+        audit = false,
+        metrics = %metrics_addr,
+        reverify_interval = ?config.reverify.interval,
         "credvault serving"
     );
 
     let (began_tx, began_rx) = tokio::sync::oneshot::channel::<()>();
+    let drain_delay = config.drain_delay;
     let signal = {
         let reporter = reporter.clone();
         async move {
             shutdown.await;
             set_health(&reporter, ServingStatus::NotServing).await;
             let _ = stop_tx.send(true);
-            tracing::info!("shutdown requested: health is NOT_SERVING, draining in-flight calls");
+            tracing::info!(drain_delay = ?drain_delay, "shutdown requested: health is NOT_SERVING; still serving during the drain delay");
+            tokio::time::sleep(drain_delay).await;
+            tracing::info!("no longer accepting connections; finishing in-flight calls");
             let _ = began_tx.send(());
         }
     };

@@ -14,6 +14,7 @@ use tracing::{field, Instrument, Span};
 use crate::api::{self, credential_vault_service_server::CredentialVaultService};
 use crate::auth::{Caller, Callers, Permission};
 use crate::error::Error;
+use crate::metrics;
 use crate::provider::ProviderSecret;
 use crate::record::{self, CredentialRecord, Verification, VerificationStatus, RECORD_FORMAT};
 use crate::store::{Store, StoreError};
@@ -100,7 +101,13 @@ impl<S: Store> VaultService<S> {
                 handle(request.into_inner()).await
             }
             .await;
-            let latency_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let elapsed = start.elapsed();
+            let latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+            metrics::rpc(
+                method,
+                result.as_ref().err().map_or(Code::Ok, Error::code),
+                elapsed,
+            );
             match &result {
                 Ok(_) => tracing::info!(code = ?Code::Ok, latency_us, "rpc done"),
                 Err(e @ (Error::DataLoss(_) | Error::Internal(_) | Error::Unavailable(_))) => {
@@ -198,6 +205,7 @@ impl<S: Store> VaultService<S> {
             expire_time,
         };
         self.vault.store().insert(&record).await?;
+        metrics::credentials_changed(1.0);
         Ok(api::CreateCredentialResponse {
             credential: Some(to_api(&record)),
         })
@@ -350,6 +358,7 @@ impl<S: Store> VaultService<S> {
     ) -> Result<api::DeleteCredentialResponse, Error> {
         let id = self.resolve_id(&required_ref(req.r#ref)?).await?;
         self.vault.store().delete(&id, req.expected_version).await?;
+        metrics::credentials_changed(-1.0);
         Ok(api::DeleteCredentialResponse {})
     }
 
@@ -358,7 +367,10 @@ impl<S: Store> VaultService<S> {
         req: api::VerifyCredentialRequest,
     ) -> Result<api::VerifyCredentialResponse, Error> {
         let record = self.resolve(&required_ref(req.r#ref)?).await?;
-        let (verification, stored) = self.vault.verify_record(&record).await?;
+        let (verification, stored) = self
+            .vault
+            .verify_record(&record, metrics::Source::Rpc)
+            .await?;
         Span::current().record("verification", status_name(&verification));
         Ok(api::VerifyCredentialResponse {
             verification: Some(verification_to_api(&verification)),
@@ -434,7 +446,7 @@ impl ListFilter {
 
 /// The API name of a verification's status, for logs.
 fn status_name(v: &Verification) -> &'static str {
-    verification_to_api(v).status().as_str_name()
+    v.status().name()
 }
 
 /// A record's metadata as the API shows it.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::crypto::{MasterKey, Sealed};
 use crate::error::Error;
+use crate::metrics::{self, Source};
 use crate::provider::{ProviderHeaders, ProviderSecret, Providers};
 use crate::record::{secret_aad, CredentialRecord, Verification, VerificationStatus};
 use crate::store::{Store, StoreError};
@@ -59,9 +60,11 @@ impl<S: Store> Vault<S> {
         self.providers.headers(secret)
     }
 
-    /// Asks the provider about `secret`.
-    pub async fn check(&self, secret: &ProviderSecret) -> Verification {
-        self.providers.verify(secret).await
+    /// Asks the provider about `secret`, counting the outcome by `source`.
+    pub async fn check(&self, secret: &ProviderSecret, source: Source) -> Verification {
+        let verification = self.providers.verify(secret).await;
+        metrics::verification(secret.provider(), verification.status().name(), source);
+        verification
     }
 
     /// Checks a secret before it is written: `Ok` with the result when it may be stored.
@@ -73,7 +76,7 @@ impl<S: Store> Vault<S> {
         secret: &ProviderSecret,
         best_effort: bool,
     ) -> Result<Verification, Error> {
-        let verification = self.check(secret).await;
+        let verification = self.check(secret, Source::Write).await;
         let provider = secret.provider();
         let rejected = |what: &str| {
             Error::FailedPrecondition(format!(
@@ -106,10 +109,11 @@ impl<S: Store> Vault<S> {
     pub async fn verify_record(
         &self,
         record: &CredentialRecord,
+        source: Source,
     ) -> Result<(Verification, CredentialRecord), Error> {
         let verification = {
             let secret = self.open(record)?;
-            self.check(&secret).await
+            self.check(&secret, source).await
         };
         let stored = self.record_verification(record, &verification).await?;
         Ok((verification, stored))

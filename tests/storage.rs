@@ -73,7 +73,9 @@ async fn another_master_key_refuses_to_start() {
         callers: credvault::auth::Callers::from_toml("").unwrap(),
         providers: Default::default(),
         reverify: Default::default(),
+        drain_delay: Duration::ZERO,
         shutdown_grace: Duration::from_secs(1),
+        metrics_listen: None,
     };
     let err = credvault::run(listener, config, std::future::pending())
         .await

@@ -136,7 +136,9 @@ impl TestServer {
                 request_timeout: opts.request_timeout,
             },
             reverify: opts.reverify.clone(),
+            drain_delay: Duration::ZERO,
             shutdown_grace: Duration::from_secs(5),
+            metrics_listen: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -484,6 +486,8 @@ impl Process {
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
             .args(args)
             .env_remove("CREDVAULT_MASTER_KEY")
+            // Tests stop at once unless they ask for a drain delay.
+            .env("CREDVAULT_DRAIN_DELAY", "0s")
             .envs(envs.iter().copied())
             .current_dir(cwd)
             .stdout(std::process::Stdio::piped())
