@@ -1,0 +1,101 @@
+//! Prometheus metrics on `--metrics-listen`, scraped over HTTP from the real binary.
+
+mod common;
+
+use common::*;
+use credvault::api;
+
+#[tokio::test]
+async fn metrics_show_requests_latency_credentials_and_verifications() {
+    let fake = FakeFleetio::start(vec![(
+        "key-good-00000001",
+        Behaviour::Accounts {
+            tokens: vec!["acct-1".into()],
+            bare: false,
+        },
+    )])
+    .await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let dir = tempfile::TempDir::new().unwrap();
+    let setup = write_config(dir.path());
+    let mut args = setup.args.clone();
+    args.extend(
+        [
+            "--fleetio-base-url",
+            &fake.base_url,
+            "--metrics-listen",
+            &metrics_addr,
+        ]
+        .map(String::from),
+    );
+    let mut process = Process::serve(&args, &[], dir.path()).await.unwrap();
+    assert!(
+        process
+            .stderr()
+            .contains(&format!("\"metrics\":\"{metrics_addr}\"")),
+        "{}",
+        process.stderr()
+    );
+
+    let mut admin = process.client(&setup.tokens.admin).await;
+    create(&mut admin, "one", "key-good-00000001", "acct-1").await;
+    create(&mut admin, "two", "key-good-00000001", "acct-1").await;
+    create(&mut admin, "three", "key-good-00000001", "acct-1").await;
+    admin
+        .delete_credential(api::DeleteCredentialRequest {
+            r#ref: Some(api::delete_credential_request::Ref::Name("three".into())),
+            expected_version: None,
+        })
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        admin
+            .get_credential_headers(headers_by_name("one"))
+            .await
+            .unwrap();
+    }
+    let _ = admin
+        .get_credential_headers(headers_by_name("ghost"))
+        .await
+        .unwrap_err();
+    admin
+        .verify_credential(verify_by_name("two"))
+        .await
+        .unwrap();
+    let mut worker = process.client(&setup.tokens.worker).await;
+    let _ = worker
+        .list_credentials(api::ListCredentialsRequest::default())
+        .await
+        .unwrap_err();
+
+    let body = reqwest::get(format!("http://{metrics_addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        r#"credvault_requests_total{method="CreateCredential",code="OK"} 3"#,
+        r#"credvault_requests_total{method="GetCredentialHeaders",code="OK"} 5"#,
+        r#"credvault_requests_total{method="GetCredentialHeaders",code="NOT_FOUND"} 1"#,
+        r#"credvault_requests_total{method="ListCredentials",code="PERMISSION_DENIED"} 1"#,
+        r#"credvault_request_duration_seconds_bucket{method="GetCredentialHeaders",le="+Inf"} 6"#,
+        r#"credvault_request_duration_seconds_count{method="VerifyCredential"} 1"#,
+        "credvault_credentials 2",
+        r#"credvault_verifications_total{provider="fleetio",status="VERIFICATION_STATUS_VALID",source="rpc"} 1"#,
+        "# TYPE credvault_request_duration_seconds histogram",
+        "# HELP credvault_credentials credentials stored",
+    ] {
+        assert!(body.contains(series), "missing {series:?} in\n{body}");
+    }
+    assert!(
+        !body.contains("key-good") && !body.contains("acct-1"),
+        "metrics leak a secret"
+    );
+    process.signal("TERM");
+    assert!(process.child.wait().await.unwrap().success());
+}
