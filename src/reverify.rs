@@ -61,7 +61,10 @@ pub async fn run<S: Store>(
         let wait = jittered(settings.interval);
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            _ = stop.changed() => return,
+            _ = stop.changed() => {
+                tracing::info!("background re-verification stopped");
+                return;
+            }
         }
         if stopped(&stop) || !sweep(&vault, &settings, &mut paused, &mut stop).await {
             tracing::info!("background re-verification stopped");
