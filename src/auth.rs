@@ -27,15 +27,18 @@ pub enum Permission {
     CredentialsVerify,
     /// Read the secret headers (the workers' hot path).
     HeadersRead,
+    /// Read the audit trail.
+    AuditRead,
 }
 
 impl Permission {
     /// Every permission, in documentation order.
-    pub const ALL: [Permission; 4] = [
+    pub const ALL: [Permission; 5] = [
         Permission::CredentialsRead,
         Permission::CredentialsWrite,
         Permission::CredentialsVerify,
         Permission::HeadersRead,
+        Permission::AuditRead,
     ];
 
     /// The name used in the callers file, e.g. `headers.read`.
@@ -45,6 +48,7 @@ impl Permission {
             Permission::CredentialsWrite => "credentials.write",
             Permission::CredentialsVerify => "credentials.verify",
             Permission::HeadersRead => "headers.read",
+            Permission::AuditRead => "audit.read",
         }
     }
 
@@ -76,9 +80,45 @@ pub struct Caller {
     /// The caller's name from the callers file; logged with every call.
     pub name: String,
     permissions: u8,
+    /// Globs on credential names the caller may touch; `None` means all.
+    scope: Option<Scope>,
+}
+
+/// A caller's credential scope: globs on names.
+struct Scope {
+    patterns: Vec<String>,
+    set: globset::GlobSet,
+}
+
+impl fmt::Debug for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(&self.patterns).finish()
+    }
 }
 
 impl Caller {
+    /// Whether the caller's scope is limited (so unknown ids must not be told from hidden ones).
+    pub fn is_scoped(&self) -> bool {
+        self.scope.is_some()
+    }
+
+    /// Whether the caller may touch the credential named `name`.
+    pub fn in_scope(&self, name: &str) -> bool {
+        self.scope.as_ref().is_none_or(|s| s.set.is_match(name))
+    }
+
+    /// Fails with `PERMISSION_DENIED` unless `name` is in the caller's scope.
+    /// The message is the same whether or not such a credential exists.
+    pub fn require_scope(&self, shown: &str, name: Option<&str>) -> Result<(), Error> {
+        match name {
+            Some(name) if self.in_scope(name) => Ok(()),
+            _ => Err(Error::PermissionDenied(format!(
+                "caller {:?} may not access credential {shown:?}",
+                self.name
+            ))),
+        }
+    }
+
     /// Whether the caller holds `permission`.
     pub fn may(&self, permission: Permission) -> bool {
         self.permissions & permission.bit() != 0
@@ -108,8 +148,15 @@ struct CallersFile {
 #[serde(deny_unknown_fields)]
 struct CallerEntry {
     name: String,
-    token_sha256: String,
+    #[serde(default)]
+    token_sha256: Option<String>,
+    /// With mutual TLS: the CN or a DNS SAN of the caller's client certificate.
+    #[serde(default)]
+    tls_subject: Option<String>,
     permissions: Vec<String>,
+    /// Globs on credential names; absent means every credential.
+    #[serde(default)]
+    credentials: Option<Vec<String>>,
 }
 
 struct Entry {
@@ -117,9 +164,10 @@ struct Entry {
     caller: Arc<Caller>,
 }
 
-/// The callers allowed in, by token digest.
+/// The callers allowed in, by token digest or client-certificate subject.
 pub struct Callers {
     entries: Vec<Entry>,
+    subjects: std::collections::HashMap<String, Arc<Caller>>,
 }
 
 impl fmt::Debug for Callers {
@@ -162,6 +210,7 @@ impl Callers {
         let mut names = HashSet::new();
         let mut digests = HashSet::new();
         let mut entries = Vec::with_capacity(file.caller.len());
+        let mut subjects = std::collections::HashMap::new();
         for entry in file.caller {
             let name = entry.name.trim().to_owned();
             if name.is_empty() {
@@ -170,29 +219,66 @@ impl Callers {
             if !names.insert(name.clone()) {
                 return Err(format!("caller {name:?} is listed twice"));
             }
-            let digest: [u8; 32] = hex::decode(entry.token_sha256.trim())
-                .ok()
-                .and_then(|d| d.try_into().ok())
-                .ok_or_else(|| {
-                    format!("caller {name:?}: token_sha256 must be 64 hex characters")
-                })?;
-            if !digests.insert(digest) {
-                return Err(format!(
-                    "caller {name:?} shares its token with another caller"
-                ));
-            }
             let mut permissions = 0u8;
             for p in &entry.permissions {
                 permissions |= Permission::parse(p)
                     .map_err(|e| format!("caller {name:?}: {e}"))?
                     .bit();
             }
-            entries.push(Entry {
-                digest,
-                caller: Arc::new(Caller { name, permissions }),
+            let scope = match entry.credentials {
+                None => None,
+                Some(patterns) => {
+                    let mut builder = globset::GlobSetBuilder::new();
+                    for p in &patterns {
+                        let glob = globset::GlobBuilder::new(p)
+                            .literal_separator(false)
+                            .build()
+                            .map_err(|e| {
+                                format!("caller {name:?}: bad credentials glob {p:?}: {e}")
+                            })?;
+                        builder.add(glob);
+                    }
+                    let set = builder
+                        .build()
+                        .map_err(|e| format!("caller {name:?}: {e}"))?;
+                    Some(Scope { patterns, set })
+                }
+            };
+            let caller = Arc::new(Caller {
+                name: name.clone(),
+                permissions,
+                scope,
             });
+            if entry.token_sha256.is_none() && entry.tls_subject.is_none() {
+                return Err(format!("caller {name:?} needs token_sha256 or tls_subject"));
+            }
+            if let Some(hex_digest) = entry.token_sha256 {
+                let digest: [u8; 32] = hex::decode(hex_digest.trim())
+                    .ok()
+                    .and_then(|d| d.try_into().ok())
+                    .ok_or_else(|| {
+                        format!("caller {name:?}: token_sha256 must be 64 hex characters")
+                    })?;
+                if !digests.insert(digest) {
+                    return Err(format!(
+                        "caller {name:?} shares its token with another caller"
+                    ));
+                }
+                entries.push(Entry {
+                    digest,
+                    caller: Arc::clone(&caller),
+                });
+            }
+            if let Some(subject) = entry.tls_subject {
+                let subject = subject.trim().to_owned();
+                if subject.is_empty() || subjects.insert(subject.clone(), caller).is_some() {
+                    return Err(format!(
+                        "caller {name:?}: tls_subject {subject:?} is empty or used twice"
+                    ));
+                }
+            }
         }
-        Ok(Callers { entries })
+        Ok(Callers { entries, subjects })
     }
 
     /// Reads and parses a callers file.
@@ -226,11 +312,21 @@ impl Callers {
         bool::from(any).then(|| Arc::clone(&self.entries[index as usize].caller))
     }
 
-    /// Authenticates a request by its `authorization: Bearer <token>` metadata.
-    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Arc<Caller>, Error> {
-        let value = metadata.get("authorization").ok_or(Error::Unauthenticated(
-            "missing credentials: send `authorization: Bearer <token>` metadata",
-        ))?;
+    /// Authenticates a request: by its `authorization: Bearer <token>` metadata when
+    /// present, else by the subjects (CN, DNS SANs) of a verified client certificate.
+    pub fn authenticate(
+        &self,
+        metadata: &MetadataMap,
+        cert_subjects: &[String],
+    ) -> Result<Arc<Caller>, Error> {
+        let Some(value) = metadata.get("authorization") else {
+            return cert_subjects
+                .iter()
+                .find_map(|s| self.subjects.get(s).cloned())
+                .ok_or(Error::Unauthenticated(
+                    "missing credentials: send `authorization: Bearer <token>` metadata or a known client certificate",
+                ));
+        };
         let token = value
             .to_str()
             .ok()
@@ -244,6 +340,71 @@ impl Callers {
             ))?;
         self.find(token)
             .ok_or(Error::Unauthenticated("invalid bearer token"))
+    }
+}
+
+/// The names a client certificate (DER) speaks for: its subject CN and DNS SANs.
+/// The certificate was already verified against `--client-ca` by the TLS layer.
+pub fn certificate_subjects(der: &[u8]) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = cert
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_owned))
+        .collect();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
+                names.push((*dns).to_owned());
+            }
+        }
+    }
+    names
+}
+
+/// The live set of callers, replaced whole on reload.
+#[derive(Debug)]
+pub struct CallerRegistry {
+    current: std::sync::RwLock<Arc<Callers>>,
+    path: Option<std::path::PathBuf>,
+}
+
+impl CallerRegistry {
+    /// A registry that reloads from `path` (or never, without one).
+    pub fn new(callers: Callers, path: Option<std::path::PathBuf>) -> Self {
+        CallerRegistry {
+            current: std::sync::RwLock::new(Arc::new(callers)),
+            path,
+        }
+    }
+
+    /// The callers now in force.
+    pub fn current(&self) -> Arc<Callers> {
+        Arc::clone(
+            &self
+                .current
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// The file the callers come from, if any.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Re-reads the callers file; on any error keeps the current set and says why.
+    pub fn reload(&self) -> Result<usize, String> {
+        let path = self.path.as_deref().ok_or("no callers file to reload")?;
+        let callers = Callers::load(path)?;
+        let count = callers.len();
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(callers);
+        Ok(count)
     }
 }
 
@@ -266,14 +427,14 @@ mod tests {
         let token = mint_token();
         let c = callers(&token, &[Permission::HeadersRead]);
         let caller = c
-            .authenticate(&md(&format!("Bearer {}", token.as_str())))
+            .authenticate(&md(&format!("Bearer {}", token.as_str())), &[])
             .unwrap();
         assert_eq!(caller.name, "worker");
         assert!(caller.may(Permission::HeadersRead));
         assert!(caller.require(Permission::CredentialsWrite).is_err());
-        assert!(c.authenticate(&md("Bearer cv_wrong")).is_err());
-        assert!(c.authenticate(&md(token.as_str())).is_err());
-        assert!(c.authenticate(&MetadataMap::new()).is_err());
+        assert!(c.authenticate(&md("Bearer cv_wrong"), &[]).is_err());
+        assert!(c.authenticate(&md(token.as_str()), &[]).is_err());
+        assert!(c.authenticate(&MetadataMap::new(), &[]).is_err());
     }
 
     #[test]
@@ -289,6 +450,31 @@ mod tests {
             assert_eq!(c.find(t).unwrap().name, format!("c{i}"));
         }
         assert!(c.find("nope").is_none());
+    }
+
+    #[test]
+    fn scopes_and_subjects() {
+        let digest = "ab".repeat(32);
+        let c = Callers::from_toml(&format!(
+            "[[caller]]\nname = \"acme\"\ntoken_sha256 = \"{digest}\"\npermissions = []\ncredentials = [\"fleetio-acme-*\", \"fleetio-beta\"]\n\
+             [[caller]]\nname = \"mtls\"\ntls_subject = \"worker.internal\"\npermissions = [\"headers.read\"]\n"
+        ))
+        .unwrap();
+        let acme = &c.entries[0].caller;
+        assert!(acme.is_scoped());
+        assert!(acme.in_scope("fleetio-acme-1") && acme.in_scope("fleetio-beta"));
+        assert!(!acme.in_scope("fleetio-betamax") && !acme.in_scope("other"));
+        let by_cert = c
+            .authenticate(
+                &MetadataMap::new(),
+                &["nope".into(), "worker.internal".into()],
+            )
+            .unwrap();
+        assert_eq!(by_cert.name, "mtls");
+        assert!(!by_cert.is_scoped() && by_cert.in_scope("anything"));
+        assert!(c
+            .authenticate(&MetadataMap::new(), &["nope".into()])
+            .is_err());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::auth::{self, Permission};
-use crate::config::{self, Config};
+use crate::config::{self, Config, TlsSettings};
 use crate::crypto::MasterKey;
 use crate::provider::{fleetio, ProviderSettings};
 use crate::reverify::ReverifySettings;
@@ -25,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Runs the gRPC server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Prints a fresh random master key (32 bytes, base64) for --master-key-file.
     Keygen,
     /// Mints a caller token, prints it once, and prints its callers.toml entry.
@@ -74,6 +74,25 @@ struct ServeArgs {
     /// TOML file listing the callers, their token digests and permissions.
     #[arg(long, env = "CREDVAULT_CALLERS_FILE")]
     callers_file: Option<PathBuf>,
+    /// Append audit events (JSON lines) here [default: <data-dir>/audit.jsonl].
+    #[arg(long, env = "CREDVAULT_AUDIT_LOG")]
+    audit_log: Option<PathBuf>,
+    /// Serve secret reads even while the audit log cannot be written (default: refuse them).
+    #[arg(long, env = "CREDVAULT_AUDIT_FAIL_OPEN")]
+    audit_fail_open: bool,
+    /// PEM certificate chain for TLS on the gRPC port (with --tls-key).
+    #[arg(long, env = "CREDVAULT_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS on the gRPC port (with --tls-cert).
+    #[arg(long, env = "CREDVAULT_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA bundle for client certificates: enables mutual TLS (callers may then be
+    /// identified by `tls_subject`); token callers keep working.
+    #[arg(long, env = "CREDVAULT_CLIENT_CA", requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
+    /// A plaintext address serving only gRPC health, for probes when TLS is on.
+    #[arg(long, env = "CREDVAULT_HEALTH_LISTEN")]
+    health_listen: Option<SocketAddr>,
     /// Fleetio API base URL (tests point it at a local fake).
     #[arg(long, env = "CREDVAULT_FLEETIO_BASE_URL", default_value = fleetio::DEFAULT_BASE_URL)]
     fleetio_base_url: String,
@@ -124,7 +143,7 @@ struct TokenArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Keygen => {
             println!("{}", MasterKey::generate_base64().as_str());
             Ok(())
@@ -284,10 +303,26 @@ fn resolve(dev: bool, args: &ServeArgs) -> Result<Config, String> {
         }
     };
     let callers = config::load_callers(callers_file.as_deref())?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsSettings {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: args.client_ca.clone(),
+        }),
+        _ => None,
+    };
     Ok(Config {
+        audit_log: args
+            .audit_log
+            .clone()
+            .or_else(|| Some(data_dir.join("audit.jsonl"))),
         data_dir,
         master_key,
         callers,
+        callers_file,
+        audit_fail_open: args.audit_fail_open,
+        tls,
+        health_listen: args.health_listen,
         providers: ProviderSettings {
             fleetio_base_url: args.fleetio_base_url.clone(),
             connect_timeout: args.provider_connect_timeout,

@@ -23,6 +23,16 @@ pub struct Config {
     pub master_key: MasterKey,
     /// Who may call, with which permissions.
     pub callers: Callers,
+    /// The callers file, re-read on SIGHUP and when it changes.
+    pub callers_file: Option<PathBuf>,
+    /// Where audit events are appended (default `<data_dir>/audit.jsonl`).
+    pub audit_log: Option<PathBuf>,
+    /// Serve secret reads even while the audit log cannot be written.
+    pub audit_fail_open: bool,
+    /// TLS for the gRPC port, if any.
+    pub tls: Option<TlsSettings>,
+    /// A plaintext port serving only gRPC health (for probes when TLS is on).
+    pub health_listen: Option<std::net::SocketAddr>,
     /// Provider endpoints and timeouts.
     pub providers: ProviderSettings,
     /// The background re-verifier's schedule.
@@ -33,6 +43,17 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Where to serve Prometheus `/metrics`, if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+/// TLS settings of the gRPC port.
+#[derive(Clone, Debug)]
+pub struct TlsSettings {
+    /// PEM certificate chain of the server.
+    pub cert: PathBuf,
+    /// PEM private key of the server.
+    pub key: PathBuf,
+    /// PEM CA bundle for client certificates (mutual TLS); optional for clients.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Reads a master key from a key file (base64), warning if others may read it.

@@ -52,6 +52,8 @@ pub struct Sealed {
 pub struct MasterKey {
     id: String,
     cipher: Aes256Gcm,
+    /// Key for deriving purpose-bound subkeys (HMAC-SHA256 of the raw key and a label).
+    derive: Zeroizing<[u8; KEY_LEN]>,
 }
 
 impl fmt::Debug for MasterKey {
@@ -70,7 +72,11 @@ impl MasterKey {
         hasher.update(bytes);
         let id = hex::encode(&hasher.finalize()[..8]);
         let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(bytes));
-        MasterKey { id, cipher }
+        MasterKey {
+            id,
+            cipher,
+            derive: Zeroizing::new(*bytes),
+        }
     }
 
     /// Parses a base64 key (surrounding whitespace ignored).
@@ -88,6 +94,15 @@ impl MasterKey {
         let mut raw = Zeroizing::new([0u8; KEY_LEN]);
         OsRng.fill_bytes(raw.as_mut());
         Zeroizing::new(B64.encode(raw.as_ref()))
+    }
+
+    /// A 256-bit subkey for one purpose, named by `label` (HMAC-SHA256 keyed by the master key).
+    pub fn derive_subkey(&self, label: &[u8]) -> Zeroizing<[u8; KEY_LEN]> {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.derive.as_ref())
+            .expect("hmac takes any key length");
+        mac.update(label);
+        Zeroizing::new(mac.finalize().into_bytes().into())
     }
 
     /// The key id: a 16-hex-digit fingerprint that names the key without revealing it.

@@ -9,7 +9,8 @@
 //! - [`crypto`]: the master key, sealing and opening with record-bound associated data;
 //! - [`record`]: the stored record format (prost, versioned);
 //! - [`store`]: the engine-neutral store trait and its sled implementation;
-//! - [`auth`]: callers, permissions and constant-time bearer-token checks;
+//! - [`auth`]: callers, permissions, scopes, reload, and constant-time bearer-token checks;
+//! - [`audit`]: the audit trail of every RPC, with secret-read fingerprints;
 //! - [`provider`]: each third-party API's secret, headers and verification ([`provider::fleetio`]);
 //! - [`validate`]: request validation;
 //! - [`vault`]: the domain core: seal, open, check with the provider, record results;
@@ -20,6 +21,7 @@
 //! - [`cli`], [`telemetry`] and [`metrics`]: the command line, logging and Prometheus metrics.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;

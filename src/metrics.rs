@@ -83,7 +83,8 @@ pub fn verification(provider: &'static str, status: &'static str, source: Source
     counter!(VERIFICATIONS, "provider" => provider, "status" => status, "source" => source.as_str()).increment(1);
 }
 
-fn code_name(code: tonic::Code) -> &'static str {
+/// The canonical upper-case name of a gRPC code, e.g. `PERMISSION_DENIED`.
+pub fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code::*;
     match code {
         Ok => "OK",

@@ -49,6 +49,16 @@ pub struct CredentialRecord {
     pub expire_time: Option<Timestamp>,
 }
 
+/// The last read of a credential's secret.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Usage {
+    #[prost(message, optional, tag = "1")]
+    pub time: Option<Timestamp>,
+    /// The caller's name.
+    #[prost(string, tag = "2")]
+    pub caller: String,
+}
+
 /// What the provider said of a credential.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
 #[repr(i32)]

@@ -13,7 +13,9 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::api::{self, credential_vault_service_server::CredentialVaultServiceServer};
-use crate::config::Config;
+use crate::audit::AuditLog;
+use crate::auth::CallerRegistry;
+use crate::config::{Config, TlsSettings};
 use crate::crypto::MasterKey;
 use crate::metrics;
 use crate::provider::Providers;
@@ -21,6 +23,9 @@ use crate::reverify;
 use crate::service::VaultService;
 use crate::store::{SledStore, Store, StoreError};
 use crate::vault::Vault;
+
+/// The health service name that reports whether the audit log can be written.
+pub const AUDIT_HEALTH_SERVICE: &str = "credvault.audit";
 
 /// The largest request message accepted; larger ones answer `INVALID_ARGUMENT`.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -43,6 +48,9 @@ pub enum ServeError {
     /// Records exist but no key-check value does: the directory is not one credvault made whole.
     #[error("the data directory holds credentials but no key-check value; it was not made by credvault or is damaged")]
     MissingKeyCheck,
+    /// The audit log could not be opened.
+    #[error("{0}")]
+    Audit(String),
     /// A provider client could not be built.
     #[error("{0}")]
     Provider(String),
@@ -96,49 +104,99 @@ pub async fn run(
     let store = Arc::new(open_store(&config.data_dir, &key).await?);
     let providers = Providers::new(&config.providers).map_err(ServeError::Provider)?;
     let count = store.count().await?;
+    let audit_path = config
+        .audit_log
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("audit.jsonl"));
+    let audit = Arc::new(
+        AuditLog::open(&audit_path, config.audit_fail_open, &key).map_err(ServeError::Audit)?,
+    );
     let vault = Arc::new(Vault::new(Arc::clone(&store), Arc::clone(&key), providers));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let reverifier = tokio::spawn(reverify::run(
-        Arc::clone(&vault),
-        config.reverify.clone(),
-        stop_rx,
+    let callers = Arc::new(CallerRegistry::new(
+        config.callers,
+        config.callers_file.clone(),
     ));
-    let service = VaultService::new(vault, Arc::new(config.callers));
+    // `stop` ends background work at SIGTERM; `drained` closes the health-only port after the drain delay.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (drained_tx, drained_rx) = tokio::sync::watch::channel(false);
+    let background = [
+        tokio::spawn(reverify::run(
+            Arc::clone(&vault),
+            config.reverify.clone(),
+            stop_rx.clone(),
+        )),
+        tokio::spawn(reload_callers(Arc::clone(&callers), stop_rx.clone())),
+        tokio::spawn(flush_usage(Arc::clone(&vault), stop_rx.clone())),
+        tokio::spawn(watch_audit(
+            Arc::clone(&audit),
+            reporter.clone(),
+            stop_rx.clone(),
+        )),
+    ];
+    let service = VaultService::new(Arc::clone(&vault), callers, Arc::clone(&audit));
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(api::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let reflection_v1 = reflection()
-        .build_v1()
-        .map_err(|e| ServeError::Transport(e.to_string()))?;
-    let reflection_v1alpha = reflection()
-        .build_v1alpha()
-        .map_err(|e| ServeError::Transport(e.to_string()))?;
+    let transport = |e: &dyn std::fmt::Display| ServeError::Transport(e.to_string());
+    let reflection_v1 = reflection().build_v1().map_err(|e| transport(&e))?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(|e| transport(&e))?;
 
-    let addr = listener
-        .local_addr()
-        .map_err(|e| ServeError::Transport(e.to_string()))?;
+    let addr = listener.local_addr().map_err(|e| transport(&e))?;
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let mut builder = Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder
+            .tls_config(server_tls(tls)?)
+            .map_err(|e| transport(&e))?;
+    }
+    // With TLS, probes that speak plaintext only get a health-only port.
+    let health_only = match config.health_listen {
+        Some(health_addr) => {
+            let listener = TcpListener::bind(health_addr).await.map_err(|e| {
+                ServeError::Transport(format!("cannot listen on {health_addr}: {e}"))
+            })?;
+            let bound = listener.local_addr().map_err(|e| transport(&e))?;
+            let mut drained = drained_rx;
+            let health = health.clone();
+            let server = tokio::spawn(
+                Server::builder()
+                    .add_service(health)
+                    .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
+                        let _ = drained.wait_for(|s| *s).await;
+                    }),
+            );
+            Some((bound, server))
+        }
+        None => None,
+    };
 
     metrics::set_credentials(count);
     set_health(&reporter, ServingStatus::Serving).await;
-    let metrics_addr = config
-        .metrics_listen
-        .map_or_else(|| "off".to_owned(), |a| a.to_string());
+    let shown =
+        |a: Option<std::net::SocketAddr>| a.map_or_else(|| "off".to_owned(), |a| a.to_string());
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         %addr,
+        health_addr = %shown(health_only.as_ref().map(|(a, _)| *a)),
         data_dir = %config.data_dir.display(),
         credentials = count,
         key_id = key.id(),
-        tls = false,
-        audit = false,
-        metrics = %metrics_addr,
+        tls = config.tls.is_some(),
+        mutual_tls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+        audit = %audit.path().display(),
+        audit_fail_open = audit.fail_open(),
+        metrics = %shown(config.metrics_listen),
         reverify_interval = ?config.reverify.interval,
         "credvault serving"
     );
+    if audit.fail_open() {
+        tracing::warn!(
+            "--audit-fail-open: secret reads go on even while the audit log cannot be written"
+        );
+    }
 
     let (began_tx, began_rx) = tokio::sync::oneshot::channel::<()>();
     let drain_delay = config.drain_delay;
@@ -150,11 +208,12 @@ pub async fn run(
             let _ = stop_tx.send(true);
             tracing::info!(drain_delay = ?drain_delay, "shutdown requested: health is NOT_SERVING; still serving during the drain delay");
             tokio::time::sleep(drain_delay).await;
+            let _ = drained_tx.send(true);
             tracing::info!("no longer accepting connections; finishing in-flight calls");
             let _ = began_tx.send(());
         }
     };
-    let serve = Server::builder()
+    let serve = builder
         .layer(tower::layer::layer_fn(OversizedIsInvalid))
         .add_service(health)
         .add_service(reflection_v1)
@@ -165,17 +224,130 @@ pub async fn run(
         .serve_with_incoming_shutdown(incoming, signal);
     let grace = config.shutdown_grace;
     tokio::select! {
-        served = serve => served.map_err(|e| ServeError::Transport(e.to_string()))?,
+        served = serve => served.map_err(|e| transport(&e))?,
         () = drain_deadline(began_rx, grace) => {
             tracing::warn!(?grace, "drain took longer than the grace period; closing the remaining connections");
         }
     }
-    if reverifier.await.is_err() {
-        tracing::error!("the re-verifier task failed");
+    for task in background {
+        if task.await.is_err() {
+            tracing::error!("a background task failed");
+        }
+    }
+    if let Some((_, server)) = health_only {
+        let _ = server.await;
+    }
+    if let Err(e) = vault.flush_usage().await {
+        tracing::warn!(error = %e, "last uses could not be recorded at shutdown");
+    }
+    if !audit.flush().await {
+        tracing::error!("the audit log could not be flushed at shutdown");
     }
     store.flush().await?;
     tracing::info!("store flushed; stopped");
     Ok(())
+}
+
+fn server_tls(tls: &TlsSettings) -> Result<tonic::transport::ServerTlsConfig, ServeError> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let read = |p: &std::path::Path| {
+        std::fs::read(p)
+            .map_err(|e| ServeError::Transport(format!("cannot read {}: {e}", p.display())))
+    };
+    let mut config =
+        ServerTlsConfig::new().identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
+    if let Some(ca) = &tls.client_ca {
+        // Client certificates identify callers when presented; token callers need none.
+        config = config
+            .client_ca_root(Certificate::from_pem(read(ca)?))
+            .client_auth_optional(true);
+    }
+    Ok(config)
+}
+
+/// Re-reads the callers file on SIGHUP and whenever it changes (checked twice a second).
+async fn reload_callers(
+    callers: Arc<CallerRegistry>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let Some(path) = callers.path().map(std::path::Path::to_owned) else {
+        return;
+    };
+    let stamp = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut seen = stamp(&path);
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let hangup = async {
+            match hup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup = std::future::pending::<()>();
+        let why = tokio::select! {
+            _ = stop.changed() => return,
+            () = hangup => "SIGHUP",
+            () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {
+                let now = stamp(&path);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                "the file changed"
+            }
+        };
+        match callers.reload() {
+            Ok(count) => tracing::info!(callers = count, reason = why, "callers reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, reason = why, "callers reload failed; keeping the previous callers")
+            }
+        }
+    }
+}
+
+/// Writes noted secret reads (last_used_*) to the store once a second.
+async fn flush_usage<S: Store>(vault: Arc<Vault<S>>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+        if let Err(e) = vault.flush_usage().await {
+            tracing::warn!(error = %e, "last uses could not be recorded");
+        }
+    }
+}
+
+/// Shows the audit writer's state as the health of service `credvault.audit`.
+async fn watch_audit(
+    audit: Arc<AuditLog>,
+    reporter: tonic_health::server::HealthReporter,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut last = None;
+    loop {
+        let healthy = audit.healthy();
+        if last != Some(healthy) {
+            let status = if healthy {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            reporter
+                .set_service_status(AUDIT_HEALTH_SERVICE, status)
+                .await;
+            last = Some(healthy);
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+        }
+    }
 }
 
 async fn drain_deadline(began: tokio::sync::oneshot::Receiver<()>, grace: Duration) {

@@ -5,18 +5,21 @@
 //! code, latency); none carries a secret.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime};
 
 use tonic::{Code, Request, Response, Status};
 use tracing::{field, Instrument, Span};
 
 use crate::api::{self, credential_vault_service_server::CredentialVaultService};
-use crate::auth::{Caller, Callers, Permission};
+use crate::audit::{AuditEvent, AuditLog, AuditQuery};
+use crate::auth::{certificate_subjects, Caller, CallerRegistry, Permission};
 use crate::error::Error;
 use crate::metrics;
 use crate::provider::ProviderSecret;
-use crate::record::{self, CredentialRecord, Verification, VerificationStatus, RECORD_FORMAT};
+use crate::record::{
+    self, CredentialRecord, Usage, Verification, VerificationStatus, RECORD_FORMAT,
+};
 use crate::store::{Store, StoreError};
 use crate::validate;
 use crate::vault::{Vault, MAX_CAS_RETRIES};
@@ -59,16 +62,51 @@ fn required_ref(r: Option<impl Into<CredentialRef>>) -> Result<CredentialRef, Er
 /// The vault's gRPC service over a store `S`.
 pub struct VaultService<S> {
     vault: Arc<Vault<S>>,
-    callers: Arc<Callers>,
+    callers: Arc<CallerRegistry>,
+    audit: Arc<AuditLog>,
+}
+
+/// One call in progress: who makes it, and what it touched (for the audit trail).
+struct Call {
+    caller: Arc<Caller>,
+    target: Mutex<Target>,
+}
+
+#[derive(Default)]
+struct Target {
+    id: String,
+    name: String,
+    fingerprint: String,
+}
+
+impl Call {
+    fn touch(&self, id: &str, name: &str) {
+        let mut t = self.target.lock().unwrap_or_else(PoisonError::into_inner);
+        id.clone_into(&mut t.id);
+        name.clone_into(&mut t.name);
+        Span::current().record("credential_id", id);
+    }
+
+    fn read_secret(&self, fingerprint: String) {
+        self.target
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .fingerprint = fingerprint;
+    }
 }
 
 impl<S: Store> VaultService<S> {
-    /// A service over the vault core, admitting `callers`.
-    pub fn new(vault: Arc<Vault<S>>, callers: Arc<Callers>) -> Self {
-        VaultService { vault, callers }
+    /// A service over the vault core, admitting the registry's callers, auditing to `audit`.
+    pub fn new(vault: Arc<Vault<S>>, callers: Arc<CallerRegistry>, audit: Arc<AuditLog>) -> Self {
+        VaultService {
+            vault,
+            callers,
+            audit,
+        }
     }
 
-    /// Runs one RPC: authenticate, authorise, handle, and log one event.
+    /// Runs one RPC: authenticate, authorise, handle; then one log event, one
+    /// audit event and the metrics.
     async fn rpc<Req, Resp, F, Fut>(
         &self,
         method: &'static str,
@@ -77,10 +115,13 @@ impl<S: Store> VaultService<S> {
         handle: F,
     ) -> Result<Response<Resp>, Status>
     where
-        F: FnOnce(Req) -> Fut,
+        F: FnOnce(Arc<Call>, Req) -> Fut,
         Fut: Future<Output = Result<Resp, Error>>,
     {
         let start = Instant::now();
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
         let span = tracing::info_span!(
             "rpc",
             method,
@@ -89,25 +130,52 @@ impl<S: Store> VaultService<S> {
             verification = field::Empty,
         );
         async move {
+            let mut call = None;
             let result = async {
-                let caller: Arc<Caller> = self
+                let subjects: Vec<String> = request
+                    .peer_certs()
+                    .and_then(|certs| certs.first().map(|c| certificate_subjects(c)))
+                    .unwrap_or_default();
+                let caller = self
                     .callers
-                    .authenticate(request.metadata())
-                    .inspect_err(|_| {
-                        Span::current().record("caller", "anonymous");
-                    })?;
+                    .current()
+                    .authenticate(request.metadata(), &subjects)?;
                 Span::current().record("caller", caller.name.as_str());
+                let this = Arc::new(Call {
+                    caller: Arc::clone(&caller),
+                    target: Mutex::default(),
+                });
+                call = Some(Arc::clone(&this));
                 caller.require(permission)?;
-                handle(request.into_inner()).await
+                handle(this, request.into_inner()).await
             }
             .await;
             let elapsed = start.elapsed();
+            let code = result.as_ref().err().map_or(Code::Ok, Error::code);
+            metrics::rpc(method, code, elapsed);
+            let mut event = AuditEvent {
+                time: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+                caller: "anonymous".into(),
+                peer,
+                method: method.into(),
+                code: metrics::code_name(code).into(),
+                ..Default::default()
+            };
+            if let Some(call) = call {
+                event.caller.clone_from(&call.caller.name);
+                let t = std::mem::take(
+                    &mut *call.target.lock().unwrap_or_else(PoisonError::into_inner),
+                );
+                (
+                    event.credential_id,
+                    event.credential_name,
+                    event.secret_fingerprint,
+                ) = (t.id, t.name, t.fingerprint);
+            } else {
+                Span::current().record("caller", "anonymous");
+            }
+            self.audit.record(&event);
             let latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-            metrics::rpc(
-                method,
-                result.as_ref().err().map_or(Code::Ok, Error::code),
-                elapsed,
-            );
             match &result {
                 Ok(_) => tracing::info!(code = ?Code::Ok, latency_us, "rpc done"),
                 Err(e @ (Error::DataLoss(_) | Error::Internal(_) | Error::Unavailable(_))) => {
@@ -124,33 +192,62 @@ impl<S: Store> VaultService<S> {
         .await
     }
 
-    /// The id a reference points at (checked to exist only by the caller's next step).
-    async fn resolve_id(&self, r: &CredentialRef) -> Result<String, Error> {
+    /// The id a reference points at, within the caller's scope.
+    ///
+    /// A scoped caller gets the same `PERMISSION_DENIED` for a credential outside
+    /// its scope as for one that does not exist, so it learns no names or ids.
+    async fn resolve_id(&self, call: &Call, r: &CredentialRef) -> Result<String, Error> {
+        let caller = &call.caller;
         let id =
             match r {
                 CredentialRef::Id(id) => {
                     validate::id(id)?;
+                    if caller.is_scoped() {
+                        let name = self
+                            .vault
+                            .store()
+                            .get(id)
+                            .await
+                            .ok()
+                            .flatten()
+                            .map(|r| r.name);
+                        caller.require_scope(id, name.as_deref())?;
+                    }
                     id.clone()
                 }
                 CredentialRef::Name(name) => {
                     validate::name(name)?;
+                    caller.require_scope(name, Some(name))?;
                     self.vault.store().id_for_name(name).await?.ok_or_else(|| {
                         Error::NotFound(format!("no credential is named {name:?}"))
                     })?
                 }
             };
-        Span::current().record("credential_id", id.as_str());
+        let name = match r {
+            CredentialRef::Name(name) => name.as_str(),
+            CredentialRef::Id(_) => "",
+        };
+        call.touch(&id, name);
         Ok(id)
     }
 
-    /// The record a reference points at.
-    async fn resolve(&self, r: &CredentialRef) -> Result<CredentialRecord, Error> {
-        let id = self.resolve_id(r).await?;
-        self.vault
+    /// The record a reference points at, within the caller's scope.
+    async fn resolve(&self, call: &Call, r: &CredentialRef) -> Result<CredentialRecord, Error> {
+        let id = self.resolve_id(call, r).await?;
+        let record = self
+            .vault
             .store()
             .get(&id)
             .await?
-            .ok_or_else(|| Error::NotFound(format!("credential {id} not found")))
+            .ok_or_else(|| Error::NotFound(format!("credential {id} not found")))?;
+        call.touch(&record.id, &record.name);
+        Ok(record)
+    }
+
+    /// A record as the API shows it, with its last use.
+    async fn show(&self, record: &CredentialRecord) -> api::Credential {
+        let usage = self.vault.last_use(&record.id).await;
+        to_api(record, usage.as_ref())
     }
 
     /// Checks a secret before writing it when the request asks to.
@@ -170,9 +267,11 @@ impl<S: Store> VaultService<S> {
 
     async fn create(
         &self,
+        call: Arc<Call>,
         req: api::CreateCredentialRequest,
     ) -> Result<api::CreateCredentialResponse, Error> {
         validate::name(&req.name)?;
+        call.caller.require_scope(&req.name, Some(&req.name))?;
         validate::description(&req.description)?;
         let expire_time = req.expire_time.map(validate::timestamp).transpose()?;
         let secret = req
@@ -188,7 +287,7 @@ impl<S: Store> VaultService<S> {
             .check_if_asked(&secret, req.verify, req.verify_best_effort)
             .await?;
         let id = validate::new_id();
-        Span::current().record("credential_id", id.as_str());
+        call.touch(&id, &req.name);
         let now = Some(record::timestamp(SystemTime::now()));
         let record = CredentialRecord {
             format: RECORD_FORMAT,
@@ -207,22 +306,24 @@ impl<S: Store> VaultService<S> {
         self.vault.store().insert(&record).await?;
         metrics::credentials_changed(1.0);
         Ok(api::CreateCredentialResponse {
-            credential: Some(to_api(&record)),
+            credential: Some(to_api(&record, None)),
         })
     }
 
     async fn get(
         &self,
+        call: Arc<Call>,
         req: api::GetCredentialRequest,
     ) -> Result<api::GetCredentialResponse, Error> {
-        let record = self.resolve(&required_ref(req.r#ref)?).await?;
+        let record = self.resolve(&call, &required_ref(req.r#ref)?).await?;
         Ok(api::GetCredentialResponse {
-            credential: Some(to_api(&record)),
+            credential: Some(self.show(&record).await),
         })
     }
 
     async fn list(
         &self,
+        call: Arc<Call>,
         req: api::ListCredentialsRequest,
     ) -> Result<api::ListCredentialsResponse, Error> {
         let size = validate::page_size(req.page_size)?;
@@ -236,12 +337,12 @@ impl<S: Store> VaultService<S> {
             let read = items.len();
             for (id, record) in items {
                 match record {
-                    Ok(record) if filter.matches(&record) => {
+                    Ok(record) if filter.matches(&record) && call.caller.in_scope(&record.name) => {
                         if credentials.len() == size {
                             more = true;
                             break 'scan;
                         }
-                        credentials.push(to_api(&record));
+                        credentials.push(self.show(&record).await);
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -266,6 +367,7 @@ impl<S: Store> VaultService<S> {
 
     async fn update(
         &self,
+        call: Arc<Call>,
         req: api::UpdateCredentialRequest,
     ) -> Result<api::UpdateCredentialResponse, Error> {
         let r = required_ref(req.r#ref)?;
@@ -301,7 +403,7 @@ impl<S: Store> VaultService<S> {
             None => None,
         };
         for _ in 0..MAX_CAS_RETRIES {
-            let current = self.resolve(&r).await?;
+            let current = self.resolve(&call, &r).await?;
             if let Some(expected) = req.expected_version {
                 if expected != current.version {
                     return Err(StoreError::VersionMismatch {
@@ -338,7 +440,7 @@ impl<S: Store> VaultService<S> {
             match self.vault.store().replace(&next, current.version).await {
                 Ok(()) => {
                     return Ok(api::UpdateCredentialResponse {
-                        credential: Some(to_api(&next)),
+                        credential: Some(self.show(&next).await),
                     })
                 }
                 Err(StoreError::VersionMismatch { .. }) if req.expected_version.is_none() => {
@@ -354,9 +456,10 @@ impl<S: Store> VaultService<S> {
 
     async fn delete(
         &self,
+        call: Arc<Call>,
         req: api::DeleteCredentialRequest,
     ) -> Result<api::DeleteCredentialResponse, Error> {
-        let id = self.resolve_id(&required_ref(req.r#ref)?).await?;
+        let id = self.resolve_id(&call, &required_ref(req.r#ref)?).await?;
         self.vault.store().delete(&id, req.expected_version).await?;
         metrics::credentials_changed(-1.0);
         Ok(api::DeleteCredentialResponse {})
@@ -364,9 +467,10 @@ impl<S: Store> VaultService<S> {
 
     async fn verify(
         &self,
+        call: Arc<Call>,
         req: api::VerifyCredentialRequest,
     ) -> Result<api::VerifyCredentialResponse, Error> {
-        let record = self.resolve(&required_ref(req.r#ref)?).await?;
+        let record = self.resolve(&call, &required_ref(req.r#ref)?).await?;
         let (verification, stored) = self
             .vault
             .verify_record(&record, metrics::Source::Rpc)
@@ -374,16 +478,20 @@ impl<S: Store> VaultService<S> {
         Span::current().record("verification", status_name(&verification));
         Ok(api::VerifyCredentialResponse {
             verification: Some(verification_to_api(&verification)),
-            credential: Some(to_api(&stored)),
+            credential: Some(self.show(&stored).await),
         })
     }
 
     async fn headers(
         &self,
+        call: Arc<Call>,
         req: api::GetCredentialHeadersRequest,
     ) -> Result<api::GetCredentialHeadersResponse, Error> {
-        let record = self.resolve(&required_ref(req.r#ref)?).await?;
+        let record = self.resolve(&call, &required_ref(req.r#ref)?).await?;
+        self.audit.admit_secret_read()?;
         let secret = self.vault.open(&record)?;
+        call.read_secret(self.audit.fingerprint(&secret.to_plaintext()));
+        self.vault.note_use(&record.id, &call.caller.name);
         let out = self.vault.headers(&secret);
         Ok(api::GetCredentialHeadersResponse {
             headers: out
@@ -398,6 +506,80 @@ impl<S: Store> VaultService<S> {
             credential_id: record.id,
             version: record.version,
         })
+    }
+}
+
+impl<S: Store> VaultService<S> {
+    async fn audit_events(
+        &self,
+        call: Arc<Call>,
+        req: api::ListAuditEventsRequest,
+    ) -> Result<api::ListAuditEventsResponse, Error> {
+        let size = match req.page_size {
+            n if n < 0 => return Err(Error::invalid("page_size must not be negative")),
+            0 => 100,
+            n => (n as usize).min(1000),
+        };
+        let offset = validate::parse_offset_token(&req.page_token)?;
+        let time = |t: Option<prost_types::Timestamp>| -> Result<Option<SystemTime>, Error> {
+            t.map(validate::timestamp).transpose().map(|t| {
+                t.and_then(|t| {
+                    SystemTime::UNIX_EPOCH
+                        .checked_add(std::time::Duration::new(t.seconds as u64, t.nanos as u32))
+                })
+            })
+        };
+        let nonempty = |s: String| Some(s).filter(|s| !s.is_empty());
+        let query = AuditQuery {
+            credential_id: nonempty(req.credential_id),
+            credential_name: nonempty(req.credential_name),
+            caller: nonempty(req.caller),
+            start: time(req.start_time)?,
+            end: time(req.end_time)?,
+        };
+        // A scoped auditor sees events of its credentials only; it reads page by page
+        // until it has a page of those, or the log ends.
+        let mut events = Vec::new();
+        let mut cursor = offset;
+        let next = loop {
+            let (batch, next) = self.audit.list(query_clone(&query), cursor, size).await?;
+            for e in batch {
+                if call.caller.in_scope(&e.credential_name) || !call.caller.is_scoped() {
+                    events.push(audit_to_api(e));
+                }
+            }
+            match next {
+                Some(n) if events.len() < size => cursor = n,
+                other => break other,
+            }
+        };
+        Ok(api::ListAuditEventsResponse {
+            events,
+            next_page_token: next.map(validate::offset_token).unwrap_or_default(),
+        })
+    }
+}
+
+fn query_clone(q: &AuditQuery) -> AuditQuery {
+    AuditQuery {
+        credential_id: q.credential_id.clone(),
+        credential_name: q.credential_name.clone(),
+        caller: q.caller.clone(),
+        start: q.start,
+        end: q.end,
+    }
+}
+
+fn audit_to_api(e: crate::audit::AuditEvent) -> api::AuditEvent {
+    api::AuditEvent {
+        time: e.system_time().map(record::timestamp),
+        caller: e.caller,
+        peer: e.peer,
+        method: e.method,
+        credential_id: e.credential_id,
+        credential_name: e.credential_name,
+        code: e.code,
+        secret_fingerprint: e.secret_fingerprint,
     }
 }
 
@@ -450,7 +632,7 @@ fn status_name(v: &Verification) -> &'static str {
 }
 
 /// A record's metadata as the API shows it.
-fn to_api(r: &CredentialRecord) -> api::Credential {
+fn to_api(r: &CredentialRecord, usage: Option<&Usage>) -> api::Credential {
     api::Credential {
         id: r.id.clone(),
         name: r.name.clone(),
@@ -462,6 +644,8 @@ fn to_api(r: &CredentialRecord) -> api::Credential {
         last_verification: r.last_verification.as_ref().map(verification_to_api),
         version: r.version,
         expire_time: r.expire_time,
+        last_used_time: usage.and_then(|u| u.time),
+        last_used_by: usage.map(|u| u.caller.clone()).unwrap_or_default(),
     }
 }
 
@@ -497,7 +681,7 @@ impl<S: Store> CredentialVaultService for VaultService<S> {
             "CreateCredential",
             Permission::CredentialsWrite,
             request,
-            |r| self.create(r),
+            |c, r| self.create(c, r),
         )
         .await
     }
@@ -506,9 +690,12 @@ impl<S: Store> CredentialVaultService for VaultService<S> {
         &self,
         request: Request<api::GetCredentialRequest>,
     ) -> Result<Response<api::GetCredentialResponse>, Status> {
-        self.rpc("GetCredential", Permission::CredentialsRead, request, |r| {
-            self.get(r)
-        })
+        self.rpc(
+            "GetCredential",
+            Permission::CredentialsRead,
+            request,
+            |c, r| self.get(c, r),
+        )
         .await
     }
 
@@ -520,7 +707,7 @@ impl<S: Store> CredentialVaultService for VaultService<S> {
             "ListCredentials",
             Permission::CredentialsRead,
             request,
-            |r| self.list(r),
+            |c, r| self.list(c, r),
         )
         .await
     }
@@ -533,7 +720,7 @@ impl<S: Store> CredentialVaultService for VaultService<S> {
             "UpdateCredential",
             Permission::CredentialsWrite,
             request,
-            |r| self.update(r),
+            |c, r| self.update(c, r),
         )
         .await
     }
@@ -546,7 +733,7 @@ impl<S: Store> CredentialVaultService for VaultService<S> {
             "DeleteCredential",
             Permission::CredentialsWrite,
             request,
-            |r| self.delete(r),
+            |c, r| self.delete(c, r),
         )
         .await
     }
@@ -559,8 +746,18 @@ impl<S: Store> CredentialVaultService for VaultService<S> {
             "VerifyCredential",
             Permission::CredentialsVerify,
             request,
-            |r| self.verify(r),
+            |c, r| self.verify(c, r),
         )
+        .await
+    }
+
+    async fn list_audit_events(
+        &self,
+        request: Request<api::ListAuditEventsRequest>,
+    ) -> Result<Response<api::ListAuditEventsResponse>, Status> {
+        self.rpc("ListAuditEvents", Permission::AuditRead, request, |c, r| {
+            self.audit_events(c, r)
+        })
         .await
     }
 
@@ -572,7 +769,7 @@ impl<S: Store> CredentialVaultService for VaultService<S> {
             "GetCredentialHeaders",
             Permission::HeadersRead,
             request,
-            |r| self.headers(r),
+            |c, r| self.headers(c, r),
         )
         .await
     }

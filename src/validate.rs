@@ -113,6 +113,28 @@ pub fn page_token(last_id: &str) -> String {
     URL_SAFE_NO_PAD.encode(format!("{PAGE_TOKEN_PREFIX}{last_id}"))
 }
 
+/// The opaque token for a page of the audit log starting at byte `offset`.
+pub fn offset_token(offset: u64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("audit:{offset}"))
+}
+
+/// The byte offset an audit page token continues from; 0 for the first page.
+pub fn parse_offset_token(token: &str) -> Result<u64, Error> {
+    if token.is_empty() {
+        return Ok(0);
+    }
+    URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|t| t.strip_prefix("audit:").and_then(|n| n.parse().ok()))
+        .ok_or_else(|| {
+            Error::invalid(
+                "page_token is not one this server issued; start again from an empty page_token",
+            )
+        })
+}
+
 /// The id a page token continues after; `None` for the first page.
 pub fn parse_page_token(token: &str) -> Result<Option<String>, Error> {
     if token.is_empty() {

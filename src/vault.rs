@@ -1,13 +1,15 @@
 //! The vault's domain core, shared by the gRPC service and the re-verifier:
 //! sealing and opening secrets, provider checks, and storing their results.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
 
 use crate::crypto::{MasterKey, Sealed};
 use crate::error::Error;
 use crate::metrics::{self, Source};
 use crate::provider::{ProviderHeaders, ProviderSecret, Providers};
-use crate::record::{secret_aad, CredentialRecord, Verification, VerificationStatus};
+use crate::record::{self, secret_aad, CredentialRecord, Usage, Verification, VerificationStatus};
 use crate::store::{Store, StoreError};
 
 /// How often a write that lost a version race is retried.
@@ -18,6 +20,8 @@ pub struct Vault<S> {
     store: Arc<S>,
     key: Arc<MasterKey>,
     providers: Providers,
+    /// Secret reads not yet written to the store (flushed in batches).
+    pending_usage: Mutex<HashMap<String, Usage>>,
 }
 
 impl<S: Store> Vault<S> {
@@ -27,7 +31,51 @@ impl<S: Store> Vault<S> {
             store,
             key,
             providers,
+            pending_usage: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Notes a read of the credential's secret, in memory (see [`Vault::flush_usage`]).
+    pub fn note_use(&self, id: &str, caller: &str) {
+        let usage = Usage {
+            time: Some(record::timestamp(SystemTime::now())),
+            caller: caller.to_owned(),
+        };
+        self.pending_usage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.to_owned(), usage);
+    }
+
+    /// The last read of a credential's secret, noted or stored.
+    pub async fn last_use(&self, id: &str) -> Option<Usage> {
+        let pending = self
+            .pending_usage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .cloned();
+        match pending {
+            Some(usage) => Some(usage),
+            None => self.store.usage(id).await.ok().flatten(),
+        }
+    }
+
+    /// Writes the noted reads to the store in one batch; returns how many.
+    pub async fn flush_usage(&self) -> Result<usize, Error> {
+        let batch: Vec<(String, Usage)> = std::mem::take(
+            &mut *self
+                .pending_usage
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+        .into_iter()
+        .collect();
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        self.store.record_usage(&batch).await?;
+        Ok(batch.len())
     }
 
     /// The store.

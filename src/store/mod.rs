@@ -7,7 +7,7 @@
 use std::future::Future;
 
 use crate::crypto::Sealed;
-use crate::record::CredentialRecord;
+use crate::record::{CredentialRecord, Usage};
 
 mod sled;
 
@@ -88,6 +88,15 @@ pub trait Store: Send + Sync + 'static {
         &self,
         id: &str,
         expected_version: Option<u64>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// When the credential's secret was last read, and by whom.
+    fn usage(&self, id: &str) -> impl Future<Output = Result<Option<Usage>, StoreError>> + Send;
+
+    /// Records last uses in one batch (ids no longer stored are skipped).
+    fn record_usage(
+        &self,
+        batch: &[(String, Usage)],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Makes every acknowledged write durable (called at shutdown).

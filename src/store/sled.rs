@@ -1,6 +1,7 @@
 //! The embedded default store: sled, with a name index kept in the same transaction.
 //!
-//! Trees: `credentials` (id to record), `names` (name to id), `meta` (key check).
+//! Trees: `credentials` (id to record), `names` (name to id), `meta` (key check),
+//! `usage` (id to last use).
 //! Writes are acknowledged only after `flush_async`, i.e. after fsync.
 
 use std::path::Path;
@@ -10,7 +11,7 @@ use sled::{Db, Tree};
 
 use super::{ListItem, Store, StoreError};
 use crate::crypto::Sealed;
-use crate::record::CredentialRecord;
+use crate::record::{CredentialRecord, Usage};
 
 const KEY_CHECK: &[u8] = b"key_check";
 
@@ -21,6 +22,7 @@ pub struct SledStore {
     records: Tree,
     names: Tree,
     meta: Tree,
+    usage: Tree,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -63,6 +65,7 @@ impl SledStore {
             records: db.open_tree("credentials").map_err(io)?,
             names: db.open_tree("names").map_err(io)?,
             meta: db.open_tree("meta").map_err(io)?,
+            usage: db.open_tree("usage").map_err(io)?,
             db,
         })
     }
@@ -227,6 +230,26 @@ impl Store for SledStore {
                 Ok(())
             })
             .map_err(txn_error)?;
+        self.usage.remove(id.as_bytes()).map_err(io)?;
+        self.durable().await
+    }
+
+    async fn usage(&self, id: &str) -> Result<Option<Usage>, StoreError> {
+        match self.usage.get(id).map_err(io)? {
+            None => Ok(None),
+            // Usage is advisory: an unreadable entry reads as none.
+            Some(bytes) => Ok(prost::Message::decode(bytes.as_ref()).ok()),
+        }
+    }
+
+    async fn record_usage(&self, batch: &[(String, Usage)]) -> Result<(), StoreError> {
+        for (id, usage) in batch {
+            if self.records.contains_key(id).map_err(io)? {
+                self.usage
+                    .insert(id.as_bytes(), prost::Message::encode_to_vec(usage))
+                    .map_err(io)?;
+            }
+        }
         self.durable().await
     }
 

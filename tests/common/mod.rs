@@ -130,6 +130,11 @@ impl TestServer {
             data_dir: data_dir.clone(),
             master_key: MasterKey::from_base64(&opts.key_b64).unwrap(),
             callers: Callers::from_toml(&tokens.callers_toml()).unwrap(),
+            callers_file: None,
+            audit_log: None,
+            audit_fail_open: false,
+            tls: None,
+            health_listen: None,
             providers: ProviderSettings {
                 fleetio_base_url: opts.fleetio_base_url.clone(),
                 connect_timeout: opts.request_timeout,
