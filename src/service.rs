@@ -198,36 +198,33 @@ impl<S: Store> VaultService<S> {
     /// its scope as for one that does not exist, so it learns no names or ids.
     async fn resolve_id(&self, call: &Call, r: &CredentialRef) -> Result<String, Error> {
         let caller = &call.caller;
-        let id =
-            match r {
-                CredentialRef::Id(id) => {
-                    validate::id(id)?;
-                    if caller.is_scoped() {
-                        let name = self
-                            .vault
-                            .store()
-                            .get(id)
-                            .await
-                            .ok()
-                            .flatten()
-                            .map(|r| r.name);
-                        caller.require_scope(id, name.as_deref())?;
-                    }
-                    id.clone()
+        // The audit trail names what was asked for, found or not.
+        match r {
+            CredentialRef::Id(id) => call.touch(id, ""),
+            CredentialRef::Name(name) => call.touch("", name),
+        }
+        let id = match r {
+            CredentialRef::Id(id) => {
+                validate::id(id)?;
+                if caller.is_scoped() {
+                    let record = self.vault.store().get(id).await.ok().flatten();
+                    caller.require_scope(id, record.as_ref().map(|r| r.name.as_str()))?;
                 }
-                CredentialRef::Name(name) => {
-                    validate::name(name)?;
-                    caller.require_scope(name, Some(name))?;
-                    self.vault.store().id_for_name(name).await?.ok_or_else(|| {
-                        Error::NotFound(format!("no credential is named {name:?}"))
-                    })?
-                }
-            };
-        let name = match r {
-            CredentialRef::Name(name) => name.as_str(),
-            CredentialRef::Id(_) => "",
+                id.clone()
+            }
+            CredentialRef::Name(name) => {
+                validate::name(name)?;
+                caller.require_scope(name, Some(name))?;
+                self.vault
+                    .store()
+                    .id_for_name(name)
+                    .await?
+                    .ok_or_else(|| Error::NotFound(format!("no credential is named {name:?}")))?
+            }
         };
-        call.touch(&id, name);
+        if let CredentialRef::Name(name) = r {
+            call.touch(&id, name);
+        }
         Ok(id)
     }
 

@@ -82,6 +82,11 @@ pub struct Options {
     pub key_b64: String,
     pub data_dir: Option<PathBuf>,
     pub reverify: credvault::reverify::ReverifySettings,
+    /// More `[[caller]]` entries for the callers file.
+    pub extra_callers: String,
+    /// The audit log path (default: in the data dir).
+    pub audit_log: Option<PathBuf>,
+    pub audit_fail_open: bool,
 }
 
 impl Default for Options {
@@ -96,6 +101,9 @@ impl Default for Options {
                 interval: Duration::ZERO,
                 concurrency: 4,
             },
+            extra_callers: String::new(),
+            audit_log: None,
+            audit_fail_open: false,
         }
     }
 }
@@ -129,10 +137,10 @@ impl TestServer {
         let config = Config {
             data_dir: data_dir.clone(),
             master_key: MasterKey::from_base64(&opts.key_b64).unwrap(),
-            callers: Callers::from_toml(&tokens.callers_toml()).unwrap(),
+            callers: Callers::from_toml(&format!("{}\n{}", tokens.callers_toml(), opts.extra_callers)).unwrap(),
             callers_file: None,
-            audit_log: None,
-            audit_fail_open: false,
+            audit_log: opts.audit_log.clone(),
+            audit_fail_open: opts.audit_fail_open,
             tls: None,
             health_listen: None,
             providers: ProviderSettings {
