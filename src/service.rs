@@ -203,25 +203,24 @@ impl<S: Store> VaultService<S> {
             CredentialRef::Id(id) => call.touch(id, ""),
             CredentialRef::Name(name) => call.touch("", name),
         }
-        let id = match r {
-            CredentialRef::Id(id) => {
-                validate::id(id)?;
-                if caller.is_scoped() {
-                    let record = self.vault.store().get(id).await.ok().flatten();
-                    caller.require_scope(id, record.as_ref().map(|r| r.name.as_str()))?;
+        let id =
+            match r {
+                CredentialRef::Id(id) => {
+                    validate::id(id)?;
+                    if caller.is_scoped() {
+                        let record = self.vault.store().get(id).await.ok().flatten();
+                        caller.require_scope(id, record.as_ref().map(|r| r.name.as_str()))?;
+                    }
+                    id.clone()
                 }
-                id.clone()
-            }
-            CredentialRef::Name(name) => {
-                validate::name(name)?;
-                caller.require_scope(name, Some(name))?;
-                self.vault
-                    .store()
-                    .id_for_name(name)
-                    .await?
-                    .ok_or_else(|| Error::NotFound(format!("no credential is named {name:?}")))?
-            }
-        };
+                CredentialRef::Name(name) => {
+                    validate::name(name)?;
+                    caller.require_scope(name, Some(name))?;
+                    self.vault.store().id_for_name(name).await?.ok_or_else(|| {
+                        Error::NotFound(format!("no credential is named {name:?}"))
+                    })?
+                }
+            };
         if let CredentialRef::Name(name) = r {
             call.touch(&id, name);
         }

@@ -16,7 +16,11 @@ async fn events(client: &mut Client, req: api::ListAuditEventsRequest) -> Vec<ap
     let mut out = Vec::new();
     let mut req = req;
     loop {
-        let page = client.list_audit_events(req.clone()).await.unwrap().into_inner();
+        let page = client
+            .list_audit_events(req.clone())
+            .await
+            .unwrap()
+            .into_inner();
         out.extend(page.events);
         if page.next_page_token.is_empty() {
             return out;
@@ -32,33 +36,62 @@ async fn every_call_is_audited_with_fingerprints_of_secret_reads() {
     let mut worker = server.client_with(Some(&server.tokens.worker)).await;
     let mut anonymous = server.client_with(None).await;
     let c = create(&mut admin, "audited", "key-AUDIT-0000001", "acct-AUDIT").await;
-    worker.get_credential_headers(headers_by_name("audited")).await.unwrap();
-    worker.get_credential_headers(headers_by_id(&c.id)).await.unwrap();
-    let denied = worker.list_credentials(api::ListCredentialsRequest::default()).await.unwrap_err();
+    worker
+        .get_credential_headers(headers_by_name("audited"))
+        .await
+        .unwrap();
+    worker
+        .get_credential_headers(headers_by_id(&c.id))
+        .await
+        .unwrap();
+    let denied = worker
+        .list_credentials(api::ListCredentialsRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied);
-    let _ = anonymous.get_credential_headers(headers_by_name("audited")).await.unwrap_err();
+    let _ = anonymous
+        .get_credential_headers(headers_by_name("audited"))
+        .await
+        .unwrap_err();
     admin
         .update_credential(api::UpdateCredentialRequest {
             r#ref: Some(api::update_credential_request::Ref::Name("audited".into())),
-            secret: Some(api::update_credential_request::Secret::Fleetio(api::FleetioSecret {
-                api_key: "key-AUDIT-0000002".into(),
-                account_token: "acct-AUDIT".into(),
-                api_version: String::new(),
-            })),
+            secret: Some(api::update_credential_request::Secret::Fleetio(
+                api::FleetioSecret {
+                    api_key: "key-AUDIT-0000002".into(),
+                    account_token: "acct-AUDIT".into(),
+                    api_version: String::new(),
+                },
+            )),
             ..Default::default()
         })
         .await
         .unwrap();
-    worker.get_credential_headers(headers_by_name("audited")).await.unwrap();
-    let _ = admin.get_credential(by_name_get("missing")).await.unwrap_err();
+    worker
+        .get_credential_headers(headers_by_name("audited"))
+        .await
+        .unwrap();
+    let _ = admin
+        .get_credential(by_name_get("missing"))
+        .await
+        .unwrap_err();
 
     // Paging through a live trail: each page read is itself audited (and seen by later pages).
-    let all: Vec<_> = events(&mut admin, api::ListAuditEventsRequest { page_size: 2, ..Default::default() })
-        .await
-        .into_iter()
-        .filter(|e| e.method != "ListAuditEvents")
+    let all: Vec<_> = events(
+        &mut admin,
+        api::ListAuditEventsRequest {
+            page_size: 2,
+            ..Default::default()
+        },
+    )
+    .await
+    .into_iter()
+    .filter(|e| e.method != "ListAuditEvents")
+    .collect();
+    let summary: Vec<(&str, &str, &str)> = all
+        .iter()
+        .map(|e| (e.method.as_str(), e.caller.as_str(), e.code.as_str()))
         .collect();
-    let summary: Vec<(&str, &str, &str)> = all.iter().map(|e| (e.method.as_str(), e.caller.as_str(), e.code.as_str())).collect();
     assert_eq!(
         summary,
         [
@@ -73,38 +106,102 @@ async fn every_call_is_audited_with_fingerprints_of_secret_reads() {
         ]
     );
     for e in &all {
-        assert!(e.time.is_some() && e.peer.starts_with("127.0.0.1:"), "{e:?}");
+        assert!(
+            e.time.is_some() && e.peer.starts_with("127.0.0.1:"),
+            "{e:?}"
+        );
     }
-    let reads: Vec<_> = all.iter().filter(|e| e.method == "GetCredentialHeaders" && e.code == "OK").collect();
-    assert!(reads.iter().all(|e| e.credential_id == c.id && e.credential_name == "audited"));
-    assert_eq!(reads[0].secret_fingerprint, reads[1].secret_fingerprint, "same secret, same fingerprint");
-    assert_ne!(reads[1].secret_fingerprint, reads[2].secret_fingerprint, "rotation shows");
+    let reads: Vec<_> = all
+        .iter()
+        .filter(|e| e.method == "GetCredentialHeaders" && e.code == "OK")
+        .collect();
+    assert!(reads
+        .iter()
+        .all(|e| e.credential_id == c.id && e.credential_name == "audited"));
+    assert_eq!(
+        reads[0].secret_fingerprint, reads[1].secret_fingerprint,
+        "same secret, same fingerprint"
+    );
+    assert_ne!(
+        reads[1].secret_fingerprint, reads[2].secret_fingerprint,
+        "rotation shows"
+    );
     assert_eq!(reads[0].secret_fingerprint.len(), 32);
-    assert!(all.iter().filter(|e| e.method != "GetCredentialHeaders" || e.code != "OK").all(|e| e.secret_fingerprint.is_empty()));
+    assert!(all
+        .iter()
+        .filter(|e| e.method != "GetCredentialHeaders" || e.code != "OK")
+        .all(|e| e.secret_fingerprint.is_empty()));
 
     // Filters: credential, caller, time range.
-    let by_caller = events(&mut admin, api::ListAuditEventsRequest { caller: "worker".into(), ..Default::default() }).await;
+    let by_caller = events(
+        &mut admin,
+        api::ListAuditEventsRequest {
+            caller: "worker".into(),
+            ..Default::default()
+        },
+    )
+    .await;
     assert_eq!(by_caller.len(), 4);
-    let by_cred = events(&mut admin, api::ListAuditEventsRequest { credential_id: c.id.clone(), ..Default::default() }).await;
+    let by_cred = events(
+        &mut admin,
+        api::ListAuditEventsRequest {
+            credential_id: c.id.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
     assert_eq!(by_cred.len(), 5, "create, three reads, update");
-    let by_name = events(&mut admin, api::ListAuditEventsRequest { credential_name: "missing".into(), ..Default::default() }).await;
+    let by_name = events(
+        &mut admin,
+        api::ListAuditEventsRequest {
+            credential_name: "missing".into(),
+            ..Default::default()
+        },
+    )
+    .await;
     assert_eq!(by_name.len(), 1);
-    let future = prost_types::Timestamp::from(SystemTime::now() + std::time::Duration::from_secs(3600));
-    let none = events(&mut admin, api::ListAuditEventsRequest { start_time: Some(future), ..Default::default() }).await;
+    let future =
+        prost_types::Timestamp::from(SystemTime::now() + std::time::Duration::from_secs(3600));
+    let none = events(
+        &mut admin,
+        api::ListAuditEventsRequest {
+            start_time: Some(future),
+            ..Default::default()
+        },
+    )
+    .await;
     assert!(none.is_empty());
-    let past = events(&mut admin, api::ListAuditEventsRequest { end_time: Some(future), caller: "admin".into(), ..Default::default() }).await;
+    let past = events(
+        &mut admin,
+        api::ListAuditEventsRequest {
+            end_time: Some(future),
+            caller: "admin".into(),
+            ..Default::default()
+        },
+    )
+    .await;
     assert!(past.len() >= 3);
 
     // Reading the trail needs audit.read.
     let mut reader = server.client_with(Some(&server.tokens.reader)).await;
-    let status = reader.list_audit_events(api::ListAuditEventsRequest::default()).await.unwrap_err();
+    let status = reader
+        .list_audit_events(api::ListAuditEventsRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
 
     // The file holds JSON lines and no secret.
     let log = std::fs::read_to_string(server.data_dir.join("audit.jsonl")).unwrap();
     assert!(log.lines().count() >= all.len());
-    assert!(log.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
-    for secret in ["AUDIT-000", "acct-AUDIT", &server.tokens.admin, &server.tokens.worker] {
+    assert!(log
+        .lines()
+        .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
+    for secret in [
+        "AUDIT-000",
+        "acct-AUDIT",
+        &server.tokens.admin,
+        &server.tokens.worker,
+    ] {
         assert!(!log.contains(secret), "audit log leaks {secret}");
     }
 }
@@ -114,21 +211,51 @@ async fn last_use_is_shown_and_survives_a_restart() {
     let server = TestServer::start().await;
     let mut admin = server.admin().await;
     create(&mut admin, "used", "key-00000001", "acct").await;
-    let fresh = admin.get_credential(by_name_get("used")).await.unwrap().into_inner().credential.unwrap();
+    let fresh = admin
+        .get_credential(by_name_get("used"))
+        .await
+        .unwrap()
+        .into_inner()
+        .credential
+        .unwrap();
     assert!(fresh.last_used_time.is_none() && fresh.last_used_by.is_empty());
     let mut worker = server.client_with(Some(&server.tokens.worker)).await;
-    worker.get_credential_headers(headers_by_name("used")).await.unwrap();
-    let used = admin.get_credential(by_name_get("used")).await.unwrap().into_inner().credential.unwrap();
+    worker
+        .get_credential_headers(headers_by_name("used"))
+        .await
+        .unwrap();
+    let used = admin
+        .get_credential(by_name_get("used"))
+        .await
+        .unwrap()
+        .into_inner()
+        .credential
+        .unwrap();
     assert_eq!(used.last_used_by, "worker");
     assert!(used.last_used_time.is_some());
-    let listed = admin.list_credentials(api::ListCredentialsRequest::default()).await.unwrap().into_inner();
+    let listed = admin
+        .list_credentials(api::ListCredentialsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(listed.credentials[0].last_used_by, "worker");
     drop((admin, worker));
     let (result, _tmp, dir, key) = server.stop_keep().await;
     result.unwrap();
-    let server = TestServer::start_with(Options { data_dir: Some(dir), key_b64: key, ..Options::default() }).await;
+    let server = TestServer::start_with(Options {
+        data_dir: Some(dir),
+        key_b64: key,
+        ..Options::default()
+    })
+    .await;
     let mut admin = server.admin().await;
-    let after = admin.get_credential(by_name_get("used")).await.unwrap().into_inner().credential.unwrap();
+    let after = admin
+        .get_credential(by_name_get("used"))
+        .await
+        .unwrap()
+        .into_inner()
+        .credential
+        .unwrap();
     assert_eq!(after.last_used_by, "worker");
     assert_eq!(after.last_used_time, used.last_used_time);
 }
@@ -149,7 +276,9 @@ async fn secret_reads_fail_closed_when_the_audit_log_cannot_be_written() {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
             let status = health
-                .check(HealthCheckRequest { service: "credvault.audit".into() })
+                .check(HealthCheckRequest {
+                    service: "credvault.audit".into(),
+                })
                 .await
                 .unwrap()
                 .into_inner()
@@ -157,16 +286,25 @@ async fn secret_reads_fail_closed_when_the_audit_log_cannot_be_written() {
             if status == tonic_health::pb::health_check_response::ServingStatus::NotServing {
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "audit health never turned NOT_SERVING");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "audit health never turned NOT_SERVING"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        let read = admin.get_credential_headers(headers_by_name("guarded")).await;
+        let read = admin
+            .get_credential_headers(headers_by_name("guarded"))
+            .await;
         if fail_open {
             read.unwrap();
         } else {
             let status = read.unwrap_err();
             assert_eq!(status.code(), Code::Unavailable);
-            assert!(status.message().contains("audit log"), "{}", status.message());
+            assert!(
+                status.message().contains("audit log"),
+                "{}",
+                status.message()
+            );
         }
         // Metadata reads go on either way.
         admin.get_credential(by_name_get("guarded")).await.unwrap();

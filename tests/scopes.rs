@@ -12,10 +12,20 @@ async fn setup() -> (TestServer, Client, Vec<api::Credential>) {
     let token = mint_token().as_str().to_owned();
     let entry = callers_entry("acme-worker", &token, &Permission::ALL)
         + "credentials = [\"fleetio-acme-*\", \"fleetio-beta\"]\n";
-    let server = TestServer::start_with(Options { extra_callers: entry, ..Options::default() }).await;
+    let server = TestServer::start_with(Options {
+        extra_callers: entry,
+        ..Options::default()
+    })
+    .await;
     let mut admin = server.admin().await;
     let mut made = Vec::new();
-    for name in ["fleetio-acme-1", "fleetio-acme-2", "fleetio-beta", "fleetio-gamma", "other"] {
+    for name in [
+        "fleetio-acme-1",
+        "fleetio-acme-2",
+        "fleetio-beta",
+        "fleetio-gamma",
+        "other",
+    ] {
         made.push(create(&mut admin, name, "key-00000001", "acct").await);
     }
     let scoped = server.client_with(Some(&token)).await;
@@ -25,28 +35,70 @@ async fn setup() -> (TestServer, Client, Vec<api::Credential>) {
 #[tokio::test]
 async fn in_scope_credentials_work_and_others_are_denied_alike() {
     let (_server, mut scoped, made) = setup().await;
-    scoped.get_credential(by_name_get("fleetio-acme-1")).await.unwrap();
-    scoped.get_credential_headers(headers_by_name("fleetio-beta")).await.unwrap();
-    scoped.get_credential_headers(headers_by_id(&made[1].id)).await.unwrap();
+    scoped
+        .get_credential(by_name_get("fleetio-acme-1"))
+        .await
+        .unwrap();
+    scoped
+        .get_credential_headers(headers_by_name("fleetio-beta"))
+        .await
+        .unwrap();
+    scoped
+        .get_credential_headers(headers_by_id(&made[1].id))
+        .await
+        .unwrap();
 
     // Out of scope by name and by id, and missing by name and by id: one answer.
     let gamma_id = made[3].id.clone();
     let missing_id = "cred_0123456789abcdef0123456789abcdef".to_owned();
     let mut messages = Vec::new();
     for (shown, status) in [
-        ("fleetio-gamma", scoped.get_credential_headers(headers_by_name("fleetio-gamma")).await.unwrap_err()),
-        ("no-such-name", scoped.get_credential_headers(headers_by_name("no-such-name")).await.unwrap_err()),
-        (gamma_id.as_str(), scoped.get_credential_headers(headers_by_id(&gamma_id)).await.unwrap_err()),
-        (missing_id.as_str(), scoped.get_credential_headers(headers_by_id(&missing_id)).await.unwrap_err()),
+        (
+            "fleetio-gamma",
+            scoped
+                .get_credential_headers(headers_by_name("fleetio-gamma"))
+                .await
+                .unwrap_err(),
+        ),
+        (
+            "no-such-name",
+            scoped
+                .get_credential_headers(headers_by_name("no-such-name"))
+                .await
+                .unwrap_err(),
+        ),
+        (
+            gamma_id.as_str(),
+            scoped
+                .get_credential_headers(headers_by_id(&gamma_id))
+                .await
+                .unwrap_err(),
+        ),
+        (
+            missing_id.as_str(),
+            scoped
+                .get_credential_headers(headers_by_id(&missing_id))
+                .await
+                .unwrap_err(),
+        ),
     ] {
         assert_eq!(status.code(), Code::PermissionDenied, "{shown}: {status:?}");
         messages.push(status.message().replace(shown, "<ref>"));
     }
-    assert!(messages.windows(2).all(|w| w[0] == w[1]), "answers differ: {messages:?}");
+    assert!(
+        messages.windows(2).all(|w| w[0] == w[1]),
+        "answers differ: {messages:?}"
+    );
 
     for status in [
-        scoped.get_credential(by_name_get("other")).await.unwrap_err(),
-        scoped.verify_credential(verify_by_name("other")).await.unwrap_err(),
+        scoped
+            .get_credential(by_name_get("other"))
+            .await
+            .unwrap_err(),
+        scoped
+            .verify_credential(verify_by_name("other"))
+            .await
+            .unwrap_err(),
         scoped
             .update_credential(api::UpdateCredentialRequest {
                 r#ref: Some(api::update_credential_request::Ref::Name("other".into())),
@@ -84,7 +136,11 @@ async fn listings_leave_out_what_the_caller_may_not_see() {
     let mut token = String::new();
     loop {
         let page = scoped
-            .list_credentials(api::ListCredentialsRequest { page_size: 1, page_token: token.clone(), ..Default::default() })
+            .list_credentials(api::ListCredentialsRequest {
+                page_size: 1,
+                page_token: token.clone(),
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();
@@ -96,6 +152,10 @@ async fn listings_leave_out_what_the_caller_may_not_see() {
     }
     assert_eq!(names, ["fleetio-acme-1", "fleetio-acme-2", "fleetio-beta"]);
     let mut admin = server.admin().await;
-    let all = admin.list_credentials(api::ListCredentialsRequest::default()).await.unwrap().into_inner();
+    let all = admin
+        .list_credentials(api::ListCredentialsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(all.credentials.len(), 5);
 }

@@ -26,7 +26,7 @@ use tonic::transport::Channel;
 
 /// Adds `authorization: Bearer <token>` to every call (or nothing).
 #[derive(Clone)]
-pub struct Bearer(Option<MetadataValue<Ascii>>);
+pub struct Bearer(pub Option<MetadataValue<Ascii>>);
 
 impl Interceptor for Bearer {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
@@ -137,7 +137,12 @@ impl TestServer {
         let config = Config {
             data_dir: data_dir.clone(),
             master_key: MasterKey::from_base64(&opts.key_b64).unwrap(),
-            callers: Callers::from_toml(&format!("{}\n{}", tokens.callers_toml(), opts.extra_callers)).unwrap(),
+            callers: Callers::from_toml(&format!(
+                "{}\n{}",
+                tokens.callers_toml(),
+                opts.extra_callers
+            ))
+            .unwrap(),
             callers_file: None,
             audit_log: opts.audit_log.clone(),
             audit_fail_open: opts.audit_fail_open,

@@ -1,0 +1,246 @@
+//! Secret hygiene, proven: at the most verbose log level, every RPC (successes
+//! and failures) is driven, and no secret value or token appears in stdout,
+//! stderr, the audit log, any error message, or any List/Get/other response.
+
+mod common;
+
+use common::*;
+use credvault::api;
+
+const KEY: &str = "key-LOGCANARY-0001";
+const TOKEN: &str = "acct-LOGCANARY-2";
+const NEW_KEY: &str = "key-LOGCANARY-0005";
+
+#[tokio::test]
+async fn no_secret_or_token_leaks_anywhere() {
+    let fake = FakeFleetio::start(vec![(
+        KEY,
+        Behaviour::Accounts {
+            tokens: vec![TOKEN.into()],
+            bare: false,
+        },
+    )])
+    .await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let setup = write_config(dir.path());
+    let (key_file, tokens) = (&setup.key, &setup.tokens);
+    let mut args = setup.args.clone();
+    args.extend([
+        "--fleetio-base-url".into(),
+        fake.base_url.clone(),
+        "--log-level".into(),
+        "trace".into(),
+    ]);
+    let mut process = Process::serve(&args, &[], dir.path()).await.unwrap();
+    let mut admin = process.client(&tokens.admin).await;
+    let mut worker = process.client(&tokens.worker).await;
+    let mut intruder = process.client("cv_LOGCANARY-wrong-token").await;
+    let mut seen = Vec::<String>::new();
+    let mut note = |r: Result<String, tonic::Status>| match r {
+        Ok(text) => seen.push(text),
+        Err(status) => seen.push(format!("{:?} {}", status.code(), status.message())),
+    };
+
+    // Every RPC, succeeding.
+    note(
+        admin
+            .create_credential(api::CreateCredentialRequest {
+                name: "canary".into(),
+                secret: Some(fleetio(KEY, TOKEN, "2024-03-15")),
+                verify: true,
+                ..Default::default()
+            })
+            .await
+            .map(|r| format!("{:?}", r.into_inner())),
+    );
+    note(
+        admin
+            .get_credential(by_name_get("canary"))
+            .await
+            .map(|r| format!("{:?}", r.into_inner())),
+    );
+    note(
+        admin
+            .list_credentials(api::ListCredentialsRequest::default())
+            .await
+            .map(|r| format!("{:?}", r.into_inner())),
+    );
+    let headers = worker
+        .get_credential_headers(headers_by_name("canary"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        headers.headers[0].value,
+        format!("Token {KEY}"),
+        "the one place a secret may appear"
+    );
+    note(
+        admin
+            .verify_credential(verify_by_name("canary"))
+            .await
+            .map(|r| format!("{:?}", r.into_inner())),
+    );
+    note(
+        admin
+            .update_credential(api::UpdateCredentialRequest {
+                r#ref: Some(api::update_credential_request::Ref::Name("canary".into())),
+                secret: Some(api::update_credential_request::Secret::Fleetio(
+                    api::FleetioSecret {
+                        api_key: NEW_KEY.into(),
+                        account_token: TOKEN.into(),
+                        api_version: String::new(),
+                    },
+                )),
+                ..Default::default()
+            })
+            .await
+            .map(|r| format!("{:?}", r.into_inner())),
+    );
+    note(
+        admin
+            .list_audit_events(api::ListAuditEventsRequest::default())
+            .await
+            .map(|r| format!("{:?}", r.into_inner())),
+    );
+
+    // And failing: bad secrets, rejected verification, wrong and missing tokens,
+    // missing permissions, unknown credentials, conflicts.
+    note(
+        admin
+            .create_credential(api::CreateCredentialRequest {
+                name: "bad".into(),
+                secret: Some(fleetio(
+                    "key-LOGCANARY-0003 with space",
+                    "acct-LOGCANARY-4",
+                    "",
+                )),
+                ..Default::default()
+            })
+            .await
+            .map(|r| format!("{:?}", r.into_inner())),
+    );
+    note(
+        admin
+            .create_credential(api::CreateCredentialRequest {
+                name: "rejected".into(),
+                secret: Some(fleetio("key-LOGCANARY-0006", "acct-LOGCANARY-7", "")),
+                verify: true,
+                ..Default::default()
+            })
+            .await
+            .map(|r| format!("{:?}", r.into_inner())),
+    );
+    note(
+        admin
+            .create_credential(api::CreateCredentialRequest {
+                name: "canary".into(),
+                secret: Some(fleetio(KEY, TOKEN, "")),
+                ..Default::default()
+            })
+            .await
+            .map(|r| format!("{:?}", r.into_inner())),
+    );
+    note(
+        intruder
+            .get_credential_headers(headers_by_name("canary"))
+            .await
+            .map(|r| format!("{:?}", r.into_inner())),
+    );
+    note(
+        worker
+            .list_credentials(api::ListCredentialsRequest::default())
+            .await
+            .map(|r| format!("{:?}", r.into_inner())),
+    );
+    note(
+        worker
+            .list_audit_events(api::ListAuditEventsRequest::default())
+            .await
+            .map(|r| format!("{:?}", r.into_inner())),
+    );
+    note(
+        admin
+            .get_credential_headers(headers_by_name("ghost"))
+            .await
+            .map(|r| format!("{:?}", r.into_inner())),
+    );
+    note(
+        admin
+            .verify_credential(verify_by_name("ghost"))
+            .await
+            .map(|r| format!("{:?}", r.into_inner())),
+    );
+    note(
+        admin
+            .update_credential(api::UpdateCredentialRequest {
+                r#ref: Some(api::update_credential_request::Ref::Name("canary".into())),
+                expected_version: Some(99),
+                description: Some("x".into()),
+                ..Default::default()
+            })
+            .await
+            .map(|r| format!("{:?}", r.into_inner())),
+    );
+    note(
+        admin
+            .delete_credential(api::DeleteCredentialRequest {
+                r#ref: Some(api::delete_credential_request::Ref::Name("canary".into())),
+                expected_version: None,
+            })
+            .await
+            .map(|r| format!("{:?}", r.into_inner())),
+    );
+    process.signal("TERM");
+    assert!(process.child.wait().await.unwrap().success());
+
+    let logs = format!("{}{}", process.stdout(), process.stderr());
+    assert!(logs.lines().count() > 50, "trace logging is on");
+    for method in [
+        "CreateCredential",
+        "GetCredential",
+        "ListCredentials",
+        "GetCredentialHeaders",
+        "VerifyCredential",
+        "UpdateCredential",
+        "DeleteCredential",
+        "ListAuditEvents",
+    ] {
+        assert!(
+            logs.contains(&format!("\"method\":\"{method}\"")),
+            "{method} was not driven"
+        );
+    }
+    let audit = std::fs::read_to_string(dir.path().join("data/audit.jsonl")).unwrap();
+    assert!(audit.lines().count() >= 15);
+    let responses = seen.join("\n");
+    let master_key = std::fs::read_to_string(key_file).unwrap();
+    let all_tokens = [
+        &tokens.admin,
+        &tokens.worker,
+        &tokens.reader,
+        &tokens.writer,
+        &tokens.verifier,
+        &tokens.nobody,
+    ];
+    for (place, text) in [
+        ("logs", &logs),
+        ("audit log", &audit),
+        ("responses and errors", &responses),
+    ] {
+        assert!(
+            !text.contains("LOGCANARY"),
+            "{place} leak a secret or token"
+        );
+        assert!(
+            !text.contains(master_key.trim()),
+            "{place} leak the master key"
+        );
+        for token in all_tokens {
+            assert!(
+                !text.contains(token.as_str()),
+                "{place} leak a caller token"
+            );
+        }
+    }
+}

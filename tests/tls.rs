@@ -1,0 +1,232 @@
+//! TLS and mutual TLS on the real binary: callers by client certificate or by
+//! token, untrusted certificates refused, and a plaintext health-only port.
+//! Certificates are made at test time (rcgen); no key material is committed.
+
+mod common;
+
+use common::*;
+use credvault::api;
+use credvault::api::credential_vault_service_client::CredentialVaultServiceClient;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::Code;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+struct Pki {
+    ca_pem: String,
+    server: (String, String),
+    client: (String, String),
+    stranger: (String, String),
+}
+
+fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+}
+
+fn leaf(issuer: &CertifiedIssuer<'static, KeyPair>, cn: &str, sans: &[&str]) -> (String, String) {
+    let key = KeyPair::generate().unwrap();
+    let mut params =
+        CertificateParams::new(sans.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    let cert = params.signed_by(&key, issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+fn pki() -> Pki {
+    let ours = ca("credvault test ca");
+    let theirs = ca("someone else");
+    Pki {
+        ca_pem: ours.pem(),
+        server: leaf(&ours, "credvault", &["credvault.test"]),
+        client: leaf(&ours, "worker.internal", &["worker.internal"]),
+        stranger: leaf(&theirs, "worker.internal", &["worker.internal"]),
+    }
+}
+
+async fn channel(
+    addr: &str,
+    ca_pem: &str,
+    identity: Option<&(String, String)>,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name("credvault.test");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)?
+        .connect()
+        .await
+}
+
+fn client(channel: Channel, token: Option<&str>) -> Client {
+    CredentialVaultServiceClient::with_interceptor(
+        channel,
+        Bearer(token.map(|t| format!("Bearer {t}").parse().unwrap())),
+    )
+}
+
+#[tokio::test]
+async fn mutual_tls_callers_tokens_and_a_plaintext_health_port() {
+    let pki = pki();
+    let dir = tempfile::TempDir::new().unwrap();
+    let setup = write_config(dir.path());
+    let mut callers = std::fs::read_to_string(&setup.callers).unwrap();
+    callers.push_str("\n[[caller]]\nname = \"mtls-worker\"\ntls_subject = \"worker.internal\"\npermissions = [\"headers.read\"]\n");
+    std::fs::write(&setup.callers, callers).unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let mut args = setup.args.clone();
+    args.extend([
+        "--tls-cert".into(),
+        file("server.pem", &pki.server.0),
+        "--tls-key".into(),
+        file("server.key", &pki.server.1),
+        "--client-ca".into(),
+        file("ca.pem", &pki.ca_pem),
+        "--health-listen".into(),
+        "127.0.0.1:0".into(),
+    ]);
+    let mut process = Process::serve(&args, &[], dir.path()).await.unwrap();
+    let addr = process.addr.to_string();
+    let logs = process.stderr();
+    assert!(
+        logs.contains("\"tls\":true") && logs.contains("\"mutual_tls\":true"),
+        "{logs}"
+    );
+
+    // A token over TLS (no client certificate) works.
+    let mut admin = client(
+        channel(&addr, &pki.ca_pem, None).await.unwrap(),
+        Some(&setup.tokens.admin),
+    );
+    create(&mut admin, "fleetio-acme", "key-00000001", "acct").await;
+
+    // A client certificate alone identifies its caller, with that caller's permissions.
+    let mut by_cert = client(
+        channel(&addr, &pki.ca_pem, Some(&pki.client))
+            .await
+            .unwrap(),
+        None,
+    );
+    let headers = by_cert
+        .get_credential_headers(headers_by_name("fleetio-acme"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(headers.headers[0].value, "Token key-00000001");
+    let denied = by_cert
+        .list_credentials(api::ListCredentialsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    assert!(
+        denied.message().contains("mtls-worker"),
+        "{}",
+        denied.message()
+    );
+
+    // Neither token nor certificate: unauthenticated.
+    let mut nobody = client(channel(&addr, &pki.ca_pem, None).await.unwrap(), None);
+    assert_eq!(
+        nobody
+            .get_credential_headers(headers_by_name("fleetio-acme"))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
+
+    // A certificate from another CA is refused in the handshake.
+    let stranger = match channel(&addr, &pki.ca_pem, Some(&pki.stranger)).await {
+        Err(_) => None,
+        Ok(ch) => Some(
+            client(ch, None)
+                .get_credential_headers(headers_by_name("fleetio-acme"))
+                .await,
+        ),
+    };
+    assert!(
+        stranger.is_none_or(|r| r.is_err()),
+        "an untrusted client certificate got in"
+    );
+
+    // Plaintext on the TLS port fails.
+    let plain = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(ch) = plain {
+        assert!(client(ch, Some(&setup.tokens.admin))
+            .list_credentials(api::ListCredentialsRequest::default())
+            .await
+            .is_err());
+    }
+
+    // The health-only port speaks plaintext, and nothing but health.
+    let health_addr = logs
+        .lines()
+        .find_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["health_addr"].as_str().map(str::to_owned))
+        })
+        .unwrap();
+    let health_channel = Channel::from_shared(format!("http://{health_addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(health_channel.clone());
+    for service in ["", "credvault.v1.CredentialVaultService", "credvault.audit"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status();
+        assert_eq!(
+            status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving,
+            "{service:?}"
+        );
+    }
+    let vault_there = client(health_channel, Some(&setup.tokens.admin))
+        .list_credentials(api::ListCredentialsRequest::default())
+        .await;
+    assert_eq!(vault_there.unwrap_err().code(), Code::Unimplemented);
+
+    // The image's probe works against the TLS port too.
+    let ca_file = dir.path().join("ca.pem");
+    let probe = std::process::Command::new(binary())
+        .args([
+            "healthcheck",
+            "--addr",
+            &addr,
+            "--ca-file",
+            ca_file.to_str().unwrap(),
+            "--tls-server-name",
+            "credvault.test",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        probe.status.success(),
+        "{}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+
+    process.signal("TERM");
+    assert!(process.child.wait().await.unwrap().success());
+}
