@@ -2,9 +2,13 @@
 //!
 //! Trees: `credentials` (id to record), `names` (name to id), `meta` (key check),
 //! `usage` (id to last use).
-//! Writes are acknowledged only after `flush_async`, i.e. after fsync.
+//! Writes are acknowledged only after a flush (fsync) that started after them.
+//! Flushes are grouped: one fsync covers every write made before it began.
+//! (`sled::Db::flush_async` is not used: with many concurrent callers it
+//! exhausts sled's own I/O threads and deadlocks, as the benchmark found.)
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use sled::{Db, Tree};
@@ -19,6 +23,7 @@ const KEY_CHECK: &[u8] = b"key_check";
 #[derive(Clone)]
 pub struct SledStore {
     db: Db,
+    flusher: std::sync::Arc<GroupFlush>,
     records: Tree,
     names: Tree,
     meta: Tree,
@@ -29,6 +34,14 @@ impl std::fmt::Debug for SledStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SledStore").finish_non_exhaustive()
     }
+}
+
+/// Group commit: writers number themselves, one flush at a time covers them all.
+#[derive(Default)]
+struct GroupFlush {
+    turn: tokio::sync::Mutex<()>,
+    written: AtomicU64,
+    flushed: AtomicU64,
 }
 
 fn io(e: sled::Error) -> StoreError {
@@ -66,12 +79,29 @@ impl SledStore {
             names: db.open_tree("names").map_err(io)?,
             meta: db.open_tree("meta").map_err(io)?,
             usage: db.open_tree("usage").map_err(io)?,
+            flusher: std::sync::Arc::default(),
             db,
         })
     }
 
+    /// Returns once every write made before the call is on disk.
     async fn durable(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await.map(|_| ()).map_err(io)
+        let flusher = &self.flusher;
+        // This caller's write is complete in memory; number it.
+        let mine = flusher.written.fetch_add(1, Ordering::AcqRel) + 1;
+        let _turn = flusher.turn.lock().await;
+        if flusher.flushed.load(Ordering::Acquire) >= mine {
+            // A flush that began after this write has already finished.
+            return Ok(());
+        }
+        let covered = flusher.written.load(Ordering::Acquire);
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StoreError::Io(format!("flush task failed: {e}")))?
+            .map_err(io)?;
+        flusher.flushed.store(covered, Ordering::Release);
+        Ok(())
     }
 
     /// The name under which `id` is indexed, found by a scan (for records too damaged to name it).

