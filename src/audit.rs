@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -18,8 +18,8 @@ use zeroize::Zeroizing;
 use crate::crypto::MasterKey;
 use crate::error::Error;
 
-/// How many events are written between two fsyncs at most.
-const BATCH: usize = 256;
+/// How often written events are fsynced (a batch is everything written meanwhile).
+const SYNC_INTERVAL: Duration = Duration::from_millis(50);
 
 /// One audited RPC. Never holds a secret or a token.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -230,51 +230,54 @@ fn read_events(
 }
 
 fn write_loop(file: File, rx: mpsc::Receiver<Command>, healthy: &AtomicBool, path: &str) {
-    let mut out = std::io::BufWriter::new(file);
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, file);
     let mut broken = false;
-    let mut set_health = |ok: bool, why: Option<std::io::Error>| {
-        healthy.store(ok, Ordering::Release);
-        match (ok, broken) {
-            (false, false) => {
-                tracing::error!(path, error = ?why, "the audit log cannot be written")
-            }
-            (true, true) => tracing::info!(path, "the audit log is writable again"),
-            _ => {}
-        }
-        broken = !ok;
-    };
-    while let Ok(first) = rx.recv() {
-        let mut waiters = Vec::new();
-        let mut pending = Some(first);
-        let mut written = 0;
-        let mut result = Ok(());
-        // Take what is queued (up to a batch), write it, then fsync once.
-        while let Some(cmd) = pending.take() {
-            match cmd {
-                Command::Event(line) => {
-                    if result.is_ok() {
-                        result = writeln!(out, "{line}");
-                    }
-                    written += 1;
+    let mut dirty = false;
+    let mut write_error: Option<std::io::Error> = None;
+    let mut waiters: Vec<tokio::sync::oneshot::Sender<bool>> = Vec::new();
+    let mut last_sync = Instant::now();
+    loop {
+        // Sleep until the next event, or until the batch's sync is due.
+        let wait = if dirty { SYNC_INTERVAL.saturating_sub(last_sync.elapsed()) } else { Duration::from_secs(3600) };
+        let mut stop = false;
+        match rx.recv_timeout(wait) {
+            Ok(Command::Event(line)) => {
+                if let Err(e) = writeln!(out, "{line}") {
+                    write_error.get_or_insert(e);
                 }
-                Command::Flush(done) => waiters.push(done),
+                dirty = true;
             }
-            if written < BATCH {
-                pending = rx.recv_timeout(Duration::ZERO).ok();
+            Ok(Command::Flush(done)) => waiters.push(done),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => stop = true,
+        }
+        let due = dirty && last_sync.elapsed() >= SYNC_INTERVAL;
+        if due || !waiters.is_empty() || stop {
+            let synced = match write_error.take() {
+                Some(e) => Err(e),
+                None => out.flush().and_then(|()| out.get_ref().sync_data()),
+            };
+            let ok = synced.is_ok();
+            healthy.store(ok, Ordering::Release);
+            match (&synced, broken) {
+                (Err(e), false) => tracing::error!(path, error = %e, "the audit log cannot be written"),
+                (Ok(()), true) => tracing::info!(path, "the audit log is writable again"),
+                _ => {}
             }
+            broken = !ok;
+            if !ok {
+                // Drop what could not be written so a recovered disk starts clean.
+                let (file, _unwritten) = out.into_parts();
+                out = std::io::BufWriter::with_capacity(64 * 1024, file);
+            }
+            for done in waiters.drain(..) {
+                let _ = done.send(ok);
+            }
+            dirty = false;
+            last_sync = Instant::now();
         }
-        let synced = result
-            .and_then(|()| out.flush())
-            .and_then(|()| out.get_ref().sync_data());
-        let ok = synced.is_ok();
-        set_health(ok, synced.err());
-        if !ok {
-            // Drop what could not be written so a recovered disk starts clean.
-            let (file, _unwritten) = out.into_parts();
-            out = std::io::BufWriter::new(file);
-        }
-        for done in waiters {
-            let _ = done.send(ok);
+        if stop {
+            return;
         }
     }
 }

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime};
 
 use tonic::{Code, Request, Response, Status};
-use tracing::{field, Instrument, Span};
 
 use crate::api::{self, credential_vault_service_server::CredentialVaultService};
 use crate::audit::{AuditEvent, AuditLog, AuditQuery};
@@ -77,6 +76,7 @@ struct Target {
     id: String,
     name: String,
     fingerprint: String,
+    verification: &'static str,
 }
 
 impl Call {
@@ -84,7 +84,10 @@ impl Call {
         let mut t = self.target.lock().unwrap_or_else(PoisonError::into_inner);
         id.clone_into(&mut t.id);
         name.clone_into(&mut t.name);
-        Span::current().record("credential_id", id);
+    }
+
+    fn verified(&self, v: &Verification) {
+        self.target.lock().unwrap_or_else(PoisonError::into_inner).verification = status_name(v);
     }
 
     fn read_secret(&self, fingerprint: String) {
@@ -122,74 +125,78 @@ impl<S: Store> VaultService<S> {
         let peer = request
             .remote_addr()
             .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
-        let span = tracing::info_span!(
-            "rpc",
-            method,
-            caller = field::Empty,
-            credential_id = field::Empty,
-            verification = field::Empty,
-        );
-        async move {
-            let mut call = None;
-            let result = async {
-                let subjects: Vec<String> = request
-                    .peer_certs()
-                    .and_then(|certs| certs.first().map(|c| certificate_subjects(c)))
-                    .unwrap_or_default();
-                let caller = self
-                    .callers
-                    .current()
-                    .authenticate(request.metadata(), &subjects)?;
-                Span::current().record("caller", caller.name.as_str());
-                let this = Arc::new(Call {
-                    caller: Arc::clone(&caller),
-                    target: Mutex::default(),
-                });
-                call = Some(Arc::clone(&this));
-                caller.require(permission)?;
-                handle(this, request.into_inner()).await
-            }
-            .await;
-            let elapsed = start.elapsed();
-            let code = result.as_ref().err().map_or(Code::Ok, Error::code);
-            metrics::rpc(method, code, elapsed);
-            let mut event = AuditEvent {
-                time: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
-                caller: "anonymous".into(),
-                peer,
-                method: method.into(),
-                code: metrics::code_name(code).into(),
-                ..Default::default()
-            };
-            if let Some(call) = call {
-                event.caller.clone_from(&call.caller.name);
-                let t = std::mem::take(
-                    &mut *call.target.lock().unwrap_or_else(PoisonError::into_inner),
-                );
-                (
-                    event.credential_id,
-                    event.credential_name,
-                    event.secret_fingerprint,
-                ) = (t.id, t.name, t.fingerprint);
-            } else {
-                Span::current().record("caller", "anonymous");
-            }
-            self.audit.record(&event);
-            let latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-            match &result {
-                Ok(_) => tracing::info!(code = ?Code::Ok, latency_us, "rpc done"),
-                Err(e @ (Error::DataLoss(_) | Error::Internal(_) | Error::Unavailable(_))) => {
-                    tracing::error!(code = ?e.code(), latency_us, error = %e, "rpc failed")
-                }
-                Err(e @ (Error::Unauthenticated(_) | Error::PermissionDenied(_))) => {
-                    tracing::warn!(code = ?e.code(), latency_us, error = %e, "rpc refused")
-                }
-                Err(e) => tracing::info!(code = ?e.code(), latency_us, error = %e, "rpc rejected"),
-            }
-            result.map(Response::new).map_err(Status::from)
+        // One event per call, with every field on it (no span: the JSON formatter
+        // would re-parse span fields for each event, on the hot path).
+        let mut call = None;
+        let result = async {
+            let subjects: Vec<String> = request
+                .peer_certs()
+                .and_then(|certs| certs.first().map(|c| certificate_subjects(c)))
+                .unwrap_or_default();
+            let caller = self
+                .callers
+                .current()
+                .authenticate(request.metadata(), &subjects)?;
+            let this = Arc::new(Call {
+                caller: Arc::clone(&caller),
+                target: Mutex::default(),
+            });
+            call = Some(Arc::clone(&this));
+            caller.require(permission)?;
+            handle(this, request.into_inner()).await
         }
-        .instrument(span)
-        .await
+        .await;
+        let elapsed = start.elapsed();
+        let code = result.as_ref().err().map_or(Code::Ok, Error::code);
+        metrics::rpc(method, code, elapsed);
+        let mut event = AuditEvent {
+            time: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+            caller: "anonymous".into(),
+            peer,
+            method: method.into(),
+            code: metrics::code_name(code).into(),
+            ..Default::default()
+        };
+        let mut verification = "";
+        if let Some(call) = call {
+            event.caller.clone_from(&call.caller.name);
+            let t = std::mem::take(&mut *call.target.lock().unwrap_or_else(PoisonError::into_inner));
+            (event.credential_id, event.credential_name, event.secret_fingerprint) = (t.id, t.name, t.fingerprint);
+            verification = t.verification;
+        }
+        self.audit.record(&event);
+        let latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let (caller, credential_id) = (event.caller.as_str(), event.credential_id.as_str());
+        macro_rules! rpc_event {
+            ($level:ident, $message:literal $(, $extra:tt)*) => {
+                tracing::$level!(
+                    method,
+                    caller,
+                    credential_id,
+                    verification,
+                    code = ?code,
+                    latency_us,
+                    $($extra,)*
+                    $message
+                )
+            };
+        }
+        match &result {
+            Ok(_) => rpc_event!(info, "rpc done"),
+            Err(e @ (Error::DataLoss(_) | Error::Internal(_) | Error::Unavailable(_))) => {
+                let error = e.to_string();
+                rpc_event!(error, "rpc failed", error)
+            }
+            Err(e @ (Error::Unauthenticated(_) | Error::PermissionDenied(_))) => {
+                let error = e.to_string();
+                rpc_event!(warn, "rpc refused", error)
+            }
+            Err(e) => {
+                let error = e.to_string();
+                rpc_event!(info, "rpc rejected", error)
+            }
+        }
+        result.map(Response::new).map_err(Status::from)
     }
 
     /// The id a reference points at, within the caller's scope.
@@ -249,6 +256,7 @@ impl<S: Store> VaultService<S> {
     /// Checks a secret before writing it when the request asks to.
     async fn check_if_asked(
         &self,
+        call: &Call,
         secret: &ProviderSecret,
         verify: bool,
         best_effort: bool,
@@ -257,7 +265,7 @@ impl<S: Store> VaultService<S> {
             return Ok(None);
         }
         let verification = self.vault.check_before_write(secret, best_effort).await?;
-        Span::current().record("verification", status_name(&verification));
+        call.verified(&verification);
         Ok(Some(verification))
     }
 
@@ -280,7 +288,7 @@ impl<S: Store> VaultService<S> {
             return Err(StoreError::NameTaken(req.name).into());
         }
         let verification = self
-            .check_if_asked(&secret, req.verify, req.verify_best_effort)
+            .check_if_asked(&call, &secret, req.verify, req.verify_best_effort)
             .await?;
         let id = validate::new_id();
         call.touch(&id, &req.name);
@@ -388,7 +396,7 @@ impl<S: Store> VaultService<S> {
         }
         let verification = match &secret {
             Some(secret) => {
-                self.check_if_asked(secret, req.verify, req.verify_best_effort)
+                self.check_if_asked(&call, secret, req.verify, req.verify_best_effort)
                     .await?
             }
             None if req.verify => {
@@ -471,7 +479,7 @@ impl<S: Store> VaultService<S> {
             .vault
             .verify_record(&record, metrics::Source::Rpc)
             .await?;
-        Span::current().record("verification", status_name(&verification));
+        call.verified(&verification);
         Ok(api::VerifyCredentialResponse {
             verification: Some(verification_to_api(&verification)),
             credential: Some(self.show(&stored).await),

@@ -65,6 +65,9 @@ struct Args {
     /// Smoke mode for CI: 1 s steps, few credentials; proves the tool works, measures nothing.
     #[arg(long)]
     smoke: bool,
+    /// The server's --log-level (the default logs one event per RPC, as in production).
+    #[arg(long, default_value = "info")]
+    server_log_level: String,
     /// Where to write the results as JSON.
     #[arg(long, default_value = "target/bench.json")]
     json: PathBuf,
@@ -189,11 +192,11 @@ struct Server {
 }
 
 impl Server {
-    async fn start(bin: &Path, dir: &Path, token: &str) -> Server {
+    async fn start(bin: &Path, dir: &Path, token: &str, log_level: &str) -> Server {
         std::fs::create_dir_all(dir).unwrap();
         let key = dir.join("master.key");
         if !key.exists() {
-            std::fs::write(&key, MasterKey::generate_base64().as_str()).unwrap();
+            credvault::config::write_private_file(&key, MasterKey::generate_base64().as_bytes()).unwrap();
             std::fs::write(
                 dir.join("callers.toml"),
                 callers_entry("bench", token, &Permission::ALL),
@@ -486,7 +489,7 @@ async fn main() {
     );
 
     // The vault with `credentials` credentials, and OpenBao with as many secrets.
-    let server = Server::start(&args.server_bin, &work.join("vault"), &token).await;
+    let server = Server::start(&args.server_bin, &work.join("vault"), &token, &args.server_log_level).await;
     let chans = channels(&server.addr, args.channels).await;
     let vaults = vault_clients(&chans, &token);
     let (ids, write_row) = seed(&vaults, args.credentials, "cred").await;
@@ -621,7 +624,7 @@ async fn main() {
 
     // 5. Scale: many credentials; cold start to SERVING, RSS, data size, a full listing.
     let scale_dir = work.join("scale");
-    let first = Server::start(&args.server_bin, &scale_dir, &token).await;
+    let first = Server::start(&args.server_bin, &scale_dir, &token, &args.server_log_level).await;
     let scale_vaults = vault_clients(&channels(&first.addr, args.channels).await, &token);
     let (_, scale_write) = seed(&scale_vaults, args.scale_credentials, "scale").await;
     eprintln!(
@@ -629,7 +632,7 @@ async fn main() {
         args.scale_credentials, scale_write.rps
     );
     first.stop().await;
-    let cold = Server::start(&args.server_bin, &scale_dir, &token).await;
+    let cold = Server::start(&args.server_bin, &scale_dir, &token, &args.server_log_level).await;
     let cold_rss = cold.pid().and_then(rss_mb);
     let mut lister = vault_clients(&[connect(&cold.addr).await], &token).remove(0);
     let listed_at = Instant::now();
