@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -18,8 +18,8 @@ use zeroize::Zeroizing;
 use crate::crypto::MasterKey;
 use crate::error::Error;
 
-/// How often written events are fsynced (a batch is everything written meanwhile).
-const SYNC_INTERVAL: Duration = Duration::from_millis(50);
+/// How often queued events are written and fsynced (a batch is everything queued meanwhile).
+const SYNC_INTERVAL: Duration = Duration::from_millis(20);
 
 /// One audited RPC. Never holds a secret or a token.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -232,35 +232,40 @@ fn read_events(
 fn write_loop(file: File, rx: mpsc::Receiver<Command>, healthy: &AtomicBool, path: &str) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, file);
     let mut broken = false;
-    let mut dirty = false;
-    let mut write_error: Option<std::io::Error> = None;
-    let mut waiters: Vec<tokio::sync::oneshot::Sender<bool>> = Vec::new();
-    let mut last_sync = Instant::now();
     loop {
-        // Sleep until the next event, or until the batch's sync is due.
-        let wait = if dirty { SYNC_INTERVAL.saturating_sub(last_sync.elapsed()) } else { Duration::from_secs(3600) };
+        // Wake on a timer, not per event, so that recording an event never costs the
+        // caller a thread wake-up; then take everything queued since, write it, fsync once.
+        std::thread::sleep(SYNC_INTERVAL);
+        let mut waiters = Vec::new();
+        let mut result = Ok(());
+        let mut written = false;
         let mut stop = false;
-        match rx.recv_timeout(wait) {
-            Ok(Command::Event(line)) => {
-                if let Err(e) = writeln!(out, "{line}") {
-                    write_error.get_or_insert(e);
+        loop {
+            match rx.try_recv() {
+                Ok(Command::Event(line)) => {
+                    if result.is_ok() {
+                        result = writeln!(out, "{line}");
+                    }
+                    written = true;
                 }
-                dirty = true;
+                Ok(Command::Flush(done)) => waiters.push(done),
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    stop = true;
+                    break;
+                }
             }
-            Ok(Command::Flush(done)) => waiters.push(done),
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => stop = true,
         }
-        let due = dirty && last_sync.elapsed() >= SYNC_INTERVAL;
-        if due || !waiters.is_empty() || stop {
-            let synced = match write_error.take() {
-                Some(e) => Err(e),
-                None => out.flush().and_then(|()| out.get_ref().sync_data()),
-            };
+        if written || !waiters.is_empty() || stop {
+            let synced = result
+                .and_then(|()| out.flush())
+                .and_then(|()| out.get_ref().sync_data());
             let ok = synced.is_ok();
             healthy.store(ok, Ordering::Release);
             match (&synced, broken) {
-                (Err(e), false) => tracing::error!(path, error = %e, "the audit log cannot be written"),
+                (Err(e), false) => {
+                    tracing::error!(path, error = %e, "the audit log cannot be written")
+                }
                 (Ok(()), true) => tracing::info!(path, "the audit log is writable again"),
                 _ => {}
             }
@@ -270,11 +275,9 @@ fn write_loop(file: File, rx: mpsc::Receiver<Command>, healthy: &AtomicBool, pat
                 let (file, _unwritten) = out.into_parts();
                 out = std::io::BufWriter::with_capacity(64 * 1024, file);
             }
-            for done in waiters.drain(..) {
+            for done in waiters {
                 let _ = done.send(ok);
             }
-            dirty = false;
-            last_sync = Instant::now();
         }
         if stop {
             return;

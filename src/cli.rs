@@ -239,7 +239,7 @@ fn healthcheck(args: &HealthcheckArgs) -> Result<(), String> {
 }
 
 fn serve(args: ServeArgs) -> Result<(), String> {
-    telemetry::init(args.log_format, &args.log_level)?;
+    let _log = telemetry::init(args.log_format, &args.log_level)?;
     let config = resolve(args.dev, &args)?;
     let runtime =
         tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;

@@ -87,7 +87,10 @@ impl Call {
     }
 
     fn verified(&self, v: &Verification) {
-        self.target.lock().unwrap_or_else(PoisonError::into_inner).verification = status_name(v);
+        self.target
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .verification = status_name(v);
     }
 
     fn read_secret(&self, fingerprint: String) {
@@ -160,8 +163,13 @@ impl<S: Store> VaultService<S> {
         let mut verification = "";
         if let Some(call) = call {
             event.caller.clone_from(&call.caller.name);
-            let t = std::mem::take(&mut *call.target.lock().unwrap_or_else(PoisonError::into_inner));
-            (event.credential_id, event.credential_name, event.secret_fingerprint) = (t.id, t.name, t.fingerprint);
+            let t =
+                std::mem::take(&mut *call.target.lock().unwrap_or_else(PoisonError::into_inner));
+            (
+                event.credential_id,
+                event.credential_name,
+                event.secret_fingerprint,
+            ) = (t.id, t.name, t.fingerprint);
             verification = t.verification;
         }
         self.audit.record(&event);

@@ -75,11 +75,7 @@ async fn a_minted_token_works_with_exactly_its_permissions() {
         .await
         .unwrap_err();
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
-    assert!(
-        process.stderr().contains("\"caller\":\"ingest-worker\""),
-        "{}",
-        process.stderr()
-    );
+    process.wait_for_log(&["\"caller\":\"ingest-worker\""]).await;
     process.signal("TERM");
     assert!(process.child.wait().await.unwrap().success());
 }

@@ -196,7 +196,8 @@ impl Server {
         std::fs::create_dir_all(dir).unwrap();
         let key = dir.join("master.key");
         if !key.exists() {
-            credvault::config::write_private_file(&key, MasterKey::generate_base64().as_bytes()).unwrap();
+            credvault::config::write_private_file(&key, MasterKey::generate_base64().as_bytes())
+                .unwrap();
             std::fs::write(
                 dir.join("callers.toml"),
                 callers_entry("bench", token, &Permission::ALL),
@@ -218,6 +219,7 @@ impl Server {
                 "--drain-delay",
                 "0s",
             ])
+            .args(["--log-level", log_level])
             .arg("--data-dir")
             .arg(dir.join("data"))
             .arg("--master-key-file")
@@ -489,7 +491,13 @@ async fn main() {
     );
 
     // The vault with `credentials` credentials, and OpenBao with as many secrets.
-    let server = Server::start(&args.server_bin, &work.join("vault"), &token, &args.server_log_level).await;
+    let server = Server::start(
+        &args.server_bin,
+        &work.join("vault"),
+        &token,
+        &args.server_log_level,
+    )
+    .await;
     let chans = channels(&server.addr, args.channels).await;
     let vaults = vault_clients(&chans, &token);
     let (ids, write_row) = seed(&vaults, args.credentials, "cred").await;

@@ -592,6 +592,20 @@ impl Process {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Waits (up to 10 s) for a stderr line containing every one of `needles`;
+    /// logs are written by a writer thread, a moment after the event.
+    pub async fn wait_for_log(&self, needles: &[&str]) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let logs = self.stderr();
+            if let Some(line) = logs.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
+                return line.to_owned();
+            }
+            assert!(std::time::Instant::now() < deadline, "no log line with {needles:?} in:\n{logs}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn stdout(&self) -> String {
         self.stdout.lock().unwrap().clone()
     }
