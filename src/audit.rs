@@ -262,6 +262,9 @@ fn write_loop(file: File, rx: mpsc::Receiver<Command>, healthy: &AtomicBool, pat
                 .and_then(|()| out.get_ref().sync_data());
             let ok = synced.is_ok();
             healthy.store(ok, Ordering::Release);
+            if !ok {
+                crate::metrics::audit_write_failed();
+            }
             match (&synced, broken) {
                 (Err(e), false) => {
                     tracing::error!(path, error = %e, "the audit log cannot be written")

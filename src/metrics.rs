@@ -13,6 +13,7 @@ const REQUESTS: &str = "credvault_requests_total";
 const LATENCY: &str = "credvault_request_duration_seconds";
 const CREDENTIALS: &str = "credvault_credentials";
 const VERIFICATIONS: &str = "credvault_verifications_total";
+const AUDIT_FAILURES: &str = "credvault_audit_write_failures_total";
 
 /// Latency buckets from 100 µs to 10 s.
 const BUCKETS: &[f64] = &[
@@ -76,6 +77,11 @@ pub fn set_credentials(count: usize) {
 /// Adds `delta` to the number of stored credentials.
 pub fn credentials_changed(delta: f64) {
     gauge!(CREDENTIALS).increment(delta);
+}
+
+/// Counts an audit batch that could not be written.
+pub fn audit_write_failed() {
+    counter!(AUDIT_FAILURES).increment(1);
 }
 
 /// Records one provider check.

@@ -75,7 +75,9 @@ async fn a_minted_token_works_with_exactly_its_permissions() {
         .await
         .unwrap_err();
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
-    process.wait_for_log(&["\"caller\":\"ingest-worker\""]).await;
+    process
+        .wait_for_log(&["\"caller\":\"ingest-worker\""])
+        .await;
     process.signal("TERM");
     assert!(process.child.wait().await.unwrap().success());
 }

@@ -130,7 +130,9 @@ async fn revoked_tokens_stop_working_without_a_restart() {
         assert!(Instant::now() < deadline, "SIGHUP did not reload: {r:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    process.wait_for_log(&["callers reloaded", "\"reason\":\"SIGHUP\""]).await;
+    process
+        .wait_for_log(&["callers reloaded", "\"reason\":\"SIGHUP\""])
+        .await;
     process.signal("TERM");
     assert!(process.child.wait().await.unwrap().success());
 }

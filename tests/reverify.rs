@@ -87,7 +87,11 @@ async fn the_reverifier_keeps_verifications_current() {
     wait_for(&mut admin, "good", V::ApiKeyRejected).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     process
-        .wait_for_log(&["verification status changed", "ApiKeyRejected", "\"name\":\"good\""])
+        .wait_for_log(&[
+            "verification status changed",
+            "ApiKeyRejected",
+            "\"name\":\"good\"",
+        ])
         .await;
 
     // SIGTERM with a 60 s check in flight: the process still stops at once, cleanly.

@@ -601,7 +601,10 @@ impl Process {
             if let Some(line) = logs.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
                 return line.to_owned();
             }
-            assert!(std::time::Instant::now() < deadline, "no log line with {needles:?} in:\n{logs}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no log line with {needles:?} in:\n{logs}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
