@@ -99,3 +99,54 @@ async fn metrics_show_requests_latency_credentials_and_verifications() {
     process.signal("TERM");
     assert!(process.child.wait().await.unwrap().success());
 }
+
+#[tokio::test]
+async fn audit_write_failures_are_counted() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let dir = tempfile::TempDir::new().unwrap();
+    let setup = write_config(dir.path());
+    let mut args = setup.args.clone();
+    args.extend(
+        [
+            "--audit-log",
+            "/dev/full",
+            "--metrics-listen",
+            &metrics_addr,
+        ]
+        .map(String::from),
+    );
+    let mut process = Process::serve(&args, &[], dir.path()).await.unwrap();
+    let mut admin = process.client(&setup.tokens.admin).await;
+    create(&mut admin, "one", "key-00000001", "acct").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let body = reqwest::get(format!("http://{metrics_addr}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let failures = body
+            .lines()
+            .find_map(|l| l.strip_prefix("credvault_audit_write_failures_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        if failures.is_some_and(|n| n >= 1.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no audit failure counted:\n{body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    process
+        .wait_for_log(&["the audit log cannot be written"])
+        .await;
+    process.signal("TERM");
+    assert!(process.child.wait().await.unwrap().success());
+}
