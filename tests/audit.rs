@@ -54,17 +54,7 @@ async fn every_call_is_audited_with_fingerprints_of_secret_reads() {
         .await
         .unwrap_err();
     admin
-        .update_credential(api::UpdateCredentialRequest {
-            r#ref: Some(api::update_credential_request::Ref::Name("audited".into())),
-            secret: Some(api::update_credential_request::Secret::Fleetio(
-                api::FleetioSecret {
-                    api_key: "key-AUDIT-0000002".into(),
-                    account_token: "acct-AUDIT".into(),
-                    api_version: String::new(),
-                },
-            )),
-            ..Default::default()
-        })
+        .update_credential(rotation("audited", "key-AUDIT-0000002", "acct-AUDIT"))
         .await
         .unwrap();
     worker

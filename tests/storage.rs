@@ -123,17 +123,11 @@ async fn no_plaintext_secret_lies_in_the_data_dir() {
     let secrets = ["key-PLAINTEXT-CANARY-1", "acct-PLAINTEXT-CANARY-2"];
     create(&mut admin, "canary", secrets[0], secrets[1]).await;
     admin
-        .update_credential(api::UpdateCredentialRequest {
-            r#ref: Some(api::update_credential_request::Ref::Name("canary".into())),
-            secret: Some(api::update_credential_request::Secret::Fleetio(
-                api::FleetioSecret {
-                    api_key: "key-PLAINTEXT-CANARY-3".into(),
-                    account_token: "acct-PLAINTEXT-CANARY-4".into(),
-                    api_version: String::new(),
-                },
-            )),
-            ..Default::default()
-        })
+        .update_credential(rotation(
+            "canary",
+            "key-PLAINTEXT-CANARY-3",
+            "acct-PLAINTEXT-CANARY-4",
+        ))
         .await
         .unwrap();
     drop(admin);

@@ -220,17 +220,7 @@ async fn rotation_clears_the_old_verification_and_unknown_ids_fail() {
     let (v, _) = verify(&mut admin, "rotating").await;
     assert_eq!(v.status(), V::Valid);
     let updated = admin
-        .update_credential(api::UpdateCredentialRequest {
-            r#ref: Some(api::update_credential_request::Ref::Name("rotating".into())),
-            secret: Some(api::update_credential_request::Secret::Fleetio(
-                api::FleetioSecret {
-                    api_key: "key-unknown-0008".into(),
-                    account_token: "acct-1".into(),
-                    api_version: String::new(),
-                },
-            )),
-            ..Default::default()
-        })
+        .update_credential(rotation("rotating", "key-unknown-0008", "acct-1"))
         .await
         .unwrap()
         .into_inner()

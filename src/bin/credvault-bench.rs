@@ -86,6 +86,35 @@ struct Row {
     server_rss_mb: Option<f64>,
 }
 
+/// A latency histogram in microseconds, 1 µs to 60 s, 3 significant digits.
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+impl Row {
+    fn new(
+        step: &str,
+        concurrency: usize,
+        requests: u64,
+        errors: u64,
+        took: Duration,
+        hist: &Histogram<u64>,
+        rss: Option<f64>,
+    ) -> Row {
+        Row {
+            step: step.to_owned(),
+            concurrency,
+            requests,
+            errors,
+            rps: requests as f64 / took.as_secs_f64(),
+            p50_us: hist.value_at_quantile(0.5),
+            p99_us: hist.value_at_quantile(0.99),
+            p999_us: hist.value_at_quantile(0.999),
+            server_rss_mb: rss,
+        }
+    }
+}
+
 type Op = Arc<dyn Fn(usize) -> futures_lite::BoxedOp + Send + Sync>;
 
 mod futures_lite {
@@ -108,7 +137,7 @@ async fn load(
     for worker in 0..concurrency {
         let op = Arc::clone(&op);
         tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let mut hist = histogram();
             let (mut ok, mut errors) = (0u64, 0u64);
             loop {
                 let t0 = Instant::now();
@@ -131,7 +160,7 @@ async fn load(
             (hist, ok, errors)
         }));
     }
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    let mut hist = histogram();
     let (mut ok, mut errors) = (0, 0);
     for t in tasks {
         let (h, o, e) = t.await.unwrap();
@@ -139,17 +168,15 @@ async fn load(
         ok += o;
         errors += e;
     }
-    let row = Row {
-        step: step.to_owned(),
+    let row = Row::new(
+        step,
         concurrency,
-        requests: ok,
+        ok,
         errors,
-        rps: ok as f64 / duration.as_secs_f64(),
-        p50_us: hist.value_at_quantile(0.5),
-        p99_us: hist.value_at_quantile(0.99),
-        p999_us: hist.value_at_quantile(0.999),
-        server_rss_mb: rss_of.and_then(rss_mb),
-    };
+        duration,
+        &hist,
+        rss_of.and_then(rss_mb),
+    );
     eprintln!(
         "{:<28} c={:<3} {:>9.0} req/s  p50 {:>6} µs  p99 {:>6} µs  p99.9 {:>6} µs  errors {}",
         row.step, row.concurrency, row.rps, row.p50_us, row.p99_us, row.p999_us, row.errors
@@ -322,7 +349,7 @@ async fn seed(clients: &[Vault], n: usize, prefix: &str) -> (Vec<String>, Row) {
         let mut c = clients[w % clients.len()].clone();
         let (next, ids, prefix) = (Arc::clone(&next), Arc::clone(&ids), prefix.to_owned());
         tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let mut hist = histogram();
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if i >= n {
@@ -352,22 +379,20 @@ async fn seed(clients: &[Vault], n: usize, prefix: &str) -> (Vec<String>, Row) {
             hist
         }));
     }
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    let mut hist = histogram();
     for t in tasks {
         hist.add(t.await.unwrap()).unwrap();
     }
     let took = started.elapsed();
-    let row = Row {
-        step: "credvault CreateCredential".into(),
-        concurrency: 16,
-        requests: n as u64,
-        errors: 0,
-        rps: n as f64 / took.as_secs_f64(),
-        p50_us: hist.value_at_quantile(0.5),
-        p99_us: hist.value_at_quantile(0.99),
-        p999_us: hist.value_at_quantile(0.999),
-        server_rss_mb: None,
-    };
+    let row = Row::new(
+        "credvault CreateCredential",
+        16,
+        n as u64,
+        0,
+        took,
+        &hist,
+        None,
+    );
     let ids = std::mem::take(&mut *ids.lock().unwrap());
     (ids, row)
 }
@@ -430,7 +455,7 @@ impl Bao {
         for _ in 0..16 {
             let (next, http, url) = (Arc::clone(&next), self.http.clone(), self.url.clone());
             tasks.push(tokio::spawn(async move {
-                let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+                let mut hist = histogram();
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if i >= n {
@@ -451,22 +476,20 @@ impl Bao {
                 hist
             }));
         }
-        let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+        let mut hist = histogram();
         for t in tasks {
             hist.add(t.await.unwrap()).unwrap();
         }
         let took = started.elapsed();
-        Row {
-            step: "OpenBao KV write".into(),
-            concurrency: 16,
-            requests: n as u64,
-            errors: 0,
-            rps: n as f64 / took.as_secs_f64(),
-            p50_us: hist.value_at_quantile(0.5),
-            p99_us: hist.value_at_quantile(0.99),
-            p999_us: hist.value_at_quantile(0.999),
-            server_rss_mb: self.child.id().and_then(rss_mb),
-        }
+        Row::new(
+            "OpenBao KV write",
+            16,
+            n as u64,
+            0,
+            took,
+            &hist,
+            self.child.id().and_then(rss_mb),
+        )
     }
 }
 

@@ -252,6 +252,21 @@ pub async fn create(
         .unwrap()
 }
 
+/// An update that replaces the secret of the credential named `name` (rotation).
+pub fn rotation(name: &str, api_key: &str, account_token: &str) -> api::UpdateCredentialRequest {
+    api::UpdateCredentialRequest {
+        r#ref: Some(api::update_credential_request::Ref::Name(name.into())),
+        secret: Some(api::update_credential_request::Secret::Fleetio(
+            FleetioSecret {
+                api_key: api_key.into(),
+                account_token: account_token.into(),
+                api_version: String::new(),
+            },
+        )),
+        ..Default::default()
+    }
+}
+
 pub fn by_id_get(id: &str) -> api::GetCredentialRequest {
     api::GetCredentialRequest {
         r#ref: Some(api::get_credential_request::Ref::Id(id.into())),
