@@ -94,13 +94,16 @@ async fn revoked_tokens_stop_working_without_a_restart() {
         "{keep_reader}\n{}",
         callers_entry("writer", &t.writer, &[Permission::CredentialsWrite])
     );
-    std::fs::write(&setup.callers, with_writer).unwrap();
+    // Written aside with the old mtime, then renamed in: the watch never sees a new mtime.
+    let aside = setup.callers.with_extension("next");
+    std::fs::write(&aside, with_writer).unwrap();
     std::fs::File::options()
         .write(true)
-        .open(&setup.callers)
+        .open(&aside)
         .unwrap()
         .set_modified(stamp)
         .unwrap();
+    std::fs::rename(&aside, &setup.callers).unwrap();
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let mut writer = process.client(&t.writer).await;
     assert_eq!(
