@@ -212,45 +212,53 @@ impl<S: Store> VaultService<S> {
     /// A scoped caller gets the same `PERMISSION_DENIED` for a credential outside
     /// its scope as for one that does not exist, so it learns no names or ids.
     async fn resolve_id(&self, call: &Call, r: &CredentialRef) -> Result<String, Error> {
+        self.locate(call, r).await.map(|(id, _)| id)
+    }
+
+    /// The id a reference points at, and the record when the scope check had to read it.
+    async fn locate(
+        &self,
+        call: &Call,
+        r: &CredentialRef,
+    ) -> Result<(String, Option<CredentialRecord>), Error> {
         let caller = &call.caller;
         // The audit trail names what was asked for, found or not.
         match r {
-            CredentialRef::Id(id) => call.touch(id, ""),
-            CredentialRef::Name(name) => call.touch("", name),
-        }
-        let id =
-            match r {
-                CredentialRef::Id(id) => {
-                    validate::id(id)?;
-                    if caller.is_scoped() {
-                        let record = self.vault.store().get(id).await.ok().flatten();
-                        caller.require_scope(id, record.as_ref().map(|r| r.name.as_str()))?;
-                    }
-                    id.clone()
+            CredentialRef::Id(id) => {
+                call.touch(id, "");
+                validate::id(id)?;
+                if !caller.is_scoped() {
+                    return Ok((id.clone(), None));
                 }
-                CredentialRef::Name(name) => {
-                    validate::name(name)?;
-                    caller.require_scope(name, Some(name))?;
+                let record = self.vault.store().get(id).await.ok().flatten();
+                caller.require_scope(id, record.as_ref().map(|r| r.name.as_str()))?;
+                Ok((id.clone(), record))
+            }
+            CredentialRef::Name(name) => {
+                call.touch("", name);
+                validate::name(name)?;
+                caller.require_scope(name, Some(name))?;
+                let id =
                     self.vault.store().id_for_name(name).await?.ok_or_else(|| {
                         Error::NotFound(format!("no credential is named {name:?}"))
-                    })?
-                }
-            };
-        if let CredentialRef::Name(name) = r {
-            call.touch(&id, name);
+                    })?;
+                call.touch(&id, name);
+                Ok((id, None))
+            }
         }
-        Ok(id)
     }
 
     /// The record a reference points at, within the caller's scope.
     async fn resolve(&self, call: &Call, r: &CredentialRef) -> Result<CredentialRecord, Error> {
-        let id = self.resolve_id(call, r).await?;
-        let record = self
-            .vault
-            .store()
-            .get(&id)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("credential {id} not found")))?;
+        let record = match self.locate(call, r).await? {
+            (_, Some(record)) => record,
+            (id, None) => self
+                .vault
+                .store()
+                .get(&id)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("credential {id} not found")))?,
+        };
         call.touch(&record.id, &record.name);
         Ok(record)
     }
@@ -501,8 +509,9 @@ impl<S: Store> VaultService<S> {
     ) -> Result<api::GetCredentialHeadersResponse, Error> {
         let record = self.resolve(&call, &required_ref(req.r#ref)?).await?;
         self.audit.admit_secret_read()?;
-        let secret = self.vault.open(&record)?;
-        call.read_secret(self.audit.fingerprint(&secret.to_plaintext()));
+        let (secret, plaintext) = self.vault.open_with_plaintext(&record)?;
+        call.read_secret(self.audit.fingerprint(&plaintext));
+        drop(plaintext);
         self.vault.note_use(&record.id, &call.caller.name);
         let out = self.vault.headers(&secret);
         Ok(api::GetCredentialHeadersResponse {

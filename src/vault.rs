@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
+use zeroize::Zeroizing;
+
 use crate::crypto::{MasterKey, Sealed};
 use crate::error::Error;
 use crate::metrics::{self, Source};
@@ -91,6 +93,14 @@ impl<S: Store> Vault<S> {
 
     /// Opens a record's secret; `DATA_LOSS` if it is damaged or sealed by another key.
     pub fn open(&self, record: &CredentialRecord) -> Result<ProviderSecret, Error> {
+        self.open_with_plaintext(record).map(|(secret, _)| secret)
+    }
+
+    /// Opens a record's secret, also returning the opened bytes (e.g. to fingerprint them).
+    pub fn open_with_plaintext(
+        &self,
+        record: &CredentialRecord,
+    ) -> Result<(ProviderSecret, Zeroizing<Vec<u8>>), Error> {
         let damaged = || {
             Error::DataLoss(format!(
                 "the secret of credential {} cannot be decrypted: the stored record is damaged or was sealed with another master key",
@@ -100,7 +110,9 @@ impl<S: Store> Vault<S> {
         let sealed = record.secret.as_ref().ok_or_else(damaged)?;
         let aad = secret_aad(&record.id, &record.provider, &sealed.key_id);
         let plaintext = self.key.open(sealed, &aad).map_err(|_| damaged())?;
-        ProviderSecret::from_plaintext(&record.provider, &plaintext).map_err(|_| damaged())
+        let secret =
+            ProviderSecret::from_plaintext(&record.provider, &plaintext).map_err(|_| damaged())?;
+        Ok((secret, plaintext))
     }
 
     /// The headers a worker sends with `secret`.
