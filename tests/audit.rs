@@ -230,14 +230,7 @@ async fn last_use_is_shown_and_survives_a_restart() {
         .into_inner();
     assert_eq!(listed.credentials[0].last_used_by, "worker");
     drop((admin, worker));
-    let (result, _tmp, dir, key) = server.stop_keep().await;
-    result.unwrap();
-    let server = TestServer::start_with(Options {
-        data_dir: Some(dir),
-        key_b64: key,
-        ..Options::default()
-    })
-    .await;
+    let server = server.restart().await;
     let mut admin = server.admin().await;
     let after = admin
         .get_credential(by_name_get("used"))

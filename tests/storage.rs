@@ -18,15 +18,7 @@ async fn restart_with_the_same_key_keeps_everything() {
     let a = create(&mut admin, "keep-a", "key-keep-0000aaaa", "acct-a").await;
     let b = create(&mut admin, "keep-b", "key-keep-0000bbbb", "acct-b").await;
     drop(admin);
-    let (result, tmp, dir, key) = server.stop_keep().await;
-    result.unwrap();
-
-    let server = TestServer::start_with(Options {
-        data_dir: Some(dir),
-        key_b64: key,
-        ..Options::default()
-    })
-    .await;
+    let server = server.restart().await;
     let mut admin = server.admin().await;
     assert_eq!(
         admin
@@ -53,7 +45,6 @@ async fn restart_with_the_same_key_keeps_everything() {
     assert_eq!(list.credentials.len(), 2);
     drop(admin);
     server.stop().await.unwrap();
-    drop(tmp);
 }
 
 #[tokio::test]
@@ -101,12 +92,7 @@ async fn another_master_key_refuses_to_start() {
     );
 
     // Refusing lost nothing: the right key still opens it.
-    let server = TestServer::start_with(Options {
-        data_dir: Some(dir),
-        key_b64: key,
-        ..Options::default()
-    })
-    .await;
+    let server = TestServer::reopen(dir, key).await;
     let mut admin = server.admin().await;
     admin
         .get_credential_headers(headers_by_name("locked"))
@@ -196,12 +182,7 @@ async fn tampered_records_answer_data_loss_alone() {
         bytes[..bytes.len() / 2].to_vec()
     });
 
-    let server = TestServer::start_with(Options {
-        data_dir: Some(dir),
-        key_b64: key,
-        ..Options::default()
-    })
-    .await;
+    let server = TestServer::reopen(dir, key).await;
     let mut admin = server.admin().await;
     for name in ["flipped", "swapped", "truncated"] {
         let status = admin

@@ -339,60 +339,82 @@ fn vault_clients(chans: &[Channel], token: &str) -> Vec<Vault> {
         .collect()
 }
 
-/// Creates `n` credentials at concurrency 16; the row is the durable-write measurement.
-async fn seed(clients: &[Vault], n: usize, prefix: &str) -> (Vec<String>, Row) {
+/// Runs `op(i)` once for each `i` in `0..n`, from 16 tasks; every call must succeed.
+async fn each_once(step: &str, n: usize, op: Op, rss_of: Option<u32>) -> Row {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let ids = Arc::new(std::sync::Mutex::new(Vec::with_capacity(n)));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for w in 0..16 {
-        let mut c = clients[w % clients.len()].clone();
-        let (next, ids, prefix) = (Arc::clone(&next), Arc::clone(&ids), prefix.to_owned());
+    for _ in 0..16 {
+        let (next, op) = (Arc::clone(&next), Arc::clone(&op));
         tasks.push(tokio::spawn(async move {
-            let mut hist = histogram();
+            let (mut hist, mut failed) = (histogram(), 0u64);
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if i >= n {
                     break;
                 }
                 let t0 = Instant::now();
-                let r = c
-                    .create_credential(api::CreateCredentialRequest {
-                        name: format!("{prefix}-{i:06}"),
-                        description: "bench".into(),
-                        secret: Some(create_credential_request::Secret::Fleetio(
-                            api::FleetioSecret {
-                                api_key: format!("bench-api-key-{i:012}"),
-                                account_token: format!("bench-account-{i}"),
-                                api_version: "2024-03-15".into(),
-                            },
-                        )),
-                        ..Default::default()
-                    })
-                    .await
-                    .expect("create");
-                let _ = hist.record(t0.elapsed().as_micros() as u64);
-                ids.lock()
-                    .unwrap()
-                    .push(r.into_inner().credential.unwrap().id);
+                if !op(i).await {
+                    failed += 1;
+                }
+                let _ = hist.record(
+                    u64::try_from(t0.elapsed().as_micros())
+                        .unwrap_or(u64::MAX)
+                        .max(1),
+                );
             }
-            hist
+            (hist, failed)
         }));
     }
-    let mut hist = histogram();
+    let (mut hist, mut failed) = (histogram(), 0);
     for t in tasks {
-        hist.add(t.await.unwrap()).unwrap();
+        let (h, f) = t.await.unwrap();
+        hist.add(h).unwrap();
+        failed += f;
     }
-    let took = started.elapsed();
-    let row = Row::new(
-        "credvault CreateCredential",
+    assert_eq!(failed, 0, "{step}: {failed} of {n} calls failed");
+    Row::new(
+        step,
         16,
         n as u64,
         0,
-        took,
+        started.elapsed(),
         &hist,
-        None,
-    );
+        rss_of.and_then(rss_mb),
+    )
+}
+
+/// Creates `n` credentials at concurrency 16; the row is the durable-write measurement.
+async fn seed(clients: &[Vault], n: usize, prefix: &str) -> (Vec<String>, Row) {
+    let ids = Arc::new(std::sync::Mutex::new(Vec::with_capacity(n)));
+    let (clients, sink, prefix) = (clients.to_vec(), Arc::clone(&ids), prefix.to_owned());
+    let op: Op = Arc::new(move |i| {
+        let (mut c, sink) = (clients[i % clients.len()].clone(), Arc::clone(&sink));
+        let request = api::CreateCredentialRequest {
+            name: format!("{prefix}-{i:06}"),
+            description: "bench".into(),
+            secret: Some(create_credential_request::Secret::Fleetio(
+                api::FleetioSecret {
+                    api_key: format!("bench-api-key-{i:012}"),
+                    account_token: format!("bench-account-{i}"),
+                    api_version: "2024-03-15".into(),
+                },
+            )),
+            ..Default::default()
+        };
+        Box::pin(async move {
+            match c.create_credential(request).await {
+                Ok(r) => {
+                    sink.lock()
+                        .unwrap()
+                        .push(r.into_inner().credential.unwrap().id);
+                    true
+                }
+                Err(_) => false,
+            }
+        })
+    });
+    let row = each_once("credvault CreateCredential", n, op, None).await;
     let ids = std::mem::take(&mut *ids.lock().unwrap());
     (ids, row)
 }
@@ -449,47 +471,16 @@ impl Bao {
     }
 
     async fn seed(&self, n: usize) -> Row {
-        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for _ in 0..16 {
-            let (next, http, url) = (Arc::clone(&next), self.http.clone(), self.url.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut hist = histogram();
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if i >= n {
-                        break;
-                    }
-                    let t0 = Instant::now();
-                    let body = json!({"data": {"api_key": format!("bench-api-key-{i:012}"), "account_token": format!("bench-account-{i}")}});
-                    let r = http
-                        .post(format!("{url}/v1/secret/data/bench-{i:06}"))
-                        .header("X-Vault-Token", BAO_TOKEN)
-                        .body(body.to_string())
-                        .send()
-                        .await
-                        .expect("bao write");
-                    assert!(r.status().is_success(), "bao write: {}", r.status());
-                    let _ = hist.record(t0.elapsed().as_micros() as u64);
-                }
-                hist
-            }));
-        }
-        let mut hist = histogram();
-        for t in tasks {
-            hist.add(t.await.unwrap()).unwrap();
-        }
-        let took = started.elapsed();
-        Row::new(
-            "OpenBao KV write",
-            16,
-            n as u64,
-            0,
-            took,
-            &hist,
-            self.child.id().and_then(rss_mb),
-        )
+        let (http, url) = (self.http.clone(), self.url.clone());
+        let op: Op = Arc::new(move |i| {
+            let body = json!({"data": {"api_key": format!("bench-api-key-{i:012}"), "account_token": format!("bench-account-{i}")}});
+            let request = http
+                .post(format!("{url}/v1/secret/data/bench-{i:06}"))
+                .header("X-Vault-Token", BAO_TOKEN)
+                .body(body.to_string());
+            Box::pin(async move { request.send().await.is_ok_and(|r| r.status().is_success()) })
+        });
+        each_once("OpenBao KV write", n, op, self.child.id()).await
     }
 }
 

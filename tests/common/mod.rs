@@ -205,6 +205,25 @@ impl TestServer {
         self.handle.take().unwrap().await.unwrap()
     }
 
+    /// Starts a server on an existing data dir with its master key.
+    pub async fn reopen(data_dir: PathBuf, key_b64: String) -> Self {
+        Self::start_with(Options {
+            data_dir: Some(data_dir),
+            key_b64,
+            ..Options::default()
+        })
+        .await
+    }
+
+    /// Stops the server cleanly and starts it again on the same data dir and key.
+    pub async fn restart(self) -> Self {
+        let (result, tmp, dir, key) = self.stop_keep().await;
+        result.expect("the server stopped cleanly");
+        let mut server = Self::reopen(dir, key).await;
+        server._tmp = tmp;
+        server
+    }
+
     /// Stops the server but keeps its data dir for a restart.
     pub async fn stop_keep(mut self) -> (Result<(), ServeError>, Option<TempDir>, PathBuf, String) {
         self.shutdown.take().unwrap().send(()).ok();
