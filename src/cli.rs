@@ -8,8 +8,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::auth::{self, Permission};
+use crate::config::KeyringSource;
 use crate::config::{self, Config, TlsSettings};
-use crate::crypto::MasterKey;
+use crate::crypto::{Keyring, MasterKey};
 use crate::provider::{fleetio, ProviderSettings};
 use crate::reverify::ReverifySettings;
 use crate::telemetry::{self, LogFormat};
@@ -68,9 +69,8 @@ struct ServeArgs {
     /// Directory of the store [default: credvault-data, or .credvault-dev with --dev].
     #[arg(long, env = "CREDVAULT_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// File holding the base64 master key (or set CREDVAULT_MASTER_KEY).
-    #[arg(long, env = "CREDVAULT_MASTER_KEY_FILE")]
-    master_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    keys: KeyArgs,
     /// TOML file listing the callers, their token digests and permissions.
     #[arg(long, env = "CREDVAULT_CALLERS_FILE")]
     callers_file: Option<PathBuf>,
@@ -127,6 +127,52 @@ struct ServeArgs {
     /// Development mode: makes a data dir, a key file and an all-permissions token on first run.
     #[arg(long, env = "CREDVAULT_DEV")]
     dev: bool,
+}
+
+/// Where the master keys come from.
+#[derive(Clone, Debug, Args)]
+struct KeyArgs {
+    /// The keyring: a file with one base64 master key or `id = base64` lines, or a
+    /// directory of key files named `<id>` or `<id>.key` (or set CREDVAULT_MASTER_KEY
+    /// to a key file's text). Re-read on SIGHUP and when it changes.
+    #[arg(long, env = "CREDVAULT_MASTER_KEY_FILE")]
+    master_key_file: Option<PathBuf>,
+    /// The key id that wraps new data keys [default: the last key of the file, or
+    /// the last file name of the directory].
+    #[arg(long, env = "CREDVAULT_ACTIVE_KEY_ID")]
+    active_key_id: Option<String>,
+}
+
+impl KeyArgs {
+    /// Reads the keyring from the environment or the key file (`fallback` when neither is given).
+    fn keyring(
+        &self,
+        fallback: Option<PathBuf>,
+    ) -> Result<(Keyring, Option<KeyringSource>), String> {
+        let active = self.active_key_id.as_deref();
+        let env = config::keyring_from_env(active)?;
+        if env.is_some() && self.master_key_file.is_some() {
+            return Err(format!(
+                "both {} and --master-key-file are set; use one",
+                config::MASTER_KEY_ENV
+            ));
+        }
+        if let Some(keyring) = env {
+            return Ok((keyring, None));
+        }
+        let Some(path) = self.master_key_file.clone().or(fallback) else {
+            return Err(format!(
+                "no master key: set {} or --master-key-file; make one with \
+                 `credvault keygen > master.key && chmod 600 master.key`, or start with --dev",
+                config::MASTER_KEY_ENV
+            ));
+        };
+        let source = KeyringSource {
+            path,
+            active: self.active_key_id.clone(),
+        };
+        Ok((source.read()?, Some(source)))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -254,13 +300,6 @@ fn serve(args: ServeArgs) -> Result<(), String> {
 }
 
 fn resolve(dev: bool, args: &ServeArgs) -> Result<Config, String> {
-    let env_key = config::master_key_from_env()?;
-    if env_key.is_some() && args.master_key_file.is_some() {
-        return Err(format!(
-            "both {} and --master-key-file are set; use one",
-            config::MASTER_KEY_ENV
-        ));
-    }
     let (data_dir, key_file, callers_file) = if dev {
         let root = args
             .data_dir
@@ -279,7 +318,7 @@ fn resolve(dev: bool, args: &ServeArgs) -> Result<Config, String> {
         println!("{}", token.trim());
         (
             files.data_dir,
-            args.master_key_file.clone().or(Some(files.key_file)),
+            Some(files.key_file),
             args.callers_file.clone().or(Some(files.callers_file)),
         )
     } else {
@@ -287,21 +326,11 @@ fn resolve(dev: bool, args: &ServeArgs) -> Result<Config, String> {
             args.data_dir
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("credvault-data")),
-            args.master_key_file.clone(),
+            None,
             args.callers_file.clone(),
         )
     };
-    let master_key = match (env_key, &key_file) {
-        (Some(key), _) => key,
-        (None, Some(file)) => config::read_master_key_file(file)?,
-        (None, None) => {
-            return Err(format!(
-                "no master key: set {} or --master-key-file; make one with \
-                 `credvault keygen > master.key && chmod 600 master.key`, or start with --dev",
-                config::MASTER_KEY_ENV
-            ))
-        }
-    };
+    let (keyring, keyring_source) = args.keys.keyring(key_file)?;
     let callers = config::load_callers(callers_file.as_deref())?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(TlsSettings {
@@ -317,7 +346,8 @@ fn resolve(dev: bool, args: &ServeArgs) -> Result<Config, String> {
             .clone()
             .or_else(|| Some(data_dir.join("audit.jsonl"))),
         data_dir,
-        master_key,
+        keyring,
+        keyring_source,
         callers,
         callers_file,
         audit_fail_open: args.audit_fail_open,

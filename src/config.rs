@@ -1,5 +1,5 @@
-//! Configuration: the resolved settings of a server, and loading of the master
-//! key, the callers file and the `--dev` bootstrap files.
+//! Configuration: the resolved settings of a server, and loading of the
+//! keyring, the callers file and the `--dev` bootstrap files.
 
 use std::fs;
 use std::io::Write;
@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::auth::{self, Callers, Permission};
-use crate::crypto::MasterKey;
+use crate::crypto::{valid_key_id, Keyring, MasterKey};
 use crate::provider::ProviderSettings;
 use crate::reverify::ReverifySettings;
 
-/// Environment variable that may hold the base64 master key.
+/// Environment variable that may hold the master key or keyring (same text as a key file).
 pub const MASTER_KEY_ENV: &str = "CREDVAULT_MASTER_KEY";
 
 /// Everything a running server needs, resolved and validated.
@@ -19,8 +19,10 @@ pub const MASTER_KEY_ENV: &str = "CREDVAULT_MASTER_KEY";
 pub struct Config {
     /// Where the store lives (sled keeps its files under `db/` inside it).
     pub data_dir: PathBuf,
-    /// The key that seals every secret.
-    pub master_key: MasterKey,
+    /// The master keys: the active one wraps new data keys, the others open older ones.
+    pub keyring: Keyring,
+    /// Where the keyring was read from, to read it again on SIGHUP (none: from the environment).
+    pub keyring_source: Option<KeyringSource>,
     /// Who may call, with which permissions.
     pub callers: Callers,
     /// The callers file, re-read on SIGHUP and when it changes.
@@ -56,22 +58,111 @@ pub struct TlsSettings {
     pub client_ca: Option<PathBuf>,
 }
 
-/// Reads a master key from a key file (base64), warning if others may read it.
-pub fn read_master_key_file(path: &Path) -> Result<MasterKey, String> {
-    let text = zeroize::Zeroizing::new(
-        fs::read_to_string(path)
-            .map_err(|e| format!("cannot read master key file {}: {e}", path.display()))?,
-    );
-    warn_if_shared(path);
-    MasterKey::from_base64(&text).map_err(|e| format!("master key file {}: {e}", path.display()))
+/// Where a keyring is read from, and which of its keys is active.
+#[derive(Clone, Debug)]
+pub struct KeyringSource {
+    /// A key file (one bare base64 key, or `id = base64` lines) or a directory of key files.
+    pub path: PathBuf,
+    /// The id of the key that seals new data; by default the last entry (file) or
+    /// the last file name in sort order (directory).
+    pub active: Option<String>,
 }
 
-/// Reads the master key from [`MASTER_KEY_ENV`] if set.
-pub fn master_key_from_env() -> Result<Option<MasterKey>, String> {
+impl KeyringSource {
+    /// Reads the keyring, warning if others may read a key file.
+    pub fn read(&self) -> Result<Keyring, String> {
+        let path = &self.path;
+        let active = self.active.as_deref();
+        if path.is_dir() {
+            return read_key_dir(path, active);
+        }
+        let text = zeroize::Zeroizing::new(
+            fs::read_to_string(path)
+                .map_err(|e| format!("cannot read master key file {}: {e}", path.display()))?,
+        );
+        warn_if_shared(path);
+        parse_keyring(&text, active).map_err(|e| format!("master key file {}: {e}", path.display()))
+    }
+}
+
+fn read_key_dir(dir: &Path, active: Option<&str>) -> Result<Keyring, String> {
+    let mut files: Vec<(String, PathBuf)> = Vec::new();
+    let entries = fs::read_dir(dir)
+        .map_err(|e| format!("cannot read key directory {}: {e}", dir.display()))?;
+    for entry in entries {
+        let entry =
+            entry.map_err(|e| format!("cannot read key directory {}: {e}", dir.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // Skips hidden entries, such as Kubernetes' `..data` links of a mounted Secret.
+        if name.starts_with('.') || !entry.path().is_file() {
+            continue;
+        }
+        let id = name.strip_suffix(".key").unwrap_or(&name).to_owned();
+        files.push((id, entry.path()));
+    }
+    files.sort();
+    let mut keys = Vec::with_capacity(files.len());
+    for (id, path) in files {
+        let text = zeroize::Zeroizing::new(
+            fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read key file {}: {e}", path.display()))?,
+        );
+        warn_if_shared(&path);
+        keys.push(
+            MasterKey::from_base64_named(&id, &text)
+                .map_err(|e| format!("key file {}: {e}", path.display()))?,
+        );
+    }
+    Keyring::new(keys, active).map_err(|e| format!("key directory {}: {e}", dir.display()))
+}
+
+/// Parses a key file: one bare base64 key (its id is its fingerprint), or
+/// `id = base64` lines (`#` comments and blank lines allowed; values may be quoted).
+pub fn parse_keyring(text: &str, active: Option<&str>) -> Result<Keyring, String> {
+    let lines: Vec<(usize, &str)> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.trim()))
+        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let entry = |line: &str| -> Option<(String, String)> {
+        let (id, value) = line.split_once('=')?;
+        let (id, value) = (id.trim(), value.trim().trim_matches('"'));
+        (valid_key_id(id) && !value.is_empty() && !value.starts_with('='))
+            .then(|| (id.to_owned(), value.to_owned()))
+    };
+    match lines.as_slice() {
+        [] => Err("it holds no key (make one with `credvault keygen`)".into()),
+        [(_, only)] if entry(only).is_none() => {
+            let key = MasterKey::from_base64(only).map_err(|e| e.to_string())?;
+            if let Some(id) = active.filter(|id| *id != key.id()) {
+                return Err(format!("the active key id {id} is not in the keyring"));
+            }
+            Ok(Keyring::single(key))
+        }
+        _ => {
+            let mut keys = Vec::with_capacity(lines.len());
+            for (number, line) in &lines {
+                let (id, value) = entry(line).ok_or_else(|| {
+                    format!("line {number} is not `id = base64-key` (ids use A-Z a-z 0-9 . _ -)")
+                })?;
+                let value = zeroize::Zeroizing::new(value);
+                keys.push(
+                    MasterKey::from_base64_named(&id, &value)
+                        .map_err(|e| format!("line {number}: {e}"))?,
+                );
+            }
+            Keyring::new(keys, active).map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// Reads the keyring from [`MASTER_KEY_ENV`] if set.
+pub fn keyring_from_env(active: Option<&str>) -> Result<Option<Keyring>, String> {
     match std::env::var(MASTER_KEY_ENV) {
         Ok(text) => {
             let text = zeroize::Zeroizing::new(text);
-            MasterKey::from_base64(&text)
+            parse_keyring(&text, active)
                 .map(Some)
                 .map_err(|e| format!("{MASTER_KEY_ENV}: {e}"))
         }

@@ -1,5 +1,7 @@
-//! AES-256-GCM sealing under the master key, with associated data that binds a
-//! ciphertext to the record it belongs to.
+//! AES-256-GCM envelope encryption: a keyring of master keys (key-encryption
+//! keys) wraps per-record random data keys, which seal the secrets.
+//!
+//! Associated data binds every ciphertext to the record it belongs to.
 
 use std::fmt;
 
@@ -18,9 +20,21 @@ pub const NONCE_LEN: usize = 12;
 const KEY_CHECK_PLAINTEXT: &[u8] = b"credvault key check v1";
 const KEY_CHECK_AAD: &[u8] = b"credvault/key-check/v1";
 
-/// Why a master key could not be loaded.
+/// Why a master key or keyring could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
+    /// A key id is empty, too long or holds characters other than `A-Za-z0-9._-`.
+    #[error("key id {0:?} is not valid: use 1 to 64 of A-Z a-z 0-9 . _ -")]
+    BadId(String),
+    /// Two keys of a keyring share an id.
+    #[error("the keyring lists key id {0} twice")]
+    DuplicateId(String),
+    /// The keyring holds no key.
+    #[error("the keyring holds no key")]
+    Empty,
+    /// The key chosen as active is not in the keyring.
+    #[error("the active key id {0} is not in the keyring")]
+    UnknownActive(String),
     /// The text is not base64.
     #[error("the master key is not valid base64 (make one with `credvault keygen`)")]
     NotBase64,
@@ -29,10 +43,16 @@ pub enum KeyError {
     WrongLength(usize),
 }
 
-/// A ciphertext opened with the wrong key, or altered, or moved to another record.
+/// Why sealed data could not be opened.
 #[derive(Debug, thiserror::Error)]
-#[error("authentication of the sealed data failed")]
-pub struct OpenError;
+pub enum OpenError {
+    /// It names a master key the keyring does not hold.
+    #[error("it was sealed with master key {0}, which is not in the keyring")]
+    UnknownKey(String),
+    /// Opened with the wrong key, or altered, or moved to another record.
+    #[error("authentication of the sealed data failed")]
+    Failed,
+}
 
 /// A sealed secret as stored: which key sealed it, the nonce and the ciphertext with its tag.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -65,12 +85,16 @@ impl fmt::Debug for MasterKey {
 }
 
 impl MasterKey {
-    /// Makes a key from its raw bytes.
+    /// Makes a key from its raw bytes; its id is a fingerprint of them.
     pub fn from_bytes(bytes: &[u8; KEY_LEN]) -> Self {
         let mut hasher = Sha256::new();
         hasher.update(b"credvault/key-id/v1\0");
         hasher.update(bytes);
-        let id = hex::encode(&hasher.finalize()[..8]);
+        Self::with_id(hex::encode(&hasher.finalize()[..8]), bytes)
+    }
+
+    /// Makes a key from its raw bytes under an id chosen by the operator.
+    fn with_id(id: String, bytes: &[u8; KEY_LEN]) -> Self {
         let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(bytes));
         MasterKey {
             id,
@@ -79,14 +103,19 @@ impl MasterKey {
         }
     }
 
-    /// Parses a base64 key (surrounding whitespace ignored).
+    /// Parses a base64 key (surrounding whitespace ignored); its id is its fingerprint.
     pub fn from_base64(text: &str) -> Result<Self, KeyError> {
-        let bytes = Zeroizing::new(B64.decode(text.trim()).map_err(|_| KeyError::NotBase64)?);
-        let raw: &[u8; KEY_LEN] = bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| KeyError::WrongLength(bytes.len()))?;
-        Ok(Self::from_bytes(raw))
+        let raw = decode_key(text)?;
+        Ok(Self::from_bytes(&raw))
+    }
+
+    /// Parses a base64 key that the keyring names `id`.
+    pub fn from_base64_named(id: &str, text: &str) -> Result<Self, KeyError> {
+        if !valid_key_id(id) {
+            return Err(KeyError::BadId(id.to_owned()));
+        }
+        let raw = decode_key(text)?;
+        Ok(Self::with_id(id.to_owned(), &raw))
     }
 
     /// Generates a fresh random key, returned as base64 text for a key file.
@@ -133,19 +162,10 @@ impl MasterKey {
 
     /// Opens a sealed value; fails if the key, the aad, or any byte differs.
     pub fn open(&self, sealed: &Sealed, aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, OpenError> {
-        if sealed.key_id != self.id || sealed.nonce.len() != NONCE_LEN {
-            return Err(OpenError);
+        if sealed.key_id != self.id {
+            return Err(OpenError::Failed);
         }
-        self.cipher
-            .decrypt(
-                Nonce::from_slice(&sealed.nonce),
-                Payload {
-                    msg: &sealed.ciphertext,
-                    aad,
-                },
-            )
-            .map(Zeroizing::new)
-            .map_err(|_| OpenError)
+        open_with(&self.cipher, sealed, aad)
     }
 
     /// A key-check value: proof, kept beside the data, of which key the data needs.
@@ -158,6 +178,170 @@ impl MasterKey {
         self.open(check, KEY_CHECK_AAD)
             .map(|p| p.as_slice() == KEY_CHECK_PLAINTEXT)
             .unwrap_or(false)
+    }
+}
+
+fn decode_key(text: &str) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyError> {
+    let bytes = Zeroizing::new(B64.decode(text.trim()).map_err(|_| KeyError::NotBase64)?);
+    let raw: &[u8; KEY_LEN] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| KeyError::WrongLength(bytes.len()))?;
+    Ok(Zeroizing::new(*raw))
+}
+
+/// Whether `id` may name a key: 1 to 64 of `A-Za-z0-9._-`.
+pub fn valid_key_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn open_with(
+    cipher: &Aes256Gcm,
+    sealed: &Sealed,
+    aad: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, OpenError> {
+    if sealed.nonce.len() != NONCE_LEN {
+        return Err(OpenError::Failed);
+    }
+    cipher
+        .decrypt(
+            Nonce::from_slice(&sealed.nonce),
+            Payload {
+                msg: &sealed.ciphertext,
+                aad,
+            },
+        )
+        .map(Zeroizing::new)
+        .map_err(|_| OpenError::Failed)
+}
+
+/// A secret under envelope encryption: its data key wrapped by a master key, and
+/// the secret sealed by that data key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Envelope {
+    /// The random data key, sealed by the master key named in its `key_id`.
+    pub data_key: Sealed,
+    /// The secret, sealed by the data key (`key_id` empty).
+    pub secret: Sealed,
+}
+
+/// The master keys a vault knows: one active for new seals, the others kept to open older data.
+pub struct Keyring {
+    keys: Vec<MasterKey>,
+    active: usize,
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keyring")
+            .field("ids", &self.ids().collect::<Vec<_>>())
+            .field("active", &self.active().id())
+            .finish()
+    }
+}
+
+impl Keyring {
+    /// A keyring of one key, which is active.
+    pub fn single(key: MasterKey) -> Self {
+        Keyring {
+            keys: vec![key],
+            active: 0,
+        }
+    }
+
+    /// A keyring of `keys`; the active one is `active` if given, else the last.
+    pub fn new(keys: Vec<MasterKey>, active: Option<&str>) -> Result<Self, KeyError> {
+        for (i, key) in keys.iter().enumerate() {
+            if keys[..i].iter().any(|k| k.id == key.id) {
+                return Err(KeyError::DuplicateId(key.id.clone()));
+            }
+        }
+        let active = match active {
+            Some(id) => keys
+                .iter()
+                .position(|k| k.id == id)
+                .ok_or_else(|| KeyError::UnknownActive(id.to_owned()))?,
+            None => keys.len().checked_sub(1).ok_or(KeyError::Empty)?,
+        };
+        Ok(Keyring { keys, active })
+    }
+
+    /// The key that seals new data.
+    pub fn active(&self) -> &MasterKey {
+        &self.keys[self.active]
+    }
+
+    /// The key with this id, if held.
+    pub fn get(&self, id: &str) -> Option<&MasterKey> {
+        self.keys.iter().find(|k| k.id == id)
+    }
+
+    /// The ids of every key held, in keyring order.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(|k| k.id.as_str())
+    }
+
+    /// Seals `plaintext` under a fresh random data key, which the active master key wraps.
+    ///
+    /// `key_aad` binds the wrapped data key, `secret_aad` the sealed secret.
+    pub fn seal_envelope(&self, key_aad: &[u8], secret_aad: &[u8], plaintext: &[u8]) -> Envelope {
+        let mut raw = Zeroizing::new([0u8; KEY_LEN]);
+        OsRng.fill_bytes(raw.as_mut());
+        let data_key = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(raw.as_ref()));
+        // Each data key seals exactly one secret, so its random nonce never repeats.
+        let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+        let ciphertext = data_key
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plaintext,
+                    aad: secret_aad,
+                },
+            )
+            .expect("aes-gcm encryption of a bounded plaintext cannot fail");
+        Envelope {
+            data_key: self.active().seal(key_aad, raw.as_ref()),
+            secret: Sealed {
+                key_id: String::new(),
+                nonce: nonce.to_vec(),
+                ciphertext,
+            },
+        }
+    }
+
+    fn unwrap_data_key(&self, data_key: &Sealed, key_aad: &[u8]) -> Result<Aes256Gcm, OpenError> {
+        let master = self
+            .get(&data_key.key_id)
+            .ok_or_else(|| OpenError::UnknownKey(data_key.key_id.clone()))?;
+        let raw = master.open(data_key, key_aad)?;
+        if raw.len() != KEY_LEN {
+            return Err(OpenError::Failed);
+        }
+        Ok(Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&raw)))
+    }
+
+    /// Opens an envelope: unwraps its data key with the master key it names, then the secret.
+    pub fn open_envelope(
+        &self,
+        data_key: &Sealed,
+        key_aad: &[u8],
+        secret: &Sealed,
+        secret_aad: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, OpenError> {
+        let cipher = self.unwrap_data_key(data_key, key_aad)?;
+        open_with(&cipher, secret, secret_aad)
+    }
+
+    /// Re-wraps a data key under the active master key; the secret it sealed is untouched.
+    pub fn rewrap(&self, data_key: &Sealed, key_aad: &[u8]) -> Result<Sealed, OpenError> {
+        let master = self
+            .get(&data_key.key_id)
+            .ok_or_else(|| OpenError::UnknownKey(data_key.key_id.clone()))?;
+        let raw = master.open(data_key, key_aad)?;
+        Ok(self.active().seal(key_aad, &raw))
     }
 }
 
@@ -185,6 +369,65 @@ mod tests {
             key().open(&sealed, b"record-a").is_err(),
             "other key refused"
         );
+    }
+
+    #[test]
+    fn envelopes_open_under_any_key_of_the_ring_and_rewrap() {
+        let b64 = MasterKey::generate_base64();
+        let old = Keyring::single(MasterKey::from_base64_named("k1", &b64).unwrap());
+        let env = old.seal_envelope(b"dk-a", b"secret-a", b"hello");
+        assert_eq!(env.data_key.key_id, "k1");
+        let ring = Keyring::new(
+            vec![
+                MasterKey::from_base64_named("k1", &b64).unwrap(),
+                MasterKey::from_base64_named("k2", &MasterKey::generate_base64()).unwrap(),
+            ],
+            None,
+        )
+        .unwrap();
+        assert_eq!(ring.active().id(), "k2");
+        let open = |dk: &Sealed| ring.open_envelope(dk, b"dk-a", &env.secret, b"secret-a");
+        assert_eq!(open(&env.data_key).unwrap().as_slice(), b"hello");
+        let rewrapped = ring.rewrap(&env.data_key, b"dk-a").unwrap();
+        assert_eq!(rewrapped.key_id, "k2");
+        assert_eq!(open(&rewrapped).unwrap().as_slice(), b"hello");
+        assert!(matches!(
+            ring.open_envelope(&env.data_key, b"dk-b", &env.secret, b"secret-a"),
+            Err(OpenError::Failed)
+        ));
+        assert!(matches!(
+            ring.open_envelope(&env.data_key, b"dk-a", &env.secret, b"secret-b"),
+            Err(OpenError::Failed)
+        ));
+        let k2_only = Keyring::single(
+            MasterKey::from_base64_named("k2", &MasterKey::generate_base64()).unwrap(),
+        );
+        assert!(matches!(
+            k2_only.open_envelope(&env.data_key, b"dk-a", &env.secret, b"secret-a"),
+            Err(OpenError::UnknownKey(id)) if id == "k1"
+        ));
+    }
+
+    #[test]
+    fn keyrings_refuse_bad_ids_duplicates_and_unknown_active() {
+        let b64 = MasterKey::generate_base64();
+        assert!(matches!(
+            MasterKey::from_base64_named("a b", &b64),
+            Err(KeyError::BadId(_))
+        ));
+        let k = |id| MasterKey::from_base64_named(id, &b64).unwrap();
+        assert!(matches!(
+            Keyring::new(vec![k("a"), k("a")], None),
+            Err(KeyError::DuplicateId(_))
+        ));
+        assert!(matches!(
+            Keyring::new(vec![k("a")], Some("b")),
+            Err(KeyError::UnknownActive(_))
+        ));
+        assert!(matches!(Keyring::new(vec![], None), Err(KeyError::Empty)));
+        let ring = Keyring::new(vec![k("a"), k("b")], Some("a")).unwrap();
+        assert_eq!(ring.active().id(), "a");
+        assert!(!format!("{ring:?}").contains(b64.as_str()));
     }
 
     #[test]

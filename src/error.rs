@@ -97,7 +97,24 @@ impl From<StoreError> for Error {
             StoreError::Corrupt { id, reason } => Error::DataLoss(format!(
                 "stored record {id} is damaged ({reason}); restore it from a backup or delete it"
             )),
-            StoreError::Io(e) => Error::Unavailable(format!("the credential store failed: {e}")),
+            StoreError::Conflict(id) => Error::Aborted(format!(
+                "credential {id} kept changing while it was written; retry"
+            )),
+            StoreError::NotEmpty => Error::FailedPrecondition(
+                "the target store already holds data; restore into an empty data directory".into(),
+            ),
+            StoreError::Io(e) => Error::Unavailable(format!(
+                "the credential store cannot write: {e}; reads go on, writes fail until it is fixed"
+            )),
+        }
+    }
+}
+
+impl From<crate::keys::SealRefused> for Error {
+    fn from(err: crate::keys::SealRefused) -> Self {
+        match err {
+            crate::keys::SealRefused::Store(e) => e.into(),
+            e @ crate::keys::SealRefused::Exhausted(_) => Error::FailedPrecondition(e.to_string()),
         }
     }
 }

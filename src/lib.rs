@@ -5,15 +5,17 @@
 //! exact HTTP headers to send. The parts:
 //!
 //! - [`api`]: the generated `credvault.v1` gRPC types and descriptor set;
-//! - [`config`]: resolved server settings, master key and callers loading, `--dev`;
-//! - [`crypto`]: the master key, sealing and opening with record-bound associated data;
+//! - [`config`]: resolved server settings, keyring and callers loading, `--dev`;
+//! - [`crypto`]: master keys, the keyring and envelope encryption with record-bound associated data;
+//! - [`keys`]: the keyring against the store: key checks, seal counts, rewrap reports;
 //! - [`record`]: the stored record format (prost, versioned);
 //! - [`store`]: the engine-neutral store trait and its sled implementation;
 //! - [`auth`]: callers, permissions, scopes, reload, and constant-time bearer-token checks;
 //! - [`audit`]: the audit trail of every RPC, with secret-read fingerprints;
 //! - [`provider`]: each third-party API's secret, headers and verification ([`provider::fleetio`]);
 //! - [`validate`]: request validation;
-//! - [`vault`]: the domain core: seal, open, check with the provider, record results;
+//! - [`vault`]: the domain core: seal, open, rewrap, check with the provider, record results;
+//! - [`backup`]: consistent, still-encrypted backups and their restore;
 //! - [`reverify`]: the background re-verifier;
 //! - [`service`]: the gRPC service itself;
 //! - [`server`]: [`run`], which serves the vault, health and reflection until shutdown;
@@ -27,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod error;
+pub mod keys;
 pub mod metrics;
 pub mod provider;
 pub mod record;

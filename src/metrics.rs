@@ -14,6 +14,7 @@ const LATENCY: &str = "credvault_request_duration_seconds";
 const CREDENTIALS: &str = "credvault_credentials";
 const VERIFICATIONS: &str = "credvault_verifications_total";
 const AUDIT_FAILURES: &str = "credvault_audit_write_failures_total";
+const SEALS: &str = "credvault_master_key_seals";
 
 /// Latency buckets from 100 µs to 10 s.
 const BUCKETS: &[f64] = &[
@@ -56,6 +57,10 @@ pub fn install(addr: SocketAddr) -> Result<(), String> {
     describe_counter!(REQUESTS, "gRPC requests handled, by method and status code");
     describe_histogram!(LATENCY, Unit::Seconds, "gRPC request latency, by method");
     describe_gauge!(CREDENTIALS, "credentials stored");
+    describe_gauge!(
+        SEALS,
+        "data keys sealed by each master key (rotate well before 2^32)"
+    );
     describe_counter!(
         VERIFICATIONS,
         "provider checks, by provider, status and source"
@@ -77,6 +82,11 @@ pub fn set_credentials(count: usize) {
 /// Adds `delta` to the number of stored credentials.
 pub fn credentials_changed(delta: f64) {
     gauge!(CREDENTIALS).increment(delta);
+}
+
+/// Sets how many data keys a master key has sealed.
+pub fn set_seals(key_id: &str, seals: u64) {
+    gauge!(SEALS, "key_id" => key_id.to_owned()).set(seals as f64);
 }
 
 /// Counts an audit batch that could not be written.

@@ -1,8 +1,11 @@
 //! The stored record format: prost messages with an explicit format number.
 //!
-//! A record holds a credential's metadata in the clear and its secret sealed
-//! (see [`crate::crypto`]). The sealed bytes are bound to the record's id,
-//! provider and key id, so they cannot be moved to another record.
+//! A record holds a credential's metadata in the clear and its secret under
+//! envelope encryption (see [`crate::crypto`]): the secret sealed by a random
+//! data key, the data key wrapped by a master key. Both are bound to the
+//! record's id (and the secret to its provider), so they cannot be moved to
+//! another record. Format 1 records, sealed directly by the master key, are
+//! still read; a rewrap upgrades them.
 
 use std::time::SystemTime;
 
@@ -12,7 +15,9 @@ use prost_types::Timestamp;
 use crate::crypto::Sealed;
 
 /// The format number written into every record; a reader refuses others.
-pub const RECORD_FORMAT: u32 = 1;
+pub const RECORD_FORMAT: u32 = 2;
+/// The older format: the secret sealed directly by the master key (no data key).
+pub const RECORD_FORMAT_DIRECT: u32 = 1;
 
 /// One credential as stored.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -41,12 +46,19 @@ pub struct CredentialRecord {
     pub version: u64,
     #[prost(message, optional, tag = "10")]
     pub last_verification: Option<Verification>,
-    /// The provider secret, sealed with AES-256-GCM.
+    /// The provider secret, sealed with AES-256-GCM by the data key (format 1: by the master key).
     #[prost(message, optional, tag = "11")]
     pub secret: Option<Sealed>,
     /// When the key is known to expire, if an admin said so.
     #[prost(message, optional, tag = "12")]
     pub expire_time: Option<Timestamp>,
+    /// The record's random data key, wrapped by the master key it names (format 2).
+    #[prost(message, optional, tag = "13")]
+    pub data_key: Option<Sealed>,
+    /// Grows on every write, including ones that leave `version` alone (a
+    /// verification result, a rewrap); the store's check-and-set compares it.
+    #[prost(uint64, tag = "14")]
+    pub revision: u64,
 }
 
 /// The last read of a credential's secret.
@@ -138,6 +150,8 @@ pub enum DecodeError {
     WrongId { key: String, found: String },
     #[error("record has no sealed secret")]
     NoSecret,
+    #[error("record has no wrapped data key")]
+    NoDataKey,
 }
 
 impl CredentialRecord {
@@ -149,7 +163,7 @@ impl CredentialRecord {
     /// Decodes a stored record and checks that it is whole and belongs under `id`.
     pub fn from_bytes(id: &str, bytes: &[u8]) -> Result<Self, DecodeError> {
         let record = CredentialRecord::decode(bytes).map_err(|_| DecodeError::Malformed)?;
-        if record.format != RECORD_FORMAT {
+        if record.format != RECORD_FORMAT && record.format != RECORD_FORMAT_DIRECT {
             return Err(DecodeError::UnknownFormat(record.format));
         }
         if record.id != id {
@@ -161,23 +175,49 @@ impl CredentialRecord {
         if record.secret.is_none() {
             return Err(DecodeError::NoSecret);
         }
+        if record.format == RECORD_FORMAT && record.data_key.is_none() {
+            return Err(DecodeError::NoDataKey);
+        }
         Ok(record)
+    }
+
+    /// The id of the master key this record's secret depends on.
+    pub fn master_key_id(&self) -> &str {
+        let sealed = match self.format {
+            RECORD_FORMAT_DIRECT => self.secret.as_ref(),
+            _ => self.data_key.as_ref(),
+        };
+        sealed.map_or("", |s| s.key_id.as_str())
     }
 }
 
-/// The associated data that binds a sealed secret to its record and key.
-pub fn secret_aad(id: &str, provider: &str, key_id: &str) -> Vec<u8> {
+fn aad(parts: &[&[u8]]) -> Vec<u8> {
     let mut aad = Vec::with_capacity(64);
-    for part in [
-        b"credvault/secret/v1".as_slice(),
-        id.as_bytes(),
-        provider.as_bytes(),
-        key_id.as_bytes(),
-    ] {
+    for part in parts {
         aad.extend_from_slice(part);
         aad.push(0);
     }
     aad
+}
+
+/// Format 1: the associated data that binds a secret sealed by a master key to its record and key.
+pub fn direct_secret_aad(id: &str, provider: &str, key_id: &str) -> Vec<u8> {
+    aad(&[
+        b"credvault/secret/v1",
+        id.as_bytes(),
+        provider.as_bytes(),
+        key_id.as_bytes(),
+    ])
+}
+
+/// The associated data that binds a secret sealed by a data key to its record.
+pub fn secret_aad(id: &str, provider: &str) -> Vec<u8> {
+    aad(&[b"credvault/secret/v2", id.as_bytes(), provider.as_bytes()])
+}
+
+/// The associated data that binds a wrapped data key to its record.
+pub fn data_key_aad(id: &str) -> Vec<u8> {
+    aad(&[b"credvault/data-key/v1", id.as_bytes()])
 }
 
 /// A protobuf timestamp for a point in time.
@@ -201,6 +241,7 @@ mod tests {
             name: "n".into(),
             version: 1,
             secret: Some(Sealed::default()),
+            data_key: Some(Sealed::default()),
             ..Default::default()
         }
     }
@@ -226,7 +267,12 @@ mod tests {
 
     #[test]
     fn aad_parts_cannot_run_together() {
-        assert_ne!(secret_aad("ab", "c", "k"), secret_aad("a", "bc", "k"));
+        assert_ne!(secret_aad("ab", "c"), secret_aad("a", "bc"));
+        assert_ne!(
+            direct_secret_aad("ab", "c", "k"),
+            direct_secret_aad("a", "bc", "k")
+        );
+        assert_ne!(data_key_aad("a"), secret_aad("a", ""));
     }
 
     proptest! {

@@ -15,8 +15,9 @@ use tonic_health::ServingStatus;
 use crate::api::{self, credential_vault_service_server::CredentialVaultServiceServer};
 use crate::audit::AuditLog;
 use crate::auth::CallerRegistry;
-use crate::config::{Config, TlsSettings};
-use crate::crypto::MasterKey;
+use crate::config::{Config, KeyringSource, TlsSettings};
+use crate::crypto::Keyring;
+use crate::keys::{self, KeyringError, SealCounter};
 use crate::metrics;
 use crate::provider::Providers;
 use crate::reverify;
@@ -39,15 +40,9 @@ pub enum ServeError {
     /// The store failed while checking or flushing.
     #[error("the credential store failed: {0}")]
     Store(#[from] StoreError),
-    /// The data was sealed with another master key.
-    #[error("the master key does not open this data directory: it was created with key id {data_key_id}, but the key given has id {given_key_id}; start with the key it was created with")]
-    WrongMasterKey {
-        data_key_id: String,
-        given_key_id: String,
-    },
-    /// Records exist but no key-check value does: the directory is not one credvault made whole.
-    #[error("the data directory holds credentials but no key-check value; it was not made by credvault or is damaged")]
-    MissingKeyCheck,
+    /// The keyring does not hold every key the data needs.
+    #[error(transparent)]
+    Keys(#[from] KeyringError),
     /// The audit log could not be opened.
     #[error("{0}")]
     Audit(String),
@@ -59,30 +54,24 @@ pub enum ServeError {
     Transport(String),
 }
 
-/// Opens the sled store in `dir` and checks it against `key` (creating the key check when new).
-pub async fn open_store(dir: &std::path::Path, key: &MasterKey) -> Result<SledStore, ServeError> {
+/// Opens the sled store in `dir` and checks the keyring against it (recording
+/// the active key's check when new).
+pub async fn open_store(dir: &std::path::Path, keyring: &Keyring) -> Result<SledStore, ServeError> {
+    let store = open_sled(dir).await?;
+    keys::check_keyring(&store, keyring).await?;
+    Ok(store)
+}
+
+/// Opens the sled store in `dir` without checking keys.
+pub async fn open_sled(dir: &std::path::Path) -> Result<SledStore, ServeError> {
     let path = dir.join("db");
-    let store = tokio::task::spawn_blocking(move || SledStore::open(&path))
+    tokio::task::spawn_blocking(move || SledStore::open(&path))
         .await
         .map_err(|e| ServeError::Transport(format!("store open task failed: {e}")))?
         .map_err(|source| ServeError::Open {
             dir: dir.display().to_string(),
             source,
-        })?;
-    check_key(&store, key).await?;
-    Ok(store)
-}
-
-async fn check_key<S: Store>(store: &S, key: &MasterKey) -> Result<(), ServeError> {
-    match store.key_check().await? {
-        Some(check) if key.matches(&check) => Ok(()),
-        Some(check) => Err(ServeError::WrongMasterKey {
-            data_key_id: check.key_id,
-            given_key_id: key.id().to_owned(),
-        }),
-        None if store.count().await? > 0 => Err(ServeError::MissingKeyCheck),
-        None => Ok(store.set_key_check(&key.key_check()).await?),
-    }
+        })
 }
 
 /// Serves on `listener` until `shutdown` resolves, then drains in-flight calls and flushes the store.
@@ -100,8 +89,8 @@ pub async fn run(
     if let Some(addr) = config.metrics_listen {
         metrics::install(addr).map_err(ServeError::Transport)?;
     }
-    let key = Arc::new(config.master_key);
-    let store = Arc::new(open_store(&config.data_dir, &key).await?);
+    let store = Arc::new(open_store(&config.data_dir, &config.keyring).await?);
+    let seals = SealCounter::load(&*store).await?;
     let providers = Providers::new(&config.providers).map_err(ServeError::Provider)?;
     let count = store.count().await?;
     let audit_path = config
@@ -109,9 +98,16 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| config.data_dir.join("audit.jsonl"));
     let audit = Arc::new(
-        AuditLog::open(&audit_path, config.audit_fail_open, &key).map_err(ServeError::Audit)?,
+        AuditLog::open(&audit_path, config.audit_fail_open, config.keyring.active())
+            .map_err(ServeError::Audit)?,
     );
-    let vault = Arc::new(Vault::new(Arc::clone(&store), Arc::clone(&key), providers));
+    let key_ids = config.keyring.ids().collect::<Vec<_>>().join(",");
+    let vault = Arc::new(Vault::new(
+        Arc::clone(&store),
+        config.keyring,
+        seals,
+        providers,
+    ));
     let callers = Arc::new(CallerRegistry::new(
         config.callers,
         config.callers_file.clone(),
@@ -126,6 +122,11 @@ pub async fn run(
             stop_rx.clone(),
         )),
         tokio::spawn(reload_callers(Arc::clone(&callers), stop_rx.clone())),
+        tokio::spawn(reload_keyring(
+            Arc::clone(&vault),
+            config.keyring_source.clone(),
+            stop_rx.clone(),
+        )),
         tokio::spawn(flush_usage(Arc::clone(&vault), stop_rx.clone())),
         tokio::spawn(watch_audit(
             Arc::clone(&audit),
@@ -183,7 +184,8 @@ pub async fn run(
         health_addr = %shown(health_only.as_ref().map(|(a, _)| *a)),
         data_dir = %config.data_dir.display(),
         credentials = count,
-        key_id = key.id(),
+        key_id = vault.keyring().active().id(),
+        key_ids = %key_ids,
         tls = config.tls.is_some(),
         mutual_tls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         audit = %audit.path().display(),
@@ -265,7 +267,57 @@ fn server_tls(tls: &TlsSettings) -> Result<tonic::transport::ServerTlsConfig, Se
     Ok(config)
 }
 
-/// Re-reads the callers file on SIGHUP and whenever it changes (checked twice a second).
+/// Resolves when the process gets SIGHUP (never where there are no signals).
+struct Hangups(#[cfg(unix)] Option<tokio::signal::unix::Signal>);
+
+impl Hangups {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            Hangups(tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok())
+        }
+        #[cfg(not(unix))]
+        Hangups()
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(signal) = self.0.as_mut() {
+            signal.recv().await;
+            return;
+        }
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Waits for SIGHUP or a change of `path`'s modification time (checked twice a
+/// second); `None` once `stop` fires.
+async fn next_reload(
+    path: &std::path::Path,
+    seen: &mut Option<std::time::SystemTime>,
+    hangups: &mut Hangups,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<&'static str> {
+    let stamp = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return None,
+            () = hangups.next() => {
+                *seen = stamp(path);
+                return Some("SIGHUP");
+            }
+            () = tokio::time::sleep(Duration::from_millis(500)) => {
+                let now = stamp(path);
+                if now != *seen {
+                    *seen = now;
+                    return Some("the file changed");
+                }
+            }
+        }
+    }
+}
+
+/// Re-reads the callers file on SIGHUP and whenever it changes.
 async fn reload_callers(
     callers: Arc<CallerRegistry>,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -273,39 +325,60 @@ async fn reload_callers(
     let Some(path) = callers.path().map(std::path::Path::to_owned) else {
         return;
     };
-    let stamp = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let mut seen = stamp(&path);
-    #[cfg(unix)]
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    loop {
-        #[cfg(unix)]
-        let hangup = async {
-            match hup.as_mut() {
-                Some(h) => {
-                    h.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let hangup = std::future::pending::<()>();
-        let why = tokio::select! {
-            _ = stop.changed() => return,
-            () = hangup => "SIGHUP",
-            () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {
-                let now = stamp(&path);
-                if now == seen {
-                    continue;
-                }
-                seen = now;
-                "the file changed"
-            }
-        };
+    let mut seen = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+    let mut hangups = Hangups::new();
+    while let Some(why) = next_reload(&path, &mut seen, &mut hangups, &mut stop).await {
         match callers.reload() {
             Ok(count) => tracing::info!(callers = count, reason = why, "callers reloaded"),
             Err(e) => {
                 tracing::error!(error = %e, reason = why, "callers reload failed; keeping the previous callers")
             }
+        }
+    }
+}
+
+/// Re-reads the keyring on SIGHUP and whenever its file or directory changes:
+/// rotation without a restart. A keyring that lacks a key the data needs is refused.
+async fn reload_keyring<S: Store>(
+    vault: Arc<Vault<S>>,
+    source: Option<KeyringSource>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let Some(source) = source else { return };
+    let mut seen = std::fs::metadata(&source.path)
+        .and_then(|m| m.modified())
+        .ok();
+    let mut hangups = Hangups::new();
+    while let Some(why) = next_reload(&source.path, &mut seen, &mut hangups, &mut stop).await {
+        let before = vault.keyring();
+        let outcome = match source.read() {
+            Ok(keyring) => {
+                let unchanged =
+                    keyring.active().id() == before.active().id() && keyring.ids().eq(before.ids());
+                vault
+                    .replace_keyring(keyring)
+                    .await
+                    .map(|()| unchanged)
+                    .map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(true) => tracing::debug!(reason = why, "keyring read again; unchanged"),
+            Ok(false) => {
+                let now = vault.keyring();
+                tracing::info!(
+                    reason = why,
+                    key_id = now.active().id(),
+                    key_ids = %now.ids().collect::<Vec<_>>().join(","),
+                    "keyring reloaded: new data keys are wrapped by the active key; run RewrapCredentials to move older ones"
+                );
+            }
+            Err(e) => tracing::error!(
+                error = %e,
+                reason = why,
+                "keyring reload failed; keeping the previous keyring"
+            ),
         }
     }
 }

@@ -309,9 +309,8 @@ impl<S: Store> VaultService<S> {
         let id = validate::new_id();
         call.touch(&id, &req.name);
         let now = Some(record::timestamp(SystemTime::now()));
-        let record = CredentialRecord {
+        let mut record = CredentialRecord {
             format: RECORD_FORMAT,
-            secret: Some(self.vault.seal(&id, &secret)),
             id,
             name: req.name,
             description: req.description,
@@ -322,7 +321,11 @@ impl<S: Store> VaultService<S> {
             version: 1,
             last_verification: verification,
             expire_time,
+            revision: 1,
+            secret: None,
+            data_key: None,
         };
+        self.vault.seal_into(&mut record, &secret).await?;
         self.vault.store().insert(&record).await?;
         metrics::credentials_changed(1.0);
         Ok(api::CreateCredentialResponse {
@@ -450,22 +453,22 @@ impl<S: Store> VaultService<S> {
                         secret.provider()
                     )));
                 }
-                next.secret = Some(self.vault.seal(&next.id, secret));
+                self.vault.seal_into(&mut next, secret).await?;
                 next.api_key_hint = secret.hint();
                 // A new secret is unverified unless it was just checked.
                 next.last_verification.clone_from(&verification);
             }
             next.version += 1;
+            next.revision = current.revision + 1;
             next.update_time = Some(record::timestamp(SystemTime::now()));
-            match self.vault.store().replace(&next, current.version).await {
+            match self.vault.store().replace(&next, current.revision).await {
                 Ok(()) => {
                     return Ok(api::UpdateCredentialResponse {
                         credential: Some(self.show(&next).await),
                     })
                 }
-                Err(StoreError::VersionMismatch { .. }) if req.expected_version.is_none() => {
-                    continue
-                }
+                // Written meanwhile: read it again (and check expected_version again).
+                Err(StoreError::Conflict(_)) => continue,
                 Err(e) => return Err(e.into()),
             }
         }

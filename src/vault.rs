@@ -1,40 +1,74 @@
-//! The vault's domain core, shared by the gRPC service and the re-verifier:
-//! sealing and opening secrets, provider checks, and storing their results.
+//! The vault's domain core, shared by the gRPC service, the re-verifier and the
+//! CLI: sealing and opening secrets under the keyring, rewrapping data keys,
+//! provider checks, and storing their results.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::SystemTime;
 
 use zeroize::Zeroizing;
 
-use crate::crypto::{MasterKey, Sealed};
+use crate::crypto::{Keyring, OpenError};
 use crate::error::Error;
+use crate::keys::{self, KeyringError, RewrapProgress, RewrapReport, SealCounter};
 use crate::metrics::{self, Source};
 use crate::provider::{ProviderHeaders, ProviderSecret, Providers};
-use crate::record::{self, secret_aad, CredentialRecord, Usage, Verification, VerificationStatus};
+use crate::record::{
+    self, data_key_aad, direct_secret_aad, secret_aad, CredentialRecord, Usage, Verification,
+    VerificationStatus, RECORD_FORMAT, RECORD_FORMAT_DIRECT,
+};
 use crate::store::{Store, StoreError};
 
-/// How often a write that lost a version race is retried.
+/// How often a write that lost a revision race is retried.
 pub const MAX_CAS_RETRIES: usize = 16;
 
-/// The store, the master key and the providers, with the operations on them.
+/// What a rewrap did to one record.
+enum Rewrapped {
+    /// It depended on another key and now depends on this one.
+    Now(String),
+    /// It depended on the active key already.
+    Already(String),
+    /// It was deleted meanwhile.
+    Gone,
+}
+
+/// The store, the keyring and the providers, with the operations on them.
 pub struct Vault<S> {
     store: Arc<S>,
-    key: Arc<MasterKey>,
+    keyring: RwLock<Arc<Keyring>>,
+    seals: SealCounter,
     providers: Providers,
     /// Secret reads not yet written to the store (flushed in batches).
     pending_usage: Mutex<HashMap<String, Usage>>,
 }
 
 impl<S: Store> Vault<S> {
-    /// A vault over an opened store whose key check has passed.
-    pub fn new(store: Arc<S>, key: Arc<MasterKey>, providers: Providers) -> Self {
+    /// A vault over an opened store whose keyring check has passed.
+    pub fn new(store: Arc<S>, keyring: Keyring, seals: SealCounter, providers: Providers) -> Self {
         Vault {
             store,
-            key,
+            keyring: RwLock::new(Arc::new(keyring)),
+            seals,
             providers,
             pending_usage: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The keyring in use.
+    pub fn keyring(&self) -> Arc<Keyring> {
+        Arc::clone(&self.keyring.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Switches to another keyring, once it is checked to hold every key the data needs.
+    pub async fn replace_keyring(&self, keyring: Keyring) -> Result<(), KeyringError> {
+        keys::check_keyring(&*self.store, &keyring).await?;
+        *self.keyring.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keyring);
+        Ok(())
+    }
+
+    /// Seals counted for a master key so far.
+    pub async fn seals_of(&self, key_id: &str) -> u64 {
+        self.seals.used(key_id).await
     }
 
     /// Notes a read of the credential's secret, in memory (see [`Vault::flush_usage`]).
@@ -85,10 +119,26 @@ impl<S: Store> Vault<S> {
         &self.store
     }
 
-    /// Seals `secret` for the record `id` under the master key.
-    pub fn seal(&self, id: &str, secret: &ProviderSecret) -> Sealed {
-        let aad = secret_aad(id, secret.provider(), self.key.id());
-        self.key.seal(&aad, &secret.to_plaintext())
+    /// Seals `secret` into `record` (whose id and provider are set) under a new
+    /// data key, wrapped by the active master key.
+    pub async fn seal_into(
+        &self,
+        record: &mut CredentialRecord,
+        secret: &ProviderSecret,
+    ) -> Result<(), Error> {
+        let keyring = self.keyring();
+        self.seals
+            .count(&*self.store, keyring.active().id())
+            .await?;
+        let envelope = keyring.seal_envelope(
+            &data_key_aad(&record.id),
+            &secret_aad(&record.id, secret.provider()),
+            &secret.to_plaintext(),
+        );
+        record.format = RECORD_FORMAT;
+        record.secret = Some(envelope.secret);
+        record.data_key = Some(envelope.data_key);
+        Ok(())
     }
 
     /// Opens a record's secret; `DATA_LOSS` if it is damaged or sealed by another key.
@@ -101,18 +151,129 @@ impl<S: Store> Vault<S> {
         &self,
         record: &CredentialRecord,
     ) -> Result<(ProviderSecret, Zeroizing<Vec<u8>>), Error> {
-        let damaged = || {
-            Error::DataLoss(format!(
-                "the secret of credential {} cannot be decrypted: the stored record is damaged or was sealed with another master key",
-                record.id
-            ))
-        };
-        let sealed = record.secret.as_ref().ok_or_else(damaged)?;
-        let aad = secret_aad(&record.id, &record.provider, &sealed.key_id);
-        let plaintext = self.key.open(sealed, &aad).map_err(|_| damaged())?;
-        let secret =
-            ProviderSecret::from_plaintext(&record.provider, &plaintext).map_err(|_| damaged())?;
+        let plaintext = self.open_plaintext(record)?;
+        let secret = ProviderSecret::from_plaintext(&record.provider, &plaintext)
+            .map_err(|_| damaged(&record.id, &OpenError::Failed))?;
         Ok((secret, plaintext))
+    }
+
+    fn open_plaintext(&self, record: &CredentialRecord) -> Result<Zeroizing<Vec<u8>>, Error> {
+        let keyring = self.keyring();
+        let missing = || damaged(&record.id, &OpenError::Failed);
+        let secret = record.secret.as_ref().ok_or_else(missing)?;
+        let opened = if record.format == RECORD_FORMAT_DIRECT {
+            let aad = direct_secret_aad(&record.id, &record.provider, &secret.key_id);
+            keyring
+                .get(&secret.key_id)
+                .ok_or_else(|| OpenError::UnknownKey(secret.key_id.clone()))
+                .and_then(|key| key.open(secret, &aad))
+        } else {
+            let data_key = record.data_key.as_ref().ok_or_else(missing)?;
+            keyring.open_envelope(
+                data_key,
+                &data_key_aad(&record.id),
+                secret,
+                &secret_aad(&record.id, &record.provider),
+            )
+        };
+        opened.map_err(|e| damaged(&record.id, &e))
+    }
+
+    /// Re-seals every record's data key under the active master key, online, in
+    /// batches of `batch`; `progress` hears after each batch. Then drops the key
+    /// checks of master keys no record depends on any more.
+    pub async fn rewrap(
+        &self,
+        batch: usize,
+        mut progress: impl FnMut(&RewrapProgress),
+    ) -> Result<RewrapReport, Error> {
+        let mut report = RewrapReport {
+            progress: RewrapProgress {
+                total: self.store.count().await? as u64,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.store.list(after.as_deref(), batch.max(1)).await?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            for (id, item) in page {
+                report.progress.scanned += 1;
+                let outcome = match item {
+                    Ok(record) => self.rewrap_one(record).await,
+                    Err(e) => Err(e.into()),
+                };
+                match outcome {
+                    Ok(Rewrapped::Now(key)) => {
+                        report.progress.rewrapped += 1;
+                        *report.referenced.entry(key).or_default() += 1;
+                    }
+                    Ok(Rewrapped::Already(key)) => *report.referenced.entry(key).or_default() += 1,
+                    Ok(Rewrapped::Gone) => {}
+                    Err(e) => {
+                        tracing::warn!(credential_id = %id, error = %e, "rewrap skipped a record");
+                        // A record that cannot be opened may still need its old key.
+                        if let Ok(Some(record)) = self.store.get(&id).await {
+                            *report
+                                .referenced
+                                .entry(record.master_key_id().to_owned())
+                                .or_default() += 1;
+                        } else {
+                            *report.referenced.entry("unknown".into()).or_default() += 1;
+                        }
+                        report.progress.failed.push(id);
+                    }
+                }
+            }
+            progress(&report.progress);
+            tokio::task::yield_now().await;
+        }
+        let active = self.keyring().active().id().to_owned();
+        report.retired = keys::retire_unused(&*self.store, &active, &report.referenced).await?;
+        report.active_key_id = active;
+        Ok(report)
+    }
+
+    async fn rewrap_one(&self, mut record: CredentialRecord) -> Result<Rewrapped, Error> {
+        for _ in 0..MAX_CAS_RETRIES {
+            let keyring = self.keyring();
+            let active = keyring.active().id().to_owned();
+            if record.format == RECORD_FORMAT && record.master_key_id() == active {
+                return Ok(Rewrapped::Already(active));
+            }
+            let mut next = record.clone();
+            if record.format == RECORD_FORMAT_DIRECT {
+                let (secret, _) = self.open_with_plaintext(&record)?;
+                self.seal_into(&mut next, &secret).await?;
+            } else {
+                let data_key = record
+                    .data_key
+                    .as_ref()
+                    .ok_or_else(|| damaged(&record.id, &OpenError::Failed))?;
+                self.seals.count(&*self.store, &active).await?;
+                next.data_key = Some(
+                    keyring
+                        .rewrap(data_key, &data_key_aad(&record.id))
+                        .map_err(|e| damaged(&record.id, &e))?,
+                );
+            }
+            next.revision = record.revision + 1;
+            match self.store.replace(&next, record.revision).await {
+                Ok(()) => return Ok(Rewrapped::Now(next.master_key_id().to_owned())),
+                Err(StoreError::Conflict(_)) => match self.store.get(&record.id).await? {
+                    Some(current) => record = current,
+                    None => return Ok(Rewrapped::Gone),
+                },
+                Err(StoreError::NotFound(_)) => return Ok(Rewrapped::Gone),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Aborted(format!(
+            "credential {} kept changing during the rewrap; run it again",
+            record.id
+        )))
     }
 
     /// The headers a worker sends with `secret`.
@@ -198,14 +359,26 @@ impl<S: Store> Vault<S> {
             }
             let mut next = current.clone();
             next.last_verification = Some(verification.clone());
-            match self.store.replace(&next, current.version).await {
+            next.revision = current.revision + 1;
+            match self.store.replace(&next, current.revision).await {
                 Ok(()) => return Ok(next),
-                Err(StoreError::VersionMismatch { .. }) => continue,
+                Err(StoreError::Conflict(_)) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
         Err(Error::Aborted(
             "the credential kept changing while its verification was stored; retry".into(),
         ))
+    }
+}
+
+fn damaged(id: &str, why: &OpenError) -> Error {
+    match why {
+        OpenError::UnknownKey(key_id) => Error::DataLoss(format!(
+            "the secret of credential {id} cannot be decrypted: it was sealed with master key {key_id}, which is not in the keyring"
+        )),
+        OpenError::Failed => Error::DataLoss(format!(
+            "the secret of credential {id} cannot be decrypted: the stored record is damaged or was sealed with another master key"
+        )),
     }
 }

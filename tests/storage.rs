@@ -60,7 +60,8 @@ async fn another_master_key_refuses_to_start() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let config = credvault::Config {
         data_dir: dir.clone(),
-        master_key: MasterKey::from_base64(&other).unwrap(),
+        keyring: credvault::crypto::Keyring::single(MasterKey::from_base64(&other).unwrap()),
+        keyring_source: None,
         callers: credvault::auth::Callers::from_toml("").unwrap(),
         callers_file: None,
         audit_log: None,
@@ -76,7 +77,13 @@ async fn another_master_key_refuses_to_start() {
     let err = credvault::run(listener, config, std::future::pending())
         .await
         .unwrap_err();
-    assert!(matches!(err, ServeError::WrongMasterKey { .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            ServeError::Keys(credvault::keys::KeyringError::MissingKey { .. })
+        ),
+        "{err:?}"
+    );
     let message = err.to_string();
     assert!(
         message.contains("master key does not open this data directory"),

@@ -6,7 +6,6 @@
 
 use std::future::Future;
 
-use crate::crypto::Sealed;
 use crate::record::{CredentialRecord, Usage};
 
 mod sled;
@@ -22,13 +21,19 @@ pub enum StoreError {
     /// No record has that id.
     #[error("record {0} not found")]
     NotFound(String),
-    /// A check-and-set saw another version.
+    /// A caller's expected version is not the stored one.
     #[error("record {id} is at version {actual}, expected {expected}")]
     VersionMismatch {
         id: String,
         expected: u64,
         actual: u64,
     },
+    /// A check-and-set saw another revision: the record was written meanwhile.
+    #[error("record {0} was written concurrently")]
+    Conflict(String),
+    /// A restore target already holds data.
+    #[error("the store is not empty")]
+    NotEmpty,
     /// Stored bytes could not be decoded.
     #[error("record {id} is corrupt: {reason}")]
     Corrupt { id: String, reason: String },
@@ -40,13 +45,34 @@ pub enum StoreError {
 /// One row of a listing: the record's key and the record, or why it could not be read.
 pub type ListItem = (String, Result<CredentialRecord, StoreError>);
 
+/// Raw (key, value) entries of one part of the store.
+pub type Entries = Vec<(String, Vec<u8>)>;
+
+/// Every stored byte at one point in time, still encrypted: for backups.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// Record id to encoded record.
+    pub records: Entries,
+    /// Metadata (key checks, seal counts).
+    pub meta: Entries,
+    /// Credential id to its encoded last use.
+    pub usage: Entries,
+}
+
 /// A credential store. Ids order records by creation time.
 pub trait Store: Send + Sync + 'static {
-    /// The key-check value the data was created with, if any.
-    fn key_check(&self) -> impl Future<Output = Result<Option<Sealed>, StoreError>> + Send;
+    /// Metadata entries whose keys start with `prefix` (key checks, seal counts).
+    fn meta(&self, prefix: &str) -> impl Future<Output = Result<Entries, StoreError>> + Send;
 
-    /// Records the key-check value of a new store (only when none is set).
-    fn set_key_check(&self, check: &Sealed) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Sets a metadata entry, durably.
+    fn put_meta(
+        &self,
+        key: &str,
+        value: &[u8],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes a metadata entry, durably.
+    fn remove_meta(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// The record with this id, if any.
     fn get(
@@ -76,11 +102,12 @@ pub trait Store: Send + Sync + 'static {
         record: &CredentialRecord,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Replaces a record (same id and name) if the stored one is at `expected_version`.
+    /// Replaces a record (same id and name) if the stored one is at `expected_revision`;
+    /// fails with [`StoreError::Conflict`] otherwise.
     fn replace(
         &self,
         record: &CredentialRecord,
-        expected_version: u64,
+        expected_revision: u64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Deletes a record, if it is at `expected_version` when one is given.
@@ -98,6 +125,12 @@ pub trait Store: Send + Sync + 'static {
         &self,
         batch: &[(String, Usage)],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Every stored byte at one instant: writes wait while it is taken.
+    fn snapshot(&self) -> impl Future<Output = Result<Snapshot, StoreError>> + Send;
+
+    /// Loads a snapshot into this store, which must be empty; durable when it resolves.
+    fn restore(&self, snapshot: &Snapshot) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Makes every acknowledged write durable (called at shutdown).
     fn flush(&self) -> impl Future<Output = Result<(), StoreError>> + Send;

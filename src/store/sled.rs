@@ -1,7 +1,8 @@
 //! The embedded default store: sled, with a name index kept in the same transaction.
 //!
-//! Trees: `credentials` (id to record), `names` (name to id), `meta` (key check),
-//! `usage` (id to last use).
+//! Trees: `credentials` (id to record), `names` (name to id), `meta` (key
+//! checks, seal counts), `usage` (id to last use).
+//! Writers share a gate that a snapshot takes alone, so a backup sees one instant.
 //! Writes are acknowledged only after a flush (fsync) that started after them.
 //! Flushes are grouped: one fsync covers every write made before it began.
 //! (`sled::Db::flush_async` is not used: with many concurrent callers it
@@ -13,17 +14,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use sled::{Db, Tree};
 
-use super::{ListItem, Store, StoreError};
-use crate::crypto::Sealed;
+use super::{Entries, ListItem, Snapshot, Store, StoreError};
 use crate::record::{CredentialRecord, Usage};
-
-const KEY_CHECK: &[u8] = b"key_check";
 
 /// A sled-backed [`Store`].
 #[derive(Clone)]
 pub struct SledStore {
     db: Db,
     flusher: std::sync::Arc<GroupFlush>,
+    /// Writers hold it shared while they change trees; a snapshot holds it alone.
+    gate: std::sync::Arc<tokio::sync::RwLock<()>>,
     records: Tree,
     names: Tree,
     meta: Tree,
@@ -80,6 +80,7 @@ impl SledStore {
             meta: db.open_tree("meta").map_err(io)?,
             usage: db.open_tree("usage").map_err(io)?,
             flusher: std::sync::Arc::default(),
+            gate: std::sync::Arc::default(),
             db,
         })
     }
@@ -114,27 +115,41 @@ impl SledStore {
         }
         Ok(None)
     }
+
+    fn entries(tree: &Tree) -> Result<Entries, StoreError> {
+        tree.iter()
+            .map(|entry| {
+                let (k, v) = entry.map_err(io)?;
+                Ok((utf8(&k), v.to_vec()))
+            })
+            .collect()
+    }
 }
 
 impl Store for SledStore {
-    async fn key_check(&self) -> Result<Option<Sealed>, StoreError> {
-        match self.meta.get(KEY_CHECK).map_err(io)? {
-            None => Ok(None),
-            Some(bytes) => prost::Message::decode(bytes.as_ref())
-                .map(Some)
-                .map_err(|_| StoreError::Corrupt {
-                    id: "key_check".into(),
-                    reason: "the key-check value is not readable".into(),
-                }),
-        }
+    async fn meta(&self, prefix: &str) -> Result<Entries, StoreError> {
+        self.meta
+            .scan_prefix(prefix.as_bytes())
+            .map(|entry| {
+                let (k, v) = entry.map_err(io)?;
+                Ok((utf8(&k), v.to_vec()))
+            })
+            .collect()
     }
 
-    async fn set_key_check(&self, check: &Sealed) -> Result<(), StoreError> {
-        let bytes = prost::Message::encode_to_vec(check);
-        self.meta
-            .compare_and_swap(KEY_CHECK, None as Option<&[u8]>, Some(bytes))
-            .map_err(io)?
-            .map_err(|_| StoreError::Io("a key-check value is set already".into()))?;
+    async fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        {
+            let _gate = self.gate.read().await;
+            self.meta.insert(key.as_bytes(), value).map_err(io)?;
+        }
+        self.durable().await
+    }
+
+    async fn remove_meta(&self, key: &str) -> Result<(), StoreError> {
+        {
+            let _gate = self.gate.read().await;
+            self.meta.remove(key.as_bytes()).map_err(io)?;
+        }
         self.durable().await
     }
 
@@ -173,6 +188,7 @@ impl Store for SledStore {
 
     async fn insert(&self, record: &CredentialRecord) -> Result<(), StoreError> {
         let bytes = record.to_bytes();
+        let gate = self.gate.read().await;
         (&self.records, &self.names)
             .transaction(|(records, names)| {
                 if names.get(record.name.as_bytes())?.is_some() {
@@ -185,15 +201,17 @@ impl Store for SledStore {
                 Ok(())
             })
             .map_err(txn_error)?;
+        drop(gate);
         self.durable().await
     }
 
     async fn replace(
         &self,
         record: &CredentialRecord,
-        expected_version: u64,
+        expected_revision: u64,
     ) -> Result<(), StoreError> {
         let bytes = record.to_bytes();
+        let gate = self.gate.read().await;
         self.records
             .transaction(|records| {
                 let current = records.get(record.id.as_bytes())?.ok_or_else(|| {
@@ -201,23 +219,21 @@ impl Store for SledStore {
                 })?;
                 let current =
                     decode(&record.id, &current).map_err(ConflictableTransactionError::Abort)?;
-                if current.version != expected_version {
-                    return Err(ConflictableTransactionError::Abort(
-                        StoreError::VersionMismatch {
-                            id: record.id.clone(),
-                            expected: expected_version,
-                            actual: current.version,
-                        },
-                    ));
+                if current.revision != expected_revision {
+                    return Err(ConflictableTransactionError::Abort(StoreError::Conflict(
+                        record.id.clone(),
+                    )));
                 }
                 records.insert(record.id.as_bytes(), bytes.as_slice())?;
                 Ok(())
             })
             .map_err(txn_error)?;
+        drop(gate);
         self.durable().await
     }
 
     async fn delete(&self, id: &str, expected_version: Option<u64>) -> Result<(), StoreError> {
+        let gate = self.gate.read().await;
         // A record too damaged to decode is still deletable (without a version check).
         let damaged_name = match self.records.get(id).map_err(io)? {
             None => return Err(StoreError::NotFound(id.to_owned())),
@@ -261,6 +277,7 @@ impl Store for SledStore {
             })
             .map_err(txn_error)?;
         self.usage.remove(id.as_bytes()).map_err(io)?;
+        drop(gate);
         self.durable().await
     }
 
@@ -273,10 +290,66 @@ impl Store for SledStore {
     }
 
     async fn record_usage(&self, batch: &[(String, Usage)]) -> Result<(), StoreError> {
-        for (id, usage) in batch {
-            if self.records.contains_key(id).map_err(io)? {
+        {
+            let _gate = self.gate.read().await;
+            for (id, usage) in batch {
+                if self.records.contains_key(id).map_err(io)? {
+                    self.usage
+                        .insert(id.as_bytes(), prost::Message::encode_to_vec(usage))
+                        .map_err(io)?;
+                }
+            }
+        }
+        self.durable().await
+    }
+
+    async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let _alone = self.gate.write().await;
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            Ok(Snapshot {
+                records: Self::entries(&this.records)?,
+                meta: Self::entries(&this.meta)?,
+                usage: Self::entries(&this.usage)?,
+            })
+        })
+        .await
+        .map_err(|e| StoreError::Io(format!("snapshot task failed: {e}")))?
+    }
+
+    async fn restore(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        let mut names = Vec::with_capacity(snapshot.records.len());
+        for (id, bytes) in &snapshot.records {
+            names.push((decode(id, bytes)?.name, id));
+        }
+        {
+            let _alone = self.gate.write().await;
+            if !self.records.is_empty() || !self.meta.is_empty() {
+                return Err(StoreError::NotEmpty);
+            }
+            for (id, bytes) in &snapshot.records {
+                self.records
+                    .insert(id.as_bytes(), bytes.as_slice())
+                    .map_err(io)?;
+            }
+            for (name, id) in names {
+                if self
+                    .names
+                    .insert(name.as_bytes(), id.as_bytes())
+                    .map_err(io)?
+                    .is_some()
+                {
+                    return Err(StoreError::NameTaken(name));
+                }
+            }
+            for (key, value) in &snapshot.meta {
+                self.meta
+                    .insert(key.as_bytes(), value.as_slice())
+                    .map_err(io)?;
+            }
+            for (id, value) in &snapshot.usage {
                 self.usage
-                    .insert(id.as_bytes(), prost::Message::encode_to_vec(usage))
+                    .insert(id.as_bytes(), value.as_slice())
                     .map_err(io)?;
             }
         }

@@ -79,7 +79,10 @@ impl Tokens {
 pub struct Options {
     pub fleetio_base_url: String,
     pub request_timeout: Duration,
+    /// The keyring's text: one base64 key, or `id = base64` lines.
     pub key_b64: String,
+    /// Read the keyring from this file instead (and again when it changes).
+    pub keyring_file: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
     pub reverify: credvault::reverify::ReverifySettings,
     /// More `[[caller]]` entries for the callers file.
@@ -95,6 +98,7 @@ impl Default for Options {
             fleetio_base_url: "http://127.0.0.1:9/api".into(),
             request_timeout: Duration::from_millis(800),
             key_b64: MasterKey::generate_base64().as_str().to_owned(),
+            keyring_file: None,
             data_dir: None,
             // Off unless a test turns it on.
             reverify: credvault::reverify::ReverifySettings {
@@ -134,9 +138,23 @@ impl TestServer {
             }
         };
         let tokens = Tokens::new();
+        let (keyring, keyring_source) = match &opts.keyring_file {
+            Some(path) => {
+                let source = credvault::config::KeyringSource {
+                    path: path.clone(),
+                    active: None,
+                };
+                (source.read().unwrap(), Some(source))
+            }
+            None => (
+                credvault::config::parse_keyring(&opts.key_b64, None).unwrap(),
+                None,
+            ),
+        };
         let config = Config {
             data_dir: data_dir.clone(),
-            master_key: MasterKey::from_base64(&opts.key_b64).unwrap(),
+            keyring,
+            keyring_source,
             callers: Callers::from_toml(&format!(
                 "{}\n{}",
                 tokens.callers_toml(),

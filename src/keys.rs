@@ -1,0 +1,235 @@
+//! The keyring against the store: key checks that pin each master key id to its
+//! bytes, the per-key count of seals, and the rewrap of data keys after a rotation.
+//!
+//! Invariant: every master key id that some record depends on has a key check in
+//! the store. A key gets its check before it seals anything (when it becomes
+//! active) and loses it only when a full rewrap found no record still using it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use prost::Message;
+
+use crate::crypto::{Keyring, Sealed};
+use crate::store::{Store, StoreError};
+
+/// Prefix of the metadata entries that hold key checks (`key_check/<id>`; a
+/// lone `key_check` entry is the one check of a store made before keyrings).
+pub const KEY_CHECK_PREFIX: &str = "key_check";
+/// Prefix of the metadata entries that hold seal reservations (`seals/<id>`).
+const SEALS_PREFIX: &str = "seals/";
+/// How many seals one durable reservation covers.
+const SEAL_RESERVATION: u64 = 1 << 16;
+/// Random 96-bit nonces are safe for 2^32 seals per key (NIST SP 800-38D, 8.3).
+pub const SEAL_LIMIT: u64 = 1 << 32;
+/// Past this many seals a key is reported as due for rotation.
+pub const SEAL_WARNING: u64 = 1 << 31;
+
+/// Why a keyring does not fit the data.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyringError {
+    /// The data depends on a key the keyring lacks.
+    #[error("the master key does not open this data directory: its data needs key id {needed}, which the keyring (key ids: {held}) lacks; add that key to the keyring")]
+    MissingKey { needed: String, held: String },
+    /// A key of the keyring has the id of a key the data knows, but other bytes.
+    #[error("the master key does not open this data directory: the keyring's key {id} is not the key the data knows by that id")]
+    WrongKey { id: String },
+    /// Records exist but no key check does: the directory is not one credvault made whole.
+    #[error("the data directory holds credentials but no key-check value; it was not made by credvault or is damaged")]
+    MissingKeyCheck,
+    /// A key check could not be read or written.
+    #[error("the credential store failed: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// The key checks in the store: (metadata key, check).
+pub async fn key_checks<S: Store>(store: &S) -> Result<Vec<(String, Sealed)>, StoreError> {
+    store
+        .meta(KEY_CHECK_PREFIX)
+        .await?
+        .into_iter()
+        .map(|(key, bytes)| {
+            Sealed::decode(bytes.as_slice())
+                .map(|check| (key.clone(), check))
+                .map_err(|_| StoreError::Corrupt {
+                    id: key,
+                    reason: "the key-check value is not readable".into(),
+                })
+        })
+        .collect()
+}
+
+/// Checks that `keyring` holds, byte for byte, every key the data needs, and
+/// records a key check for its active key if it has none yet.
+pub async fn check_keyring<S: Store>(store: &S, keyring: &Keyring) -> Result<(), KeyringError> {
+    let checks = key_checks(store).await?;
+    if checks.is_empty() && store.count().await? > 0 {
+        return Err(KeyringError::MissingKeyCheck);
+    }
+    for (_, check) in &checks {
+        match keyring.get(&check.key_id) {
+            None => {
+                return Err(KeyringError::MissingKey {
+                    needed: check.key_id.clone(),
+                    held: keyring.ids().collect::<Vec<_>>().join(", "),
+                })
+            }
+            Some(key) if !key.matches(check) => {
+                return Err(KeyringError::WrongKey {
+                    id: check.key_id.clone(),
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    let active = keyring.active();
+    if !checks.iter().any(|(_, c)| c.key_id == active.id()) {
+        let key = format!("{KEY_CHECK_PREFIX}/{}", active.id());
+        store
+            .put_meta(&key, &active.key_check().encode_to_vec())
+            .await?;
+    }
+    Ok(())
+}
+
+/// Drops the key checks of keys no record uses any more (never the active key's).
+pub async fn retire_unused<S: Store>(
+    store: &S,
+    active: &str,
+    referenced: &BTreeMap<String, u64>,
+) -> Result<Vec<String>, StoreError> {
+    let mut retired = Vec::new();
+    for (meta_key, check) in key_checks(store).await? {
+        if check.key_id != active && !referenced.contains_key(&check.key_id) {
+            store.remove_meta(&meta_key).await?;
+            retired.push(check.key_id);
+        }
+    }
+    Ok(retired)
+}
+
+/// Why a seal was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SealRefused {
+    /// The key has sealed as much as random nonces allow.
+    #[error("master key {0} has sealed {SEAL_LIMIT} data keys, the most random 96-bit nonces allow; add a new key to the keyring, make it active and rewrap")]
+    Exhausted(String),
+    /// The count could not be made durable.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Count {
+    used: u64,
+    reserved: u64,
+}
+
+/// Seals made by each master key, counted durably in reservations: a crash
+/// can only over-count, never under-count.
+#[derive(Debug)]
+pub struct SealCounter {
+    counts: tokio::sync::Mutex<HashMap<String, Count>>,
+    warning: u64,
+    limit: u64,
+}
+
+impl SealCounter {
+    /// Loads the counts from the store (each key counted as its whole reservation).
+    pub async fn load<S: Store>(store: &S) -> Result<Self, StoreError> {
+        Self::load_with_limits(store, SEAL_WARNING, SEAL_LIMIT).await
+    }
+
+    /// As [`SealCounter::load`], with other thresholds (for tests).
+    pub async fn load_with_limits<S: Store>(
+        store: &S,
+        warning: u64,
+        limit: u64,
+    ) -> Result<Self, StoreError> {
+        let mut counts = HashMap::new();
+        for (key, value) in store.meta(SEALS_PREFIX).await? {
+            let reserved = <[u8; 8]>::try_from(value.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| StoreError::Corrupt {
+                    id: key.clone(),
+                    reason: "the seal count is not readable".into(),
+                })?;
+            let id = key[SEALS_PREFIX.len()..].to_owned();
+            if reserved >= warning {
+                tracing::warn!(key_id = %id, seals = reserved, "{}", due(&id, reserved));
+            }
+            crate::metrics::set_seals(&id, reserved);
+            counts.insert(
+                id,
+                Count {
+                    used: reserved,
+                    reserved,
+                },
+            );
+        }
+        Ok(SealCounter {
+            counts: tokio::sync::Mutex::new(counts),
+            warning,
+            limit,
+        })
+    }
+
+    /// Counts one seal by `key_id`, or refuses it past the limit.
+    pub async fn count<S: Store>(&self, store: &S, key_id: &str) -> Result<(), SealRefused> {
+        let mut counts = self.counts.lock().await;
+        let count = counts.entry(key_id.to_owned()).or_default();
+        if count.used >= self.limit {
+            return Err(SealRefused::Exhausted(key_id.to_owned()));
+        }
+        if count.used + 1 > count.reserved {
+            let reserved = (count.used + SEAL_RESERVATION).min(self.limit);
+            store
+                .put_meta(&format!("{SEALS_PREFIX}{key_id}"), &reserved.to_be_bytes())
+                .await?;
+            count.reserved = reserved;
+        }
+        count.used += 1;
+        if count.used == self.warning {
+            tracing::warn!(key_id, seals = count.used, "{}", due(key_id, count.used));
+        }
+        crate::metrics::set_seals(key_id, count.used);
+        Ok(())
+    }
+
+    /// Seals counted for `key_id` so far.
+    pub async fn used(&self, key_id: &str) -> u64 {
+        self.counts.lock().await.get(key_id).map_or(0, |c| c.used)
+    }
+}
+
+fn due(id: &str, seals: u64) -> String {
+    format!(
+        "master key {id} has sealed {seals} data keys; random nonces are safe for {SEAL_LIMIT}: add a new key to the keyring, make it active and rewrap"
+    )
+}
+
+/// How far a rewrap has come.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RewrapProgress {
+    /// Records when the rewrap began (new ones are scanned too).
+    pub total: u64,
+    /// Records looked at so far.
+    pub scanned: u64,
+    /// Records whose data key was re-sealed under the active key.
+    pub rewrapped: u64,
+    /// Ids of records that could not be read or opened (left as they were).
+    pub failed: Vec<String>,
+}
+
+/// The outcome of a finished rewrap.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RewrapReport {
+    /// The final counts.
+    pub progress: RewrapProgress,
+    /// The active key's id.
+    pub active_key_id: String,
+    /// Records per master key id that still depend on it.
+    pub referenced: BTreeMap<String, u64>,
+    /// Key ids no record depends on any more; their key checks were dropped,
+    /// and they may be removed from the keyring.
+    pub retired: Vec<String>,
+}
