@@ -29,16 +29,22 @@ pub enum Permission {
     HeadersRead,
     /// Read the audit trail.
     AuditRead,
+    /// Rewrap data keys under the active master key.
+    KeysManage,
+    /// Take backups (encrypted snapshots of the whole store).
+    BackupRead,
 }
 
 impl Permission {
     /// Every permission, in documentation order.
-    pub const ALL: [Permission; 5] = [
+    pub const ALL: [Permission; 7] = [
         Permission::CredentialsRead,
         Permission::CredentialsWrite,
         Permission::CredentialsVerify,
         Permission::HeadersRead,
         Permission::AuditRead,
+        Permission::KeysManage,
+        Permission::BackupRead,
     ];
 
     /// The name used in the callers file, e.g. `headers.read`.
@@ -49,6 +55,8 @@ impl Permission {
             Permission::CredentialsVerify => "credentials.verify",
             Permission::HeadersRead => "headers.read",
             Permission::AuditRead => "audit.read",
+            Permission::KeysManage => "keys.manage",
+            Permission::BackupRead => "backup.read",
         }
     }
 

@@ -13,6 +13,7 @@ use crate::config::{self, Config, TlsSettings};
 use crate::crypto::{Keyring, MasterKey};
 use crate::provider::{fleetio, ProviderSettings};
 use crate::reverify::ReverifySettings;
+use crate::store::Store;
 use crate::telemetry::{self, LogFormat};
 
 /// credvault: the encrypted credential vault for data-ingestion workers.
@@ -33,6 +34,60 @@ enum Command {
     Token(TokenArgs),
     /// Asks a server's gRPC health service; exits 0 only when it answers SERVING.
     Healthcheck(HealthcheckArgs),
+    /// Re-seals every data key under the active master key, in a stopped server's
+    /// data directory (a running one: the RewrapCredentials RPC).
+    Rewrap(RewrapArgs),
+    /// Writes a backup file (still encrypted, with a checksum) from a running server
+    /// (--server, with CREDVAULT_TOKEN) or a stopped server's data directory.
+    Backup(BackupArgs),
+    /// Restores a backup file into a new data directory, after checking the keyring opens it.
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, Args)]
+struct RewrapArgs {
+    /// The stopped server's data directory.
+    #[arg(long, env = "CREDVAULT_DATA_DIR")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    keys: KeyArgs,
+    /// Credentials per batch.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    batch_size: u32,
+}
+
+#[derive(Debug, Args)]
+struct BackupArgs {
+    /// The file to write (refused if it exists); readable by its owner only.
+    #[arg(long)]
+    out: PathBuf,
+    /// A running server's gRPC address, host:port; the token comes from CREDVAULT_TOKEN.
+    #[arg(long, conflicts_with = "data_dir")]
+    server: Option<String>,
+    /// A stopped server's data directory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Connect with TLS (public roots, or --ca-file).
+    #[arg(long)]
+    tls: bool,
+    /// PEM file of the CA that signed the server's certificate (implies --tls).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// The name to expect in the server's certificate.
+    #[arg(long)]
+    tls_server_name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct RestoreArgs {
+    /// The backup file.
+    #[arg(long)]
+    from: PathBuf,
+    /// The new data directory to restore into (must hold no store yet).
+    #[arg(long)]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    keys: KeyArgs,
 }
 
 #[derive(Debug, Args)]
@@ -196,6 +251,9 @@ pub fn main() -> ExitCode {
         }
         Command::Token(args) => token(&args),
         Command::Healthcheck(args) => healthcheck(&args),
+        Command::Rewrap(args) => rewrap(&args),
+        Command::Backup(args) => backup(&args),
+        Command::Restore(args) => restore(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -224,31 +282,18 @@ fn token(args: &TokenArgs) -> Result<(), String> {
 }
 
 fn healthcheck(args: &HealthcheckArgs) -> Result<(), String> {
-    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
     use tonic_health::pb::{
         health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
     };
 
-    let tls = args.tls || args.ca_file.is_some();
-    let url = format!("{}://{}", if tls { "https" } else { "http" }, args.addr);
-    let mut endpoint = Endpoint::from_shared(url)
-        .map_err(|e| format!("--addr {:?} is not a host:port: {e}", args.addr))?
-        .connect_timeout(args.timeout)
-        .timeout(args.timeout);
-    if tls {
-        let mut config = ClientTlsConfig::new().with_webpki_roots();
-        if let Some(file) = &args.ca_file {
-            let pem =
-                std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-            config = config.ca_certificate(Certificate::from_pem(pem));
-        }
-        if let Some(name) = &args.tls_server_name {
-            config = config.domain_name(name.clone());
-        }
-        endpoint = endpoint
-            .tls_config(config)
-            .map_err(|e| format!("bad tls settings: {e}"))?;
-    }
+    let endpoint = endpoint(
+        &args.addr,
+        args.tls,
+        args.ca_file.as_deref(),
+        args.tls_server_name.as_deref(),
+    )?
+    .connect_timeout(args.timeout)
+    .timeout(args.timeout);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -281,6 +326,205 @@ fn healthcheck(args: &HealthcheckArgs) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{name} is {}", status.as_str_name()))
+    }
+}
+
+/// A gRPC endpoint for `addr` (host:port), with TLS if asked or if a CA file is given.
+fn endpoint(
+    addr: &str,
+    tls: bool,
+    ca_file: Option<&std::path::Path>,
+    server_name: Option<&str>,
+) -> Result<tonic::transport::Endpoint, String> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+    let tls = tls || ca_file.is_some();
+    let url = format!("{}://{addr}", if tls { "https" } else { "http" });
+    let mut endpoint = Endpoint::from_shared(url)
+        .map_err(|e| format!("address {addr:?} is not a host:port: {e}"))?;
+    if tls {
+        let mut config = ClientTlsConfig::new().with_webpki_roots();
+        if let Some(file) = ca_file {
+            let pem =
+                std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            config = config.ca_certificate(Certificate::from_pem(pem));
+        }
+        if let Some(name) = server_name {
+            config = config.domain_name(name.to_owned());
+        }
+        endpoint = endpoint
+            .tls_config(config)
+            .map_err(|e| format!("bad tls settings: {e}"))?;
+    }
+    Ok(endpoint)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+/// Opens a stopped server's store, explaining the lock error a running one causes.
+async fn open_offline(
+    data_dir: &std::path::Path,
+    keyring: Option<&Keyring>,
+) -> Result<crate::store::SledStore, String> {
+    let opened = match keyring {
+        Some(keyring) => crate::server::open_store(data_dir, keyring).await,
+        None => crate::server::open_sled(data_dir).await,
+    };
+    opened.map_err(|e| {
+        let text = e.to_string();
+        if text.contains("lock") {
+            format!("{text} (is a server still running on it? stop it first, or use the RPC)")
+        } else {
+            text
+        }
+    })
+}
+
+fn rewrap(args: &RewrapArgs) -> Result<(), String> {
+    let (keyring, _) = args.keys.keyring(None)?;
+    let batch = usize::try_from(args.batch_size).unwrap_or(100);
+    runtime()?.block_on(async {
+        let store = open_offline(&args.data_dir, Some(&keyring)).await?;
+        let seals = crate::keys::SealCounter::load(&store)
+            .await
+            .map_err(|e| e.to_string())?;
+        let providers = crate::provider::Providers::new(&ProviderSettings::default())?;
+        let vault = crate::vault::Vault::new(std::sync::Arc::new(store), keyring, seals, providers);
+        let report = vault
+            .rewrap(batch, |p| {
+                eprintln!(
+                    "scanned {}/{}, rewrapped {}, failed {}",
+                    p.scanned,
+                    p.total,
+                    p.rewrapped,
+                    p.failed.len()
+                );
+                true
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        vault.store().flush().await.map_err(|e| e.to_string())?;
+        println!(
+            "rewrap done: {} of {} credentials rewrapped under master key {}",
+            report.progress.rewrapped, report.progress.scanned, report.active_key_id
+        );
+        for (id, count) in &report.referenced {
+            println!("key {id}: {count} credentials depend on it");
+        }
+        for id in &report.retired {
+            println!("key {id}: no credential depends on it any more; it may leave the keyring");
+        }
+        if report.progress.failed.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} credentials could not be opened and were left as they were: {}",
+                report.progress.failed.len(),
+                report.progress.failed.join(", ")
+            ))
+        }
+    })
+}
+
+fn backup(args: &BackupArgs) -> Result<(), String> {
+    let bytes = runtime()?.block_on(async {
+        match (&args.data_dir, &args.server) {
+            (Some(dir), None) => {
+                let store = open_offline(dir, None).await?;
+                let snapshot = store.snapshot().await.map_err(|e| e.to_string())?;
+                Ok(crate::backup::encode(snapshot))
+            }
+            (None, Some(addr)) => backup_from_server(args, addr).await,
+            _ => Err(
+                "give --server ADDR (a running server) or --data-dir DIR (a stopped one)".into(),
+            ),
+        }
+    })?;
+    let (_, summary) = crate::backup::decode(&bytes).map_err(|e| e.to_string())?;
+    let partial = args.out.with_extension("partial");
+    let _ = std::fs::remove_file(&partial);
+    config::write_private_file(&partial, &bytes)
+        .map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
+    if args.out.exists() {
+        let _ = std::fs::remove_file(&partial);
+        return Err(format!(
+            "{} exists already; choose another --out",
+            args.out.display()
+        ));
+    }
+    std::fs::rename(&partial, &args.out)
+        .map_err(|e| format!("cannot write {}: {e}", args.out.display()))?;
+    println!(
+        "backup written to {}: {} credentials, {} bytes, master key ids needed: {}",
+        args.out.display(),
+        summary.credentials,
+        bytes.len(),
+        summary.key_ids.join(", ")
+    );
+    Ok(())
+}
+
+async fn backup_from_server(args: &BackupArgs, addr: &str) -> Result<Vec<u8>, String> {
+    use crate::api::credential_vault_service_client::CredentialVaultServiceClient;
+    let token = std::env::var("CREDVAULT_TOKEN")
+        .map_err(|_| "set CREDVAULT_TOKEN to a token with the backup.read permission".to_owned())?;
+    let channel = endpoint(
+        addr,
+        args.tls,
+        args.ca_file.as_deref(),
+        args.tls_server_name.as_deref(),
+    )?
+    .connect_timeout(Duration::from_secs(10))
+    .connect()
+    .await
+    .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    let mut request = tonic::Request::new(crate::api::BackupVaultRequest {});
+    let value = format!("Bearer {}", token.trim())
+        .parse()
+        .map_err(|_| "CREDVAULT_TOKEN is not a valid header value".to_owned())?;
+    request.metadata_mut().insert("authorization", value);
+    let failed = |s: tonic::Status| format!("backup failed: {:?}: {}", s.code(), s.message());
+    let mut stream = CredentialVaultServiceClient::new(channel)
+        .max_decoding_message_size(4 << 20)
+        .backup_vault(request)
+        .await
+        .map_err(failed)?
+        .into_inner();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.message().await.map_err(failed)? {
+        bytes.extend_from_slice(&chunk.chunk);
+    }
+    Ok(bytes)
+}
+
+fn restore(args: &RestoreArgs) -> Result<(), String> {
+    let (keyring, _) = args.keys.keyring(None)?;
+    let bytes = std::fs::read(&args.from)
+        .map_err(|e| format!("cannot read {}: {e}", args.from.display()))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .map_err(|e| format!("cannot make {}: {e}", args.data_dir.display()))?;
+    let report = runtime()?
+        .block_on(crate::backup::restore(&bytes, &args.data_dir, keyring))
+        .map_err(|e| format!("restore refused: {e}"))?;
+    println!(
+        "restored {} credentials (snapshot of {}) into {}; {} secrets opened with the keyring",
+        report.summary.credentials,
+        report.summary.create_time,
+        args.data_dir.display(),
+        report.opened
+    );
+    if report.damaged.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} credentials were already damaged in the backup and do not open: {}",
+            report.damaged.len(),
+            report.damaged.join(", ")
+        ))
     }
 }
 

@@ -65,7 +65,23 @@ pub async fn check_keyring<S: Store>(store: &S, keyring: &Keyring) -> Result<(),
     if checks.is_empty() && store.count().await? > 0 {
         return Err(KeyringError::MissingKeyCheck);
     }
-    for (_, check) in &checks {
+    keyring_holds(keyring, checks.iter().map(|(_, c)| c))?;
+    let active = keyring.active();
+    if !checks.iter().any(|(_, c)| c.key_id == active.id()) {
+        let key = format!("{KEY_CHECK_PREFIX}/{}", active.id());
+        store
+            .put_meta(&key, &active.key_check().encode_to_vec())
+            .await?;
+    }
+    Ok(())
+}
+
+/// Checks that `keyring` holds, byte for byte, the key of every check.
+pub fn keyring_holds<'a>(
+    keyring: &Keyring,
+    checks: impl IntoIterator<Item = &'a Sealed>,
+) -> Result<(), KeyringError> {
+    for check in checks {
         match keyring.get(&check.key_id) {
             None => {
                 return Err(KeyringError::MissingKey {
@@ -80,13 +96,6 @@ pub async fn check_keyring<S: Store>(store: &S, keyring: &Keyring) -> Result<(),
             }
             Some(_) => {}
         }
-    }
-    let active = keyring.active();
-    if !checks.iter().any(|(_, c)| c.key_id == active.id()) {
-        let key = format!("{KEY_CHECK_PREFIX}/{}", active.id());
-        store
-            .put_meta(&key, &active.key_check().encode_to_vec())
-            .await?;
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime};
 
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 
 use crate::api::{self, credential_vault_service_server::CredentialVaultService};
@@ -584,6 +585,119 @@ impl<S: Store> VaultService<S> {
     }
 }
 
+/// The size of the chunks a backup streams in.
+const BACKUP_CHUNK: usize = 64 * 1024;
+
+impl<S: Store> VaultService<S> {
+    /// Starts a rewrap in the background; its progress streams to the caller.
+    async fn rewrap(
+        &self,
+        call: Arc<Call>,
+        req: api::RewrapCredentialsRequest,
+    ) -> Result<ReceiverStream<Result<api::RewrapCredentialsResponse, Status>>, Error> {
+        require_unscoped(&call, "a rewrap")?;
+        let batch = match req.batch_size {
+            0 => 100,
+            n @ 1..=1000 => n as usize,
+            n => {
+                return Err(Error::invalid(format!(
+                    "batch_size must be 1 to 1000 (or 0 for 100), not {n}"
+                )))
+            }
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let vault = Arc::clone(&self.vault);
+        let caller = call.caller.name.clone();
+        tokio::spawn(async move {
+            let progress_tx = tx.clone();
+            let outcome = vault
+                .rewrap(batch, |p| {
+                    // A slow reader misses some progress messages, never the last.
+                    !matches!(
+                        progress_tx.try_send(Ok(rewrap_to_api(p))),
+                        Err(tokio::sync::mpsc::error::TrySendError::Closed(_))
+                    )
+                })
+                .await;
+            let last = match outcome {
+                Ok(report) => {
+                    tracing::info!(
+                        caller,
+                        scanned = report.progress.scanned,
+                        rewrapped = report.progress.rewrapped,
+                        failed = report.progress.failed.len(),
+                        active_key_id = %report.active_key_id,
+                        key_ids = ?report.referenced,
+                        retired = ?report.retired,
+                        "rewrap finished"
+                    );
+                    let mut last = rewrap_to_api(&report.progress);
+                    last.done = true;
+                    last.active_key_id = report.active_key_id;
+                    last.key_id_credentials = report.referenced.into_iter().collect();
+                    last.retired_key_ids = report.retired;
+                    Ok(last)
+                }
+                Err(e) => {
+                    tracing::warn!(caller, error = %e, "rewrap stopped");
+                    Err(Status::from(e))
+                }
+            };
+            let _ = tx.send(last).await;
+        });
+        Ok(ReceiverStream::new(rx))
+    }
+
+    /// Takes a consistent snapshot and streams it as a backup file.
+    async fn backup(
+        &self,
+        call: Arc<Call>,
+        _req: api::BackupVaultRequest,
+    ) -> Result<BackupStream, Error> {
+        require_unscoped(&call, "a backup")?;
+        let snapshot = self.vault.store().snapshot().await?;
+        let credentials = snapshot.records.len();
+        let bytes = tokio::task::spawn_blocking(move || crate::backup::encode(snapshot))
+            .await
+            .map_err(|e| Error::Internal(format!("backup encoding task failed: {e}")))?;
+        tracing::info!(
+            caller = %call.caller.name,
+            credentials,
+            bytes = bytes.len(),
+            "backup snapshot taken"
+        );
+        let chunks: Vec<_> = bytes
+            .chunks(BACKUP_CHUNK)
+            .map(|c| Ok(api::BackupVaultResponse { chunk: c.to_vec() }))
+            .collect();
+        Ok(tokio_stream::iter(chunks))
+    }
+}
+
+type BackupStream =
+    tokio_stream::Iter<std::vec::IntoIter<Result<api::BackupVaultResponse, Status>>>;
+
+/// Whole-store operations are refused to callers limited to some credentials.
+fn require_unscoped(call: &Call, what: &str) -> Result<(), Error> {
+    if call.caller.is_scoped() {
+        return Err(Error::PermissionDenied(format!(
+            "{what} covers every credential; caller {:?} is limited to some",
+            call.caller.name
+        )));
+    }
+    Ok(())
+}
+
+fn rewrap_to_api(p: &crate::keys::RewrapProgress) -> api::RewrapCredentialsResponse {
+    api::RewrapCredentialsResponse {
+        total: p.total,
+        scanned: p.scanned,
+        rewrapped: p.rewrapped,
+        failed_credential_ids: p.failed.clone(),
+        ..Default::default()
+    }
+}
+
 fn query_clone(q: &AuditQuery) -> AuditQuery {
     AuditQuery {
         credential_id: q.credential_id.clone(),
@@ -697,6 +811,32 @@ fn verification_to_api(v: &Verification) -> api::Verification {
 
 #[tonic::async_trait]
 impl<S: Store> CredentialVaultService for VaultService<S> {
+    type RewrapCredentialsStream = ReceiverStream<Result<api::RewrapCredentialsResponse, Status>>;
+    type BackupVaultStream = BackupStream;
+
+    async fn rewrap_credentials(
+        &self,
+        request: Request<api::RewrapCredentialsRequest>,
+    ) -> Result<Response<Self::RewrapCredentialsStream>, Status> {
+        self.rpc(
+            "RewrapCredentials",
+            Permission::KeysManage,
+            request,
+            |c, r| self.rewrap(c, r),
+        )
+        .await
+    }
+
+    async fn backup_vault(
+        &self,
+        request: Request<api::BackupVaultRequest>,
+    ) -> Result<Response<Self::BackupVaultStream>, Status> {
+        self.rpc("BackupVault", Permission::BackupRead, request, |c, r| {
+            self.backup(c, r)
+        })
+        .await
+    }
+
     async fn create_credential(
         &self,
         request: Request<api::CreateCredentialRequest>,

@@ -180,12 +180,14 @@ impl<S: Store> Vault<S> {
     }
 
     /// Re-seals every record's data key under the active master key, online, in
-    /// batches of `batch`; `progress` hears after each batch. Then drops the key
-    /// checks of master keys no record depends on any more.
+    /// batches of `batch` (the records of a batch concurrently, so one fsync
+    /// covers many). `progress` hears after each batch and stops the rewrap by
+    /// returning false. At the end, drops the key checks of master keys no record
+    /// depends on any more.
     pub async fn rewrap(
         &self,
         batch: usize,
-        mut progress: impl FnMut(&RewrapProgress),
+        mut progress: impl FnMut(&RewrapProgress) -> bool,
     ) -> Result<RewrapReport, Error> {
         let mut report = RewrapReport {
             progress: RewrapProgress {
@@ -199,12 +201,17 @@ impl<S: Store> Vault<S> {
             let page = self.store.list(after.as_deref(), batch.max(1)).await?;
             let Some((last, _)) = page.last() else { break };
             after = Some(last.clone());
-            for (id, item) in page {
+            let outcomes =
+                futures_util::future::join_all(page.into_iter().map(|(id, item)| async move {
+                    let outcome = match item {
+                        Ok(record) => self.rewrap_one(record).await,
+                        Err(e) => Err(e.into()),
+                    };
+                    (id, outcome)
+                }))
+                .await;
+            for (id, outcome) in outcomes {
                 report.progress.scanned += 1;
-                let outcome = match item {
-                    Ok(record) => self.rewrap_one(record).await,
-                    Err(e) => Err(e.into()),
-                };
                 match outcome {
                     Ok(Rewrapped::Now(key)) => {
                         report.progress.rewrapped += 1;
@@ -227,7 +234,11 @@ impl<S: Store> Vault<S> {
                     }
                 }
             }
-            progress(&report.progress);
+            if !progress(&report.progress) {
+                return Err(Error::Aborted(
+                    "the rewrap was stopped; run it again to finish (it is safe to repeat)".into(),
+                ));
+            }
             tokio::task::yield_now().await;
         }
         let active = self.keyring().active().id().to_owned();

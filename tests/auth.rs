@@ -80,7 +80,34 @@ async fn codes(client: &mut Client, name: &str) -> Vec<(&'static str, Code)> {
                     .map(drop),
             ),
         ),
+        (
+            "RewrapCredentials",
+            code(
+                match client
+                    .rewrap_credentials(api::RewrapCredentialsRequest::default())
+                    .await
+                {
+                    Ok(stream) => drain(stream.into_inner()).await,
+                    Err(status) => Err(status),
+                },
+            ),
+        ),
+        (
+            "BackupVault",
+            code(
+                match client.backup_vault(api::BackupVaultRequest {}).await {
+                    Ok(stream) => drain(stream.into_inner()).await,
+                    Err(status) => Err(status),
+                },
+            ),
+        ),
     ]
+}
+
+/// Reads a server stream to its end; the first error ends it.
+async fn drain<T>(mut stream: tonic::Streaming<T>) -> Result<(), tonic::Status> {
+    while stream.message().await?.is_some() {}
+    Ok(())
 }
 
 fn expect(allowed: &[&str]) -> Vec<(&'static str, Code)> {
@@ -92,6 +119,8 @@ fn expect(allowed: &[&str]) -> Vec<(&'static str, Code)> {
         "VerifyCredential",
         "GetCredentialHeaders",
         "DeleteCredential",
+        "RewrapCredentials",
+        "BackupVault",
     ]
     .into_iter()
     .map(|rpc| {
@@ -149,6 +178,8 @@ async fn every_permission_boundary() {
                 "VerifyCredential",
                 "GetCredentialHeaders",
                 "DeleteCredential",
+                "RewrapCredentials",
+                "BackupVault",
             ],
         ),
     ];

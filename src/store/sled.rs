@@ -320,7 +320,10 @@ impl Store for SledStore {
     async fn restore(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
         let mut names = Vec::with_capacity(snapshot.records.len());
         for (id, bytes) in &snapshot.records {
-            names.push((decode(id, bytes)?.name, id));
+            // A record damaged before the snapshot is restored as it was, unnamed.
+            if let Ok(record) = decode(id, bytes) {
+                names.push((record.name, id));
+            }
         }
         {
             let _alone = self.gate.write().await;

@@ -698,3 +698,32 @@ pub fn write_config(dir: &Path) -> Setup {
         args,
     }
 }
+
+/// Runs a one-shot `credvault` command (not `serve`) and returns its output.
+pub async fn run_cli(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
+    tokio::process::Command::new(binary())
+        .args(args)
+        .env_remove("CREDVAULT_MASTER_KEY")
+        .env_remove("CREDVAULT_TOKEN")
+        .envs(envs.iter().copied())
+        .output()
+        .await
+        .unwrap()
+}
+
+/// Every message of a RewrapCredentials call, in order (panics on an error).
+pub async fn rewrap_all(
+    client: &mut Client,
+    batch_size: u32,
+) -> Vec<api::RewrapCredentialsResponse> {
+    let mut stream = client
+        .rewrap_credentials(api::RewrapCredentialsRequest { batch_size })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut all = Vec::new();
+    while let Some(m) = stream.message().await.unwrap() {
+        all.push(m);
+    }
+    all
+}
