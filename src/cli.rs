@@ -445,17 +445,17 @@ fn backup(args: &BackupArgs) -> Result<(), String> {
         }
     })?;
     let (_, summary) = crate::backup::decode(&bytes).map_err(|e| e.to_string())?;
-    let partial = args.out.with_extension("partial");
-    let _ = std::fs::remove_file(&partial);
-    config::write_private_file(&partial, &bytes)
-        .map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
     if args.out.exists() {
-        let _ = std::fs::remove_file(&partial);
         return Err(format!(
             "{} exists already; choose another --out",
             args.out.display()
         ));
     }
+    // Written whole under another name, then renamed: never a half-written backup.
+    let partial = args.out.with_extension("partial");
+    let _ = std::fs::remove_file(&partial);
+    config::write_private_file(&partial, &bytes)
+        .map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
     std::fs::rename(&partial, &args.out)
         .map_err(|e| format!("cannot write {}: {e}", args.out.display()))?;
     println!(

@@ -159,3 +159,22 @@ async fn listings_leave_out_what_the_caller_may_not_see() {
         .into_inner();
     assert_eq!(all.credentials.len(), 5);
 }
+
+#[tokio::test]
+async fn whole_store_operations_are_refused_to_scoped_callers() {
+    let (_server, mut scoped, _) = setup().await;
+    let rewrap = scoped
+        .rewrap_credentials(api::RewrapCredentialsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(rewrap.code(), Code::PermissionDenied);
+    assert!(
+        rewrap.message().contains("covers every credential"),
+        "{rewrap:?}"
+    );
+    let backup = scoped
+        .backup_vault(api::BackupVaultRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(backup.code(), Code::PermissionDenied);
+}
