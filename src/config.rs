@@ -269,3 +269,62 @@ pub fn load_callers(path: Option<&Path>) -> Result<Callers, String> {
     }
     Ok(callers)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_files_hold_one_bare_key_or_named_entries() {
+        let (a, b) = (MasterKey::generate_base64(), MasterKey::generate_base64());
+        let single = parse_keyring(&format!("\n{}\n", a.as_str()), None).unwrap();
+        assert_eq!(
+            single.active().id(),
+            MasterKey::from_base64(&a).unwrap().id()
+        );
+        let text = format!(
+            "# rotated 2026-11\nold = {}\nnew = \"{}\"\n",
+            a.as_str(),
+            b.as_str()
+        );
+        let ring = parse_keyring(&text, None).unwrap();
+        assert_eq!(ring.active().id(), "new");
+        assert_eq!(ring.ids().collect::<Vec<_>>(), ["old", "new"]);
+        assert_eq!(
+            parse_keyring(&text, Some("old")).unwrap().active().id(),
+            "old"
+        );
+        for bad in [
+            String::new(),
+            "# only a comment".to_owned(),
+            format!("old = {}\n{}", a.as_str(), b.as_str()),
+            format!("bad id = {}", a.as_str()),
+            format!("a = {}\na = {}", a.as_str(), b.as_str()),
+            "k = bm90IGEga2V5".to_owned(),
+        ] {
+            let err = parse_keyring(&bad, None).unwrap_err();
+            assert!(
+                !err.contains(a.as_str()) && !err.contains(b.as_str()),
+                "{err}"
+            );
+        }
+        assert!(parse_keyring(&text, Some("missing")).is_err());
+    }
+
+    #[test]
+    fn key_directories_skip_hidden_entries_and_sort_by_name() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (a, b) = (MasterKey::generate_base64(), MasterKey::generate_base64());
+        std::fs::write(dir.path().join("2026-01.key"), a.as_str()).unwrap();
+        std::fs::write(dir.path().join("2026-11"), b.as_str()).unwrap();
+        std::fs::write(dir.path().join(".hidden"), "junk").unwrap();
+        std::fs::create_dir(dir.path().join("..data")).unwrap();
+        let source = KeyringSource {
+            path: dir.path().to_owned(),
+            active: None,
+        };
+        let ring = source.read().unwrap();
+        assert_eq!(ring.ids().collect::<Vec<_>>(), ["2026-01", "2026-11"]);
+        assert_eq!(ring.active().id(), "2026-11");
+    }
+}

@@ -103,9 +103,7 @@ impl From<StoreError> for Error {
             StoreError::NotEmpty => Error::FailedPrecondition(
                 "the target store already holds data; restore into an empty data directory".into(),
             ),
-            StoreError::Io(e) => Error::Unavailable(format!(
-                "the credential store cannot write: {e}; reads go on, writes fail until it is fixed"
-            )),
+            StoreError::Io(e) => Error::Unavailable(format!("the credential store failed: {e}")),
         }
     }
 }

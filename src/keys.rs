@@ -242,3 +242,71 @@ pub struct RewrapReport {
     /// and they may be removed from the keyring.
     pub retired: Vec<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SledStore;
+
+    fn store(dir: &std::path::Path) -> SledStore {
+        SledStore::open(&dir.join("db")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn seals_are_counted_durably_and_refused_past_the_limit() {
+        let dir = tempfile::TempDir::new().unwrap();
+        {
+            let s = store(dir.path());
+            let counter = SealCounter::load_with_limits(&s, 3, 5).await.unwrap();
+            for _ in 0..5 {
+                counter.count(&s, "k1").await.unwrap();
+            }
+            assert_eq!(counter.used("k1").await, 5);
+            assert!(matches!(
+                counter.count(&s, "k1").await,
+                Err(SealRefused::Exhausted(id)) if id == "k1"
+            ));
+            // Another key has its own budget.
+            counter.count(&s, "k2").await.unwrap();
+            s.flush().await.unwrap();
+        }
+        // After a restart (or a crash) a key never counts fewer seals than it made.
+        let s = store(dir.path());
+        let counter = SealCounter::load_with_limits(&s, 3, 5).await.unwrap();
+        assert!(counter.used("k1").await >= 5);
+        assert!(counter.count(&s, "k1").await.is_err());
+        assert!(counter.used("k2").await >= 1);
+        let real = SealCounter::load(&s).await.unwrap();
+        assert!(real.used("k2").await >= 1 && real.used("k2").await <= SEAL_RESERVATION);
+    }
+
+    #[tokio::test]
+    async fn key_checks_pin_ids_to_bytes_and_retire_only_unused_keys() {
+        use crate::crypto::MasterKey;
+        let dir = tempfile::TempDir::new().unwrap();
+        let s = store(dir.path());
+        let (a, b) = (MasterKey::generate_base64(), MasterKey::generate_base64());
+        let named = |id: &str, k: &str| MasterKey::from_base64_named(id, k).unwrap();
+        check_keyring(&s, &Keyring::single(named("k1", &a)))
+            .await
+            .unwrap();
+        // k1 with other bytes is refused; a ring without k1 is refused.
+        assert!(matches!(
+            check_keyring(&s, &Keyring::single(named("k1", &b))).await,
+            Err(KeyringError::WrongKey { .. })
+        ));
+        assert!(matches!(
+            check_keyring(&s, &Keyring::single(named("k2", &b))).await,
+            Err(KeyringError::MissingKey { needed, .. }) if needed == "k1"
+        ));
+        let both = Keyring::new(vec![named("k1", &a), named("k2", &b)], None).unwrap();
+        check_keyring(&s, &both).await.unwrap();
+        let in_use = BTreeMap::from([("k1".to_owned(), 1)]);
+        assert!(retire_unused(&s, "k2", &in_use).await.unwrap().is_empty());
+        let in_use = BTreeMap::from([("k2".to_owned(), 1)]);
+        assert_eq!(retire_unused(&s, "k2", &in_use).await.unwrap(), vec!["k1"]);
+        check_keyring(&s, &Keyring::single(named("k2", &b)))
+            .await
+            .unwrap();
+    }
+}

@@ -277,7 +277,49 @@ mod tests {
 
     proptest! {
         #[test]
-        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        fn arbitrary_bytes_are_data_loss_never_a_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            if let Err(e) = CredentialRecord::from_bytes("cred_1", &bytes) {
+                let stored = crate::store::StoreError::Corrupt {
+                    id: "cred_1".into(),
+                    reason: e.to_string(),
+                };
+                prop_assert_eq!(crate::error::Error::from(stored).code(), tonic::Code::DataLoss);
+            }
+        }
+
+        #[test]
+        fn any_damage_to_an_envelope_fails_to_open_never_panics(
+            index in any::<prop::sample::Index>(),
+            bit in 0u8..8,
+            part in 0usize..4,
+        ) {
+            use crate::crypto::{Keyring, MasterKey};
+            let ring = Keyring::single(MasterKey::from_base64(&MasterKey::generate_base64()).unwrap());
+            let (ka, sa) = (data_key_aad("cred_1"), secret_aad("cred_1", "fleetio"));
+            let mut env = ring.seal_envelope(&ka, &sa, b"api key and account token");
+            let target = match part {
+                0 => &mut env.data_key.ciphertext,
+                1 => &mut env.data_key.nonce,
+                2 => &mut env.secret.ciphertext,
+                _ => &mut env.secret.nonce,
+            };
+            let i = index.index(target.len());
+            target[i] ^= 1 << bit;
+            prop_assert!(ring.open_envelope(&env.data_key, &ka, &env.secret, &sa).is_err());
+        }
+
+        #[test]
+        fn mutated_records_never_panic(
+            index in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+        ) {
+            let mut bytes = sample().to_bytes();
+            let i = index.index(bytes.len());
+            bytes[i] = byte;
+            let _ = CredentialRecord::from_bytes("cred_1", &bytes);
+            bytes.truncate(i);
             let _ = CredentialRecord::from_bytes("cred_1", &bytes);
         }
     }

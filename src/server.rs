@@ -27,6 +27,9 @@ use crate::vault::Vault;
 
 /// The health service name that reports whether the audit log can be written.
 pub const AUDIT_HEALTH_SERVICE: &str = "credvault.audit";
+/// The health service name that reports whether the store can be written
+/// (NOT_SERVING after a write I/O error such as a full disk; reads go on).
+pub const STORE_HEALTH_SERVICE: &str = "credvault.store";
 
 /// The largest request message accepted; larger ones answer `INVALID_ARGUMENT`.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -128,8 +131,21 @@ pub async fn run(
             stop_rx.clone(),
         )),
         tokio::spawn(flush_usage(Arc::clone(&vault), stop_rx.clone())),
-        tokio::spawn(watch_audit(
-            Arc::clone(&audit),
+        tokio::spawn(watch_part(
+            AUDIT_HEALTH_SERVICE,
+            {
+                let audit = Arc::clone(&audit);
+                move || audit.healthy()
+            },
+            reporter.clone(),
+            stop_rx.clone(),
+        )),
+        tokio::spawn(watch_part(
+            STORE_HEALTH_SERVICE,
+            {
+                let store = Arc::clone(&store);
+                move || store.write_error().is_none()
+            },
             reporter.clone(),
             stop_rx.clone(),
         )),
@@ -396,25 +412,24 @@ async fn flush_usage<S: Store>(vault: Arc<Vault<S>>, mut stop: tokio::sync::watc
     }
 }
 
-/// Shows the audit writer's state as the health of service `credvault.audit`.
-async fn watch_audit(
-    audit: Arc<AuditLog>,
+/// Shows a part's state as the health of service `name`, checked five times a second.
+async fn watch_part(
+    name: &'static str,
+    healthy: impl Fn() -> bool + Send + 'static,
     reporter: tonic_health::server::HealthReporter,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut last = None;
     loop {
-        let healthy = audit.healthy();
-        if last != Some(healthy) {
-            let status = if healthy {
+        let now = healthy();
+        if last != Some(now) {
+            let status = if now {
                 ServingStatus::Serving
             } else {
                 ServingStatus::NotServing
             };
-            reporter
-                .set_service_status(AUDIT_HEALTH_SERVICE, status)
-                .await;
-            last = Some(healthy);
+            reporter.set_service_status(name, status).await;
+            last = Some(now);
         }
         tokio::select! {
             _ = stop.changed() => return,

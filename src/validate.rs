@@ -188,14 +188,49 @@ mod tests {
         assert!(page_size(-1).is_err());
     }
 
+    /// Ok, or INVALID_ARGUMENT: never another code, never a panic.
+    fn invalid_or_ok<T>(r: Result<T, Error>) -> bool {
+        matches!(r, Ok(_) | Err(Error::InvalidArgument(_)))
+    }
+
     proptest! {
         #[test]
-        fn validators_never_panic(s in ".{0,200}", n in any::<i32>()) {
-            let _ = name(&s);
-            let _ = id(&s);
-            let _ = description(&s);
-            let _ = parse_page_token(&s);
-            let _ = page_size(n);
+        fn bad_input_is_invalid_argument(s in ".{0,200}", n in any::<i32>()) {
+            prop_assert!(invalid_or_ok(name(&s)));
+            prop_assert!(invalid_or_ok(id(&s)));
+            prop_assert!(invalid_or_ok(description(&s)));
+            prop_assert!(invalid_or_ok(parse_page_token(&s)));
+            prop_assert!(invalid_or_ok(parse_offset_token(&s)));
+            prop_assert!(invalid_or_ok(page_size(n)));
+        }
+
+        #[test]
+        fn bad_timestamps_are_invalid_argument(seconds in any::<i64>(), nanos in any::<i32>()) {
+            let t = prost_types::Timestamp { seconds, nanos };
+            prop_assert!(invalid_or_ok(timestamp(t)));
+        }
+
+        #[test]
+        fn bad_secrets_are_invalid_argument(
+            api_key in ".{0,300}",
+            account_token in ".{0,300}",
+            api_version in ".{0,20}",
+        ) {
+            let secret = crate::api::create_credential_request::Secret::Fleetio(
+                crate::api::FleetioSecret { api_key, account_token, api_version },
+            );
+            let result = crate::provider::ProviderSecret::try_from(secret);
+            if let Err(e) = &result {
+                // The message never echoes what was sent.
+                prop_assert!(matches!(e, Error::InvalidArgument(_)));
+            }
+        }
+
+        #[test]
+        fn random_page_tokens_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let text = String::from_utf8_lossy(&bytes);
+            prop_assert!(invalid_or_ok(parse_page_token(&text)));
+            prop_assert!(invalid_or_ok(parse_offset_token(&text)));
         }
 
         #[test]

@@ -134,4 +134,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes every acknowledged write durable (called at shutdown).
     fn flush(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The I/O error that stopped writes, if one did (reads may go on).
+    fn write_error(&self) -> Option<String>;
 }

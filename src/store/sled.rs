@@ -22,6 +22,8 @@ use crate::record::{CredentialRecord, Usage};
 pub struct SledStore {
     db: Db,
     flusher: std::sync::Arc<GroupFlush>,
+    /// The first write error (sled keeps I/O errors sticky until a restart).
+    write_error: std::sync::Arc<std::sync::Mutex<Option<String>>>,
     /// Writers hold it shared while they change trees; a snapshot holds it alone.
     gate: std::sync::Arc<tokio::sync::RwLock<()>>,
     records: Tree,
@@ -45,7 +47,10 @@ struct GroupFlush {
 }
 
 fn io(e: sled::Error) -> StoreError {
-    StoreError::Io(e.to_string())
+    match e {
+        sled::Error::Io(e) => StoreError::Io(e.to_string()),
+        e => StoreError::Io(e.to_string()),
+    }
 }
 
 fn txn_error(e: TransactionError<StoreError>) -> StoreError {
@@ -81,8 +86,24 @@ impl SledStore {
             usage: db.open_tree("usage").map_err(io)?,
             flusher: std::sync::Arc::default(),
             gate: std::sync::Arc::default(),
+            write_error: std::sync::Arc::default(),
             db,
         })
+    }
+
+    /// Remembers an I/O error of a write, for [`Store::write_error`].
+    fn note(&self, e: StoreError) -> StoreError {
+        if let StoreError::Io(message) = &e {
+            let mut slot = self
+                .write_error
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if slot.is_none() {
+                tracing::error!(error = %message, "the store failed to write; writes fail until the cause is fixed and the server restarted, reads go on");
+                *slot = Some(message.clone());
+            }
+        }
+        e
     }
 
     /// Returns once every write made before the call is on disk.
@@ -100,7 +121,7 @@ impl SledStore {
         tokio::task::spawn_blocking(move || db.flush())
             .await
             .map_err(|e| StoreError::Io(format!("flush task failed: {e}")))?
-            .map_err(io)?;
+            .map_err(|e| self.note(io(e)))?;
         flusher.flushed.store(covered, Ordering::Release);
         Ok(())
     }
@@ -140,7 +161,9 @@ impl Store for SledStore {
     async fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         {
             let _gate = self.gate.read().await;
-            self.meta.insert(key.as_bytes(), value).map_err(io)?;
+            self.meta
+                .insert(key.as_bytes(), value)
+                .map_err(|e| self.note(io(e)))?;
         }
         self.durable().await
     }
@@ -148,7 +171,9 @@ impl Store for SledStore {
     async fn remove_meta(&self, key: &str) -> Result<(), StoreError> {
         {
             let _gate = self.gate.read().await;
-            self.meta.remove(key.as_bytes()).map_err(io)?;
+            self.meta
+                .remove(key.as_bytes())
+                .map_err(|e| self.note(io(e)))?;
         }
         self.durable().await
     }
@@ -200,7 +225,7 @@ impl Store for SledStore {
                 names.insert(record.name.as_bytes(), record.id.as_bytes())?;
                 Ok(())
             })
-            .map_err(txn_error)?;
+            .map_err(|e| self.note(txn_error(e)))?;
         drop(gate);
         self.durable().await
     }
@@ -227,7 +252,7 @@ impl Store for SledStore {
                 records.insert(record.id.as_bytes(), bytes.as_slice())?;
                 Ok(())
             })
-            .map_err(txn_error)?;
+            .map_err(|e| self.note(txn_error(e)))?;
         drop(gate);
         self.durable().await
     }
@@ -275,7 +300,7 @@ impl Store for SledStore {
                 }
                 Ok(())
             })
-            .map_err(txn_error)?;
+            .map_err(|e| self.note(txn_error(e)))?;
         self.usage.remove(id.as_bytes()).map_err(io)?;
         drop(gate);
         self.durable().await
@@ -293,10 +318,14 @@ impl Store for SledStore {
         {
             let _gate = self.gate.read().await;
             for (id, usage) in batch {
-                if self.records.contains_key(id).map_err(io)? {
+                if self
+                    .records
+                    .contains_key(id)
+                    .map_err(|e| self.note(io(e)))?
+                {
                     self.usage
                         .insert(id.as_bytes(), prost::Message::encode_to_vec(usage))
-                        .map_err(io)?;
+                        .map_err(|e| self.note(io(e)))?;
                 }
             }
         }
@@ -333,13 +362,13 @@ impl Store for SledStore {
             for (id, bytes) in &snapshot.records {
                 self.records
                     .insert(id.as_bytes(), bytes.as_slice())
-                    .map_err(io)?;
+                    .map_err(|e| self.note(io(e)))?;
             }
             for (name, id) in names {
                 if self
                     .names
                     .insert(name.as_bytes(), id.as_bytes())
-                    .map_err(io)?
+                    .map_err(|e| self.note(io(e)))?
                     .is_some()
                 {
                     return Err(StoreError::NameTaken(name));
@@ -348,12 +377,12 @@ impl Store for SledStore {
             for (key, value) in &snapshot.meta {
                 self.meta
                     .insert(key.as_bytes(), value.as_slice())
-                    .map_err(io)?;
+                    .map_err(|e| self.note(io(e)))?;
             }
             for (id, value) in &snapshot.usage {
                 self.usage
                     .insert(id.as_bytes(), value.as_slice())
-                    .map_err(io)?;
+                    .map_err(|e| self.note(io(e)))?;
             }
         }
         self.durable().await
@@ -361,5 +390,12 @@ impl Store for SledStore {
 
     async fn flush(&self) -> Result<(), StoreError> {
         self.durable().await
+    }
+
+    fn write_error(&self) -> Option<String> {
+        self.write_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
