@@ -235,7 +235,8 @@ struct TokenArgs {
     /// The caller's name, as logs will show it.
     #[arg(long)]
     name: String,
-    /// Comma-separated permissions: credentials.read, credentials.write, credentials.verify, headers.read.
+    /// Comma-separated permissions: credentials.read, credentials.write, credentials.verify,
+    /// headers.read, audit.read, keys.manage, backup.read.
     #[arg(long, value_delimiter = ',', required = true)]
     permissions: Vec<String>,
 }

@@ -103,6 +103,19 @@ async fn no_secret_or_token_leaks_anywhere() {
             .await
             .map(|r| format!("{:?}", r.into_inner())),
     );
+    // A rewrap's reports, and a backup's bytes as text: sealed secrets only.
+    note(Ok(format!("{:?}", rewrap_all(&mut admin, 1).await)));
+    let mut backup = String::new();
+    let mut stream = admin
+        .backup_vault(api::BackupVaultRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(m) = stream.message().await.unwrap() {
+        backup.push_str(&String::from_utf8_lossy(&m.chunk));
+    }
+    assert!(backup.contains("canary"), "names are in the clear");
+    note(Ok(backup));
 
     // And failing: bad secrets, rejected verification, wrong and missing tokens,
     // missing permissions, unknown credentials, conflicts.
@@ -205,6 +218,8 @@ async fn no_secret_or_token_leaks_anywhere() {
         "UpdateCredential",
         "DeleteCredential",
         "ListAuditEvents",
+        "RewrapCredentials",
+        "BackupVault",
     ] {
         assert!(
             logs.contains(&format!("\"method\":\"{method}\"")),
