@@ -15,8 +15,6 @@ use crate::store::{Store, StoreError};
 /// Prefix of the metadata entries that hold key checks (`key_check/<id>`; a
 /// lone `key_check` entry is the one check of a store made before keyrings).
 pub const KEY_CHECK_PREFIX: &str = "key_check";
-/// Prefix of the metadata entries that hold seal reservations (`seals/<id>`).
-const SEALS_PREFIX: &str = "seals/";
 /// How many seals one durable reservation covers.
 const SEAL_RESERVATION: u64 = 1 << 16;
 /// Random 96-bit nonces are safe for 2^32 seals per key (NIST SP 800-38D, 8.3).
@@ -127,86 +125,69 @@ pub enum SealRefused {
     Store(#[from] StoreError),
 }
 
+/// The block of seal numbers this process may use for one key: `next..end`.
 #[derive(Clone, Copy, Debug, Default)]
-struct Count {
-    used: u64,
-    reserved: u64,
+struct Block {
+    next: u64,
+    end: u64,
 }
 
-/// Seals made by each master key, counted durably in reservations: a crash
+/// Seals made by each master key, counted in blocks reserved atomically in the
+/// store: several processes sharing a store never reuse a number, and a crash
 /// can only over-count, never under-count.
 #[derive(Debug)]
 pub struct SealCounter {
-    counts: tokio::sync::Mutex<HashMap<String, Count>>,
+    blocks: tokio::sync::Mutex<HashMap<String, Block>>,
     warning: u64,
     limit: u64,
+    block: u64,
 }
 
 impl SealCounter {
-    /// Loads the counts from the store (each key counted as its whole reservation).
+    /// A counter with the real thresholds; reports keys already past the warning.
     pub async fn load<S: Store>(store: &S) -> Result<Self, StoreError> {
-        Self::load_with_limits(store, SEAL_WARNING, SEAL_LIMIT).await
+        Self::load_with_limits(store, SEAL_WARNING, SEAL_LIMIT, SEAL_RESERVATION).await
     }
 
-    /// As [`SealCounter::load`], with other thresholds (for tests).
+    /// As [`SealCounter::load`], with other thresholds and block size (for tests).
     pub async fn load_with_limits<S: Store>(
         store: &S,
         warning: u64,
         limit: u64,
+        block: u64,
     ) -> Result<Self, StoreError> {
-        let mut counts = HashMap::new();
-        for (key, value) in store.meta(SEALS_PREFIX).await? {
-            let reserved = <[u8; 8]>::try_from(value.as_slice())
-                .map(u64::from_be_bytes)
-                .map_err(|_| StoreError::Corrupt {
-                    id: key.clone(),
-                    reason: "the seal count is not readable".into(),
-                })?;
-            let id = key[SEALS_PREFIX.len()..].to_owned();
+        for (id, reserved) in store.seal_reservations().await? {
             if reserved >= warning {
                 tracing::warn!(key_id = %id, seals = reserved, "{}", due(&id, reserved));
             }
             crate::metrics::set_seals(&id, reserved);
-            counts.insert(
-                id,
-                Count {
-                    used: reserved,
-                    reserved,
-                },
-            );
         }
         Ok(SealCounter {
-            counts: tokio::sync::Mutex::new(counts),
+            blocks: tokio::sync::Mutex::new(HashMap::new()),
             warning,
             limit,
+            block,
         })
     }
 
     /// Counts one seal by `key_id`, or refuses it past the limit.
     pub async fn count<S: Store>(&self, store: &S, key_id: &str) -> Result<(), SealRefused> {
-        let mut counts = self.counts.lock().await;
-        let count = counts.entry(key_id.to_owned()).or_default();
-        if count.used >= self.limit {
+        let mut blocks = self.blocks.lock().await;
+        let block = blocks.entry(key_id.to_owned()).or_default();
+        if block.next >= block.end {
+            let end = store.reserve_seals(key_id, self.block).await?;
+            let start = end.saturating_sub(self.block);
+            if start < self.warning && end >= self.warning {
+                tracing::warn!(key_id, seals = end, "{}", due(key_id, end));
+            }
+            crate::metrics::set_seals(key_id, end);
+            *block = Block { next: start, end };
+        }
+        if block.next >= self.limit {
             return Err(SealRefused::Exhausted(key_id.to_owned()));
         }
-        if count.used + 1 > count.reserved {
-            let reserved = (count.used + SEAL_RESERVATION).min(self.limit);
-            store
-                .put_meta(&format!("{SEALS_PREFIX}{key_id}"), &reserved.to_be_bytes())
-                .await?;
-            count.reserved = reserved;
-        }
-        count.used += 1;
-        if count.used == self.warning {
-            tracing::warn!(key_id, seals = count.used, "{}", due(key_id, count.used));
-        }
-        crate::metrics::set_seals(key_id, count.used);
+        block.next += 1;
         Ok(())
-    }
-
-    /// Seals counted for `key_id` so far.
-    pub async fn used(&self, key_id: &str) -> u64 {
-        self.counts.lock().await.get(key_id).map_or(0, |c| c.used)
     }
 }
 
@@ -257,27 +238,29 @@ mod tests {
         let dir = tempfile::TempDir::new().unwrap();
         {
             let s = store(dir.path());
-            let counter = SealCounter::load_with_limits(&s, 3, 5).await.unwrap();
+            let counter = SealCounter::load_with_limits(&s, 3, 5, 2).await.unwrap();
             for _ in 0..5 {
                 counter.count(&s, "k1").await.unwrap();
             }
-            assert_eq!(counter.used("k1").await, 5);
             assert!(matches!(
                 counter.count(&s, "k1").await,
                 Err(SealRefused::Exhausted(id)) if id == "k1"
             ));
             // Another key has its own budget.
             counter.count(&s, "k2").await.unwrap();
+            // A second process on the same store gets other numbers, and the limit holds.
+            let other = SealCounter::load_with_limits(&s, 3, 5, 2).await.unwrap();
+            assert!(other.count(&s, "k1").await.is_err());
+            other.count(&s, "k2").await.unwrap();
             s.flush().await.unwrap();
         }
         // After a restart (or a crash) a key never counts fewer seals than it made.
         let s = store(dir.path());
-        let counter = SealCounter::load_with_limits(&s, 3, 5).await.unwrap();
-        assert!(counter.used("k1").await >= 5);
+        let reserved: HashMap<String, u64> =
+            s.seal_reservations().await.unwrap().into_iter().collect();
+        assert!(reserved["k1"] >= 5 && reserved["k2"] >= 4, "{reserved:?}");
+        let counter = SealCounter::load_with_limits(&s, 3, 5, 2).await.unwrap();
         assert!(counter.count(&s, "k1").await.is_err());
-        assert!(counter.used("k2").await >= 1);
-        let real = SealCounter::load(&s).await.unwrap();
-        assert!(real.used("k2").await >= 1 && real.used("k2").await <= SEAL_RESERVATION);
     }
 
     #[tokio::test]

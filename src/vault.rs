@@ -66,11 +66,6 @@ impl<S: Store> Vault<S> {
         Ok(())
     }
 
-    /// Seals counted for a master key so far.
-    pub async fn seals_of(&self, key_id: &str) -> u64 {
-        self.seals.used(key_id).await
-    }
-
     /// Notes a read of the credential's secret, in memory (see [`Vault::flush_usage`]).
     pub fn note_use(&self, id: &str, caller: &str) {
         let usage = Usage {

@@ -126,6 +126,18 @@ pub trait Store: Send + Sync + 'static {
         batch: &[(String, Usage)],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Atomically adds `count` to the seals reserved for master key `key_id`; returns the new total.
+    fn reserve_seals(
+        &self,
+        key_id: &str,
+        count: u64,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// The seals reserved so far, per master key id.
+    fn seal_reservations(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(String, u64)>, StoreError>> + Send;
+
     /// Every stored byte at one instant: writes wait while it is taken.
     fn snapshot(&self) -> impl Future<Output = Result<Snapshot, StoreError>> + Send;
 
