@@ -14,6 +14,7 @@ use crate::crypto::{Keyring, MasterKey};
 use crate::provider::{fleetio, ProviderSettings};
 use crate::reverify::ReverifySettings;
 use crate::store::Store;
+use secrecy::ExposeSecret;
 use crate::telemetry::{self, LogFormat};
 
 /// credvault: the encrypted credential vault for data-ingestion workers.
@@ -42,6 +43,94 @@ enum Command {
     Backup(BackupArgs),
     /// Restores a backup file into a new data directory, after checking the keyring opens it.
     Restore(RestoreArgs),
+    /// Applies the PostgreSQL schema migrations (`serve --store postgres` also does at startup).
+    Migrate(DatabaseArgs),
+    /// Copies every record, still encrypted, from one store to another (which must be
+    /// empty) and verifies the copy, e.g. --from sled:/var/lib/credvault --to postgres.
+    MigrateStore(MigrateStoreArgs),
+}
+
+#[derive(Debug, Args)]
+struct MigrateStoreArgs {
+    /// The source: `sled:DIR` (a stopped server's data directory) or `postgres[:URL]`.
+    #[arg(long)]
+    from: String,
+    /// The target: `sled:DIR` or `postgres[:URL]` (without a URL: --database-url or
+    /// CREDVAULT_DATABASE_URL); it must hold no credential yet.
+    #[arg(long)]
+    to: String,
+    #[command(flatten)]
+    database: DatabaseArgs,
+}
+
+/// A store named on the command line.
+enum Location {
+    Sled(PathBuf),
+    Postgres(config::PostgresSettings),
+}
+
+impl Location {
+    fn parse(text: &str, database: &DatabaseArgs) -> Result<Self, String> {
+        match text.split_once(':').unwrap_or((text, "")) {
+            ("sled", dir) if !dir.is_empty() => Ok(Location::Sled(PathBuf::from(dir))),
+            ("postgres" | "postgresql", url) => {
+                let url = (!url.is_empty()).then(|| {
+                    // `postgres://...` itself, or `postgres:` followed by a URL.
+                    if url.starts_with("//") {
+                        text.to_owned()
+                    } else {
+                        url.to_owned()
+                    }
+                });
+                Ok(Location::Postgres(database.settings(url.as_deref())?))
+            }
+            _ => Err(format!(
+                "{text:?} names no store: use sled:DIR or postgres[:URL]"
+            )),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Location::Sled(dir) => format!("sled store in {}", dir.display()),
+            Location::Postgres(_) => "PostgreSQL".to_owned(),
+        }
+    }
+
+    async fn snapshot(&self) -> Result<crate::store::Snapshot, String> {
+        let snapshot = match self {
+            Location::Sled(dir) => open_offline(dir, None).await?.snapshot().await,
+            Location::Postgres(pg) => {
+                let store = crate::store::PgStore::connect(pg.url.expose_secret(), &pg.pool)
+                    .map_err(|e| e.to_string())?;
+                store.migrate().await.map_err(|e| e.to_string())?;
+                store.snapshot().await
+            }
+        };
+        snapshot.map_err(|e| e.to_string())
+    }
+
+    async fn restore(&self, snapshot: &crate::store::Snapshot) -> Result<(), String> {
+        let restored = match self {
+            Location::Sled(dir) => {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+                open_offline(dir, None).await?.restore(snapshot).await
+            }
+            Location::Postgres(pg) => {
+                let store = crate::store::PgStore::connect(pg.url.expose_secret(), &pg.pool)
+                    .map_err(|e| e.to_string())?;
+                store.migrate().await.map_err(|e| e.to_string())?;
+                store.restore(snapshot).await
+            }
+        };
+        restored.map_err(|e| match e {
+            crate::store::StoreError::NotEmpty => {
+                format!("the target ({}) already holds data; migrate into an empty store", self.describe())
+            }
+            e => e.to_string(),
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -126,6 +215,8 @@ struct ServeArgs {
     data_dir: Option<PathBuf>,
     #[command(flatten)]
     keys: KeyArgs,
+    #[command(flatten)]
+    store: StoreArgs,
     /// TOML file listing the callers, their token digests and permissions.
     #[arg(long, env = "CREDVAULT_CALLERS_FILE")]
     callers_file: Option<PathBuf>,
@@ -182,6 +273,68 @@ struct ServeArgs {
     /// Development mode: makes a data dir, a key file and an all-permissions token on first run.
     #[arg(long, env = "CREDVAULT_DEV")]
     dev: bool,
+}
+
+/// Which store holds the credentials.
+#[derive(Clone, Debug, Args)]
+struct StoreArgs {
+    /// The store: `sled` (embedded, in --data-dir, one replica) or `postgres`
+    /// (--database-url, any number of replicas).
+    #[arg(long, env = "CREDVAULT_STORE", value_enum, default_value = "sled")]
+    store: StoreKind,
+    #[command(flatten)]
+    database: DatabaseArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum StoreKind {
+    Sled,
+    Postgres,
+}
+
+/// How to reach PostgreSQL.
+#[derive(Clone, Debug, Args)]
+struct DatabaseArgs {
+    /// PostgreSQL URL, e.g. postgres://credvault@db:5432/credvault (prefer the environment
+    /// variable when it holds a password).
+    #[arg(long, env = "CREDVAULT_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Most database connections this process opens.
+    #[arg(long, env = "CREDVAULT_DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    database_max_connections: usize,
+    /// Longest wait for a database connection.
+    #[arg(long, env = "CREDVAULT_DATABASE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    database_timeout: Duration,
+    /// How long startup waits for the database to answer.
+    #[arg(long, env = "CREDVAULT_DATABASE_STARTUP_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
+    database_startup_wait: Duration,
+}
+
+impl DatabaseArgs {
+    fn settings(&self, url: Option<&str>) -> Result<config::PostgresSettings, String> {
+        let url = url
+            .map(str::to_owned)
+            .or_else(|| self.database_url.clone())
+            .filter(|u| !u.trim().is_empty())
+            .ok_or("PostgreSQL needs --database-url (or CREDVAULT_DATABASE_URL)")?;
+        Ok(config::PostgresSettings {
+            url: url.into(),
+            pool: crate::store::PgSettings {
+                max_connections: self.database_max_connections,
+                timeout: self.database_timeout,
+            },
+            startup_wait: self.database_startup_wait,
+        })
+    }
+}
+
+impl StoreArgs {
+    fn resolve(&self) -> Result<config::StoreConfig, String> {
+        match self.store {
+            StoreKind::Sled => Ok(config::StoreConfig::Sled),
+            StoreKind::Postgres => Ok(config::StoreConfig::Postgres(self.database.settings(None)?)),
+        }
+    }
 }
 
 /// Where the master keys come from.
@@ -255,6 +408,8 @@ pub fn main() -> ExitCode {
         Command::Rewrap(args) => rewrap(&args),
         Command::Backup(args) => backup(&args),
         Command::Restore(args) => restore(&args),
+        Command::Migrate(args) => migrate(&args),
+        Command::MigrateStore(args) => migrate_store(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -529,6 +684,68 @@ fn restore(args: &RestoreArgs) -> Result<(), String> {
     }
 }
 
+fn migrate(args: &DatabaseArgs) -> Result<(), String> {
+    let settings = args.settings(None)?;
+    let applied = runtime()?.block_on(async {
+        crate::store::PgStore::connect(settings.url.expose_secret(), &settings.pool)
+            .map_err(|e| e.to_string())?
+            .migrate()
+            .await
+            .map_err(|e| e.to_string())
+    })?;
+    if applied.is_empty() {
+        println!("the database schema is up to date");
+    } else {
+        println!("applied schema migrations {applied:?}");
+    }
+    Ok(())
+}
+
+fn migrate_store(args: &MigrateStoreArgs) -> Result<(), String> {
+    let from = Location::parse(&args.from, &args.database)?;
+    let to = Location::parse(&args.to, &args.database)?;
+    runtime()?.block_on(async {
+        let source = from.snapshot().await?;
+        to.restore(&source).await?;
+        let copy = to.snapshot().await?;
+        // Verify: every readable record byte for byte, and the metadata.
+        let copied: std::collections::HashMap<&str, &Vec<u8>> =
+            copy.records.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let mut damaged = Vec::new();
+        for (id, bytes) in &source.records {
+            match copied.get(id.as_str()) {
+                Some(c) if *c == bytes => {}
+                _ if crate::record::CredentialRecord::from_bytes(id, bytes).is_err() => {
+                    damaged.push(id.clone())
+                }
+                _ => return Err(format!("verification failed: credential {id} differs in the copy")),
+            }
+        }
+        let sorted = |mut e: crate::store::Entries| {
+            e.sort();
+            e
+        };
+        if sorted(source.meta.clone()) != sorted(copy.meta.clone()) {
+            return Err("verification failed: the key checks or seal counts differ in the copy".into());
+        }
+        println!(
+            "copied {} credentials from the {} to the {}, still encrypted, and verified the copy byte for byte",
+            copy.records.len(),
+            from.describe(),
+            to.describe()
+        );
+        if damaged.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} credentials were already damaged and could not be copied: {}",
+                damaged.len(),
+                damaged.join(", ")
+            ))
+        }
+    })
+}
+
 fn serve(args: ServeArgs) -> Result<(), String> {
     let _log = telemetry::init(args.log_format, &args.log_level)?;
     let config = resolve(args.dev, &args)?;
@@ -585,7 +802,9 @@ fn resolve(dev: bool, args: &ServeArgs) -> Result<Config, String> {
         }),
         _ => None,
     };
+    let store = args.store.resolve()?;
     Ok(Config {
+        store,
         audit_log: args
             .audit_log
             .clone()

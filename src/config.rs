@@ -17,7 +17,9 @@ pub const MASTER_KEY_ENV: &str = "CREDVAULT_MASTER_KEY";
 /// Everything a running server needs, resolved and validated.
 #[derive(Debug)]
 pub struct Config {
-    /// Where the store lives (sled keeps its files under `db/` inside it).
+    /// Which store holds the credentials.
+    pub store: StoreConfig,
+    /// Where the sled store lives (under `db/` inside it), and the default audit log.
     pub data_dir: PathBuf,
     /// The master keys: the active one wraps new data keys, the others open older ones.
     pub keyring: Keyring,
@@ -45,6 +47,27 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Where to serve Prometheus `/metrics`, if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+/// Which store holds the credentials.
+#[derive(Clone, Debug, Default)]
+pub enum StoreConfig {
+    /// The embedded default: sled in the data directory (one replica).
+    #[default]
+    Sled,
+    /// PostgreSQL, shared by any number of replicas.
+    Postgres(PostgresSettings),
+}
+
+/// How to reach PostgreSQL.
+#[derive(Clone, Debug)]
+pub struct PostgresSettings {
+    /// The connection URL; it may hold a password, so it is never shown.
+    pub url: secrecy::SecretString,
+    /// Pool size and connection timeout.
+    pub pool: crate::store::PgSettings,
+    /// How long startup waits for the database to answer.
+    pub startup_wait: Duration,
 }
 
 /// TLS settings of the gRPC port.

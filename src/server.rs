@@ -15,14 +15,15 @@ use tonic_health::ServingStatus;
 use crate::api::{self, credential_vault_service_server::CredentialVaultServiceServer};
 use crate::audit::AuditLog;
 use crate::auth::CallerRegistry;
-use crate::config::{Config, KeyringSource, TlsSettings};
+use crate::config::{Config, KeyringSource, PostgresSettings, StoreConfig, TlsSettings};
 use crate::crypto::Keyring;
 use crate::keys::{self, KeyringError, SealCounter};
 use crate::metrics;
 use crate::provider::Providers;
 use crate::reverify;
 use crate::service::VaultService;
-use crate::store::{SledStore, Store, StoreError};
+use crate::store::{PgStore, SledStore, Store, StoreError};
+use secrecy::ExposeSecret;
 use crate::vault::Vault;
 
 /// The health service name that reports whether the audit log can be written.
@@ -86,13 +87,60 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let (reporter, health) = tonic_health::server::health_reporter();
-    set_health(&reporter, ServingStatus::NotServing).await;
-
     if let Some(addr) = config.metrics_listen {
         metrics::install(addr).map_err(ServeError::Transport)?;
     }
-    let store = Arc::new(open_store(&config.data_dir, &config.keyring).await?);
+    match config.store.clone() {
+        StoreConfig::Sled => {
+            let store = open_store(&config.data_dir, &config.keyring).await?;
+            serve(store, listener, config, shutdown).await
+        }
+        StoreConfig::Postgres(settings) => {
+            let store = open_postgres(&settings, &config.keyring).await?;
+            serve(store, listener, config, shutdown).await
+        }
+    }
+}
+
+/// Connects to PostgreSQL (waiting up to `settings.startup_wait` for it), applies
+/// the schema migrations and checks the keyring against the data.
+pub async fn open_postgres(
+    settings: &PostgresSettings,
+    keyring: &Keyring,
+) -> Result<PgStore, ServeError> {
+    let store = PgStore::connect(settings.url.expose_secret(), &settings.pool)?;
+    let deadline = tokio::time::Instant::now() + settings.startup_wait;
+    loop {
+        match store.migrate().await {
+            Ok(applied) => {
+                if !applied.is_empty() {
+                    tracing::info!(?applied, "database schema migrated");
+                }
+                break;
+            }
+            Err(StoreError::Io(e))
+                if e.starts_with("database unreachable")
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tracing::warn!(error = %e, "waiting for the database");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    keys::check_keyring(&store, keyring).await?;
+    Ok(store)
+}
+
+async fn serve<S: Store>(
+    store: S,
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    set_health(&reporter, ServingStatus::NotServing).await;
+    let store = Arc::new(store);
     let seals = SealCounter::load(&*store).await?;
     let providers = Providers::new(&config.providers).map_err(ServeError::Provider)?;
     let count = store.count().await?;
@@ -140,12 +188,8 @@ pub async fn run(
             reporter.clone(),
             stop_rx.clone(),
         )),
-        tokio::spawn(watch_part(
-            STORE_HEALTH_SERVICE,
-            {
-                let store = Arc::clone(&store);
-                move || store.write_error().is_none()
-            },
+        tokio::spawn(watch_store(
+            Arc::clone(&store),
             reporter.clone(),
             stop_rx.clone(),
         )),
@@ -435,6 +479,56 @@ async fn watch_part(
             _ = stop.changed() => return,
             () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
         }
+    }
+}
+
+/// Asks the store once a second whether it answers. While it does not (a
+/// database outage), the vault service is NOT_SERVING, so readiness takes this
+/// replica out of rotation; the process keeps running and turns SERVING again
+/// when the store answers. `credvault.store` also shows a sticky write error.
+async fn watch_store<S: Store>(
+    store: Arc<S>,
+    reporter: tonic_health::server::HealthReporter,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut reachable = true;
+    reporter
+        .set_service_status(STORE_HEALTH_SERVICE, ServingStatus::Serving)
+        .await;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let ping = tokio::time::timeout(Duration::from_secs(5), store.ping()).await;
+        let now_reachable = matches!(ping, Ok(Ok(())));
+        let now_writable = store.write_error().is_none();
+        if *stop.borrow() {
+            return;
+        }
+        if now_reachable != reachable {
+            let status = if now_reachable {
+                tracing::info!("the store answers again: serving");
+                ServingStatus::Serving
+            } else {
+                let error = match ping {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "no answer within 5 s".to_owned(),
+                };
+                tracing::error!(%error, "the store does not answer: NOT_SERVING until it does");
+                ServingStatus::NotServing
+            };
+            reporter.set_service_status(api::SERVICE_NAME, status).await;
+            reachable = now_reachable;
+        }
+        let status = if now_reachable && now_writable {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        reporter
+            .set_service_status(STORE_HEALTH_SERVICE, status)
+            .await;
     }
 }
 

@@ -1,4 +1,5 @@
-//! The vault API end to end: every RPC's success and error paths through the real server.
+//! The vault API end to end: every RPC's success and error paths through the
+//! real server, run once on each store (sled, and PostgreSQL on a real server).
 
 mod common;
 
@@ -21,9 +22,8 @@ fn new_secret(api_key: &str, account_token: &str, api_version: &str) -> upd::Sec
     })
 }
 
-#[tokio::test]
-async fn create_get_and_headers() {
-    let server = TestServer::start().await;
+async fn create_get_and_headers(store: TestStore) {
+    let server = TestServer::start_on(store).await;
     let mut admin = server.admin().await;
     let created = admin
         .create_credential(api::CreateCredentialRequest {
@@ -102,9 +102,8 @@ async fn create_get_and_headers() {
     );
 }
 
-#[tokio::test]
-async fn create_rejects_bad_input_and_duplicates() {
-    let server = TestServer::start().await;
+async fn create_rejects_bad_input_and_duplicates(store: TestStore) {
+    let server = TestServer::start_on(store).await;
     let mut admin = server.admin().await;
     create(&mut admin, "taken", "key-00000001", "acct").await;
 
@@ -233,9 +232,8 @@ async fn create_rejects_bad_input_and_duplicates() {
     assert_eq!(all.credentials.len(), 1);
 }
 
-#[tokio::test]
-async fn oversized_messages_are_invalid_argument() {
-    let server = TestServer::start().await;
+async fn oversized_messages_are_invalid_argument(store: TestStore) {
+    let server = TestServer::start_on(store).await;
     let mut admin = server.admin().await;
     let status = admin
         .create_credential(api::CreateCredentialRequest {
@@ -256,9 +254,8 @@ async fn oversized_messages_are_invalid_argument() {
     create(&mut admin, "small", "key-00000001", "a").await;
 }
 
-#[tokio::test]
-async fn get_unknown_and_malformed_refs() {
-    let server = TestServer::start().await;
+async fn get_unknown_and_malformed_refs(store: TestStore) {
+    let server = TestServer::start_on(store).await;
     let mut admin = server.admin().await;
     let missing = admin.get_credential(by_name_get("nope")).await.unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
@@ -285,9 +282,8 @@ async fn get_unknown_and_malformed_refs() {
     assert_eq!(headers.code(), Code::NotFound);
 }
 
-#[tokio::test]
-async fn list_paginates_in_stable_creation_order() {
-    let server = TestServer::start().await;
+async fn list_paginates_in_stable_creation_order(store: TestStore) {
+    let server = TestServer::start_on(store).await;
     let mut admin = server.admin().await;
     let mut ids = Vec::new();
     for i in 0..120 {
@@ -355,9 +351,8 @@ async fn list_paginates_in_stable_creation_order() {
     }
 }
 
-#[tokio::test]
-async fn update_rotates_secret_and_checks_versions() {
-    let server = TestServer::start().await;
+async fn update_rotates_secret_and_checks_versions(store: TestStore) {
+    let server = TestServer::start_on(store).await;
     let mut admin = server.admin().await;
     let created = create(&mut admin, "rotate-me", "key-old-00001111", "acct-old").await;
 
@@ -463,9 +458,8 @@ async fn update_rotates_secret_and_checks_versions() {
     assert_eq!(current.version, 3);
 }
 
-#[tokio::test]
-async fn concurrent_updates_without_version_all_apply() {
-    let server = TestServer::start().await;
+async fn concurrent_updates_without_version_all_apply(store: TestStore) {
+    let server = TestServer::start_on(store).await;
     let mut admin = server.admin().await;
     create(&mut admin, "busy", "key-00000001", "acct").await;
     let mut tasks = Vec::new();
@@ -496,9 +490,8 @@ async fn concurrent_updates_without_version_all_apply() {
     );
 }
 
-#[tokio::test]
-async fn delete_removes_for_good() {
-    let server = TestServer::start().await;
+async fn delete_removes_for_good(store: TestStore) {
+    let server = TestServer::start_on(store).await;
     let mut admin = server.admin().await;
     let c = create(&mut admin, "short-lived", "key-00000001", "acct").await;
 
@@ -570,9 +563,8 @@ async fn delete_removes_for_good() {
     );
 }
 
-#[tokio::test]
-async fn listings_and_metadata_never_carry_secrets() {
-    let server = TestServer::start().await;
+async fn listings_and_metadata_never_carry_secrets(store: TestStore) {
+    let server = TestServer::start_on(store).await;
     let mut admin = server.admin().await;
     create(
         &mut admin,
@@ -599,9 +591,8 @@ async fn listings_and_metadata_never_carry_secrets() {
 
 /// Many writers at once: every create is acknowledged (sled's own async flush
 /// deadlocked here; the store now groups flushes itself).
-#[tokio::test]
-async fn many_concurrent_writers_all_complete() {
-    let server = TestServer::start().await;
+async fn many_concurrent_writers_all_complete(store: TestStore) {
+    let server = TestServer::start_on(store).await;
     let mut tasks = Vec::new();
     for w in 0..32 {
         let mut c = server.admin().await;
@@ -630,3 +621,34 @@ async fn many_concurrent_writers_all_complete() {
         .into_inner();
     assert_eq!(list.credentials.len(), 320);
 }
+
+/// Runs each test of this suite on both stores: `sled::name` and `postgres::name`.
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {
+        mod sled {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::TestStore::Sled).await
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::TestStore::Postgres).await
+            })*
+        }
+    };
+}
+
+on_every_store!(
+    create_get_and_headers,
+    create_rejects_bad_input_and_duplicates,
+    oversized_messages_are_invalid_argument,
+    get_unknown_and_malformed_refs,
+    list_paginates_in_stable_creation_order,
+    update_rotates_secret_and_checks_versions,
+    concurrent_updates_without_version_all_apply,
+    delete_removes_for_good,
+    listings_and_metadata_never_carry_secrets,
+    many_concurrent_writers_all_complete,
+);

@@ -193,6 +193,7 @@ async fn rotation_rewraps_every_data_key_online_under_load() {
 
 fn config_for(dir: &std::path::Path) -> credvault::Config {
     credvault::Config {
+        store: Default::default(),
         data_dir: dir.to_owned(),
         keyring: Keyring::single(MasterKey::from_base64(&key()).unwrap()),
         keyring_source: None,

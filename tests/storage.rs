@@ -59,6 +59,7 @@ async fn another_master_key_refuses_to_start() {
     let other = MasterKey::generate_base64().as_str().to_owned();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let config = credvault::Config {
+        store: Default::default(),
         data_dir: dir.clone(),
         keyring: credvault::crypto::Keyring::single(MasterKey::from_base64(&other).unwrap()),
         keyring_source: None,

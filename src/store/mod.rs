@@ -8,9 +8,14 @@ use std::future::Future;
 
 use crate::record::{CredentialRecord, Usage};
 
+mod postgres;
 mod sled;
 
+pub use self::postgres::{PgSettings, PgStore};
 pub use self::sled::SledStore;
+
+/// Metadata prefix of seal reservations in snapshots (`seals/<key id>`, u64 big-endian).
+pub const SEALS_META_PREFIX: &str = "seals/";
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -149,4 +154,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// The I/O error that stopped writes, if one did (reads may go on).
     fn write_error(&self) -> Option<String>;
+
+    /// Whether the store answers now (a database store asks its server).
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async { Ok(()) }
+    }
 }

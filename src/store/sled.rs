@@ -17,8 +17,7 @@ use sled::{Db, Tree};
 use super::{Entries, ListItem, Snapshot, Store, StoreError};
 use crate::record::{CredentialRecord, Usage};
 
-/// Metadata prefix of the seal reservations (`seals/<key id>`, u64 big-endian).
-const SEALS_PREFIX: &str = "seals/";
+use super::SEALS_META_PREFIX as SEALS_PREFIX;
 
 /// A sled-backed [`Store`].
 #[derive(Clone)]

@@ -16,6 +16,17 @@ use credvault::crypto::MasterKey;
 use credvault::provider::ProviderSettings;
 use credvault::server::ServeError;
 use credvault::Config;
+
+pub mod postgres;
+
+/// Which store a test server runs on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TestStore {
+    #[default]
+    Sled,
+    /// A new database on the shared test cluster (see [`postgres::PgCluster`]).
+    Postgres,
+}
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -84,6 +95,10 @@ pub struct Options {
     /// Read the keyring from this file instead (and again when it changes).
     pub keyring_file: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
+    /// The store; with Postgres, a new database unless `database_url` is given.
+    pub store: TestStore,
+    /// A database to use (e.g. to share one between replicas).
+    pub database_url: Option<String>,
     pub reverify: credvault::reverify::ReverifySettings,
     /// More `[[caller]]` entries for the callers file.
     pub extra_callers: String,
@@ -100,6 +115,8 @@ impl Default for Options {
             key_b64: MasterKey::generate_base64().as_str().to_owned(),
             keyring_file: None,
             data_dir: None,
+            store: TestStore::Sled,
+            database_url: None,
             // Off unless a test turns it on.
             reverify: credvault::reverify::ReverifySettings {
                 interval: Duration::ZERO,
@@ -118,6 +135,8 @@ pub struct TestServer {
     pub tokens: Tokens,
     pub key_b64: String,
     pub data_dir: PathBuf,
+    /// The database, when the server runs on PostgreSQL.
+    pub database_url: Option<String>,
     _tmp: Option<TempDir>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<Result<(), ServeError>>>,
@@ -126,6 +145,15 @@ pub struct TestServer {
 impl TestServer {
     pub async fn start() -> Self {
         Self::start_with(Options::default()).await
+    }
+
+    /// A server with default options on `store`.
+    pub async fn start_on(store: TestStore) -> Self {
+        Self::start_with(Options {
+            store,
+            ..Options::default()
+        })
+        .await
     }
 
     pub async fn start_with(opts: Options) -> Self {
@@ -151,7 +179,24 @@ impl TestServer {
                 None,
             ),
         };
+        let database_url = match (opts.store, &opts.database_url) {
+            (_, Some(url)) => Some(url.clone()),
+            (TestStore::Postgres, None) => Some(postgres::PgCluster::shared().new_database().await),
+            (TestStore::Sled, None) => None,
+        };
+        let store = match &database_url {
+            Some(url) => credvault::config::StoreConfig::Postgres(credvault::config::PostgresSettings {
+                url: url.clone().into(),
+                pool: credvault::store::PgSettings {
+                    max_connections: 8,
+                    timeout: Duration::from_secs(2),
+                },
+                startup_wait: Duration::from_secs(10),
+            }),
+            None => credvault::config::StoreConfig::Sled,
+        };
         let config = Config {
+            store,
             data_dir: data_dir.clone(),
             keyring,
             keyring_source,
@@ -187,6 +232,7 @@ impl TestServer {
             tokens,
             key_b64: opts.key_b64,
             data_dir,
+            database_url,
             _tmp: tmp,
             shutdown: Some(tx),
             handle: Some(handle),
@@ -235,9 +281,16 @@ impl TestServer {
 
     /// Stops the server cleanly and starts it again on the same data dir and key.
     pub async fn restart(self) -> Self {
+        let database_url = self.database_url.clone();
         let (result, tmp, dir, key) = self.stop_keep().await;
         result.expect("the server stopped cleanly");
-        let mut server = Self::reopen(dir, key).await;
+        let mut server = Self::start_with(Options {
+            data_dir: Some(dir),
+            key_b64: key,
+            database_url,
+            ..Options::default()
+        })
+        .await;
         server._tmp = tmp;
         server
     }

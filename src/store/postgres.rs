@@ -1,0 +1,564 @@
+//! The PostgreSQL store, for several replicas sharing one database.
+//!
+//! Same semantics as the sled store: unique names (a unique index), check-and-set
+//! on the record's revision, time-ordered pagination (ids compared bytewise, in
+//! the `C` collation), and a write is acknowledged once PostgreSQL committed it.
+//! The database holds the same encrypted record bytes as sled: a DBA with full
+//! read access sees names and metadata, never a secret. Nothing is cached, so a
+//! write through one replica is what the next read on any replica sees.
+//!
+//! The binary owns the schema: [`PgStore::migrate`] applies the embedded
+//! migrations in order, once, under an advisory lock (replicas may start together).
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+
+use super::{Entries, ListItem, Snapshot, Store, StoreError};
+use crate::record::{CredentialRecord, Usage};
+
+/// The schema migrations, in order; each runs once, in a transaction.
+const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "credentials, names, metadata, seal reservations and last uses",
+    r#"
+CREATE TABLE credvault_credentials (
+    id       text COLLATE "C" PRIMARY KEY,
+    name     text COLLATE "C" NOT NULL,
+    version  bigint NOT NULL,
+    revision bigint NOT NULL,
+    record   bytea NOT NULL
+);
+CREATE UNIQUE INDEX credvault_credentials_name ON credvault_credentials (name);
+CREATE TABLE credvault_meta (
+    key   text COLLATE "C" PRIMARY KEY,
+    value bytea NOT NULL
+);
+CREATE TABLE credvault_seals (
+    key_id   text COLLATE "C" PRIMARY KEY,
+    reserved bigint NOT NULL
+);
+CREATE TABLE credvault_usage (
+    id    text COLLATE "C" PRIMARY KEY REFERENCES credvault_credentials (id) ON DELETE CASCADE,
+    value bytea NOT NULL
+);
+"#,
+)];
+
+/// An arbitrary constant that names credvault's migration lock.
+const MIGRATION_LOCK: i64 = 0x6372_6564_7661_756c;
+
+/// How the pool reaches the database.
+#[derive(Clone, Debug)]
+pub struct PgSettings {
+    /// Most connections this process opens.
+    pub max_connections: usize,
+    /// Longest wait for a connection (opening one, or a free one from the pool).
+    pub timeout: Duration,
+}
+
+impl Default for PgSettings {
+    fn default() -> Self {
+        PgSettings {
+            max_connections: 16,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A PostgreSQL-backed [`Store`].
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").finish_non_exhaustive()
+    }
+}
+
+fn db(e: tokio_postgres::Error) -> StoreError {
+    // Display of a database error names the failure, never the connection password.
+    match e.as_db_error() {
+        Some(d) => StoreError::Io(format!("database error: {}", d.message())),
+        None => StoreError::Io(format!("database unreachable: {e}")),
+    }
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => db(e),
+        deadpool_postgres::PoolError::Timeout(_) => {
+            StoreError::Io("database unreachable: no connection within the timeout".into())
+        }
+        e => StoreError::Io(format!("database unreachable: {e}")),
+    }
+}
+
+fn decode(id: &str, bytes: &[u8]) -> Result<CredentialRecord, StoreError> {
+    CredentialRecord::from_bytes(id, bytes).map_err(|e| StoreError::Corrupt {
+        id: id.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn signed(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl PgStore {
+    /// A pool for the database at `url` (a libpq URL or key=value string). Connects lazily.
+    pub fn connect(url: &str, settings: &PgSettings) -> Result<Self, StoreError> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|_| StoreError::Io("the database URL is not valid (postgres://user:password@host:port/database)".into()))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(settings.timeout);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("credvault");
+        }
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(settings.max_connections.max(1))
+            .wait_timeout(Some(settings.timeout))
+            .create_timeout(Some(settings.timeout))
+            .recycle_timeout(Some(settings.timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Io(format!("cannot build the connection pool: {e}")))?;
+        Ok(PgStore { pool })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(pool_error)
+    }
+
+    /// Applies the migrations not yet applied; returns the versions it applied.
+    pub async fn migrate(&self) -> Result<Vec<i32>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(db)?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS credvault_schema_migrations (
+                version integer PRIMARY KEY,
+                description text NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await
+        .map_err(db)?;
+        let applied: Vec<i32> = tx
+            .query("SELECT version FROM credvault_schema_migrations", &[])
+            .await
+            .map_err(db)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if let Some(newer) = applied.iter().find(|v| **v > MIGRATIONS.len() as i32) {
+            return Err(StoreError::Io(format!(
+                "the database schema is at version {newer}, newer than this credvault knows ({}); upgrade credvault",
+                MIGRATIONS.len()
+            )));
+        }
+        let mut done = Vec::new();
+        for (version, description, sql) in MIGRATIONS {
+            if applied.contains(version) {
+                continue;
+            }
+            tx.batch_execute(sql).await.map_err(db)?;
+            tx.execute(
+                "INSERT INTO credvault_schema_migrations (version, description) VALUES ($1, $2)",
+                &[version, description],
+            )
+            .await
+            .map_err(db)?;
+            done.push(*version);
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(done)
+    }
+
+    async fn exists(&self, id: &str) -> Result<Option<(u64, u64)>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT version, revision FROM credvault_credentials WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .map_err(db)?;
+        Ok(row.map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64)))
+    }
+}
+
+impl Store for PgStore {
+    async fn meta(&self, prefix: &str) -> Result<Entries, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT key, value FROM credvault_meta WHERE starts_with(key, $1) ORDER BY key",
+                &[&prefix],
+            )
+            .await
+            .map_err(db)?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO credvault_meta (key, value) VALUES ($1, $2)
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                &[&key, &value],
+            )
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn remove_meta(&self, key: &str) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute("DELETE FROM credvault_meta WHERE key = $1", &[&key])
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<CredentialRecord>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached("SELECT record FROM credvault_credentials WHERE id = $1")
+            .await
+            .map_err(db)?;
+        match client.query_opt(&statement, &[&id]).await.map_err(db)? {
+            None => Ok(None),
+            Some(row) => decode(id, row.get(0)).map(Some),
+        }
+    }
+
+    async fn id_for_name(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached("SELECT id FROM credvault_credentials WHERE name = $1")
+            .await
+            .map_err(db)?;
+        let row = client.query_opt(&statement, &[&name]).await.map_err(db)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<ListItem>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT id, record FROM credvault_credentials
+                 WHERE $1::text IS NULL OR id > $1 ORDER BY id LIMIT $2",
+                &[&after, &limit],
+            )
+            .await
+            .map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let id: String = r.get(0);
+                let record = decode(&id, r.get(1));
+                (id, record)
+            })
+            .collect())
+    }
+
+    async fn count(&self) -> Result<usize, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_one("SELECT count(*) FROM credvault_credentials", &[])
+            .await
+            .map_err(db)?;
+        Ok(row.get::<_, i64>(0) as usize)
+    }
+
+    async fn insert(&self, record: &CredentialRecord) -> Result<(), StoreError> {
+        let result = self
+            .client()
+            .await?
+            .execute(
+                "INSERT INTO credvault_credentials (id, name, version, revision, record)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[
+                    &record.id,
+                    &record.name,
+                    &signed(record.version),
+                    &signed(record.revision),
+                    &record.to_bytes(),
+                ],
+            )
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                Err(StoreError::NameTaken(record.name.clone()))
+            }
+            Err(e) => Err(db(e)),
+        }
+    }
+
+    async fn replace(
+        &self,
+        record: &CredentialRecord,
+        expected_revision: u64,
+    ) -> Result<(), StoreError> {
+        let updated = self
+            .client()
+            .await?
+            .execute(
+                "UPDATE credvault_credentials SET version = $2, revision = $3, record = $4
+                 WHERE id = $1 AND revision = $5",
+                &[
+                    &record.id,
+                    &signed(record.version),
+                    &signed(record.revision),
+                    &record.to_bytes(),
+                    &signed(expected_revision),
+                ],
+            )
+            .await
+            .map_err(db)?;
+        if updated == 1 {
+            return Ok(());
+        }
+        match self.exists(&record.id).await? {
+            None => Err(StoreError::NotFound(record.id.clone())),
+            Some(_) => Err(StoreError::Conflict(record.id.clone())),
+        }
+    }
+
+    async fn delete(&self, id: &str, expected_version: Option<u64>) -> Result<(), StoreError> {
+        let expected = expected_version.map(signed);
+        let deleted = self
+            .client()
+            .await?
+            .execute(
+                "DELETE FROM credvault_credentials
+                 WHERE id = $1 AND ($2::bigint IS NULL OR version = $2)",
+                &[&id, &expected],
+            )
+            .await
+            .map_err(db)?;
+        if deleted == 1 {
+            return Ok(());
+        }
+        match (self.exists(id).await?, expected_version) {
+            (Some((actual, _)), Some(expected)) => Err(StoreError::VersionMismatch {
+                id: id.to_owned(),
+                expected,
+                actual,
+            }),
+            _ => Err(StoreError::NotFound(id.to_owned())),
+        }
+    }
+
+    async fn usage(&self, id: &str) -> Result<Option<Usage>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt("SELECT value FROM credvault_usage WHERE id = $1", &[&id])
+            .await
+            .map_err(db)?;
+        // Usage is advisory: an unreadable entry reads as none.
+        Ok(row.and_then(|r| prost::Message::decode(r.get::<_, &[u8]>(0)).ok()))
+    }
+
+    async fn record_usage(&self, batch: &[(String, Usage)]) -> Result<(), StoreError> {
+        let ids: Vec<&str> = batch.iter().map(|(id, _)| id.as_str()).collect();
+        let values: Vec<Vec<u8>> = batch
+            .iter()
+            .map(|(_, u)| prost::Message::encode_to_vec(u))
+            .collect();
+        // Ids no longer stored are skipped by the join.
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO credvault_usage (id, value)
+                 SELECT u.id, u.value FROM unnest($1::text[], $2::bytea[]) AS u(id, value)
+                 JOIN credvault_credentials c ON c.id = u.id
+                 ON CONFLICT (id) DO UPDATE SET value = EXCLUDED.value",
+                &[&ids, &values],
+            )
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn reserve_seals(&self, key_id: &str, count: u64) -> Result<u64, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "INSERT INTO credvault_seals (key_id, reserved) VALUES ($1, $2)
+                 ON CONFLICT (key_id) DO UPDATE SET reserved = credvault_seals.reserved + $2
+                 RETURNING reserved",
+                &[&key_id, &signed(count)],
+            )
+            .await
+            .map_err(db)?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    async fn seal_reservations(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query("SELECT key_id, reserved FROM credvault_seals", &[])
+            .await
+            .map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
+            .collect())
+    }
+
+    async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let mut client = self.client().await?;
+        // One repeatable-read transaction sees one instant; writers are not blocked.
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(db)?;
+        let entries = |rows: Vec<tokio_postgres::Row>| -> Entries {
+            rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+        };
+        let records = tx
+            .query("SELECT id, record FROM credvault_credentials ORDER BY id", &[])
+            .await
+            .map_err(db)?;
+        let mut meta = entries(
+            tx.query("SELECT key, value FROM credvault_meta ORDER BY key", &[])
+                .await
+                .map_err(db)?,
+        );
+        for row in tx
+            .query("SELECT key_id, reserved FROM credvault_seals", &[])
+            .await
+            .map_err(db)?
+        {
+            let (id, reserved): (String, i64) = (row.get(0), row.get(1));
+            meta.push((
+                format!("{}{id}", super::SEALS_META_PREFIX),
+                (reserved as u64).to_be_bytes().to_vec(),
+            ));
+        }
+        let usage = tx
+            .query("SELECT id, value FROM credvault_usage ORDER BY id", &[])
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(Snapshot {
+            records: entries(records),
+            meta,
+            usage: entries(usage),
+        })
+    }
+
+    async fn restore(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let held: i64 = tx
+            .query_one(
+                "SELECT (SELECT count(*) FROM credvault_credentials) + (SELECT count(*) FROM credvault_meta)",
+                &[],
+            )
+            .await
+            .map_err(db)?
+            .get(0);
+        if held > 0 {
+            return Err(StoreError::NotEmpty);
+        }
+        for (id, bytes) in &snapshot.records {
+            // A record damaged before the snapshot cannot be indexed by name; it is skipped.
+            let Ok(record) = decode(id, bytes) else {
+                continue;
+            };
+            tx.execute(
+                "INSERT INTO credvault_credentials (id, name, version, revision, record)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[
+                    id,
+                    &record.name,
+                    &signed(record.version),
+                    &signed(record.revision),
+                    bytes,
+                ],
+            )
+            .await
+            .map_err(db)?;
+        }
+        for (key, value) in &snapshot.meta {
+            if let Some(id) = key.strip_prefix(super::SEALS_META_PREFIX) {
+                let reserved = <[u8; 8]>::try_from(value.as_slice())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(u64::MAX >> 1);
+                tx.execute(
+                    "INSERT INTO credvault_seals (key_id, reserved) VALUES ($1, $2)",
+                    &[&id, &signed(reserved)],
+                )
+                .await
+                .map_err(db)?;
+            } else {
+                tx.execute(
+                    "INSERT INTO credvault_meta (key, value) VALUES ($1, $2)",
+                    &[key, value],
+                )
+                .await
+                .map_err(db)?;
+            }
+        }
+        for (id, value) in &snapshot.usage {
+            tx.execute(
+                "INSERT INTO credvault_usage (id, value)
+                 SELECT $1, $2 WHERE EXISTS (SELECT 1 FROM credvault_credentials WHERE id = $1)",
+                &[id, value],
+            )
+            .await
+            .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        // Every statement above committed (synchronous_commit) before it returned.
+        Ok(())
+    }
+
+    fn write_error(&self) -> Option<String> {
+        None
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .simple_query("SELECT 1")
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+}
