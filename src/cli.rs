@@ -14,8 +14,8 @@ use crate::crypto::{Keyring, MasterKey};
 use crate::provider::{fleetio, ProviderSettings};
 use crate::reverify::ReverifySettings;
 use crate::store::Store;
-use secrecy::ExposeSecret;
 use crate::telemetry::{self, LogFormat};
+use secrecy::ExposeSecret;
 
 /// credvault: the encrypted credential vault for data-ingestion workers.
 #[derive(Debug, Parser)]
@@ -126,7 +126,10 @@ impl Location {
         };
         restored.map_err(|e| match e {
             crate::store::StoreError::NotEmpty => {
-                format!("the target ({}) already holds data; migrate into an empty store", self.describe())
+                format!(
+                    "the target ({}) already holds data; migrate into an empty store",
+                    self.describe()
+                )
             }
             e => e.to_string(),
         })

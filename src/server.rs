@@ -23,8 +23,8 @@ use crate::provider::Providers;
 use crate::reverify;
 use crate::service::VaultService;
 use crate::store::{PgStore, SledStore, Store, StoreError};
-use secrecy::ExposeSecret;
 use crate::vault::Vault;
+use secrecy::ExposeSecret;
 
 /// The health service name that reports whether the audit log can be written.
 pub const AUDIT_HEALTH_SERVICE: &str = "credvault.audit";

@@ -112,9 +112,12 @@ fn signed(n: u64) -> i64 {
 impl PgStore {
     /// A pool for the database at `url` (a libpq URL or key=value string). Connects lazily.
     pub fn connect(url: &str, settings: &PgSettings) -> Result<Self, StoreError> {
-        let mut config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|_| StoreError::Io("the database URL is not valid (postgres://user:password@host:port/database)".into()))?;
+        let mut config: tokio_postgres::Config = url.parse().map_err(|_| {
+            StoreError::Io(
+                "the database URL is not valid (postgres://user:password@host:port/database)"
+                    .into(),
+            )
+        })?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(settings.timeout);
         }
@@ -447,7 +450,10 @@ impl Store for PgStore {
             rows.iter().map(|r| (r.get(0), r.get(1))).collect()
         };
         let records = tx
-            .query("SELECT id, record FROM credvault_credentials ORDER BY id", &[])
+            .query(
+                "SELECT id, record FROM credvault_credentials ORDER BY id",
+                &[],
+            )
             .await
             .map_err(db)?;
         let mut meta = entries(

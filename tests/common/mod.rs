@@ -185,14 +185,16 @@ impl TestServer {
             (TestStore::Sled, None) => None,
         };
         let store = match &database_url {
-            Some(url) => credvault::config::StoreConfig::Postgres(credvault::config::PostgresSettings {
-                url: url.clone().into(),
-                pool: credvault::store::PgSettings {
-                    max_connections: 8,
-                    timeout: Duration::from_secs(2),
-                },
-                startup_wait: Duration::from_secs(10),
-            }),
+            Some(url) => {
+                credvault::config::StoreConfig::Postgres(credvault::config::PostgresSettings {
+                    url: url.clone().into(),
+                    pool: credvault::store::PgSettings {
+                        max_connections: 8,
+                        timeout: Duration::from_secs(2),
+                    },
+                    startup_wait: Duration::from_secs(10),
+                })
+            }
             None => credvault::config::StoreConfig::Sled,
         };
         let config = Config {

@@ -177,6 +177,8 @@ impl PgCluster {
     }
 
     /// Stops the cluster and removes it once this process has exited.
+    // The watchdog outlives this process on purpose, so it is never waited for.
+    #[allow(clippy::zombie_processes)]
     fn watchdog(&self) {
         let script = format!(
             "while [ -d /proc/{parent} ]; do sleep 1; done; {pg_ctl} -D {data} -m immediate stop >/dev/null 2>&1; rm -rf {dir}",

@@ -1,0 +1,423 @@
+//! PostgreSQL beyond the shared API suite: replicas on one database, a database
+//! restart under traffic, schema migrations, and copying a sled store over.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::postgres::PgCluster;
+use common::*;
+use credvault::api;
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+async fn replica(database_url: &str, key: &str) -> TestServer {
+    TestServer::start_with(Options {
+        database_url: Some(database_url.to_owned()),
+        key_b64: key.to_owned(),
+        ..Options::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn two_replicas_on_one_database_behave_as_one_vault() {
+    let a = TestServer::start_on(TestStore::Postgres).await;
+    let url = a.database_url.clone().unwrap();
+    let b = replica(&url, &a.key_b64).await;
+    // Each replica has its own callers file; each client is an admin of its replica.
+    let (mut on_a, mut on_b) = (a.admin().await, b.admin().await);
+
+    create(&mut on_a, "shared", "key-00000001", "acct").await;
+    let h = on_b
+        .get_credential_headers(headers_by_name("shared"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(h.headers[0].value, "Token key-00000001");
+
+    // A rotation through one replica is what the very next read on the other sees.
+    for round in 0..20 {
+        let (writer, reader) = if round % 2 == 0 {
+            (&mut on_a, &mut on_b)
+        } else {
+            (&mut on_b, &mut on_a)
+        };
+        let api_key = format!("key-round-{round:04}");
+        writer
+            .update_credential(rotation("shared", &api_key, "acct"))
+            .await
+            .unwrap();
+        let h = reader
+            .get_credential_headers(headers_by_name("shared"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            h.headers[0].value,
+            format!("Token {api_key}"),
+            "round {round}"
+        );
+        assert_eq!(h.version, round as u64 + 2);
+    }
+
+    // Check-and-set across replicas: of two updates expecting the same version, one wins.
+    let version = on_a
+        .get_credential(by_name_get("shared"))
+        .await
+        .unwrap()
+        .into_inner()
+        .credential
+        .unwrap()
+        .version;
+    let cas = |mut c: Client, description: &'static str| async move {
+        c.update_credential(api::UpdateCredentialRequest {
+            r#ref: Some(api::update_credential_request::Ref::Name("shared".into())),
+            description: Some(description.into()),
+            expected_version: Some(version),
+            ..Default::default()
+        })
+        .await
+    };
+    let (x, y) = tokio::join!(cas(on_a.clone(), "from a"), cas(on_b.clone(), "from b"));
+    let codes = [x.map(drop), y.map(drop)].map(|r| r.map_or_else(|s| s.code(), |()| Code::Ok));
+    assert!(
+        codes.contains(&Code::Ok) && codes.contains(&Code::Aborted),
+        "{codes:?}"
+    );
+
+    // One name, created on both at once: one wins, the other is told it exists.
+    let make = |mut c: Client| async move {
+        c.create_credential(api::CreateCredentialRequest {
+            name: "raced".into(),
+            secret: Some(fleetio("key-00000002", "acct", "")),
+            ..Default::default()
+        })
+        .await
+    };
+    let (x, y) = tokio::join!(make(on_a.clone()), make(on_b.clone()));
+    let codes = [x.map(drop), y.map(drop)].map(|r| r.map_or_else(|s| s.code(), |()| Code::Ok));
+    assert!(
+        codes.contains(&Code::Ok) && codes.contains(&Code::AlreadyExists),
+        "{codes:?}"
+    );
+
+    // Concurrent writers on both replicas: every create lands exactly once.
+    let mut tasks = Vec::new();
+    for (r, client) in [on_a.clone(), on_b.clone()].into_iter().enumerate() {
+        for w in 0..4 {
+            let mut c = client.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..15 {
+                    create(&mut c, &format!("r{r}-w{w}-{i}"), "key-00000003", "acct").await;
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let listed = on_b
+        .list_credentials(api::ListCredentialsRequest {
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .credentials;
+    assert_eq!(listed.len(), 2 + 2 * 4 * 15);
+    let mut ids: Vec<_> = listed.iter().map(|c| c.id.clone()).collect();
+    let sorted = {
+        let mut s = ids.clone();
+        s.sort();
+        s
+    };
+    assert_eq!(ids, sorted, "one time order across replicas");
+    ids.dedup();
+    assert_eq!(ids.len(), listed.len());
+    drop((on_a, on_b));
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+async fn vault_health(server: &TestServer, service: &str) -> ServingStatus {
+    HealthClient::new(server.channel().await)
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status()
+}
+
+async fn wait_for_health(server: &TestServer, want: ServingStatus) -> Duration {
+    let start = std::time::Instant::now();
+    while vault_health(server, "credvault.v1.CredentialVaultService").await != want {
+        assert!(start.elapsed() < Duration::from_secs(20), "never {want:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    start.elapsed()
+}
+
+#[tokio::test]
+async fn a_database_restart_under_traffic_turns_health_and_back_without_a_crash() {
+    // A cluster of its own, since this test stops it.
+    let cluster = PgCluster::start();
+    let url = cluster.new_database().await;
+    let server = TestServer::start_with(Options {
+        database_url: Some(url),
+        ..Options::default()
+    })
+    .await;
+    let mut admin = server.admin().await;
+    create(&mut admin, "steady", "key-00000001", "acct").await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, unavailable, other) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let traffic = {
+        let (mut c, stop) = (admin.clone(), stop.clone());
+        let (ok, unavailable, other) = (ok.clone(), unavailable.clone(), other.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match c.get_credential_headers(headers_by_name("steady")).await {
+                    Ok(h) => {
+                        assert_eq!(h.into_inner().headers[0].value, "Token key-00000001");
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(s) if s.code() == Code::Unavailable => {
+                        assert!(!s.message().contains("postgres://"), "{s:?}");
+                        unavailable.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(s) => {
+                        eprintln!("unexpected: {s:?}");
+                        other.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = ok.load(Ordering::Relaxed);
+    assert!(before > 0);
+
+    cluster.stop();
+    let down = wait_for_health(&server, ServingStatus::NotServing).await;
+    // Liveness stays SERVING: the process is fine, only its database is away.
+    assert_eq!(vault_health(&server, "").await, ServingStatus::Serving);
+    assert_eq!(
+        vault_health(&server, "credvault.store").await,
+        ServingStatus::NotServing
+    );
+    let write = admin
+        .create_credential(api::CreateCredentialRequest {
+            name: "during-outage".into(),
+            secret: Some(fleetio("key-00000002", "acct", "")),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(write.code(), Code::Unavailable, "{write:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    cluster.restart();
+    let up = wait_for_health(&server, ServingStatus::Serving).await;
+    let after = ok.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    traffic.await.unwrap();
+    assert!(ok.load(Ordering::Relaxed) > after, "reads work again");
+    assert!(
+        unavailable.load(Ordering::Relaxed) > 0,
+        "the outage was seen"
+    );
+    assert_eq!(
+        other.load(Ordering::Relaxed),
+        0,
+        "only UNAVAILABLE during the outage"
+    );
+    create(&mut admin, "after-outage", "key-00000003", "acct").await;
+    eprintln!(
+        "NOT_SERVING {down:?} after the database stopped, SERVING {up:?} after it started; {} ok, {} unavailable",
+        ok.load(Ordering::Relaxed),
+        unavailable.load(Ordering::Relaxed)
+    );
+    drop(admin);
+    server.stop().await.unwrap();
+    cluster.stop();
+}
+
+#[tokio::test]
+async fn migrate_store_copies_a_sled_store_to_postgres_and_back() {
+    let tmp = tempfile::TempDir::new().unwrap();
+    let setup = write_config(tmp.path());
+    let mut process = Process::serve(&setup.args, &[], tmp.path()).await.unwrap();
+    let mut client = process.client(&setup.tokens.admin).await;
+    for i in 0..25 {
+        create(
+            &mut client,
+            &format!("m{i:02}"),
+            &format!("key-{i:08}"),
+            "acct",
+        )
+        .await;
+    }
+    client
+        .update_credential(rotation("m03", "key-rotated3", "acct"))
+        .await
+        .unwrap();
+    process.signal("TERM");
+    assert!(process.child.wait().await.unwrap().success());
+
+    let url = PgCluster::shared().new_database().await;
+    let data = tmp.path().join("data");
+    let migrate = run_cli(&["migrate"], &[("CREDVAULT_DATABASE_URL", &url)]).await;
+    assert!(
+        migrate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
+    assert!(String::from_utf8_lossy(&migrate.stdout).contains("applied schema migrations [1]"));
+    let again = run_cli(&["migrate"], &[("CREDVAULT_DATABASE_URL", &url)]).await;
+    assert!(String::from_utf8_lossy(&again.stdout).contains("up to date"));
+
+    let from = format!("sled:{}", data.display());
+    let out = run_cli(
+        &["migrate-store", "--from", &from, "--to", "postgres"],
+        &[("CREDVAULT_DATABASE_URL", &url)],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("copied 25 credentials"), "{stdout}");
+    assert!(
+        stdout.contains("verified the copy byte for byte"),
+        "{stdout}"
+    );
+    // A second copy into the same database is refused; it holds data now.
+    let twice = run_cli(
+        &[
+            "migrate-store",
+            "--from",
+            &from,
+            "--to",
+            &format!("postgres:{url}"),
+        ],
+        &[],
+    )
+    .await;
+    assert!(!twice.status.success());
+    assert!(String::from_utf8_lossy(&twice.stderr).contains("already holds data"));
+
+    // The same binary and key serve the copy from PostgreSQL.
+    let mut args = setup.args.clone();
+    args.extend(["--store".into(), "postgres".into()]);
+    let mut process = Process::serve(&args, &[("CREDVAULT_DATABASE_URL", &url)], tmp.path())
+        .await
+        .unwrap();
+    let mut client = process.client(&setup.tokens.admin).await;
+    for i in 0..25 {
+        let want = if i == 3 {
+            "key-rotated3".to_owned()
+        } else {
+            format!("key-{i:08}")
+        };
+        let h = client
+            .get_credential_headers(headers_by_name(&format!("m{i:02}")))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(h.headers[0].value, format!("Token {want}"));
+    }
+    let logs = process.stderr();
+    assert!(!logs.contains(&url), "the database URL is never logged");
+    process.signal("TERM");
+    assert!(process.child.wait().await.unwrap().success());
+
+    // And back into a new sled directory.
+    let back = tmp.path().join("back");
+    let out = run_cli(
+        &[
+            "migrate-store",
+            "--from",
+            &format!("postgres:{url}"),
+            "--to",
+            &format!("sled:{}", back.display()),
+        ],
+        &[],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let server = TestServer::reopen(back, std::fs::read_to_string(&setup.key).unwrap()).await;
+    let h = server
+        .client_with(Some(&server.tokens.admin))
+        .await
+        .get_credential_headers(headers_by_name("m03"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(h.headers[0].value, "Token key-rotated3");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_database_sees_names_and_metadata_but_never_a_secret() {
+    let server = TestServer::start_on(TestStore::Postgres).await;
+    let mut admin = server.admin().await;
+    create(
+        &mut admin,
+        "dba-visible",
+        "key-SECRETVALUE-0001",
+        "acct-SECRETTOKEN",
+    )
+    .await;
+    let url = server.database_url.clone().unwrap();
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let mut everything: Vec<u8> = Vec::new();
+    for (query, text_columns, byte_columns) in [
+        ("SELECT id, name, record FROM credvault_credentials", 2, 1),
+        ("SELECT key, value FROM credvault_meta", 1, 1),
+        ("SELECT id, value FROM credvault_usage", 1, 1),
+        ("SELECT key_id FROM credvault_seals", 1, 0),
+    ] {
+        for row in client.query(query, &[]).await.unwrap() {
+            for i in 0..text_columns {
+                everything.extend_from_slice(row.get::<_, String>(i).as_bytes());
+            }
+            for i in text_columns..text_columns + byte_columns {
+                everything.extend_from_slice(&row.get::<_, Vec<u8>>(i));
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&everything);
+    assert!(text.contains("dba-visible"), "names are in the clear");
+    for secret in ["SECRETVALUE", "SECRETTOKEN", server.key_b64.as_str()] {
+        assert!(
+            !contains(&everything, secret.as_bytes()),
+            "{secret} in the database"
+        );
+    }
+    drop(admin);
+    server.stop().await.unwrap();
+}
