@@ -302,6 +302,9 @@ struct DatabaseArgs {
     /// variable when it holds a password).
     #[arg(long, env = "CREDVAULT_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// A file holding the PostgreSQL URL (e.g. a mounted Secret); instead of --database-url.
+    #[arg(long, env = "CREDVAULT_DATABASE_URL_FILE", conflicts_with = "database_url")]
+    database_url_file: Option<PathBuf>,
     /// Most database connections this process opens.
     #[arg(long, env = "CREDVAULT_DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
     database_max_connections: usize,
@@ -315,11 +318,21 @@ struct DatabaseArgs {
 
 impl DatabaseArgs {
     fn settings(&self, url: Option<&str>) -> Result<config::PostgresSettings, String> {
+        let from_file = match &self.database_url_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            None => None,
+        };
         let url = url
             .map(str::to_owned)
             .or_else(|| self.database_url.clone())
+            .or(from_file)
             .filter(|u| !u.trim().is_empty())
-            .ok_or("PostgreSQL needs --database-url (or CREDVAULT_DATABASE_URL)")?;
+            .ok_or("PostgreSQL needs --database-url or --database-url-file (or CREDVAULT_DATABASE_URL[_FILE])")?;
         Ok(config::PostgresSettings {
             url: url.into(),
             pool: crate::store::PgSettings {
