@@ -98,6 +98,14 @@ impl std::fmt::Debug for AuditLog {
 impl AuditLog {
     /// Opens (appending, mode 0600) the log at `path` and starts its writer thread.
     pub fn open(path: &Path, fail_open: bool, key: &MasterKey) -> Result<Self, String> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                format!(
+                    "cannot make the audit log's directory {}: {e}",
+                    dir.display()
+                )
+            })?;
+        }
         let mut options = OpenOptions::new();
         options.create(true).append(true);
         #[cfg(unix)]

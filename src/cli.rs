@@ -303,7 +303,11 @@ struct DatabaseArgs {
     #[arg(long, env = "CREDVAULT_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// A file holding the PostgreSQL URL (e.g. a mounted Secret); instead of --database-url.
-    #[arg(long, env = "CREDVAULT_DATABASE_URL_FILE", conflicts_with = "database_url")]
+    #[arg(
+        long,
+        env = "CREDVAULT_DATABASE_URL_FILE",
+        conflicts_with = "database_url"
+    )]
     database_url_file: Option<PathBuf>,
     /// Most database connections this process opens.
     #[arg(long, env = "CREDVAULT_DATABASE_MAX_CONNECTIONS", default_value_t = 16)]

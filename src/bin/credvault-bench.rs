@@ -68,6 +68,10 @@ struct Args {
     /// The server's --log-level (the default logs one event per RPC, as in production).
     #[arg(long, default_value = "info")]
     server_log_level: String,
+    /// An empty PostgreSQL database: adds rows for the same hot path and writes
+    /// on a second server with `--store postgres` (see BENCHMARKS.md to make one).
+    #[arg(long, env = "CREDVAULT_BENCH_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
     /// Where to write the results as JSON.
     #[arg(long, default_value = "target/bench.json")]
     json: PathBuf,
@@ -219,7 +223,13 @@ struct Server {
 }
 
 impl Server {
-    async fn start(bin: &Path, dir: &Path, token: &str, log_level: &str) -> Server {
+    async fn start(
+        bin: &Path,
+        dir: &Path,
+        token: &str,
+        log_level: &str,
+        database_url: Option<&str>,
+    ) -> Server {
         std::fs::create_dir_all(dir).unwrap();
         let key = dir.join("master.key");
         if !key.exists() {
@@ -254,6 +264,15 @@ impl Server {
             .arg("--callers-file")
             .arg(dir.join("callers.toml"))
             .env_remove("CREDVAULT_MASTER_KEY")
+            .env(
+                "CREDVAULT_STORE",
+                if database_url.is_some() {
+                    "postgres"
+                } else {
+                    "sled"
+                },
+            )
+            .envs(database_url.map(|url| ("CREDVAULT_DATABASE_URL", url)))
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .kill_on_drop(true)
@@ -385,7 +404,7 @@ async fn each_once(step: &str, n: usize, op: Op, rss_of: Option<u32>) -> Row {
 }
 
 /// Creates `n` credentials at concurrency 16; the row is the durable-write measurement.
-async fn seed(clients: &[Vault], n: usize, prefix: &str) -> (Vec<String>, Row) {
+async fn seed(clients: &[Vault], n: usize, prefix: &str, step: &str) -> (Vec<String>, Row) {
     let ids = Arc::new(std::sync::Mutex::new(Vec::with_capacity(n)));
     let (clients, sink, prefix) = (clients.to_vec(), Arc::clone(&ids), prefix.to_owned());
     let op: Op = Arc::new(move |i| {
@@ -414,7 +433,7 @@ async fn seed(clients: &[Vault], n: usize, prefix: &str) -> (Vec<String>, Row) {
             }
         })
     });
-    let row = each_once("credvault CreateCredential", n, op, None).await;
+    let row = each_once(step, n, op, None).await;
     let ids = std::mem::take(&mut *ids.lock().unwrap());
     (ids, row)
 }
@@ -510,11 +529,18 @@ async fn main() {
         &work.join("vault"),
         &token,
         &args.server_log_level,
+        None,
     )
     .await;
     let chans = channels(&server.addr, args.channels).await;
     let vaults = vault_clients(&chans, &token);
-    let (ids, write_row) = seed(&vaults, args.credentials, "cred").await;
+    let (ids, write_row) = seed(
+        &vaults,
+        args.credentials,
+        "cred",
+        "credvault CreateCredential",
+    )
+    .await;
     rows.push(write_row);
     let ids = Arc::new(ids);
 
@@ -585,25 +611,13 @@ async fn main() {
         );
 
         // 2. The hot path: GetCredentialHeaders for a random credential, with a token.
-        let (vaults, ids) = (vaults.clone(), Arc::clone(&ids));
-        let op: Op = Arc::new(move |w| {
-            let mut v = vaults[w % vaults.len()].clone();
-            let id = ids[rand::thread_rng().gen_range(0..ids.len())].clone();
-            Box::pin(async move {
-                v.get_credential_headers(api::GetCredentialHeadersRequest {
-                    r#ref: Some(get_credential_headers_request::Ref::Id(id)),
-                })
-                .await
-                .is_ok_and(|r| r.into_inner().headers.len() == 3)
-            })
-        });
         rows.push(
             load(
                 "hot GetCredentialHeaders",
                 c,
                 args.warmup,
                 args.duration,
-                op,
+                hot_op(&vaults, &ids),
                 server.pid(),
             )
             .await,
@@ -644,17 +658,73 @@ async fn main() {
     server.stop().await;
     drop(bao);
 
+    // 4. The same hot path and writes on PostgreSQL, if a database was given.
+    if let Some(url) = &args.database_url {
+        let pg = Server::start(
+            &args.server_bin,
+            &work.join("vault-postgres"),
+            &token,
+            &args.server_log_level,
+            Some(url),
+        )
+        .await;
+        let pg_vaults = vault_clients(&channels(&pg.addr, args.channels).await, &token);
+        let (pg_ids, pg_write) = seed(
+            &pg_vaults,
+            args.credentials,
+            "cred",
+            "credvault CreateCredential (postgres)",
+        )
+        .await;
+        rows.push(pg_write);
+        let pg_ids = Arc::new(pg_ids);
+        for &c in &args.concurrency {
+            rows.push(
+                load(
+                    "hot GetCredentialHeaders (postgres)",
+                    c,
+                    args.warmup,
+                    args.duration,
+                    hot_op(&pg_vaults, &pg_ids),
+                    pg.pid(),
+                )
+                .await,
+            );
+        }
+        pg.stop().await;
+    }
+
     // 5. Scale: many credentials; cold start to SERVING, RSS, data size, a full listing.
     let scale_dir = work.join("scale");
-    let first = Server::start(&args.server_bin, &scale_dir, &token, &args.server_log_level).await;
+    let first = Server::start(
+        &args.server_bin,
+        &scale_dir,
+        &token,
+        &args.server_log_level,
+        None,
+    )
+    .await;
     let scale_vaults = vault_clients(&channels(&first.addr, args.channels).await, &token);
-    let (_, scale_write) = seed(&scale_vaults, args.scale_credentials, "scale").await;
+    let (_, scale_write) = seed(
+        &scale_vaults,
+        args.scale_credentials,
+        "scale",
+        "credvault CreateCredential",
+    )
+    .await;
     eprintln!(
         "scale: seeded {} credentials at {:.0}/s",
         args.scale_credentials, scale_write.rps
     );
     first.stop().await;
-    let cold = Server::start(&args.server_bin, &scale_dir, &token, &args.server_log_level).await;
+    let cold = Server::start(
+        &args.server_bin,
+        &scale_dir,
+        &token,
+        &args.server_log_level,
+        None,
+    )
+    .await;
     let cold_rss = cold.pid().and_then(rss_mb);
     let mut lister = vault_clients(&[connect(&cold.addr).await], &token).remove(0);
     let listed_at = Instant::now();
@@ -702,6 +772,22 @@ async fn main() {
     let _ = std::fs::remove_dir_all(&work);
 }
 
+/// GetCredentialHeaders for a random one of `ids`, spread over `vaults`.
+fn hot_op(vaults: &[Vault], ids: &Arc<Vec<String>>) -> Op {
+    let (vaults, ids) = (vaults.to_vec(), Arc::clone(ids));
+    Arc::new(move |w| {
+        let mut v = vaults[w % vaults.len()].clone();
+        let id = ids[rand::thread_rng().gen_range(0..ids.len())].clone();
+        Box::pin(async move {
+            v.get_credential_headers(api::GetCredentialHeadersRequest {
+                r#ref: Some(get_credential_headers_request::Ref::Id(id)),
+            })
+            .await
+            .is_ok_and(|r| r.into_inner().headers.len() == 3)
+        })
+    })
+}
+
 fn tempfile_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("credvault-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -734,8 +820,10 @@ fn report(
     }
     let mut ratios = serde_json::Map::new();
     println!();
-    println!("| concurrency | hot / floor (req/s) | hot / floor (p99) | hot / OpenBao (req/s) |");
-    println!("|---:|---:|---:|---:|");
+    println!(
+        "| concurrency | hot / floor (req/s) | hot / floor (p99) | hot / OpenBao (req/s) | postgres hot / floor (req/s) |"
+    );
+    println!("|---:|---:|---:|---:|---:|");
     for &c in &args.concurrency {
         let hot = find("hot GetCredentialHeaders", c);
         let floor = find("floor Health/Check", c);
@@ -747,14 +835,18 @@ fn report(
         let tput = ratio(hot, floor, |r| r.rps);
         let p99 = ratio(hot, floor, |r| r.p99_us as f64);
         let vs_bao = ratio(hot, bao, |r| r.rps);
+        let pg = ratio(find("hot GetCredentialHeaders (postgres)", c), floor, |r| {
+            r.rps
+        });
         let show = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.2}"));
         println!(
-            "| {c} | {} | {} | {} |",
+            "| {c} | {} | {} | {} | {} |",
             show(tput),
             show(p99),
-            show(vs_bao)
+            show(vs_bao),
+            show(pg)
         );
-        ratios.insert(format!("c{c}"), json!({"hot_over_floor_rps": tput, "hot_over_floor_p99": p99, "hot_over_openbao_rps": vs_bao}));
+        ratios.insert(format!("c{c}"), json!({"hot_over_floor_rps": tput, "hot_over_floor_p99": p99, "hot_over_openbao_rps": vs_bao, "postgres_hot_over_floor_rps": pg}));
     }
     println!();
     println!("scale: {}", serde_json::Value::Object(scale.clone()));
