@@ -93,7 +93,7 @@ impl Location {
     fn describe(&self) -> String {
         match self {
             Location::Sled(dir) => format!("sled store in {}", dir.display()),
-            Location::Postgres(_) => "PostgreSQL".to_owned(),
+            Location::Postgres(_) => "PostgreSQL database".to_owned(),
         }
     }
 
