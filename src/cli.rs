@@ -312,6 +312,10 @@ struct DatabaseArgs {
     /// Most database connections this process opens.
     #[arg(long, env = "CREDVAULT_DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
     database_max_connections: usize,
+    /// PEM file of the CA that signed the database's certificate (TLS follows the URL's
+    /// sslmode; the certificate is always verified, by default against the web roots).
+    #[arg(long, env = "CREDVAULT_DATABASE_CA_FILE")]
+    database_ca_file: Option<PathBuf>,
     /// Longest wait for a database connection.
     #[arg(long, env = "CREDVAULT_DATABASE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     database_timeout: Duration,
@@ -342,6 +346,7 @@ impl DatabaseArgs {
             pool: crate::store::PgSettings {
                 max_connections: self.database_max_connections,
                 timeout: self.database_timeout,
+                ca_file: self.database_ca_file.clone(),
             },
             startup_wait: self.database_startup_wait,
         })

@@ -421,3 +421,73 @@ async fn the_database_sees_names_and_metadata_but_never_a_secret() {
     drop(admin);
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn tls_to_the_database_is_verified_against_the_given_ca() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let cluster = PgCluster::start_tls(&cert.pem(), &key.serialize_pem());
+    let tmp = tempfile::TempDir::new().unwrap();
+    let ca_file = tmp.path().join("db-ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    // The test helper connects without TLS (sslmode=prefer falls back); credvault requires it.
+    let plain = cluster.new_database().await;
+    let url = format!(
+        "{}?sslmode=require&application_name=credvault-tls-test",
+        plain.replace("127.0.0.1", "localhost")
+    );
+
+    let server = TestServer::start_with(Options {
+        database_url: Some(url.clone()),
+        database_ca_file: Some(ca_file),
+        ..Options::default()
+    })
+    .await;
+    let mut admin = server.admin().await;
+    create(&mut admin, "over-tls", "key-00000001", "acct").await;
+    let (client, connection) = tokio_postgres::connect(&plain, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let rows = client
+        .query(
+            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a ON a.pid = s.pid
+             WHERE a.application_name = 'credvault-tls-test'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(!rows.is_empty(), "credvault is connected");
+    assert!(
+        rows.iter().all(|r| r.get::<_, bool>(0)),
+        "every connection uses TLS"
+    );
+    drop(admin);
+    server.stop().await.unwrap();
+
+    // Without that CA the certificate is not trusted: startup fails, saying why.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let settings = credvault::config::PostgresSettings {
+        url: url.into(),
+        pool: credvault::store::PgSettings::default(),
+        startup_wait: Duration::ZERO,
+    };
+    let err = credvault::server::open_postgres(
+        &settings,
+        &credvault::config::parse_keyring(&credvault::crypto::MasterKey::generate_base64(), None)
+            .unwrap(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    drop(listener);
+    assert!(err.contains("certificate"), "{err}");
+    cluster.stop();
+}

@@ -9,12 +9,16 @@
 //!
 //! The binary owns the schema: [`PgStore::migrate`] applies the embedded
 //! migrations in order, once, under an advisory lock (replicas may start together).
+//!
+//! TLS (rustls) follows the URL's `sslmode` (`disable`, `prefer` by default,
+//! `require`); when TLS is used the server's certificate is always verified,
+//! against the public web roots or the CA given in the settings.
 
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use std::sync::Arc;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::NoTls;
 
 use super::{Entries, ListItem, Snapshot, Store, StoreError};
 use crate::record::{CredentialRecord, Usage};
@@ -57,6 +61,8 @@ pub struct PgSettings {
     pub max_connections: usize,
     /// Longest wait for a connection (opening one, or a free one from the pool).
     pub timeout: Duration,
+    /// PEM file of the CA that signed the database's certificate (default: the public web roots).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for PgSettings {
@@ -64,6 +70,7 @@ impl Default for PgSettings {
         PgSettings {
             max_connections: 16,
             timeout: Duration::from_secs(5),
+            ca_file: None,
         }
     }
 }
@@ -84,7 +91,16 @@ fn db(e: tokio_postgres::Error) -> StoreError {
     // Display of a database error names the failure, never the connection password.
     match e.as_db_error() {
         Some(d) => StoreError::Io(format!("database error: {}", d.message())),
-        None => StoreError::Io(format!("database unreachable: {e}")),
+        None => {
+            // The cause (e.g. "invalid peer certificate: UnknownIssuer") is in the source chain.
+            let mut text = format!("database unreachable: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                text.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            StoreError::Io(text)
+        }
     }
 }
 
@@ -96,6 +112,42 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
         }
         e => StoreError::Io(format!("database unreachable: {e}")),
     }
+}
+
+/// The TLS connector: rustls with ring, verifying the server against `ca_file` or the web roots.
+fn tls(
+    ca_file: Option<&std::path::Path>,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect())
+                .map_err(|e| {
+                    StoreError::Io(format!(
+                        "cannot read the database CA file {}: {e}",
+                        path.display()
+                    ))
+                })?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(StoreError::Io(format!(
+                    "the database CA file {} holds no certificate",
+                    path.display()
+                )));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| StoreError::Io(format!("tls setup failed: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
 fn decode(id: &str, bytes: &[u8]) -> Result<CredentialRecord, StoreError> {
@@ -126,7 +178,7 @@ impl PgStore {
         }
         let manager = Manager::from_config(
             config,
-            NoTls,
+            tls(settings.ca_file.as_deref())?,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },

@@ -99,6 +99,8 @@ pub struct Options {
     pub store: TestStore,
     /// A database to use (e.g. to share one between replicas).
     pub database_url: Option<String>,
+    /// The CA of the database's TLS certificate.
+    pub database_ca_file: Option<PathBuf>,
     pub reverify: credvault::reverify::ReverifySettings,
     /// More `[[caller]]` entries for the callers file.
     pub extra_callers: String,
@@ -117,6 +119,7 @@ impl Default for Options {
             data_dir: None,
             store: TestStore::Sled,
             database_url: None,
+            database_ca_file: None,
             // Off unless a test turns it on.
             reverify: credvault::reverify::ReverifySettings {
                 interval: Duration::ZERO,
@@ -191,6 +194,7 @@ impl TestServer {
                     pool: credvault::store::PgSettings {
                         max_connections: 8,
                         timeout: Duration::from_secs(2),
+                        ca_file: opts.database_ca_file.clone(),
                     },
                     startup_wait: Duration::from_secs(10),
                 })

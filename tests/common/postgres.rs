@@ -16,6 +16,8 @@ pub struct PgCluster {
     dir: PathBuf,
     bin: PathBuf,
     as_postgres: bool,
+    /// Extra server options (e.g. TLS).
+    options: String,
 }
 
 /// The directory holding `initdb` and `pg_ctl`.
@@ -65,6 +67,15 @@ fn free_port() -> u16 {
 impl PgCluster {
     /// Initialises and starts a new cluster.
     pub fn start() -> PgCluster {
+        Self::start_with(None)
+    }
+
+    /// A cluster that offers TLS with this certificate chain and key (PEM).
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> PgCluster {
+        Self::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> PgCluster {
         let bin = bin_dir();
         let as_postgres = is_root();
         let dir = tempfile::Builder::new()
@@ -80,11 +91,12 @@ impl PgCluster {
                 .unwrap();
             assert!(ok.success(), "chown of the cluster directory failed");
         }
-        let cluster = PgCluster {
+        let mut cluster = PgCluster {
             port: free_port(),
             dir,
             bin,
             as_postgres,
+            options: String::new(),
         };
         cluster.run(
             "initdb",
@@ -99,6 +111,24 @@ impl PgCluster {
                 "UTF8",
             ],
         );
+        if let Some((cert, key)) = tls {
+            use std::os::unix::fs::PermissionsExt;
+            for (name, pem) in [("server.crt", cert), ("server.key", key)] {
+                let path = cluster.data().join(name);
+                std::fs::write(&path, pem).unwrap();
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+                if cluster.as_postgres {
+                    assert!(Command::new("chown")
+                        .arg("postgres:postgres")
+                        .arg(&path)
+                        .status()
+                        .unwrap()
+                        .success());
+                }
+            }
+            cluster.options =
+                " -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key".into();
+        }
         cluster.pg_ctl_start();
         cluster.watchdog();
         cluster
@@ -137,9 +167,10 @@ impl PgCluster {
 
     fn pg_ctl_start(&self) {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300{}",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            self.options
         );
         self.run(
             "pg_ctl",
