@@ -488,6 +488,7 @@ async fn tls_to_the_database_is_verified_against_the_given_ca() {
     .unwrap_err()
     .to_string();
     drop(listener);
+    eprintln!("without the CA: {err}");
     assert!(err.contains("certificate"), "{err}");
     cluster.stop();
 }
