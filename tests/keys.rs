@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use credvault::api;
-use credvault::crypto::{Keyring, MasterKey};
+use credvault::crypto::MasterKey;
 use credvault::keys::KeyringError;
 use credvault::record::{direct_secret_aad, CredentialRecord, RECORD_FORMAT_DIRECT};
 use credvault::server::ServeError;
@@ -165,12 +165,11 @@ async fn rotation_rewraps_every_data_key_online_under_load() {
             .get(&name)
             .cloned()
             .unwrap_or_else(|| format!("key-{n:08}"));
-        let h = admin
-            .get_credential_headers(headers_by_name(&name))
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(h.headers[0].value, format!("Token {want}"), "{name}");
+        assert_eq!(
+            authorization(&mut admin, &name).await,
+            format!("Token {want}"),
+            "{name}"
+        );
     }
     drop(admin);
     server.stop().await.unwrap();
@@ -178,8 +177,7 @@ async fn rotation_rewraps_every_data_key_online_under_load() {
     // And a keyring of k1 alone no longer opens it: refused, naming k2.
     std::fs::write(&ring, format!("k1 = {k1}\n")).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut config = config_for(&data);
-    config.keyring = credvault::config::parse_keyring(&format!("k1 = {k1}"), None).unwrap();
+    let config = bare_config(&data, &format!("k1 = {k1}"));
     let err = credvault::run(listener, config, std::future::pending())
         .await
         .unwrap_err();
@@ -189,26 +187,6 @@ async fn rotation_rewraps_every_data_key_online_under_load() {
     }
     let text = err.to_string();
     assert!(text.contains("k2") && !text.contains(&k1) && !text.contains(&k2));
-}
-
-fn config_for(dir: &std::path::Path) -> credvault::Config {
-    credvault::Config {
-        store: Default::default(),
-        data_dir: dir.to_owned(),
-        keyring: Keyring::single(MasterKey::from_base64(&key()).unwrap()),
-        keyring_source: None,
-        callers: credvault::auth::Callers::from_toml("").unwrap(),
-        callers_file: None,
-        audit_log: None,
-        audit_fail_open: false,
-        tls: None,
-        health_listen: None,
-        providers: Default::default(),
-        reverify: Default::default(),
-        drain_delay: Duration::ZERO,
-        shutdown_grace: Duration::from_secs(1),
-        metrics_listen: None,
-    }
 }
 
 #[tokio::test]
@@ -225,8 +203,7 @@ async fn a_key_with_a_known_id_but_other_bytes_is_refused() {
     server.stop().await.unwrap();
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut config = config_for(tmp.path());
-    config.keyring = credvault::config::parse_keyring(&format!("k1 = {}", key()), None).unwrap();
+    let config = bare_config(tmp.path(), &format!("k1 = {}", key()));
     let err = credvault::run(listener, config, std::future::pending())
         .await
         .unwrap_err();
@@ -277,24 +254,14 @@ async fn records_sealed_directly_by_the_master_key_still_open_and_are_upgraded()
 
     let server = TestServer::reopen(tmp.path().to_owned(), k.clone()).await;
     let mut admin = server.admin().await;
-    let h = admin
-        .get_credential_headers(headers_by_name("old"))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(h.headers[0].value, "Token key-0000old1");
+    assert_eq!(authorization(&mut admin, "old").await, "Token key-0000old1");
     let report = rewrap_all(&mut admin, 10).await;
     assert_eq!(
         report.last().unwrap().rewrapped,
         1,
         "the format 1 record is upgraded"
     );
-    let h = admin
-        .get_credential_headers(headers_by_name("old"))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(h.headers[0].value, "Token key-0000old1");
+    assert_eq!(authorization(&mut admin, "old").await, "Token key-0000old1");
     drop(admin);
     server.stop().await.unwrap();
     let db = sled::open(tmp.path().join("db")).unwrap();
@@ -380,12 +347,10 @@ async fn the_cli_rewraps_a_stopped_servers_data_and_refuses_a_running_one() {
     let mut process = Process::serve(&serve_args, &[], tmp.path()).await.unwrap();
     let mut client = process.client(&setup.tokens.admin).await;
     for i in 0..30 {
-        let h = client
-            .get_credential_headers(headers_by_name(&format!("cli-{i:02}")))
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(h.headers[0].value, format!("Token key-{i:08}"));
+        assert_eq!(
+            authorization(&mut client, &format!("cli-{i:02}")).await,
+            format!("Token key-{i:08}")
+        );
     }
     let line = process.wait_for_log(&["credvault serving"]).await;
     assert!(line.contains("zz-2026-11"), "{line}");

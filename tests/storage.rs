@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use credvault::api;
 use credvault::crypto::MasterKey;
@@ -58,23 +56,7 @@ async fn another_master_key_refuses_to_start() {
 
     let other = MasterKey::generate_base64().as_str().to_owned();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let config = credvault::Config {
-        store: Default::default(),
-        data_dir: dir.clone(),
-        keyring: credvault::crypto::Keyring::single(MasterKey::from_base64(&other).unwrap()),
-        keyring_source: None,
-        callers: credvault::auth::Callers::from_toml("").unwrap(),
-        callers_file: None,
-        audit_log: None,
-        audit_fail_open: false,
-        tls: None,
-        health_listen: None,
-        providers: Default::default(),
-        reverify: Default::default(),
-        drain_delay: Duration::ZERO,
-        shutdown_grace: Duration::from_secs(1),
-        metrics_listen: None,
-    };
+    let config = bare_config(&dir, &other);
     let err = credvault::run(listener, config, std::future::pending())
         .await
         .unwrap_err();

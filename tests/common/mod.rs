@@ -381,6 +381,39 @@ pub fn headers_by_id(id: &str) -> api::GetCredentialHeadersRequest {
     }
 }
 
+/// The `Authorization` header a worker gets for the credential named `name`.
+pub async fn authorization(client: &mut Client, name: &str) -> String {
+    client
+        .get_credential_headers(headers_by_name(name))
+        .await
+        .unwrap_or_else(|s| panic!("headers of {name}: {s:?}"))
+        .into_inner()
+        .headers[0]
+        .value
+        .clone()
+}
+
+/// Settings for a direct `credvault::run` on `dir` with `keys` (key file text) and no callers.
+pub fn bare_config(dir: &Path, keys: &str) -> Config {
+    Config {
+        store: Default::default(),
+        data_dir: dir.to_owned(),
+        keyring: credvault::config::parse_keyring(keys, None).unwrap(),
+        keyring_source: None,
+        callers: Callers::from_toml("").unwrap(),
+        callers_file: None,
+        audit_log: None,
+        audit_fail_open: false,
+        tls: None,
+        health_listen: None,
+        providers: Default::default(),
+        reverify: Default::default(),
+        drain_delay: Duration::ZERO,
+        shutdown_grace: Duration::from_secs(1),
+        metrics_listen: None,
+    }
+}
+
 pub fn headers_by_name(name: &str) -> api::GetCredentialHeadersRequest {
     api::GetCredentialHeadersRequest {
         r#ref: Some(api::get_credential_headers_request::Ref::Name(name.into())),
