@@ -104,6 +104,9 @@ impl From<StoreError> for Error {
                 "the target store already holds data; restore into an empty data directory".into(),
             ),
             StoreError::Io(e) => Error::Unavailable(format!("the credential store failed: {e}")),
+            StoreError::Unreachable(e) => {
+                Error::Unavailable(format!("the credential store failed: {e}; retry"))
+            }
         }
     }
 }

@@ -118,10 +118,7 @@ pub async fn open_postgres(
                 }
                 break;
             }
-            Err(StoreError::Io(e))
-                if e.starts_with("database unreachable")
-                    && tokio::time::Instant::now() < deadline =>
-            {
+            Err(StoreError::Unreachable(e)) if tokio::time::Instant::now() < deadline => {
                 tracing::warn!(error = %e, "waiting for the database");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }

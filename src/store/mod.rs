@@ -45,6 +45,9 @@ pub enum StoreError {
     /// The engine failed (I/O, disk full, read-only).
     #[error("{0}")]
     Io(String),
+    /// A database store cannot reach its server (down, restarting, network, TLS).
+    #[error("{0}")]
+    Unreachable(String),
 }
 
 /// One row of a listing: the record's key and the record, or why it could not be read.

@@ -93,13 +93,13 @@ fn db(e: tokio_postgres::Error) -> StoreError {
         Some(d) => StoreError::Io(format!("database error: {}", d.message())),
         None => {
             // The cause (e.g. "invalid peer certificate: UnknownIssuer") is in the source chain.
-            let mut text = format!("database unreachable: {e}");
+            let mut text = format!("the database is unreachable: {e}");
             let mut source = std::error::Error::source(&e);
             while let Some(cause) = source {
                 text.push_str(&format!(": {cause}"));
                 source = cause.source();
             }
-            StoreError::Io(text)
+            StoreError::Unreachable(text)
         }
     }
 }
@@ -107,10 +107,10 @@ fn db(e: tokio_postgres::Error) -> StoreError {
 fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     match e {
         deadpool_postgres::PoolError::Backend(e) => db(e),
-        deadpool_postgres::PoolError::Timeout(_) => {
-            StoreError::Io("database unreachable: no connection within the timeout".into())
-        }
-        e => StoreError::Io(format!("database unreachable: {e}")),
+        deadpool_postgres::PoolError::Timeout(_) => StoreError::Unreachable(
+            "the database is unreachable: no connection within the timeout".into(),
+        ),
+        e => StoreError::Unreachable(format!("the database is unreachable: {e}")),
     }
 }
 
