@@ -318,16 +318,30 @@ impl Store for PgStore {
 
     async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<ListItem>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = self
-            .client()
-            .await?
-            .query(
-                "SELECT id, record FROM credvault_credentials
-                 WHERE $1::text IS NULL OR id > $1 ORDER BY id LIMIT $2",
-                &[&after, &limit],
-            )
-            .await
-            .map_err(db)?;
+        let client = self.client().await?;
+        // Two statements, so each page is an index range scan (a generic plan of
+        // `$1 IS NULL OR id > $1` cannot use the primary key).
+        let rows = match after {
+            Some(after) => {
+                let statement = client
+                    .prepare_cached(
+                        "SELECT id, record FROM credvault_credentials WHERE id > $1 ORDER BY id LIMIT $2",
+                    )
+                    .await
+                    .map_err(db)?;
+                client.query(&statement, &[&after, &limit]).await
+            }
+            None => {
+                let statement = client
+                    .prepare_cached(
+                        "SELECT id, record FROM credvault_credentials ORDER BY id LIMIT $1",
+                    )
+                    .await
+                    .map_err(db)?;
+                client.query(&statement, &[&limit]).await
+            }
+        }
+        .map_err(db)?;
         Ok(rows
             .iter()
             .map(|r| {
