@@ -5,7 +5,7 @@
 //! the store. A key gets its check before it seals anything (when it becomes
 //! active) and loses it only when a full rewrap found no record still using it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use prost::Message;
 
@@ -98,15 +98,71 @@ pub fn keyring_holds<'a>(
     Ok(())
 }
 
-/// Drops the key checks of keys no record uses any more (never the active key's).
+/// Prefix of the metadata entries where each running server announces its
+/// active key: `active/<instance>` holds `<key id> <unix seconds>`.
+const ACTIVE_PREFIX: &str = "active/";
+/// How often a server renews its announcement.
+pub const ANNOUNCE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+/// An announcement older than this is a server that is gone.
+const ANNOUNCEMENT_TTL: u64 = 120;
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Records that server `instance` wraps new data keys with `key_id`, so a
+/// rewrap elsewhere does not retire that key while this server still uses it.
+pub async fn announce_active<S: Store>(
+    store: &S,
+    instance: &str,
+    key_id: &str,
+) -> Result<(), StoreError> {
+    let value = format!("{key_id} {}", unix_now());
+    store
+        .put_meta(&format!("{ACTIVE_PREFIX}{instance}"), value.as_bytes())
+        .await
+}
+
+/// Withdraws server `instance`'s announcement (at shutdown).
+pub async fn withdraw_active<S: Store>(store: &S, instance: &str) -> Result<(), StoreError> {
+    store
+        .remove_meta(&format!("{ACTIVE_PREFIX}{instance}"))
+        .await
+}
+
+/// The key ids that other running servers announced as active within the TTL.
+async fn announced_active<S: Store>(store: &S, own: &str) -> Result<BTreeSet<String>, StoreError> {
+    let now = unix_now();
+    let own = format!("{ACTIVE_PREFIX}{own}");
+    Ok(store
+        .meta(ACTIVE_PREFIX)
+        .await?
+        .into_iter()
+        .filter(|(key, _)| *key != own)
+        .filter_map(|(_, value)| {
+            let text = String::from_utf8(value).ok()?;
+            let (key_id, at) = text.split_once(' ')?;
+            let at: u64 = at.parse().ok()?;
+            (now.saturating_sub(at) <= ANNOUNCEMENT_TTL).then(|| key_id.to_owned())
+        })
+        .collect())
+}
+
+/// Drops the key checks of keys no record uses any more; never the active key's,
+/// nor one that another running server (not `own`) announced as its active key.
 pub async fn retire_unused<S: Store>(
     store: &S,
     active: &str,
+    own: &str,
     referenced: &BTreeMap<String, u64>,
 ) -> Result<Vec<String>, StoreError> {
+    let in_use = announced_active(store, own).await?;
     let mut retired = Vec::new();
     for (meta_key, check) in key_checks(store).await? {
-        if check.key_id != active && !referenced.contains_key(&check.key_id) {
+        let id = &check.key_id;
+        if id != active && !referenced.contains_key(id) && !in_use.contains(id) {
             store.remove_meta(&meta_key).await?;
             retired.push(check.key_id);
         }
@@ -285,9 +341,22 @@ mod tests {
         let both = Keyring::new(vec![named("k1", &a), named("k2", &b)], None).unwrap();
         check_keyring(&s, &both).await.unwrap();
         let in_use = BTreeMap::from([("k1".to_owned(), 1)]);
-        assert!(retire_unused(&s, "k2", &in_use).await.unwrap().is_empty());
+        assert!(retire_unused(&s, "k2", "me", &in_use)
+            .await
+            .unwrap()
+            .is_empty());
         let in_use = BTreeMap::from([("k2".to_owned(), 1)]);
-        assert_eq!(retire_unused(&s, "k2", &in_use).await.unwrap(), vec!["k1"]);
+        // Another server still wraps with k1: not retired while its announcement is fresh.
+        announce_active(&s, "other", "k1").await.unwrap();
+        assert!(retire_unused(&s, "k2", "me", &in_use)
+            .await
+            .unwrap()
+            .is_empty());
+        withdraw_active(&s, "other").await.unwrap();
+        assert_eq!(
+            retire_unused(&s, "k2", "me", &in_use).await.unwrap(),
+            vec!["k1"]
+        );
         check_keyring(&s, &Keyring::single(named("k2", &b)))
             .await
             .unwrap();

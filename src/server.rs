@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
@@ -156,6 +156,8 @@ async fn serve<S: Store>(
         seals,
         providers,
     ));
+    // This server's announcement of its active key (see `keys::announce_active`).
+    keys::announce_active(&*store, vault.instance(), vault.keyring().active().id()).await?;
     let callers = Arc::new(CallerRegistry::new(
         config.callers,
         config.callers_file.clone(),
@@ -176,6 +178,7 @@ async fn serve<S: Store>(
             stop_rx.clone(),
         )),
         tokio::spawn(flush_usage(Arc::clone(&vault), stop_rx.clone())),
+        tokio::spawn(announce_active(Arc::clone(&vault), stop_rx.clone())),
         tokio::spawn(watch_part(
             AUDIT_HEALTH_SERVICE,
             {
@@ -298,6 +301,9 @@ async fn serve<S: Store>(
     }
     if let Err(e) = vault.flush_usage().await {
         tracing::warn!(error = %e, "last uses could not be recorded at shutdown");
+    }
+    if let Err(e) = keys::withdraw_active(&*store, vault.instance()).await {
+        tracing::warn!(error = %e, "the active-key announcement could not be withdrawn");
     }
     if !audit.flush().await {
         tracing::error!("the audit log could not be flushed at shutdown");
@@ -449,6 +455,29 @@ async fn flush_usage<S: Store>(vault: Arc<Vault<S>>, mut stop: tokio::sync::watc
         }
         if let Err(e) = vault.flush_usage().await {
             tracing::warn!(error = %e, "last uses could not be recorded");
+        }
+    }
+}
+
+/// Renews this server's active-key announcement every [`keys::ANNOUNCE_EVERY`],
+/// and at once when a keyring reload changed the active key.
+async fn announce_active<S: Store>(
+    vault: Arc<Vault<S>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut announced = (vault.keyring().active().id().to_owned(), Instant::now());
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let active = vault.keyring().active().id().to_owned();
+        if active == announced.0 && announced.1.elapsed() < keys::ANNOUNCE_EVERY {
+            continue;
+        }
+        match keys::announce_active(vault.store(), vault.instance(), &active).await {
+            Ok(()) => announced = (active, Instant::now()),
+            Err(e) => tracing::warn!(error = %e, "the active key could not be announced"),
         }
     }
 }

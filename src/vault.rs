@@ -40,6 +40,8 @@ pub struct Vault<S> {
     providers: Providers,
     /// Secret reads not yet written to the store (flushed in batches).
     pending_usage: Mutex<HashMap<String, Usage>>,
+    /// This process's name in active-key announcements (see [`keys::announce_active`]).
+    instance: String,
 }
 
 impl<S: Store> Vault<S> {
@@ -51,7 +53,13 @@ impl<S: Store> Vault<S> {
             seals,
             providers,
             pending_usage: Mutex::new(HashMap::new()),
+            instance: uuid::Uuid::now_v7().simple().to_string(),
         }
+    }
+
+    /// This process's name in active-key announcements.
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// The keyring in use.
@@ -237,7 +245,8 @@ impl<S: Store> Vault<S> {
             tokio::task::yield_now().await;
         }
         let active = self.keyring().active().id().to_owned();
-        report.retired = keys::retire_unused(&*self.store, &active, &report.referenced).await?;
+        report.retired =
+            keys::retire_unused(&*self.store, &active, &self.instance, &report.referenced).await?;
         report.active_key_id = active;
         Ok(report)
     }

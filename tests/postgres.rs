@@ -488,3 +488,54 @@ async fn tls_to_the_database_is_verified_against_the_given_ca() {
     assert!(err.contains("certificate"), "{err}");
     cluster.stop();
 }
+
+#[tokio::test]
+async fn a_rewrap_never_retires_a_key_another_replica_still_wraps_with() {
+    let (k1, k2) = (
+        credvault::crypto::MasterKey::generate_base64()
+            .as_str()
+            .to_owned(),
+        credvault::crypto::MasterKey::generate_base64()
+            .as_str()
+            .to_owned(),
+    );
+    // B has not picked up the new key yet: it still wraps with k1. A wraps with k2.
+    let b = TestServer::start_with(Options {
+        store: TestStore::Postgres,
+        key_b64: format!("k1 = {k1}"),
+        ..Options::default()
+    })
+    .await;
+    // B is up (its key check for k1 written) before A brings k2: a replica started later
+    // with a keyring that lacks a key the data already needs would rightly be refused.
+    let mut on_b = b.admin().await;
+    create(&mut on_b, "via-b", "key-00000002", "acct").await;
+    let url = b.database_url.clone().unwrap();
+    let a = replica(&url, &format!("k1 = {k1}\nk2 = {k2}")).await;
+    let mut on_a = a.admin().await;
+    create(&mut on_a, "via-a", "key-00000001", "acct").await;
+
+    let report = rewrap_all(&mut on_a, 10).await;
+    let last = report.last().unwrap();
+    assert_eq!(last.active_key_id, "k2");
+    assert_eq!(last.key_id_credentials.get("k2"), Some(&2));
+    assert!(
+        last.retired_key_ids.is_empty(),
+        "replica B still wraps with k1, so k1 stays: {last:?}"
+    );
+    // B keeps writing with k1, and everything still opens on both.
+    create(&mut on_b, "via-b-later", "key-00000003", "acct").await;
+    assert_eq!(
+        authorization(&mut on_a, "via-b-later").await,
+        "Token key-00000003"
+    );
+
+    // B stops (and withdraws its announcement): the next rewrap moves its record and retires k1.
+    drop(on_b);
+    b.stop().await.unwrap();
+    let last = rewrap_all(&mut on_a, 10).await.pop().unwrap();
+    assert_eq!(last.rewrapped, 1);
+    assert_eq!(last.retired_key_ids, vec!["k1".to_owned()]);
+    drop(on_a);
+    a.stop().await.unwrap();
+}
