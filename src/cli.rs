@@ -100,12 +100,7 @@ impl Location {
     async fn snapshot(&self) -> Result<crate::store::Snapshot, String> {
         let snapshot = match self {
             Location::Sled(dir) => open_offline(dir, None).await?.snapshot().await,
-            Location::Postgres(pg) => {
-                let store = crate::store::PgStore::connect(pg.url.expose_secret(), &pg.pool)
-                    .map_err(|e| e.to_string())?;
-                store.migrate().await.map_err(|e| e.to_string())?;
-                store.snapshot().await
-            }
+            Location::Postgres(pg) => migrated(pg).await?.snapshot().await,
         };
         snapshot.map_err(|e| e.to_string())
     }
@@ -117,12 +112,7 @@ impl Location {
                     .map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
                 open_offline(dir, None).await?.restore(snapshot).await
             }
-            Location::Postgres(pg) => {
-                let store = crate::store::PgStore::connect(pg.url.expose_secret(), &pg.pool)
-                    .map_err(|e| e.to_string())?;
-                store.migrate().await.map_err(|e| e.to_string())?;
-                store.restore(snapshot).await
-            }
+            Location::Postgres(pg) => migrated(pg).await?.restore(snapshot).await,
         };
         restored.map_err(|e| match e {
             crate::store::StoreError::NotEmpty => {
@@ -159,15 +149,8 @@ struct BackupArgs {
     /// A stopped server's data directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Connect with TLS (public roots, or --ca-file).
-    #[arg(long)]
-    tls: bool,
-    /// PEM file of the CA that signed the server's certificate (implies --tls).
-    #[arg(long)]
-    ca_file: Option<PathBuf>,
-    /// The name to expect in the server's certificate.
-    #[arg(long)]
-    tls_server_name: Option<String>,
+    #[command(flatten)]
+    tls: ClientTls,
 }
 
 #[derive(Debug, Args)]
@@ -197,13 +180,20 @@ struct HealthcheckArgs {
     /// Longest wait for the connection and the answer together.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    #[command(flatten)]
+    tls: ClientTls,
+}
+
+/// How a client command reaches a server: plaintext, or TLS.
+#[derive(Debug, Args)]
+struct ClientTls {
     /// Connect with TLS (public roots, or --ca-file).
     #[arg(long)]
     tls: bool,
     /// PEM file of the CA that signed the server's certificate (implies --tls).
     #[arg(long)]
     ca_file: Option<PathBuf>,
-    /// The name to expect in the server's certificate, when it differs from the host in --addr.
+    /// The name to expect in the server's certificate, when it differs from the host in the address.
     #[arg(long)]
     tls_server_name: Option<String>,
 }
@@ -467,19 +457,12 @@ fn healthcheck(args: &HealthcheckArgs) -> Result<(), String> {
         health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
     };
 
-    let endpoint = endpoint(
-        &args.addr,
-        args.tls,
-        args.ca_file.as_deref(),
-        args.tls_server_name.as_deref(),
-    )?
-    .connect_timeout(args.timeout)
-    .timeout(args.timeout);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    let status = runtime.block_on(async {
+    let endpoint = args
+        .tls
+        .endpoint(&args.addr)?
+        .connect_timeout(args.timeout)
+        .timeout(args.timeout);
+    let status = runtime()?.block_on(async {
         let ask = async {
             let channel = endpoint
                 .connect()
@@ -510,33 +493,30 @@ fn healthcheck(args: &HealthcheckArgs) -> Result<(), String> {
     }
 }
 
-/// A gRPC endpoint for `addr` (host:port), with TLS if asked or if a CA file is given.
-fn endpoint(
-    addr: &str,
-    tls: bool,
-    ca_file: Option<&std::path::Path>,
-    server_name: Option<&str>,
-) -> Result<tonic::transport::Endpoint, String> {
-    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
-    let tls = tls || ca_file.is_some();
-    let url = format!("{}://{addr}", if tls { "https" } else { "http" });
-    let mut endpoint = Endpoint::from_shared(url)
-        .map_err(|e| format!("address {addr:?} is not a host:port: {e}"))?;
-    if tls {
-        let mut config = ClientTlsConfig::new().with_webpki_roots();
-        if let Some(file) = ca_file {
-            let pem =
-                std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-            config = config.ca_certificate(Certificate::from_pem(pem));
+impl ClientTls {
+    /// A gRPC endpoint for `addr` (host:port), with TLS if asked or if a CA file is given.
+    fn endpoint(&self, addr: &str) -> Result<tonic::transport::Endpoint, String> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+        let tls = self.tls || self.ca_file.is_some();
+        let url = format!("{}://{addr}", if tls { "https" } else { "http" });
+        let mut endpoint = Endpoint::from_shared(url)
+            .map_err(|e| format!("address {addr:?} is not a host:port: {e}"))?;
+        if tls {
+            let mut config = ClientTlsConfig::new().with_webpki_roots();
+            if let Some(file) = &self.ca_file {
+                let pem = std::fs::read(file)
+                    .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+                config = config.ca_certificate(Certificate::from_pem(pem));
+            }
+            if let Some(name) = &self.tls_server_name {
+                config = config.domain_name(name.clone());
+            }
+            endpoint = endpoint
+                .tls_config(config)
+                .map_err(|e| format!("bad tls settings: {e}"))?;
         }
-        if let Some(name) = server_name {
-            config = config.domain_name(name.to_owned());
-        }
-        endpoint = endpoint
-            .tls_config(config)
-            .map_err(|e| format!("bad tls settings: {e}"))?;
+        Ok(endpoint)
     }
-    Ok(endpoint)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -653,16 +633,13 @@ async fn backup_from_server(args: &BackupArgs, addr: &str) -> Result<Vec<u8>, St
     use crate::api::credential_vault_service_client::CredentialVaultServiceClient;
     let token = std::env::var("CREDVAULT_TOKEN")
         .map_err(|_| "set CREDVAULT_TOKEN to a token with the backup.read permission".to_owned())?;
-    let channel = endpoint(
-        addr,
-        args.tls,
-        args.ca_file.as_deref(),
-        args.tls_server_name.as_deref(),
-    )?
-    .connect_timeout(Duration::from_secs(10))
-    .connect()
-    .await
-    .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    let channel = args
+        .tls
+        .endpoint(addr)?
+        .connect_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
     let mut request = tonic::Request::new(crate::api::BackupVaultRequest {});
     let value = format!("Bearer {}", token.trim())
         .parse()
@@ -709,11 +686,22 @@ fn restore(args: &RestoreArgs) -> Result<(), String> {
     }
 }
 
+/// A pool for the database of `pg` (connecting lazily).
+fn postgres(pg: &config::PostgresSettings) -> Result<crate::store::PgStore, String> {
+    crate::store::PgStore::connect(pg.url.expose_secret(), &pg.pool).map_err(|e| e.to_string())
+}
+
+/// The database of `pg`, its schema migrated.
+async fn migrated(pg: &config::PostgresSettings) -> Result<crate::store::PgStore, String> {
+    let store = postgres(pg)?;
+    store.migrate().await.map_err(|e| e.to_string())?;
+    Ok(store)
+}
+
 fn migrate(args: &DatabaseArgs) -> Result<(), String> {
     let settings = args.settings(None)?;
     let applied = runtime()?.block_on(async {
-        crate::store::PgStore::connect(settings.url.expose_secret(), &settings.pool)
-            .map_err(|e| e.to_string())?
+        postgres(&settings)?
             .migrate()
             .await
             .map_err(|e| e.to_string())

@@ -179,12 +179,8 @@ async fn serve<S: Store>(
         )),
         tokio::spawn(flush_usage(Arc::clone(&vault), stop_rx.clone())),
         tokio::spawn(announce_active(Arc::clone(&vault), stop_rx.clone())),
-        tokio::spawn(watch_part(
-            AUDIT_HEALTH_SERVICE,
-            {
-                let audit = Arc::clone(&audit);
-                move || audit.healthy()
-            },
+        tokio::spawn(watch_audit(
+            Arc::clone(&audit),
             reporter.clone(),
             stop_rx.clone(),
         )),
@@ -482,24 +478,25 @@ async fn announce_active<S: Store>(
     }
 }
 
-/// Shows a part's state as the health of service `name`, checked five times a second.
-async fn watch_part(
-    name: &'static str,
-    healthy: impl Fn() -> bool + Send + 'static,
+/// Shows the audit writer's state as the health of service `credvault.audit`.
+async fn watch_audit(
+    audit: Arc<AuditLog>,
     reporter: tonic_health::server::HealthReporter,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut last = None;
     loop {
-        let now = healthy();
-        if last != Some(now) {
-            let status = if now {
+        let healthy = audit.healthy();
+        if last != Some(healthy) {
+            let status = if healthy {
                 ServingStatus::Serving
             } else {
                 ServingStatus::NotServing
             };
-            reporter.set_service_status(name, status).await;
-            last = Some(now);
+            reporter
+                .set_service_status(AUDIT_HEALTH_SERVICE, status)
+                .await;
+            last = Some(healthy);
         }
         tokio::select! {
             _ = stop.changed() => return,
