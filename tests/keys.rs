@@ -29,20 +29,26 @@ async fn with_ring(ring: &std::path::Path, data_dir: Option<std::path::PathBuf>)
     .await
 }
 
-/// Runs rewraps until the server's keyring has `active` active (it reloads within a second).
+/// Runs rewraps until one ran wholly after the keyring reload (it comes within a
+/// second) made `active` active. A run that overlapped the reload rightly reports
+/// records it saw while the old key was still active; it is run again.
 async fn rewrap_once_active(
     client: &mut Client,
     active: &str,
     batch: u32,
 ) -> Vec<api::RewrapCredentialsResponse> {
+    let mut last = None;
     for _ in 0..50 {
         let all = rewrap_all(client, batch).await;
-        if all.last().unwrap().active_key_id == active {
+        let report = all.last().unwrap();
+        let only_active = report.key_id_credentials.keys().all(|k| k == active);
+        if report.active_key_id == active && only_active {
             return all;
         }
+        last = Some(report.clone());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("the keyring never turned to {active}");
+    panic!("no rewrap left every credential on {active}; the last: {last:?}");
 }
 
 #[tokio::test]
