@@ -230,9 +230,17 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(credvault::run(listener, config, async {
-            let _ = rx.await;
-        }));
+        let handle = tokio::spawn(async move {
+            let result = credvault::run(listener, config, async {
+                let _ = rx.await;
+            })
+            .await;
+            // Shown at once: a test that fails on a closed port then says why the server stopped.
+            if let Err(e) = &result {
+                eprintln!("the test server on {addr} stopped: {e}");
+            }
+            result
+        });
         TestServer {
             addr,
             tokens,
