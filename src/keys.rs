@@ -132,15 +132,13 @@ pub async fn withdraw_active<S: Store>(store: &S, instance: &str) -> Result<(), 
         .await
 }
 
-/// The key ids that other running servers announced as active within the TTL.
-async fn announced_active<S: Store>(store: &S, own: &str) -> Result<BTreeSet<String>, StoreError> {
+/// The key ids that running servers (this one included) announced as active within the TTL.
+async fn announced_active<S: Store>(store: &S) -> Result<BTreeSet<String>, StoreError> {
     let now = unix_now();
-    let own = format!("{ACTIVE_PREFIX}{own}");
     Ok(store
         .meta(ACTIVE_PREFIX)
         .await?
         .into_iter()
-        .filter(|(key, _)| *key != own)
         .filter_map(|(_, value)| {
             let text = String::from_utf8(value).ok()?;
             let (key_id, at) = text.split_once(' ')?;
@@ -151,16 +149,20 @@ async fn announced_active<S: Store>(store: &S, own: &str) -> Result<BTreeSet<Str
 }
 
 /// Drops the key checks of keys no record uses any more; never the active key's,
-/// nor one that another running server (not `own`) announced as its active key.
+/// nor one that a running server announced as its active key.
+///
+/// The checks are read before the announcements, and a server announces a new
+/// active key before it writes that key's check: so a check seen here for a key
+/// about to become active always comes with its announcement.
 pub async fn retire_unused<S: Store>(
     store: &S,
     active: &str,
-    own: &str,
     referenced: &BTreeMap<String, u64>,
 ) -> Result<Vec<String>, StoreError> {
-    let in_use = announced_active(store, own).await?;
+    let checks = key_checks(store).await?;
+    let in_use = announced_active(store).await?;
     let mut retired = Vec::new();
-    for (meta_key, check) in key_checks(store).await? {
+    for (meta_key, check) in checks {
         let id = &check.key_id;
         if id != active && !referenced.contains_key(id) && !in_use.contains(id) {
             store.remove_meta(&meta_key).await?;
@@ -341,22 +343,13 @@ mod tests {
         let both = Keyring::new(vec![named("k1", &a), named("k2", &b)], None).unwrap();
         check_keyring(&s, &both).await.unwrap();
         let in_use = BTreeMap::from([("k1".to_owned(), 1)]);
-        assert!(retire_unused(&s, "k2", "me", &in_use)
-            .await
-            .unwrap()
-            .is_empty());
+        assert!(retire_unused(&s, "k2", &in_use).await.unwrap().is_empty());
         let in_use = BTreeMap::from([("k2".to_owned(), 1)]);
         // Another server still wraps with k1: not retired while its announcement is fresh.
         announce_active(&s, "other", "k1").await.unwrap();
-        assert!(retire_unused(&s, "k2", "me", &in_use)
-            .await
-            .unwrap()
-            .is_empty());
+        assert!(retire_unused(&s, "k2", &in_use).await.unwrap().is_empty());
         withdraw_active(&s, "other").await.unwrap();
-        assert_eq!(
-            retire_unused(&s, "k2", "me", &in_use).await.unwrap(),
-            vec!["k1"]
-        );
+        assert_eq!(retire_unused(&s, "k2", &in_use).await.unwrap(), vec!["k1"]);
         check_keyring(&s, &Keyring::single(named("k2", &b)))
             .await
             .unwrap();

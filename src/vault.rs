@@ -68,8 +68,18 @@ impl<S: Store> Vault<S> {
     }
 
     /// Switches to another keyring, once it is checked to hold every key the data needs.
+    ///
+    /// The new active key is announced before its key check is written, so a
+    /// rewrap running meanwhile (here or on another replica) cannot retire it.
     pub async fn replace_keyring(&self, keyring: Keyring) -> Result<(), KeyringError> {
-        keys::check_keyring(&*self.store, &keyring).await?;
+        let store = &*self.store;
+        keys::announce_active(store, &self.instance, keyring.active().id()).await?;
+        if let Err(e) = keys::check_keyring(store, &keyring).await {
+            // Refused: the key in use stays announced.
+            let current = self.keyring();
+            keys::announce_active(store, &self.instance, current.active().id()).await?;
+            return Err(e);
+        }
         *self.keyring.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keyring);
         Ok(())
     }
@@ -245,8 +255,7 @@ impl<S: Store> Vault<S> {
             tokio::task::yield_now().await;
         }
         let active = self.keyring().active().id().to_owned();
-        report.retired =
-            keys::retire_unused(&*self.store, &active, &self.instance, &report.referenced).await?;
+        report.retired = keys::retire_unused(&*self.store, &active, &report.referenced).await?;
         report.active_key_id = active;
         Ok(report)
     }
