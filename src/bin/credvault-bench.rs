@@ -88,6 +88,10 @@ struct Row {
     p99_us: u64,
     p999_us: u64,
     server_rss_mb: Option<f64>,
+    /// CPU time the measured server process spent per request (user + system, all threads).
+    server_cpu_us_per_request: Option<f64>,
+    /// CPU time this load generator spent per request.
+    client_cpu_us_per_request: Option<f64>,
 }
 
 /// A latency histogram in microseconds, 1 µs to 60 s, 3 significant digits.
@@ -104,7 +108,12 @@ impl Row {
         took: Duration,
         hist: &Histogram<u64>,
         rss: Option<f64>,
+        (server_cpu, client_cpu): (Option<Duration>, Option<Duration>),
     ) -> Row {
+        let per_request = |c: Option<Duration>| {
+            c.filter(|_| requests > 0)
+                .map(|c| c.as_secs_f64() * 1e6 / requests as f64)
+        };
         Row {
             step: step.to_owned(),
             concurrency,
@@ -115,8 +124,22 @@ impl Row {
             p99_us: hist.value_at_quantile(0.99),
             p999_us: hist.value_at_quantile(0.999),
             server_rss_mb: rss,
+            server_cpu_us_per_request: per_request(server_cpu),
+            client_cpu_us_per_request: per_request(client_cpu),
         }
     }
+}
+
+/// The CPU time (user + system, every thread) process `pid` has used so far.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = stat.rsplit_once(')')?.1;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // Linux reports these in USER_HZ ticks, 100 per second on every mainstream architecture.
+    Some(Duration::from_millis((utime + stime) * 10))
 }
 
 type Op = Arc<dyn Fn(usize) -> futures_lite::BoxedOp + Send + Sync>;
@@ -137,6 +160,19 @@ async fn load(
     let start = Instant::now();
     let measure_from = start + warmup;
     let until = measure_from + duration;
+    // The server's CPU time over the measured window, read beside the load.
+    let cpu = tokio::spawn(async move {
+        let pids = [rss_of, Some(std::process::id())];
+        tokio::time::sleep_until(measure_from.into()).await;
+        let before = pids.map(|p| p.and_then(cpu_time));
+        tokio::time::sleep_until(until.into()).await;
+        let mut used = pids.into_iter().zip(before).map(|(p, b)| {
+            p.and_then(cpu_time)
+                .zip(b)
+                .and_then(|(a, b)| a.checked_sub(b))
+        });
+        (used.next().flatten(), used.next().flatten())
+    });
     let mut tasks = Vec::new();
     for worker in 0..concurrency {
         let op = Arc::clone(&op);
@@ -180,12 +216,25 @@ async fn load(
         duration,
         &hist,
         rss_of.and_then(rss_mb),
+        cpu.await.unwrap_or_default(),
     );
     eprintln!(
-        "{:<28} c={:<3} {:>9.0} req/s  p50 {:>6} µs  p99 {:>6} µs  p99.9 {:>6} µs  errors {}",
-        row.step, row.concurrency, row.rps, row.p50_us, row.p99_us, row.p999_us, row.errors
+        "{:<28} c={:<3} {:>9.0} req/s  p50 {:>6} µs  p99 {:>6} µs  p99.9 {:>6} µs  errors {}  CPU/req server {} client {} µs",
+        row.step,
+        row.concurrency,
+        row.rps,
+        row.p50_us,
+        row.p99_us,
+        row.p999_us,
+        row.errors,
+        show_cpu(row.server_cpu_us_per_request),
+        show_cpu(row.client_cpu_us_per_request)
     );
     row
+}
+
+fn show_cpu(us: Option<f64>) -> String {
+    us.map_or("-".into(), |c| format!("{c:.1}"))
 }
 
 fn rss_mb(pid: u32) -> Option<f64> {
@@ -362,6 +411,7 @@ fn vault_clients(chans: &[Channel], token: &str) -> Vec<Vault> {
 async fn each_once(step: &str, n: usize, op: Op, rss_of: Option<u32>) -> Row {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
+    let cpu_before = [rss_of, Some(std::process::id())].map(|p| p.and_then(cpu_time));
     let mut tasks = Vec::new();
     for _ in 0..16 {
         let (next, op) = (Arc::clone(&next), Arc::clone(&op));
@@ -400,6 +450,15 @@ async fn each_once(step: &str, n: usize, op: Op, rss_of: Option<u32>) -> Row {
         started.elapsed(),
         &hist,
         rss_of.and_then(rss_mb),
+        {
+            let [server, client] = cpu_before;
+            let used = |pid: Option<u32>, before: Option<Duration>| {
+                pid.and_then(cpu_time)
+                    .zip(before)
+                    .and_then(|(after, before)| after.checked_sub(before))
+            };
+            (used(rss_of, server), used(Some(std::process::id()), client))
+        },
     )
 }
 
@@ -802,12 +861,12 @@ fn report(
 ) {
     let find = |step: &str, c: usize| rows.iter().find(|r| r.step == step && r.concurrency == c);
     println!(
-        "| step | concurrency | req/s | p50 µs | p99 µs | p99.9 µs | errors | server RSS MB |"
+        "| step | concurrency | req/s | p50 µs | p99 µs | p99.9 µs | errors | server RSS MB | server CPU µs/req | client CPU µs/req |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         println!(
-            "| {} | {} | {:.0} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
             r.step,
             r.concurrency,
             r.rps,
@@ -815,15 +874,17 @@ fn report(
             r.p99_us,
             r.p999_us,
             r.errors,
-            r.server_rss_mb.map_or("-".into(), |m| format!("{m:.1}"))
+            r.server_rss_mb.map_or("-".into(), |m| format!("{m:.1}")),
+            show_cpu(r.server_cpu_us_per_request),
+            show_cpu(r.client_cpu_us_per_request)
         );
     }
     let mut ratios = serde_json::Map::new();
     println!();
     println!(
-        "| concurrency | hot / floor (req/s) | hot / floor (p99) | hot / OpenBao (req/s) | postgres hot / floor (req/s) |"
+        "| concurrency | hot / floor (req/s) | hot / floor (p99) | hot / OpenBao (req/s) | postgres hot / floor (req/s) | server CPU per request, hot / floor |"
     );
-    println!("|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|");
     for &c in &args.concurrency {
         let hot = find("hot GetCredentialHeaders", c);
         let floor = find("floor Health/Check", c);
@@ -838,15 +899,17 @@ fn report(
         let pg = ratio(find("hot GetCredentialHeaders (postgres)", c), floor, |r| {
             r.rps
         });
+        let cpu = ratio(hot, floor, |r| r.server_cpu_us_per_request.unwrap_or(0.0));
         let show = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.2}"));
         println!(
-            "| {c} | {} | {} | {} | {} |",
+            "| {c} | {} | {} | {} | {} | {} |",
             show(tput),
             show(p99),
             show(vs_bao),
-            show(pg)
+            show(pg),
+            show(cpu)
         );
-        ratios.insert(format!("c{c}"), json!({"hot_over_floor_rps": tput, "hot_over_floor_p99": p99, "hot_over_openbao_rps": vs_bao, "postgres_hot_over_floor_rps": pg}));
+        ratios.insert(format!("c{c}"), json!({"hot_over_floor_rps": tput, "hot_over_floor_p99": p99, "hot_over_openbao_rps": vs_bao, "postgres_hot_over_floor_rps": pg, "hot_over_floor_server_cpu": cpu}));
     }
     println!();
     println!("scale: {}", serde_json::Value::Object(scale.clone()));
