@@ -442,12 +442,20 @@ async fn reload_keyring<S: Store>(
     }
 }
 
-/// Writes noted secret reads (last_used_*) to the store once a second.
+/// How often noted secret reads (last_used_*) are written to the store.
+///
+/// A write per credential read in the interval: at 1 s this was 6 % of the
+/// server's CPU on the hot path with 10,000 credentials read at random. This
+/// server answers from memory meanwhile; a crash loses at most this much of it
+/// (the audit log holds every read).
+const USAGE_FLUSH_EVERY: Duration = Duration::from_secs(10);
+
+/// Writes noted secret reads (last_used_*) to the store every [`USAGE_FLUSH_EVERY`].
 async fn flush_usage<S: Store>(vault: Arc<Vault<S>>, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = stop.changed() => return,
-            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            () = tokio::time::sleep(USAGE_FLUSH_EVERY) => {}
         }
         if let Err(e) = vault.flush_usage().await {
             tracing::warn!(error = %e, "last uses could not be recorded");
