@@ -107,8 +107,7 @@ impl Row {
         errors: u64,
         took: Duration,
         hist: &Histogram<u64>,
-        rss: Option<f64>,
-        (server_cpu, client_cpu): (Option<Duration>, Option<Duration>),
+        (rss, (server_cpu, client_cpu)): (Option<f64>, CpuUsed),
     ) -> Row {
         let per_request = |c: Option<Duration>| {
             c.filter(|_| requests > 0)
@@ -127,6 +126,29 @@ impl Row {
             server_cpu_us_per_request: per_request(server_cpu),
             client_cpu_us_per_request: per_request(client_cpu),
         }
+    }
+}
+
+/// CPU time used by the server (if measured) and by this process.
+type CpuUsed = (Option<Duration>, Option<Duration>);
+
+/// The CPU time of the server (if measured) and of this process at one instant.
+struct CpuMark {
+    server: Option<u32>,
+    at: [Option<Duration>; 2],
+}
+
+impl CpuMark {
+    fn now(server: Option<u32>) -> Self {
+        let at = [server, Some(std::process::id())].map(|p| p.and_then(cpu_time));
+        CpuMark { server, at }
+    }
+
+    /// The CPU time each used since the mark.
+    fn used(&self) -> CpuUsed {
+        let now = CpuMark::now(self.server).at;
+        let delta = |i: usize| now[i].zip(self.at[i]).and_then(|(a, b)| a.checked_sub(b));
+        (delta(0), delta(1))
     }
 }
 
@@ -160,18 +182,12 @@ async fn load(
     let start = Instant::now();
     let measure_from = start + warmup;
     let until = measure_from + duration;
-    // The server's CPU time over the measured window, read beside the load.
+    // CPU time of the server and of this client over the measured window.
     let cpu = tokio::spawn(async move {
-        let pids = [rss_of, Some(std::process::id())];
         tokio::time::sleep_until(measure_from.into()).await;
-        let before = pids.map(|p| p.and_then(cpu_time));
+        let mark = CpuMark::now(rss_of);
         tokio::time::sleep_until(until.into()).await;
-        let mut used = pids.into_iter().zip(before).map(|(p, b)| {
-            p.and_then(cpu_time)
-                .zip(b)
-                .and_then(|(a, b)| a.checked_sub(b))
-        });
-        (used.next().flatten(), used.next().flatten())
+        mark.used()
     });
     let mut tasks = Vec::new();
     for worker in 0..concurrency {
@@ -215,8 +231,7 @@ async fn load(
         errors,
         duration,
         &hist,
-        rss_of.and_then(rss_mb),
-        cpu.await.unwrap_or_default(),
+        (rss_of.and_then(rss_mb), cpu.await.unwrap_or_default()),
     );
     eprintln!(
         "{:<28} c={:<3} {:>9.0} req/s  p50 {:>6} µs  p99 {:>6} µs  p99.9 {:>6} µs  errors {}  CPU/req server {} client {} µs",
@@ -411,7 +426,7 @@ fn vault_clients(chans: &[Channel], token: &str) -> Vec<Vault> {
 async fn each_once(step: &str, n: usize, op: Op, rss_of: Option<u32>) -> Row {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
-    let cpu_before = [rss_of, Some(std::process::id())].map(|p| p.and_then(cpu_time));
+    let mark = CpuMark::now(rss_of);
     let mut tasks = Vec::new();
     for _ in 0..16 {
         let (next, op) = (Arc::clone(&next), Arc::clone(&op));
@@ -449,16 +464,7 @@ async fn each_once(step: &str, n: usize, op: Op, rss_of: Option<u32>) -> Row {
         0,
         started.elapsed(),
         &hist,
-        rss_of.and_then(rss_mb),
-        {
-            let [server, client] = cpu_before;
-            let used = |pid: Option<u32>, before: Option<Duration>| {
-                pid.and_then(cpu_time)
-                    .zip(before)
-                    .and_then(|(after, before)| after.checked_sub(before))
-            };
-            (used(rss_of, server), used(Some(std::process::id()), client))
-        },
+        (rss_of.and_then(rss_mb), mark.used()),
     )
 }
 
