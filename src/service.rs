@@ -221,7 +221,7 @@ impl<S: Store> VaultService<S> {
         &self,
         call: &Call,
         r: &CredentialRef,
-    ) -> Result<(String, Option<CredentialRecord>), Error> {
+    ) -> Result<(String, Option<Arc<CredentialRecord>>), Error> {
         let caller = &call.caller;
         // The audit trail names what was asked for, found or not.
         match r {
@@ -231,7 +231,7 @@ impl<S: Store> VaultService<S> {
                 if !caller.is_scoped() {
                     return Ok((id.clone(), None));
                 }
-                let record = self.vault.store().get(id).await.ok().flatten();
+                let record = self.vault.store().get_shared(id).await.ok().flatten();
                 caller.require_scope(id, record.as_ref().map(|r| r.name.as_str()))?;
                 Ok((id.clone(), record))
             }
@@ -250,13 +250,17 @@ impl<S: Store> VaultService<S> {
     }
 
     /// The record a reference points at, within the caller's scope.
-    async fn resolve(&self, call: &Call, r: &CredentialRef) -> Result<CredentialRecord, Error> {
+    async fn resolve(
+        &self,
+        call: &Call,
+        r: &CredentialRef,
+    ) -> Result<Arc<CredentialRecord>, Error> {
         let record = match self.locate(call, r).await? {
             (_, Some(record)) => record,
             (id, None) => self
                 .vault
                 .store()
-                .get(&id)
+                .get_shared(&id)
                 .await?
                 .ok_or_else(|| Error::NotFound(format!("credential {id} not found")))?,
         };
@@ -431,14 +435,14 @@ impl<S: Store> VaultService<S> {
             if let Some(expected) = req.expected_version {
                 if expected != current.version {
                     return Err(StoreError::VersionMismatch {
-                        id: current.id,
+                        id: current.id.clone(),
                         expected,
                         actual: current.version,
                     }
                     .into());
                 }
             }
-            let mut next = current.clone();
+            let mut next = CredentialRecord::clone(&current);
             if let Some(d) = &req.description {
                 next.description.clone_from(d);
             }
@@ -528,7 +532,7 @@ impl<S: Store> VaultService<S> {
                 })
                 .collect(),
             base_url: out.base_url.to_owned(),
-            credential_id: record.id,
+            credential_id: record.id.clone(),
             version: record.version,
         })
     }

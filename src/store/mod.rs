@@ -5,6 +5,7 @@
 //! durable when its future resolves.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use crate::record::{CredentialRecord, Usage};
 
@@ -87,6 +88,15 @@ pub trait Store: Send + Sync + 'static {
         &self,
         id: &str,
     ) -> impl Future<Output = Result<Option<CredentialRecord>, StoreError>> + Send;
+
+    /// The record with this id, if any, for reading only: a store that caches
+    /// records hands out its copy instead of a clone (the hot path's read).
+    fn get_shared(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<Arc<CredentialRecord>>, StoreError>> + Send {
+        async move { Ok(self.get(id).await?.map(Arc::new)) }
+    }
 
     /// The id of the record with this name, if any.
     fn id_for_name(

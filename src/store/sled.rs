@@ -52,12 +52,12 @@ const CACHE_CAPACITY: usize = 16 * 1024;
 /// drop (and is dropped) or began after the change (and holds it).
 #[derive(Default)]
 struct RecordCache {
-    entries: Mutex<HashMap<String, CredentialRecord>>,
+    entries: Mutex<HashMap<String, Arc<CredentialRecord>>>,
     epoch: AtomicU64,
 }
 
 impl RecordCache {
-    fn lookup(&self, id: &str) -> Option<CredentialRecord> {
+    fn lookup(&self, id: &str) -> Option<Arc<CredentialRecord>> {
         self.entries
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -65,7 +65,7 @@ impl RecordCache {
             .cloned()
     }
 
-    fn fill(&self, record: &CredentialRecord, epoch: u64) {
+    fn fill(&self, record: &Arc<CredentialRecord>, epoch: u64) {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         if self.epoch.load(Ordering::SeqCst) != epoch {
             return;
@@ -73,7 +73,7 @@ impl RecordCache {
         if entries.len() >= CACHE_CAPACITY {
             entries.clear();
         }
-        entries.insert(record.id.clone(), record.clone());
+        entries.insert(record.id.clone(), Arc::clone(record));
     }
 
     /// Marks a write of record `id` (of every record if `None`) until the guard drops.
@@ -254,6 +254,10 @@ impl Store for SledStore {
     }
 
     async fn get(&self, id: &str) -> Result<Option<CredentialRecord>, StoreError> {
+        Ok(self.get_shared(id).await?.map(Arc::unwrap_or_clone))
+    }
+
+    async fn get_shared(&self, id: &str) -> Result<Option<Arc<CredentialRecord>>, StoreError> {
         if let Some(record) = self.cache.lookup(id) {
             return Ok(Some(record));
         }
@@ -261,7 +265,7 @@ impl Store for SledStore {
         match self.records.get(id).map_err(io)? {
             None => Ok(None),
             Some(bytes) => {
-                let record = decode(id, &bytes)?;
+                let record = Arc::new(decode(id, &bytes)?);
                 self.cache.fill(&record, epoch);
                 Ok(Some(record))
             }
@@ -573,16 +577,19 @@ mod tests {
         // ...while a writer replaces it (before and after its drop)...
         drop(cache.writing(Some("a")));
         // ...so the reader's fill of revision 1 is refused.
-        cache.fill(&record("a", 1), epoch);
+        cache.fill(&Arc::new(record("a", 1)), epoch);
         assert!(cache.lookup("a").is_none());
         // A write still under way refuses fills that began before it, too.
         let epoch = cache.epoch.load(Ordering::SeqCst);
         let write = cache.writing(Some("a"));
-        cache.fill(&record("a", 1), epoch);
+        cache.fill(&Arc::new(record("a", 1)), epoch);
         drop(write);
         assert!(cache.lookup("a").is_none());
         // A fill that began after the write is kept; a later write drops it.
-        cache.fill(&record("a", 2), cache.epoch.load(Ordering::SeqCst));
+        cache.fill(
+            &Arc::new(record("a", 2)),
+            cache.epoch.load(Ordering::SeqCst),
+        );
         assert_eq!(cache.lookup("a").unwrap().revision, 2);
         drop(cache.writing(Some("a")));
         assert!(cache.lookup("a").is_none());
