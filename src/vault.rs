@@ -86,14 +86,24 @@ impl<S: Store> Vault<S> {
 
     /// Notes a read of the credential's secret, in memory (see [`Vault::flush_usage`]).
     pub fn note_use(&self, id: &str, caller: &str) {
-        let usage = Usage {
-            time: Some(record::timestamp(SystemTime::now())),
-            caller: caller.to_owned(),
-        };
-        self.pending_usage
+        let time = Some(record::timestamp(SystemTime::now()));
+        let mut pending = self
+            .pending_usage
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id.to_owned(), usage);
+            .unwrap_or_else(PoisonError::into_inner);
+        // Most reads repeat a credential already noted: update it in place.
+        match pending.get_mut(id) {
+            Some(usage) => {
+                usage.time = time;
+                if usage.caller != caller {
+                    caller.clone_into(&mut usage.caller);
+                }
+            }
+            None => {
+                let caller = caller.to_owned();
+                pending.insert(id.to_owned(), Usage { time, caller });
+            }
+        }
     }
 
     /// The last read of a credential's secret, noted or stored.
