@@ -43,6 +43,44 @@ pub struct AuditEvent {
     pub secret_fingerprint: String,
 }
 
+/// An event as it is recorded: borrowed from the call and written without
+/// copies (the same JSON as [`AuditEvent`]).
+#[derive(Debug, Serialize)]
+pub struct AuditEntry<'a> {
+    #[serde(serialize_with = "rfc3339_micros")]
+    pub time: SystemTime,
+    pub caller: &'a str,
+    /// `unknown` when not known.
+    #[serde(serialize_with = "peer")]
+    pub peer: Option<std::net::SocketAddr>,
+    pub method: &'a str,
+    #[serde(skip_serializing_if = "is_empty")]
+    pub credential_id: &'a str,
+    #[serde(skip_serializing_if = "is_empty")]
+    pub credential_name: &'a str,
+    pub code: &'a str,
+    #[serde(skip_serializing_if = "is_empty")]
+    pub secret_fingerprint: &'a str,
+}
+
+fn rfc3339_micros<S: serde::Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_micros(*time))
+}
+
+fn peer<S: serde::Serializer>(
+    peer: &Option<std::net::SocketAddr>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match peer {
+        Some(addr) => s.collect_str(addr),
+        None => s.serialize_str("unknown"),
+    }
+}
+
+fn is_empty(s: &&str) -> bool {
+    s.is_empty()
+}
+
 impl AuditEvent {
     /// When the event happened.
     pub fn system_time(&self) -> Option<SystemTime> {
@@ -160,7 +198,7 @@ impl AuditLog {
     }
 
     /// Queues an event; the writer thread appends it.
-    pub fn record(&self, event: &AuditEvent) {
+    pub fn record(&self, event: &AuditEntry<'_>) {
         match serde_json::to_string(event) {
             Ok(line) => {
                 if self.tx.send(Command::Event(line)).is_err() {
@@ -304,18 +342,66 @@ mod tests {
         MasterKey::from_base64(&MasterKey::generate_base64()).unwrap()
     }
 
+    fn entry() -> AuditEntry<'static> {
+        AuditEntry {
+            time: SystemTime::now(),
+            caller: "anonymous",
+            peer: None,
+            method: "GetCredentialHeaders",
+            credential_id: "",
+            credential_name: "",
+            code: "OK",
+            secret_fingerprint: "",
+        }
+    }
+
+    #[test]
+    fn an_entry_is_written_as_the_event_it_reads_back_as() {
+        let time = SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(1_764_331_200_123_456);
+        let full = AuditEntry {
+            time,
+            caller: "ingest \"eu\"",
+            peer: Some("127.0.0.1:4242".parse().unwrap()),
+            credential_id: "cred_1",
+            credential_name: "fleetio-acme",
+            secret_fingerprint: "00ff",
+            ..entry()
+        };
+        let expected = AuditEvent {
+            time: humantime::format_rfc3339_micros(time).to_string(),
+            caller: "ingest \"eu\"".into(),
+            peer: "127.0.0.1:4242".into(),
+            method: "GetCredentialHeaders".into(),
+            credential_id: "cred_1".into(),
+            credential_name: "fleetio-acme".into(),
+            code: "OK".into(),
+            secret_fingerprint: "00ff".into(),
+        };
+        let line = serde_json::to_string(&full).unwrap();
+        assert_eq!(line, serde_json::to_string(&expected).unwrap());
+        assert_eq!(serde_json::from_str::<AuditEvent>(&line).unwrap(), expected);
+        // Empty fields are left out, and a missing peer is "unknown", as before.
+        let bare = serde_json::to_string(&AuditEntry { time, ..entry() }).unwrap();
+        let expected = AuditEvent {
+            time: humantime::format_rfc3339_micros(time).to_string(),
+            caller: "anonymous".into(),
+            peer: "unknown".into(),
+            method: "GetCredentialHeaders".into(),
+            code: "OK".into(),
+            ..Default::default()
+        };
+        assert_eq!(bare, serde_json::to_string(&expected).unwrap());
+    }
+
     #[tokio::test]
     async fn events_round_trip_with_filters_and_paging() {
         let dir = tempfile::TempDir::new().unwrap();
         let log = AuditLog::open(&dir.path().join("audit.jsonl"), false, &key()).unwrap();
         for i in 0..10 {
-            log.record(&AuditEvent {
-                time: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
-                caller: if i % 2 == 0 { "even" } else { "odd" }.into(),
-                method: "GetCredentialHeaders".into(),
-                code: "OK".into(),
-                credential_id: format!("cred_{i}"),
-                ..Default::default()
+            log.record(&AuditEntry {
+                caller: if i % 2 == 0 { "even" } else { "odd" },
+                credential_id: &format!("cred_{i}"),
+                ..entry()
             });
         }
         assert!(log.flush().await);
@@ -339,7 +425,7 @@ mod tests {
     async fn an_unwritable_log_fails_closed_unless_open() {
         for fail_open in [false, true] {
             let log = AuditLog::open(Path::new("/dev/full"), fail_open, &key()).unwrap();
-            log.record(&AuditEvent::default());
+            log.record(&entry());
             assert!(!log.flush().await);
             assert!(!log.healthy());
             assert_eq!(log.admit_secret_read().is_ok(), fail_open);

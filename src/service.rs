@@ -12,7 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 
 use crate::api::{self, credential_vault_service_server::CredentialVaultService};
-use crate::audit::{AuditEvent, AuditLog, AuditQuery};
+use crate::audit::{AuditEntry, AuditLog, AuditQuery};
 use crate::auth::{certificate_subjects, Caller, CallerRegistry, Permission};
 use crate::error::Error;
 use crate::metrics;
@@ -126,9 +126,7 @@ impl<S: Store> VaultService<S> {
         Fut: Future<Output = Result<Resp, Error>>,
     {
         let start = Instant::now();
-        let peer = request
-            .remote_addr()
-            .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        let peer = request.remote_addr();
         // One event per call, with every field on it (no span: the JSON formatter
         // would re-parse span fields for each event, on the hot path).
         let mut call = None;
@@ -153,29 +151,24 @@ impl<S: Store> VaultService<S> {
         let elapsed = start.elapsed();
         let code = result.as_ref().err().map_or(Code::Ok, Error::code);
         metrics::rpc(method, code, elapsed);
-        let mut event = AuditEvent {
-            time: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
-            caller: "anonymous".into(),
+        let target = call.as_ref().map_or_else(Target::default, |call| {
+            std::mem::take(&mut *call.target.lock().unwrap_or_else(PoisonError::into_inner))
+        });
+        let caller = call
+            .as_ref()
+            .map_or("anonymous", |c| c.caller.name.as_str());
+        self.audit.record(&AuditEntry {
+            time: SystemTime::now(),
+            caller,
             peer,
-            method: method.into(),
-            code: metrics::code_name(code).into(),
-            ..Default::default()
-        };
-        let mut verification = "";
-        if let Some(call) = call {
-            event.caller.clone_from(&call.caller.name);
-            let t =
-                std::mem::take(&mut *call.target.lock().unwrap_or_else(PoisonError::into_inner));
-            (
-                event.credential_id,
-                event.credential_name,
-                event.secret_fingerprint,
-            ) = (t.id, t.name, t.fingerprint);
-            verification = t.verification;
-        }
-        self.audit.record(&event);
+            method,
+            credential_id: &target.id,
+            credential_name: &target.name,
+            code: metrics::code_name(code),
+            secret_fingerprint: &target.fingerprint,
+        });
         let latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        let (caller, credential_id) = (event.caller.as_str(), event.credential_id.as_str());
+        let (verification, credential_id) = (target.verification, target.id.as_str());
         macro_rules! rpc_event {
             ($level:ident, $message:literal $(, $extra:tt)*) => {
                 tracing::$level!(
