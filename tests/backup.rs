@@ -38,15 +38,7 @@ async fn a_backup_taken_while_serving_restores_every_acknowledged_write() {
     })
     .await;
     let mut admin = server.admin().await;
-    for i in 0..300 {
-        create(
-            &mut admin,
-            &format!("b{i:03}"),
-            &format!("key-{i:08}"),
-            "acct",
-        )
-        .await;
-    }
+    create_numbered(&mut admin, 300, |i| format!("b{i:03}")).await;
     admin
         .update_credential(rotation("b007", "key-rotated7", "acct2"))
         .await

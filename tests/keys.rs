@@ -61,15 +61,7 @@ async fn rotation_rewraps_every_data_key_online_under_load() {
     let server = with_ring(&ring, Some(data.clone())).await;
     let mut admin = server.admin().await;
     const N: usize = 120;
-    for i in 0..N {
-        create(
-            &mut admin,
-            &format!("c{i:03}"),
-            &format!("key-{i:08}"),
-            "acct",
-        )
-        .await;
-    }
+    create_numbered(&mut admin, N, |i| format!("c{i:03}")).await;
 
     // Load during the whole rotation: readers check the untouched half exactly;
     // writers rotate the secrets of the other half.
@@ -290,15 +282,7 @@ async fn the_cli_rewraps_a_stopped_servers_data_and_refuses_a_running_one() {
     let old_id = MasterKey::from_base64(&old).unwrap().id().to_owned();
     let mut process = Process::serve(&setup.args, &[], tmp.path()).await.unwrap();
     let mut client = process.client(&setup.tokens.admin).await;
-    for i in 0..30 {
-        create(
-            &mut client,
-            &format!("cli-{i:02}"),
-            &format!("key-{i:08}"),
-            "acct",
-        )
-        .await;
-    }
+    create_numbered(&mut client, 30, |i| format!("cli-{i:02}")).await;
 
     // A keyring directory: the old key under its id, and the new key after it.
     let ring = tmp.path().join("keys");

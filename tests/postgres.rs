@@ -261,15 +261,7 @@ async fn migrate_store_copies_a_sled_store_to_postgres_and_back() {
     let setup = write_config(tmp.path());
     let mut process = Process::serve(&setup.args, &[], tmp.path()).await.unwrap();
     let mut client = process.client(&setup.tokens.admin).await;
-    for i in 0..25 {
-        create(
-            &mut client,
-            &format!("m{i:02}"),
-            &format!("key-{i:08}"),
-            "acct",
-        )
-        .await;
-    }
+    create_numbered(&mut client, 25, |i| format!("m{i:02}")).await;
     client
         .update_credential(rotation("m03", "key-rotated3", "acct"))
         .await

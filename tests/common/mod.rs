@@ -356,6 +356,13 @@ pub async fn create(
         .unwrap()
 }
 
+/// Creates `n` credentials: the i-th named `name(i)`, with API key `key-{i:08}`.
+pub async fn create_numbered(client: &mut Client, n: usize, name: impl Fn(usize) -> String) {
+    for i in 0..n {
+        create(client, &name(i), &format!("key-{i:08}"), "acct").await;
+    }
+}
+
 /// An update that replaces the secret of the credential named `name` (rotation).
 pub fn rotation(name: &str, api_key: &str, account_token: &str) -> api::UpdateCredentialRequest {
     api::UpdateCredentialRequest {
