@@ -100,19 +100,7 @@ async fn a_backup_taken_while_serving_restores_every_acknowledged_write() {
     let key_file = tmp.path().join("master.key");
     std::fs::write(&key_file, &key).unwrap();
     let restored = tmp.path().join("restored");
-    let out = run_cli(
-        &[
-            "restore",
-            "--from",
-            file.to_str().unwrap(),
-            "--data-dir",
-            restored.to_str().unwrap(),
-            "--master-key-file",
-            key_file.to_str().unwrap(),
-        ],
-        &[],
-    )
-    .await;
+    let out = restore(&key_file, &file, &restored).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -182,28 +170,11 @@ async fn restores_with_the_wrong_keyring_or_a_damaged_file_are_refused() {
     let file = tmp.path().join("one.backup");
     std::fs::write(&file, &bytes).unwrap();
 
-    let restore = |key_file: std::path::PathBuf,
-                   from: std::path::PathBuf,
-                   to: std::path::PathBuf| async move {
-        run_cli(
-            &[
-                "restore",
-                "--from",
-                from.to_str().unwrap(),
-                "--data-dir",
-                to.to_str().unwrap(),
-                "--master-key-file",
-                key_file.to_str().unwrap(),
-            ],
-            &[],
-        )
-        .await
-    };
     // Another key: refused, naming the key id the backup needs; nothing is written.
     let other = tmp.path().join("other.key");
     std::fs::write(&other, MasterKey::generate_base64().as_str()).unwrap();
     let target = tmp.path().join("target");
-    let out = restore(other, file.clone(), target.clone()).await;
+    let out = restore(&other, &file, &target).await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("restore refused"), "{err}");
@@ -221,29 +192,23 @@ async fn restores_with_the_wrong_keyring_or_a_damaged_file_are_refused() {
     std::fs::write(&damaged_file, &damaged).unwrap();
     let right = tmp.path().join("right.key");
     std::fs::write(&right, &key).unwrap();
-    let out = restore(right.clone(), damaged_file, target.clone()).await;
+    let out = restore(&right, &damaged_file, &target).await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("damaged"), "{err}");
     // Cut short, and not a backup at all.
     let short = tmp.path().join("short.backup");
     std::fs::write(&short, &bytes[..bytes.len() - 10]).unwrap();
-    assert!(!restore(right.clone(), short, target.clone())
-        .await
-        .status
-        .success());
+    assert!(!restore(&right, &short, &target).await.status.success());
     let junk = tmp.path().join("junk.backup");
     std::fs::write(&junk, b"hello").unwrap();
-    let out = restore(right.clone(), junk, target.clone()).await;
+    let out = restore(&right, &junk, &target).await;
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a credvault backup"));
     assert!(!target.join("db").exists(), "nothing written");
 
     // The right key restores it; a second restore into the same directory is refused.
-    assert!(restore(right.clone(), file.clone(), target.clone())
-        .await
-        .status
-        .success());
-    let again = restore(right, file, target.clone()).await;
+    assert!(restore(&right, &file, &target).await.status.success());
+    let again = restore(&right, &file, &target).await;
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a credvault store"));
     drop(admin);
@@ -279,4 +244,25 @@ async fn the_cli_backs_up_a_stopped_servers_data_dir() {
     let again = run_cli(&args, &[]).await;
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
+}
+
+/// Runs `credvault restore --from <from> --data-dir <to> --master-key-file <key_file>`.
+async fn restore(
+    key_file: &std::path::Path,
+    from: &std::path::Path,
+    to: &std::path::Path,
+) -> std::process::Output {
+    run_cli(
+        &[
+            "restore",
+            "--from",
+            from.to_str().unwrap(),
+            "--data-dir",
+            to.to_str().unwrap(),
+            "--master-key-file",
+            key_file.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await
 }
