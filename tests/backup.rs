@@ -222,8 +222,7 @@ async fn the_cli_backs_up_a_stopped_servers_data_dir() {
     let mut process = Process::serve(&setup.args, &[], tmp.path()).await.unwrap();
     let mut client = process.client(&setup.tokens.admin).await;
     create(&mut client, "offline", "key-00000001", "acct").await;
-    process.signal("TERM");
-    assert!(process.child.wait().await.unwrap().success());
+    process.terminate().await;
     let file = tmp.path().join("offline.backup");
     let data = tmp.path().join("data");
     let args = [

@@ -78,8 +78,7 @@ async fn a_minted_token_works_with_exactly_its_permissions() {
     process
         .wait_for_log(&["\"caller\":\"ingest-worker\""])
         .await;
-    process.signal("TERM");
-    assert!(process.child.wait().await.unwrap().success());
+    process.terminate().await;
 }
 
 #[test]
@@ -159,8 +158,7 @@ async fn the_master_key_may_come_from_the_environment() {
         .unwrap();
     let mut client = process.client(&tokens.admin).await;
     create(&mut client, "env-keyed", "key-00000001", "acct").await;
-    process.signal("TERM");
-    assert!(process.child.wait().await.unwrap().success());
+    process.terminate().await;
 
     // Another key in the environment: refused, naming the key id it needs.
     let other = MasterKey::generate_base64().as_str().to_owned();
@@ -182,8 +180,7 @@ async fn dev_mode_keeps_its_key_and_token_across_restarts() {
     let token = std::fs::read_to_string(dir.path().join(".credvault-dev/dev-token")).unwrap();
     let mut client = first.client(token.trim()).await;
     create(&mut client, "dev-cred", "key-00000001", "acct").await;
-    first.signal("TERM");
-    assert!(first.child.wait().await.unwrap().success());
+    first.terminate().await;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -200,6 +197,5 @@ async fn dev_mode_keeps_its_key_and_token_across_restarts() {
         .get_credential(by_name_get("dev-cred"))
         .await
         .unwrap();
-    second.signal("TERM");
-    assert!(second.child.wait().await.unwrap().success());
+    second.terminate().await;
 }

@@ -189,8 +189,7 @@ async fn a_read_only_data_dir_refuses_to_start_with_a_clear_message() {
     let mut process = Process::serve(&setup.args, &[], &disk.path).await.unwrap();
     let mut client = process.client(&setup.tokens.admin).await;
     create(&mut client, "kept", "key-00000001", "acct").await;
-    process.signal("TERM");
-    assert!(process.child.wait().await.unwrap().success());
+    process.terminate().await;
     let remount = std::process::Command::new("mount")
         .args(["-o", "remount,ro"])
         .arg(&disk.path)
@@ -295,8 +294,7 @@ async fn kill_9_at_random_moments_loses_no_acknowledged_write() {
     let mut process = Process::serve(args, &[], tmp.path()).await.unwrap();
     let mut client = process.client(&tokens.admin).await;
     check_all(&mut client, &known, 4).await;
-    process.signal("TERM");
-    assert!(process.child.wait().await.unwrap().success());
+    process.terminate().await;
 }
 
 /// Every acknowledged write is there and opens; an unacknowledged one is either

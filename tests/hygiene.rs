@@ -204,8 +204,7 @@ async fn no_secret_or_token_leaks_anywhere() {
             .await
             .map(|r| format!("{:?}", r.into_inner())),
     );
-    process.signal("TERM");
-    assert!(process.child.wait().await.unwrap().success());
+    process.terminate().await;
 
     let logs = format!("{}{}", process.stdout(), process.stderr());
     assert!(logs.lines().count() > 50, "trace logging is on");

@@ -305,8 +305,7 @@ async fn the_cli_rewraps_a_stopped_servers_data_and_refuses_a_running_one() {
     let err = String::from_utf8_lossy(&running.stderr);
     assert!(err.contains("still running"), "{err}");
 
-    process.signal("TERM");
-    assert!(process.child.wait().await.unwrap().success());
+    process.terminate().await;
     let out = run_cli(&args, &[]).await;
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
@@ -344,6 +343,5 @@ async fn the_cli_rewraps_a_stopped_servers_data_and_refuses_a_running_one() {
     }
     let line = process.wait_for_log(&["credvault serving"]).await;
     assert!(line.contains("zz-2026-11"), "{line}");
-    process.signal("TERM");
-    assert!(process.child.wait().await.unwrap().success());
+    process.terminate().await;
 }

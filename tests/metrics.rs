@@ -96,8 +96,7 @@ async fn metrics_show_requests_latency_credentials_and_verifications() {
         !body.contains("key-good") && !body.contains("acct-1"),
         "metrics leak a secret"
     );
-    process.signal("TERM");
-    assert!(process.child.wait().await.unwrap().success());
+    process.terminate().await;
 }
 
 #[tokio::test]
@@ -147,6 +146,5 @@ async fn audit_write_failures_are_counted() {
     process
         .wait_for_log(&["the audit log cannot be written"])
         .await;
-    process.signal("TERM");
-    assert!(process.child.wait().await.unwrap().success());
+    process.terminate().await;
 }

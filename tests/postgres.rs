@@ -266,8 +266,7 @@ async fn migrate_store_copies_a_sled_store_to_postgres_and_back() {
         .update_credential(rotation("m03", "key-rotated3", "acct"))
         .await
         .unwrap();
-    process.signal("TERM");
-    assert!(process.child.wait().await.unwrap().success());
+    process.terminate().await;
 
     let url = PgCluster::shared().new_database().await;
     let data = tmp.path().join("data");
@@ -333,8 +332,7 @@ async fn migrate_store_copies_a_sled_store_to_postgres_and_back() {
     }
     let logs = process.stderr();
     assert!(!logs.contains(&url), "the database URL is never logged");
-    process.signal("TERM");
-    assert!(process.child.wait().await.unwrap().success());
+    process.terminate().await;
 
     // And back into a new sled directory.
     let back = tmp.path().join("back");

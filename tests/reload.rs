@@ -136,6 +136,5 @@ async fn revoked_tokens_stop_working_without_a_restart() {
     process
         .wait_for_log(&["callers reloaded", "\"reason\":\"SIGHUP\""])
         .await;
-    process.signal("TERM");
-    assert!(process.child.wait().await.unwrap().success());
+    process.terminate().await;
 }

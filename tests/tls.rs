@@ -227,6 +227,5 @@ async fn mutual_tls_callers_tokens_and_a_plaintext_health_port() {
         String::from_utf8_lossy(&probe.stderr)
     );
 
-    process.signal("TERM");
-    assert!(process.child.wait().await.unwrap().success());
+    process.terminate().await;
 }

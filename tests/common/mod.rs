@@ -747,6 +747,13 @@ impl Process {
         assert!(ok.success());
     }
 
+    /// Sends SIGTERM and asserts that the process then exits successfully.
+    pub async fn terminate(&mut self) {
+        self.signal("TERM");
+        let status = self.child.wait().await.unwrap();
+        assert!(status.success(), "{status}: {}", self.stderr());
+    }
+
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
