@@ -2,12 +2,16 @@
 //! audit log by a writer thread that fsyncs in batches, and read back by
 //! `ListAuditEvents`. Secret reads fail closed while the log cannot be written,
 //! unless the server runs with `--audit-fail-open`.
+//!
+//! The log rotates by size (`audit.jsonl` becomes `audit.jsonl.1`, and so on, the
+//! oldest beyond `--audit-max-files` deleted) and is reopened on SIGHUP, for an
+//! outside logrotate. Listings read the rotated files too, oldest first.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use hmac::{Hmac, Mac};
@@ -41,6 +45,16 @@ pub struct AuditEvent {
     /// For secret reads: HMAC-SHA256 of the secret read, keyed from the master key (hex, 128 bits).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub secret_fingerprint: String,
+    /// For a refused call: why.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// For a summary of refused calls: how many it stands for (0: one call, this one).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub count: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// An event as it is recorded: borrowed from the call and written without
@@ -51,8 +65,7 @@ pub struct AuditEntry<'a> {
     pub time: SystemTime,
     pub caller: &'a str,
     /// `unknown` when not known.
-    #[serde(serialize_with = "peer")]
-    pub peer: Option<std::net::SocketAddr>,
+    pub peer: Peer<'a>,
     pub method: &'a str,
     #[serde(skip_serializing_if = "is_empty")]
     pub credential_id: &'a str,
@@ -61,20 +74,49 @@ pub struct AuditEntry<'a> {
     pub code: &'a str,
     #[serde(skip_serializing_if = "is_empty")]
     pub secret_fingerprint: &'a str,
+    #[serde(skip_serializing_if = "is_empty")]
+    pub reason: &'a str,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub count: u64,
+}
+
+impl<'a> AuditEntry<'a> {
+    /// An entry for `caller` at `peer` with the other fields empty.
+    pub fn new(time: SystemTime, caller: &'a str, peer: Option<std::net::SocketAddr>) -> Self {
+        AuditEntry {
+            time,
+            caller,
+            peer: Peer::Addr(peer),
+            method: "",
+            credential_id: "",
+            credential_name: "",
+            code: "",
+            secret_fingerprint: "",
+            reason: "",
+            count: 0,
+        }
+    }
+}
+
+/// Where a call came from: its address, or for a summary, the peer it stands for.
+#[derive(Clone, Copy, Debug)]
+pub enum Peer<'a> {
+    Addr(Option<std::net::SocketAddr>),
+    Label(&'a str),
+}
+
+impl Serialize for Peer<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Peer::Addr(Some(addr)) => s.collect_str(addr),
+            Peer::Addr(None) => s.serialize_str("unknown"),
+            Peer::Label(label) => s.serialize_str(label),
+        }
+    }
 }
 
 fn rfc3339_micros<S: serde::Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&humantime::format_rfc3339_micros(*time))
-}
-
-fn peer<S: serde::Serializer>(
-    peer: &Option<std::net::SocketAddr>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    match peer {
-        Some(addr) => s.collect_str(addr),
-        None => s.serialize_str("unknown"),
-    }
 }
 
 fn is_empty(s: &&str) -> bool {
@@ -113,7 +155,38 @@ impl AuditQuery {
 enum Command {
     Event(String),
     Flush(tokio::sync::oneshot::Sender<bool>),
+    Reopen,
 }
+
+/// Where the audit trail goes and how much of it is kept.
+#[derive(Clone, Debug)]
+pub struct AuditSettings {
+    /// The log file (JSON lines).
+    pub path: PathBuf,
+    /// Serve secret reads even while the log cannot be written.
+    pub fail_open: bool,
+    /// Rotate the file when it would grow past this many bytes (0: never).
+    pub max_file_size: u64,
+    /// Rotated files kept (`<path>.1` newest); older ones are deleted (0: keep all).
+    pub max_files: usize,
+}
+
+impl AuditSettings {
+    /// A log at `path` that fails closed and rotates by the defaults.
+    pub fn new(path: PathBuf) -> Self {
+        AuditSettings {
+            path,
+            fail_open: false,
+            max_file_size: DEFAULT_MAX_FILE_SIZE,
+            max_files: DEFAULT_MAX_FILES,
+        }
+    }
+}
+
+/// The default `--audit-max-file-size`: 64 MiB.
+pub const DEFAULT_MAX_FILE_SIZE: u64 = 64 << 20;
+/// The default `--audit-max-files`.
+pub const DEFAULT_MAX_FILES: usize = 8;
 
 /// The audit log: cheap to record into, shared by every RPC.
 pub struct AuditLog {
@@ -121,6 +194,8 @@ pub struct AuditLog {
     tx: mpsc::Sender<Command>,
     healthy: Arc<AtomicBool>,
     fail_open: bool,
+    /// Held while files are renamed, so a listing sees a whole set of them.
+    rotation: Arc<Mutex<()>>,
     fingerprint_key: Zeroizing<[u8; 32]>,
 }
 
@@ -133,9 +208,21 @@ impl std::fmt::Debug for AuditLog {
     }
 }
 
+fn open_append(path: &Path) -> std::io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)
+}
+
 impl AuditLog {
-    /// Opens (appending, mode 0600) the log at `path` and starts its writer thread.
-    pub fn open(path: &Path, fail_open: bool, key: &MasterKey) -> Result<Self, String> {
+    /// Opens (appending, mode 0600) the log and starts its writer thread.
+    pub fn open(settings: &AuditSettings, key: &MasterKey) -> Result<Self, String> {
+        let path = &settings.path;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 format!(
@@ -144,29 +231,31 @@ impl AuditLog {
                 )
             })?;
         }
-        let mut options = OpenOptions::new();
-        options.create(true).append(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let file = options
-            .open(path)
+        let file = open_append(path)
             .map_err(|e| format!("cannot open the audit log {}: {e}", path.display()))?;
         let healthy = Arc::new(AtomicBool::new(true));
+        let rotation = Arc::new(Mutex::new(()));
         let (tx, rx) = mpsc::channel();
-        let writer_health = Arc::clone(&healthy);
-        let shown = path.display().to_string();
+        let mut writer = Writer {
+            size: file.metadata().map(|m| m.len()).unwrap_or(0),
+            out: std::io::BufWriter::with_capacity(64 * 1024, file),
+            path: path.clone(),
+            max_file_size: settings.max_file_size,
+            max_files: settings.max_files,
+            rotation: Arc::clone(&rotation),
+            healthy: Arc::clone(&healthy),
+            broken: false,
+        };
         std::thread::Builder::new()
             .name("credvault-audit".into())
-            .spawn(move || write_loop(file, rx, &writer_health, &shown))
+            .spawn(move || writer.run(&rx))
             .map_err(|e| format!("cannot start the audit writer: {e}"))?;
         Ok(AuditLog {
-            path: path.to_owned(),
+            path: path.clone(),
             tx,
             healthy,
-            fail_open,
+            fail_open: settings.fail_open,
+            rotation,
             fingerprint_key: key.derive_subkey(b"credvault/audit-fingerprint/v1"),
         })
     }
@@ -218,6 +307,11 @@ impl AuditLog {
         wait.await.unwrap_or(false)
     }
 
+    /// Closes the file and opens its path again (after an outside rotation; SIGHUP).
+    pub fn reopen(&self) {
+        let _ = self.tx.send(Command::Reopen);
+    }
+
     /// A fingerprint of secret bytes: equal secrets match, nothing about them is revealed.
     pub fn fingerprint(&self, secret: &[u8]) -> String {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.fingerprint_key.as_ref())
@@ -226,111 +320,306 @@ impl AuditLog {
         hex::encode(&mac.finalize().into_bytes()[..16])
     }
 
-    /// Up to `limit` events matching `query`, from byte `offset`; the offset to continue from, if more.
+    /// Up to `limit` events matching `query`, from `from` (the start when `None`);
+    /// where to continue, if there are more.
     pub async fn list(
         &self,
         query: AuditQuery,
-        offset: u64,
+        from: Option<Position>,
         limit: usize,
-    ) -> Result<(Vec<AuditEvent>, Option<u64>), Error> {
+    ) -> Result<(Vec<AuditEvent>, Option<Position>), Error> {
         self.flush().await;
         let path = self.path.clone();
-        tokio::task::spawn_blocking(move || read_events(&path, &query, offset, limit))
-            .await
-            .map_err(|e| Error::Internal(format!("audit read task failed: {e}")))?
+        let rotation = Arc::clone(&self.rotation);
+        tokio::task::spawn_blocking(move || {
+            let files = {
+                let _renaming = rotation
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                log_files(&path)
+            }
+            .map_err(|e| Error::Unavailable(format!("the audit log cannot be read: {e}")))?;
+            read_events(files, &query, from, limit)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("audit read task failed: {e}")))?
     }
+}
+
+/// A place in the audit trail: a file (by inode, which a rename keeps) and a byte in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    /// The file's inode; `None` for the current file (a token from before rotation existed).
+    pub file: Option<u64>,
+    pub offset: u64,
+}
+
+/// The log's files, oldest first (`<path>.N` … `<path>.1`, then `<path>`), opened.
+fn log_files(path: &Path) -> std::io::Result<Vec<(u64, File)>> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let prefix = format!("{name}.");
+    let mut rotated: Vec<u64> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix(&prefix))
+                .and_then(|n| n.parse().ok())
+        })
+        .collect();
+    rotated.sort_unstable_by(|a, b| b.cmp(a));
+    let mut files = Vec::with_capacity(rotated.len() + 1);
+    let candidates = rotated
+        .into_iter()
+        .map(|n| rotated_path(path, n))
+        .chain([path.to_owned()]);
+    for p in candidates {
+        match File::open(&p) {
+            Ok(file) => files.push((inode(&file)?, file)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(files)
+}
+
+fn rotated_path(path: &Path, n: u64) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{n}"));
+    PathBuf::from(name)
+}
+
+#[cfg(unix)]
+fn inode(file: &File) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(file.metadata()?.ino())
+}
+
+#[cfg(not(unix))]
+fn inode(_file: &File) -> std::io::Result<u64> {
+    Ok(0)
 }
 
 fn read_events(
-    path: &Path,
+    files: Vec<(u64, File)>,
     query: &AuditQuery,
-    offset: u64,
+    from: Option<Position>,
     limit: usize,
-) -> Result<(Vec<AuditEvent>, Option<u64>), Error> {
+) -> Result<(Vec<AuditEvent>, Option<Position>), Error> {
     let unavailable =
         |e: std::io::Error| Error::Unavailable(format!("the audit log cannot be read: {e}"));
-    let mut file = File::open(path).map_err(unavailable)?;
-    file.seek(SeekFrom::Start(offset)).map_err(unavailable)?;
-    let mut reader = BufReader::new(file);
+    // Where to start: the token's file, wherever rotation moved it; the oldest
+    // file when that one was deleted since (its events are gone).
+    let (first, mut offset) = match from {
+        None => (0, 0),
+        Some(Position { file: None, offset }) => (files.len().saturating_sub(1), offset),
+        Some(Position {
+            file: Some(ino),
+            offset,
+        }) => match files.iter().position(|(i, _)| *i == ino) {
+            Some(at) => (at, offset),
+            None => (0, 0),
+        },
+    };
     let mut events = Vec::new();
-    let mut position = offset;
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let read = reader.read_line(&mut line).map_err(unavailable)?;
-        if read == 0 {
-            return Ok((events, None));
-        }
-        let Ok(event) = serde_json::from_str::<AuditEvent>(line.trim_end()) else {
-            position += read as u64;
-            continue;
-        };
-        if query.matches(&event) {
-            if events.len() == limit {
-                return Ok((events, Some(position)));
+    for (ino, mut file) in files.into_iter().skip(first) {
+        file.seek(SeekFrom::Start(offset)).map_err(unavailable)?;
+        let mut reader = BufReader::new(file);
+        let mut position = offset;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let read = reader.read_line(&mut line).map_err(unavailable)?;
+            if read == 0 {
+                break;
             }
-            events.push(event);
+            if let Ok(event) = serde_json::from_str::<AuditEvent>(line.trim_end()) {
+                if query.matches(&event) {
+                    if events.len() == limit {
+                        return Ok((
+                            events,
+                            Some(Position {
+                                file: Some(ino),
+                                offset: position,
+                            }),
+                        ));
+                    }
+                    events.push(event);
+                }
+            }
+            position += read as u64;
         }
-        position += read as u64;
+        offset = 0;
     }
+    Ok((events, None))
 }
 
-fn write_loop(file: File, rx: mpsc::Receiver<Command>, healthy: &AtomicBool, path: &str) {
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, file);
-    let mut broken = false;
-    loop {
-        // Wake on a timer, not per event, so that recording an event never costs the
-        // caller a thread wake-up; then take everything queued since, write it, fsync once.
-        std::thread::sleep(SYNC_INTERVAL);
-        let mut waiters = Vec::new();
-        let mut result = Ok(());
-        let mut written = false;
-        let mut stop = false;
+/// The writer thread's state: the open file, its size, and how to rotate it.
+struct Writer {
+    out: std::io::BufWriter<File>,
+    size: u64,
+    path: PathBuf,
+    max_file_size: u64,
+    max_files: usize,
+    rotation: Arc<Mutex<()>>,
+    healthy: Arc<AtomicBool>,
+    broken: bool,
+}
+
+impl Writer {
+    fn run(&mut self, rx: &mpsc::Receiver<Command>) {
         loop {
-            match rx.try_recv() {
-                Ok(Command::Event(line)) => {
-                    if result.is_ok() {
-                        result = writeln!(out, "{line}");
+            // Wake on a timer, not per event, so that recording an event never costs the
+            // caller a thread wake-up; then take everything queued since, write it, fsync once.
+            std::thread::sleep(SYNC_INTERVAL);
+            let mut waiters = Vec::new();
+            let mut result = Ok(());
+            let mut written = false;
+            let mut stop = false;
+            loop {
+                match rx.try_recv() {
+                    Ok(Command::Event(line)) => {
+                        if result.is_ok() {
+                            result = self.write_line(&line);
+                        }
+                        written = true;
                     }
-                    written = true;
+                    Ok(Command::Flush(done)) => waiters.push(done),
+                    Ok(Command::Reopen) => {
+                        if result.is_ok() {
+                            result = self.reopen();
+                        }
+                    }
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        stop = true;
+                        break;
+                    }
                 }
-                Ok(Command::Flush(done)) => waiters.push(done),
-                Err(mpsc::TryRecvError::Empty) => break,
-                Err(mpsc::TryRecvError::Disconnected) => {
-                    stop = true;
-                    break;
+            }
+            if written || !waiters.is_empty() || stop {
+                let ok = self.sync(result);
+                for done in waiters {
+                    let _ = done.send(ok);
                 }
+            }
+            if stop {
+                return;
             }
         }
-        if written || !waiters.is_empty() || stop {
-            let synced = result
-                .and_then(|()| out.flush())
-                .and_then(|()| out.get_ref().sync_data());
-            let ok = synced.is_ok();
-            healthy.store(ok, Ordering::Release);
-            if !ok {
-                crate::metrics::audit_write_failed();
+    }
+
+    fn write_line(&mut self, line: &str) -> std::io::Result<()> {
+        let len = line.len() as u64 + 1;
+        if self.max_file_size > 0 && self.size > 0 && self.size + len > self.max_file_size {
+            if let Err(e) = self.rotate() {
+                tracing::error!(path = %self.path.display(), error = %e, "the audit log could not be rotated; writing on");
             }
-            match (&synced, broken) {
-                (Err(e), false) => {
-                    tracing::error!(path, error = %e, "the audit log cannot be written")
+        }
+        writeln!(self.out, "{line}")?;
+        self.size += len;
+        Ok(())
+    }
+
+    /// Fsyncs what was written; records and reports the log's health.
+    fn sync(&mut self, result: std::io::Result<()>) -> bool {
+        let synced = result
+            .and_then(|()| self.out.flush())
+            .and_then(|()| self.out.get_ref().sync_data());
+        let ok = synced.is_ok();
+        self.healthy.store(ok, Ordering::Release);
+        if !ok {
+            crate::metrics::audit_write_failed();
+        }
+        let path = self.path.display();
+        match (&synced, self.broken) {
+            (Err(e), false) => {
+                tracing::error!(%path, error = %e, "the audit log cannot be written")
+            }
+            (Ok(()), true) => tracing::info!(%path, "the audit log is writable again"),
+            _ => {}
+        }
+        self.broken = !ok;
+        if !ok {
+            // Drop what could not be written so a recovered disk starts clean.
+            self.discard_buffer();
+        }
+        ok
+    }
+
+    /// Writes to `file` from now on (the old one is closed, its buffer already flushed).
+    fn swap_file(&mut self, file: File) {
+        self.out = std::io::BufWriter::with_capacity(64 * 1024, file);
+    }
+
+    /// Forgets what is buffered and not yet written (a write failed).
+    fn discard_buffer(&mut self) {
+        // BufWriter cannot drop its buffer in place: wrap the same file anew.
+        if let Ok(file) = self.out.get_ref().try_clone() {
+            let old = std::mem::replace(
+                &mut self.out,
+                std::io::BufWriter::with_capacity(64 * 1024, file),
+            );
+            let (_file, _unwritten) = old.into_parts();
+        }
+    }
+
+    /// Flushes the file, then `<path>.N-1` → `<path>.N` … `<path>` → `<path>.1`, and a new `<path>`.
+    fn rotate(&mut self) -> std::io::Result<()> {
+        self.out.flush()?;
+        self.out.get_ref().sync_data()?;
+        let rotation = Arc::clone(&self.rotation);
+        let _listings_wait = rotation
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.max_files > 0 {
+            let _ = std::fs::remove_file(rotated_path(&self.path, self.max_files as u64));
+            for n in (1..self.max_files as u64).rev() {
+                match std::fs::rename(rotated_path(&self.path, n), rotated_path(&self.path, n + 1))
+                {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
                 }
-                (Ok(()), true) => tracing::info!(path, "the audit log is writable again"),
-                _ => {}
             }
-            broken = !ok;
-            if !ok {
-                // Drop what could not be written so a recovered disk starts clean.
-                let (file, _unwritten) = out.into_parts();
-                out = std::io::BufWriter::with_capacity(64 * 1024, file);
+        } else {
+            // Keep all: shift every rotated file up by one, highest first.
+            let mut n = 1;
+            while rotated_path(&self.path, n).exists() {
+                n += 1;
             }
-            for done in waiters {
-                let _ = done.send(ok);
+            for k in (1..n).rev() {
+                std::fs::rename(rotated_path(&self.path, k), rotated_path(&self.path, k + 1))?;
             }
         }
-        if stop {
-            return;
+        std::fs::rename(&self.path, rotated_path(&self.path, 1))?;
+        let file = open_append(&self.path)?;
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
         }
+        self.swap_file(file);
+        self.size = 0;
+        tracing::info!(path = %self.path.display(), max_files = self.max_files, "audit log rotated");
+        Ok(())
+    }
+
+    /// Opens the path again: an outside tool (logrotate) moved the file away.
+    fn reopen(&mut self) -> std::io::Result<()> {
+        self.out.flush()?;
+        self.out.get_ref().sync_data()?;
+        let file = open_append(&self.path)?;
+        self.size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        self.swap_file(file);
+        tracing::info!(path = %self.path.display(), "audit log reopened");
+        Ok(())
     }
 }
 
@@ -344,15 +633,21 @@ mod tests {
 
     fn entry() -> AuditEntry<'static> {
         AuditEntry {
-            time: SystemTime::now(),
-            caller: "anonymous",
-            peer: None,
             method: "GetCredentialHeaders",
-            credential_id: "",
-            credential_name: "",
             code: "OK",
-            secret_fingerprint: "",
+            ..AuditEntry::new(SystemTime::now(), "anonymous", None)
         }
+    }
+
+    fn open(path: &Path, fail_open: bool) -> AuditLog {
+        AuditLog::open(
+            &AuditSettings {
+                fail_open,
+                ..AuditSettings::new(path.to_owned())
+            },
+            &key(),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -361,7 +656,7 @@ mod tests {
         let full = AuditEntry {
             time,
             caller: "ingest \"eu\"",
-            peer: Some("127.0.0.1:4242".parse().unwrap()),
+            peer: Peer::Addr(Some("127.0.0.1:4242".parse().unwrap())),
             credential_id: "cred_1",
             credential_name: "fleetio-acme",
             secret_fingerprint: "00ff",
@@ -376,6 +671,7 @@ mod tests {
             credential_name: "fleetio-acme".into(),
             code: "OK".into(),
             secret_fingerprint: "00ff".into(),
+            ..Default::default()
         };
         let line = serde_json::to_string(&full).unwrap();
         assert_eq!(line, serde_json::to_string(&expected).unwrap());
@@ -391,12 +687,25 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(bare, serde_json::to_string(&expected).unwrap());
+        // A summary of refusals names its peer, reason and count.
+        let summary = AuditEntry {
+            time,
+            peer: Peer::Label("10.0.0.7"),
+            code: "UNAUTHENTICATED",
+            reason: "invalid bearer token",
+            count: 4242,
+            ..entry()
+        };
+        let read: AuditEvent =
+            serde_json::from_str(&serde_json::to_string(&summary).unwrap()).unwrap();
+        assert_eq!((read.peer.as_str(), read.count), ("10.0.0.7", 4242));
+        assert_eq!(read.reason, "invalid bearer token");
     }
 
     #[tokio::test]
     async fn events_round_trip_with_filters_and_paging() {
         let dir = tempfile::TempDir::new().unwrap();
-        let log = AuditLog::open(&dir.path().join("audit.jsonl"), false, &key()).unwrap();
+        let log = open(&dir.path().join("audit.jsonl"), false);
         for i in 0..10 {
             log.record(&AuditEntry {
                 caller: if i % 2 == 0 { "even" } else { "odd" },
@@ -409,22 +718,107 @@ mod tests {
             caller: Some("even".into()),
             ..Default::default()
         };
-        let (page, next) = log.list(q(), 0, 3).await.unwrap();
+        let (page, next) = log.list(q(), None, 3).await.unwrap();
         assert_eq!(
             page.iter()
                 .map(|e| e.credential_id.as_str())
                 .collect::<Vec<_>>(),
             ["cred_0", "cred_2", "cred_4"]
         );
-        let (rest, end) = log.list(q(), next.unwrap(), 3).await.unwrap();
+        let (rest, end) = log.list(q(), next, 3).await.unwrap();
         assert_eq!(rest.len(), 2);
         assert!(end.is_none());
     }
 
     #[tokio::test]
+    async fn the_log_rotates_by_size_keeps_its_last_files_and_lists_across_them() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(
+            &AuditSettings {
+                max_file_size: 2_000,
+                max_files: 3,
+                ..AuditSettings::new(path.clone())
+            },
+            &key(),
+        )
+        .unwrap();
+        let id = |i: usize| format!("cred_{i:04}");
+        // About 140 bytes an event: 14 a file, so 100 events make 8 files.
+        let (mut first_page, mut next) = (None, None);
+        for i in 0..100 {
+            log.record(&AuditEntry {
+                credential_id: &id(i),
+                ..entry()
+            });
+            if i == 20 {
+                // A listing begun before rotations goes on across them.
+                assert!(log.flush().await);
+                let (page, n) = log.list(AuditQuery::default(), None, 5).await.unwrap();
+                first_page = Some(page);
+                next = n;
+            }
+        }
+        assert!(log.flush().await);
+        let sizes: Vec<u64> = (1..=3)
+            .map(|n| std::fs::metadata(rotated_path(&path, n)).unwrap().len())
+            .collect();
+        assert!(sizes.iter().all(|&s| s <= 2_000), "{sizes:?}");
+        assert!(
+            !rotated_path(&path, 4).exists(),
+            "only 3 rotated files are kept"
+        );
+        assert!(std::fs::metadata(&path).unwrap().len() <= 2_000);
+        // Everything still kept is listed, oldest first, in one run of pages.
+        let mut all = Vec::new();
+        let mut from = None;
+        loop {
+            let (page, n) = log.list(AuditQuery::default(), from, 7).await.unwrap();
+            all.extend(page.into_iter().map(|e| e.credential_id));
+            match n {
+                Some(n) => from = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(all.last().unwrap(), &id(99));
+        let firstkept: usize = all[0][5..].parse().unwrap();
+        assert_eq!(all, (firstkept..100).map(id).collect::<Vec<_>>());
+        assert!(all.len() >= 3 * 10, "{} kept", all.len());
+        // The page token from before the rotations: its file was deleted since, so
+        // the listing starts again at the oldest event kept.
+        assert_eq!(first_page.unwrap().len(), 5);
+        let (resumed, _) = log.list(AuditQuery::default(), next, 1).await.unwrap();
+        assert_eq!(resumed[0].credential_id, id(firstkept));
+    }
+
+    #[tokio::test]
+    async fn a_reopen_follows_an_outside_rotation() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = open(&path, false);
+        log.record(&AuditEntry {
+            credential_id: "before",
+            ..entry()
+        });
+        assert!(log.flush().await);
+        std::fs::rename(&path, rotated_path(&path, 1)).unwrap();
+        log.reopen();
+        log.record(&AuditEntry {
+            credential_id: "after",
+            ..entry()
+        });
+        assert!(log.flush().await);
+        let current = std::fs::read_to_string(&path).unwrap();
+        assert!(current.contains("after") && !current.contains("before"));
+        let (all, _) = log.list(AuditQuery::default(), None, 10).await.unwrap();
+        let ids: Vec<_> = all.iter().map(|e| e.credential_id.as_str()).collect();
+        assert_eq!(ids, ["before", "after"]);
+    }
+
+    #[tokio::test]
     async fn an_unwritable_log_fails_closed_unless_open() {
         for fail_open in [false, true] {
-            let log = AuditLog::open(Path::new("/dev/full"), fail_open, &key()).unwrap();
+            let log = open(Path::new("/dev/full"), fail_open);
             log.record(&entry());
             assert!(!log.flush().await);
             assert!(!log.healthy());
@@ -434,10 +828,9 @@ mod tests {
 
     #[test]
     fn fingerprints_correlate_without_revealing() {
-        let k = key();
         let dir = tempfile::TempDir::new().unwrap();
-        let log = AuditLog::open(&dir.path().join("a"), false, &k).unwrap();
-        let other = AuditLog::open(&dir.path().join("b"), false, &key()).unwrap();
+        let log = open(&dir.path().join("a"), false);
+        let other = open(&dir.path().join("b"), false);
         assert_eq!(log.fingerprint(b"secret"), log.fingerprint(b"secret"));
         assert_ne!(log.fingerprint(b"secret"), log.fingerprint(b"secret2"));
         assert_ne!(log.fingerprint(b"secret"), other.fingerprint(b"secret"));

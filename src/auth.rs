@@ -11,7 +11,6 @@ use rand::RngCore;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
-use tonic::metadata::MetadataMap;
 use zeroize::Zeroizing;
 
 use crate::error::Error;
@@ -320,14 +319,14 @@ impl Callers {
         bool::from(any).then(|| Arc::clone(&self.entries[index as usize].caller))
     }
 
-    /// Authenticates a request: by its `authorization: Bearer <token>` metadata when
+    /// Authenticates a request: by its `authorization: Bearer <token>` header when
     /// present, else by the subjects (CN, DNS SANs) of a verified client certificate.
     pub fn authenticate(
         &self,
-        metadata: &MetadataMap,
+        authorization: Option<&http::HeaderValue>,
         cert_subjects: &[String],
     ) -> Result<Arc<Caller>, Error> {
-        let Some(value) = metadata.get("authorization") else {
+        let Some(value) = authorization else {
             return cert_subjects
                 .iter()
                 .find_map(|s| self.subjects.get(s).cloned())
@@ -424,10 +423,8 @@ mod tests {
         Callers::from_toml(&callers_entry("worker", token, perms)).unwrap()
     }
 
-    fn md(value: &str) -> MetadataMap {
-        let mut m = MetadataMap::new();
-        m.insert("authorization", value.parse().unwrap());
-        m
+    fn md(value: &str) -> Option<http::HeaderValue> {
+        Some(value.parse().unwrap())
     }
 
     #[test]
@@ -435,14 +432,14 @@ mod tests {
         let token = mint_token();
         let c = callers(&token, &[Permission::HeadersRead]);
         let caller = c
-            .authenticate(&md(&format!("Bearer {}", token.as_str())), &[])
+            .authenticate(md(&format!("Bearer {}", token.as_str())).as_ref(), &[])
             .unwrap();
         assert_eq!(caller.name, "worker");
         assert!(caller.may(Permission::HeadersRead));
         assert!(caller.require(Permission::CredentialsWrite).is_err());
-        assert!(c.authenticate(&md("Bearer cv_wrong"), &[]).is_err());
-        assert!(c.authenticate(&md(token.as_str()), &[]).is_err());
-        assert!(c.authenticate(&MetadataMap::new(), &[]).is_err());
+        assert!(c.authenticate(md("Bearer cv_wrong").as_ref(), &[]).is_err());
+        assert!(c.authenticate(md(token.as_str()).as_ref(), &[]).is_err());
+        assert!(c.authenticate(None, &[]).is_err());
     }
 
     #[test]
@@ -473,16 +470,11 @@ mod tests {
         assert!(acme.in_scope("fleetio-acme-1") && acme.in_scope("fleetio-beta"));
         assert!(!acme.in_scope("fleetio-betamax") && !acme.in_scope("other"));
         let by_cert = c
-            .authenticate(
-                &MetadataMap::new(),
-                &["nope".into(), "worker.internal".into()],
-            )
+            .authenticate(None, &["nope".into(), "worker.internal".into()])
             .unwrap();
         assert_eq!(by_cert.name, "mtls");
         assert!(!by_cert.is_scoped() && by_cert.in_scope("anything"));
-        assert!(c
-            .authenticate(&MetadataMap::new(), &["nope".into()])
-            .is_err());
+        assert!(c.authenticate(None, &["nope".into()]).is_err());
     }
 
     #[test]

@@ -257,6 +257,15 @@ struct ServeArgs {
     /// Longest wait for in-flight calls to finish once connections stop being accepted.
     #[arg(long, env = "CREDVAULT_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
+    /// Rotate the audit log when it would grow past this size, e.g. 64MiB (0: never).
+    #[arg(long, env = "CREDVAULT_AUDIT_MAX_FILE_SIZE", default_value = "64MiB", value_parser = parse_size)]
+    audit_max_file_size: u64,
+    /// Rotated audit files kept beside the log (<audit-log>.1 is the newest); older ones
+    /// are deleted (0: keep all, for an outside tool to prune).
+    #[arg(long, env = "CREDVAULT_AUDIT_MAX_FILES", default_value_t = crate::audit::DEFAULT_MAX_FILES)]
+    audit_max_files: usize,
+    #[command(flatten)]
+    transport: TransportArgs,
     /// Log line format.
     #[arg(long, env = "CREDVAULT_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -266,6 +275,66 @@ struct ServeArgs {
     /// Development mode: makes a data dir, a key file and an all-permissions token on first run.
     #[arg(long, env = "CREDVAULT_DEV")]
     dev: bool,
+}
+
+/// The limits that protect the server from its clients (README: Hardening).
+#[derive(Clone, Debug, Args)]
+struct TransportArgs {
+    /// HTTP/2 streams one connection may hold open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+    #[arg(long, env = "CREDVAULT_HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    http2_max_concurrent_streams: u32,
+    /// Resets a client may provoke on one connection by its protocol errors before the
+    /// server answers GOAWAY ENHANCE_YOUR_CALM (CVE-2025-8671).
+    #[arg(long, env = "CREDVAULT_HTTP2_MAX_LOCAL_ERROR_RESETS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    http2_max_local_error_resets: u64,
+    /// Longest time from a request's headers to its response's: a whole unary RPC, or the
+    /// start of a streaming one (whose stream then lives on, kept alive by pings).
+    #[arg(long, env = "CREDVAULT_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    request_timeout: Duration,
+    /// Send an HTTP/2 PING on a connection this long silent.
+    #[arg(long, env = "CREDVAULT_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    http2_keepalive_interval: Duration,
+    /// Close a connection whose client does not answer a PING within this.
+    #[arg(long, env = "CREDVAULT_HTTP2_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    http2_keepalive_timeout: Duration,
+    /// A new connection must finish TLS and send the HTTP/2 preface within this (its first bytes).
+    #[arg(long, env = "CREDVAULT_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    handshake_timeout: Duration,
+    /// Open connections at most; further ones are closed at once. Lowered at start to
+    /// stay below the file descriptor limit.
+    #[arg(long, env = "CREDVAULT_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+    /// The listen backlog (the kernel caps it at net.core.somaxconn).
+    #[arg(long, env = "CREDVAULT_LISTEN_BACKLOG", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    listen_backlog: u32,
+    /// How often refused calls that were only counted (a flood from one peer) are
+    /// written as one summary line and audit event per peer.
+    #[arg(long, env = "CREDVAULT_REFUSAL_SUMMARY_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    refusal_summary_interval: Duration,
+}
+
+impl TransportArgs {
+    fn settings(&self) -> crate::transport::TransportSettings {
+        let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        crate::transport::TransportSettings {
+            max_concurrent_streams: self.http2_max_concurrent_streams,
+            max_local_error_resets: size(self.http2_max_local_error_resets),
+            request_timeout: self.request_timeout,
+            keepalive_interval: self.http2_keepalive_interval,
+            keepalive_timeout: self.http2_keepalive_timeout,
+            handshake_timeout: self.handshake_timeout,
+            max_connections: size(self.max_connections),
+            listen_backlog: self.listen_backlog,
+        }
+    }
+}
+
+/// Parses a size such as `64MiB`, `1 GB` or `4096`.
+fn parse_size(text: &str) -> Result<u64, String> {
+    text.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("{text:?} is not a size such as 64MiB: {e}"))
 }
 
 /// Which store holds the credentials.
@@ -765,8 +834,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let runtime =
         tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
+        let listener = crate::transport::bind(args.listen, args.transport.listen_backlog)
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
         crate::run(listener, config, shutdown_signal())
             .await
@@ -816,6 +884,13 @@ fn resolve(dev: bool, args: &ServeArgs) -> Result<Config, String> {
         _ => None,
     };
     let store = args.store.resolve()?;
+    if args.transport.request_timeout <= 2 * args.provider_timeout {
+        tracing::warn!(
+            request_timeout = %humantime::format_duration(args.transport.request_timeout),
+            provider_timeout = %humantime::format_duration(args.provider_timeout),
+            "--request-timeout is not above twice --provider-timeout: a VerifyCredential (or a create with verify) that asks the provider twice may answer DEADLINE_EXCEEDED first"
+        );
+    }
     Ok(Config {
         store,
         audit_log: args
@@ -828,6 +903,10 @@ fn resolve(dev: bool, args: &ServeArgs) -> Result<Config, String> {
         callers,
         callers_file,
         audit_fail_open: args.audit_fail_open,
+        audit_max_file_size: args.audit_max_file_size,
+        audit_max_files: args.audit_max_files,
+        transport: args.transport.settings(),
+        refusal_summary_interval: args.transport.refusal_summary_interval,
         tls,
         health_listen: args.health_listen,
         providers: ProviderSettings {

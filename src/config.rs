@@ -33,6 +33,14 @@ pub struct Config {
     pub audit_log: Option<PathBuf>,
     /// Serve secret reads even while the audit log cannot be written.
     pub audit_fail_open: bool,
+    /// Rotate the audit log at this size (0: never).
+    pub audit_max_file_size: u64,
+    /// Rotated audit files kept (0: all).
+    pub audit_max_files: usize,
+    /// Connection and HTTP/2 limits.
+    pub transport: crate::transport::TransportSettings,
+    /// How often refused calls not logged one by one are summarized per peer.
+    pub refusal_summary_interval: Duration,
     /// TLS for the gRPC port, if any.
     pub tls: Option<TlsSettings>,
     /// A plaintext port serving only gRPC health (for probes when TLS is on).

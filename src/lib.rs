@@ -11,6 +11,10 @@
 //! - [`record`]: the stored record format (prost, versioned);
 //! - [`store`]: the engine-neutral store trait and its sled implementation;
 //! - [`auth`]: callers, permissions, scopes, reload, and constant-time bearer-token checks;
+//! - [`gate`]: the tower layer in front of every service: authentication before the body,
+//!   refusals, caps on unauthenticated streams, the request timeout;
+//! - [`refusals`]: floods of refused calls recorded per peer in summaries, not line by line;
+//! - [`transport`]: connection hardening: the accept loop and its cap, handshake deadlines, TLS;
 //! - [`audit`]: the audit trail of every RPC, with secret-read fingerprints;
 //! - [`provider`]: each third-party API's secret, headers and verification ([`provider::fleetio`]);
 //! - [`validate`]: request validation;
@@ -30,15 +34,18 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod error;
+pub mod gate;
 pub mod keys;
 pub mod metrics;
 pub mod provider;
 pub mod record;
+pub mod refusals;
 pub mod reverify;
 pub mod server;
 pub mod service;
 pub mod store;
 pub mod telemetry;
+pub mod transport;
 pub mod validate;
 pub mod vault;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
 };
-use metrics_exporter_prometheus::PrometheusBuilder;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 const REQUESTS: &str = "credvault_requests_total";
 const LATENCY: &str = "credvault_request_duration_seconds";
@@ -15,6 +15,16 @@ const CREDENTIALS: &str = "credvault_credentials";
 const VERIFICATIONS: &str = "credvault_verifications_total";
 const AUDIT_FAILURES: &str = "credvault_audit_write_failures_total";
 const SEALS: &str = "credvault_master_key_seals";
+const CONNECTIONS_OPEN: &str = "credvault_connections_open";
+const CONNECTIONS: &str = "credvault_connections_total";
+const CONNECTIONS_REFUSED: &str = "credvault_connections_refused_total";
+const ACCEPT_ERRORS: &str = "credvault_accept_errors_total";
+const RESETS_SENT: &str = "credvault_http2_resets_sent_total";
+const GOAWAYS_SENT: &str = "credvault_http2_goaways_sent_total";
+const REFUSALS: &str = "credvault_refusals_total";
+const REFUSALS_SUMMARIZED: &str = "credvault_refusals_summarized_total";
+const TIMEOUTS: &str = "credvault_request_timeouts_total";
+const STREAMS_REFUSED: &str = "credvault_unauthenticated_streams_refused_total";
 
 /// Latency buckets from 100 µs to 10 s.
 const BUCKETS: &[f64] = &[
@@ -43,17 +53,23 @@ impl Source {
     }
 }
 
-/// Installs the global recorder and serves `/metrics` (Prometheus text) on `addr`.
+/// Connections the metrics port holds at once (a scraper needs one).
+const METRICS_CONNECTIONS: usize = 16;
+
+/// Installs the global recorder and serves `/metrics` (Prometheus text) on `addr`,
+/// with the accept loop and connection cap of [`crate::transport`].
 /// Must run inside the tokio runtime.
 pub fn install(addr: SocketAddr) -> Result<(), String> {
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
+    let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Full(LATENCY.into()),
             BUCKETS,
         )
-        .and_then(|b| b.install())
+        .and_then(|b| b.install_recorder())
         .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+    let listener = crate::transport::bind(addr, 128)
+        .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+    tokio::spawn(serve(listener, handle));
     describe_counter!(REQUESTS, "gRPC requests handled, by method and status code");
     describe_histogram!(LATENCY, Unit::Seconds, "gRPC request latency, by method");
     describe_gauge!(CREDENTIALS, "credentials stored");
@@ -65,7 +81,86 @@ pub fn install(addr: SocketAddr) -> Result<(), String> {
         VERIFICATIONS,
         "provider checks, by provider, status and source"
     );
+    describe_gauge!(CONNECTIONS_OPEN, "open client connections, by listener");
+    describe_counter!(CONNECTIONS, "client connections accepted, by listener");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "connections closed before serving: over the cap (limit), no TLS and HTTP/2 preface in time (handshake_timeout), a failed handshake, or not HTTP/2"
+    );
+    describe_counter!(
+        ACCEPT_ERRORS,
+        "accept(2) failures such as EMFILE, each followed by a short backoff"
+    );
+    describe_counter!(
+        RESETS_SENT,
+        "HTTP/2 RST_STREAM frames sent, by error code (FLOW_CONTROL_ERROR, PROTOCOL_ERROR: resets a client provoked)"
+    );
+    describe_counter!(
+        GOAWAYS_SENT,
+        "HTTP/2 GOAWAY frames sent, by error code (ENHANCE_YOUR_CALM: a connection cut for abuse)"
+    );
+    describe_counter!(
+        REFUSALS,
+        "calls refused for want of a valid caller, by reason"
+    );
+    describe_counter!(
+        REFUSALS_SUMMARIZED,
+        "refused calls logged and audited only in a per-peer summary, not one by one"
+    );
+    describe_counter!(
+        TIMEOUTS,
+        "requests answered DEADLINE_EXCEEDED by --request-timeout, by method"
+    );
+    describe_counter!(
+        STREAMS_REFUSED,
+        "health Watch and reflection streams refused over the server-wide cap"
+    );
     Ok(())
+}
+
+/// Serves `GET /metrics` over HTTP/1.1, one request per connection, each
+/// connection bounded in time; histograms are drained every few seconds.
+async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
+    let listening = crate::transport::Listening {
+        name: "metrics",
+        max_connections: METRICS_CONNECTIONS,
+        handshake_timeout: Duration::from_secs(10),
+    };
+    let forever = std::future::pending::<()>();
+    crate::transport::accept(listener, listening, forever, move |stream, _peer, slot| {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(
+                move |request: hyper::Request<hyper::body::Incoming>| {
+                    let response = if request.uri().path() == "/metrics" {
+                        hyper::Response::builder()
+                            .header("content-type", "text/plain; version=0.0.4")
+                            .body(handle.render())
+                    } else {
+                        hyper::Response::builder()
+                            .status(404)
+                            .body("metrics are at /metrics\n".to_owned())
+                    };
+                    std::future::ready(response)
+                },
+            );
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .keep_alive(false)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(Duration::from_secs(30), connection).await;
+            drop(slot);
+        });
+    })
+    .await;
 }
 
 /// Records one handled RPC. A no-op when no recorder is installed.
@@ -92,6 +187,56 @@ pub fn set_seals(key_id: &str, seals: u64) {
 /// Counts an audit batch that could not be written.
 pub fn audit_write_failed() {
     counter!(AUDIT_FAILURES).increment(1);
+}
+
+/// Counts a connection accepted on `listener`, now open.
+pub fn connection_opened(listener: &'static str) {
+    counter!(CONNECTIONS, "listener" => listener).increment(1);
+    gauge!(CONNECTIONS_OPEN, "listener" => listener).increment(1.0);
+}
+
+/// Counts a connection of `listener` closed.
+pub fn connection_closed(listener: &'static str) {
+    gauge!(CONNECTIONS_OPEN, "listener" => listener).decrement(1.0);
+}
+
+/// Counts a connection closed before it was served, and why.
+pub fn connection_refused(listener: &'static str, reason: &'static str) {
+    counter!(CONNECTIONS_REFUSED, "listener" => listener, "reason" => reason).increment(1);
+}
+
+/// Counts a failed accept(2).
+pub fn accept_error(listener: &'static str) {
+    counter!(ACCEPT_ERRORS, "listener" => listener).increment(1);
+}
+
+/// Counts a RST_STREAM the server sent.
+pub fn http2_reset_sent(listener: &'static str, code: &'static str) {
+    counter!(RESETS_SENT, "listener" => listener, "code" => code).increment(1);
+}
+
+/// Counts a GOAWAY the server sent.
+pub fn http2_goaway_sent(listener: &'static str, code: &'static str) {
+    counter!(GOAWAYS_SENT, "listener" => listener, "code" => code).increment(1);
+}
+
+/// Counts a call refused for want of a valid caller; `summarized` when it was not
+/// logged and audited on its own.
+pub fn refusal(reason: &'static str, summarized: bool) {
+    counter!(REFUSALS, "reason" => reason).increment(1);
+    if summarized {
+        counter!(REFUSALS_SUMMARIZED).increment(1);
+    }
+}
+
+/// Counts a request answered DEADLINE_EXCEEDED by the server's own timeout.
+pub fn request_timed_out(method: &'static str) {
+    counter!(TIMEOUTS, "method" => method).increment(1);
+}
+
+/// Counts an unauthenticated stream refused over the cap.
+pub fn unauthenticated_stream_refused() {
+    counter!(STREAMS_REFUSED).increment(1);
 }
 
 /// Records one provider check.

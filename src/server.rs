@@ -2,27 +2,27 @@
 //! health and reflection services until shutdown, then drains and flushes.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::api::{self, credential_vault_service_server::CredentialVaultServiceServer};
-use crate::audit::AuditLog;
+use crate::audit::{AuditEntry, AuditLog, AuditSettings, Peer};
 use crate::auth::CallerRegistry;
-use crate::config::{Config, KeyringSource, PostgresSettings, StoreConfig, TlsSettings};
+use crate::config::{Config, KeyringSource, PostgresSettings, StoreConfig};
 use crate::crypto::Keyring;
+use crate::gate::{Gate, MAX_PUBLIC_REQUEST_BYTES};
 use crate::keys::{self, KeyringError, SealCounter};
 use crate::metrics;
 use crate::provider::Providers;
+use crate::refusals::Refusals;
 use crate::reverify;
 use crate::service::VaultService;
 use crate::store::{PgStore, SledStore, Store, StoreError};
+use crate::transport;
 use crate::vault::Vault;
 use secrecy::ExposeSecret;
 
@@ -32,8 +32,7 @@ pub const AUDIT_HEALTH_SERVICE: &str = "credvault.audit";
 /// (NOT_SERVING after a write I/O error such as a full disk; reads go on).
 pub const STORE_HEALTH_SERVICE: &str = "credvault.store";
 
-/// The largest request message accepted; larger ones answer `INVALID_ARGUMENT`.
-pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+pub use crate::gate::MAX_REQUEST_BYTES;
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -146,8 +145,16 @@ async fn serve<S: Store>(
         .clone()
         .unwrap_or_else(|| config.data_dir.join("audit.jsonl"));
     let audit = Arc::new(
-        AuditLog::open(&audit_path, config.audit_fail_open, config.keyring.active())
-            .map_err(ServeError::Audit)?,
+        AuditLog::open(
+            &AuditSettings {
+                path: audit_path,
+                fail_open: config.audit_fail_open,
+                max_file_size: config.audit_max_file_size,
+                max_files: config.audit_max_files,
+            },
+            config.keyring.active(),
+        )
+        .map_err(ServeError::Audit)?,
     );
     let key_ids = config.keyring.ids().collect::<Vec<_>>().join(",");
     let vault = Arc::new(Vault::new(
@@ -162,6 +169,7 @@ async fn serve<S: Store>(
         config.callers,
         config.callers_file.clone(),
     ));
+    let refusals = Arc::new(Refusals::new());
     // `stop` ends background work at SIGTERM; `drained` closes the health-only port after the drain delay.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (drained_tx, drained_rx) = tokio::sync::watch::channel(false);
@@ -184,44 +192,108 @@ async fn serve<S: Store>(
             reporter.clone(),
             stop_rx.clone(),
         )),
+        tokio::spawn(reopen_audit(Arc::clone(&audit), stop_rx.clone())),
+        tokio::spawn(summarize_refusals(
+            Arc::clone(&refusals),
+            Arc::clone(&audit),
+            config.refusal_summary_interval,
+            stop_rx.clone(),
+        )),
         tokio::spawn(watch_store(
             Arc::clone(&store),
             reporter.clone(),
             stop_rx.clone(),
         )),
     ];
-    let service = VaultService::new(Arc::clone(&vault), callers, Arc::clone(&audit));
+    let gate = Gate::new(
+        Arc::clone(&callers),
+        Arc::clone(&audit),
+        Arc::clone(&refusals),
+        config.transport.request_timeout,
+    );
+    let service = VaultService::new(Arc::clone(&vault), Arc::clone(&audit));
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(api::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let transport = |e: &dyn std::fmt::Display| ServeError::Transport(e.to_string());
-    let reflection_v1 = reflection().build_v1().map_err(|e| transport(&e))?;
-    let reflection_v1alpha = reflection().build_v1alpha().map_err(|e| transport(&e))?;
+    let transport_error = |e: &dyn std::fmt::Display| ServeError::Transport(e.to_string());
+    let reflection_v1 = reflection()
+        .build_v1()
+        .map_err(|e| transport_error(&e))?
+        .max_decoding_message_size(MAX_PUBLIC_REQUEST_BYTES);
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| transport_error(&e))?
+        .max_decoding_message_size(MAX_PUBLIC_REQUEST_BYTES);
+    let health = health.max_decoding_message_size(MAX_PUBLIC_REQUEST_BYTES);
 
-    let addr = listener.local_addr().map_err(|e| transport(&e))?;
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let mut builder = Server::builder();
-    if let Some(tls) = &config.tls {
-        builder = builder
-            .tls_config(server_tls(tls)?)
-            .map_err(|e| transport(&e))?;
+    // Connections: a cap below the descriptor limit, raised to the hard limit first.
+    let limits = &config.transport;
+    let fd_limit = transport::raise_fd_limit();
+    let database_connections = match &config.store {
+        StoreConfig::Postgres(pg) => pg.pool.max_connections,
+        StoreConfig::Sled => 0,
+    };
+    let reserved = transport::reserved_fds(database_connections)
+        + if config.health_listen.is_some() {
+            HEALTH_PORT_CONNECTIONS as u64
+        } else {
+            0
+        };
+    let max_connections = transport::connection_cap(limits.max_connections, fd_limit, reserved);
+    if max_connections < limits.max_connections {
+        tracing::warn!(
+            wanted = limits.max_connections,
+            max_connections,
+            fd_limit = fd_limit.map_or(0, |l| l.soft),
+            "the file descriptor limit holds the connection cap below --max-connections"
+        );
     }
+    let listening = transport::Listening {
+        name: "grpc",
+        max_connections,
+        handshake_timeout: limits.handshake_timeout,
+    };
+    let tls = config
+        .tls
+        .as_ref()
+        .map(transport::tls_acceptor)
+        .transpose()
+        .map_err(ServeError::Transport)?;
+
+    let addr = listener.local_addr().map_err(|e| transport_error(&e))?;
+    let builder = || {
+        Server::builder()
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .http2_max_local_error_reset_streams(Some(limits.max_local_error_resets))
+            .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESETS))
+            .http2_keepalive_interval(Some(limits.keepalive_interval))
+            .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+    };
     // With TLS, probes that speak plaintext only get a health-only port.
     let health_only = match config.health_listen {
         Some(health_addr) => {
-            let listener = TcpListener::bind(health_addr).await.map_err(|e| {
+            let listener = transport::bind(health_addr, limits.listen_backlog).map_err(|e| {
                 ServeError::Transport(format!("cannot listen on {health_addr}: {e}"))
             })?;
-            let bound = listener.local_addr().map_err(|e| transport(&e))?;
+            let bound = listener.local_addr().map_err(|e| transport_error(&e))?;
+            let incoming = transport::incoming(
+                listener,
+                transport::Listening {
+                    name: "health",
+                    max_connections: HEALTH_PORT_CONNECTIONS,
+                    handshake_timeout: limits.handshake_timeout,
+                },
+            );
             let mut drained = drained_rx;
             let health = health.clone();
             let server = tokio::spawn(
-                Server::builder()
+                builder()
+                    .layer(gate.clone())
                     .add_service(health)
-                    .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
+                    .serve_with_incoming_shutdown(incoming, async move {
                         let _ = drained.wait_for(|s| *s).await;
                     }),
             );
@@ -248,6 +320,12 @@ async fn serve<S: Store>(
         audit_fail_open = audit.fail_open(),
         metrics = %shown(config.metrics_listen),
         reverify_interval = ?config.reverify.interval,
+        fd_limit_before = fd_limit.map_or(0, |l| l.before),
+        fd_limit = fd_limit.map_or(0, |l| l.soft),
+        fd_limit_hard = fd_limit.map_or(0, |l| l.hard),
+        max_connections,
+        max_concurrent_streams = limits.max_concurrent_streams,
+        request_timeout = ?limits.request_timeout,
         "credvault serving"
     );
     if audit.fail_open() {
@@ -271,18 +349,34 @@ async fn serve<S: Store>(
             let _ = began_tx.send(());
         }
     };
-    let serve = builder
-        .layer(tower::layer::layer_fn(OversizedIsInvalid))
+    let router = builder()
+        .layer(gate)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
             CredentialVaultServiceServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES),
-        )
-        .serve_with_incoming_shutdown(incoming, signal);
+        );
+    let serve = async move {
+        match tls {
+            None => {
+                router
+                    .serve_with_incoming_shutdown(transport::incoming(listener, listening), signal)
+                    .await
+            }
+            Some(acceptor) => {
+                router
+                    .serve_with_incoming_shutdown(
+                        transport::incoming_tls(listener, listening, acceptor),
+                        signal,
+                    )
+                    .await
+            }
+        }
+    };
     let grace = config.shutdown_grace;
     tokio::select! {
-        served = serve => served.map_err(|e| transport(&e))?,
+        served = serve => served.map_err(|e| transport_error(&e))?,
         () = drain_deadline(began_rx, grace) => {
             tracing::warn!(?grace, "drain took longer than the grace period; closing the remaining connections");
         }
@@ -309,21 +403,61 @@ async fn serve<S: Store>(
     Ok(())
 }
 
-fn server_tls(tls: &TlsSettings) -> Result<tonic::transport::ServerTlsConfig, ServeError> {
-    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-    let read = |p: &std::path::Path| {
-        std::fs::read(p)
-            .map_err(|e| ServeError::Transport(format!("cannot read {}: {e}", p.display())))
-    };
-    let mut config =
-        ServerTlsConfig::new().identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
-    if let Some(ca) = &tls.client_ca {
-        // Client certificates identify callers when presented; token callers need none.
-        config = config
-            .client_ca_root(Certificate::from_pem(read(ca)?))
-            .client_auth_optional(true);
+/// Connections the health-only port holds at once (probes open one at a time).
+const HEALTH_PORT_CONNECTIONS: usize = 64;
+
+/// Streams a client may open and reset at once before GOAWAY (the classic rapid
+/// reset, CVE-2023-44487; h2's own default, set here so that it is explicit).
+const MAX_PENDING_ACCEPT_RESETS: usize = 20;
+
+/// Reopens the audit log on SIGHUP (after an outside logrotate moved it).
+async fn reopen_audit(audit: Arc<AuditLog>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut hangups = Hangups::new();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = hangups.next() => audit.reopen(),
+        }
     }
-    Ok(config)
+}
+
+/// Every `every`, writes one log line and one audit event per peer whose refused
+/// calls were only counted (see [`crate::refusals`]); once more at shutdown.
+async fn summarize_refusals(
+    refusals: Arc<Refusals>,
+    audit: Arc<AuditLog>,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let every = every.max(Duration::from_millis(100));
+    loop {
+        let stopping = tokio::select! {
+            _ = stop.changed() => true,
+            () = tokio::time::sleep(every) => false,
+        };
+        for s in refusals.take() {
+            let method = s.method.unwrap_or("several");
+            tracing::warn!(
+                count = s.count,
+                peer = %s.peer,
+                reason = s.reason,
+                method,
+                interval = ?every,
+                "calls refused from this peer in the last interval, not logged one by one"
+            );
+            audit.record(&AuditEntry {
+                peer: Peer::Label(&s.peer),
+                method,
+                code: "UNAUTHENTICATED",
+                reason: s.reason,
+                count: s.count,
+                ..AuditEntry::new(SystemTime::now(), "anonymous", None)
+            });
+        }
+        if stopping {
+            return;
+        }
+    }
 }
 
 /// Resolves when the process gets SIGHUP (never where there are no signals).
@@ -574,41 +708,4 @@ async fn drain_deadline(began: tokio::sync::oneshot::Receiver<()>, grace: Durati
 async fn set_health(reporter: &tonic_health::server::HealthReporter, status: ServingStatus) {
     reporter.set_service_status("", status).await;
     reporter.set_service_status(api::SERVICE_NAME, status).await;
-}
-
-/// Answers `INVALID_ARGUMENT` instead of tonic's `OUT_OF_RANGE` for a request
-/// message over [`MAX_REQUEST_BYTES`] (the only source of `OUT_OF_RANGE` here).
-#[derive(Clone)]
-struct OversizedIsInvalid<S>(S);
-
-impl<S, B, RB> tower::Service<http::Request<B>> for OversizedIsInvalid<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let response = self.0.call(request);
-        Box::pin(async move {
-            let mut response = response.await?;
-            let headers = response.headers_mut();
-            if headers.get("grpc-status").is_some_and(|v| v == "11") {
-                headers.insert("grpc-status", http::HeaderValue::from_static("3"));
-                headers.insert(
-                    "grpc-message",
-                    http::HeaderValue::from_static(
-                        "request%20message%20too%20large%3A%20the%20limit%20is%2064%20KiB",
-                    ),
-                );
-            }
-            Ok(response)
-        })
-    }
 }

@@ -13,8 +13,9 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::api::{self, credential_vault_service_server::CredentialVaultService};
 use crate::audit::{AuditEntry, AuditLog, AuditQuery};
-use crate::auth::{certificate_subjects, Caller, CallerRegistry, Permission};
+use crate::auth::{Caller, Permission};
 use crate::error::Error;
+use crate::gate::Authenticated;
 use crate::metrics;
 use crate::provider::ProviderSecret;
 use crate::record::{
@@ -62,7 +63,6 @@ fn required_ref(r: Option<impl Into<CredentialRef>>) -> Result<CredentialRef, Er
 /// The vault's gRPC service over a store `S`.
 pub struct VaultService<S> {
     vault: Arc<Vault<S>>,
-    callers: Arc<CallerRegistry>,
     audit: Arc<AuditLog>,
 }
 
@@ -103,13 +103,10 @@ impl Call {
 }
 
 impl<S: Store> VaultService<S> {
-    /// A service over the vault core, admitting the registry's callers, auditing to `audit`.
-    pub fn new(vault: Arc<Vault<S>>, callers: Arc<CallerRegistry>, audit: Arc<AuditLog>) -> Self {
-        VaultService {
-            vault,
-            callers,
-            audit,
-        }
+    /// A service over the vault core, auditing to `audit`; its callers come authenticated
+    /// by the [`crate::gate`] in front of it.
+    pub fn new(vault: Arc<Vault<S>>, audit: Arc<AuditLog>) -> Self {
+        VaultService { vault, audit }
     }
 
     /// Runs one RPC: authenticate, authorise, handle; then one log event, one
@@ -131,14 +128,13 @@ impl<S: Store> VaultService<S> {
         // recording one per call would cost the hot path for nothing).
         let mut call = None;
         let result = async {
-            let subjects: Vec<String> = request
-                .peer_certs()
-                .and_then(|certs| certs.first().map(|c| certificate_subjects(c)))
-                .unwrap_or_default();
-            let caller = self
-                .callers
-                .current()
-                .authenticate(request.metadata(), &subjects)?;
+            // The gate authenticated the call from its headers, before its body was read.
+            let Some(Authenticated(caller)) = request.extensions().get::<Authenticated>().cloned()
+            else {
+                return Err(Error::Internal(
+                    "a call reached the vault service without passing the gate".into(),
+                ));
+            };
             let this = Arc::new(Call {
                 caller: Arc::clone(&caller),
                 target: Mutex::default(),
@@ -158,14 +154,12 @@ impl<S: Store> VaultService<S> {
             .as_ref()
             .map_or("anonymous", |c| c.caller.name.as_str());
         self.audit.record(&AuditEntry {
-            time: SystemTime::now(),
-            caller,
-            peer,
             method,
             credential_id: &target.id,
             credential_name: &target.name,
             code: metrics::code_name(code),
             secret_fingerprint: &target.fingerprint,
+            ..AuditEntry::new(SystemTime::now(), caller, peer)
         });
         let latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         let (verification, credential_id) = (target.verification, target.id.as_str());
@@ -542,7 +536,7 @@ impl<S: Store> VaultService<S> {
             0 => 100,
             n => (n as usize).min(1000),
         };
-        let offset = validate::parse_offset_token(&req.page_token)?;
+        let from = validate::parse_audit_token(&req.page_token)?;
         let time = |t: Option<prost_types::Timestamp>| -> Result<Option<SystemTime>, Error> {
             t.map(validate::timestamp).transpose().map(|t| {
                 t.and_then(|t| {
@@ -562,7 +556,7 @@ impl<S: Store> VaultService<S> {
         // A scoped auditor sees events of its credentials only; it reads page by page
         // until it has a page of those, or the log ends.
         let mut events = Vec::new();
-        let mut cursor = offset;
+        let mut cursor = from;
         let next = loop {
             let (batch, next) = self.audit.list(query_clone(&query), cursor, size).await?;
             for e in batch {
@@ -571,13 +565,13 @@ impl<S: Store> VaultService<S> {
                 }
             }
             match next {
-                Some(n) if events.len() < size => cursor = n,
+                Some(n) if events.len() < size => cursor = Some(n),
                 other => break other,
             }
         };
         Ok(api::ListAuditEventsResponse {
             events,
-            next_page_token: next.map(validate::offset_token).unwrap_or_default(),
+            next_page_token: next.map(validate::audit_token).unwrap_or_default(),
         })
     }
 }
@@ -715,6 +709,8 @@ fn audit_to_api(e: crate::audit::AuditEvent) -> api::AuditEvent {
         credential_name: e.credential_name,
         code: e.code,
         secret_fingerprint: e.secret_fingerprint,
+        reason: e.reason,
+        count: e.count,
     }
 }
 

@@ -113,26 +113,43 @@ pub fn page_token(last_id: &str) -> String {
     URL_SAFE_NO_PAD.encode(format!("{PAGE_TOKEN_PREFIX}{last_id}"))
 }
 
-/// The opaque token for a page of the audit log starting at byte `offset`.
-pub fn offset_token(offset: u64) -> String {
-    URL_SAFE_NO_PAD.encode(format!("audit:{offset}"))
+/// The opaque token for a page of the audit log starting at `at`.
+pub fn audit_token(at: crate::audit::Position) -> String {
+    match at.file {
+        Some(file) => URL_SAFE_NO_PAD.encode(format!("audit2:{file}:{}", at.offset)),
+        None => URL_SAFE_NO_PAD.encode(format!("audit:{}", at.offset)),
+    }
 }
 
-/// The byte offset an audit page token continues from; 0 for the first page.
-pub fn parse_offset_token(token: &str) -> Result<u64, Error> {
+/// Where an audit page token continues; `None` for the first page.
+pub fn parse_audit_token(token: &str) -> Result<Option<crate::audit::Position>, Error> {
+    use crate::audit::Position;
     if token.is_empty() {
-        return Ok(0);
+        return Ok(None);
     }
-    URL_SAFE_NO_PAD
+    let text = URL_SAFE_NO_PAD
         .decode(token)
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
-        .and_then(|t| t.strip_prefix("audit:").and_then(|n| n.parse().ok()))
-        .ok_or_else(|| {
-            Error::invalid(
-                "page_token is not one this server issued; start again from an empty page_token",
-            )
+        .unwrap_or_default();
+    let position = if let Some(rest) = text.strip_prefix("audit2:") {
+        rest.split_once(':').and_then(|(f, o)| {
+            Some(Position {
+                file: Some(f.parse().ok()?),
+                offset: o.parse().ok()?,
+            })
         })
+    } else {
+        // A token from before rotation: an offset in the current file.
+        text.strip_prefix("audit:")
+            .and_then(|o| o.parse().ok())
+            .map(|offset| Position { file: None, offset })
+    };
+    position.map(Some).ok_or_else(|| {
+        Error::invalid(
+            "page_token is not one this server issued; start again from an empty page_token",
+        )
+    })
 }
 
 /// The id a page token continues after; `None` for the first page.
@@ -186,6 +203,21 @@ mod tests {
         assert_eq!(page_size(0).unwrap(), 50);
         assert_eq!(page_size(5000).unwrap(), 1000);
         assert!(page_size(-1).is_err());
+        use crate::audit::Position;
+        for at in [
+            Position {
+                file: Some(77),
+                offset: 1234,
+            },
+            Position {
+                file: None,
+                offset: 9,
+            },
+        ] {
+            assert_eq!(parse_audit_token(&audit_token(at)).unwrap(), Some(at));
+        }
+        assert_eq!(parse_audit_token("").unwrap(), None);
+        assert!(parse_audit_token(&URL_SAFE_NO_PAD.encode("audit2:x:1")).is_err());
     }
 
     /// Ok, or INVALID_ARGUMENT: never another code, never a panic.
@@ -200,7 +232,7 @@ mod tests {
             prop_assert!(invalid_or_ok(id(&s)));
             prop_assert!(invalid_or_ok(description(&s)));
             prop_assert!(invalid_or_ok(parse_page_token(&s)));
-            prop_assert!(invalid_or_ok(parse_offset_token(&s)));
+            prop_assert!(invalid_or_ok(parse_audit_token(&s)));
             prop_assert!(invalid_or_ok(page_size(n)));
         }
 
@@ -230,7 +262,7 @@ mod tests {
         fn random_page_tokens_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let text = String::from_utf8_lossy(&bytes);
             prop_assert!(invalid_or_ok(parse_page_token(&text)));
-            prop_assert!(invalid_or_ok(parse_offset_token(&text)));
+            prop_assert!(invalid_or_ok(parse_audit_token(&text)));
         }
 
         #[test]

@@ -293,3 +293,54 @@ async fn secret_reads_fail_closed_when_the_audit_log_cannot_be_written() {
         admin.get_credential(by_name_get("guarded")).await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn the_log_rotates_by_size_and_is_reopened_on_sighup() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let setup = write_config(dir.path());
+    let mut args = setup.args.clone();
+    args.extend(["--audit-max-file-size", "4KiB", "--audit-max-files", "2"].map(String::from));
+    let mut process = Process::serve(&args, &[], dir.path()).await.unwrap();
+    let mut admin = process.client(&setup.tokens.admin).await;
+    create(&mut admin, "rotated", "key-00000001", "acct").await;
+    let mut worker = process.client(&setup.tokens.worker).await;
+    for _ in 0..100 {
+        worker
+            .get_credential_headers(headers_by_name("rotated"))
+            .await
+            .unwrap();
+    }
+    let audit = dir.path().join("data/audit.jsonl");
+    let file = |suffix: &str| PathBuf::from(format!("{}{suffix}", audit.display()));
+    let listed = events(&mut admin, api::ListAuditEventsRequest::default()).await;
+    // The current file and two rotated ones, each at most 4 KiB; older ones deleted.
+    let mut kept = 0;
+    for suffix in ["", ".1", ".2"] {
+        let text = std::fs::read_to_string(file(suffix)).unwrap();
+        assert!(text.len() <= 4096, "{suffix}: {} bytes", text.len());
+        kept += text.lines().count();
+    }
+    assert!(!file(".3").exists());
+    // A listing reads them all, oldest first: the newest reads, then this listing.
+    assert!(
+        listed.len() >= kept - 1 && kept >= 40,
+        "{} listed, {kept} kept",
+        listed.len()
+    );
+    assert_eq!(listed.last().unwrap().method, "GetCredentialHeaders");
+    let times: Vec<_> = listed.iter().map(|e| e.time.unwrap().seconds).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]));
+
+    // An outside logrotate moves the file away and sends SIGHUP: a new file is begun.
+    std::fs::rename(&audit, file(".old")).unwrap();
+    process.signal("HUP");
+    process.wait_for_log(&["audit log reopened"]).await;
+    worker
+        .get_credential_headers(headers_by_name("rotated"))
+        .await
+        .unwrap();
+    process.terminate().await;
+    let fresh = std::fs::read_to_string(&audit).unwrap();
+    assert_eq!(fresh.lines().count(), 1, "{fresh}");
+    assert!(fresh.contains("GetCredentialHeaders"));
+}

@@ -17,6 +17,7 @@ use credvault::provider::ProviderSettings;
 use credvault::server::ServeError;
 use credvault::Config;
 
+pub mod h2raw;
 pub mod postgres;
 
 /// Which store a test server runs on.
@@ -107,6 +108,8 @@ pub struct Options {
     /// The audit log path (default: in the data dir).
     pub audit_log: Option<PathBuf>,
     pub audit_fail_open: bool,
+    /// Connection and HTTP/2 limits.
+    pub transport: credvault::transport::TransportSettings,
 }
 
 impl Default for Options {
@@ -128,6 +131,7 @@ impl Default for Options {
             extra_callers: String::new(),
             audit_log: None,
             audit_fail_open: false,
+            transport: Default::default(),
         }
     }
 }
@@ -215,6 +219,10 @@ impl TestServer {
             callers_file: None,
             audit_log: opts.audit_log.clone(),
             audit_fail_open: opts.audit_fail_open,
+            audit_max_file_size: 0,
+            audit_max_files: 0,
+            transport: opts.transport.clone(),
+            refusal_summary_interval: Duration::from_secs(10),
             tls: None,
             health_listen: None,
             providers: ProviderSettings {
@@ -419,6 +427,10 @@ pub fn bare_config(dir: &Path, keys: &str) -> Config {
         callers_file: None,
         audit_log: None,
         audit_fail_open: false,
+        audit_max_file_size: 0,
+        audit_max_files: 0,
+        transport: Default::default(),
+        refusal_summary_interval: Duration::from_secs(10),
         tls: None,
         health_listen: None,
         providers: Default::default(),
@@ -658,8 +670,32 @@ impl Process {
         envs: &[(&str, &str)],
         cwd: &Path,
     ) -> Result<Self, String> {
+        Self::start(tokio::process::Command::new(binary()), args, envs, cwd).await
+    }
+
+    /// [`Process::serve`] with the file descriptor limit (soft and hard) set to `nofile`.
+    pub async fn serve_with_fd_limit<S: AsRef<std::ffi::OsStr>>(
+        nofile: u64,
+        args: &[S],
+        envs: &[(&str, &str)],
+        cwd: &Path,
+    ) -> Result<Self, String> {
+        let mut sh = tokio::process::Command::new("sh");
+        sh.args([
+            "-c",
+            &format!("ulimit -n {nofile} && exec \"$0\" \"$@\""),
+            binary(),
+        ]);
+        Self::start(sh, args, envs, cwd).await
+    }
+
+    async fn start<S: AsRef<std::ffi::OsStr>>(
+        mut cmd: tokio::process::Command,
+        args: &[S],
+        envs: &[(&str, &str)],
+        cwd: &Path,
+    ) -> Result<Self, String> {
         use tokio::io::{AsyncBufReadExt, BufReader};
-        let mut cmd = tokio::process::Command::new(binary());
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
             .args(args)
             .env_remove("CREDVAULT_MASTER_KEY")
@@ -778,6 +814,68 @@ impl Process {
     pub fn stdout(&self) -> String {
         self.stdout.lock().unwrap().clone()
     }
+
+    fn proc_status(&self, field: &str) -> u64 {
+        let pid = self.child.id().expect("process is running");
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+    }
+
+    /// Resident memory now, in MB.
+    pub fn rss_mb(&self) -> f64 {
+        self.proc_status("VmRSS:") as f64 / 1024.0
+    }
+
+    /// The most resident memory so far, in MB.
+    pub fn peak_rss_mb(&self) -> f64 {
+        self.proc_status("VmHWM:") as f64 / 1024.0
+    }
+
+    /// CPU time used so far (user and system), in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        let pid = self.child.id().expect("process is running");
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // Fields after the command name (which is in parentheses): utime is the 12th, stime the 13th.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = rest.split(' ').collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        ticks as f64 / 100.0
+    }
+
+    /// Open file descriptors of the process.
+    pub fn open_fds(&self) -> usize {
+        let pid = self.child.id().expect("process is running");
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    }
+}
+
+/// A free port on 127.0.0.1 (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The value of one Prometheus series (its full name with labels), 0 when absent.
+pub async fn metric(addr: &str, series: &str) -> f64 {
+    let body = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    body.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// A key file and a callers file written into a directory, and the flags that use them.

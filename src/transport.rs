@@ -1,0 +1,688 @@
+//! Connection hardening below gRPC: the listen socket, the accept loop (a cap on
+//! open connections, backoff on EMFILE), a deadline for each new connection to
+//! finish TLS and send the HTTP/2 preface, and the HTTP/2 limits handed to hyper.
+//!
+//! Every accepted connection holds a slot of the listener's cap until it closes,
+//! and is watched for the RST_STREAM and GOAWAY frames the server sends, so that
+//! resets provoked by a client show in the metrics.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::rustls;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::config::TlsSettings;
+use crate::metrics;
+
+/// The client connection preface of HTTP/2 (RFC 9113, 3.4): the first bytes of every connection.
+pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The limits that protect the server from its clients (each a `serve` flag).
+#[derive(Clone, Debug)]
+pub struct TransportSettings {
+    /// SETTINGS_MAX_CONCURRENT_STREAMS: streams one connection may hold open at once.
+    pub max_concurrent_streams: u32,
+    /// Resets the server may be made to send on one connection (protocol errors of the
+    /// client, CVE-2025-8671) before it answers GOAWAY ENHANCE_YOUR_CALM.
+    pub max_local_error_resets: usize,
+    /// Longest time from a request's headers to its response's headers: a unary RPC
+    /// whole, or a streaming RPC's start (its stream then lives on, kept by pings).
+    pub request_timeout: Duration,
+    /// An HTTP/2 PING after this long without a frame from the client.
+    pub keepalive_interval: Duration,
+    /// A connection whose client does not answer a PING within this is closed.
+    pub keepalive_timeout: Duration,
+    /// A new connection must finish TLS and send the HTTP/2 preface within this.
+    pub handshake_timeout: Duration,
+    /// Open connections at most (further ones are closed at once); kept below the
+    /// file descriptor limit at start.
+    pub max_connections: usize,
+    /// The listen backlog (the kernel caps it at `net.core.somaxconn`).
+    pub listen_backlog: u32,
+}
+
+impl Default for TransportSettings {
+    fn default() -> Self {
+        TransportSettings {
+            max_concurrent_streams: 128,
+            max_local_error_resets: 1024,
+            request_timeout: Duration::from_secs(30),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+            listen_backlog: 1024,
+        }
+    }
+}
+
+/// Binds a listen socket with `backlog` (the standard library and tokio use 128).
+pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
+/// The file descriptor limit, as found and as raised at start.
+#[derive(Clone, Copy, Debug)]
+pub struct FdLimit {
+    /// The soft limit the process started with.
+    pub before: u64,
+    /// The soft limit now (the hard limit, when raising worked).
+    pub soft: u64,
+    /// The hard limit.
+    pub hard: u64,
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit, and says what it was and is.
+pub fn raise_fd_limit() -> Option<FdLimit> {
+    let (before, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).ok()?;
+    let soft = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(before);
+    Some(FdLimit { before, soft, hard })
+}
+
+/// Descriptors kept free for everything that is not a client connection: the
+/// store, the audit log, the database pool, provider calls, metrics scrapes.
+pub fn reserved_fds(database_connections: usize) -> u64 {
+    128 + database_connections as u64
+}
+
+/// The connection cap under `limit`: `wanted`, lowered so that a full server still
+/// has [`reserved_fds`] descriptors to spare (and at least 8 connections).
+pub fn connection_cap(wanted: usize, limit: Option<FdLimit>, reserved: u64) -> usize {
+    match limit {
+        Some(l) => {
+            let room = l.soft.saturating_sub(reserved).max(8);
+            wanted.min(usize::try_from(room).unwrap_or(usize::MAX))
+        }
+        None => wanted,
+    }
+}
+
+/// How one listener accepts: its name (for metrics and logs), cap and deadline.
+#[derive(Clone, Debug)]
+pub struct Listening {
+    /// `grpc` or `health`.
+    pub name: &'static str,
+    /// Open connections at most.
+    pub max_connections: usize,
+    /// Time to finish TLS and send the HTTP/2 preface.
+    pub handshake_timeout: Duration,
+}
+
+/// Accepts plaintext connections on `listener`: the stream of connections that sent
+/// the HTTP/2 preface in time, for tonic's `serve_with_incoming_shutdown`.
+///
+/// The accept loop stops, closing the listen socket, when the stream is dropped.
+pub fn incoming(
+    listener: TcpListener,
+    listening: Listening,
+) -> ReceiverStream<io::Result<Conn<TcpStream>>> {
+    spawn_accept(listener, listening, |stream| async move { Ok(stream) })
+}
+
+/// Like [`incoming`], with a TLS handshake first (inside the same deadline).
+pub fn incoming_tls(
+    listener: TcpListener,
+    listening: Listening,
+    acceptor: tokio_rustls::TlsAcceptor,
+) -> ReceiverStream<io::Result<Conn<tokio_rustls::server::TlsStream<TcpStream>>>> {
+    spawn_accept(listener, listening, move |stream| acceptor.accept(stream))
+}
+
+fn spawn_accept<IO, H, F>(
+    listener: TcpListener,
+    listening: Listening,
+    handshake: H,
+) -> ReceiverStream<io::Result<Conn<IO>>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(TcpStream) -> F + Send + Sync + 'static,
+    F: Future<Output = io::Result<IO>> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(64);
+    let handshake = Arc::new(handshake);
+    let name = listening.name;
+    let deadline = listening.handshake_timeout;
+    let closed = {
+        let tx = tx.clone();
+        async move { tx.closed().await }
+    };
+    tokio::spawn(accept(
+        listener,
+        listening,
+        closed,
+        move |stream, peer, slot| {
+            let handshake = Arc::clone(&handshake);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let opened = tokio::time::timeout(deadline, async {
+                    let mut io = handshake(stream).await?;
+                    let mut preface = [0u8; PREFACE.len()];
+                    io.read_exact(&mut preface).await?;
+                    Ok::<_, io::Error>((io, preface))
+                })
+                .await;
+                let reason = match opened {
+                    Ok(Ok((io, preface))) if &preface == PREFACE => {
+                        let _ = tx.send(Ok(Conn::new(io, slot))).await;
+                        return;
+                    }
+                    Ok(Ok(_)) => "not_http2",
+                    Ok(Err(e)) => {
+                        tracing::debug!(listener = name, %peer, error = %e, "connection closed during its handshake");
+                        "handshake_failed"
+                    }
+                    Err(_) => "handshake_timeout",
+                };
+                metrics::connection_refused(name, reason);
+            });
+        },
+    ));
+    ReceiverStream::new(rx)
+}
+
+/// Accept errors that concern one connection only (it went away before it was
+/// accepted): retried at once.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+    )
+}
+
+/// A warning at most every ten seconds, saying how many were held back meanwhile.
+struct Throttled {
+    last: Option<Instant>,
+    held: u64,
+}
+
+impl Throttled {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn new() -> Self {
+        Throttled {
+            last: None,
+            held: 0,
+        }
+    }
+
+    /// How many occurrences to report now (this one included), or `None` to hold it back.
+    fn due(&mut self) -> Option<u64> {
+        if self.last.is_some_and(|t| t.elapsed() < Self::EVERY) {
+            self.held += 1;
+            return None;
+        }
+        self.last = Some(Instant::now());
+        Some(std::mem::take(&mut self.held) + 1)
+    }
+}
+
+/// Something connections are accepted from (a listen socket; a fake in tests).
+pub trait Listen: Send + Sync + 'static {
+    /// The next connection and its peer.
+    fn accept(&self) -> impl Future<Output = io::Result<(TcpStream, SocketAddr)>> + Send;
+}
+
+impl Listen for TcpListener {
+    fn accept(&self) -> impl Future<Output = io::Result<(TcpStream, SocketAddr)>> + Send {
+        TcpListener::accept(self)
+    }
+}
+
+/// The accept loop of every listener, until `stop`: each connection gets a slot
+/// under the cap and goes to `serve`; over the cap it is closed at once. Accept
+/// errors such as EMFILE are followed by a short, growing pause (accepting again
+/// at once would fail again, at 100 % of a core) and a throttled warning.
+pub async fn accept<L: Listen>(
+    listener: L,
+    listening: Listening,
+    stop: impl Future<Output = ()>,
+    mut serve: impl FnMut(TcpStream, SocketAddr, Slot),
+) {
+    const FIRST_BACKOFF: Duration = Duration::from_millis(10);
+    const MAX_BACKOFF: Duration = Duration::from_secs(1);
+    let slots = Arc::new(Semaphore::new(listening.max_connections));
+    let name = listening.name;
+    let mut backoff = FIRST_BACKOFF;
+    let mut accept_warning = Throttled::new();
+    let mut full_warning = Throttled::new();
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut stop => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => {
+                backoff = FIRST_BACKOFF;
+                accepted
+            }
+            Err(e) if is_connection_error(&e) => continue,
+            Err(e) => {
+                metrics::accept_error(name);
+                if let Some(count) = accept_warning.due() {
+                    tracing::warn!(listener = name, error = %e, count, retry_in = ?backoff, "cannot accept connections");
+                }
+                tokio::select! {
+                    () = &mut stop => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            drop(stream);
+            metrics::connection_refused(name, "limit");
+            if let Some(count) = full_warning.due() {
+                tracing::warn!(
+                    listener = name,
+                    max_connections = listening.max_connections,
+                    refused = count,
+                    "connection limit reached: new connections are closed at once"
+                );
+            }
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        serve(stream, peer, Slot::new(name, permit));
+    }
+}
+
+/// A connection's place under its listener's cap, and in the open-connections gauge.
+pub struct Slot {
+    listener: &'static str,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Slot {
+    fn new(listener: &'static str, permit: OwnedSemaphorePermit) -> Self {
+        metrics::connection_opened(listener);
+        Slot {
+            listener,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        metrics::connection_closed(self.listener);
+    }
+}
+
+/// An accepted connection: its preface (already read) is replayed to hyper, and the
+/// frames the server writes are watched for resets.
+pub struct Conn<IO> {
+    io: IO,
+    replayed: usize,
+    frames: FrameWatch,
+    slot: Slot,
+}
+
+impl<IO> Conn<IO> {
+    fn new(io: IO, slot: Slot) -> Self {
+        Conn {
+            io,
+            replayed: 0,
+            frames: FrameWatch::default(),
+            slot,
+        }
+    }
+}
+
+impl<IO: Connected> Connected for Conn<IO> {
+    type ConnectInfo = IO::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Conn<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.replayed < PREFACE.len() {
+            let rest = &PREFACE[this.replayed..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            this.replayed += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Conn<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let written = Pin::new(&mut this.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = written {
+            let listener = this.slot.listener;
+            this.frames
+                .watch(&buf[..n], |kind, code| count_sent(listener, kind, code));
+        }
+        written
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(mut n)) = written {
+            for buf in bufs {
+                if n == 0 {
+                    break;
+                }
+                let part = buf.len().min(n);
+                let listener = this.slot.listener;
+                this.frames
+                    .watch(&buf[..part], |kind, code| count_sent(listener, kind, code));
+                n -= part;
+            }
+        }
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Follows the HTTP/2 frames the server writes (from the first byte: a server has
+/// no preface) and counts the RST_STREAM and GOAWAY frames among them, by error code.
+#[derive(Debug, Default)]
+struct FrameWatch {
+    header: [u8; 9],
+    /// Bytes of the current frame header seen so far (9 = in the payload).
+    have: usize,
+    /// Payload bytes of the current frame still to come.
+    remaining: usize,
+    /// The first payload bytes of a RST_STREAM or GOAWAY (where their error code is).
+    start: [u8; 8],
+    seen: usize,
+}
+
+const RST_STREAM: u8 = 0x3;
+const GOAWAY: u8 = 0x7;
+
+impl FrameWatch {
+    /// Follows `bytes`, calling `sent` with the kind and error code of every
+    /// RST_STREAM and GOAWAY frame completed in them.
+    fn watch(&mut self, mut bytes: &[u8], mut sent: impl FnMut(u8, u32)) {
+        while !bytes.is_empty() {
+            if self.have < 9 {
+                let n = (9 - self.have).min(bytes.len());
+                self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+                self.have += n;
+                bytes = &bytes[n..];
+                if self.have == 9 {
+                    let [a, b, c, ..] = self.header;
+                    self.remaining = u32::from_be_bytes([0, a, b, c]) as usize;
+                    self.seen = 0;
+                    if self.remaining == 0 {
+                        self.have = 0;
+                    }
+                }
+                continue;
+            }
+            let n = self.remaining.min(bytes.len());
+            if self.seen < self.start.len() {
+                let k = n.min(self.start.len() - self.seen);
+                self.start[self.seen..self.seen + k].copy_from_slice(&bytes[..k]);
+                self.seen += k;
+            }
+            self.remaining -= n;
+            bytes = &bytes[n..];
+            if self.remaining == 0 {
+                self.have = 0;
+                // RST_STREAM: the error code is the payload; GOAWAY: after the last stream id.
+                let at = match self.header[3] {
+                    RST_STREAM => 0,
+                    GOAWAY => 4,
+                    _ => continue,
+                };
+                if self.seen >= at + 4 {
+                    let s = &self.start;
+                    sent(
+                        self.header[3],
+                        u32::from_be_bytes([s[at], s[at + 1], s[at + 2], s[at + 3]]),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Counts a RST_STREAM or GOAWAY the server sent.
+fn count_sent(listener: &'static str, kind: u8, code: u32) {
+    if kind == GOAWAY {
+        metrics::http2_goaway_sent(listener, http2_error_name(code));
+    } else {
+        metrics::http2_reset_sent(listener, http2_error_name(code));
+    }
+}
+
+/// The name of an HTTP/2 error code (RFC 9113, 7).
+pub fn http2_error_name(code: u32) -> &'static str {
+    match code {
+        0x0 => "NO_ERROR",
+        0x1 => "PROTOCOL_ERROR",
+        0x2 => "INTERNAL_ERROR",
+        0x3 => "FLOW_CONTROL_ERROR",
+        0x4 => "SETTINGS_TIMEOUT",
+        0x5 => "STREAM_CLOSED",
+        0x6 => "FRAME_SIZE_ERROR",
+        0x7 => "REFUSED_STREAM",
+        0x8 => "CANCEL",
+        0x9 => "COMPRESSION_ERROR",
+        0xa => "CONNECT_ERROR",
+        0xb => "ENHANCE_YOUR_CALM",
+        0xc => "INADEQUATE_SECURITY",
+        0xd => "HTTP_1_1_REQUIRED",
+        _ => "UNKNOWN",
+    }
+}
+
+/// The TLS acceptor of the gRPC port: the server's certificate, and with a client
+/// CA, optional client certificates (callers may also come with tokens).
+pub fn tls_acceptor(tls: &TlsSettings) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+    };
+    let certs = |p: &std::path::Path| -> Result<Vec<CertificateDer<'static>>, String> {
+        let pem = read(p)?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{}: not a PEM certificate: {e}", p.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{}: holds no PEM certificate", p.display()));
+        }
+        Ok(certs)
+    };
+    let chain = certs(&tls.cert)?;
+    let key = PrivateKeyDer::from_pem_slice(&read(&tls.key)?)
+        .map_err(|e| format!("{}: not a PEM private key: {e}", tls.key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls setup failed: {e}"))?;
+    let builder = match &tls.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in certs(ca)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{}: bad CA certificate: {e}", ca.display()))?;
+            }
+            // Client certificates identify callers when presented; token callers need none.
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .allow_unauthenticated()
+                    .build()
+                    .map_err(|e| format!("{}: {e}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("{}: {e}", tls.cert.display()))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The peer address of a request, as the connection info of [`Conn`] records it.
+pub fn peer_addr<B>(request: &http::Request<B>) -> Option<SocketAddr> {
+    let ext = request.extensions();
+    ext.get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| {
+            ext.get::<tonic::transport::server::TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|i| i.get_ref().remote_addr())
+        })
+}
+
+/// The client certificate chain of a request over mutual TLS, leaf first.
+pub fn peer_certs<B>(
+    request: &http::Request<B>,
+) -> Option<Arc<Vec<rustls::pki_types::CertificateDer<'static>>>> {
+    request
+        .extensions()
+        .get::<tonic::transport::server::TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(|i| i.peer_certs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut f = len.to_be_bytes()[1..].to_vec();
+        f.extend([kind, 0, 0, 0, 0, 1]);
+        f.extend(payload);
+        f
+    }
+
+    #[test]
+    fn frames_are_followed_across_any_split() {
+        // SETTINGS, DATA, RST_STREAM (REFUSED_STREAM), GOAWAY (ENHANCE_YOUR_CALM), an empty SETTINGS ack.
+        let mut bytes = frame(0x4, &[0, 3, 0, 0, 0, 100]);
+        bytes.extend(frame(0x0, &[RST_STREAM; 40]));
+        bytes.extend(frame(RST_STREAM, &7u32.to_be_bytes()));
+        let mut goaway = 5u32.to_be_bytes().to_vec();
+        goaway.extend(0xbu32.to_be_bytes());
+        goaway.extend(b"calm down");
+        bytes.extend(frame(GOAWAY, &goaway));
+        bytes.extend(frame(0x4, &[]));
+        bytes.extend(frame(RST_STREAM, &8u32.to_be_bytes()));
+        for split in [1, 2, 3, 5, 9, 10, 13, 64, bytes.len()] {
+            let mut watch = FrameWatch::default();
+            let mut sent = Vec::new();
+            for chunk in bytes.chunks(split) {
+                watch.watch(chunk, |kind, code| sent.push((kind, code)));
+            }
+            assert_eq!(
+                sent,
+                [(RST_STREAM, 7), (GOAWAY, 0xb), (RST_STREAM, 8)],
+                "split {split}"
+            );
+            assert_eq!((watch.have, watch.remaining), (0, 0), "split {split}");
+        }
+        assert_eq!(http2_error_name(0xb), "ENHANCE_YOUR_CALM");
+        assert_eq!(http2_error_name(0x7), "REFUSED_STREAM");
+    }
+
+    #[test]
+    fn the_connection_cap_stays_below_the_descriptor_limit() {
+        let limit = |soft| {
+            Some(FdLimit {
+                before: soft,
+                soft,
+                hard: soft,
+            })
+        };
+        assert_eq!(connection_cap(4096, limit(1_048_576), 144), 4096);
+        assert_eq!(connection_cap(4096, limit(1024), 144), 880);
+        assert_eq!(connection_cap(4096, limit(256), 128), 128);
+        assert_eq!(connection_cap(4096, limit(100), 128), 8);
+        assert_eq!(connection_cap(4096, None, 128), 4096);
+    }
+
+    /// A listener whose every accept fails as at the descriptor limit.
+    struct Exhausted(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Listen for Exhausted {
+        fn accept(&self) -> impl Future<Output = io::Result<(TcpStream, SocketAddr)>> + Send {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            std::future::ready(Err(io::Error::from_raw_os_error(24))) // EMFILE
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn accept_errors_back_off_instead_of_spinning() {
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let listening = Listening {
+            name: "test",
+            max_connections: 8,
+            handshake_timeout: Duration::from_secs(1),
+        };
+        let stop = tokio::time::sleep(Duration::from_secs(10));
+        accept(Exhausted(Arc::clone(&calls)), listening, stop, |_, _, _| {}).await;
+        // 10 ms, doubling to 1 s: 16 tries in 10 s (a spin would make millions).
+        let calls = calls.load(std::sync::atomic::Ordering::Relaxed);
+        assert!((14..=18).contains(&calls), "{calls} accepts in 10 s");
+    }
+
+    #[test]
+    fn warnings_are_throttled() {
+        let mut t = Throttled::new();
+        assert_eq!(t.due(), Some(1));
+        assert_eq!(t.due(), None);
+        assert_eq!(t.due(), None);
+        t.last = Some(Instant::now() - Throttled::EVERY);
+        assert_eq!(t.due(), Some(3));
+    }
+}
