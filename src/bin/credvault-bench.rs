@@ -75,6 +75,14 @@ struct Args {
     /// Where to write the results as JSON.
     #[arg(long, default_value = "target/bench.json")]
     json: PathBuf,
+    /// Another credvault binary (e.g. the previous commit's) measured side by side:
+    /// its hot path runs right after this one's at each concurrency, on its own
+    /// server with as many credentials, and the report adds the ratios.
+    #[arg(long)]
+    compare_bin: Option<PathBuf>,
+    /// Skip the 100,000-credential scale step (for quick comparisons).
+    #[arg(long)]
+    skip_scale: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -609,6 +617,30 @@ async fn main() {
     rows.push(write_row);
     let ids = Arc::new(ids);
 
+    // The binary to compare with, seeded alike.
+    let compare = match &args.compare_bin {
+        Some(bin) => {
+            let other = Server::start(
+                bin,
+                &work.join("vault-compare"),
+                &token,
+                &args.server_log_level,
+                None,
+            )
+            .await;
+            let other_vaults = vault_clients(&channels(&other.addr, args.channels).await, &token);
+            let (other_ids, _) = seed(
+                &other_vaults,
+                args.credentials,
+                "cred",
+                "compare CreateCredential",
+            )
+            .await;
+            Some((other, other_vaults, Arc::new(other_ids)))
+        }
+        None => None,
+    };
+
     let bao = if args.bao == "off" {
         None
     } else {
@@ -687,6 +719,19 @@ async fn main() {
             )
             .await,
         );
+        if let Some((other, other_vaults, other_ids)) = &compare {
+            rows.push(
+                load(
+                    "hot GetCredentialHeaders (compare)",
+                    c,
+                    args.warmup,
+                    args.duration,
+                    hot_op(other_vaults, other_ids),
+                    other.pid(),
+                )
+                .await,
+            );
+        }
 
         // 3. OpenBao's KV v2 read of the same two fields, over HTTP keep-alive.
         if let Some(bao) = &bao {
@@ -721,6 +766,9 @@ async fn main() {
     }
     let rss_after = server.pid().and_then(rss_mb);
     server.stop().await;
+    if let Some((other, _, _)) = compare {
+        other.stop().await;
+    }
     drop(bao);
 
     // 4. The same hot path and writes on PostgreSQL, if a database was given.
@@ -760,78 +808,80 @@ async fn main() {
     }
 
     // 5. Scale: many credentials; cold start to SERVING, RSS, data size, a full listing.
-    let scale_dir = work.join("scale");
-    let first = Server::start(
-        &args.server_bin,
-        &scale_dir,
-        &token,
-        &args.server_log_level,
-        None,
-    )
-    .await;
-    let scale_vaults = vault_clients(&channels(&first.addr, args.channels).await, &token);
-    let (_, scale_write) = seed(
-        &scale_vaults,
-        args.scale_credentials,
-        "scale",
-        "credvault CreateCredential",
-    )
-    .await;
-    eprintln!(
-        "scale: seeded {} credentials at {:.0}/s",
-        args.scale_credentials, scale_write.rps
-    );
-    first.stop().await;
-    let cold = Server::start(
-        &args.server_bin,
-        &scale_dir,
-        &token,
-        &args.server_log_level,
-        None,
-    )
-    .await;
-    let cold_rss = cold.pid().and_then(rss_mb);
-    let mut lister = vault_clients(&[connect(&cold.addr).await], &token).remove(0);
-    let listed_at = Instant::now();
-    let (mut listed, mut page_token) = (0usize, String::new());
-    loop {
-        let page = lister
-            .list_credentials(api::ListCredentialsRequest {
-                page_size: 1000,
-                page_token: page_token.clone(),
-                ..Default::default()
-            })
-            .await
-            .expect("list")
-            .into_inner();
-        listed += page.credentials.len();
-        if page.next_page_token.is_empty() {
-            break;
+    if !args.skip_scale {
+        let scale_dir = work.join("scale");
+        let first = Server::start(
+            &args.server_bin,
+            &scale_dir,
+            &token,
+            &args.server_log_level,
+            None,
+        )
+        .await;
+        let scale_vaults = vault_clients(&channels(&first.addr, args.channels).await, &token);
+        let (_, scale_write) = seed(
+            &scale_vaults,
+            args.scale_credentials,
+            "scale",
+            "credvault CreateCredential",
+        )
+        .await;
+        eprintln!(
+            "scale: seeded {} credentials at {:.0}/s",
+            args.scale_credentials, scale_write.rps
+        );
+        first.stop().await;
+        let cold = Server::start(
+            &args.server_bin,
+            &scale_dir,
+            &token,
+            &args.server_log_level,
+            None,
+        )
+        .await;
+        let cold_rss = cold.pid().and_then(rss_mb);
+        let mut lister = vault_clients(&[connect(&cold.addr).await], &token).remove(0);
+        let listed_at = Instant::now();
+        let (mut listed, mut page_token) = (0usize, String::new());
+        loop {
+            let page = lister
+                .list_credentials(api::ListCredentialsRequest {
+                    page_size: 1000,
+                    page_token: page_token.clone(),
+                    ..Default::default()
+                })
+                .await
+                .expect("list")
+                .into_inner();
+            listed += page.credentials.len();
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
         }
-        page_token = page.next_page_token;
+        let list_took = listed_at.elapsed();
+        let rss_after_list = cold.pid().and_then(rss_mb);
+        let data_bytes = dir_size(&scale_dir.join("data"));
+        scale.insert("credentials".into(), json!(args.scale_credentials));
+        scale.insert(
+            "cold_start_to_serving_ms".into(),
+            json!(cold.started.as_secs_f64() * 1000.0),
+        );
+        scale.insert("rss_after_start_mb".into(), json!(cold_rss));
+        scale.insert("rss_after_full_list_mb".into(), json!(rss_after_list));
+        scale.insert("data_dir_mb".into(), json!(data_bytes as f64 / 1_048_576.0));
+        scale.insert(
+            "list_all_ms".into(),
+            json!(list_took.as_secs_f64() * 1000.0),
+        );
+        scale.insert("listed".into(), json!(listed));
+        scale.insert("create_rps_c16".into(), json!(scale_write.rps));
+        cold.stop().await;
+        assert_eq!(
+            listed, args.scale_credentials,
+            "the listing saw every credential"
+        );
     }
-    let list_took = listed_at.elapsed();
-    let rss_after_list = cold.pid().and_then(rss_mb);
-    let data_bytes = dir_size(&scale_dir.join("data"));
-    scale.insert("credentials".into(), json!(args.scale_credentials));
-    scale.insert(
-        "cold_start_to_serving_ms".into(),
-        json!(cold.started.as_secs_f64() * 1000.0),
-    );
-    scale.insert("rss_after_start_mb".into(), json!(cold_rss));
-    scale.insert("rss_after_full_list_mb".into(), json!(rss_after_list));
-    scale.insert("data_dir_mb".into(), json!(data_bytes as f64 / 1_048_576.0));
-    scale.insert(
-        "list_all_ms".into(),
-        json!(list_took.as_secs_f64() * 1000.0),
-    );
-    scale.insert("listed".into(), json!(listed));
-    scale.insert("create_rps_c16".into(), json!(scale_write.rps));
-    cold.stop().await;
-    assert_eq!(
-        listed, args.scale_credentials,
-        "the listing saw every credential"
-    );
 
     report(&args, &rows, &scale, rss_after);
     let _ = std::fs::remove_dir_all(&work);
@@ -906,6 +956,11 @@ fn report(
             r.rps
         });
         let cpu = ratio(hot, floor, |r| r.server_cpu_us_per_request.unwrap_or(0.0));
+        let compared = find("hot GetCredentialHeaders (compare)", c);
+        let vs_compare = ratio(hot, compared, |r| r.rps);
+        let cpu_vs_compare = ratio(hot, compared, |r| {
+            r.server_cpu_us_per_request.unwrap_or(0.0)
+        });
         let show = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.2}"));
         println!(
             "| {c} | {} | {} | {} | {} | {} |",
@@ -915,7 +970,30 @@ fn report(
             show(pg),
             show(cpu)
         );
-        ratios.insert(format!("c{c}"), json!({"hot_over_floor_rps": tput, "hot_over_floor_p99": p99, "hot_over_openbao_rps": vs_bao, "postgres_hot_over_floor_rps": pg, "hot_over_floor_server_cpu": cpu}));
+        ratios.insert(format!("c{c}"), json!({"hot_over_floor_rps": tput, "hot_over_floor_p99": p99, "hot_over_openbao_rps": vs_bao, "postgres_hot_over_floor_rps": pg, "hot_over_floor_server_cpu": cpu, "hot_over_compare_rps": vs_compare, "hot_over_compare_server_cpu": cpu_vs_compare}));
+    }
+    if args.compare_bin.is_some() {
+        println!();
+        println!(
+            "| concurrency | hot / compare-bin hot (req/s) | hot / compare-bin hot (p99) | server CPU per request, hot / compare-bin |"
+        );
+        println!("|---:|---:|---:|---:|");
+        for &c in &args.concurrency {
+            let (hot, other) = (
+                find("hot GetCredentialHeaders", c),
+                find("hot GetCredentialHeaders (compare)", c),
+            );
+            let ratio = |f: fn(&Row) -> f64| match (hot, other) {
+                (Some(a), Some(b)) if f(b) > 0.0 => format!("{:.2}", f(a) / f(b)),
+                _ => "-".into(),
+            };
+            println!(
+                "| {c} | {} | {} | {} |",
+                ratio(|r| r.rps),
+                ratio(|r| r.p99_us as f64),
+                ratio(|r| r.server_cpu_us_per_request.unwrap_or(0.0))
+            );
+        }
     }
     println!();
     println!("scale: {}", serde_json::Value::Object(scale.clone()));
