@@ -288,10 +288,10 @@ struct TransportArgs {
     #[arg(long, env = "CREDVAULT_HTTP2_MAX_LOCAL_ERROR_RESETS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
     http2_max_local_error_resets: u64,
     /// Longest time from a request's headers to its response's: a whole unary RPC, or the
-    /// start of a streaming one (whose stream then lives on, kept alive by pings).
+    /// start of a streaming one (whose stream then lives on, kept alive by pings); 0s: off.
     #[arg(long, env = "CREDVAULT_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     request_timeout: Duration,
-    /// Send an HTTP/2 PING on a connection this long silent.
+    /// Send an HTTP/2 PING on a connection this long silent; 0s: never (not advised).
     #[arg(long, env = "CREDVAULT_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     http2_keepalive_interval: Duration,
     /// Close a connection whose client does not answer a PING within this.

@@ -205,10 +205,13 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let state = Arc::clone(&self.state);
         Box::pin(async move {
-            let answered = tokio::time::timeout(state.request_timeout, inner.call(request)).await;
-            let mut response = match answered {
-                Ok(response) => response?,
-                Err(_) => return Ok(state.timed_out(route, caller.as_deref(), peer, start)),
+            let mut response = if state.request_timeout.is_zero() {
+                inner.call(request).await?
+            } else {
+                match tokio::time::timeout(state.request_timeout, inner.call(request)).await {
+                    Ok(response) => response?,
+                    Err(_) => return Ok(state.timed_out(route, caller.as_deref(), peer, start)),
+                }
             };
             proper_codes(&mut response, route);
             Ok(match stream_permit {
@@ -231,7 +234,10 @@ impl GateState {
     /// stream, and hyper counts each as a reset the client provoked: enough of them
     /// and it cuts the connection with GOAWAY ENHANCE_YOUR_CALM.
     async fn drain(&self, mut body: Body) {
-        let within = REFUSAL_DRAIN.min(self.request_timeout);
+        let within = match self.request_timeout {
+            t if t.is_zero() => REFUSAL_DRAIN,
+            t => REFUSAL_DRAIN.min(t),
+        };
         let _ = tokio::time::timeout(within, async {
             let mut seen = 0;
             while let Some(Ok(frame)) =

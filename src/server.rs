@@ -269,7 +269,7 @@ async fn serve<S: Store>(
             .max_concurrent_streams(limits.max_concurrent_streams)
             .http2_max_local_error_reset_streams(Some(limits.max_local_error_resets))
             .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESETS))
-            .http2_keepalive_interval(Some(limits.keepalive_interval))
+            .http2_keepalive_interval(Some(limits.keepalive_interval).filter(|d| !d.is_zero()))
             .http2_keepalive_timeout(Some(limits.keepalive_timeout))
     };
     // With TLS, probes that speak plaintext only get a health-only port.

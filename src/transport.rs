@@ -36,9 +36,10 @@ pub struct TransportSettings {
     /// client, CVE-2025-8671) before it answers GOAWAY ENHANCE_YOUR_CALM.
     pub max_local_error_resets: usize,
     /// Longest time from a request's headers to its response's headers: a unary RPC
-    /// whole, or a streaming RPC's start (its stream then lives on, kept by pings).
+    /// whole, or a streaming RPC's start (its stream then lives on, kept by pings);
+    /// zero turns it off.
     pub request_timeout: Duration,
-    /// An HTTP/2 PING after this long without a frame from the client.
+    /// An HTTP/2 PING after this long without a frame from the client (zero: never).
     pub keepalive_interval: Duration,
     /// A connection whose client does not answer a PING within this is closed.
     pub keepalive_timeout: Duration,
