@@ -594,10 +594,19 @@ async fn the_listen_backlog_holds_a_burst_of_connects() {
         .into_iter()
         .flatten()
         .collect();
-    println!("{} of 1,100 connects completed", connected.len());
+    // Linux holds backlog + 1, capped by net.core.somaxconn (4096 on current kernels).
+    let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1024);
+    let expected = 1024.min(somaxconn);
+    println!(
+        "{} of 1,100 connects completed (somaxconn {somaxconn})",
+        connected.len()
+    );
     assert!(
-        connected.len() >= 1000,
-        "{} connects completed",
+        connected.len() >= expected - 24,
+        "{} connects completed, the backlog should hold {expected}",
         connected.len()
     );
     drop(listener);
