@@ -153,9 +153,37 @@ impl AuditQuery {
 }
 
 enum Command {
-    Event(String),
+    /// One event's line; `done` hears when it has been written (and fsynced,
+    /// with `--audit-sync fsync`). The permit is its place in the bounded queue.
+    Event {
+        line: String,
+        done: Option<tokio::sync::oneshot::Sender<bool>>,
+        _place: tokio::sync::OwnedSemaphorePermit,
+    },
+    /// Hears when everything before it is written and fsynced.
     Flush(tokio::sync::oneshot::Sender<bool>),
     Reopen,
+}
+
+/// When a secret read's answer may go out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuditSync {
+    /// Once its event has reached the operating system (write(2) done); fsynced
+    /// within 20 ms in the background.
+    #[default]
+    Write,
+    /// Once its event is also fsynced: the trail survives a power loss.
+    Fsync,
+}
+
+impl AuditSync {
+    /// The flag's value, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditSync::Write => "write",
+            AuditSync::Fsync => "fsync",
+        }
+    }
 }
 
 /// Where the audit trail goes and how much of it is kept.
@@ -169,6 +197,10 @@ pub struct AuditSettings {
     pub max_file_size: u64,
     /// Rotated files kept (`<path>.1` newest); older ones are deleted (0: keep all).
     pub max_files: usize,
+    /// What a secret read waits for before its answer goes out.
+    pub sync: AuditSync,
+    /// Events queued for the writer at most; recording waits for room beyond that.
+    pub queue: usize,
 }
 
 impl AuditSettings {
@@ -179,21 +211,32 @@ impl AuditSettings {
             fail_open: false,
             max_file_size: DEFAULT_MAX_FILE_SIZE,
             max_files: DEFAULT_MAX_FILES,
+            sync: AuditSync::Write,
+            queue: DEFAULT_QUEUE,
         }
     }
 }
+
+/// The default bound of the writer's queue (events of about 200 bytes: 2 MB).
+pub const DEFAULT_QUEUE: usize = 10_000;
+/// Events written in one write(2) at most.
+const MAX_GROUP: usize = 4096;
 
 /// The default `--audit-max-file-size`: 64 MiB.
 pub const DEFAULT_MAX_FILE_SIZE: u64 = 64 << 20;
 /// The default `--audit-max-files`.
 pub const DEFAULT_MAX_FILES: usize = 8;
 
-/// The audit log: cheap to record into, shared by every RPC.
+/// The audit log, shared by every RPC: a writer thread takes the events from a
+/// bounded queue in groups, one write(2) per group, and answers the secret reads
+/// waiting on them; a syncer thread fsyncs what was written every 20 ms.
 pub struct AuditLog {
     path: PathBuf,
     tx: mpsc::Sender<Command>,
-    healthy: Arc<AtomicBool>,
+    places: Arc<tokio::sync::Semaphore>,
+    health: Arc<Health>,
     fail_open: bool,
+    sync: AuditSync,
     /// Held while files are renamed, so a listing sees a whole set of them.
     rotation: Arc<Mutex<()>>,
     fingerprint_key: Zeroizing<[u8; 32]>,
@@ -233,28 +276,41 @@ impl AuditLog {
         }
         let file = open_append(path)
             .map_err(|e| format!("cannot open the audit log {}: {e}", path.display()))?;
-        let healthy = Arc::new(AtomicBool::new(true));
+        let health = Arc::new(Health::default());
         let rotation = Arc::new(Mutex::new(()));
+        let file = Arc::new(file);
+        let current = Arc::new(Mutex::new(Arc::clone(&file)));
         let (tx, rx) = mpsc::channel();
         let mut writer = Writer {
             size: file.metadata().map(|m| m.len()).unwrap_or(0),
-            out: std::io::BufWriter::with_capacity(64 * 1024, file),
+            out: std::io::BufWriter::with_capacity(64 * 1024, Shared(file)),
+            current: Arc::clone(&current),
             path: path.clone(),
             max_file_size: settings.max_file_size,
             max_files: settings.max_files,
+            sync: settings.sync,
             rotation: Arc::clone(&rotation),
-            healthy: Arc::clone(&healthy),
-            broken: false,
+            health: Arc::clone(&health),
+            dropped: 0,
         };
         std::thread::Builder::new()
             .name("credvault-audit".into())
             .spawn(move || writer.run(&rx))
             .map_err(|e| format!("cannot start the audit writer: {e}"))?;
+        if settings.sync == AuditSync::Write {
+            let (health, shown) = (Arc::clone(&health), path.display().to_string());
+            std::thread::Builder::new()
+                .name("credvault-audit-sync".into())
+                .spawn(move || sync_loop(&current, &health, &shown))
+                .map_err(|e| format!("cannot start the audit syncer: {e}"))?;
+        }
         Ok(AuditLog {
             path: path.clone(),
             tx,
-            healthy,
+            places: Arc::new(tokio::sync::Semaphore::new(settings.queue.max(1))),
+            health,
             fail_open: settings.fail_open,
+            sync: settings.sync,
             rotation,
             fingerprint_key: key.derive_subkey(b"credvault/audit-fingerprint/v1"),
         })
@@ -270,9 +326,14 @@ impl AuditLog {
         self.fail_open
     }
 
-    /// Whether the last write and fsync succeeded.
+    /// What a secret read waits for.
+    pub fn sync(&self) -> AuditSync {
+        self.sync
+    }
+
+    /// Whether the last write and the last fsync succeeded.
     pub fn healthy(&self) -> bool {
-        self.healthy.load(Ordering::Acquire)
+        self.health.ok()
     }
 
     /// Refuses a secret read while the log is broken, unless failing open.
@@ -286,16 +347,55 @@ impl AuditLog {
         }
     }
 
-    /// Queues an event; the writer thread appends it.
-    pub fn record(&self, event: &AuditEntry<'_>) {
-        match serde_json::to_string(event) {
-            Ok(line) => {
-                if self.tx.send(Command::Event(line)).is_err() {
-                    self.healthy.store(false, Ordering::Release);
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "an audit event could not be encoded"),
+    /// Queues an event (waiting while the queue is full); the writer appends it soon.
+    pub async fn record(&self, event: &AuditEntry<'_>) {
+        let _ = self.enqueue(event, None).await;
+    }
+
+    /// Records the event of a secret read and waits until it has reached the
+    /// operating system (with `--audit-sync fsync`, the disk): only then may the
+    /// secret go out. Fails with UNAVAILABLE when it could not be written, unless
+    /// the log fails open.
+    pub async fn record_secret_read(&self, event: &AuditEntry<'_>) -> Result<(), Error> {
+        let (done, written) = tokio::sync::oneshot::channel();
+        let written = match self.enqueue(event, Some(done)).await {
+            true => written.await.unwrap_or(false),
+            false => false,
+        };
+        if written || self.fail_open {
+            Ok(())
+        } else {
+            Err(Error::Unavailable(
+                "the audit event of this secret read could not be written, so the secret was not handed out (fail closed); see the server log".into(),
+            ))
         }
+    }
+
+    async fn enqueue(
+        &self,
+        event: &AuditEntry<'_>,
+        done: Option<tokio::sync::oneshot::Sender<bool>>,
+    ) -> bool {
+        let line = match serde_json::to_string(event) {
+            Ok(line) => line,
+            Err(e) => {
+                tracing::error!(error = %e, "an audit event could not be encoded");
+                return false;
+            }
+        };
+        // A stalled disk fills the queue; then callers wait here, never piling up memory.
+        let Ok(place) = Arc::clone(&self.places).acquire_owned().await else {
+            return false;
+        };
+        let sent = self.tx.send(Command::Event {
+            line,
+            done,
+            _place: place,
+        });
+        if sent.is_err() {
+            self.health.write_failed();
+        }
+        sent.is_ok()
     }
 
     /// Waits until everything recorded so far is written and fsynced.
@@ -346,10 +446,10 @@ impl AuditLog {
     }
 }
 
-/// A place in the audit trail: a file (by inode, which a rename keeps) and a byte in it.
+/// A place in the audit trail: a file (by [`file_id`], which a rename keeps) and a byte in it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Position {
-    /// The file's inode; `None` for the current file (a token from before rotation existed).
+    /// The file's id; `None` for the current file (a token from before rotation existed).
     pub file: Option<u64>,
     pub offset: u64,
 }
@@ -382,7 +482,7 @@ fn log_files(path: &Path) -> std::io::Result<Vec<(u64, File)>> {
         .chain([path.to_owned()]);
     for p in candidates {
         match File::open(&p) {
-            Ok(file) => files.push((inode(&file)?, file)),
+            Ok(file) => files.push((file_id(&file)?, file)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
@@ -396,15 +496,30 @@ fn rotated_path(path: &Path, n: u64) -> PathBuf {
     PathBuf::from(name)
 }
 
-#[cfg(unix)]
-fn inode(file: &File) -> std::io::Result<u64> {
-    use std::os::unix::fs::MetadataExt;
-    Ok(file.metadata()?.ino())
-}
-
-#[cfg(not(unix))]
-fn inode(_file: &File) -> std::io::Result<u64> {
-    Ok(0)
+/// A file's identity across renames: its inode and its first bytes (the first
+/// event's time, to the microsecond), hashed (FNV-1a). An inode alone would not
+/// do: a deleted file's inode is soon reused by a new one.
+fn file_id(file: &File) -> std::io::Result<u64> {
+    let mut head = [0u8; 64];
+    let mut read = 0;
+    #[cfg(unix)]
+    let inode = {
+        use std::os::unix::fs::{FileExt, MetadataExt};
+        while read < head.len() {
+            match file.read_at(&mut head[read..], read as u64)? {
+                0 => break,
+                n => read += n,
+            }
+        }
+        file.metadata()?.ino()
+    };
+    #[cfg(not(unix))]
+    let inode = 0u64;
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for byte in inode.to_be_bytes().iter().chain(&head[..read]) {
+        hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    Ok(hash)
 }
 
 fn read_events(
@@ -461,57 +576,219 @@ fn read_events(
     Ok((events, None))
 }
 
+/// Whether the log can be written: the writer's last write and the last fsync.
+#[derive(Debug)]
+struct Health {
+    written: AtomicBool,
+    synced: AtomicBool,
+    /// Written since the last fsync.
+    dirty: AtomicBool,
+    /// The writer has stopped.
+    closed: AtomicBool,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            written: AtomicBool::new(true),
+            synced: AtomicBool::new(true),
+            dirty: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Health {
+    fn ok(&self) -> bool {
+        self.written.load(Ordering::Acquire) && self.synced.load(Ordering::Acquire)
+    }
+
+    fn write_failed(&self) {
+        self.written.store(false, Ordering::Release);
+    }
+}
+
+/// The log file, shared by the writer (which writes through it) and the syncer.
+struct Shared(Arc<File>);
+
+impl Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        (&*self.0).write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        (&*self.0).write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Fsyncs the current file every [`SYNC_INTERVAL`] when something was written.
+fn sync_loop(current: &Mutex<Arc<File>>, health: &Health, path: &str) {
+    let mut failing = false;
+    loop {
+        std::thread::sleep(SYNC_INTERVAL);
+        if health.closed.load(Ordering::Acquire) {
+            // The writer is gone (the log was dropped), its last group fsynced.
+            return;
+        }
+        if !health.dirty.swap(false, Ordering::AcqRel) && !failing {
+            continue;
+        }
+        let file = Arc::clone(
+            &current
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        match file.sync_data() {
+            Ok(()) => {
+                if failing {
+                    tracing::info!(path, "the audit log can be fsynced again");
+                }
+                failing = false;
+                health.synced.store(true, Ordering::Release);
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::error!(path, error = %e, "the audit log cannot be fsynced");
+                    crate::metrics::audit_write_failed();
+                }
+                failing = true;
+                health.synced.store(false, Ordering::Release);
+            }
+        }
+    }
+}
+
 /// The writer thread's state: the open file, its size, and how to rotate it.
 struct Writer {
-    out: std::io::BufWriter<File>,
+    out: std::io::BufWriter<Shared>,
+    /// The file the syncer fsyncs (replaced on rotation and reopen).
+    current: Arc<Mutex<Arc<File>>>,
     size: u64,
     path: PathBuf,
     max_file_size: u64,
     max_files: usize,
+    sync: AuditSync,
     rotation: Arc<Mutex<()>>,
-    healthy: Arc<AtomicBool>,
-    broken: bool,
+    health: Arc<Health>,
+    /// Events that could not be taken while the log was failing, since the last report.
+    dropped: u64,
 }
 
 impl Writer {
     fn run(&mut self, rx: &mpsc::Receiver<Command>) {
+        let mut group = Vec::with_capacity(64);
         loop {
-            // Wake on a timer, not per event, so that recording an event never costs the
-            // caller a thread wake-up; then take everything queued since, write it, fsync once.
-            std::thread::sleep(SYNC_INTERVAL);
-            let mut waiters = Vec::new();
-            let mut result = Ok(());
-            let mut written = false;
-            let mut stop = false;
-            loop {
+            // Block for the first command; while the log is failing, wake to retry.
+            let first = if self.health.written.load(Ordering::Acquire) {
+                rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+            } else {
+                rx.recv_timeout(RETRY_INTERVAL)
+            };
+            match first {
+                Ok(command) => group.push(command),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.commit(&mut group, false);
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    self.commit(&mut group, true);
+                    self.health.closed.store(true, Ordering::Release);
+                    return;
+                }
+            }
+            // Everything queued meanwhile joins the group: one write(2) for all.
+            while group.len() < MAX_GROUP {
                 match rx.try_recv() {
-                    Ok(Command::Event(line)) => {
-                        if result.is_ok() {
-                            result = self.write_line(&line);
-                        }
-                        written = true;
+                    Ok(command) => group.push(command),
+                    Err(_) => break,
+                }
+            }
+            self.commit(&mut group, false);
+        }
+    }
+
+    /// Writes a group, fsyncs when it must, and tells its waiters how it went.
+    fn commit(&mut self, group: &mut Vec<Command>, last: bool) {
+        let mut result = Ok(());
+        let mut must_sync = last || self.sync == AuditSync::Fsync;
+        for command in group.iter() {
+            match command {
+                Command::Event { line, .. } => {
+                    if result.is_ok() {
+                        result = self.write_line(line);
                     }
-                    Ok(Command::Flush(done)) => waiters.push(done),
-                    Ok(Command::Reopen) => {
-                        if result.is_ok() {
-                            result = self.reopen();
-                        }
+                    if result.is_err() {
+                        self.dropped += 1;
                     }
-                    Err(mpsc::TryRecvError::Empty) => break,
-                    Err(mpsc::TryRecvError::Disconnected) => {
-                        stop = true;
-                        break;
+                }
+                Command::Flush(_) => must_sync = true,
+                Command::Reopen => {
+                    if result.is_ok() {
+                        result = self.reopen();
                     }
                 }
             }
-            if written || !waiters.is_empty() || stop {
-                let ok = self.sync(result);
-                for done in waiters {
-                    let _ = done.send(ok);
+        }
+        // Also retries what an earlier failure left in the buffer.
+        let written = result.and_then(|()| self.out.flush());
+        let written_ok = written.is_ok();
+        let synced_ok = if written_ok && must_sync {
+            match self.out.get_ref().0.sync_data() {
+                Ok(()) => {
+                    self.health.synced.store(true, Ordering::Release);
+                    true
+                }
+                Err(e) => {
+                    tracing::error!(path = %self.path.display(), error = %e, "the audit log cannot be fsynced");
+                    self.health.synced.store(false, Ordering::Release);
+                    false
                 }
             }
-            if stop {
-                return;
+        } else {
+            if written_ok {
+                self.health.dirty.store(true, Ordering::Release);
+            }
+            written_ok
+        };
+        self.note(written);
+        let event_ok = written_ok && (self.sync == AuditSync::Write || synced_ok);
+        for command in group.drain(..) {
+            match command {
+                Command::Event {
+                    done: Some(done), ..
+                } => {
+                    let _ = done.send(event_ok);
+                }
+                Command::Flush(done) => {
+                    let _ = done.send(written_ok && synced_ok);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Records the outcome of a write: health, metrics, a log line on each change.
+    fn note(&mut self, written: std::io::Result<()>) {
+        let was_ok = self.health.written.load(Ordering::Acquire);
+        let path = self.path.display();
+        match written {
+            Ok(()) => {
+                if !was_ok {
+                    tracing::info!(%path, dropped = self.dropped, "the audit log is writable again");
+                    self.dropped = 0;
+                }
+                self.health.written.store(true, Ordering::Release);
+            }
+            Err(e) => {
+                crate::metrics::audit_write_failed();
+                if was_ok {
+                    tracing::error!(%path, error = %e, "the audit log cannot be written");
+                }
+                self.health.write_failed();
             }
         }
     }
@@ -523,58 +800,31 @@ impl Writer {
                 tracing::error!(path = %self.path.display(), error = %e, "the audit log could not be rotated; writing on");
             }
         }
-        writeln!(self.out, "{line}")?;
+        // A line the buffer cannot take whole is refused whole: the file never
+        // holds half an event, and what was buffered goes out once the disk allows.
+        if self.out.capacity() - self.out.buffer().len() < line.len() + 1 {
+            self.out.flush()?;
+        }
+        self.out.write_all(line.as_bytes())?;
+        self.out.write_all(b"\n")?;
         self.size += len;
         Ok(())
     }
 
-    /// Fsyncs what was written; records and reports the log's health.
-    fn sync(&mut self, result: std::io::Result<()>) -> bool {
-        let synced = result
-            .and_then(|()| self.out.flush())
-            .and_then(|()| self.out.get_ref().sync_data());
-        let ok = synced.is_ok();
-        self.healthy.store(ok, Ordering::Release);
-        if !ok {
-            crate::metrics::audit_write_failed();
-        }
-        let path = self.path.display();
-        match (&synced, self.broken) {
-            (Err(e), false) => {
-                tracing::error!(%path, error = %e, "the audit log cannot be written")
-            }
-            (Ok(()), true) => tracing::info!(%path, "the audit log is writable again"),
-            _ => {}
-        }
-        self.broken = !ok;
-        if !ok {
-            // Drop what could not be written so a recovered disk starts clean.
-            self.discard_buffer();
-        }
-        ok
-    }
-
-    /// Writes to `file` from now on (the old one is closed, its buffer already flushed).
+    /// Writes to `file` from now on (the old one's buffer already flushed).
     fn swap_file(&mut self, file: File) {
-        self.out = std::io::BufWriter::with_capacity(64 * 1024, file);
-    }
-
-    /// Forgets what is buffered and not yet written (a write failed).
-    fn discard_buffer(&mut self) {
-        // BufWriter cannot drop its buffer in place: wrap the same file anew.
-        if let Ok(file) = self.out.get_ref().try_clone() {
-            let old = std::mem::replace(
-                &mut self.out,
-                std::io::BufWriter::with_capacity(64 * 1024, file),
-            );
-            let (_file, _unwritten) = old.into_parts();
-        }
+        let file = Arc::new(file);
+        *self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::clone(&file);
+        self.out = std::io::BufWriter::with_capacity(64 * 1024, Shared(file));
     }
 
     /// Flushes the file, then `<path>.N-1` → `<path>.N` … `<path>` → `<path>.1`, and a new `<path>`.
     fn rotate(&mut self) -> std::io::Result<()> {
         self.out.flush()?;
-        self.out.get_ref().sync_data()?;
+        self.out.get_ref().0.sync_data()?;
         let rotation = Arc::clone(&self.rotation);
         let _listings_wait = rotation
             .lock()
@@ -614,7 +864,7 @@ impl Writer {
     /// Opens the path again: an outside tool (logrotate) moved the file away.
     fn reopen(&mut self) -> std::io::Result<()> {
         self.out.flush()?;
-        self.out.get_ref().sync_data()?;
+        self.out.get_ref().0.sync_data()?;
         let file = open_append(&self.path)?;
         self.size = file.metadata().map(|m| m.len()).unwrap_or(0);
         self.swap_file(file);
@@ -622,6 +872,9 @@ impl Writer {
         Ok(())
     }
 }
+
+/// While the log cannot be written, how often the writer tries again by itself.
+const RETRY_INTERVAL: Duration = Duration::from_millis(500);
 
 #[cfg(test)]
 mod tests {
@@ -711,7 +964,8 @@ mod tests {
                 caller: if i % 2 == 0 { "even" } else { "odd" },
                 credential_id: &format!("cred_{i}"),
                 ..entry()
-            });
+            })
+            .await;
         }
         assert!(log.flush().await);
         let q = || AuditQuery {
@@ -750,7 +1004,8 @@ mod tests {
             log.record(&AuditEntry {
                 credential_id: &id(i),
                 ..entry()
-            });
+            })
+            .await;
             if i == 20 {
                 // A listing begun before rotations goes on across them.
                 assert!(log.flush().await);
@@ -799,14 +1054,16 @@ mod tests {
         log.record(&AuditEntry {
             credential_id: "before",
             ..entry()
-        });
+        })
+        .await;
         assert!(log.flush().await);
         std::fs::rename(&path, rotated_path(&path, 1)).unwrap();
         log.reopen();
         log.record(&AuditEntry {
             credential_id: "after",
             ..entry()
-        });
+        })
+        .await;
         assert!(log.flush().await);
         let current = std::fs::read_to_string(&path).unwrap();
         assert!(current.contains("after") && !current.contains("before"));
@@ -819,11 +1076,65 @@ mod tests {
     async fn an_unwritable_log_fails_closed_unless_open() {
         for fail_open in [false, true] {
             let log = open(Path::new("/dev/full"), fail_open);
-            log.record(&entry());
+            log.record(&entry()).await;
             assert!(!log.flush().await);
             assert!(!log.healthy());
             assert_eq!(log.admit_secret_read().is_ok(), fail_open);
         }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_writer_makes_recording_wait_not_pile_up() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let log = AuditLog::open(
+            &AuditSettings {
+                max_file_size: 1,
+                queue: 4,
+                ..AuditSettings::new(dir.path().join("audit.jsonl"))
+            },
+            &key(),
+        )
+        .unwrap();
+        log.record(&entry()).await;
+        assert!(log.flush().await);
+        // The next event rotates the file, and the writer waits for the rotation
+        // lock, held here: a disk that does not answer.
+        let stall = Arc::clone(&log.rotation);
+        let (locked_tx, locked) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let _held = stall.lock().unwrap();
+            locked_tx.send(()).unwrap();
+            let _ = released.recv();
+        });
+        locked.recv().unwrap();
+        let log = Arc::new(log);
+        let readers: Vec<_> = (0..8)
+            .map(|_| {
+                let log = Arc::clone(&log);
+                tokio::spawn(async move { log.record_secret_read(&entry()).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // One event is with the writer, four wait in the queue, the rest wait for room.
+        assert_eq!(log.places.available_permits(), 0);
+        assert!(
+            readers.iter().all(|r| !r.is_finished()),
+            "no read was answered"
+        );
+        drop(release);
+        holder.join().unwrap();
+        for r in readers {
+            assert!(r.await.unwrap().is_ok());
+        }
+        // Every place is given back once the writer has let go of the group.
+        for _ in 0..100 {
+            if log.places.available_permits() == 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(log.places.available_permits(), 4);
     }
 
     #[test]

@@ -264,6 +264,16 @@ struct ServeArgs {
     /// are deleted (0: keep all, for an outside tool to prune).
     #[arg(long, env = "CREDVAULT_AUDIT_MAX_FILES", default_value_t = crate::audit::DEFAULT_MAX_FILES)]
     audit_max_files: usize,
+    /// What a secret read waits for before its answer goes out: its audit event
+    /// written to the operating system (write), or also fsynced (fsync: the trail
+    /// survives a power loss; slower).
+    #[arg(
+        long,
+        env = "CREDVAULT_AUDIT_SYNC",
+        value_enum,
+        default_value = "write"
+    )]
+    audit_sync: crate::audit::AuditSync,
     #[command(flatten)]
     transport: TransportArgs,
     /// Log line format.
@@ -905,6 +915,7 @@ fn resolve(dev: bool, args: &ServeArgs) -> Result<Config, String> {
         audit_fail_open: args.audit_fail_open,
         audit_max_file_size: args.audit_max_file_size,
         audit_max_files: args.audit_max_files,
+        audit_sync: args.audit_sync,
         transport: args.transport.settings(),
         refusal_summary_interval: args.transport.refusal_summary_interval,
         tls,

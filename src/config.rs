@@ -37,6 +37,8 @@ pub struct Config {
     pub audit_max_file_size: u64,
     /// Rotated audit files kept (0: all).
     pub audit_max_files: usize,
+    /// What a secret read's answer waits for: its audit event written, or fsynced too.
+    pub audit_sync: crate::audit::AuditSync,
     /// Connection and HTTP/2 limits.
     pub transport: crate::transport::TransportSettings,
     /// How often refused calls not logged one by one are summarized per peer.

@@ -177,7 +177,7 @@ where
                     let state = Arc::clone(&self.state);
                     return Box::pin(async move {
                         state.drain(request.into_body()).await;
-                        Ok(state.refuse(method, peer, reason, start))
+                        Ok(state.refuse(method, peer, reason, start).await)
                     });
                 }
             },
@@ -210,7 +210,9 @@ where
             } else {
                 match tokio::time::timeout(state.request_timeout, inner.call(request)).await {
                     Ok(response) => response?,
-                    Err(_) => return Ok(state.timed_out(route, caller.as_deref(), peer, start)),
+                    Err(_) => {
+                        return Ok(state.timed_out(route, caller.as_deref(), peer, start).await)
+                    }
                 }
             };
             proper_codes(&mut response, route);
@@ -271,7 +273,7 @@ impl GateState {
 
     /// Answers UNAUTHENTICATED; logged and audited in full, or counted for the
     /// peer's summary when it has been refused often in this interval.
-    fn refuse(
+    async fn refuse(
         &self,
         method: &'static str,
         peer: Option<SocketAddr>,
@@ -283,12 +285,14 @@ impl GateState {
         metrics::rpc(method, Code::Unauthenticated, elapsed);
         metrics::refusal(reason, !in_full);
         if in_full {
-            self.audit.record(&AuditEntry {
-                method,
-                code: "UNAUTHENTICATED",
-                reason,
-                ..AuditEntry::new(SystemTime::now(), "anonymous", peer)
-            });
+            self.audit
+                .record(&AuditEntry {
+                    method,
+                    code: "UNAUTHENTICATED",
+                    reason,
+                    ..AuditEntry::new(SystemTime::now(), "anonymous", peer)
+                })
+                .await;
             let latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
             tracing::warn!(
                 method,
@@ -304,7 +308,7 @@ impl GateState {
     }
 
     /// Answers DEADLINE_EXCEEDED for a request that outlived `--request-timeout`.
-    fn timed_out(
+    async fn timed_out(
         &self,
         route: Route,
         caller: Option<&Caller>,
@@ -317,11 +321,13 @@ impl GateState {
             // A vault call: its caller is known, so it is logged and audited like any other.
             let elapsed = start.elapsed();
             metrics::rpc(method, Code::DeadlineExceeded, elapsed);
-            self.audit.record(&AuditEntry {
-                method,
-                code: "DEADLINE_EXCEEDED",
-                ..AuditEntry::new(SystemTime::now(), &caller.name, peer)
-            });
+            self.audit
+                .record(&AuditEntry {
+                    method,
+                    code: "DEADLINE_EXCEEDED",
+                    ..AuditEntry::new(SystemTime::now(), &caller.name, peer)
+                })
+                .await;
             tracing::warn!(
                 method,
                 caller = %caller.name,

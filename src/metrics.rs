@@ -25,6 +25,7 @@ const REFUSALS: &str = "credvault_refusals_total";
 const REFUSALS_SUMMARIZED: &str = "credvault_refusals_summarized_total";
 const TIMEOUTS: &str = "credvault_request_timeouts_total";
 const STREAMS_REFUSED: &str = "credvault_unauthenticated_streams_refused_total";
+const UNREADY: &str = "credvault_unready";
 
 /// Latency buckets from 100 µs to 10 s.
 const BUCKETS: &[f64] = &[
@@ -110,6 +111,10 @@ pub fn install(addr: SocketAddr) -> Result<(), String> {
     describe_counter!(
         TIMEOUTS,
         "requests answered DEADLINE_EXCEEDED by --request-timeout, by method"
+    );
+    describe_gauge!(
+        UNREADY,
+        "1 while the vault service is NOT_SERVING for this cause: audit, store_unreachable, store_unwritable"
     );
     describe_counter!(
         STREAMS_REFUSED,
@@ -232,6 +237,11 @@ pub fn refusal(reason: &'static str, summarized: bool) {
 /// Counts a request answered DEADLINE_EXCEEDED by the server's own timeout.
 pub fn request_timed_out(method: &'static str) {
     counter!(TIMEOUTS, "method" => method).increment(1);
+}
+
+/// Sets whether `cause` holds the vault service NOT_SERVING.
+pub fn set_unready(cause: &'static str, holds: bool) {
+    gauge!(UNREADY, "cause" => cause).set(if holds { 1.0 } else { 0.0 });
 }
 
 /// Counts an unauthenticated stream refused over the cap.

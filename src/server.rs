@@ -151,6 +151,8 @@ async fn serve<S: Store>(
                 fail_open: config.audit_fail_open,
                 max_file_size: config.audit_max_file_size,
                 max_files: config.audit_max_files,
+                sync: config.audit_sync,
+                queue: crate::audit::DEFAULT_QUEUE,
             },
             config.keyring.active(),
         )
@@ -187,11 +189,6 @@ async fn serve<S: Store>(
         )),
         tokio::spawn(flush_usage(Arc::clone(&vault), stop_rx.clone())),
         tokio::spawn(announce_active(Arc::clone(&vault), stop_rx.clone())),
-        tokio::spawn(watch_audit(
-            Arc::clone(&audit),
-            reporter.clone(),
-            stop_rx.clone(),
-        )),
         tokio::spawn(reopen_audit(Arc::clone(&audit), stop_rx.clone())),
         tokio::spawn(summarize_refusals(
             Arc::clone(&refusals),
@@ -199,8 +196,10 @@ async fn serve<S: Store>(
             config.refusal_summary_interval,
             stop_rx.clone(),
         )),
-        tokio::spawn(watch_store(
+        tokio::spawn(watch_readiness(
             Arc::clone(&store),
+            Arc::clone(&audit),
+            vault.instance().to_owned(),
             reporter.clone(),
             stop_rx.clone(),
         )),
@@ -445,14 +444,16 @@ async fn summarize_refusals(
                 interval = ?every,
                 "calls refused from this peer in the last interval, not logged one by one"
             );
-            audit.record(&AuditEntry {
-                peer: Peer::Label(&s.peer),
-                method,
-                code: "UNAUTHENTICATED",
-                reason: s.reason,
-                count: s.count,
-                ..AuditEntry::new(SystemTime::now(), "anonymous", None)
-            });
+            audit
+                .record(&AuditEntry {
+                    peer: Peer::Label(&s.peer),
+                    method,
+                    code: "UNAUTHENTICATED",
+                    reason: s.reason,
+                    count: s.count,
+                    ..AuditEntry::new(SystemTime::now(), "anonymous", None)
+                })
+                .await;
         }
         if stopping {
             return;
@@ -620,80 +621,139 @@ async fn announce_active<S: Store>(
     }
 }
 
-/// Shows the audit writer's state as the health of service `credvault.audit`.
-async fn watch_audit(
-    audit: Arc<AuditLog>,
-    reporter: tonic_health::server::HealthReporter,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut last = None;
-    loop {
-        let healthy = audit.healthy();
-        if last != Some(healthy) {
-            let status = if healthy {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            };
-            reporter
-                .set_service_status(AUDIT_HEALTH_SERVICE, status)
-                .await;
-            last = Some(healthy);
-        }
-        tokio::select! {
-            _ = stop.changed() => return,
-            () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+/// Why the vault service is not ready.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unready {
+    /// The audit log cannot be written, and secret reads fail closed.
+    Audit,
+    /// The store does not answer.
+    StoreUnreachable,
+    /// The store does not take writes (a full disk, a read-only database).
+    StoreUnwritable,
+}
+
+impl Unready {
+    const ALL: [Unready; 3] = [
+        Unready::Audit,
+        Unready::StoreUnreachable,
+        Unready::StoreUnwritable,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Unready::Audit => "audit",
+            Unready::StoreUnreachable => "store_unreachable",
+            Unready::StoreUnwritable => "store_unwritable",
         }
     }
 }
 
-/// Asks the store once a second whether it answers. While it does not (a
-/// database outage), the vault service is NOT_SERVING, so readiness takes this
-/// replica out of rotation; the process keeps running and turns SERVING again
-/// when the store answers. `credvault.store` also shows a sticky write error.
-async fn watch_store<S: Store>(
+/// Readiness that tells the truth: twice a second, asks the audit log whether it
+/// can be written and the store whether it answers and takes a write. While the
+/// vault would refuse secret reads or writes for one of these causes, the vault
+/// service (what readiness probes ask) is NOT_SERVING, and it turns SERVING again
+/// by itself once the cause is gone. `credvault.audit` and `credvault.store` show
+/// the parts alone; `""` (liveness) turns NOT_SERVING only when a restart is what
+/// would heal the store (sled keeps a write error until one).
+async fn watch_readiness<S: Store>(
     store: Arc<S>,
+    audit: Arc<AuditLog>,
+    instance: String,
     reporter: tonic_health::server::HealthReporter,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut reachable = true;
-    reporter
-        .set_service_status(STORE_HEALTH_SERVICE, ServingStatus::Serving)
-        .await;
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-        let ping = tokio::time::timeout(Duration::from_secs(5), store.ping()).await;
-        let now_reachable = matches!(ping, Ok(Ok(())));
-        let now_writable = store.write_error().is_none();
-        if *stop.borrow() {
-            return;
-        }
-        if now_reachable != reachable {
-            let status = if now_reachable {
-                tracing::info!("the store answers again: serving");
-                ServingStatus::Serving
-            } else {
-                let error = match ping {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => "no answer within 5 s".to_owned(),
-                };
-                tracing::error!(%error, "the store does not answer: NOT_SERVING until it does");
-                ServingStatus::NotServing
-            };
-            reporter.set_service_status(api::SERVICE_NAME, status).await;
-            reachable = now_reachable;
-        }
-        let status = if now_reachable && now_writable {
+    const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+    let status = |ok: bool| {
+        if ok {
             ServingStatus::Serving
         } else {
             ServingStatus::NotServing
-        };
-        reporter
-            .set_service_status(STORE_HEALTH_SERVICE, status)
-            .await;
+        }
+    };
+    let mut shown: Option<(Vec<Unready>, bool, bool, bool)> = None;
+    let mut last_probe = Instant::now() - Duration::from_secs(60);
+    let (mut reachable, mut writable) = (Ok(()), Ok(()));
+    loop {
+        // The store is asked once a second; the audit log (a flag) twice.
+        if last_probe.elapsed() >= Duration::from_secs(1) {
+            last_probe = Instant::now();
+            let timed = |r: Result<Result<(), StoreError>, _>| {
+                r.unwrap_or_else(|_| Err(StoreError::Unreachable("no answer within 5 s".into())))
+                    .map_err(|e| e.to_string())
+            };
+            reachable = timed(tokio::time::timeout(PROBE_TIMEOUT, store.ping()).await);
+            writable = if reachable.is_ok() {
+                timed(tokio::time::timeout(PROBE_TIMEOUT, store.probe_write(&instance)).await)
+            } else {
+                Err("the store does not answer".into())
+            };
+        }
+        if *stop.borrow() {
+            set_health(&reporter, ServingStatus::NotServing).await;
+            return;
+        }
+        let audit_ok = audit.healthy();
+        let mut causes = Vec::new();
+        if !audit_ok && !audit.fail_open() {
+            causes.push(Unready::Audit);
+        }
+        if reachable.is_err() {
+            causes.push(Unready::StoreUnreachable);
+        } else if writable.is_err() {
+            causes.push(Unready::StoreUnwritable);
+        }
+        let restart = !causes.is_empty() && store.needs_restart().await;
+        let now = (
+            causes.clone(),
+            audit_ok,
+            reachable.is_ok() && writable.is_ok(),
+            restart,
+        );
+        if shown.as_ref() != Some(&now) {
+            let was = shown.as_ref().map(|s| s.0.clone()).unwrap_or_default();
+            if causes.is_empty() && !was.is_empty() {
+                tracing::info!("the vault service is SERVING again");
+            } else if causes != was {
+                let names: Vec<&str> = causes.iter().map(|c| c.as_str()).collect();
+                let error = [&reachable, &writable]
+                    .iter()
+                    .find_map(|r| r.as_ref().err().cloned())
+                    .unwrap_or_default();
+                tracing::error!(
+                    causes = %names.join(","),
+                    store_error = %error,
+                    audit_writable = audit_ok,
+                    "the vault service is NOT_SERVING: readiness takes this replica out until the cause is gone"
+                );
+            }
+            if restart && shown.as_ref().is_none_or(|s| !s.3) {
+                tracing::error!(
+                    "the store's writes failed and its disk takes writes again, but only a restart resumes them: liveness is NOT_SERVING so that a supervisor restarts the server"
+                );
+            }
+            for cause in Unready::ALL {
+                metrics::set_unready(cause.as_str(), causes.contains(&cause));
+            }
+            reporter
+                .set_service_status(api::SERVICE_NAME, status(causes.is_empty()))
+                .await;
+            reporter
+                .set_service_status(AUDIT_HEALTH_SERVICE, status(audit_ok))
+                .await;
+            reporter
+                .set_service_status(STORE_HEALTH_SERVICE, status(now.2))
+                .await;
+            reporter.set_service_status("", status(!restart)).await;
+            shown = Some(now);
+        }
+        tokio::select! {
+            _ = stop.changed() => {
+                // Shutdown set NOT_SERVING; a round that raced it must not undo that.
+                set_health(&reporter, ServingStatus::NotServing).await;
+                return;
+            }
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
     }
 }
 

@@ -144,23 +144,35 @@ impl<S: Store> VaultService<S> {
             handle(this, request.into_inner()).await
         }
         .await;
-        let elapsed = start.elapsed();
-        let code = result.as_ref().err().map_or(Code::Ok, Error::code);
-        metrics::rpc(method, code, elapsed);
         let target = call.as_ref().map_or_else(Target::default, |call| {
             std::mem::take(&mut *call.target.lock().unwrap_or_else(PoisonError::into_inner))
         });
         let caller = call
             .as_ref()
             .map_or("anonymous", |c| c.caller.name.as_str());
-        self.audit.record(&AuditEntry {
+        let entry = AuditEntry {
             method,
             credential_id: &target.id,
             credential_name: &target.name,
-            code: metrics::code_name(code),
+            code: metrics::code_name(result.as_ref().err().map_or(Code::Ok, Error::code)),
             secret_fingerprint: &target.fingerprint,
             ..AuditEntry::new(SystemTime::now(), caller, peer)
-        });
+        };
+        // A secret leaves only once its event has reached the operating system (or
+        // the disk, with --audit-sync fsync); if it cannot be written, it does not
+        // leave. Every other event is queued and written moments later.
+        let result = if result.is_ok() && !target.fingerprint.is_empty() {
+            match self.audit.record_secret_read(&entry).await {
+                Ok(()) => result,
+                Err(e) => Err(e),
+            }
+        } else {
+            self.audit.record(&entry).await;
+            result
+        };
+        let elapsed = start.elapsed();
+        let code = result.as_ref().err().map_or(Code::Ok, Error::code);
+        metrics::rpc(method, code, elapsed);
         let latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         let (verification, credential_id) = (target.verification, target.id.as_str());
         macro_rules! rpc_event {

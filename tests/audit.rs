@@ -344,3 +344,49 @@ async fn the_log_rotates_by_size_and_is_reopened_on_sighup() {
     assert_eq!(fresh.lines().count(), 1, "{fresh}");
     assert!(fresh.contains("GetCredentialHeaders"));
 }
+
+#[tokio::test]
+async fn after_sigkill_every_answered_secret_read_has_its_event() {
+    for sync in ["write", "fsync"] {
+        let dir = tempfile::TempDir::new().unwrap();
+        let setup = write_config(dir.path());
+        let mut args = setup.args.clone();
+        args.extend(["--audit-sync".to_owned(), sync.to_owned()]);
+        let process = Process::serve(&args, &[], dir.path()).await.unwrap();
+        let mut admin = process.client(&setup.tokens.admin).await;
+        create(&mut admin, "read-often", "key-00000001", "acct").await;
+        // Eight workers read headers as fast as they can; the server is killed under them.
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut workers = Vec::new();
+        for _ in 0..8 {
+            let mut worker = process.client(&setup.tokens.worker).await;
+            let answered = std::sync::Arc::clone(&answered);
+            workers.push(tokio::spawn(async move {
+                while worker
+                    .get_credential_headers(headers_by_name("read-often"))
+                    .await
+                    .is_ok()
+                {
+                    answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        process.signal("KILL");
+        for w in workers {
+            w.await.unwrap();
+        }
+        let answered = answered.load(std::sync::atomic::Ordering::SeqCst);
+        let audit = std::fs::read_to_string(dir.path().join("data/audit.jsonl")).unwrap();
+        let events = audit
+            .lines()
+            .filter(|l| {
+                l.contains(r#""method":"GetCredentialHeaders""#) && l.contains(r#""code":"OK""#)
+            })
+            .count();
+        println!("--audit-sync {sync}: {answered} reads answered, {events} events in the trail");
+        assert!(answered > 100, "only {answered} reads were answered");
+        // An event may outlive an answer lost with the process, never the other way.
+        assert!(events >= answered, "{answered} answered, {events} audited");
+    }
+}

@@ -63,15 +63,34 @@ impl Drop for SmallDisk {
 }
 
 async fn store_health(server: &TestServer) -> ServingStatus {
+    health_of(server, "credvault.store").await
+}
+
+async fn health_of(server: &TestServer, service: &str) -> ServingStatus {
     HealthClient::new(server.channel().await)
         .check(HealthCheckRequest {
-            service: "credvault.store".into(),
+            service: service.into(),
         })
         .await
         .unwrap()
         .into_inner()
         .status()
 }
+
+/// Waits (up to 10 s) for `service` to show `want`; how long it took.
+async fn turns(server: &TestServer, service: &str, want: ServingStatus) -> Duration {
+    let start = std::time::Instant::now();
+    while health_of(server, service).await != want {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{service:?} never turned {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    start.elapsed()
+}
+
+const VAULT: &str = "credvault.v1.CredentialVaultService";
 
 #[tokio::test]
 async fn a_full_disk_fails_writes_with_unavailable_and_reads_go_on() {
@@ -149,13 +168,21 @@ async fn a_full_disk_fails_writes_with_unavailable_and_reads_go_on() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(turned, "credvault.store turns NOT_SERVING");
-    drop(admin);
-    // Stopping cannot flush a full disk; it says so rather than hang or panic.
-    let stopped = server.stop().await;
-    eprintln!("stop on a full disk: {stopped:?}");
-
-    // Space freed and restarted: every acknowledged write is there and opens.
+    // Readiness tells the truth: the vault service is out while writes fail; the
+    // server itself (liveness) stays SERVING while a restart would not help.
+    turns(&server, VAULT, ServingStatus::NotServing).await;
+    assert_eq!(health_of(&server, "").await, ServingStatus::Serving);
+    // Space freed: sled keeps its write error until a restart, so now liveness
+    // turns NOT_SERVING for a supervisor to restart the server.
     std::fs::remove_file(filler).unwrap();
+    let took = turns(&server, "", ServingStatus::NotServing).await;
+    eprintln!("liveness asked for a restart {took:?} after the space was freed");
+    assert_eq!(health_of(&server, VAULT).await, ServingStatus::NotServing);
+    drop(admin);
+    let stopped = server.stop().await;
+    eprintln!("stop after a full disk: {stopped:?}");
+
+    // Restarted: every acknowledged write is there and opens.
     let server = TestServer::start_with(Options {
         data_dir: Some(data),
         key_b64: key,
@@ -174,7 +201,70 @@ async fn a_full_disk_fails_writes_with_unavailable_and_reads_go_on() {
     }
     create(&mut admin, "after", "key-after-001", "acct").await;
     assert_eq!(store_health(&server).await, ServingStatus::Serving);
+    assert_eq!(health_of(&server, VAULT).await, ServingStatus::Serving);
     eprintln!("{} acknowledged writes survived the full disk", acked.len());
+    drop(admin);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_audit_log_on_a_full_disk_takes_the_vault_out_of_readiness_until_space_returns() {
+    let Some(disk) = SmallDisk::mount(8) else {
+        eprintln!("SKIPPED: mounting a tmpfs needs root (CI runs as root)");
+        return;
+    };
+    let server = TestServer::start_with(Options {
+        audit_log: Some(disk.path.join("audit.jsonl")),
+        ..Options::default()
+    })
+    .await;
+    let mut admin = server.admin().await;
+    create(&mut admin, "fleetio-acme", "key-00000001", "acct").await;
+    admin
+        .get_credential_headers(headers_by_name("fleetio-acme"))
+        .await
+        .unwrap();
+    assert_eq!(health_of(&server, VAULT).await, ServingStatus::Serving);
+    let filler = disk.fill();
+    // Calls go on writing events; the first that cannot be written breaks the log.
+    let mut refused = None;
+    for _ in 0..2000 {
+        match admin
+            .get_credential_headers(headers_by_name("fleetio-acme"))
+            .await
+        {
+            Ok(_) => {}
+            Err(status) => {
+                refused = Some(status);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("secret reads are refused once the audit log is full");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    let out = turns(&server, VAULT, ServingStatus::NotServing).await;
+    assert_eq!(
+        health_of(&server, "credvault.audit").await,
+        ServingStatus::NotServing
+    );
+    // Metadata calls go on (their events wait for the disk), and liveness stays.
+    admin
+        .get_credential(by_name_get("fleetio-acme"))
+        .await
+        .unwrap();
+    assert_eq!(health_of(&server, "").await, ServingStatus::Serving);
+    // Space back: the writer retries by itself and readiness returns, no restart.
+    std::fs::remove_file(filler).unwrap();
+    let back = turns(&server, VAULT, ServingStatus::Serving).await;
+    eprintln!("NOT_SERVING {out:?} after the refusal; SERVING {back:?} after the space was freed");
+    assert_eq!(
+        health_of(&server, "credvault.audit").await,
+        ServingStatus::Serving
+    );
+    admin
+        .get_credential_headers(headers_by_name("fleetio-acme"))
+        .await
+        .unwrap();
     drop(admin);
     server.stop().await.unwrap();
 }

@@ -255,6 +255,69 @@ async fn a_database_restart_under_traffic_turns_health_and_back_without_a_crash(
     cluster.stop();
 }
 
+/// Runs `sql` as the cluster's superuser on the database of `url`.
+async fn as_admin(url: &str, sql: &str) {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client.batch_execute(sql).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_database_that_stops_taking_writes_takes_the_vault_out_of_readiness_and_back() {
+    let url = PgCluster::shared().new_database().await;
+    let server = TestServer::start_with(Options {
+        database_url: Some(url.clone()),
+        ..Options::default()
+    })
+    .await;
+    let mut admin = server.admin().await;
+    create(&mut admin, "fleetio-acme", "key-00000001", "acct").await;
+    wait_for_health(&server, ServingStatus::Serving).await;
+    // The database turns read-only (as a failed-over replica or a full disk would):
+    // its sessions are ended so that the pool's new ones take the setting.
+    let db = url.rsplit('/').next().unwrap().to_owned();
+    // Changed from the maintenance database, which stays writable.
+    let maintenance = format!("{}/postgres", url.rsplit_once('/').unwrap().0);
+    let sessions =
+        format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'");
+    as_admin(
+        &maintenance,
+        &format!("ALTER DATABASE {db} SET default_transaction_read_only = on; {sessions}"),
+    )
+    .await;
+    let out = wait_for_health(&server, ServingStatus::NotServing).await;
+    assert_eq!(vault_health(&server, "").await, ServingStatus::Serving);
+    assert_eq!(
+        vault_health(&server, "credvault.store").await,
+        ServingStatus::NotServing
+    );
+    let write = admin
+        .update_credential(rotation("fleetio-acme", "key-00000002", "acct"))
+        .await
+        .unwrap_err();
+    assert_eq!(write.code(), Code::Unavailable, "{write:?}");
+    // Reads go on meanwhile.
+    admin
+        .get_credential_headers(headers_by_name("fleetio-acme"))
+        .await
+        .unwrap();
+    as_admin(
+        &maintenance,
+        &format!("ALTER DATABASE {db} RESET default_transaction_read_only; {sessions}"),
+    )
+    .await;
+    let back = wait_for_health(&server, ServingStatus::Serving).await;
+    eprintln!("NOT_SERVING {out:?} after the database turned read-only, SERVING {back:?} after it took writes again");
+    admin
+        .update_credential(rotation("fleetio-acme", "key-00000003", "acct"))
+        .await
+        .unwrap();
+    drop(admin);
+    server.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn migrate_store_copies_a_sled_store_to_postgres_and_back() {
     let tmp = tempfile::TempDir::new().unwrap();
@@ -276,7 +339,7 @@ async fn migrate_store_copies_a_sled_store_to_postgres_and_back() {
         "{}",
         String::from_utf8_lossy(&migrate.stderr)
     );
-    assert!(String::from_utf8_lossy(&migrate.stdout).contains("applied schema migrations [1]"));
+    assert!(String::from_utf8_lossy(&migrate.stdout).contains("applied schema migrations [1, 2]"));
     let again = run_cli(&["migrate"], &[("CREDVAULT_DATABASE_URL", &url)]).await;
     assert!(String::from_utf8_lossy(&again.stdout).contains("up to date"));
 

@@ -172,4 +172,19 @@ pub trait Store: Send + Sync + 'static {
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
         async { Ok(()) }
     }
+
+    /// Whether the store can take writes now: a database store commits a small
+    /// write (`instance` names the row of this server); sled says whether a write
+    /// failed (its I/O errors stick until a restart).
+    fn probe_write(&self, instance: &str) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = instance;
+        let error = self.write_error();
+        async move { error.map_or(Ok(()), |e| Err(StoreError::Io(e))) }
+    }
+
+    /// Whether only a restart can make the store writable again, and would now:
+    /// its writes failed for good in this process, and the disk takes writes again.
+    fn needs_restart(&self) -> impl Future<Output = bool> + Send {
+        async { false }
+    }
 }

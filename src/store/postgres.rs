@@ -24,10 +24,11 @@ use super::{Entries, ListItem, Snapshot, Store, StoreError};
 use crate::record::{CredentialRecord, Usage};
 
 /// The schema migrations, in order; each runs once, in a transaction.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "credentials, names, metadata, seal reservations and last uses",
-    r#"
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "credentials, names, metadata, seal reservations and last uses",
+        r#"
 CREATE TABLE credvault_credentials (
     id       text COLLATE "C" PRIMARY KEY,
     name     text COLLATE "C" NOT NULL,
@@ -49,7 +50,18 @@ CREATE TABLE credvault_usage (
     value bytea NOT NULL
 );
 "#,
-)];
+    ),
+    (
+        2,
+        "a row per running server, written every second to tell whether the database takes writes",
+        r#"
+CREATE TABLE credvault_write_probe (
+    instance text COLLATE "C" PRIMARY KEY,
+    at       timestamptz NOT NULL
+);
+"#,
+    ),
+];
 
 /// An arbitrary constant that names credvault's migration lock.
 const MIGRATION_LOCK: i64 = 0x6372_6564_7661_756c;
@@ -623,6 +635,21 @@ impl Store for PgStore {
 
     fn write_error(&self) -> Option<String> {
         None
+    }
+
+    async fn probe_write(&self, instance: &str) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "WITH gone AS (DELETE FROM credvault_write_probe
+                               WHERE at < now() - interval '10 minutes' AND instance <> $1)
+                 INSERT INTO credvault_write_probe (instance, at) VALUES ($1, now())
+                 ON CONFLICT (instance) DO UPDATE SET at = EXCLUDED.at",
+                &[&instance],
+            )
+            .await
+            .map_err(db)?;
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

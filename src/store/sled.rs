@@ -37,6 +37,8 @@ pub struct SledStore {
     meta: Tree,
     usage: Tree,
     cache: Arc<RecordCache>,
+    /// The directory sled lives in (to test whether it takes writes again).
+    dir: std::path::PathBuf,
 }
 
 /// How many decoded records the cache holds at most (a few MB); it starts over when full.
@@ -162,6 +164,7 @@ impl SledStore {
             flusher: std::sync::Arc::default(),
             gate: std::sync::Arc::default(),
             write_error: std::sync::Arc::default(),
+            dir: dir.to_owned(),
             db,
         })
     }
@@ -174,7 +177,7 @@ impl SledStore {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if slot.is_none() {
-                tracing::error!(error = %message, "the store failed to write; writes fail until the cause is fixed and the server restarted, reads go on");
+                tracing::error!(error = %message, "the store failed to write; writes fail until the cause is fixed and the server restarted (liveness fails once the disk takes writes again), reads go on");
                 *slot = Some(message.clone());
             }
         }
@@ -517,6 +520,27 @@ impl Store for SledStore {
 
     async fn flush(&self) -> Result<(), StoreError> {
         self.durable().await
+    }
+
+    async fn needs_restart(&self) -> bool {
+        if self.write_error().is_none() {
+            return false;
+        }
+        // sled keeps its first I/O error for good; a new process opens it afresh.
+        let probe = self
+            .dir
+            .parent()
+            .unwrap_or(&self.dir)
+            .join(".credvault-write-probe");
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let written = std::fs::File::create(&probe)
+                .and_then(|mut f| f.write_all(&[0u8; 4096]).and_then(|()| f.sync_all()));
+            let _ = std::fs::remove_file(&probe);
+            written.is_ok()
+        })
+        .await
+        .unwrap_or(false)
     }
 
     fn write_error(&self) -> Option<String> {

@@ -110,6 +110,8 @@ pub struct Options {
     pub audit_fail_open: bool,
     /// Connection and HTTP/2 limits.
     pub transport: credvault::transport::TransportSettings,
+    /// What a secret read waits for.
+    pub audit_sync: credvault::audit::AuditSync,
 }
 
 impl Default for Options {
@@ -132,6 +134,7 @@ impl Default for Options {
             audit_log: None,
             audit_fail_open: false,
             transport: Default::default(),
+            audit_sync: Default::default(),
         }
     }
 }
@@ -221,6 +224,7 @@ impl TestServer {
             audit_fail_open: opts.audit_fail_open,
             audit_max_file_size: 0,
             audit_max_files: 0,
+            audit_sync: opts.audit_sync,
             transport: opts.transport.clone(),
             refusal_summary_interval: Duration::from_secs(10),
             tls: None,
@@ -429,6 +433,7 @@ pub fn bare_config(dir: &Path, keys: &str) -> Config {
         audit_fail_open: false,
         audit_max_file_size: 0,
         audit_max_files: 0,
+        audit_sync: Default::default(),
         transport: Default::default(),
         refusal_summary_interval: Duration::from_secs(10),
         tls: None,
