@@ -21,6 +21,7 @@ use zeroize::Zeroizing;
 
 use crate::crypto::MasterKey;
 use crate::error::Error;
+use crate::store::{AuditFilter, AuditRow, AuditTable};
 
 /// How often queued events are written and fsynced (a batch is everything queued meanwhile).
 const SYNC_INTERVAL: Duration = Duration::from_millis(20);
@@ -189,8 +190,8 @@ impl AuditSync {
 /// Where the audit trail goes and how much of it is kept.
 #[derive(Clone, Debug)]
 pub struct AuditSettings {
-    /// The log file (JSON lines).
-    pub path: PathBuf,
+    /// The log file (JSON lines); `None`: events go to the database only.
+    pub path: Option<PathBuf>,
     /// Serve secret reads even while the log cannot be written.
     pub fail_open: bool,
     /// Rotate the file when it would grow past this many bytes (0: never).
@@ -207,7 +208,7 @@ impl AuditSettings {
     /// A log at `path` that fails closed and rotates by the defaults.
     pub fn new(path: PathBuf) -> Self {
         AuditSettings {
-            path,
+            path: Some(path),
             fail_open: false,
             max_file_size: DEFAULT_MAX_FILE_SIZE,
             max_files: DEFAULT_MAX_FILES,
@@ -227,25 +228,49 @@ pub const DEFAULT_MAX_FILE_SIZE: u64 = 64 << 20;
 /// The default `--audit-max-files`.
 pub const DEFAULT_MAX_FILES: usize = 8;
 
-/// The audit log, shared by every RPC: a writer thread takes the events from a
-/// bounded queue in groups, one write(2) per group, and answers the secret reads
-/// waiting on them; a syncer thread fsyncs what was written every 20 ms.
+/// The audit log, shared by every RPC. It has up to two devices, and an event
+/// goes to each: the file, where a writer thread takes the events from a bounded
+/// queue in groups, one write(2) per group (a syncer thread fsyncs what was
+/// written every 20 ms), and the database that every replica shares, where a task
+/// inserts them in groups, one statement per group.
 pub struct AuditLog {
+    file: Option<FileSink>,
+    db: Option<DbSink>,
+    fail_open: bool,
+    sync: AuditSync,
+    fingerprint_key: Zeroizing<[u8; 32]>,
+}
+
+/// The file device.
+struct FileSink {
     path: PathBuf,
     tx: mpsc::Sender<Command>,
     places: Arc<tokio::sync::Semaphore>,
     health: Arc<Health>,
-    fail_open: bool,
-    sync: AuditSync,
     /// Held while files are renamed, so a listing sees a whole set of them.
     rotation: Arc<Mutex<()>>,
-    fingerprint_key: Zeroizing<[u8; 32]>,
+}
+
+/// The database device.
+struct DbSink {
+    tx: tokio::sync::mpsc::Sender<DbCommand>,
+    healthy: Arc<AtomicBool>,
+    table: Arc<dyn AuditTable>,
+}
+
+enum DbCommand {
+    Row {
+        row: AuditRow,
+        done: Option<tokio::sync::oneshot::Sender<bool>>,
+    },
+    Flush(tokio::sync::oneshot::Sender<bool>),
 }
 
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuditLog")
-            .field("path", &self.path)
+            .field("path", &self.file.as_ref().map(|f| &f.path))
+            .field("database", &self.db.is_some())
             .field("fail_open", &self.fail_open)
             .finish_non_exhaustive()
     }
@@ -262,10 +287,8 @@ fn open_append(path: &Path) -> std::io::Result<File> {
     options.open(path)
 }
 
-impl AuditLog {
-    /// Opens (appending, mode 0600) the log and starts its writer thread.
-    pub fn open(settings: &AuditSettings, key: &MasterKey) -> Result<Self, String> {
-        let path = &settings.path;
+impl FileSink {
+    fn open(settings: &AuditSettings, path: &Path) -> Result<Self, String> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 format!(
@@ -285,7 +308,7 @@ impl AuditLog {
             size: file.metadata().map(|m| m.len()).unwrap_or(0),
             out: std::io::BufWriter::with_capacity(64 * 1024, Shared(file)),
             current: Arc::clone(&current),
-            path: path.clone(),
+            path: path.to_owned(),
             max_file_size: settings.max_file_size,
             max_files: settings.max_files,
             sync: settings.sync,
@@ -304,85 +327,16 @@ impl AuditLog {
                 .spawn(move || sync_loop(&current, &health, &shown))
                 .map_err(|e| format!("cannot start the audit syncer: {e}"))?;
         }
-        Ok(AuditLog {
-            path: path.clone(),
+        Ok(FileSink {
+            path: path.to_owned(),
             tx,
             places: Arc::new(tokio::sync::Semaphore::new(settings.queue.max(1))),
             health,
-            fail_open: settings.fail_open,
-            sync: settings.sync,
             rotation,
-            fingerprint_key: key.derive_subkey(b"credvault/audit-fingerprint/v1"),
         })
     }
 
-    /// Where the log is written.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Whether secret reads go on when the log cannot be written.
-    pub fn fail_open(&self) -> bool {
-        self.fail_open
-    }
-
-    /// What a secret read waits for.
-    pub fn sync(&self) -> AuditSync {
-        self.sync
-    }
-
-    /// Whether the last write and the last fsync succeeded.
-    pub fn healthy(&self) -> bool {
-        self.health.ok()
-    }
-
-    /// Refuses a secret read while the log is broken, unless failing open.
-    pub fn admit_secret_read(&self) -> Result<(), Error> {
-        if self.healthy() || self.fail_open {
-            Ok(())
-        } else {
-            Err(Error::Unavailable(
-                "the audit log cannot be written, so secret reads are refused (fail closed); see the server log".into(),
-            ))
-        }
-    }
-
-    /// Queues an event (waiting while the queue is full); the writer appends it soon.
-    pub async fn record(&self, event: &AuditEntry<'_>) {
-        let _ = self.enqueue(event, None).await;
-    }
-
-    /// Records the event of a secret read and waits until it has reached the
-    /// operating system (with `--audit-sync fsync`, the disk): only then may the
-    /// secret go out. Fails with UNAVAILABLE when it could not be written, unless
-    /// the log fails open.
-    pub async fn record_secret_read(&self, event: &AuditEntry<'_>) -> Result<(), Error> {
-        let (done, written) = tokio::sync::oneshot::channel();
-        let written = match self.enqueue(event, Some(done)).await {
-            true => written.await.unwrap_or(false),
-            false => false,
-        };
-        if written || self.fail_open {
-            Ok(())
-        } else {
-            Err(Error::Unavailable(
-                "the audit event of this secret read could not be written, so the secret was not handed out (fail closed); see the server log".into(),
-            ))
-        }
-    }
-
-    async fn enqueue(
-        &self,
-        event: &AuditEntry<'_>,
-        done: Option<tokio::sync::oneshot::Sender<bool>>,
-    ) -> bool {
-        let line = match serde_json::to_string(event) {
-            Ok(line) => line,
-            Err(e) => {
-                tracing::error!(error = %e, "an audit event could not be encoded");
-                return false;
-            }
-        };
+    async fn send(&self, line: String, done: Option<tokio::sync::oneshot::Sender<bool>>) -> bool {
         // A stalled disk fills the queue; then callers wait here, never piling up memory.
         let Ok(place) = Arc::clone(&self.places).acquire_owned().await else {
             return false;
@@ -398,18 +352,283 @@ impl AuditLog {
         sent.is_ok()
     }
 
-    /// Waits until everything recorded so far is written and fsynced.
-    pub async fn flush(&self) -> bool {
+    async fn flush(&self) -> bool {
         let (done, wait) = tokio::sync::oneshot::channel();
         if self.tx.send(Command::Flush(done)).is_err() {
             return false;
         }
         wait.await.unwrap_or(false)
     }
+}
+
+impl DbSink {
+    fn start(table: Arc<dyn AuditTable>, queue: usize) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel(queue.max(1));
+        let healthy = Arc::new(AtomicBool::new(true));
+        tokio::spawn(db_writer(Arc::clone(&table), rx, Arc::clone(&healthy)));
+        DbSink { tx, healthy, table }
+    }
+
+    async fn send(&self, row: AuditRow, done: Option<tokio::sync::oneshot::Sender<bool>>) -> bool {
+        // The bounded channel makes callers wait while the database is slow.
+        self.tx.send(DbCommand::Row { row, done }).await.is_ok()
+    }
+
+    async fn flush(&self) -> bool {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.tx.send(DbCommand::Flush(done)).await.is_err() {
+            return false;
+        }
+        wait.await.unwrap_or(false)
+    }
+}
+
+/// Rows inserted per statement at most.
+const DB_GROUP: usize = 1000;
+
+/// Inserts the queued rows in groups, and tells each secret read's waiter whether
+/// its row was committed. A failed group's other rows are kept (up to the queue's
+/// size) and tried again with the next group, or every half second; the rows of
+/// secret reads that were refused for it are not (their secret never went out).
+async fn db_writer(
+    table: Arc<dyn AuditTable>,
+    mut rx: tokio::sync::mpsc::Receiver<DbCommand>,
+    healthy: Arc<AtomicBool>,
+) {
+    let mut pending: Vec<AuditRow> = Vec::new();
+    let mut dropped = 0u64;
+    loop {
+        // Block for work; while rows wait to be tried again, wake to retry them.
+        let next = if pending.is_empty() {
+            rx.recv().await.map(Some)
+        } else {
+            match tokio::time::timeout(RETRY_INTERVAL, rx.recv()).await {
+                Ok(command) => command.map(Some),
+                Err(_) => Some(None),
+            }
+        };
+        let Some(first) = next else {
+            if !pending.is_empty() {
+                let _ = table.append_audit(std::mem::take(&mut pending)).await;
+            }
+            return;
+        };
+        let mut group: Vec<DbCommand> = first.into_iter().collect();
+        while group.len() < DB_GROUP {
+            match rx.try_recv() {
+                Ok(command) => group.push(command),
+                Err(_) => break,
+            }
+        }
+        let mut rows = std::mem::take(&mut pending);
+        let kept = rows.len();
+        let mut waiters = Vec::new();
+        let mut flushes = Vec::new();
+        for command in group {
+            match command {
+                DbCommand::Row { row, done } => {
+                    rows.push(row);
+                    waiters.push(done);
+                }
+                DbCommand::Flush(done) => flushes.push(done),
+            }
+        }
+        let result = table.append_audit(rows.clone()).await;
+        let ok = result.is_ok();
+        match result {
+            Ok(()) => {
+                if !healthy.swap(true, Ordering::AcqRel) {
+                    tracing::info!(dropped, "the audit trail in the database is writable again");
+                    dropped = 0;
+                }
+            }
+            Err(e) => {
+                if healthy.swap(false, Ordering::AcqRel) {
+                    tracing::error!(error = %e, "the audit trail cannot be written to the database");
+                }
+                crate::metrics::audit_write_failed();
+                // Keep what no waiter was refused for, to try again.
+                for (i, row) in rows.into_iter().enumerate() {
+                    let refused = i >= kept && waiters[i - kept].is_some();
+                    if refused {
+                        continue;
+                    }
+                    if pending.len() < DEFAULT_QUEUE {
+                        pending.push(row);
+                    } else {
+                        dropped += 1;
+                    }
+                }
+            }
+        }
+        for done in waiters.into_iter().flatten() {
+            let _ = done.send(ok);
+        }
+        for done in flushes {
+            let _ = done.send(ok && pending.is_empty());
+        }
+    }
+}
+
+impl AuditLog {
+    /// Opens the file device (appending, mode 0600) when the settings name a path,
+    /// and the database device when `table` is given.
+    pub fn open(
+        settings: &AuditSettings,
+        table: Option<Arc<dyn AuditTable>>,
+        key: &MasterKey,
+    ) -> Result<Self, String> {
+        let file = settings
+            .path
+            .as_deref()
+            .map(|path| FileSink::open(settings, path))
+            .transpose()?;
+        if file.is_none() && table.is_none() {
+            return Err("the audit trail needs a file (--audit-log) or a database".into());
+        }
+        Ok(AuditLog {
+            file,
+            db: table.map(|t| DbSink::start(t, settings.queue)),
+            fail_open: settings.fail_open,
+            sync: settings.sync,
+            fingerprint_key: key.derive_subkey(b"credvault/audit-fingerprint/v1"),
+        })
+    }
+
+    /// Where events go, for the startup line: the file's path, `database`, or both.
+    pub fn devices(&self) -> String {
+        let mut out = Vec::new();
+        if self.db.is_some() {
+            out.push("database".to_owned());
+        }
+        if let Some(f) = &self.file {
+            out.push(f.path.display().to_string());
+        }
+        out.join("+")
+    }
+
+    /// Whether secret reads go on when the log cannot be written.
+    pub fn fail_open(&self) -> bool {
+        self.fail_open
+    }
+
+    /// What a secret read waits for.
+    pub fn sync(&self) -> AuditSync {
+        self.sync
+    }
+
+    /// Whether every device took its last events (and the file its last fsync).
+    pub fn healthy(&self) -> bool {
+        self.file.as_ref().is_none_or(|f| f.health.ok())
+            && self
+                .db
+                .as_ref()
+                .is_none_or(|d| d.healthy.load(Ordering::Acquire))
+    }
+
+    /// Refuses a secret read while the log is broken, unless failing open.
+    pub fn admit_secret_read(&self) -> Result<(), Error> {
+        if self.healthy() || self.fail_open {
+            Ok(())
+        } else {
+            Err(Error::Unavailable(
+                "the audit log cannot be written, so secret reads are refused (fail closed); see the server log".into(),
+            ))
+        }
+    }
+
+    /// Queues an event (waiting while a queue is full); the devices take it soon.
+    pub async fn record(&self, event: &AuditEntry<'_>) {
+        let _ = self.enqueue(event, false).await;
+    }
+
+    /// Records the event of a secret read and waits until every device holds it:
+    /// the file's write(2) done (with `--audit-sync fsync`, its fsync), the
+    /// database's insert committed. Only then may the secret go out. Fails with
+    /// UNAVAILABLE when a device could not take it, unless the log fails open.
+    pub async fn record_secret_read(&self, event: &AuditEntry<'_>) -> Result<(), Error> {
+        if self.enqueue(event, true).await || self.fail_open {
+            Ok(())
+        } else {
+            Err(Error::Unavailable(
+                "the audit event of this secret read could not be written, so the secret was not handed out (fail closed); see the server log".into(),
+            ))
+        }
+    }
+
+    /// Sends the event to every device; with `wait`, whether all of them took it.
+    async fn enqueue(&self, event: &AuditEntry<'_>, wait: bool) -> bool {
+        let line = match serde_json::to_string(event) {
+            Ok(line) => line,
+            Err(e) => {
+                tracing::error!(error = %e, "an audit event could not be encoded");
+                return false;
+            }
+        };
+        let waiter = || {
+            if wait {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                (Some(tx), Some(rx))
+            } else {
+                (None, None)
+            }
+        };
+        let (db_done, db_written) = waiter();
+        let db_sent = match &self.db {
+            Some(db) => {
+                let row = AuditRow {
+                    time: event.time,
+                    caller: event.caller.to_owned(),
+                    credential_id: event.credential_id.to_owned(),
+                    credential_name: event.credential_name.to_owned(),
+                    line: line.clone(),
+                };
+                db.send(row, db_done).await
+            }
+            None => true,
+        };
+        let (file_done, file_written) = waiter();
+        let file_sent = match &self.file {
+            Some(file) => file.send(line, file_done).await,
+            None => true,
+        };
+        if !wait {
+            return db_sent && file_sent;
+        }
+        let took = |sent: bool, rx: Option<tokio::sync::oneshot::Receiver<bool>>, present: bool| async move {
+            if !present {
+                return true;
+            }
+            sent && match rx {
+                Some(rx) => rx.await.unwrap_or(false),
+                None => false,
+            }
+        };
+        let (db_ok, file_ok) = tokio::join!(
+            took(db_sent, db_written, self.db.is_some()),
+            took(file_sent, file_written, self.file.is_some())
+        );
+        db_ok && file_ok
+    }
+
+    /// Waits until everything recorded so far is on every device (the file fsynced).
+    pub async fn flush(&self) -> bool {
+        let file = match &self.file {
+            Some(f) => f.flush().await,
+            None => true,
+        };
+        let db = match &self.db {
+            Some(d) => d.flush().await,
+            None => true,
+        };
+        file && db
+    }
 
     /// Closes the file and opens its path again (after an outside rotation; SIGHUP).
     pub fn reopen(&self) {
-        let _ = self.tx.send(Command::Reopen);
+        if let Some(f) = &self.file {
+            let _ = f.tx.send(Command::Reopen);
+        }
     }
 
     /// A fingerprint of secret bytes: equal secrets match, nothing about them is revealed.
@@ -420,8 +639,26 @@ impl AuditLog {
         hex::encode(&mac.finalize().into_bytes()[..16])
     }
 
+    /// Deletes the database's events from before `before` (the file rotates instead).
+    pub async fn prune(&self, before: SystemTime) -> Result<u64, Error> {
+        match &self.db {
+            Some(db) => {
+                db.table.prune_audit(before).await.map_err(|e| {
+                    Error::Unavailable(format!("the audit trail cannot be pruned: {e}"))
+                })
+            }
+            None => Ok(0),
+        }
+    }
+
+    /// Whether events are kept in the database (and listed from there).
+    pub fn in_database(&self) -> bool {
+        self.db.is_some()
+    }
+
     /// Up to `limit` events matching `query`, from `from` (the start when `None`);
-    /// where to continue, if there are more.
+    /// where to continue, if there are more. The database is the trail when there
+    /// is one (every replica's events); else the file and its rotated ones.
     pub async fn list(
         &self,
         query: AuditQuery,
@@ -429,8 +666,45 @@ impl AuditLog {
         limit: usize,
     ) -> Result<(Vec<AuditEvent>, Option<Position>), Error> {
         self.flush().await;
-        let path = self.path.clone();
-        let rotation = Arc::clone(&self.rotation);
+        if let Some(db) = &self.db {
+            let after = match from {
+                None => 0,
+                Some(Position::Database(seq)) => seq,
+                Some(Position::File { .. }) => {
+                    return Err(Error::invalid(
+                        "page_token is not one this server issued; start again from an empty page_token",
+                    ))
+                }
+            };
+            let filter = AuditFilter {
+                credential_id: query.credential_id.clone(),
+                credential_name: query.credential_name.clone(),
+                caller: query.caller.clone(),
+                start: query.start,
+                end: query.end,
+            };
+            let rows = db
+                .table
+                .list_audit(filter, after, limit + 1)
+                .await
+                .map_err(|e| Error::Unavailable(format!("the audit trail cannot be read: {e}")))?;
+            let more = rows.len() > limit;
+            let mut events = Vec::with_capacity(limit);
+            let mut last = after;
+            for (seq, line) in rows.into_iter().take(limit) {
+                last = seq;
+                match serde_json::from_str::<AuditEvent>(&line) {
+                    Ok(event) => events.push(event),
+                    Err(e) => tracing::error!(seq, error = %e, "an audit row does not decode"),
+                }
+            }
+            return Ok((events, more.then_some(Position::Database(last))));
+        }
+        let Some(file) = &self.file else {
+            return Ok((Vec::new(), None));
+        };
+        let path = file.path.clone();
+        let rotation = Arc::clone(&file.rotation);
         tokio::task::spawn_blocking(move || {
             let files = {
                 let _renaming = rotation
@@ -446,12 +720,14 @@ impl AuditLog {
     }
 }
 
-/// A place in the audit trail: a file (by [`file_id`], which a rename keeps) and a byte in it.
+/// A place in the audit trail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Position {
-    /// The file's id; `None` for the current file (a token from before rotation existed).
-    pub file: Option<u64>,
-    pub offset: u64,
+pub enum Position {
+    /// A file (by [`file_id`], which a rename keeps; `None` for the current file, a
+    /// token from before rotation existed) and a byte in it.
+    File { file: Option<u64>, offset: u64 },
+    /// After this sequence number of the database's trail.
+    Database(i64),
 }
 
 /// The log's files, oldest first (`<path>.N` … `<path>.1`, then `<path>`), opened.
@@ -532,17 +808,21 @@ fn read_events(
         |e: std::io::Error| Error::Unavailable(format!("the audit log cannot be read: {e}"));
     // Where to start: the token's file, wherever rotation moved it; the oldest
     // file when that one was deleted since (its events are gone).
-    let (first, mut offset) = match from {
-        None => (0, 0),
-        Some(Position { file: None, offset }) => (files.len().saturating_sub(1), offset),
-        Some(Position {
-            file: Some(ino),
-            offset,
-        }) => match files.iter().position(|(i, _)| *i == ino) {
-            Some(at) => (at, offset),
+    let (first, mut offset) =
+        match from {
             None => (0, 0),
-        },
-    };
+            Some(Position::File { file: None, offset }) => (files.len().saturating_sub(1), offset),
+            Some(Position::File {
+                file: Some(ino),
+                offset,
+            }) => match files.iter().position(|(i, _)| *i == ino) {
+                Some(at) => (at, offset),
+                None => (0, 0),
+            },
+            Some(Position::Database(_)) => return Err(Error::invalid(
+                "page_token is not one this server issued; start again from an empty page_token",
+            )),
+        };
     let mut events = Vec::new();
     for (ino, mut file) in files.into_iter().skip(first) {
         file.seek(SeekFrom::Start(offset)).map_err(unavailable)?;
@@ -560,7 +840,7 @@ fn read_events(
                     if events.len() == limit {
                         return Ok((
                             events,
-                            Some(Position {
+                            Some(Position::File {
                                 file: Some(ino),
                                 offset: position,
                             }),
@@ -898,6 +1178,7 @@ mod tests {
                 fail_open,
                 ..AuditSettings::new(path.to_owned())
             },
+            None,
             &key(),
         )
         .unwrap()
@@ -994,6 +1275,7 @@ mod tests {
                 max_files: 3,
                 ..AuditSettings::new(path.clone())
             },
+            None,
             &key(),
         )
         .unwrap();
@@ -1092,6 +1374,7 @@ mod tests {
                 queue: 4,
                 ..AuditSettings::new(dir.path().join("audit.jsonl"))
             },
+            None,
             &key(),
         )
         .unwrap();
@@ -1099,7 +1382,7 @@ mod tests {
         assert!(log.flush().await);
         // The next event rotates the file, and the writer waits for the rotation
         // lock, held here: a disk that does not answer.
-        let stall = Arc::clone(&log.rotation);
+        let stall = Arc::clone(&log.file.as_ref().unwrap().rotation);
         let (locked_tx, locked) = std::sync::mpsc::channel();
         let (release, released) = std::sync::mpsc::channel::<()>();
         let holder = std::thread::spawn(move || {
@@ -1117,7 +1400,7 @@ mod tests {
             .collect();
         tokio::time::sleep(Duration::from_millis(200)).await;
         // One event is with the writer, four wait in the queue, the rest wait for room.
-        assert_eq!(log.places.available_permits(), 0);
+        assert_eq!(log.file.as_ref().unwrap().places.available_permits(), 0);
         assert!(
             readers.iter().all(|r| !r.is_finished()),
             "no read was answered"
@@ -1129,12 +1412,12 @@ mod tests {
         }
         // Every place is given back once the writer has let go of the group.
         for _ in 0..100 {
-            if log.places.available_permits() == 4 {
+            if log.file.as_ref().unwrap().places.available_permits() == 4 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert_eq!(log.places.available_permits(), 4);
+        assert_eq!(log.file.as_ref().unwrap().places.available_permits(), 4);
     }
 
     #[test]

@@ -213,7 +213,9 @@ struct ServeArgs {
     /// TOML file listing the callers, their token digests and permissions.
     #[arg(long, env = "CREDVAULT_CALLERS_FILE")]
     callers_file: Option<PathBuf>,
-    /// Append audit events (JSON lines) here [default: <data-dir>/audit.jsonl].
+    /// Append audit events (JSON lines) here [default: <data-dir>/audit.jsonl; with
+    /// --store postgres the database holds the trail, and a file is a second device
+    /// only when named here].
     #[arg(long, env = "CREDVAULT_AUDIT_LOG")]
     audit_log: Option<PathBuf>,
     /// Serve secret reads even while the audit log cannot be written (default: refuse them).
@@ -274,6 +276,10 @@ struct ServeArgs {
         default_value = "write"
     )]
     audit_sync: crate::audit::AuditSync,
+    /// With --store postgres: delete events older than this from the database's trail
+    /// (checked at start and then every quarter of it, at most hourly), e.g. 400d; 0s keeps all.
+    #[arg(long, env = "CREDVAULT_AUDIT_RETENTION", default_value = "0s", value_parser = humantime::parse_duration)]
+    audit_retention: Duration,
     #[command(flatten)]
     transport: TransportArgs,
     /// Log line format.
@@ -903,10 +909,9 @@ fn resolve(dev: bool, args: &ServeArgs) -> Result<Config, String> {
     }
     Ok(Config {
         store,
-        audit_log: args
-            .audit_log
-            .clone()
-            .or_else(|| Some(data_dir.join("audit.jsonl"))),
+        // Default: <data-dir>/audit.jsonl on sled; on PostgreSQL the database holds the trail.
+        audit_log: args.audit_log.clone(),
+        audit_retention: args.audit_retention,
         data_dir,
         keyring,
         keyring_source,

@@ -29,8 +29,11 @@ pub struct Config {
     pub callers: Callers,
     /// The callers file, re-read on SIGHUP and when it changes.
     pub callers_file: Option<PathBuf>,
-    /// Where audit events are appended (default `<data_dir>/audit.jsonl`).
+    /// Where audit events are appended (default `<data_dir>/audit.jsonl` on sled;
+    /// none on PostgreSQL, whose database holds the trail).
     pub audit_log: Option<PathBuf>,
+    /// How long the database keeps audit events (zero: for ever).
+    pub audit_retention: Duration,
     /// Serve secret reads even while the audit log cannot be written.
     pub audit_fail_open: bool,
     /// Rotate the audit log at this size (0: never).

@@ -194,7 +194,9 @@ async fn check<S: Store>(
             let pause = (after == VerificationStatus::RateLimited).then(|| {
                 match verification.retry_after_seconds {
                     0 => DEFAULT_RATE_LIMIT_PAUSE,
-                    s => Duration::from_secs(u64::from(s)),
+                    s => Duration::from_secs(u64::from(
+                        s.min(crate::provider::fleetio::MAX_RETRY_AFTER_SECONDS),
+                    )),
                 }
             });
             Some(Checked { account, pause })

@@ -140,10 +140,14 @@ async fn serve<S: Store>(
     let seals = SealCounter::load(&*store).await?;
     let providers = Providers::new(&config.providers).map_err(ServeError::Provider)?;
     let count = store.count().await?;
-    let audit_path = config
-        .audit_log
-        .clone()
-        .unwrap_or_else(|| config.data_dir.join("audit.jsonl"));
+    // With a database, it keeps the trail of every replica; a file is a second
+    // device when --audit-log names one. Without, the file is the trail.
+    let table = store.audit_table();
+    let audit_path = match (&config.audit_log, &table) {
+        (Some(path), _) => Some(path.clone()),
+        (None, Some(_)) => None,
+        (None, None) => Some(config.data_dir.join("audit.jsonl")),
+    };
     let audit = Arc::new(
         AuditLog::open(
             &AuditSettings {
@@ -154,6 +158,7 @@ async fn serve<S: Store>(
                 sync: config.audit_sync,
                 queue: crate::audit::DEFAULT_QUEUE,
             },
+            table,
             config.keyring.active(),
         )
         .map_err(ServeError::Audit)?,
@@ -190,6 +195,11 @@ async fn serve<S: Store>(
         tokio::spawn(flush_usage(Arc::clone(&vault), stop_rx.clone())),
         tokio::spawn(announce_active(Arc::clone(&vault), stop_rx.clone())),
         tokio::spawn(reopen_audit(Arc::clone(&audit), stop_rx.clone())),
+        tokio::spawn(prune_audit(
+            Arc::clone(&audit),
+            config.audit_retention,
+            stop_rx.clone(),
+        )),
         tokio::spawn(summarize_refusals(
             Arc::clone(&refusals),
             Arc::clone(&audit),
@@ -315,7 +325,8 @@ async fn serve<S: Store>(
         key_ids = %key_ids,
         tls = config.tls.is_some(),
         mutual_tls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
-        audit = %audit.path().display(),
+        audit = %audit.devices(),
+        audit_sync = audit.sync().as_str(),
         audit_fail_open = audit.fail_open(),
         metrics = %shown(config.metrics_listen),
         reverify_interval = ?config.reverify.interval,
@@ -416,6 +427,35 @@ async fn reopen_audit(audit: Arc<AuditLog>, mut stop: tokio::sync::watch::Receiv
         tokio::select! {
             _ = stop.changed() => return,
             () = hangups.next() => audit.reopen(),
+        }
+    }
+}
+
+/// Deletes the database's audit events older than `retention`: at start, then
+/// every quarter of it (at least every second, at most hourly). Every replica
+/// does; a deletion that finds nothing costs one indexed query.
+async fn prune_audit(
+    audit: Arc<AuditLog>,
+    retention: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    if retention.is_zero() || !audit.in_database() {
+        return;
+    }
+    let every = (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    loop {
+        if let Some(before) = SystemTime::now().checked_sub(retention) {
+            match audit.prune(before).await {
+                Ok(0) => {}
+                Ok(pruned) => {
+                    tracing::info!(pruned, retention = ?retention, "old audit events deleted")
+                }
+                Err(e) => tracing::warn!(error = %e, "old audit events could not be deleted"),
+            }
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(every) => {}
         }
     }
 }

@@ -230,7 +230,8 @@ impl<S: Store> VaultService<S> {
                 if !caller.is_scoped() {
                     return Ok((id.clone(), None));
                 }
-                let record = self.vault.store().get_shared(id).await.ok().flatten();
+                // A store that fails answers UNAVAILABLE, not "out of scope".
+                let record = self.vault.store().get_shared(id).await?;
                 caller.require_scope(id, record.as_ref().map(|r| r.name.as_str()))?;
                 Ok((id.clone(), record))
             }
@@ -357,7 +358,7 @@ impl<S: Store> VaultService<S> {
         let filter = ListFilter::new(&req)?;
         let batch = LIST_SCAN_BATCH.max(size + 1);
         let mut cursor = validate::parse_page_token(&req.page_token)?;
-        let mut credentials = Vec::new();
+        let mut page: Vec<CredentialRecord> = Vec::new();
         let mut more = false;
         'scan: loop {
             let items = self.vault.store().list(cursor.as_deref(), batch).await?;
@@ -365,11 +366,11 @@ impl<S: Store> VaultService<S> {
             for (id, record) in items {
                 match record {
                     Ok(record) if filter.matches(&record) && call.caller.in_scope(&record.name) => {
-                        if credentials.len() == size {
+                        if page.len() == size {
                             more = true;
                             break 'scan;
                         }
-                        credentials.push(self.show(&record).await);
+                        page.push(record);
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -386,6 +387,10 @@ impl<S: Store> VaultService<S> {
             Some(last) if more => validate::page_token(&last),
             _ => String::new(),
         };
+        // Last uses for the whole page at once (one query on PostgreSQL, not one per row).
+        let ids: Vec<String> = page.iter().map(|r| r.id.clone()).collect();
+        let usages = self.vault.last_uses(&ids).await;
+        let credentials = page.iter().map(|r| to_api(r, usages.get(&r.id))).collect();
         Ok(api::ListCredentialsResponse {
             credentials,
             next_page_token,

@@ -115,9 +115,14 @@ pub fn page_token(last_id: &str) -> String {
 
 /// The opaque token for a page of the audit log starting at `at`.
 pub fn audit_token(at: crate::audit::Position) -> String {
-    match at.file {
-        Some(file) => URL_SAFE_NO_PAD.encode(format!("audit2:{file}:{}", at.offset)),
-        None => URL_SAFE_NO_PAD.encode(format!("audit:{}", at.offset)),
+    use crate::audit::Position;
+    match at {
+        Position::File {
+            file: Some(file),
+            offset,
+        } => URL_SAFE_NO_PAD.encode(format!("audit2:{file}:{offset}")),
+        Position::File { file: None, offset } => URL_SAFE_NO_PAD.encode(format!("audit:{offset}")),
+        Position::Database(seq) => URL_SAFE_NO_PAD.encode(format!("auditdb:{seq}")),
     }
 }
 
@@ -134,16 +139,18 @@ pub fn parse_audit_token(token: &str) -> Result<Option<crate::audit::Position>, 
         .unwrap_or_default();
     let position = if let Some(rest) = text.strip_prefix("audit2:") {
         rest.split_once(':').and_then(|(f, o)| {
-            Some(Position {
+            Some(Position::File {
                 file: Some(f.parse().ok()?),
                 offset: o.parse().ok()?,
             })
         })
+    } else if let Some(seq) = text.strip_prefix("auditdb:") {
+        seq.parse().ok().filter(|s| *s >= 0).map(Position::Database)
     } else {
         // A token from before rotation: an offset in the current file.
         text.strip_prefix("audit:")
             .and_then(|o| o.parse().ok())
-            .map(|offset| Position { file: None, offset })
+            .map(|offset| Position::File { file: None, offset })
     };
     position.map(Some).ok_or_else(|| {
         Error::invalid(
@@ -205,11 +212,11 @@ mod tests {
         assert!(page_size(-1).is_err());
         use crate::audit::Position;
         for at in [
-            Position {
+            Position::File {
                 file: Some(77),
                 offset: 1234,
             },
-            Position {
+            Position::File {
                 file: None,
                 offset: 9,
             },

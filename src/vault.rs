@@ -120,6 +120,21 @@ impl<S: Store> Vault<S> {
         }
     }
 
+    /// The last uses of several credentials, noted or stored, in one store query.
+    pub async fn last_uses(&self, ids: &[String]) -> std::collections::HashMap<String, Usage> {
+        let mut found = self.store.usages(ids).await.unwrap_or_default();
+        let pending = self
+            .pending_usage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for id in ids {
+            if let Some(u) = pending.get(id) {
+                found.insert(id.clone(), u.clone());
+            }
+        }
+        found
+    }
+
     /// Writes the noted reads to the store in one batch; returns how many.
     pub async fn flush_usage(&self) -> Result<usize, Error> {
         let batch: Vec<(String, Usage)> = std::mem::take(

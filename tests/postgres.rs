@@ -211,12 +211,17 @@ async fn a_database_restart_under_traffic_turns_health_and_back_without_a_crash(
 
     cluster.stop();
     let down = wait_for_health(&server, ServingStatus::NotServing).await;
+    // The store's own health follows within its next probe (once a second).
+    let start = std::time::Instant::now();
+    while vault_health(&server, "credvault.store").await != ServingStatus::NotServing {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "credvault.store stayed SERVING"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Liveness stays SERVING: the process is fine, only its database is away.
     assert_eq!(vault_health(&server, "").await, ServingStatus::Serving);
-    assert_eq!(
-        vault_health(&server, "credvault.store").await,
-        ServingStatus::NotServing
-    );
     let write = admin
         .create_credential(api::CreateCredentialRequest {
             name: "during-outage".into(),
@@ -253,6 +258,247 @@ async fn a_database_restart_under_traffic_turns_health_and_back_without_a_crash(
     drop(admin);
     server.stop().await.unwrap();
     cluster.stop();
+}
+
+/// Every audit event the server lists (all pages), filtered by credential name.
+async fn audit_of(client: &mut Client, name: &str) -> Vec<api::AuditEvent> {
+    let mut out = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_audit_events(api::ListAuditEventsRequest {
+                credential_name: name.into(),
+                page_size: 3,
+                page_token: page_token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        out.extend(page.events);
+        if page.next_page_token.is_empty() {
+            return out;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+#[tokio::test]
+async fn every_replica_lists_one_audit_trail_and_a_restart_loses_nothing() {
+    let a = TestServer::start_on(TestStore::Postgres).await;
+    let url = a.database_url.clone().unwrap();
+    let b = replica(&url, &a.key_b64).await;
+    let mut admin_a = a.admin().await;
+    create(&mut admin_a, "audited", "key-00000001", "acct").await;
+    let mut worker_a = a.client_with(Some(&a.tokens.worker)).await;
+    let mut worker_b = b.client_with(Some(&b.tokens.worker)).await;
+    for _ in 0..3 {
+        worker_a
+            .get_credential_headers(headers_by_name("audited"))
+            .await
+            .unwrap();
+    }
+    for _ in 0..2 {
+        worker_b
+            .get_credential_headers(headers_by_name("audited"))
+            .await
+            .unwrap();
+    }
+    // B lists what was read through A, and the other way round: one trail.
+    let reads = |events: &[api::AuditEvent]| {
+        events
+            .iter()
+            .filter(|e| e.method == "GetCredentialHeaders" && e.code == "OK")
+            .count()
+    };
+    let mut admin_b = b.admin().await;
+    let seen_by_b = audit_of(&mut admin_b, "audited").await;
+    assert_eq!(reads(&seen_by_b), 5, "{seen_by_b:#?}");
+    assert!(seen_by_b.iter().any(|e| e.method == "CreateCredential"));
+    let fingerprints: std::collections::HashSet<_> = seen_by_b
+        .iter()
+        .filter(|e| e.method == "GetCredentialHeaders")
+        .map(|e| e.secret_fingerprint.clone())
+        .collect();
+    assert_eq!(
+        fingerprints.len(),
+        1,
+        "one secret, one fingerprint across replicas"
+    );
+    assert_eq!(reads(&audit_of(&mut admin_a, "audited").await), 5);
+    // No file on the replica's disk: the database is the trail.
+    assert!(!a.data_dir.join("audit.jsonl").exists());
+    // A replica goes away and comes back: nothing is lost.
+    drop((admin_a, worker_a));
+    let (stopped, _tmp, _dir, key) = a.stop_keep().await;
+    stopped.unwrap();
+    let a = replica(&url, &key).await;
+    let mut admin_a = a.admin().await;
+    assert_eq!(reads(&audit_of(&mut admin_a, "audited").await), 5);
+    drop((admin_a, admin_b, worker_b));
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn after_sigkill_every_answered_read_is_in_the_database() {
+    let url = PgCluster::shared().new_database().await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let setup = write_config(dir.path());
+    let mut args = setup.args.clone();
+    args.extend(["--store".to_owned(), "postgres".to_owned()]);
+    let process = Process::serve(
+        &args,
+        &[("CREDVAULT_DATABASE_URL", url.as_str())],
+        dir.path(),
+    )
+    .await
+    .unwrap();
+    let mut admin = process.client(&setup.tokens.admin).await;
+    create(&mut admin, "read-often", "key-00000001", "acct").await;
+    let answered = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let mut worker = process.client(&setup.tokens.worker).await;
+        let answered = Arc::clone(&answered);
+        workers.push(tokio::spawn(async move {
+            while worker
+                .get_credential_headers(headers_by_name("read-often"))
+                .await
+                .is_ok()
+            {
+                answered.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    process.signal("KILL");
+    for w in workers {
+        w.await.unwrap();
+    }
+    let answered = answered.load(Ordering::SeqCst);
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let events: i64 = client
+        .query_one(
+            r#"SELECT count(*) FROM credvault_audit
+               WHERE event LIKE '%"method":"GetCredentialHeaders"%' AND event LIKE '%"code":"OK"%'"#,
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    println!("{answered} reads answered, {events} events in the database");
+    assert!(answered > 50, "only {answered} reads answered");
+    assert!(
+        events as usize >= answered,
+        "{answered} answered, {events} audited"
+    );
+}
+
+#[tokio::test]
+async fn old_audit_events_are_pruned_from_the_database() {
+    let server = TestServer::start_with(Options {
+        store: TestStore::Postgres,
+        audit_retention: Duration::from_secs(2),
+        ..Options::default()
+    })
+    .await;
+    let mut admin = server.admin().await;
+    create(&mut admin, "short-lived", "key-00000001", "acct").await;
+    for _ in 0..3 {
+        admin
+            .get_credential_headers(headers_by_name("short-lived"))
+            .await
+            .unwrap();
+    }
+    assert!(audit_of(&mut admin, "short-lived").await.len() >= 4);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !audit_of(&mut admin, "short-lived").await.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "old events were never pruned"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // New events are kept.
+    admin
+        .get_credential_headers(headers_by_name("short-lived"))
+        .await
+        .unwrap();
+    assert_eq!(audit_of(&mut admin, "short-lived").await.len(), 1);
+    drop(admin);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_listing_reads_the_last_uses_of_a_page_in_one_query() {
+    let server = TestServer::start_on(TestStore::Postgres).await;
+    let url = server.database_url.clone().unwrap();
+    let mut admin = server.admin().await;
+    create_numbered(&mut admin, 60, |i| format!("used-{i:02}")).await;
+    for i in 0..60 {
+        admin
+            .get_credential_headers(headers_by_name(&format!("used-{i:02}")))
+            .await
+            .unwrap();
+    }
+    // The last uses reach the database (they are written every 10 s, and at shutdown).
+    let (result, tmp, dir, key) = server.stop_keep().await;
+    result.unwrap();
+    let server = TestServer::start_with(Options {
+        data_dir: Some(dir),
+        key_b64: key,
+        database_url: Some(url.clone()),
+        ..Options::default()
+    })
+    .await;
+    let _tmp = tmp;
+    let mut admin = server.admin().await;
+    // Statements the server's sessions committed (one transaction each); backends
+    // report them within a second.
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let db = url.rsplit('/').next().unwrap().to_owned();
+    let committed = || async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let n: i64 = client
+            .query_one(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = $1",
+                &[&db],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n
+    };
+    let idle = committed().await;
+    let quiet = committed().await - idle;
+    let before = committed().await;
+    let page = admin
+        .list_credentials(api::ListCredentialsRequest {
+            page_size: 50,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let listed = committed().await - before;
+    assert_eq!(page.credentials.len(), 50);
+    assert!(page.credentials.iter().all(|c| c.last_used_by == "admin"));
+    println!("a page of 50: {listed} statements; {quiet} in as long without a listing");
+    // The listing (records, then their last uses: not one query per row, which
+    // would be 50 more) plus the background's own probes and audit inserts.
+    assert!(
+        listed <= quiet + 15,
+        "{listed} statements for a page of 50 ({quiet} when idle)"
+    );
+    drop(admin);
+    server.stop().await.unwrap();
 }
 
 /// Runs `sql` as the cluster's superuser on the database of `url`.
@@ -298,11 +544,17 @@ async fn a_database_that_stops_taking_writes_takes_the_vault_out_of_readiness_an
         .await
         .unwrap_err();
     assert_eq!(write.code(), Code::Unavailable, "{write:?}");
-    // Reads go on meanwhile.
+    // Metadata reads go on; secret reads fail closed, since their audit events
+    // cannot be written to the read-only database either.
     admin
-        .get_credential_headers(headers_by_name("fleetio-acme"))
+        .get_credential(by_name_get("fleetio-acme"))
         .await
         .unwrap();
+    let read = admin
+        .get_credential_headers(headers_by_name("fleetio-acme"))
+        .await
+        .unwrap_err();
+    assert_eq!(read.code(), Code::Unavailable, "{read:?}");
     as_admin(
         &maintenance,
         &format!("ALTER DATABASE {db} RESET default_transaction_read_only; {sessions}"),
@@ -339,7 +591,9 @@ async fn migrate_store_copies_a_sled_store_to_postgres_and_back() {
         "{}",
         String::from_utf8_lossy(&migrate.stderr)
     );
-    assert!(String::from_utf8_lossy(&migrate.stdout).contains("applied schema migrations [1, 2]"));
+    assert!(
+        String::from_utf8_lossy(&migrate.stdout).contains("applied schema migrations [1, 2, 3]")
+    );
     let again = run_cli(&["migrate"], &[("CREDVAULT_DATABASE_URL", &url)]).await;
     assert!(String::from_utf8_lossy(&again.stdout).contains("up to date"));
 

@@ -331,14 +331,24 @@ impl Fleetio {
     }
 }
 
+/// The longest pause a `Retry-After` can ask for: one bad header must not hold
+/// a credential's checks back for days.
+pub const MAX_RETRY_AFTER_SECONDS: u32 = 3600;
+
 fn rate_limited(headers: &HeaderMap) -> Verification {
-    let seconds = headers
+    let asked = headers
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u32>().ok());
-    let message = match seconds {
-        Some(s) => format!("fleetio rate limited the check (429); retry after {s} s"),
-        None => "fleetio rate limited the check (429)".to_owned(),
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let seconds = asked.map(|s| {
+        u32::try_from(s.min(u64::from(MAX_RETRY_AFTER_SECONDS))).unwrap_or(MAX_RETRY_AFTER_SECONDS)
+    });
+    let message = match (asked, seconds) {
+        (Some(a), Some(s)) if a > u64::from(s) => format!(
+            "fleetio rate limited the check (429); retry after {s} s (it asked for {a} s, capped at an hour)"
+        ),
+        (_, Some(s)) => format!("fleetio rate limited the check (429); retry after {s} s"),
+        _ => "fleetio rate limited the check (429)".to_owned(),
     };
     Verification::now(Status::RateLimited, 429, message).with_retry_after(seconds.unwrap_or(0))
 }
@@ -395,6 +405,22 @@ fn parse_account_tokens(body: &[u8]) -> Result<Vec<Zeroizing<String>>, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn retry_after_is_capped_at_an_hour() {
+        for (header, want) in [
+            ("7", 7),
+            ("3600", 3600),
+            ("999999", 3600),
+            ("99999999999999999999", 0),
+            ("soon", 0),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(RETRY_AFTER, header.parse().unwrap());
+            let v = super::rate_limited(&headers);
+            assert_eq!(v.retry_after_seconds, want, "Retry-After: {header}");
+        }
+    }
+
     use super::*;
 
     fn api(key: &str, token: &str, version: &str) -> api::FleetioSecret {

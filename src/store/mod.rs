@@ -51,6 +51,48 @@ pub enum StoreError {
     Unreachable(String),
 }
 
+/// One audit event as a database stores it: its JSON line and the fields listings filter on.
+#[derive(Clone, Debug)]
+pub struct AuditRow {
+    pub time: std::time::SystemTime,
+    pub caller: String,
+    pub credential_id: String,
+    pub credential_name: String,
+    /// The event's JSON line, exactly as the audit file holds it.
+    pub line: String,
+}
+
+/// What a listing of the database's audit trail asks for (empty: any).
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    pub credential_id: Option<String>,
+    pub credential_name: Option<String>,
+    pub caller: Option<String>,
+    pub start: Option<std::time::SystemTime>,
+    pub end: Option<std::time::SystemTime>,
+}
+
+/// A boxed future, for the object-safe [`AuditTable`].
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// An audit trail kept by the database that every replica shares.
+pub trait AuditTable: Send + Sync + 'static {
+    /// Appends rows in one transaction; they are committed when it resolves.
+    fn append_audit(&self, rows: Vec<AuditRow>) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Up to `limit` lines matching `filter` after sequence number `after`, oldest
+    /// first, each with its sequence number.
+    fn list_audit(
+        &self,
+        filter: AuditFilter,
+        after: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<(i64, String)>, StoreError>>;
+
+    /// Deletes the events from before `before`; how many went.
+    fn prune_audit(&self, before: std::time::SystemTime) -> BoxFuture<'_, Result<u64, StoreError>>;
+}
+
 /// One row of a listing: the record's key and the record, or why it could not be read.
 pub type ListItem = (String, Result<CredentialRecord, StoreError>);
 
@@ -138,6 +180,24 @@ pub trait Store: Send + Sync + 'static {
     /// When the credential's secret was last read, and by whom.
     fn usage(&self, id: &str) -> impl Future<Output = Result<Option<Usage>, StoreError>> + Send;
 
+    /// The last uses of several credentials (those with none are left out); a
+    /// database store asks once for all of them.
+    fn usages(
+        &self,
+        ids: &[String],
+    ) -> impl Future<Output = Result<std::collections::HashMap<String, Usage>, StoreError>> + Send
+    {
+        async move {
+            let mut out = std::collections::HashMap::new();
+            for id in ids {
+                if let Some(u) = self.usage(id).await? {
+                    out.insert(id.clone(), u);
+                }
+            }
+            Ok(out)
+        }
+    }
+
     /// Records last uses in one batch (ids no longer stored are skipped).
     fn record_usage(
         &self,
@@ -180,6 +240,11 @@ pub trait Store: Send + Sync + 'static {
         let _ = instance;
         let error = self.write_error();
         async move { error.map_or(Ok(()), |e| Err(StoreError::Io(e))) }
+    }
+
+    /// The audit trail this store keeps for every replica, if it keeps one (PostgreSQL).
+    fn audit_table(self: &Arc<Self>) -> Option<Arc<dyn AuditTable>> {
+        None
     }
 
     /// Whether only a restart can make the store writable again, and would now:

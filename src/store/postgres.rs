@@ -61,6 +61,24 @@ CREATE TABLE credvault_write_probe (
 );
 "#,
     ),
+    (
+        3,
+        "the audit trail of every replica",
+        r#"
+CREATE TABLE credvault_audit (
+    seq             bigserial PRIMARY KEY,
+    time            timestamptz NOT NULL,
+    caller          text COLLATE "C" NOT NULL,
+    credential_id   text COLLATE "C" NOT NULL,
+    credential_name text COLLATE "C" NOT NULL,
+    event           text NOT NULL
+);
+CREATE INDEX credvault_audit_time ON credvault_audit (time);
+CREATE INDEX credvault_audit_credential_id ON credvault_audit (credential_id, seq);
+CREATE INDEX credvault_audit_credential_name ON credvault_audit (credential_name, seq);
+CREATE INDEX credvault_audit_caller ON credvault_audit (caller, seq);
+"#,
+    ),
 ];
 
 /// An arbitrary constant that names credvault's migration lock.
@@ -270,6 +288,106 @@ impl PgStore {
     }
 }
 
+/// Events deleted per statement when pruning (short transactions, no long locks).
+const PRUNE_BATCH: i64 = 10_000;
+
+impl super::AuditTable for PgStore {
+    fn append_audit(
+        &self,
+        rows: Vec<super::AuditRow>,
+    ) -> super::BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let mut times = Vec::with_capacity(rows.len());
+            let (mut callers, mut ids, mut names, mut lines) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for row in rows {
+                times.push(row.time);
+                callers.push(row.caller);
+                ids.push(row.credential_id);
+                names.push(row.credential_name);
+                lines.push(row.line);
+            }
+            // One statement for the group, in the order the events were recorded.
+            self.client()
+                .await?
+                .execute(
+                    "INSERT INTO credvault_audit (time, caller, credential_id, credential_name, event)
+                     SELECT time, caller, credential_id, credential_name, event
+                     FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[])
+                     WITH ORDINALITY AS r(time, caller, credential_id, credential_name, event, n)
+                     ORDER BY n",
+                    &[&times, &callers, &ids, &names, &lines],
+                )
+                .await
+                .map_err(db)?;
+            Ok(())
+        })
+    }
+
+    fn list_audit(
+        &self,
+        filter: super::AuditFilter,
+        after: i64,
+        limit: usize,
+    ) -> super::BoxFuture<'_, Result<Vec<(i64, String)>, StoreError>> {
+        Box::pin(async move {
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = self
+                .client()
+                .await?
+                .query(
+                    "SELECT seq, event FROM credvault_audit
+                     WHERE seq > $1
+                       AND ($2::text IS NULL OR credential_id = $2)
+                       AND ($3::text IS NULL OR credential_name = $3)
+                       AND ($4::text IS NULL OR caller = $4)
+                       AND ($5::timestamptz IS NULL OR time >= $5)
+                       AND ($6::timestamptz IS NULL OR time < $6)
+                     ORDER BY seq LIMIT $7",
+                    &[
+                        &after,
+                        &filter.credential_id,
+                        &filter.credential_name,
+                        &filter.caller,
+                        &filter.start,
+                        &filter.end,
+                        &limit,
+                    ],
+                )
+                .await
+                .map_err(db)?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
+
+    fn prune_audit(
+        &self,
+        before: std::time::SystemTime,
+    ) -> super::BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let mut pruned = 0;
+            loop {
+                let n = client
+                    .execute(
+                        "DELETE FROM credvault_audit WHERE seq IN (
+                             SELECT seq FROM credvault_audit WHERE time < $1 ORDER BY seq LIMIT $2)",
+                        &[&before, &PRUNE_BATCH],
+                    )
+                    .await
+                    .map_err(db)?;
+                pruned += n;
+                if n < PRUNE_BATCH as u64 {
+                    return Ok(pruned);
+                }
+            }
+        })
+    }
+}
+
 impl Store for PgStore {
     async fn meta(&self, prefix: &str) -> Result<Entries, StoreError> {
         let rows = self
@@ -465,6 +583,32 @@ impl Store for PgStore {
         Ok(row.and_then(|r| prost::Message::decode(r.get::<_, &[u8]>(0)).ok()))
     }
 
+    async fn usages(
+        &self,
+        ids: &[String],
+    ) -> Result<std::collections::HashMap<String, Usage>, StoreError> {
+        if ids.is_empty() {
+            return Ok(std::collections::HashMap::new());
+        }
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT id, value FROM credvault_usage WHERE id = ANY($1)",
+                &[&ids],
+            )
+            .await
+            .map_err(db)?;
+        // Usage is advisory: an unreadable entry reads as none.
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let usage = prost::Message::decode(r.get::<_, &[u8]>(1)).ok()?;
+                Some((r.get::<_, String>(0), usage))
+            })
+            .collect())
+    }
+
     async fn record_usage(&self, batch: &[(String, Usage)]) -> Result<(), StoreError> {
         let ids: Vec<&str> = batch.iter().map(|(id, _)| id.as_str()).collect();
         let values: Vec<Vec<u8>> = batch
@@ -635,6 +779,10 @@ impl Store for PgStore {
 
     fn write_error(&self) -> Option<String> {
         None
+    }
+
+    fn audit_table(self: &std::sync::Arc<Self>) -> Option<std::sync::Arc<dyn super::AuditTable>> {
+        Some(std::sync::Arc::clone(self) as std::sync::Arc<dyn super::AuditTable>)
     }
 
     async fn probe_write(&self, instance: &str) -> Result<(), StoreError> {

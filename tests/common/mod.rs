@@ -112,6 +112,8 @@ pub struct Options {
     pub transport: credvault::transport::TransportSettings,
     /// What a secret read waits for.
     pub audit_sync: credvault::audit::AuditSync,
+    /// How long the database keeps audit events.
+    pub audit_retention: Duration,
 }
 
 impl Default for Options {
@@ -135,6 +137,7 @@ impl Default for Options {
             audit_fail_open: false,
             transport: Default::default(),
             audit_sync: Default::default(),
+            audit_retention: Duration::ZERO,
         }
     }
 }
@@ -221,6 +224,7 @@ impl TestServer {
             .unwrap(),
             callers_file: None,
             audit_log: opts.audit_log.clone(),
+            audit_retention: opts.audit_retention,
             audit_fail_open: opts.audit_fail_open,
             audit_max_file_size: 0,
             audit_max_files: 0,
@@ -430,6 +434,7 @@ pub fn bare_config(dir: &Path, keys: &str) -> Config {
         callers: Callers::from_toml("").unwrap(),
         callers_file: None,
         audit_log: None,
+        audit_retention: Duration::ZERO,
         audit_fail_open: false,
         audit_max_file_size: 0,
         audit_max_files: 0,
