@@ -501,6 +501,33 @@ async fn a_listing_reads_the_last_uses_of_a_page_in_one_query() {
     server.stop().await.unwrap();
 }
 
+#[tokio::test]
+async fn a_scoped_caller_hears_unavailable_not_denied_while_the_store_is_down() {
+    // A cluster of its own, since this test stops it.
+    let cluster = PgCluster::start();
+    let token = credvault::auth::mint_token().as_str().to_owned();
+    let server = TestServer::start_with(Options {
+        database_url: Some(cluster.new_database().await),
+        extra_callers: credvault::auth::callers_entry(
+            "acme-reader",
+            &token,
+            &[credvault::auth::Permission::CredentialsRead],
+        ) + "credentials = [\"fleetio-acme-*\"]\n",
+        ..Options::default()
+    })
+    .await;
+    let mut admin = server.admin().await;
+    let c = create(&mut admin, "fleetio-acme-1", "key-00000001", "acct").await;
+    let mut scoped = server.client_with(Some(&token)).await;
+    scoped.get_credential(by_id_get(&c.id)).await.unwrap();
+    cluster.stop();
+    // By id, the scope check must read the record: the store's failure is the answer.
+    let status = scoped.get_credential(by_id_get(&c.id)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    drop((admin, scoped));
+    let _ = server.stop().await;
+}
+
 /// Runs `sql` as the cluster's superuser on the database of `url`.
 async fn as_admin(url: &str, sql: &str) {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
