@@ -157,7 +157,8 @@ struct CallerEntry {
     name: String,
     #[serde(default)]
     token_sha256: Option<String>,
-    /// With mutual TLS: the CN or a DNS SAN of the caller's client certificate.
+    /// With mutual TLS: the CN, a DNS SAN or a URI SAN (a SPIFFE id) of the caller's
+    /// client certificate.
     #[serde(default)]
     tls_subject: Option<String>,
     permissions: Vec<String>,
@@ -350,8 +351,11 @@ impl Callers {
     }
 }
 
-/// The names a client certificate (DER) speaks for: its subject CN and DNS SANs.
-/// The certificate was already verified against `--client-ca` by the TLS layer.
+/// The names a client certificate (DER) speaks for: its subject CN, DNS SANs and
+/// URI SANs (SPIFFE ids such as `spiffe://cluster.local/ns/ingest/sa/worker`,
+/// what service meshes issue). The certificate was already verified against
+/// `--client-ca` by the TLS layer, which also refuses one whose extended key usage
+/// does not allow client authentication.
 pub fn certificate_subjects(der: &[u8]) -> Vec<String> {
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
         return Vec::new();
@@ -363,8 +367,10 @@ pub fn certificate_subjects(der: &[u8]) -> Vec<String> {
         .collect();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {
-            if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
-                names.push((*dns).to_owned());
+            match name {
+                x509_parser::extensions::GeneralName::DNSName(dns) => names.push((*dns).to_owned()),
+                x509_parser::extensions::GeneralName::URI(uri) => names.push((*uri).to_owned()),
+                _ => {}
             }
         }
     }

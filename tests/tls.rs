@@ -7,7 +7,10 @@ mod common;
 use common::*;
 use credvault::api;
 use credvault::api::credential_vault_service_client::CredentialVaultServiceClient;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, SanType,
+};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::Code;
 use tonic_health::pb::health_client::HealthClient;
@@ -18,7 +21,13 @@ struct Pki {
     server: (String, String),
     client: (String, String),
     stranger: (String, String),
+    /// Named only by a SPIFFE id (a URI SAN), as a service mesh issues them.
+    spiffe: (String, String),
+    /// Signed by our CA, but its extended key usage is for servers only.
+    server_only: (String, String),
 }
+
+const SPIFFE_ID: &str = "spiffe://cluster.local/ns/ingest/sa/worker";
 
 fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -28,10 +37,20 @@ fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
 }
 
 fn leaf(issuer: &CertifiedIssuer<'static, KeyPair>, cn: &str, sans: &[&str]) -> (String, String) {
+    leaf_with(issuer, cn, sans, |_| {})
+}
+
+fn leaf_with(
+    issuer: &CertifiedIssuer<'static, KeyPair>,
+    cn: &str,
+    sans: &[&str],
+    adjust: impl FnOnce(&mut CertificateParams),
+) -> (String, String) {
     let key = KeyPair::generate().unwrap();
     let mut params =
         CertificateParams::new(sans.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>()).unwrap();
     params.distinguished_name.push(DnType::CommonName, cn);
+    adjust(&mut params);
     let cert = params.signed_by(&key, issuer).unwrap();
     (cert.pem(), key.serialize_pem())
 }
@@ -42,8 +61,18 @@ fn pki() -> Pki {
     Pki {
         ca_pem: ours.pem(),
         server: leaf(&ours, "credvault", &["credvault.test"]),
-        client: leaf(&ours, "worker.internal", &["worker.internal"]),
+        client: leaf_with(&ours, "worker.internal", &["worker.internal"], |p| {
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        }),
         stranger: leaf(&theirs, "worker.internal", &["worker.internal"]),
+        spiffe: leaf_with(&ours, "", &[], |p| {
+            p.distinguished_name = rcgen::DistinguishedName::new();
+            p.subject_alt_names = vec![SanType::URI(SPIFFE_ID.try_into().unwrap())];
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        }),
+        server_only: leaf_with(&ours, "worker.internal", &["worker.internal"], |p| {
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        }),
     }
 }
 
@@ -79,6 +108,7 @@ async fn mutual_tls_callers_tokens_and_a_plaintext_health_port() {
     let setup = write_config(dir.path());
     let mut callers = std::fs::read_to_string(&setup.callers).unwrap();
     callers.push_str("\n[[caller]]\nname = \"mtls-worker\"\ntls_subject = \"worker.internal\"\npermissions = [\"headers.read\"]\n");
+    callers.push_str(&format!("\n[[caller]]\nname = \"mesh-worker\"\ntls_subject = \"{SPIFFE_ID}\"\npermissions = [\"headers.read\"]\n"));
     std::fs::write(&setup.callers, callers).unwrap();
     let file = |name: &str, text: &str| {
         let path = dir.path().join(name);
@@ -133,6 +163,52 @@ async fn mutual_tls_callers_tokens_and_a_plaintext_health_port() {
         denied.message().contains("mtls-worker"),
         "{}",
         denied.message()
+    );
+
+    // A SPIFFE id (a URI SAN) names its caller too.
+    let mut by_spiffe = client(
+        channel(&addr, &pki.ca_pem, Some(&pki.spiffe))
+            .await
+            .unwrap(),
+        None,
+    );
+    by_spiffe
+        .get_credential_headers(headers_by_name("fleetio-acme"))
+        .await
+        .unwrap();
+    let denied = by_spiffe
+        .list_credentials(api::ListCredentialsRequest::default())
+        .await
+        .unwrap_err();
+    assert!(
+        denied.message().contains("mesh-worker"),
+        "{}",
+        denied.message()
+    );
+
+    // A certificate of our CA whose extended key usage does not allow client
+    // authentication is refused in the handshake, whatever names it bears.
+    let server_only = match channel(&addr, &pki.ca_pem, Some(&pki.server_only)).await {
+        Err(e) => {
+            eprintln!("a server-only certificate: {e:?}");
+            None
+        }
+        Ok(ch) => Some(
+            client(ch, None)
+                .get_credential_headers(headers_by_name("fleetio-acme"))
+                .await,
+        ),
+    };
+    if let Some(Err(status)) = &server_only {
+        eprintln!("a server-only certificate: {status:?}");
+    }
+    // Had it been accepted, its CN would have made it mtls-worker, whose read succeeds.
+    assert!(
+        server_only.is_none_or(|r| r.is_err_and(|s| s.code() == Code::Cancelled
+            || s.code() == Code::Unavailable
+            || s.code() == Code::Unknown
+            || s.code() == Code::Unauthenticated)),
+        "a certificate without clientAuth got in"
     );
 
     // Neither token nor certificate: unauthenticated.
