@@ -101,6 +101,18 @@ pub async fn run(
     }
 }
 
+/// [`run`] on a store opened by the caller (e.g. one wrapped to inject faults in
+/// tests): the keyring is checked against it, `config.store` is not looked at.
+pub async fn run_with_store<S: Store>(
+    store: S,
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    keys::check_keyring(&store, &config.keyring).await?;
+    serve(store, listener, config, shutdown).await
+}
+
 /// Connects to PostgreSQL (waiting up to `settings.startup_wait` for it), applies
 /// the schema migrations and checks the keyring against the data.
 pub async fn open_postgres(

@@ -142,6 +142,14 @@ impl Default for Options {
     }
 }
 
+pub mod faulty;
+
+/// No store of the test's own: the server opens the configured one.
+type NoStore = fn(
+    PathBuf,
+    Option<String>,
+) -> std::future::Ready<Result<credvault::store::SledStore, ServeError>>;
+
 /// The real server, in this process, on 127.0.0.1:0.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -170,6 +178,26 @@ impl TestServer {
     }
 
     pub async fn start_with(opts: Options) -> Self {
+        Self::start_inner::<credvault::store::SledStore, NoStore, _>(opts, None).await
+    }
+
+    /// A server on a store that `open` makes (from the data dir and the database
+    /// URL, when there is one), e.g. one wrapped to inject faults.
+    pub async fn start_with_store<S, F, Fut>(opts: Options, open: F) -> Self
+    where
+        S: credvault::store::Store,
+        F: FnOnce(PathBuf, Option<String>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<S, ServeError>> + Send,
+    {
+        Self::start_inner(opts, Some(open)).await
+    }
+
+    async fn start_inner<S, F, Fut>(opts: Options, store_override: Option<F>) -> Self
+    where
+        S: credvault::store::Store,
+        F: FnOnce(PathBuf, Option<String>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<S, ServeError>> + Send,
+    {
         let (tmp, data_dir) = match opts.data_dir.clone() {
             Some(d) => (None, d),
             None => {
@@ -197,6 +225,7 @@ impl TestServer {
             (TestStore::Postgres, None) => Some(postgres::PgCluster::shared().new_database().await),
             (TestStore::Sled, None) => None,
         };
+        let database_for_open = database_url.clone();
         let store = match &database_url {
             Some(url) => {
                 credvault::config::StoreConfig::Postgres(credvault::config::PostgresSettings {
@@ -247,10 +276,18 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
-            let result = credvault::run(listener, config, async {
+            let shutdown = async {
                 let _ = rx.await;
-            })
-            .await;
+            };
+            let result = match store_override {
+                Some(open) => match open(config.data_dir.clone(), database_for_open).await {
+                    Ok(store) => {
+                        credvault::server::run_with_store(store, listener, config, shutdown).await
+                    }
+                    Err(e) => Err(e),
+                },
+                None => credvault::run(listener, config, shutdown).await,
+            };
             // Shown at once: a test that fails on a closed port then says why the server stopped.
             if let Err(e) = &result {
                 eprintln!("the test server on {addr} stopped: {e}");

@@ -1,0 +1,124 @@
+//! A store that fails on purpose: it wraps the real sled or PostgreSQL store and,
+//! while switched on, answers a share of its calls with an I/O error before
+//! passing them on (so a failed call changes nothing), to show that every store
+//! failure reaches the client as UNAVAILABLE and never as wrong data.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use credvault::record::{CredentialRecord, Usage};
+use credvault::store::{AuditTable, Entries, ListItem, Snapshot, Store, StoreError};
+
+/// When to fail: one call in `every`, while `on`.
+#[derive(Debug, Default)]
+pub struct Faults {
+    pub on: AtomicBool,
+    /// Fail one call in this many (0: none).
+    pub every: AtomicU64,
+    calls: AtomicU64,
+    /// How many calls were failed.
+    pub injected: AtomicU64,
+}
+
+impl Faults {
+    fn check(&self) -> Result<(), StoreError> {
+        let every = self.every.load(Ordering::Relaxed);
+        if !self.on.load(Ordering::Relaxed) || every == 0 {
+            return Ok(());
+        }
+        if self.calls.fetch_add(1, Ordering::Relaxed) % every == every - 1 {
+            self.injected.fetch_add(1, Ordering::Relaxed);
+            return Err(StoreError::Io("injected fault".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The real store `S`, with [`Faults`].
+pub struct FaultyStore<S> {
+    pub inner: Arc<S>,
+    pub faults: Arc<Faults>,
+}
+
+impl<S: Store> Store for FaultyStore<S> {
+    async fn meta(&self, prefix: &str) -> Result<Entries, StoreError> {
+        self.inner.meta(prefix).await
+    }
+    async fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.inner.put_meta(key, value).await
+    }
+    async fn remove_meta(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.remove_meta(key).await
+    }
+    async fn get(&self, id: &str) -> Result<Option<CredentialRecord>, StoreError> {
+        self.faults.check()?;
+        self.inner.get(id).await
+    }
+    async fn get_shared(&self, id: &str) -> Result<Option<Arc<CredentialRecord>>, StoreError> {
+        self.faults.check()?;
+        self.inner.get_shared(id).await
+    }
+    async fn id_for_name(&self, name: &str) -> Result<Option<String>, StoreError> {
+        self.faults.check()?;
+        self.inner.id_for_name(name).await
+    }
+    async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<ListItem>, StoreError> {
+        self.faults.check()?;
+        self.inner.list(after, limit).await
+    }
+    async fn count(&self) -> Result<usize, StoreError> {
+        self.inner.count().await
+    }
+    async fn insert(&self, record: &CredentialRecord) -> Result<(), StoreError> {
+        self.faults.check()?;
+        self.inner.insert(record).await
+    }
+    async fn replace(&self, record: &CredentialRecord, expected: u64) -> Result<(), StoreError> {
+        self.faults.check()?;
+        self.inner.replace(record, expected).await
+    }
+    async fn delete(&self, id: &str, expected_version: Option<u64>) -> Result<(), StoreError> {
+        self.faults.check()?;
+        self.inner.delete(id, expected_version).await
+    }
+    async fn usage(&self, id: &str) -> Result<Option<Usage>, StoreError> {
+        self.inner.usage(id).await
+    }
+    async fn usages(
+        &self,
+        ids: &[String],
+    ) -> Result<std::collections::HashMap<String, Usage>, StoreError> {
+        self.inner.usages(ids).await
+    }
+    async fn record_usage(&self, batch: &[(String, Usage)]) -> Result<(), StoreError> {
+        self.inner.record_usage(batch).await
+    }
+    async fn reserve_seals(&self, key_id: &str, count: u64) -> Result<u64, StoreError> {
+        self.faults.check()?;
+        self.inner.reserve_seals(key_id, count).await
+    }
+    async fn seal_reservations(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.inner.seal_reservations().await
+    }
+    async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        self.inner.snapshot().await
+    }
+    async fn restore(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        self.inner.restore(snapshot).await
+    }
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.inner.flush().await
+    }
+    fn write_error(&self) -> Option<String> {
+        self.inner.write_error()
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+    async fn probe_write(&self, instance: &str) -> Result<(), StoreError> {
+        self.inner.probe_write(instance).await
+    }
+    fn audit_table(self: &Arc<Self>) -> Option<Arc<dyn AuditTable>> {
+        self.inner.audit_table()
+    }
+}
