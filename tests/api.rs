@@ -1,9 +1,7 @@
 //! The vault API end to end: every RPC's success and error paths through the
 //! real server, run once on each store (sled, and PostgreSQL on a real server).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use credvault::api::{self, update_credential_request as upd, FleetioSecret};
 use tonic::Code;
 

@@ -1,12 +1,10 @@
 //! The audit trail: one event per RPC, allowed or denied, read back with
 //! ListAuditEvents; secret-read fingerprints; last use; failing closed.
 
-mod common;
-
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use common::*;
+use crate::common::*;
 use credvault::api;
 use tonic::Code;
 use tonic_health::pb::health_client::HealthClient;

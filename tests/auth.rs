@@ -1,8 +1,6 @@
 //! Authentication and every permission boundary, through the real server.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use credvault::api::{self, FleetioSecret};
 use tonic::Code;
 

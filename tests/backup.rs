@@ -2,12 +2,10 @@
 //! server serves, restored with the real CLI; wrong keyrings and damaged files
 //! are refused without touching the target.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use credvault::api;
 use credvault::crypto::MasterKey;
 use tonic::Code;

@@ -1,10 +1,8 @@
 //! The command line: keygen, token, and clear refusals when configuration is missing.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use credvault::crypto::MasterKey;
 
 fn run(args: &[&str], cwd: &std::path::Path) -> std::process::Output {

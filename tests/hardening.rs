@@ -3,13 +3,11 @@
 //! connections), a connection flood at a low descriptor limit, and a flood of
 //! wrong tokens; meanwhile a legitimate worker must still get its headers.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::h2raw::*;
-use common::*;
+use crate::common::h2raw::*;
+use crate::common::*;
 use credvault::api;
 use credvault::transport::TransportSettings;
 use tonic::Code;

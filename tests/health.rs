@@ -1,8 +1,6 @@
 //! gRPC health: SERVING once ready, NOT_SERVING as soon as shutdown begins.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;

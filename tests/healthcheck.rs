@@ -1,11 +1,9 @@
 //! `credvault healthcheck`, the probe the container image runs: exit 0 only on SERVING,
 //! over plaintext and over TLS.
 
-mod common;
-
 use std::process::Output;
 
-use common::*;
+use crate::common::*;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};

@@ -2,9 +2,7 @@
 //! and failures) is driven, and no secret value or token appears in stdout,
 //! stderr, the audit log, any error message, or any List/Get/other response.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use credvault::api;
 
 const KEY: &str = "key-LOGCANARY-0001";

@@ -1,14 +1,12 @@
 //! Master-key rotation: keyrings, online reload, rewrap under load, the CLI
 //! rewrap, and the refusal of keyrings that lack a key the data needs.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use credvault::api;
 use credvault::crypto::MasterKey;
 use credvault::keys::KeyringError;

@@ -1,8 +1,6 @@
 //! Prometheus metrics on `--metrics-listen`, scraped over HTTP from the real binary.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use credvault::api;
 
 #[tokio::test]

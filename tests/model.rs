@@ -6,14 +6,12 @@
 //! must reach the client as UNAVAILABLE, never as wrong data, and no acknowledged
 //! write may be lost.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use common::faulty::{Faults, FaultyStore};
-use common::*;
+use crate::common::faulty::{Faults, FaultyStore};
+use crate::common::*;
 use credvault::api;
 use credvault::server::ServeError;
 use proptest::prelude::*;

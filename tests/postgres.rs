@@ -1,14 +1,12 @@
 //! PostgreSQL beyond the shared API suite: replicas on one database, a database
 //! restart under traffic, schema migrations, and copying a sled store over.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::postgres::PgCluster;
-use common::*;
+use crate::common::postgres::PgCluster;
+use crate::common::*;
 use credvault::api;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;

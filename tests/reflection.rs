@@ -1,8 +1,6 @@
 //! Server reflection over `grpc.reflection.v1` (grpcurl 1.8 covers v1alpha in tests/grpcurl.rs).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;

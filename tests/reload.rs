@@ -1,11 +1,9 @@
 //! Reloading the callers file without a restart: on change and on SIGHUP; a bad
 //! file keeps the previous callers; in-flight calls finish.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use credvault::api;
 use credvault::auth::{callers_entry, Permission};
 use tonic::Code;

@@ -2,11 +2,9 @@
 //! it keeps last_verification current, logs status changes, honours Retry-After
 //! and stops cleanly on SIGTERM with a check in flight.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use credvault::api::VerificationStatus as V;
 
 const GOOD: &str = "key-good-00000001";

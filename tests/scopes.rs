@@ -1,9 +1,7 @@
 //! Scoped callers: globs on credential names limit what a caller may touch, and
 //! a scoped caller cannot tell a hidden credential from a missing one.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use credvault::api;
 use credvault::auth::{callers_entry, mint_token, Permission};
 use tonic::Code;

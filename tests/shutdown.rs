@@ -3,13 +3,11 @@
 //! in-flight calls complete, new connections are refused afterwards, the store
 //! is flushed and the process exits 0.
 
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use credvault::api::VerificationStatus as V;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;

@@ -1,8 +1,6 @@
 //! Storage: restarts, the master-key check, encryption at rest and tampering (crashes: faults.rs).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use credvault::api;
 use credvault::crypto::MasterKey;
 use credvault::record::CredentialRecord;

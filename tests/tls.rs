@@ -2,9 +2,7 @@
 //! token, untrusted certificates refused, and a plaintext health-only port.
 //! Certificates are made at test time (rcgen); no key material is committed.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use credvault::api;
 use credvault::api::credential_vault_service_client::CredentialVaultServiceClient;
 use rcgen::{

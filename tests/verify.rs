@@ -1,10 +1,8 @@
 //! VerifyCredential against a fake Fleetio served over real HTTP on loopback.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use credvault::api::{self, VerificationStatus as V};
 use tonic::Code;
 

@@ -1,8 +1,6 @@
 //! Check on write (`verify` / `verify_best_effort`), redirects, expiry and the list filters.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use credvault::api::{self, VerificationStatus as V};
 use prost_types::Timestamp;
 use tonic::Code;

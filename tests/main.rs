@@ -1,0 +1,31 @@
+//! The integration suite, one binary: each module is one concern, and each test starts
+//! the real server (in this process on 127.0.0.1:0, or the built binary) and talks to it
+//! with the generated client, grpcurl, raw HTTP/2 or a health probe. One binary links
+//! the dependencies once: 24 test binaries took over 1 GB of disk and a link each.
+
+mod common;
+
+mod api;
+mod audit;
+mod auth;
+mod backup;
+mod cli;
+mod faults;
+mod grpcurl;
+mod hardening;
+mod health;
+mod healthcheck;
+mod hygiene;
+mod keys;
+mod metrics;
+mod model;
+mod postgres;
+mod reflection;
+mod reload;
+mod reverify;
+mod scopes;
+mod shutdown;
+mod storage;
+mod tls;
+mod verify;
+mod verify_on_write;
