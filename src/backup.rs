@@ -206,10 +206,11 @@ pub async fn restore(
     keys::check_keyring(&store, &keyring).await?;
     let seals = SealCounter::load(&store).await?;
     let providers = Providers::new(&Default::default()).map_err(StoreError::Io)?;
-    let vault = Vault::new(Arc::new(store), keyring, seals, providers);
+    let store = Arc::new(store);
+    let vault = Vault::new(Arc::clone(&store), keyring, seals, providers);
     let (mut opened, mut damaged) = (0, Vec::new());
     for (id, _) in &snapshot.records {
-        let ok = match vault.store().get(id).await {
+        let ok = match store.get(id).await {
             Ok(Some(record)) => vault.open(&record).is_ok(),
             _ => false,
         };
@@ -219,7 +220,7 @@ pub async fn restore(
             damaged.push(id.clone());
         }
     }
-    vault.store().flush().await?;
+    store.flush().await?;
     Ok(RestoreReport {
         summary,
         opened,

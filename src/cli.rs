@@ -653,7 +653,7 @@ fn rewrap(args: &RewrapArgs) -> Result<(), String> {
             })
             .await
             .map_err(|e| e.to_string())?;
-        vault.store().flush().await.map_err(|e| e.to_string())?;
+        vault.flush().await.map_err(|e| e.to_string())?;
         println!(
             "rewrap done: {} of {} credentials rewrapped under master key {}",
             report.progress.rewrapped, report.progress.scanned, report.active_key_id

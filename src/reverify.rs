@@ -93,7 +93,7 @@ async fn sweep<S: Store>(
     let (mut checked, mut skipped) = (0usize, 0usize);
     let mut cursor: Option<String> = None;
     loop {
-        let items = match vault.store().list(cursor.as_deref(), SWEEP_BATCH).await {
+        let items = match vault.scan(cursor.as_deref(), SWEEP_BATCH).await {
             Ok(items) => items,
             Err(e) => {
                 tracing::error!(error = %e, "re-verification sweep could not list credentials");

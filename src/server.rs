@@ -666,7 +666,7 @@ async fn announce_active<S: Store>(
         if active == announced.0 && announced.1.elapsed() < keys::ANNOUNCE_EVERY {
             continue;
         }
-        match keys::announce_active(vault.store(), vault.instance(), &active).await {
+        match vault.announce_active().await {
             Ok(()) => announced = (active, Instant::now()),
             Err(e) => tracing::warn!(error = %e, "the active key could not be announced"),
         }

@@ -18,21 +18,12 @@ use crate::error::Error;
 use crate::gate::Authenticated;
 use crate::metrics;
 use crate::provider::ProviderSecret;
-use crate::record::{
-    self, CredentialRecord, Usage, Verification, VerificationStatus, RECORD_FORMAT,
-};
-use crate::store::{Store, StoreError};
+use crate::record::{self, CredentialRecord, Usage, Verification, VerificationStatus};
+use crate::store::Store;
 use crate::validate;
-use crate::vault::{Vault, MAX_CAS_RETRIES};
-
-/// How many records a listing reads from the store at a time (at least a page).
-const LIST_SCAN_BATCH: usize = 256;
-
-/// A credential addressed by id or by name.
-enum CredentialRef {
-    Id(String),
-    Name(String),
-}
+use crate::vault::{
+    Change, CheckOnWrite, CredentialRef, Expiry, ListFilter, Located, NewCredential, Vault,
+};
 
 macro_rules! credential_ref_from {
     ($($module:ident),*) => {$(
@@ -207,46 +198,24 @@ impl<S: Store> VaultService<S> {
         result.map(Response::new).map_err(Status::from)
     }
 
-    /// The id a reference points at, within the caller's scope.
-    ///
-    /// A scoped caller gets the same `PERMISSION_DENIED` for a credential outside
-    /// its scope as for one that does not exist, so it learns no names or ids.
-    async fn resolve_id(&self, call: &Call, r: &CredentialRef) -> Result<String, Error> {
-        self.locate(call, r).await.map(|(id, _)| id)
-    }
-
-    /// The id a reference points at, and the record when the scope check had to read it.
-    async fn locate(
-        &self,
-        call: &Call,
-        r: &CredentialRef,
-    ) -> Result<(String, Option<Arc<CredentialRecord>>), Error> {
-        let caller = &call.caller;
-        // The audit trail names what was asked for, found or not.
+    /// Finds the credential a reference points at, within the caller's scope
+    /// (the vault checks it); the audit trail names what was asked for, found or not.
+    async fn locate(&self, call: &Call, r: &CredentialRef) -> Result<Located, Error> {
         match r {
             CredentialRef::Id(id) => {
                 call.touch(id, "");
                 validate::id(id)?;
-                if !caller.is_scoped() {
-                    return Ok((id.clone(), None));
-                }
-                // A store that fails answers UNAVAILABLE, not "out of scope".
-                let record = self.vault.store().get_shared(id).await?;
-                caller.require_scope(id, record.as_ref().map(|r| r.name.as_str()))?;
-                Ok((id.clone(), record))
             }
             CredentialRef::Name(name) => {
                 call.touch("", name);
                 validate::name(name)?;
-                caller.require_scope(name, Some(name))?;
-                let id =
-                    self.vault.store().id_for_name(name).await?.ok_or_else(|| {
-                        Error::NotFound(format!("no credential is named {name:?}"))
-                    })?;
-                call.touch(&id, name);
-                Ok((id, None))
             }
         }
+        let at = self.vault.locate(&call.caller, r).await?;
+        if let CredentialRef::Name(name) = r {
+            call.touch(at.id(), name);
+        }
+        Ok(at)
     }
 
     /// The record a reference points at, within the caller's scope.
@@ -255,15 +224,8 @@ impl<S: Store> VaultService<S> {
         call: &Call,
         r: &CredentialRef,
     ) -> Result<Arc<CredentialRecord>, Error> {
-        let record = match self.locate(call, r).await? {
-            (_, Some(record)) => record,
-            (id, None) => self
-                .vault
-                .store()
-                .get_shared(&id)
-                .await?
-                .ok_or_else(|| Error::NotFound(format!("credential {id} not found")))?,
-        };
+        let at = self.locate(call, r).await?;
+        let record = self.vault.record(&at).await?;
         call.touch(&record.id, &record.name);
         Ok(record)
     }
@@ -274,20 +236,13 @@ impl<S: Store> VaultService<S> {
         to_api(record, usage.as_ref())
     }
 
-    /// Checks a secret before writing it when the request asks to.
-    async fn check_if_asked(
-        &self,
-        call: &Call,
-        secret: &ProviderSecret,
-        verify: bool,
-        best_effort: bool,
-    ) -> Result<Option<Verification>, Error> {
-        if !verify {
-            return Ok(None);
+    /// Notes a check on write in the call's log event.
+    fn note_check(call: &Call, check: CheckOnWrite, record: &CredentialRecord) {
+        if check != CheckOnWrite::No {
+            if let Some(v) = &record.last_verification {
+                call.verified(v);
+            }
         }
-        let verification = self.vault.check_before_write(secret, best_effort).await?;
-        call.verified(&verification);
-        Ok(Some(verification))
     }
 
     async fn create(
@@ -295,8 +250,8 @@ impl<S: Store> VaultService<S> {
         call: Arc<Call>,
         req: api::CreateCredentialRequest,
     ) -> Result<api::CreateCredentialResponse, Error> {
+        call.touch("", &req.name);
         validate::name(&req.name)?;
-        call.caller.require_scope(&req.name, Some(&req.name))?;
         validate::description(&req.description)?;
         let expire_time = req.expire_time.map(validate::timestamp).transpose()?;
         let secret = req
@@ -304,35 +259,17 @@ impl<S: Store> VaultService<S> {
             .map(ProviderSecret::try_from)
             .transpose()?
             .ok_or_else(|| Error::invalid("a secret is required: set fleetio"))?;
-        if self.vault.store().id_for_name(&req.name).await?.is_some() {
-            // Fail before asking the provider; the insert below still guards races.
-            return Err(StoreError::NameTaken(req.name).into());
-        }
-        let verification = self
-            .check_if_asked(&call, &secret, req.verify, req.verify_best_effort)
-            .await?;
-        let id = validate::new_id();
-        call.touch(&id, &req.name);
-        let now = Some(record::timestamp(SystemTime::now()));
-        let mut record = CredentialRecord {
-            format: RECORD_FORMAT,
-            id,
+        let check = CheckOnWrite::new(req.verify, req.verify_best_effort);
+        let new = NewCredential {
             name: req.name,
             description: req.description,
-            provider: secret.provider().to_owned(),
-            api_key_hint: secret.hint(),
-            create_time: now,
-            update_time: now,
-            version: 1,
-            last_verification: verification,
             expire_time,
-            revision: 1,
-            secret: None,
-            data_key: None,
+            secret,
+            check,
         };
-        self.vault.seal_into(&mut record, &secret).await?;
-        self.vault.store().insert(&record).await?;
-        metrics::credentials_changed(1.0);
+        let record = self.vault.create(&call.caller, new).await?;
+        call.touch(&record.id, &record.name);
+        Self::note_check(&call, check, &record);
         Ok(api::CreateCredentialResponse {
             credential: Some(to_api(&record, None)),
         })
@@ -355,45 +292,20 @@ impl<S: Store> VaultService<S> {
         req: api::ListCredentialsRequest,
     ) -> Result<api::ListCredentialsResponse, Error> {
         let size = validate::page_size(req.page_size)?;
-        let filter = ListFilter::new(&req)?;
-        let batch = LIST_SCAN_BATCH.max(size + 1);
-        let mut cursor = validate::parse_page_token(&req.page_token)?;
-        let mut page: Vec<CredentialRecord> = Vec::new();
-        let mut more = false;
-        'scan: loop {
-            let items = self.vault.store().list(cursor.as_deref(), batch).await?;
-            let read = items.len();
-            for (id, record) in items {
-                match record {
-                    Ok(record) if filter.matches(&record) && call.caller.in_scope(&record.name) => {
-                        if page.len() == size {
-                            more = true;
-                            break 'scan;
-                        }
-                        page.push(record);
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::error!(credential_id = %id, error = %e, "unreadable record left out of a listing");
-                    }
-                }
-                cursor = Some(id);
-            }
-            if read < batch {
-                break;
-            }
-        }
-        let next_page_token = match cursor {
-            Some(last) if more => validate::page_token(&last),
-            _ => String::new(),
-        };
-        // Last uses for the whole page at once (one query on PostgreSQL, not one per row).
-        let ids: Vec<String> = page.iter().map(|r| r.id.clone()).collect();
-        let usages = self.vault.last_uses(&ids).await;
-        let credentials = page.iter().map(|r| to_api(r, usages.get(&r.id))).collect();
+        let filter = list_filter(&req)?;
+        let after = validate::parse_page_token(&req.page_token)?;
+        let page = self.vault.list(&call.caller, &filter, after, size).await?;
         Ok(api::ListCredentialsResponse {
-            credentials,
-            next_page_token,
+            credentials: page
+                .records
+                .iter()
+                .map(|r| to_api(r, page.usages.get(&r.id)))
+                .collect(),
+            next_page_token: page
+                .next_after
+                .as_deref()
+                .map(validate::page_token)
+                .unwrap_or_default(),
         })
     }
 
@@ -407,83 +319,42 @@ impl<S: Store> VaultService<S> {
             validate::description(d)?;
         }
         let expire_time = req.expire_time.map(validate::timestamp).transpose()?;
-        if expire_time.is_some() && req.clear_expire_time {
-            return Err(Error::invalid(
-                "set expire_time or clear_expire_time, not both",
-            ));
-        }
+        let expiry = match (expire_time, req.clear_expire_time) {
+            (Some(_), true) => {
+                return Err(Error::invalid(
+                    "set expire_time or clear_expire_time, not both",
+                ))
+            }
+            (Some(t), false) => Expiry::Set(t),
+            (None, true) => Expiry::Clear,
+            (None, false) => Expiry::Keep,
+        };
         let secret = req.secret.map(ProviderSecret::try_from).transpose()?;
-        if req.description.is_none()
-            && secret.is_none()
-            && expire_time.is_none()
-            && !req.clear_expire_time
-        {
+        if req.description.is_none() && secret.is_none() && matches!(expiry, Expiry::Keep) {
             return Err(Error::invalid(
                 "nothing to update: set description, a new secret, expire_time or clear_expire_time",
             ));
         }
-        let verification = match &secret {
-            Some(secret) => {
-                self.check_if_asked(&call, secret, req.verify, req.verify_best_effort)
-                    .await?
-            }
-            None if req.verify => {
-                return Err(Error::invalid(
-                    "verify checks a new secret: set one, or call VerifyCredential to check the stored one",
-                ))
-            }
-            None => None,
-        };
-        for _ in 0..MAX_CAS_RETRIES {
-            let current = self.resolve(&call, &r).await?;
-            if let Some(expected) = req.expected_version {
-                if expected != current.version {
-                    return Err(StoreError::VersionMismatch {
-                        id: current.id.clone(),
-                        expected,
-                        actual: current.version,
-                    }
-                    .into());
-                }
-            }
-            let mut next = CredentialRecord::clone(&current);
-            if let Some(d) = &req.description {
-                next.description.clone_from(d);
-            }
-            if expire_time.is_some() || req.clear_expire_time {
-                next.expire_time = expire_time;
-            }
-            if let Some(secret) = &secret {
-                if secret.provider() != current.provider {
-                    return Err(Error::FailedPrecondition(format!(
-                        "credential {} holds a {} secret, not a {} one; create a new credential instead",
-                        current.id,
-                        current.provider,
-                        secret.provider()
-                    )));
-                }
-                self.vault.seal_into(&mut next, secret).await?;
-                next.api_key_hint = secret.hint();
-                // A new secret is unverified unless it was just checked.
-                next.last_verification.clone_from(&verification);
-            }
-            next.version += 1;
-            next.revision = current.revision + 1;
-            next.update_time = Some(record::timestamp(SystemTime::now()));
-            match self.vault.store().replace(&next, current.revision).await {
-                Ok(()) => {
-                    return Ok(api::UpdateCredentialResponse {
-                        credential: Some(self.show(&next).await),
-                    })
-                }
-                // Written meanwhile: read it again (and check expected_version again).
-                Err(StoreError::Conflict(_)) => continue,
-                Err(e) => return Err(e.into()),
-            }
+        if secret.is_none() && req.verify {
+            return Err(Error::invalid(
+                "verify checks a new secret: set one, or call VerifyCredential to check the stored one",
+            ));
         }
-        Err(Error::Aborted(
-            "the credential kept changing while it was updated; retry".into(),
-        ))
+        let check = CheckOnWrite::new(req.verify, req.verify_best_effort);
+        let at = self.locate(&call, &r).await?;
+        let change = Change {
+            description: req.description,
+            expiry,
+            secret,
+            check,
+            expected_version: req.expected_version,
+        };
+        let record = self.vault.update(&at, change).await?;
+        call.touch(&record.id, &record.name);
+        Self::note_check(&call, check, &record);
+        Ok(api::UpdateCredentialResponse {
+            credential: Some(self.show(&record).await),
+        })
     }
 
     async fn delete(
@@ -491,9 +362,8 @@ impl<S: Store> VaultService<S> {
         call: Arc<Call>,
         req: api::DeleteCredentialRequest,
     ) -> Result<api::DeleteCredentialResponse, Error> {
-        let id = self.resolve_id(&call, &required_ref(req.r#ref)?).await?;
-        self.vault.store().delete(&id, req.expected_version).await?;
-        metrics::credentials_changed(-1.0);
+        let at = self.locate(&call, &required_ref(req.r#ref)?).await?;
+        self.vault.delete(&at, req.expected_version).await?;
         Ok(api::DeleteCredentialResponse {})
     }
 
@@ -521,11 +391,9 @@ impl<S: Store> VaultService<S> {
     ) -> Result<api::GetCredentialHeadersResponse, Error> {
         let record = self.resolve(&call, &required_ref(req.r#ref)?).await?;
         self.audit.admit_secret_read()?;
-        let (secret, plaintext) = self.vault.open_with_plaintext(&record)?;
+        let (out, plaintext) = self.vault.read_headers(&record, &call.caller.name)?;
         call.read_secret(self.audit.fingerprint(&plaintext));
         drop(plaintext);
-        self.vault.note_use(&record.id, &call.caller.name);
-        let out = self.vault.headers(&secret);
         Ok(api::GetCredentialHeadersResponse {
             headers: out
                 .headers
@@ -663,7 +531,7 @@ impl<S: Store> VaultService<S> {
         _req: api::BackupVaultRequest,
     ) -> Result<BackupStream, Error> {
         require_unscoped(&call, "a backup")?;
-        let snapshot = self.vault.store().snapshot().await?;
+        let snapshot = self.vault.snapshot().await?;
         let credentials = snapshot.records.len();
         let bytes = tokio::task::spawn_blocking(move || crate::backup::encode(snapshot))
             .await
@@ -731,47 +599,22 @@ fn audit_to_api(e: crate::audit::AuditEvent) -> api::AuditEvent {
     }
 }
 
-/// The filters of a listing.
-struct ListFilter {
-    statuses: Vec<VerificationStatus>,
-    expire_before: Option<(i64, i32)>,
-}
-
-impl ListFilter {
-    fn new(req: &api::ListCredentialsRequest) -> Result<Self, Error> {
-        let statuses = req
-            .verification_statuses
-            .iter()
-            .map(|&s| {
-                VerificationStatus::try_from(s).map_err(|_| {
-                    Error::invalid(format!("verification_statuses holds an unknown status {s}"))
-                })
+/// The filters of a listing request.
+fn list_filter(req: &api::ListCredentialsRequest) -> Result<ListFilter, Error> {
+    let statuses = req
+        .verification_statuses
+        .iter()
+        .map(|&s| {
+            VerificationStatus::try_from(s).map_err(|_| {
+                Error::invalid(format!("verification_statuses holds an unknown status {s}"))
             })
-            .collect::<Result<Vec<_>, _>>()?;
-        let expire_before = req
-            .expire_before
-            .map(validate::timestamp)
-            .transpose()?
-            .map(|t| (t.seconds, t.nanos));
-        Ok(ListFilter {
-            statuses,
-            expire_before,
         })
-    }
-
-    fn matches(&self, r: &CredentialRecord) -> bool {
-        let status = r
-            .last_verification
-            .as_ref()
-            .map_or(VerificationStatus::Unspecified, Verification::status);
-        let status_ok = self.statuses.is_empty() || self.statuses.contains(&status);
-        let expiry_ok = match (self.expire_before, r.expire_time) {
-            (None, _) => true,
-            (Some(before), Some(t)) => (t.seconds, t.nanos) < before,
-            (Some(_), None) => false,
-        };
-        status_ok && expiry_ok
-    }
+        .collect::<Result<Vec<_>, _>>()?;
+    let expire_before = req.expire_before.map(validate::timestamp).transpose()?;
+    Ok(ListFilter {
+        statuses,
+        expire_before,
+    })
 }
 
 /// The API name of a verification's status, for logs.

@@ -1,13 +1,19 @@
 //! The vault's domain core, shared by the gRPC service, the re-verifier and the
-//! CLI: sealing and opening secrets under the keyring, rewrapping data keys,
-//! provider checks, and storing their results.
+//! CLI: the credential operations (create, update, delete, list, the headers read
+//! and its last-use note) within a caller's scope, with the one check-and-set
+//! loop that owns `version` and `revision`; sealing and opening secrets under the
+//! keyring, rewrapping data keys, provider checks, and storing their results.
+//! Nothing above it touches the store.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::SystemTime;
 
+use prost_types::Timestamp;
 use zeroize::Zeroizing;
 
+use crate::auth::Caller;
 use crate::crypto::{Keyring, OpenError};
 use crate::error::Error;
 use crate::keys::{self, KeyringError, RewrapProgress, RewrapReport, SealCounter};
@@ -21,6 +27,134 @@ use crate::store::{Store, StoreError};
 
 /// How often a write that lost a revision race is retried.
 pub const MAX_CAS_RETRIES: usize = 16;
+
+/// How many records a listing reads from the store at a time (at least a page).
+const LIST_SCAN_BATCH: usize = 256;
+
+/// A credential addressed by id or by name.
+#[derive(Clone, Debug)]
+pub enum CredentialRef {
+    Id(String),
+    Name(String),
+}
+
+/// A credential found within a caller's scope: only [`Vault::locate`] makes one,
+/// so holding one proves the scope check passed.
+pub struct Located {
+    id: String,
+    /// The record, when the scope check had to read it.
+    record: Option<Arc<CredentialRecord>>,
+}
+
+impl Located {
+    /// The credential's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// Whether a new secret is checked with its provider before it is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckOnWrite {
+    /// Written unchecked.
+    No,
+    /// Written only if the provider accepts it.
+    Strict,
+    /// Refused if the provider rejects it, written if the check is inconclusive.
+    BestEffort,
+}
+
+impl CheckOnWrite {
+    /// From the request flags `verify` and `verify_best_effort`.
+    pub fn new(verify: bool, best_effort: bool) -> Self {
+        match (verify, best_effort) {
+            (false, _) => CheckOnWrite::No,
+            (true, false) => CheckOnWrite::Strict,
+            (true, true) => CheckOnWrite::BestEffort,
+        }
+    }
+}
+
+/// A credential to create.
+pub struct NewCredential {
+    pub name: String,
+    pub description: String,
+    pub expire_time: Option<Timestamp>,
+    pub secret: ProviderSecret,
+    pub check: CheckOnWrite,
+}
+
+/// What an update does to the expiry.
+#[derive(Clone, Copy, Debug)]
+pub enum Expiry {
+    Keep,
+    Set(Timestamp),
+    Clear,
+}
+
+/// An update of a credential: each field left `None` (or `Keep`) stays as it is.
+pub struct Change {
+    pub description: Option<String>,
+    pub expiry: Expiry,
+    pub secret: Option<ProviderSecret>,
+    pub check: CheckOnWrite,
+    /// Refuse the update unless the credential is at this version.
+    pub expected_version: Option<u64>,
+}
+
+/// The filters of a listing (empty: everything in scope).
+#[derive(Default)]
+pub struct ListFilter {
+    /// Only credentials whose last verification has one of these statuses.
+    pub statuses: Vec<VerificationStatus>,
+    /// Only credentials that expire before this time.
+    pub expire_before: Option<Timestamp>,
+}
+
+impl ListFilter {
+    fn matches(&self, r: &CredentialRecord) -> bool {
+        let status = r
+            .last_verification
+            .as_ref()
+            .map_or(VerificationStatus::Unspecified, Verification::status);
+        let status_ok = self.statuses.is_empty() || self.statuses.contains(&status);
+        let expiry_ok = match (self.expire_before, r.expire_time) {
+            (None, _) => true,
+            (Some(before), Some(t)) => (t.seconds, t.nanos) < (before.seconds, before.nanos),
+            (Some(_), None) => false,
+        };
+        status_ok && expiry_ok
+    }
+}
+
+/// One page of a listing.
+pub struct Page {
+    pub records: Vec<CredentialRecord>,
+    /// The last use of each record on the page that has one.
+    pub usages: HashMap<String, Usage>,
+    /// The id to continue after, when there is more.
+    pub next_after: Option<String>,
+}
+
+/// What a check-and-set step makes of the current record.
+enum Edit {
+    /// Leave it as it is.
+    Keep,
+    /// Write this record (the revision grows).
+    Write(CredentialRecord),
+    /// Write this record as a new version (the version, revision and update time change).
+    NewVersion(CredentialRecord),
+}
+
+/// What a check-and-set loop ended with.
+enum Changed {
+    /// The step left the record as it was.
+    Kept(Arc<CredentialRecord>),
+    /// The record as written.
+    Written(Box<CredentialRecord>),
+    /// There is no such record (any more).
+    Gone,
+}
 
 /// What a rewrap did to one record.
 enum Rewrapped {
@@ -82,6 +216,277 @@ impl<S: Store> Vault<S> {
         }
         *self.keyring.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keyring);
         Ok(())
+    }
+
+    /// Finds the credential a reference points at, within the caller's scope.
+    ///
+    /// A scoped caller gets the same `PERMISSION_DENIED` for a credential outside
+    /// its scope as for one that does not exist, so it learns no names or ids.
+    pub async fn locate(&self, caller: &Caller, r: &CredentialRef) -> Result<Located, Error> {
+        match r {
+            CredentialRef::Id(id) => {
+                if !caller.is_scoped() {
+                    return Ok(Located {
+                        id: id.clone(),
+                        record: None,
+                    });
+                }
+                // A store that fails answers UNAVAILABLE, not "out of scope".
+                let record = self.store.get_shared(id).await?;
+                caller.require_scope(id, record.as_ref().map(|r| r.name.as_str()))?;
+                Ok(Located {
+                    id: id.clone(),
+                    record,
+                })
+            }
+            CredentialRef::Name(name) => {
+                caller.require_scope(name, Some(name))?;
+                let id =
+                    self.store.id_for_name(name).await?.ok_or_else(|| {
+                        Error::NotFound(format!("no credential is named {name:?}"))
+                    })?;
+                Ok(Located { id, record: None })
+            }
+        }
+    }
+
+    /// The record of a located credential.
+    pub async fn record(&self, at: &Located) -> Result<Arc<CredentialRecord>, Error> {
+        match &at.record {
+            Some(record) => Ok(Arc::clone(record)),
+            None => self
+                .store
+                .get_shared(&at.id)
+                .await?
+                .ok_or_else(|| not_found(&at.id)),
+        }
+    }
+
+    /// The record a reference points at, within the caller's scope.
+    pub async fn resolve(
+        &self,
+        caller: &Caller,
+        r: &CredentialRef,
+    ) -> Result<Arc<CredentialRecord>, Error> {
+        let at = self.locate(caller, r).await?;
+        self.record(&at).await
+    }
+
+    /// A record by id, whatever its scope (for the re-verifier and restore checks).
+    pub async fn get(&self, id: &str) -> Result<Option<Arc<CredentialRecord>>, Error> {
+        Ok(self.store.get_shared(id).await?)
+    }
+
+    /// Creates a credential in the caller's scope, its secret checked first when
+    /// asked, sealed under a new data key.
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        new: NewCredential,
+    ) -> Result<CredentialRecord, Error> {
+        caller.require_scope(&new.name, Some(&new.name))?;
+        if self.store.id_for_name(&new.name).await?.is_some() {
+            // Fail before asking the provider; the insert below still guards races.
+            return Err(StoreError::NameTaken(new.name).into());
+        }
+        let verification = self.check_on_write(&new.secret, new.check).await?;
+        let now = Some(record::timestamp(SystemTime::now()));
+        let mut record = CredentialRecord {
+            format: RECORD_FORMAT,
+            id: crate::validate::new_id(),
+            name: new.name,
+            description: new.description,
+            provider: new.secret.provider().to_owned(),
+            api_key_hint: new.secret.hint(),
+            create_time: now,
+            update_time: now,
+            version: 1,
+            last_verification: verification,
+            expire_time: new.expire_time,
+            revision: 1,
+            secret: None,
+            data_key: None,
+        };
+        self.seal_into(&mut record, &new.secret).await?;
+        self.store.insert(&record).await?;
+        metrics::credentials_changed(1.0);
+        Ok(record)
+    }
+
+    /// Updates a located credential as a new version; a new secret is checked
+    /// first when asked, and is unverified otherwise.
+    pub async fn update(&self, at: &Located, change: Change) -> Result<CredentialRecord, Error> {
+        let verification = match &change.secret {
+            Some(secret) => self.check_on_write(secret, change.check).await?,
+            None => None,
+        };
+        let (change, verification) = (&change, &verification);
+        let outcome = self
+            .change(&at.id, "while it was updated", |current| async move {
+                if let Some(expected) = change.expected_version {
+                    if expected != current.version {
+                        return Err(StoreError::VersionMismatch {
+                            id: current.id.clone(),
+                            expected,
+                            actual: current.version,
+                        }
+                        .into());
+                    }
+                }
+                let mut next = CredentialRecord::clone(&current);
+                if let Some(d) = &change.description {
+                    next.description.clone_from(d);
+                }
+                match change.expiry {
+                    Expiry::Keep => {}
+                    Expiry::Set(t) => next.expire_time = Some(t),
+                    Expiry::Clear => next.expire_time = None,
+                }
+                if let Some(secret) = &change.secret {
+                    if secret.provider() != current.provider {
+                        return Err(Error::FailedPrecondition(format!(
+                            "credential {} holds a {} secret, not a {} one; create a new credential instead",
+                            current.id,
+                            current.provider,
+                            secret.provider()
+                        )));
+                    }
+                    self.seal_into(&mut next, secret).await?;
+                    next.api_key_hint = secret.hint();
+                    next.last_verification.clone_from(verification);
+                }
+                Ok(Edit::NewVersion(next))
+            })
+            .await?;
+        match outcome {
+            Changed::Written(record) => Ok(*record),
+            Changed::Kept(record) => Ok(CredentialRecord::clone(&record)),
+            Changed::Gone => Err(not_found(&at.id)),
+        }
+    }
+
+    /// Deletes a located credential, if it is at `expected_version` when one is given.
+    pub async fn delete(&self, at: &Located, expected_version: Option<u64>) -> Result<(), Error> {
+        self.store.delete(&at.id, expected_version).await?;
+        metrics::credentials_changed(-1.0);
+        Ok(())
+    }
+
+    /// Up to `size` records in the caller's scope that pass `filter`, in id
+    /// order after `after`, with their last uses.
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        filter: &ListFilter,
+        mut after: Option<String>,
+        size: usize,
+    ) -> Result<Page, Error> {
+        let batch = LIST_SCAN_BATCH.max(size + 1);
+        let mut records: Vec<CredentialRecord> = Vec::new();
+        let mut more = false;
+        'scan: loop {
+            let items = self.store.list(after.as_deref(), batch).await?;
+            let read = items.len();
+            for (id, record) in items {
+                match record {
+                    Ok(record) if filter.matches(&record) && caller.in_scope(&record.name) => {
+                        if records.len() == size {
+                            more = true;
+                            break 'scan;
+                        }
+                        records.push(record);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(credential_id = %id, error = %e, "unreadable record left out of a listing");
+                    }
+                }
+                after = Some(id);
+            }
+            if read < batch {
+                break;
+            }
+        }
+        // Last uses for the whole page at once (one query on PostgreSQL, not one per row).
+        let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
+        let usages = self.last_uses(&ids).await;
+        Ok(Page {
+            records,
+            usages,
+            next_after: after.filter(|_| more),
+        })
+    }
+
+    /// Up to `limit` records of any scope in id order after `after` (for sweeps).
+    pub async fn scan(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<crate::store::ListItem>, Error> {
+        Ok(self.store.list(after, limit).await?)
+    }
+
+    /// Opens a record's secret for `reader`: the headers to send and the opened
+    /// bytes (to fingerprint for the audit trail); notes the read as a last use.
+    pub fn read_headers(
+        &self,
+        record: &CredentialRecord,
+        reader: &str,
+    ) -> Result<(ProviderHeaders<'_>, Zeroizing<Vec<u8>>), Error> {
+        let (secret, plaintext) = self.open_with_plaintext(record)?;
+        self.note_use(&record.id, reader);
+        Ok((self.providers.headers(&secret), plaintext))
+    }
+
+    /// Every stored byte at one instant, for a backup.
+    pub async fn snapshot(&self) -> Result<crate::store::Snapshot, Error> {
+        Ok(self.store.snapshot().await?)
+    }
+
+    /// Makes every acknowledged write durable.
+    pub async fn flush(&self) -> Result<(), Error> {
+        Ok(self.store.flush().await?)
+    }
+
+    /// Announces again which master key this process uses (see [`keys::announce_active`]).
+    pub async fn announce_active(&self) -> Result<(), StoreError> {
+        let active = self.keyring().active().id().to_owned();
+        keys::announce_active(&*self.store, &self.instance, &active).await
+    }
+
+    /// Reads, changes and writes one record with check-and-set, retrying when
+    /// another write won the race. The one place that moves `revision` (on
+    /// every write) and `version` and `update_time` (on a new version).
+    async fn change<F, Fut>(&self, id: &str, what: &str, mut edit: F) -> Result<Changed, Error>
+    where
+        F: FnMut(Arc<CredentialRecord>) -> Fut,
+        Fut: Future<Output = Result<Edit, Error>>,
+    {
+        for _ in 0..MAX_CAS_RETRIES {
+            let Some(current) = self.store.get_shared(id).await? else {
+                return Ok(Changed::Gone);
+            };
+            let (mut next, new_version) = match edit(Arc::clone(&current)).await? {
+                Edit::Keep => return Ok(Changed::Kept(current)),
+                Edit::Write(next) => (next, false),
+                Edit::NewVersion(next) => (next, true),
+            };
+            next.revision = current.revision + 1;
+            if new_version {
+                next.version = current.version + 1;
+                next.update_time = Some(record::timestamp(SystemTime::now()));
+            }
+            match self.store.replace(&next, current.revision).await {
+                Ok(()) => return Ok(Changed::Written(Box::new(next))),
+                // Written meanwhile: read it again (and decide again).
+                Err(StoreError::Conflict(_)) => continue,
+                Err(StoreError::NotFound(_)) => return Ok(Changed::Gone),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Aborted(format!(
+            "credential {id} kept changing {what}; retry"
+        )))
     }
 
     /// Notes a read of the credential's secret, in memory (see [`Vault::flush_usage`]).
@@ -150,11 +555,6 @@ impl<S: Store> Vault<S> {
         }
         self.store.record_usage(&batch).await?;
         Ok(batch.len())
-    }
-
-    /// The store.
-    pub fn store(&self) -> &S {
-        &self.store
     }
 
     /// Seals `secret` into `record` (whose id and provider are set) under a new
@@ -242,7 +642,7 @@ impl<S: Store> Vault<S> {
             let outcomes =
                 futures_util::future::join_all(page.into_iter().map(|(id, item)| async move {
                     let outcome = match item {
-                        Ok(record) => self.rewrap_one(record).await,
+                        Ok(_) => self.rewrap_one(&id).await,
                         Err(e) => Err(e.into()),
                     };
                     (id, outcome)
@@ -285,44 +685,42 @@ impl<S: Store> Vault<S> {
         Ok(report)
     }
 
-    async fn rewrap_one(&self, mut record: CredentialRecord) -> Result<Rewrapped, Error> {
-        for _ in 0..MAX_CAS_RETRIES {
-            let keyring = self.keyring();
-            let active = keyring.active().id().to_owned();
-            if record.format == RECORD_FORMAT && record.master_key_id() == active {
-                return Ok(Rewrapped::Already(active));
-            }
-            let mut next = record.clone();
-            if record.format == RECORD_FORMAT_DIRECT {
-                let (secret, _) = self.open_with_plaintext(&record)?;
-                self.seal_into(&mut next, &secret).await?;
-            } else {
-                let data_key = record
-                    .data_key
-                    .as_ref()
-                    .ok_or_else(|| damaged(&record.id, &OpenError::Failed))?;
-                self.seals.count(&*self.store, &active).await?;
-                next.data_key = Some(
-                    keyring
-                        .rewrap(data_key, &data_key_aad(&record.id))
-                        .map_err(|e| damaged(&record.id, &e))?,
-                );
-            }
-            next.revision = record.revision + 1;
-            match self.store.replace(&next, record.revision).await {
-                Ok(()) => return Ok(Rewrapped::Now(next.master_key_id().to_owned())),
-                Err(StoreError::Conflict(_)) => match self.store.get(&record.id).await? {
-                    Some(current) => record = current,
-                    None => return Ok(Rewrapped::Gone),
+    async fn rewrap_one(&self, id: &str) -> Result<Rewrapped, Error> {
+        let outcome = self
+            .change(
+                id,
+                "during the rewrap (run it again)",
+                |record| async move {
+                    let keyring = self.keyring();
+                    let active = keyring.active().id();
+                    if record.format == RECORD_FORMAT && record.master_key_id() == active {
+                        return Ok(Edit::Keep);
+                    }
+                    let mut next = CredentialRecord::clone(&record);
+                    if record.format == RECORD_FORMAT_DIRECT {
+                        let (secret, _) = self.open_with_plaintext(&record)?;
+                        self.seal_into(&mut next, &secret).await?;
+                    } else {
+                        let data_key = record
+                            .data_key
+                            .as_ref()
+                            .ok_or_else(|| damaged(&record.id, &OpenError::Failed))?;
+                        self.seals.count(&*self.store, active).await?;
+                        next.data_key = Some(
+                            keyring
+                                .rewrap(data_key, &data_key_aad(&record.id))
+                                .map_err(|e| damaged(&record.id, &e))?,
+                        );
+                    }
+                    Ok(Edit::Write(next))
                 },
-                Err(StoreError::NotFound(_)) => return Ok(Rewrapped::Gone),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(Error::Aborted(format!(
-            "credential {} kept changing during the rewrap; run it again",
-            record.id
-        )))
+            )
+            .await?;
+        Ok(match outcome {
+            Changed::Kept(record) => Rewrapped::Already(record.master_key_id().to_owned()),
+            Changed::Written(record) => Rewrapped::Now(record.master_key_id().to_owned()),
+            Changed::Gone => Rewrapped::Gone,
+        })
     }
 
     /// The headers a worker sends with `secret`.
@@ -335,6 +733,19 @@ impl<S: Store> Vault<S> {
         let verification = self.providers.verify(secret).await;
         metrics::verification(secret.provider(), verification.status().name(), source);
         verification
+    }
+
+    /// Checks a secret before it is written when `check` asks to: the result to store with it.
+    async fn check_on_write(
+        &self,
+        secret: &ProviderSecret,
+        check: CheckOnWrite,
+    ) -> Result<Option<Verification>, Error> {
+        match check {
+            CheckOnWrite::No => Ok(None),
+            CheckOnWrite::Strict => self.check_before_write(secret, false).await.map(Some),
+            CheckOnWrite::BestEffort => self.check_before_write(secret, true).await.map(Some),
+        }
     }
 
     /// Checks a secret before it is written: `Ok` with the result when it may be stored.
@@ -395,30 +806,34 @@ impl<S: Store> Vault<S> {
         verified: &CredentialRecord,
         verification: &Verification,
     ) -> Result<CredentialRecord, Error> {
-        for _ in 0..MAX_CAS_RETRIES {
-            let current = self.store.get(&verified.id).await?.ok_or_else(|| {
-                Error::NotFound(format!(
-                    "credential {} was deleted during verification",
-                    verified.id
-                ))
-            })?;
-            if current.secret != verified.secret {
-                // A rotation won the race: this result speaks of the old secret.
-                return Ok(current);
-            }
-            let mut next = current.clone();
-            next.last_verification = Some(verification.clone());
-            next.revision = current.revision + 1;
-            match self.store.replace(&next, current.revision).await {
-                Ok(()) => return Ok(next),
-                Err(StoreError::Conflict(_)) => continue,
-                Err(e) => return Err(e.into()),
-            }
+        let outcome = self
+            .change(
+                &verified.id,
+                "while its verification was stored",
+                |current| async move {
+                    if current.secret != verified.secret {
+                        // A rotation won the race: this result speaks of the old secret.
+                        return Ok(Edit::Keep);
+                    }
+                    let mut next = CredentialRecord::clone(&current);
+                    next.last_verification = Some(verification.clone());
+                    Ok(Edit::Write(next))
+                },
+            )
+            .await?;
+        match outcome {
+            Changed::Kept(current) => Ok(CredentialRecord::clone(&current)),
+            Changed::Written(next) => Ok(*next),
+            Changed::Gone => Err(Error::NotFound(format!(
+                "credential {} was deleted during verification",
+                verified.id
+            ))),
         }
-        Err(Error::Aborted(
-            "the credential kept changing while its verification was stored; retry".into(),
-        ))
     }
+}
+
+fn not_found(id: &str) -> Error {
+    Error::NotFound(format!("credential {id} not found"))
 }
 
 fn damaged(id: &str, why: &OpenError) -> Error {
