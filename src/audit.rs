@@ -12,7 +12,7 @@ use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -244,8 +244,13 @@ pub struct AuditLog {
 /// The file device.
 struct FileSink {
     path: PathBuf,
+    /// The open file and its buffer: the writer thread's, and a secret read's
+    /// for a moment when it writes its own event (see [`FileSink::write_now`]).
+    writer: Arc<Mutex<Writer>>,
     tx: mpsc::Sender<Command>,
     places: Arc<tokio::sync::Semaphore>,
+    /// The queue's size: every place free means no event is on its way to the file.
+    queue: usize,
     health: Arc<Health>,
     /// Held while files are renamed, so a listing sees a whole set of them.
     rotation: Arc<Mutex<()>>,
@@ -300,11 +305,14 @@ impl FileSink {
         let file = open_append(path)
             .map_err(|e| format!("cannot open the audit log {}: {e}", path.display()))?;
         let health = Arc::new(Health::default());
+        health
+            .inline
+            .store(settings.sync == AuditSync::Write, Ordering::Release);
         let rotation = Arc::new(Mutex::new(()));
         let file = Arc::new(file);
         let current = Arc::new(Mutex::new(Arc::clone(&file)));
         let (tx, rx) = mpsc::channel();
-        let mut writer = Writer {
+        let writer = Writer {
             size: file.metadata().map(|m| m.len()).unwrap_or(0),
             out: std::io::BufWriter::with_capacity(64 * 1024, Shared(file)),
             current: Arc::clone(&current),
@@ -316,9 +324,11 @@ impl FileSink {
             health: Arc::clone(&health),
             dropped: 0,
         };
+        let writer = Arc::new(Mutex::new(writer));
+        let (thread_writer, thread_health) = (Arc::clone(&writer), Arc::clone(&health));
         std::thread::Builder::new()
             .name("credvault-audit".into())
-            .spawn(move || writer.run(&rx))
+            .spawn(move || Writer::run(&thread_writer, &thread_health, &rx))
             .map_err(|e| format!("cannot start the audit writer: {e}"))?;
         if settings.sync == AuditSync::Write {
             let (health, shown) = (Arc::clone(&health), path.display().to_string());
@@ -329,11 +339,45 @@ impl FileSink {
         }
         Ok(FileSink {
             path: path.to_owned(),
+            writer,
             tx,
             places: Arc::new(tokio::sync::Semaphore::new(settings.queue.max(1))),
+            queue: settings.queue.max(1),
             health,
             rotation,
         })
+    }
+
+    /// Writes a secret read's event at once, on the calling thread, when that is
+    /// cheap: `--audit-sync write`, the file writable, no other write under way,
+    /// no event queued before it (a place is given back only once its event is
+    /// written, so the trail keeps the order of the answers) and no rotation due. One write(2) to the page cache costs less than
+    /// waking the writer thread and being woken by it; `None` leaves the event to
+    /// the writer thread, which groups it with the others waiting. A write that
+    /// was slow (a stalling disk) sends later events to the thread until it
+    /// writes quickly again, so a stall holds up at most one runtime thread.
+    fn write_now(&self, line: &str) -> Option<bool> {
+        let health = &self.health;
+        if !health.inline.load(Ordering::Acquire) || !health.written.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut writer = match self.writer.try_lock() {
+            Ok(writer) => writer,
+            Err(_) => return None,
+        };
+        if self.places.available_permits() != self.queue {
+            return None;
+        }
+        if writer.rotation_due(line) {
+            return None;
+        }
+        let began = Instant::now();
+        let written = writer.write_one(line);
+        if began.elapsed() > INLINE_WRITE_SLOW {
+            health.inline.store(false, Ordering::Release);
+            tracing::warn!(path = %self.path.display(), took_ms = began.elapsed().as_millis() as u64, "an audit write was slow; the writer thread takes every event until it is quick again");
+        }
+        Some(written)
     }
 
     async fn send(&self, line: String, done: Option<tokio::sync::oneshot::Sender<bool>>) -> bool {
@@ -587,6 +631,19 @@ impl AuditLog {
             }
             None => true,
         };
+        // A secret read's event may be written at once (see FileSink::write_now).
+        if wait {
+            if let Some(file) = &self.file {
+                if let Some(written) = file.write_now(&line) {
+                    let db_ok = match (&self.db, db_written) {
+                        (Some(_), Some(rx)) => db_sent && rx.await.unwrap_or(false),
+                        (Some(_), None) => false,
+                        (None, _) => true,
+                    };
+                    return db_ok && written;
+                }
+            }
+        }
         let (file_done, file_written) = waiter();
         let file_sent = match &self.file {
             Some(file) => file.send(line, file_done).await,
@@ -859,6 +916,8 @@ fn read_events(
 /// Whether the log can be written: the writer's last write and the last fsync.
 #[derive(Debug)]
 struct Health {
+    /// A secret read may write its own event (see [`FileSink::write_now`]).
+    inline: AtomicBool,
     written: AtomicBool,
     synced: AtomicBool,
     /// Written since the last fsync.
@@ -870,6 +929,7 @@ struct Health {
 impl Default for Health {
     fn default() -> Self {
         Health {
+            inline: AtomicBool::new(false),
             written: AtomicBool::new(true),
             synced: AtomicBool::new(true),
             dirty: AtomicBool::new(false),
@@ -958,12 +1018,21 @@ struct Writer {
     dropped: u64,
 }
 
+/// An inline write slower than this sends events back to the writer thread.
+const INLINE_WRITE_SLOW: Duration = Duration::from_millis(20);
+
 impl Writer {
-    fn run(&mut self, rx: &mpsc::Receiver<Command>) {
+    fn run(writer: &Mutex<Writer>, health: &Health, rx: &mpsc::Receiver<Command>) {
+        let lock = || {
+            writer
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        let inline_allowed = lock().sync == AuditSync::Write;
         let mut group = Vec::with_capacity(64);
         loop {
             // Block for the first command; while the log is failing, wake to retry.
-            let first = if self.health.written.load(Ordering::Acquire) {
+            let first = if health.written.load(Ordering::Acquire) {
                 rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
             } else {
                 rx.recv_timeout(RETRY_INTERVAL)
@@ -971,12 +1040,12 @@ impl Writer {
             match first {
                 Ok(command) => group.push(command),
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    self.commit(&mut group, false);
+                    lock().commit(&mut group, false);
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    self.commit(&mut group, true);
-                    self.health.closed.store(true, Ordering::Release);
+                    lock().commit(&mut group, true);
+                    health.closed.store(true, Ordering::Release);
                     return;
                 }
             }
@@ -987,8 +1056,41 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.commit(&mut group, false);
+            let began = Instant::now();
+            lock().commit(&mut group, false);
+            // A quick write after slow ones: secret reads may write their own again.
+            if inline_allowed
+                && began.elapsed() < INLINE_WRITE_SLOW
+                && health.written.load(Ordering::Acquire)
+                && !health.inline.swap(true, Ordering::AcqRel)
+            {
+                tracing::info!("audit writes are quick again");
+            }
         }
+    }
+
+    /// Whether writing `line` would rotate the file first (left to the writer thread).
+    fn rotation_due(&self, line: &str) -> bool {
+        self.max_file_size > 0
+            && self.size > 0
+            && self.size + line.len() as u64 + 1 > self.max_file_size
+    }
+
+    /// Writes one event now, without fsync (the syncer thread's job): whether it
+    /// reached the operating system.
+    fn write_one(&mut self, line: &str) -> bool {
+        let buffered = self.write_line(line);
+        if buffered.is_err() {
+            self.dropped += 1;
+        }
+        // Also retries what an earlier failure left in the buffer.
+        let written = buffered.and_then(|()| self.out.flush());
+        let ok = written.is_ok();
+        if ok {
+            self.health.dirty.store(true, Ordering::Release);
+        }
+        self.note(written);
+        ok
     }
 
     /// Writes a group, fsyncs when it must, and tells its waiters how it went.

@@ -80,6 +80,14 @@ struct Args {
     /// server with as many credentials, and the report adds the ratios.
     #[arg(long)]
     compare_bin: Option<PathBuf>,
+    /// One more argument of `credvault serve` for the measured server (repeat it),
+    /// e.g. `--server-arg=--audit-sync=fsync`.
+    #[arg(long, allow_hyphen_values = true)]
+    server_arg: Vec<String>,
+    /// One more argument of `credvault serve` for the compare-bin server (repeat it).
+    /// With `--compare-bin` set to the same binary, this compares two settings.
+    #[arg(long, allow_hyphen_values = true)]
+    compare_arg: Vec<String>,
     /// Skip the 100,000-credential scale step (for quick comparisons).
     #[arg(long)]
     skip_scale: bool,
@@ -301,6 +309,7 @@ impl Server {
         token: &str,
         log_level: &str,
         database_url: Option<&str>,
+        extra: &[String],
     ) -> Server {
         std::fs::create_dir_all(dir).unwrap();
         let key = dir.join("master.key");
@@ -329,6 +338,7 @@ impl Server {
                 "0s",
             ])
             .args(["--log-level", log_level])
+            .args(extra)
             .arg("--data-dir")
             .arg(dir.join("data"))
             .arg("--master-key-file")
@@ -603,6 +613,7 @@ async fn main() {
         &token,
         &args.server_log_level,
         None,
+        &args.server_arg,
     )
     .await;
     let chans = channels(&server.addr, args.channels).await;
@@ -626,6 +637,7 @@ async fn main() {
                 &token,
                 &args.server_log_level,
                 None,
+                &args.compare_arg,
             )
             .await;
             let other_vaults = vault_clients(&channels(&other.addr, args.channels).await, &token);
@@ -779,6 +791,7 @@ async fn main() {
             &token,
             &args.server_log_level,
             Some(url),
+            &args.server_arg,
         )
         .await;
         let pg_vaults = vault_clients(&channels(&pg.addr, args.channels).await, &token);
@@ -816,6 +829,7 @@ async fn main() {
             &token,
             &args.server_log_level,
             None,
+            &args.server_arg,
         )
         .await;
         let scale_vaults = vault_clients(&channels(&first.addr, args.channels).await, &token);
@@ -837,6 +851,7 @@ async fn main() {
             &token,
             &args.server_log_level,
             None,
+            &args.server_arg,
         )
         .await;
         let cold_rss = cold.pid().and_then(rss_mb);
@@ -1009,6 +1024,10 @@ fn report(
         "ratios": ratios,
         "scale": scale,
         "server_rss_after_hot_path_mb": rss_after,
+        "server_bin": args.server_bin,
+        "server_args": args.server_arg,
+        "compare_bin": args.compare_bin,
+        "compare_args": args.compare_arg,
     });
     if let Some(parent) = args.json.parent() {
         let _ = std::fs::create_dir_all(parent);
