@@ -620,13 +620,12 @@ async fn open_offline(
         Some(keyring) => crate::server::open_store(data_dir, keyring).await,
         None => crate::server::open_sled(data_dir).await,
     };
-    opened.map_err(|e| {
-        let text = e.to_string();
-        if text.contains("lock") {
-            format!("{text} (is a server still running on it? stop it first, or use the RPC)")
-        } else {
-            text
-        }
+    opened.map_err(|e| match e {
+        crate::server::ServeError::Open {
+            source: crate::store::StoreError::Locked(_),
+            ..
+        } => format!("{e} (is a server still running on it? stop it first, or use the RPC)"),
+        e => e.to_string(),
     })
 }
 

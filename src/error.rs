@@ -107,6 +107,7 @@ impl From<StoreError> for Error {
             StoreError::Unreachable(e) => {
                 Error::Unavailable(format!("the credential store failed: {e}; retry"))
             }
+            e @ StoreError::Locked(_) => Error::Unavailable(e.to_string()),
         }
     }
 }

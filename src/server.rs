@@ -70,7 +70,7 @@ pub async fn open_sled(dir: &std::path::Path) -> Result<SledStore, ServeError> {
     let path = dir.join("db");
     tokio::task::spawn_blocking(move || SledStore::open(&path))
         .await
-        .map_err(|e| ServeError::Transport(format!("store open task failed: {e}")))?
+        .unwrap_or_else(|e| Err(StoreError::Io(format!("the store open task failed: {e}"))))
         .map_err(|source| ServeError::Open {
             dir: dir.display().to_string(),
             source,

@@ -49,6 +49,9 @@ pub enum StoreError {
     /// A database store cannot reach its server (down, restarting, network, TLS).
     #[error("{0}")]
     Unreachable(String),
+    /// Another process has the embedded store open (a running server).
+    #[error("the store {0} is in use by another process")]
+    Locked(String),
 }
 
 /// One audit event as a database stores it: its JSON line and the fields listings filter on.

@@ -39,6 +39,28 @@ pub struct SledStore {
     cache: Arc<RecordCache>,
     /// The directory sled lives in (to test whether it takes writes again).
     dir: std::path::PathBuf,
+    /// `credvault.lock` in that directory, locked for as long as the store is
+    /// open: a second process is refused with [`StoreError::Locked`].
+    _lock: Arc<std::fs::File>,
+}
+
+/// Creates and locks `credvault.lock` in `dir`.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
+    std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(e.to_string()))?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join("credvault.lock"))
+        .map_err(|e| StoreError::Io(e.to_string()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(StoreError::Locked(dir.display().to_string()))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Io(e.to_string())),
+    }
 }
 
 /// How many decoded records the cache holds at most (a few MB); it starts over when full.
@@ -150,6 +172,7 @@ fn utf8(bytes: &[u8]) -> String {
 impl SledStore {
     /// Opens (or creates) the store in `dir`. Blocking: call from `spawn_blocking`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let lock = lock_dir(dir)?;
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
@@ -166,6 +189,7 @@ impl SledStore {
             write_error: std::sync::Arc::default(),
             dir: dir.to_owned(),
             db,
+            _lock: Arc::new(lock),
         })
     }
 
@@ -556,6 +580,19 @@ mod tests {
     use super::*;
     use crate::crypto::Sealed;
     use crate::record::RECORD_FORMAT;
+
+    #[test]
+    fn a_second_open_of_the_same_directory_is_refused_as_locked() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let first = SledStore::open(dir.path()).unwrap();
+        match SledStore::open(dir.path()) {
+            Err(StoreError::Locked(shown)) => assert_eq!(shown, dir.path().display().to_string()),
+            Err(e) => panic!("expected Locked, got {e}"),
+            Ok(_) => panic!("a second open succeeded"),
+        }
+        drop(first);
+        SledStore::open(dir.path()).expect("opens again once the first is closed");
+    }
 
     fn record(id: &str, revision: u64) -> CredentialRecord {
         CredentialRecord {
