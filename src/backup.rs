@@ -6,18 +6,17 @@
 //! are in the clear, as in the store; every secret stays sealed.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use prost::Message;
 use prost_types::Timestamp;
 use sha2::{Digest, Sha256};
 
 use crate::crypto::{Keyring, Sealed};
-use crate::keys::{self, KeyringError, SealCounter, KEY_CHECK_PREFIX};
-use crate::provider::Providers;
+use crate::keys::{self, KeyringError, KEY_CHECK_PREFIX};
+use crate::provider::ProviderSecret;
 use crate::record;
+use crate::sealing;
 use crate::store::{Entries, SledStore, Snapshot, Store, StoreError};
-use crate::vault::Vault;
 
 const MAGIC: &[u8] = b"credvault-backup\n";
 const CHECKSUM_LEN: usize = 32;
@@ -204,14 +203,14 @@ pub async fn restore(
         .map_err(|e| StoreError::Io(format!("store open task failed: {e}")))??;
     store.restore(&snapshot).await?;
     keys::check_keyring(&store, &keyring).await?;
-    let seals = SealCounter::load(&store).await?;
-    let providers = Providers::new(&Default::default()).map_err(StoreError::Io)?;
-    let store = Arc::new(store);
-    let vault = Vault::new(Arc::clone(&store), keyring, seals, providers);
+    // Every secret opened with the keyring and read as its provider's secret;
+    // no provider client is needed for that.
     let (mut opened, mut damaged) = (0, Vec::new());
     for (id, _) in &snapshot.records {
         let ok = match store.get(id).await {
-            Ok(Some(record)) => vault.open(&record).is_ok(),
+            Ok(Some(record)) => sealing::open_record(&keyring, &record).is_ok_and(|plaintext| {
+                ProviderSecret::from_plaintext(&record.provider, &plaintext).is_ok()
+            }),
             _ => false,
         };
         if ok {

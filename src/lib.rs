@@ -1,15 +1,19 @@
 //! credvault: the one place the API secrets of data-ingestion workers live.
 //!
 //! A gRPC service (tonic) that keeps provider credentials sealed with
-//! AES-256-GCM in an embedded sled database and hands authorised workers the
-//! exact HTTP headers to send. The parts:
+//! AES-256-GCM in an embedded sled database (or PostgreSQL, shared by replicas)
+//! and hands authorised workers the exact HTTP headers to send. A secret goes
+//! request → [`gate`] (authentication) → [`service`] (proto to domain, permission)
+//! → [`vault`] (scope, check-and-set) → [`sealing`] and [`store`] → [`vault`] →
+//! [`service`]. The parts:
 //!
 //! - [`api`]: the generated `credvault.v1` gRPC types and descriptor set;
 //! - [`config`]: resolved server settings, keyring and callers loading, `--dev`;
 //! - [`crypto`]: master keys, the keyring and envelope encryption with record-bound associated data;
 //! - [`keys`]: the keyring against the store: key checks, seal counts, rewrap reports;
 //! - [`record`]: the stored record format (prost, versioned);
-//! - [`store`]: the engine-neutral store trait and its sled implementation;
+//! - [`sealing`]: a record's secret sealed, opened and rewrapped, with the associated data of each format;
+//! - [`store`]: the engine-neutral store trait and its sled and PostgreSQL implementations;
 //! - [`auth`]: callers, permissions, scopes, reload, and constant-time bearer-token checks;
 //! - [`gate`]: the tower layer in front of every service: authentication before the body,
 //!   refusals, caps on unauthenticated streams, the request timeout;
@@ -18,7 +22,8 @@
 //! - [`audit`]: the audit trail of every RPC, with secret-read fingerprints;
 //! - [`provider`]: each third-party API's secret, headers and verification ([`provider::fleetio`]);
 //! - [`validate`]: request validation;
-//! - [`vault`]: the domain core: seal, open, rewrap, check with the provider, record results;
+//! - [`vault`]: the domain: create, update, delete, list and read credentials within a
+//!   caller's scope, one check-and-set loop, rewrap, provider checks and their results;
 //! - [`backup`]: consistent, still-encrypted backups and their restore;
 //! - [`reverify`]: the background re-verifier;
 //! - [`service`]: the gRPC service itself;
@@ -41,6 +46,7 @@ pub mod provider;
 pub mod record;
 pub mod refusals;
 pub mod reverify;
+pub mod sealing;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -3,8 +3,8 @@
 //! A record holds a credential's metadata in the clear and its secret under
 //! envelope encryption (see [`crate::crypto`]): the secret sealed by a random
 //! data key, the data key wrapped by a master key. Both are bound to the
-//! record's id (and the secret to its provider), so they cannot be moved to
-//! another record. Format 1 records, sealed directly by the master key, are
+//! record's id (and the secret to its provider) by [`crate::sealing`], so they
+//! cannot be moved to another record. Format 1 records, sealed directly by the master key, are
 //! still read; a rewrap upgrades them.
 
 use std::time::SystemTime;
@@ -191,35 +191,6 @@ impl CredentialRecord {
     }
 }
 
-fn aad(parts: &[&[u8]]) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(64);
-    for part in parts {
-        aad.extend_from_slice(part);
-        aad.push(0);
-    }
-    aad
-}
-
-/// Format 1: the associated data that binds a secret sealed by a master key to its record and key.
-pub fn direct_secret_aad(id: &str, provider: &str, key_id: &str) -> Vec<u8> {
-    aad(&[
-        b"credvault/secret/v1",
-        id.as_bytes(),
-        provider.as_bytes(),
-        key_id.as_bytes(),
-    ])
-}
-
-/// The associated data that binds a secret sealed by a data key to its record.
-pub fn secret_aad(id: &str, provider: &str) -> Vec<u8> {
-    aad(&[b"credvault/secret/v2", id.as_bytes(), provider.as_bytes()])
-}
-
-/// The associated data that binds a wrapped data key to its record.
-pub fn data_key_aad(id: &str) -> Vec<u8> {
-    aad(&[b"credvault/data-key/v1", id.as_bytes()])
-}
-
 /// A protobuf timestamp for a point in time.
 pub fn timestamp(t: SystemTime) -> Timestamp {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
@@ -232,6 +203,7 @@ pub fn timestamp(t: SystemTime) -> Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sealing::{data_key_aad, secret_aad};
     use proptest::prelude::*;
 
     fn sample() -> CredentialRecord {
@@ -263,16 +235,6 @@ mod tests {
             CredentialRecord::from_bytes("cred_1", &future.to_bytes()),
             Err(DecodeError::UnknownFormat(9))
         ));
-    }
-
-    #[test]
-    fn aad_parts_cannot_run_together() {
-        assert_ne!(secret_aad("ab", "c"), secret_aad("a", "bc"));
-        assert_ne!(
-            direct_secret_aad("ab", "c", "k"),
-            direct_secret_aad("a", "bc", "k")
-        );
-        assert_ne!(data_key_aad("a"), secret_aad("a", ""));
     }
 
     proptest! {

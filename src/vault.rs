@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use prost_types::Timestamp;
@@ -20,9 +20,9 @@ use crate::keys::{self, KeyringError, RewrapProgress, RewrapReport, SealCounter}
 use crate::metrics::{self, Source};
 use crate::provider::{ProviderHeaders, ProviderSecret, Providers};
 use crate::record::{
-    self, data_key_aad, direct_secret_aad, secret_aad, CredentialRecord, Usage, Verification,
-    VerificationStatus, RECORD_FORMAT, RECORD_FORMAT_DIRECT,
+    self, CredentialRecord, Usage, Verification, VerificationStatus, RECORD_FORMAT,
 };
+use crate::sealing::{SealError, Sealer};
 use crate::store::{Store, StoreError};
 
 /// How often a write that lost a revision race is retried.
@@ -169,8 +169,7 @@ enum Rewrapped {
 /// The store, the keyring and the providers, with the operations on them.
 pub struct Vault<S> {
     store: Arc<S>,
-    keyring: RwLock<Arc<Keyring>>,
-    seals: SealCounter,
+    sealer: Sealer,
     providers: Providers,
     /// Secret reads not yet written to the store (flushed in batches).
     pending_usage: Mutex<HashMap<String, Usage>>,
@@ -183,8 +182,7 @@ impl<S: Store> Vault<S> {
     pub fn new(store: Arc<S>, keyring: Keyring, seals: SealCounter, providers: Providers) -> Self {
         Vault {
             store,
-            keyring: RwLock::new(Arc::new(keyring)),
-            seals,
+            sealer: Sealer::new(keyring, seals),
             providers,
             pending_usage: Mutex::new(HashMap::new()),
             instance: uuid::Uuid::now_v7().simple().to_string(),
@@ -198,7 +196,7 @@ impl<S: Store> Vault<S> {
 
     /// The keyring in use.
     pub fn keyring(&self) -> Arc<Keyring> {
-        Arc::clone(&self.keyring.read().unwrap_or_else(PoisonError::into_inner))
+        self.sealer.keyring()
     }
 
     /// Switches to another keyring, once it is checked to hold every key the data needs.
@@ -214,7 +212,7 @@ impl<S: Store> Vault<S> {
             keys::announce_active(store, &self.instance, current.active().id()).await?;
             return Err(e);
         }
-        *self.keyring.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keyring);
+        self.sealer.set_keyring(keyring);
         Ok(())
     }
 
@@ -564,19 +562,10 @@ impl<S: Store> Vault<S> {
         record: &mut CredentialRecord,
         secret: &ProviderSecret,
     ) -> Result<(), Error> {
-        let keyring = self.keyring();
-        self.seals
-            .count(&*self.store, keyring.active().id())
-            .await?;
-        let envelope = keyring.seal_envelope(
-            &data_key_aad(&record.id),
-            &secret_aad(&record.id, secret.provider()),
-            &secret.to_plaintext(),
-        );
-        record.format = RECORD_FORMAT;
-        record.secret = Some(envelope.secret);
-        record.data_key = Some(envelope.data_key);
-        Ok(())
+        Ok(self
+            .sealer
+            .seal(&*self.store, record, &secret.to_plaintext())
+            .await?)
     }
 
     /// Opens a record's secret; `DATA_LOSS` if it is damaged or sealed by another key.
@@ -589,32 +578,13 @@ impl<S: Store> Vault<S> {
         &self,
         record: &CredentialRecord,
     ) -> Result<(ProviderSecret, Zeroizing<Vec<u8>>), Error> {
-        let plaintext = self.open_plaintext(record)?;
+        let plaintext = self
+            .sealer
+            .open(record)
+            .map_err(|e| damaged(&record.id, &e))?;
         let secret = ProviderSecret::from_plaintext(&record.provider, &plaintext)
             .map_err(|_| damaged(&record.id, &OpenError::Failed))?;
         Ok((secret, plaintext))
-    }
-
-    fn open_plaintext(&self, record: &CredentialRecord) -> Result<Zeroizing<Vec<u8>>, Error> {
-        let keyring = self.keyring();
-        let missing = || damaged(&record.id, &OpenError::Failed);
-        let secret = record.secret.as_ref().ok_or_else(missing)?;
-        let opened = if record.format == RECORD_FORMAT_DIRECT {
-            let aad = direct_secret_aad(&record.id, &record.provider, &secret.key_id);
-            keyring
-                .get(&secret.key_id)
-                .ok_or_else(|| OpenError::UnknownKey(secret.key_id.clone()))
-                .and_then(|key| key.open(secret, &aad))
-        } else {
-            let data_key = record.data_key.as_ref().ok_or_else(missing)?;
-            keyring.open_envelope(
-                data_key,
-                &data_key_aad(&record.id),
-                secret,
-                &secret_aad(&record.id, &record.provider),
-            )
-        };
-        opened.map_err(|e| damaged(&record.id, &e))
     }
 
     /// Re-seals every record's data key under the active master key, online, in
@@ -691,28 +661,12 @@ impl<S: Store> Vault<S> {
                 id,
                 "during the rewrap (run it again)",
                 |record| async move {
-                    let keyring = self.keyring();
-                    let active = keyring.active().id();
-                    if record.format == RECORD_FORMAT && record.master_key_id() == active {
-                        return Ok(Edit::Keep);
+                    match self.sealer.rewrap(&*self.store, &record).await {
+                        Ok(Some(next)) => Ok(Edit::Write(next)),
+                        Ok(None) => Ok(Edit::Keep),
+                        Err(SealError::Open(e)) => Err(damaged(&record.id, &e)),
+                        Err(SealError::Refused(e)) => Err(e.into()),
                     }
-                    let mut next = CredentialRecord::clone(&record);
-                    if record.format == RECORD_FORMAT_DIRECT {
-                        let (secret, _) = self.open_with_plaintext(&record)?;
-                        self.seal_into(&mut next, &secret).await?;
-                    } else {
-                        let data_key = record
-                            .data_key
-                            .as_ref()
-                            .ok_or_else(|| damaged(&record.id, &OpenError::Failed))?;
-                        self.seals.count(&*self.store, active).await?;
-                        next.data_key = Some(
-                            keyring
-                                .rewrap(data_key, &data_key_aad(&record.id))
-                                .map_err(|e| damaged(&record.id, &e))?,
-                        );
-                    }
-                    Ok(Edit::Write(next))
                 },
             )
             .await?;

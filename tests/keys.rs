@@ -10,7 +10,8 @@ use crate::common::*;
 use credvault::api;
 use credvault::crypto::MasterKey;
 use credvault::keys::KeyringError;
-use credvault::record::{direct_secret_aad, CredentialRecord, RECORD_FORMAT_DIRECT};
+use credvault::record::{CredentialRecord, RECORD_FORMAT_DIRECT};
+use credvault::sealing::direct_secret_aad;
 use credvault::server::ServeError;
 
 fn key() -> String {
