@@ -29,13 +29,14 @@
 //! - [`service`]: the gRPC service itself;
 //! - [`server`]: [`run`], which serves the vault, health and reflection until shutdown;
 //! - [`error`]: the error enum and its mapping onto gRPC status codes;
-//! - [`cli`], [`telemetry`] and [`metrics`]: the command line, logging and Prometheus metrics.
+//! - [`telemetry`] and [`metrics`]: logging and Prometheus metrics.
+//!
+//! The command line lives in the binary (`src/main.rs`, `src/cli/`).
 
 pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod backup;
-pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod error;

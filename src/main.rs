@@ -1,4 +1,6 @@
-//! The `credvault` binary: a thin shell over [`credvault::cli`].
+//! The `credvault` binary: the command line ([`cli`]) over the `credvault` library.
+
+mod cli;
 
 /// mimalloc instead of the system allocator: each RPC makes many small,
 /// short-lived allocations, and glibc's malloc was 12 % of the server's CPU
@@ -7,5 +9,5 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    credvault::cli::main()
+    cli::main()
 }

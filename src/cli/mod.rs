@@ -1,4 +1,6 @@
-//! The command line: `serve`, `keygen` and `token`, each flag also read from `CREDVAULT_<FLAG>`.
+//! The command line, part of the binary (not of the library): `serve`, `keygen`, `token`,
+//! `healthcheck`, `rewrap`, `backup`, `restore`, `migrate` and `migrate-store`, each flag also
+//! read from `CREDVAULT_<FLAG>`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,14 +9,14 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::auth::{self, Permission};
-use crate::config::KeyringSource;
-use crate::config::{self, Config, TlsSettings};
-use crate::crypto::{Keyring, MasterKey};
-use crate::provider::{fleetio, ProviderSettings};
-use crate::reverify::ReverifySettings;
-use crate::store::Store;
-use crate::telemetry::{self, LogFormat};
+use credvault::auth::{self, Permission};
+use credvault::config::KeyringSource;
+use credvault::config::{self, Config, TlsSettings};
+use credvault::crypto::{Keyring, MasterKey};
+use credvault::provider::{fleetio, ProviderSettings};
+use credvault::reverify::ReverifySettings;
+use credvault::store::Store;
+use credvault::telemetry::{self, LogFormat};
 use secrecy::ExposeSecret;
 
 /// credvault: the encrypted credential vault for data-ingestion workers.
@@ -97,7 +99,7 @@ impl Location {
         }
     }
 
-    async fn snapshot(&self) -> Result<crate::store::Snapshot, String> {
+    async fn snapshot(&self) -> Result<credvault::store::Snapshot, String> {
         let snapshot = match self {
             Location::Sled(dir) => open_offline(dir, None).await?.snapshot().await,
             Location::Postgres(pg) => migrated(pg).await?.snapshot().await,
@@ -105,7 +107,7 @@ impl Location {
         snapshot.map_err(|e| e.to_string())
     }
 
-    async fn restore(&self, snapshot: &crate::store::Snapshot) -> Result<(), String> {
+    async fn restore(&self, snapshot: &credvault::store::Snapshot) -> Result<(), String> {
         let restored = match self {
             Location::Sled(dir) => {
                 std::fs::create_dir_all(dir)
@@ -115,7 +117,7 @@ impl Location {
             Location::Postgres(pg) => migrated(pg).await?.restore(snapshot).await,
         };
         restored.map_err(|e| match e {
-            crate::store::StoreError::NotEmpty => {
+            credvault::store::StoreError::NotEmpty => {
                 format!(
                     "the target ({}) already holds data; migrate into an empty store",
                     self.describe()
@@ -264,7 +266,7 @@ struct ServeArgs {
     audit_max_file_size: u64,
     /// Rotated audit files kept beside the log (<audit-log>.1 is the newest); older ones
     /// are deleted (0: keep all, for an outside tool to prune).
-    #[arg(long, env = "CREDVAULT_AUDIT_MAX_FILES", default_value_t = crate::audit::DEFAULT_MAX_FILES)]
+    #[arg(long, env = "CREDVAULT_AUDIT_MAX_FILES", default_value_t = credvault::audit::DEFAULT_MAX_FILES)]
     audit_max_files: usize,
     /// What a secret read waits for before its answer goes out: its audit event
     /// written to the operating system (write), or also fsynced (fsync: the trail
@@ -275,7 +277,7 @@ struct ServeArgs {
         value_enum,
         default_value = "write"
     )]
-    audit_sync: crate::audit::AuditSync,
+    audit_sync: credvault::audit::AuditSync,
     /// With --store postgres: delete events older than this from the database's trail
     /// (checked at start and then every quarter of it, at most hourly), e.g. 400d; 0s keeps all.
     #[arg(long, env = "CREDVAULT_AUDIT_RETENTION", default_value = "0s", value_parser = humantime::parse_duration)]
@@ -330,9 +332,9 @@ struct TransportArgs {
 }
 
 impl TransportArgs {
-    fn settings(&self) -> crate::transport::TransportSettings {
+    fn settings(&self) -> credvault::transport::TransportSettings {
         let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
-        crate::transport::TransportSettings {
+        credvault::transport::TransportSettings {
             max_concurrent_streams: self.http2_max_concurrent_streams,
             max_local_error_resets: size(self.http2_max_local_error_resets),
             request_timeout: self.request_timeout,
@@ -418,7 +420,7 @@ impl DatabaseArgs {
             .ok_or("PostgreSQL needs --database-url or --database-url-file (or CREDVAULT_DATABASE_URL[_FILE])")?;
         Ok(config::PostgresSettings {
             url: url.into(),
-            pool: crate::store::PgSettings {
+            pool: credvault::store::PgSettings {
                 max_connections: self.database_max_connections,
                 timeout: self.database_timeout,
                 ca_file: self.database_ca_file.clone(),
@@ -615,14 +617,14 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 async fn open_offline(
     data_dir: &std::path::Path,
     keyring: Option<&Keyring>,
-) -> Result<crate::store::SledStore, String> {
+) -> Result<credvault::store::SledStore, String> {
     let opened = match keyring {
-        Some(keyring) => crate::server::open_store(data_dir, keyring).await,
-        None => crate::server::open_sled(data_dir).await,
+        Some(keyring) => credvault::server::open_store(data_dir, keyring).await,
+        None => credvault::server::open_sled(data_dir).await,
     };
     opened.map_err(|e| match e {
-        crate::server::ServeError::Open {
-            source: crate::store::StoreError::Locked(_),
+        credvault::server::ServeError::Open {
+            source: credvault::store::StoreError::Locked(_),
             ..
         } => format!("{e} (is a server still running on it? stop it first, or use the RPC)"),
         e => e.to_string(),
@@ -634,11 +636,12 @@ fn rewrap(args: &RewrapArgs) -> Result<(), String> {
     let batch = usize::try_from(args.batch_size).unwrap_or(100);
     runtime()?.block_on(async {
         let store = open_offline(&args.data_dir, Some(&keyring)).await?;
-        let seals = crate::keys::SealCounter::load(&store)
+        let seals = credvault::keys::SealCounter::load(&store)
             .await
             .map_err(|e| e.to_string())?;
-        let providers = crate::provider::Providers::new(&ProviderSettings::default())?;
-        let vault = crate::vault::Vault::new(std::sync::Arc::new(store), keyring, seals, providers);
+        let providers = credvault::provider::Providers::new(&ProviderSettings::default())?;
+        let vault =
+            credvault::vault::Vault::new(std::sync::Arc::new(store), keyring, seals, providers);
         let report = vault
             .rewrap(batch, |p| {
                 eprintln!(
@@ -681,7 +684,7 @@ fn backup(args: &BackupArgs) -> Result<(), String> {
             (Some(dir), None) => {
                 let store = open_offline(dir, None).await?;
                 let snapshot = store.snapshot().await.map_err(|e| e.to_string())?;
-                Ok(crate::backup::encode(snapshot))
+                Ok(credvault::backup::encode(snapshot))
             }
             (None, Some(addr)) => backup_from_server(args, addr).await,
             _ => Err(
@@ -689,7 +692,7 @@ fn backup(args: &BackupArgs) -> Result<(), String> {
             ),
         }
     })?;
-    let (_, summary) = crate::backup::decode(&bytes).map_err(|e| e.to_string())?;
+    let (_, summary) = credvault::backup::decode(&bytes).map_err(|e| e.to_string())?;
     if args.out.exists() {
         return Err(format!(
             "{} exists already; choose another --out",
@@ -714,7 +717,7 @@ fn backup(args: &BackupArgs) -> Result<(), String> {
 }
 
 async fn backup_from_server(args: &BackupArgs, addr: &str) -> Result<Vec<u8>, String> {
-    use crate::api::credential_vault_service_client::CredentialVaultServiceClient;
+    use credvault::api::credential_vault_service_client::CredentialVaultServiceClient;
     let token = std::env::var("CREDVAULT_TOKEN")
         .map_err(|_| "set CREDVAULT_TOKEN to a token with the backup.read permission".to_owned())?;
     let channel = args
@@ -724,7 +727,7 @@ async fn backup_from_server(args: &BackupArgs, addr: &str) -> Result<Vec<u8>, St
         .connect()
         .await
         .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    let mut request = tonic::Request::new(crate::api::BackupVaultRequest {});
+    let mut request = tonic::Request::new(credvault::api::BackupVaultRequest {});
     let value = format!("Bearer {}", token.trim())
         .parse()
         .map_err(|_| "CREDVAULT_TOKEN is not a valid header value".to_owned())?;
@@ -750,7 +753,7 @@ fn restore(args: &RestoreArgs) -> Result<(), String> {
     std::fs::create_dir_all(&args.data_dir)
         .map_err(|e| format!("cannot make {}: {e}", args.data_dir.display()))?;
     let report = runtime()?
-        .block_on(crate::backup::restore(&bytes, &args.data_dir, keyring))
+        .block_on(credvault::backup::restore(&bytes, &args.data_dir, keyring))
         .map_err(|e| format!("restore refused: {e}"))?;
     println!(
         "restored {} credentials (snapshot of {}) into {}; {} secrets opened with the keyring",
@@ -771,12 +774,12 @@ fn restore(args: &RestoreArgs) -> Result<(), String> {
 }
 
 /// A pool for the database of `pg` (connecting lazily).
-fn postgres(pg: &config::PostgresSettings) -> Result<crate::store::PgStore, String> {
-    crate::store::PgStore::connect(pg.url.expose_secret(), &pg.pool).map_err(|e| e.to_string())
+fn postgres(pg: &config::PostgresSettings) -> Result<credvault::store::PgStore, String> {
+    credvault::store::PgStore::connect(pg.url.expose_secret(), &pg.pool).map_err(|e| e.to_string())
 }
 
 /// The database of `pg`, its schema migrated.
-async fn migrated(pg: &config::PostgresSettings) -> Result<crate::store::PgStore, String> {
+async fn migrated(pg: &config::PostgresSettings) -> Result<credvault::store::PgStore, String> {
     let store = postgres(pg)?;
     store.migrate().await.map_err(|e| e.to_string())?;
     Ok(store)
@@ -812,13 +815,13 @@ fn migrate_store(args: &MigrateStoreArgs) -> Result<(), String> {
         for (id, bytes) in &source.records {
             match copied.get(id.as_str()) {
                 Some(c) if *c == bytes => {}
-                _ if crate::record::CredentialRecord::from_bytes(id, bytes).is_err() => {
+                _ if credvault::record::CredentialRecord::from_bytes(id, bytes).is_err() => {
                     damaged.push(id.clone())
                 }
                 _ => return Err(format!("verification failed: credential {id} differs in the copy")),
             }
         }
-        let sorted = |mut e: crate::store::Entries| {
+        let sorted = |mut e: credvault::store::Entries| {
             e.sort();
             e
         };
@@ -849,9 +852,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let runtime =
         tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async {
-        let listener = crate::transport::bind(args.listen, args.transport.listen_backlog)
+        let listener = credvault::transport::bind(args.listen, args.transport.listen_backlog)
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-        crate::run(listener, config, shutdown_signal())
+        credvault::run(listener, config, shutdown_signal())
             .await
             .map_err(|e| e.to_string())
     })
