@@ -351,11 +351,12 @@ impl FileSink {
     /// Writes a secret read's event at once, on the calling thread, when that is
     /// cheap: `--audit-sync write`, the file writable, no other write under way,
     /// no event queued before it (a place is given back only once its event is
-    /// written, so the trail keeps the order of the answers) and no rotation due. One write(2) to the page cache costs less than
-    /// waking the writer thread and being woken by it; `None` leaves the event to
-    /// the writer thread, which groups it with the others waiting. A write that
-    /// was slow (a stalling disk) sends later events to the thread until it
-    /// writes quickly again, so a stall holds up at most one runtime thread.
+    /// written, so the trail keeps the order of the answers) and no rotation
+    /// due. One write(2) to the page cache costs less than waking the writer
+    /// thread and being woken by it; `None` leaves the event to the writer
+    /// thread, which groups it with the others waiting. A slow write (a stalling
+    /// disk) sends later events to the thread until it writes quickly again, so
+    /// a stall holds up at most one runtime thread.
     fn write_now(&self, line: &str) -> Option<bool> {
         let health = &self.health;
         if !health.inline.load(Ordering::Acquire) || !health.written.load(Ordering::Acquire) {
@@ -1177,7 +1178,7 @@ impl Writer {
 
     fn write_line(&mut self, line: &str) -> std::io::Result<()> {
         let len = line.len() as u64 + 1;
-        if self.max_file_size > 0 && self.size > 0 && self.size + len > self.max_file_size {
+        if self.rotation_due(line) {
             if let Err(e) = self.rotate() {
                 tracing::error!(path = %self.path.display(), error = %e, "the audit log could not be rotated; writing on");
             }

@@ -260,21 +260,6 @@ impl<S: Store> Vault<S> {
         }
     }
 
-    /// The record a reference points at, within the caller's scope.
-    pub async fn resolve(
-        &self,
-        caller: &Caller,
-        r: &CredentialRef,
-    ) -> Result<Arc<CredentialRecord>, Error> {
-        let at = self.locate(caller, r).await?;
-        self.record(&at).await
-    }
-
-    /// A record by id, whatever its scope (for the re-verifier and restore checks).
-    pub async fn get(&self, id: &str) -> Result<Option<Arc<CredentialRecord>>, Error> {
-        Ok(self.store.get_shared(id).await?)
-    }
-
     /// Creates a credential in the caller's scope, its secret checked first when
     /// asked, sealed under a new data key.
     pub async fn create(
@@ -675,11 +660,6 @@ impl<S: Store> Vault<S> {
             Changed::Written(record) => Rewrapped::Now(record.master_key_id().to_owned()),
             Changed::Gone => Rewrapped::Gone,
         })
-    }
-
-    /// The headers a worker sends with `secret`.
-    pub fn headers(&self, secret: &ProviderSecret) -> ProviderHeaders<'_> {
-        self.providers.headers(secret)
     }
 
     /// Asks the provider about `secret`, counting the outcome by `source`.
