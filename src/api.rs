@@ -12,17 +12,8 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("cred
 /// The fully qualified name of the vault service, as health checks name it.
 pub const SERVICE_NAME: &str = "credvault.v1.CredentialVaultService";
 
-// Messages that carry secret values redact them in Debug (prost derives none for them).
-
-impl fmt::Debug for FleetioSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FleetioSecret")
-            .field("api_key", &"[REDACTED]")
-            .field("account_token", &"[REDACTED]")
-            .field("api_version", &self.api_version)
-            .finish()
-    }
-}
+// Messages that carry secret values redact them in Debug (prost derives none for
+// them): `Header` here, each provider's `<Provider>Secret` in its module.
 
 impl fmt::Debug for Header {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

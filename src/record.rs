@@ -34,14 +34,14 @@ pub struct CredentialRecord {
     /// The provider name, e.g. `fleetio`.
     #[prost(string, tag = "5")]
     pub provider: String,
-    /// The last 4 characters of the API key.
+    /// The last 4 characters of the provider's key (its hint field), to tell keys apart.
     #[prost(string, tag = "6")]
     pub api_key_hint: String,
     #[prost(message, optional, tag = "7")]
     pub create_time: Option<Timestamp>,
     #[prost(message, optional, tag = "8")]
     pub update_time: Option<Timestamp>,
-    /// Starts at 1; grows by one on every change of description or secret.
+    /// Starts at 1; grows by one on every change of description, secret or expiry.
     #[prost(uint64, tag = "9")]
     pub version: u64,
     #[prost(message, optional, tag = "10")]
@@ -72,6 +72,11 @@ pub struct Usage {
 }
 
 /// What the provider said of a credential.
+///
+/// A provider that rejects one of a secret's values says which in the
+/// verification's `rejected_field`, with [`SecretRejected`](Self::SecretRejected);
+/// `ApiKeyRejected` and `AccountTokenRejected` are the names Fleetio's two fields
+/// had before the generic form, kept so its results read as they always did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
 #[repr(i32)]
 pub enum VerificationStatus {
@@ -83,6 +88,7 @@ pub enum VerificationStatus {
     RateLimited = 5,
     ProviderError = 6,
     Unreachable = 7,
+    SecretRejected = 8,
 }
 
 impl VerificationStatus {
@@ -99,7 +105,18 @@ impl VerificationStatus {
             VerificationStatus::RateLimited => "VERIFICATION_STATUS_RATE_LIMITED",
             VerificationStatus::ProviderError => "VERIFICATION_STATUS_PROVIDER_ERROR",
             VerificationStatus::Unreachable => "VERIFICATION_STATUS_UNREACHABLE",
+            VerificationStatus::SecretRejected => "VERIFICATION_STATUS_SECRET_REJECTED",
         }
+    }
+
+    /// Whether the provider definitely refused one of the secret's values.
+    pub fn is_rejection(self) -> bool {
+        matches!(
+            self,
+            VerificationStatus::ApiKeyRejected
+                | VerificationStatus::AccountTokenRejected
+                | VerificationStatus::SecretRejected
+        )
     }
 }
 
@@ -118,6 +135,9 @@ pub struct Verification {
     pub retry_after_seconds: u32,
     #[prost(message, optional, tag = "5")]
     pub check_time: Option<Timestamp>,
+    /// With a rejection: the secret field the provider refused (e.g. `api_key`).
+    #[prost(string, tag = "6")]
+    pub rejected_field: String,
 }
 
 impl Verification {
@@ -129,7 +149,21 @@ impl Verification {
             message: message.into(),
             retry_after_seconds: 0,
             check_time: Some(timestamp(SystemTime::now())),
+            rejected_field: String::new(),
         }
+    }
+
+    /// A rejection of the secret field `field`, made now, under the status its
+    /// provider names that field's rejection with.
+    pub fn rejected(
+        status: VerificationStatus,
+        field: &str,
+        http_status: u16,
+        message: impl Into<String>,
+    ) -> Self {
+        let mut v = Verification::now(status, http_status, message);
+        v.rejected_field = field.to_owned();
+        v
     }
 
     /// The same verification with a Retry-After delay.

@@ -195,7 +195,7 @@ async fn check<S: Store>(
                 match verification.retry_after_seconds {
                     0 => DEFAULT_RATE_LIMIT_PAUSE,
                     s => Duration::from_secs(u64::from(
-                        s.min(crate::provider::fleetio::MAX_RETRY_AFTER_SECONDS),
+                        s.min(crate::provider::MAX_RETRY_AFTER_SECONDS),
                     )),
                 }
             });

@@ -50,8 +50,8 @@ pub enum ServeError {
     #[error("{0}")]
     Audit(String),
     /// A provider client could not be built.
-    #[error("{0}")]
-    Provider(String),
+    #[error(transparent)]
+    Provider(#[from] crate::provider::ProviderError),
     /// gRPC transport or reflection setup failed.
     #[error("grpc server error: {0}")]
     Transport(String),
@@ -150,7 +150,7 @@ async fn serve<S: Store>(
     set_health(&reporter, ServingStatus::NotServing).await;
     let store = Arc::new(store);
     let seals = SealCounter::load(&*store).await?;
-    let providers = Providers::new(&config.providers).map_err(ServeError::Provider)?;
+    let providers = Providers::new(&config.providers)?;
     let count = store.count().await?;
     // With a database, it keeps the trail of every replica; a file is a second
     // device when --audit-log names one. Without, the file is the trail.

@@ -258,7 +258,12 @@ impl<S: Store> VaultService<S> {
             .secret
             .map(ProviderSecret::try_from)
             .transpose()?
-            .ok_or_else(|| Error::invalid("a secret is required: set fleetio"))?;
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "a secret is required: set one of {}",
+                    crate::provider::names()
+                ))
+            })?;
         let check = CheckOnWrite::new(req.verify, req.verify_best_effort);
         let new = NewCredential {
             name: req.name,
@@ -399,7 +404,7 @@ impl<S: Store> VaultService<S> {
                 .headers
                 .into_iter()
                 .map(|(name, value)| api::Header {
-                    name: name.to_owned(),
+                    name: name.into_owned(),
                     value,
                 })
                 .collect(),
@@ -652,6 +657,7 @@ fn verification_to_api(v: &Verification) -> api::Verification {
             VerificationStatus::RateLimited => A::RateLimited,
             VerificationStatus::ProviderError => A::ProviderError,
             VerificationStatus::Unreachable => A::Unreachable,
+            VerificationStatus::SecretRejected => A::SecretRejected,
         };
     api::Verification {
         status: status as i32,
@@ -659,6 +665,7 @@ fn verification_to_api(v: &Verification) -> api::Verification {
         message: v.message.clone(),
         retry_after_seconds: v.retry_after_seconds,
         check_time: v.check_time,
+        rejected_field: v.rejected_field.clone(),
     }
 }
 

@@ -701,9 +701,14 @@ impl<S: Store> Vault<S> {
         };
         match verification.status() {
             VerificationStatus::Valid => Ok(verification),
-            VerificationStatus::ApiKeyRejected => Err(rejected("api_key")),
-            VerificationStatus::AccountTokenRejected => Err(rejected("account_token")),
-            VerificationStatus::Forbidden => Err(rejected("key pair (forbidden)")),
+            VerificationStatus::ApiKeyRejected
+            | VerificationStatus::AccountTokenRejected
+            | VerificationStatus::SecretRejected => Err(rejected(
+                Some(verification.rejected_field.as_str())
+                    .filter(|f| !f.is_empty())
+                    .unwrap_or("secret"),
+            )),
+            VerificationStatus::Forbidden => Err(rejected("secret (forbidden)")),
             VerificationStatus::RateLimited
             | VerificationStatus::Unreachable
             | VerificationStatus::ProviderError

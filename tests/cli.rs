@@ -91,6 +91,39 @@ fn token_refuses_unknown_permissions() {
 }
 
 #[test]
+fn provider_base_urls_are_checked_before_serving() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let setup = write_config(dir.path());
+    let serve = |extra: &[&str]| {
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
+        args.extend(setup.args.iter().map(String::as_str));
+        args.extend(extra);
+        let out = run(&args, dir.path());
+        assert!(!out.status.success(), "{extra:?} served");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = serve(&["--provider-base-url", "acme=http://127.0.0.1:9"]);
+    assert!(
+        err.contains("no provider is named \"acme\"") && err.contains("fleetio"),
+        "{err}"
+    );
+    let err = serve(&["--provider-base-url", "fleetio"]);
+    assert!(err.contains("is not NAME=URL"), "{err}");
+    let err = serve(&[
+        "--provider-base-url",
+        "fleetio=http://127.0.0.1:9/api",
+        "--fleetio-base-url",
+        "http://127.0.0.1:9/api",
+    ]);
+    assert!(err.contains("provider fleetio is set twice"), "{err}");
+    let err = serve(&["--provider-base-url", "fleetio=ftp://example.com"]);
+    assert!(
+        err.contains("fleetio base url \"ftp://example.com\" must be an http(s) url"),
+        "{err}"
+    );
+}
+
+#[test]
 fn serve_without_key_or_callers_says_how_to_make_them() {
     let dir = tempfile::TempDir::new().unwrap();
     let out = run(&["serve", "--listen", "127.0.0.1:0"], dir.path());

@@ -24,8 +24,8 @@ async fn no_secret_or_token_leaks_anywhere() {
     let (key_file, tokens) = (&setup.key, &setup.tokens);
     let mut args = setup.args.clone();
     args.extend([
-        "--fleetio-base-url".into(),
-        fake.base_url.clone(),
+        "--provider-base-url".into(),
+        format!("fleetio={}", fake.base_url),
         "--log-level".into(),
         "trace".into(),
     ]);

@@ -23,8 +23,8 @@ async fn metrics_show_requests_latency_credentials_and_verifications() {
     let mut args = setup.args.clone();
     args.extend(
         [
-            "--fleetio-base-url",
-            &fake.base_url,
+            "--provider-base-url",
+            &format!("fleetio={}", fake.base_url),
             "--metrics-listen",
             &metrics_addr,
         ]

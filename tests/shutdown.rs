@@ -23,8 +23,8 @@ async fn sigterm_drains_under_load_and_exits_zero() {
     let mut args = setup.args.clone();
     args.extend(
         [
-            "--fleetio-base-url",
-            &fake.base_url,
+            "--provider-base-url",
+            &format!("fleetio={}", fake.base_url),
             "--provider-timeout",
             "10s",
         ]

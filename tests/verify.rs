@@ -109,6 +109,13 @@ async fn each_provider_answer_maps_to_a_status() {
         if status == V::RateLimited {
             assert_eq!(v.retry_after_seconds, 7);
         }
+        // A rejection names the refused field, as the generic form reads it.
+        let field = match status {
+            V::ApiKeyRejected => "api_key",
+            V::AccountTokenRejected => "account_token",
+            _ => "",
+        };
+        assert_eq!(v.rejected_field, field, "{name}");
         // Stored as last_verification, visible to readers.
         assert_eq!(credential.last_verification.as_ref(), Some(&v), "{name}");
         let got = admin

@@ -2,6 +2,7 @@
 //! `healthcheck`, `rewrap`, `backup`, `restore`, `migrate` and `migrate-store`, each flag also
 //! read from `CREDVAULT_<FLAG>`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -236,9 +237,13 @@ struct ServeArgs {
     /// A plaintext address serving only gRPC health, for probes when TLS is on.
     #[arg(long, env = "CREDVAULT_HEALTH_LISTEN")]
     health_listen: Option<SocketAddr>,
-    /// Fleetio API base URL (tests point it at a local fake).
-    #[arg(long, env = "CREDVAULT_FLEETIO_BASE_URL", default_value = fleetio::DEFAULT_BASE_URL)]
-    fleetio_base_url: String,
+    /// A provider's API base URL over its default, as NAME=URL (repeatable, or
+    /// comma-separated in the environment), e.g. fleetio=http://127.0.0.1:8080/api.
+    #[arg(long = "provider-base-url", env = "CREDVAULT_PROVIDER_BASE_URL", value_name = "NAME=URL", value_delimiter = ',', value_parser = parse_base_url)]
+    provider_base_urls: Vec<(String, String)>,
+    /// The same as --provider-base-url fleetio=URL (the older flag, still read).
+    #[arg(long, env = "CREDVAULT_FLEETIO_BASE_URL", value_name = "URL")]
+    fleetio_base_url: Option<String>,
     /// Longest wait for a connection to a provider, e.g. 5s.
     #[arg(long, env = "CREDVAULT_PROVIDER_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     provider_connect_timeout: Duration,
@@ -639,7 +644,8 @@ fn rewrap(args: &RewrapArgs) -> Result<(), String> {
         let seals = credvault::keys::SealCounter::load(&store)
             .await
             .map_err(|e| e.to_string())?;
-        let providers = credvault::provider::Providers::new(&ProviderSettings::default())?;
+        let providers = credvault::provider::Providers::new(&ProviderSettings::default())
+            .map_err(|e| e.to_string())?;
         let vault =
             credvault::vault::Vault::new(std::sync::Arc::new(store), keyring, seals, providers);
         let report = vault
@@ -928,7 +934,7 @@ fn resolve(dev: bool, args: &ServeArgs) -> Result<Config, String> {
         tls,
         health_listen: args.health_listen,
         providers: ProviderSettings {
-            fleetio_base_url: args.fleetio_base_url.clone(),
+            base_urls: base_urls(args)?,
             connect_timeout: args.provider_connect_timeout,
             request_timeout: args.provider_timeout,
         },
@@ -940,6 +946,32 @@ fn resolve(dev: bool, args: &ServeArgs) -> Result<Config, String> {
         shutdown_grace: args.shutdown_grace,
         metrics_listen: args.metrics_listen,
     })
+}
+
+/// `NAME=URL`, as --provider-base-url takes it.
+fn parse_base_url(value: &str) -> Result<(String, String), String> {
+    match value.split_once('=') {
+        Some((name, url)) if !name.is_empty() && !url.is_empty() => {
+            Ok((name.trim().to_owned(), url.trim().to_owned()))
+        }
+        _ => Err(format!("{value:?} is not NAME=URL")),
+    }
+}
+
+/// The base URLs by provider: --provider-base-url, and --fleetio-base-url as
+/// the older spelling of `fleetio=URL`; one provider named twice is an error.
+fn base_urls(args: &ServeArgs) -> Result<BTreeMap<String, String>, String> {
+    let legacy = args
+        .fleetio_base_url
+        .iter()
+        .map(|url| (fleetio::NAME.to_owned(), url.clone()));
+    let mut urls = BTreeMap::new();
+    for (name, url) in args.provider_base_urls.iter().cloned().chain(legacy) {
+        if urls.insert(name.clone(), url).is_some() {
+            return Err(format!("the base url of provider {name} is set twice"));
+        }
+    }
+    Ok(urls)
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -5,18 +5,18 @@
 //! `GET {base}/v1/accounts` (key only) to tell a rejected key from a rejected
 //! account token.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::mem;
-use std::time::Duration;
 
-use prost::Message;
-use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, RETRY_AFTER};
+use futures_util::future::BoxFuture;
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION};
 use reqwest::StatusCode;
-use secrecy::ExposeSecret;
 use subtle::ConstantTimeEq;
-use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+use zeroize::{Zeroize, Zeroizing};
 
-use super::{secret, Secret};
+use super::client::read_body;
+use super::{check_token, fingerprint, Client, Field, Provider, ProviderSecret, Values};
 use crate::api;
 use crate::error::Error;
 use crate::record::{Verification, VerificationStatus as Status};
@@ -26,38 +26,36 @@ pub const NAME: &str = "fleetio";
 /// Fleetio's production API base URL.
 pub const DEFAULT_BASE_URL: &str = "https://secure.fleetio.com/api";
 
-const ACCOUNT_TOKEN: &str = "Account-Token";
-const API_VERSION: &str = "X-Api-Version";
-const MAX_SECRET_LEN: usize = 512;
+/// Fleetio, as the registry holds it.
+pub static PROVIDER: Fleetio = Fleetio;
+
+const API_KEY: usize = 0;
+const ACCOUNT_TOKEN: usize = 1;
+const API_VERSION: usize = 2;
+/// The fields of [`api::FleetioSecret`], in its order.
+const FIELDS: &[Field] = &[
+    Field {
+        name: "api_key",
+        secret: true,
+        required: true,
+    },
+    Field {
+        name: "account_token",
+        secret: true,
+        required: true,
+    },
+    Field {
+        name: "api_version",
+        secret: false,
+        required: false,
+    },
+];
+
+const ACCOUNT_TOKEN_HEADER: &str = "Account-Token";
+const API_VERSION_HEADER: &str = "X-Api-Version";
 const MIN_API_KEY_LEN: usize = 8;
 /// The largest `/v1/accounts` body read; more is a provider error.
 const MAX_ACCOUNTS_BODY: usize = 1 << 20;
-
-/// A validated Fleetio key pair. Debug shows the secrets as `[REDACTED]` (secrecy).
-#[derive(Debug)]
-pub struct FleetioSecret {
-    api_key: Secret,
-    account_token: Secret,
-    api_version: Option<String>,
-}
-
-/// Header-safe: visible ASCII only, so no spaces, CR or LF can split a header.
-fn check_token(field: &str, value: &str, min: usize) -> Result<(), Error> {
-    if value.is_empty() {
-        return Err(Error::invalid(format!("fleetio.{field} is required")));
-    }
-    if value.len() < min || value.len() > MAX_SECRET_LEN {
-        return Err(Error::invalid(format!(
-            "fleetio.{field} must be {min} to {MAX_SECRET_LEN} characters long"
-        )));
-    }
-    if !value.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(Error::invalid(format!(
-            "fleetio.{field} may hold only visible ASCII characters (no spaces or control characters)"
-        )));
-    }
-    Ok(())
-}
 
 /// `YYYY-MM-DD`, as Fleetio names its API versions.
 fn check_api_version(value: &str) -> Result<(), Error> {
@@ -83,20 +81,24 @@ fn check_api_version(value: &str) -> Result<(), Error> {
     }
 }
 
-impl TryFrom<api::FleetioSecret> for FleetioSecret {
+/// A create or update request's Fleetio key pair, validated.
+impl TryFrom<api::FleetioSecret> for ProviderSecret {
     type Error = Error;
 
     fn try_from(mut value: api::FleetioSecret) -> Result<Self, Error> {
-        let checked = check_token("api_key", &value.api_key, MIN_API_KEY_LEN)
-            .and_then(|()| check_token("account_token", &value.account_token, 1))
+        let checked = check_token(NAME, "api_key", &value.api_key, MIN_API_KEY_LEN)
+            .and_then(|()| check_token(NAME, "account_token", &value.account_token, 1))
             .and_then(|()| match value.api_version.as_str() {
                 "" => Ok(()),
                 v => check_api_version(v),
             });
-        let result = checked.map(|()| FleetioSecret {
-            api_key: secret(mem::take(&mut value.api_key)),
-            account_token: secret(mem::take(&mut value.account_token)),
-            api_version: Some(mem::take(&mut value.api_version)).filter(|v| !v.is_empty()),
+        let result = checked.map(|()| {
+            let values = Values::new(vec![
+                mem::take(&mut value.api_key),
+                mem::take(&mut value.account_token),
+                mem::take(&mut value.api_version),
+            ]);
+            ProviderSecret::new(&PROVIDER, values)
         });
         // Whatever was not moved out (on error) is wiped here.
         value.api_key.zeroize();
@@ -105,283 +107,184 @@ impl TryFrom<api::FleetioSecret> for FleetioSecret {
     }
 }
 
-/// The sealed form of a Fleetio secret (prost-encoded, then encrypted).
-#[derive(Clone, PartialEq, Message, Zeroize, ZeroizeOnDrop)]
-#[prost(skip_debug)]
-struct Payload {
-    #[prost(string, tag = "1")]
-    api_key: String,
-    #[prost(string, tag = "2")]
-    account_token: String,
-    #[prost(string, tag = "3")]
-    api_version: String,
-}
-
-impl fmt::Debug for Payload {
+/// The request message redacts its secret values (build.rs derives no Debug for it).
+impl fmt::Debug for api::FleetioSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Payload([REDACTED])")
+        f.debug_struct("FleetioSecret")
+            .field("api_key", &"[REDACTED]")
+            .field("account_token", &"[REDACTED]")
+            .field("api_version", &self.api_version)
+            .finish()
     }
 }
 
-impl FleetioSecret {
-    /// The last 4 characters of the API key.
-    pub fn hint(&self) -> String {
-        let key = self.api_key.expose_secret();
-        key[key.len().saturating_sub(4)..].to_owned()
+/// Fleetio: `GET /v1/users/me` checks a key pair; `/v1/accounts` tells which half failed.
+#[derive(Debug)]
+pub struct Fleetio;
+
+impl Provider for Fleetio {
+    fn name(&self) -> &'static str {
+        NAME
     }
 
-    pub(super) fn account_key(&self) -> [u8; 32] {
-        use sha2::{Digest, Sha256};
-        let mut hasher = Sha256::new();
-        hasher.update(b"credvault/rate-limit/fleetio\0");
-        hasher.update(self.account_token.expose_secret().as_bytes());
-        hasher.finalize().into()
+    fn fields(&self) -> &'static [Field] {
+        FIELDS
     }
 
-    pub(super) fn to_plaintext(&self) -> Zeroizing<Vec<u8>> {
-        let payload = Payload {
-            api_key: self.api_key.expose_secret().clone(),
-            account_token: self.account_token.expose_secret().clone(),
-            api_version: self.api_version.clone().unwrap_or_default(),
-        };
-        Zeroizing::new(payload.encode_to_vec())
-    }
-
-    pub(super) fn from_plaintext(bytes: &[u8]) -> Result<Self, String> {
-        let mut payload = Payload::decode(bytes)
-            .map_err(|_| "the opened secret is not a fleetio secret".to_owned())?;
-        if payload.api_key.is_empty() || payload.account_token.is_empty() {
-            return Err("the opened fleetio secret is incomplete".into());
-        }
-        let version = mem::take(&mut payload.api_version);
-        Ok(FleetioSecret {
-            api_key: secret(mem::take(&mut payload.api_key)),
-            account_token: secret(mem::take(&mut payload.account_token)),
-            api_version: Some(version).filter(|v| !v.is_empty()),
-        })
+    fn default_base_url(&self) -> &'static str {
+        DEFAULT_BASE_URL
     }
 
     /// `Authorization`, `Account-Token` and, when set, `X-Api-Version`.
-    pub fn headers(&self) -> Vec<(&'static str, String)> {
+    fn headers(&self, values: &Values) -> Vec<(Cow<'static, str>, String)> {
         let mut headers = Vec::with_capacity(3);
         headers.push((
-            "Authorization",
-            format!("Token {}", self.api_key.expose_secret()),
+            Cow::Borrowed("Authorization"),
+            format!("Token {}", values.get(API_KEY)),
         ));
-        headers.push((ACCOUNT_TOKEN, self.account_token.expose_secret().clone()));
-        if let Some(v) = &self.api_version {
-            headers.push((API_VERSION, v.clone()));
+        headers.push((
+            Cow::Borrowed(ACCOUNT_TOKEN_HEADER),
+            values.get(ACCOUNT_TOKEN).to_owned(),
+        ));
+        match values.get(API_VERSION) {
+            "" => {}
+            v => headers.push((Cow::Borrowed(API_VERSION_HEADER), v.to_owned())),
         }
         headers
     }
 
-    /// The request headers for a check; secret values are marked sensitive.
-    fn request_headers(&self, with_account_token: bool) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        map.insert(ACCEPT, HeaderValue::from_static("application/json"));
-        // Values were checked to be visible ASCII, so these conversions hold.
-        let auth = Zeroizing::new(format!("Token {}", self.api_key.expose_secret()));
-        if let Ok(mut v) = HeaderValue::from_str(&auth) {
+    fn verify<'a>(&'a self, client: &'a Client, values: &'a Values) -> BoxFuture<'a, Verification> {
+        Box::pin(verify(client, values))
+    }
+
+    /// Fleetio's two fields keep the names they had before the generic form.
+    fn rejected_status(&self, field: &str) -> Status {
+        match field {
+            "api_key" => Status::ApiKeyRejected,
+            "account_token" => Status::AccountTokenRejected,
+            _ => Status::SecretRejected,
+        }
+    }
+
+    /// Rate limits are per account: the account token names it.
+    fn account_key(&self, values: &Values) -> [u8; 32] {
+        fingerprint(NAME, values.get(ACCOUNT_TOKEN))
+    }
+}
+
+/// A rejection of `field`, under the status Fleetio names it with.
+fn rejected(field: &str, http: u16, message: impl Into<String>) -> Verification {
+    Verification::rejected(PROVIDER.rejected_status(field), field, http, message)
+}
+
+/// The request headers for a check; secret values are marked sensitive.
+fn request_headers(values: &Values, with_account_token: bool) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    map.insert(ACCEPT, HeaderValue::from_static("application/json"));
+    // Values were checked to be visible ASCII, so these conversions hold.
+    let auth = Zeroizing::new(format!("Token {}", values.get(API_KEY)));
+    if let Ok(mut v) = HeaderValue::from_str(&auth) {
+        v.set_sensitive(true);
+        map.insert(AUTHORIZATION, v);
+    }
+    if with_account_token {
+        if let Ok(mut v) = HeaderValue::from_str(values.get(ACCOUNT_TOKEN)) {
             v.set_sensitive(true);
-            map.insert(AUTHORIZATION, v);
+            map.insert(ACCOUNT_TOKEN_HEADER, v);
         }
-        if with_account_token {
-            if let Ok(mut v) = HeaderValue::from_str(self.account_token.expose_secret()) {
-                v.set_sensitive(true);
-                map.insert(ACCOUNT_TOKEN, v);
-            }
-        }
-        if let Some(version) = self
-            .api_version
-            .as_deref()
-            .and_then(|v| HeaderValue::from_str(v).ok())
-        {
-            map.insert(API_VERSION, version);
-        }
-        map
     }
+    if let Ok(version) = HeaderValue::from_str(values.get(API_VERSION)) {
+        if !version.is_empty() {
+            map.insert(API_VERSION_HEADER, version);
+        }
+    }
+    map
 }
 
-/// The Fleetio API client used for verification.
-#[derive(Debug)]
-pub struct Fleetio {
-    http: reqwest::Client,
-    base_url: String,
-    timeout: Duration,
-}
-
-impl Fleetio {
-    /// A client for the API at `base_url` (http or https).
-    pub fn new(http: reqwest::Client, base_url: &str, timeout: Duration) -> Result<Self, String> {
-        let url = reqwest::Url::parse(base_url)
-            .map_err(|e| format!("fleetio base url {base_url:?} is not a url: {e}"))?;
-        if !matches!(url.scheme(), "http" | "https") || url.query().is_some() {
-            return Err(format!(
-                "fleetio base url {base_url:?} must be an http(s) url without a query"
-            ));
-        }
-        Ok(Fleetio {
-            http,
-            base_url: base_url.trim_end_matches('/').to_owned(),
-            timeout,
-        })
-    }
-
-    /// The API base URL workers send requests to.
-    pub fn base_url(&self) -> &str {
-        &self.base_url
-    }
-
-    async fn get(
-        &self,
-        path: &str,
-        s: &FleetioSecret,
-        with_account_token: bool,
-    ) -> reqwest::Result<reqwest::Response> {
-        self.http
-            .get(format!("{}{path}", self.base_url))
-            .headers(s.request_headers(with_account_token))
-            .send()
-            .await
-    }
-
-    fn unreachable(&self, err: &reqwest::Error) -> Verification {
-        let message = if err.is_timeout() {
-            format!("fleetio did not answer within {:?}", self.timeout)
-        } else if err.is_connect() {
-            format!("could not connect to fleetio at {}", self.base_url)
-        } else {
-            "the request to fleetio failed before an answer came".to_owned()
-        };
-        Verification::now(Status::Unreachable, 0, message)
-    }
-
-    /// Checks the key pair against `GET /v1/users/me`.
-    pub async fn verify(&self, s: &FleetioSecret) -> Verification {
-        let resp = match self.get("/v1/users/me", s, true).await {
-            Ok(r) => r,
-            Err(e) => return self.unreachable(&e),
-        };
-        let code = resp.status();
-        match code {
-            c if c.is_success() => Verification::now(
-                Status::Valid,
-                c.as_u16(),
-                "fleetio accepted the api key and account token",
-            ),
-            StatusCode::UNAUTHORIZED => self.tell_key_from_token(s).await,
-            StatusCode::FORBIDDEN => Verification::now(
-                Status::Forbidden,
-                403,
-                "fleetio knows the key pair but denies it access to the account (403)",
-            ),
-            StatusCode::TOO_MANY_REQUESTS => rate_limited(resp.headers()),
-            c => unexpected(c),
-        }
-    }
-
-    /// After a 401: does the key itself work, and is the token among its accounts?
-    async fn tell_key_from_token(&self, s: &FleetioSecret) -> Verification {
-        let resp = match self.get("/v1/accounts", s, false).await {
-            Ok(r) => r,
-            Err(e) => {
-                let why = self.unreachable(&e).message;
-                return Verification::now(
-                    Status::ApiKeyRejected,
-                    401,
-                    format!("fleetio rejected the key pair (401); whether the key or the account token is wrong is unknown: {why}"),
-                );
-            }
-        };
-        match resp.status() {
-            StatusCode::OK => match read_account_tokens(resp).await {
-                Ok(tokens) => {
-                    let listed = tokens
-                        .iter()
-                        .any(|t| bool::from(t.as_bytes().ct_eq(s.account_token.expose_secret().as_bytes())));
-                    if listed {
-                        Verification::now(
-                            Status::ProviderError,
-                            401,
-                            "fleetio rejected the key pair (401) although it lists the account token for this key",
-                        )
-                    } else {
-                        Verification::now(
-                            Status::AccountTokenRejected,
-                            401,
-                            "the api key works but the account token is not one of its accounts",
-                        )
-                    }
-                }
-                Err(why) => Verification::now(
-                    Status::ProviderError,
-                    200,
-                    format!("fleetio rejected the key pair (401) and its account list was unreadable: {why}"),
-                ),
-            },
-            StatusCode::UNAUTHORIZED => Verification::now(Status::ApiKeyRejected, 401, "fleetio rejects the api key (401)"),
-            StatusCode::FORBIDDEN => Verification::now(
-                Status::AccountTokenRejected,
-                401,
-                "the api key is accepted (it may not list accounts) but fleetio rejected the account token",
-            ),
-            StatusCode::TOO_MANY_REQUESTS => rate_limited(resp.headers()),
-            c => unexpected(c),
-        }
-    }
-}
-
-/// The longest pause a `Retry-After` can ask for: one bad header must not hold
-/// a credential's checks back for days.
-pub const MAX_RETRY_AFTER_SECONDS: u32 = 3600;
-
-fn rate_limited(headers: &HeaderMap) -> Verification {
-    let asked = headers
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    let seconds = asked.map(|s| {
-        u32::try_from(s.min(u64::from(MAX_RETRY_AFTER_SECONDS))).unwrap_or(MAX_RETRY_AFTER_SECONDS)
-    });
-    let message = match (asked, seconds) {
-        (Some(a), Some(s)) if a > u64::from(s) => format!(
-            "fleetio rate limited the check (429); retry after {s} s (it asked for {a} s, capped at an hour)"
+/// Checks the key pair against `GET /v1/users/me`.
+async fn verify(client: &Client, values: &Values) -> Verification {
+    let resp = match client
+        .get("/v1/users/me", request_headers(values, true))
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return client.unreachable(&e),
+    };
+    let code = resp.status();
+    match code {
+        c if c.is_success() => Verification::now(
+            Status::Valid,
+            c.as_u16(),
+            "fleetio accepted the api key and account token",
         ),
-        (_, Some(s)) => format!("fleetio rate limited the check (429); retry after {s} s"),
-        _ => "fleetio rate limited the check (429)".to_owned(),
-    };
-    Verification::now(Status::RateLimited, 429, message).with_retry_after(seconds.unwrap_or(0))
+        StatusCode::UNAUTHORIZED => tell_key_from_token(client, values).await,
+        StatusCode::FORBIDDEN => Verification::now(
+            Status::Forbidden,
+            403,
+            "fleetio knows the key pair but denies it access to the account (403)",
+        ),
+        StatusCode::TOO_MANY_REQUESTS => client.rate_limited(resp.headers()),
+        c => client.unexpected(c),
+    }
 }
 
-fn unexpected(code: StatusCode) -> Verification {
-    let message = if code.is_server_error() {
-        format!("fleetio failed with http {}", code.as_u16())
-    } else if code.is_redirection() {
-        format!(
-            "fleetio answered with a redirect (http {}), which is not followed",
-            code.as_u16()
-        )
-    } else {
-        format!("fleetio answered with unexpected http {}", code.as_u16())
+/// After a 401: does the key itself work, and is the token among its accounts?
+async fn tell_key_from_token(client: &Client, values: &Values) -> Verification {
+    let resp = match client
+        .get("/v1/accounts", request_headers(values, false))
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let why = client.unreachable(&e).message;
+            return rejected(
+                "api_key",
+                401,
+                format!("fleetio rejected the key pair (401); whether the key or the account token is wrong is unknown: {why}"),
+            );
+        }
     };
-    Verification::now(Status::ProviderError, code.as_u16(), message)
+    match resp.status() {
+        StatusCode::OK => match read_account_tokens(resp).await {
+            Ok(tokens) => {
+                let token = values.get(ACCOUNT_TOKEN).as_bytes();
+                let listed = tokens
+                    .iter()
+                    .any(|t| bool::from(t.as_bytes().ct_eq(token)));
+                if listed {
+                    Verification::now(
+                        Status::ProviderError,
+                        401,
+                        "fleetio rejected the key pair (401) although it lists the account token for this key",
+                    )
+                } else {
+                    rejected(
+                        "account_token",
+                        401,
+                        "the api key works but the account token is not one of its accounts",
+                    )
+                }
+            }
+            Err(why) => Verification::now(
+                Status::ProviderError,
+                200,
+                format!("fleetio rejected the key pair (401) and its account list was unreadable: {why}"),
+            ),
+        },
+        StatusCode::UNAUTHORIZED => rejected("api_key", 401, "fleetio rejects the api key (401)"),
+        StatusCode::FORBIDDEN => rejected(
+            "account_token",
+            401,
+            "the api key is accepted (it may not list accounts) but fleetio rejected the account token",
+        ),
+        StatusCode::TOO_MANY_REQUESTS => client.rate_limited(resp.headers()),
+        c => client.unexpected(c),
+    }
 }
 
 /// The `token` of every account in `{"records": [...]}` or a bare array.
-async fn read_account_tokens(
-    mut resp: reqwest::Response,
-) -> Result<Vec<Zeroizing<String>>, String> {
-    let mut body = Zeroizing::new(Vec::new());
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|_| "the body could not be read".to_owned())?
-    {
-        if body.len() + chunk.len() > MAX_ACCOUNTS_BODY {
-            return Err("the body is larger than 1 MiB".into());
-        }
-        body.extend_from_slice(&chunk);
-    }
+async fn read_account_tokens(resp: reqwest::Response) -> Result<Vec<Zeroizing<String>>, String> {
+    let body = read_body(resp, MAX_ACCOUNTS_BODY).await?;
     parse_account_tokens(&body)
 }
 
@@ -405,22 +308,6 @@ fn parse_account_tokens(body: &[u8]) -> Result<Vec<Zeroizing<String>>, String> {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn retry_after_is_capped_at_an_hour() {
-        for (header, want) in [
-            ("7", 7),
-            ("3600", 3600),
-            ("999999", 3600),
-            ("99999999999999999999", 0),
-            ("soon", 0),
-        ] {
-            let mut headers = HeaderMap::new();
-            headers.insert(RETRY_AFTER, header.parse().unwrap());
-            let v = super::rate_limited(&headers);
-            assert_eq!(v.retry_after_seconds, want, "Retry-After: {header}");
-        }
-    }
-
     use super::*;
 
     fn api(key: &str, token: &str, version: &str) -> api::FleetioSecret {
@@ -442,7 +329,7 @@ mod tests {
             (api("key-12345678", "tok", "2024-13-01"), "api_version"),
             (api("key-12345678", "tok", "latest"), "api_version"),
         ] {
-            let err = FleetioSecret::try_from(s).unwrap_err().to_string();
+            let err = ProviderSecret::try_from(s).unwrap_err().to_string();
             assert!(err.contains(field), "{err}");
             assert!(
                 !err.contains("tok\r\n") && !err.contains("has space"),
@@ -451,17 +338,39 @@ mod tests {
         }
     }
 
+    /// The sealed form of the versions before the provider trait (a prost
+    /// message with tags 1, 2, 3), which stored records hold.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct LegacyPayload {
+        #[prost(string, tag = "1")]
+        api_key: String,
+        #[prost(string, tag = "2")]
+        account_token: String,
+        #[prost(string, tag = "3")]
+        api_version: String,
+    }
+
     #[test]
     fn headers_hint_and_round_trip() {
-        let s = FleetioSecret::try_from(api("key-1234abcd", "acct-9", "2024-03-15")).unwrap();
+        use prost::Message;
+        let s = ProviderSecret::try_from(api("key-1234abcd", "acct-9", "2024-03-15")).unwrap();
         assert_eq!(s.hint(), "abcd");
-        let back = FleetioSecret::from_plaintext(&s.to_plaintext()).unwrap();
+        let legacy = LegacyPayload {
+            api_key: "key-1234abcd".into(),
+            account_token: "acct-9".into(),
+            api_version: "2024-03-15".into(),
+        };
+        assert_eq!(*s.to_plaintext(), legacy.encode_to_vec());
+        let back = ProviderSecret::from_plaintext(NAME, &legacy.encode_to_vec()).unwrap();
         assert_eq!(
             back.headers(),
             vec![
-                ("Authorization", "Token key-1234abcd".to_owned()),
-                ("Account-Token", "acct-9".to_owned()),
-                ("X-Api-Version", "2024-03-15".to_owned()),
+                (
+                    Cow::Borrowed("Authorization"),
+                    "Token key-1234abcd".to_owned()
+                ),
+                (Cow::Borrowed("Account-Token"), "acct-9".to_owned()),
+                (Cow::Borrowed("X-Api-Version"), "2024-03-15".to_owned()),
             ]
         );
         let debug = format!("{back:?}");
@@ -469,8 +378,27 @@ mod tests {
             !debug.contains("key-1234abcd") && !debug.contains("acct-9"),
             "{debug}"
         );
-        let plain = FleetioSecret::try_from(api("key-1234abcd", "acct-9", "")).unwrap();
+        assert!(debug.contains("2024-03-15"), "{debug}");
+        let request = format!("{:?}", api("key-1234abcd", "acct-9", ""));
+        assert!(
+            !request.contains("key-1234abcd") && !request.contains("acct-9"),
+            "{request}"
+        );
+        let plain = ProviderSecret::try_from(api("key-1234abcd", "acct-9", "")).unwrap();
         assert_eq!(plain.headers().len(), 2);
+        let incomplete = LegacyPayload {
+            api_key: "key-1234abcd".into(),
+            ..Default::default()
+        };
+        assert!(ProviderSecret::from_plaintext(NAME, &incomplete.encode_to_vec()).is_err());
+    }
+
+    #[test]
+    fn rejections_keep_fleetio_names() {
+        let v = rejected("account_token", 401, "no");
+        assert_eq!(v.status(), Status::AccountTokenRejected);
+        assert_eq!(v.rejected_field, "account_token");
+        assert_eq!(PROVIDER.rejected_status("api_key"), Status::ApiKeyRejected);
     }
 
     #[test]

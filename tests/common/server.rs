@@ -236,7 +236,7 @@ impl TestServer {
             tls: None,
             health_listen: None,
             providers: ProviderSettings {
-                fleetio_base_url: opts.fleetio_base_url.clone(),
+                base_urls: [("fleetio".to_owned(), opts.fleetio_base_url.clone())].into(),
                 connect_timeout: opts.request_timeout,
                 request_timeout: opts.request_timeout,
             },
