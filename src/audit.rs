@@ -292,18 +292,44 @@ fn open_append(path: &Path) -> std::io::Result<File> {
     options.open(path)
 }
 
+/// Why the audit trail could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditOpenError {
+    /// The log's directory could not be made.
+    #[error("cannot make the audit log's directory {}: {source}", path.display())]
+    Directory {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// The log file could not be opened for appending.
+    #[error("cannot open the audit log {}: {source}", path.display())]
+    File {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// A writer thread could not start.
+    #[error("cannot start the audit {what}: {source}")]
+    Thread {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    /// Neither a file nor a database was given.
+    #[error("the audit trail needs a file (--audit-log) or a database")]
+    NoDevice,
+}
+
 impl FileSink {
-    fn open(settings: &AuditSettings, path: &Path) -> Result<Self, String> {
+    fn open(settings: &AuditSettings, path: &Path) -> Result<Self, AuditOpenError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                format!(
-                    "cannot make the audit log's directory {}: {e}",
-                    dir.display()
-                )
+            std::fs::create_dir_all(dir).map_err(|source| AuditOpenError::Directory {
+                path: dir.to_owned(),
+                source,
             })?;
         }
-        let file = open_append(path)
-            .map_err(|e| format!("cannot open the audit log {}: {e}", path.display()))?;
+        let file = open_append(path).map_err(|source| AuditOpenError::File {
+            path: path.to_owned(),
+            source,
+        })?;
         let health = Arc::new(Health::default());
         health
             .inline
@@ -329,13 +355,19 @@ impl FileSink {
         std::thread::Builder::new()
             .name("credvault-audit".into())
             .spawn(move || Writer::run(&thread_writer, &thread_health, &rx))
-            .map_err(|e| format!("cannot start the audit writer: {e}"))?;
+            .map_err(|source| AuditOpenError::Thread {
+                what: "writer",
+                source,
+            })?;
         if settings.sync == AuditSync::Write {
             let (health, shown) = (Arc::clone(&health), path.display().to_string());
             std::thread::Builder::new()
                 .name("credvault-audit-sync".into())
                 .spawn(move || sync_loop(&current, &health, &shown))
-                .map_err(|e| format!("cannot start the audit syncer: {e}"))?;
+                .map_err(|source| AuditOpenError::Thread {
+                    what: "syncer",
+                    source,
+                })?;
         }
         Ok(FileSink {
             path: path.to_owned(),
@@ -522,14 +554,14 @@ impl AuditLog {
         settings: &AuditSettings,
         table: Option<Arc<dyn AuditTable>>,
         key: &MasterKey,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, AuditOpenError> {
         let file = settings
             .path
             .as_deref()
             .map(|path| FileSink::open(settings, path))
             .transpose()?;
         if file.is_none() && table.is_none() {
-            return Err("the audit trail needs a file (--audit-log) or a database".into());
+            return Err(AuditOpenError::NoDevice);
         }
         Ok(AuditLog {
             file,

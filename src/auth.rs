@@ -60,13 +60,16 @@ impl Permission {
     }
 
     /// Parses a permission name.
-    pub fn parse(name: &str) -> Result<Self, String> {
+    pub fn parse(name: &str) -> Result<Self, CallersError> {
         Permission::ALL
             .into_iter()
             .find(|p| p.as_str() == name)
             .ok_or_else(|| {
                 let known: Vec<_> = Permission::ALL.iter().map(|p| p.as_str()).collect();
-                format!("unknown permission {name:?} (known: {})", known.join(", "))
+                CallersError::UnknownPermission {
+                    name: name.to_owned(),
+                    known: known.join(", "),
+                }
             })
     }
 
@@ -211,9 +214,39 @@ pub fn callers_entry(name: &str, token: &str, permissions: &[Permission]) -> Str
     )
 }
 
+/// Why callers could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CallersError {
+    /// A permission name no version knows.
+    #[error("unknown permission {name:?} (known: {known})")]
+    UnknownPermission { name: String, known: String },
+    /// The callers text is not a valid callers file (the message says where).
+    #[error("{0}")]
+    Invalid(String),
+    /// The callers file could not be read.
+    #[error("cannot read callers file {}: {source}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// The callers file was read but is not valid.
+    #[error("callers file {}: {why}", path.display())]
+    InFile {
+        path: std::path::PathBuf,
+        why: Box<CallersError>,
+    },
+    /// A reload was asked for, but callers were not read from a file.
+    #[error("no callers file to reload")]
+    NoFile,
+}
+
 impl Callers {
     /// Parses a callers file's text.
-    pub fn from_toml(text: &str) -> Result<Self, String> {
+    pub fn from_toml(text: &str) -> Result<Self, CallersError> {
+        Self::parse(text).map_err(CallersError::Invalid)
+    }
+
+    fn parse(text: &str) -> Result<Self, String> {
         let file: CallersFile = toml::from_str(text).map_err(|e| e.message().to_owned())?;
         let mut names = HashSet::new();
         let mut digests = HashSet::new();
@@ -290,10 +323,15 @@ impl Callers {
     }
 
     /// Reads and parses a callers file.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read callers file {}: {e}", path.display()))?;
-        Self::from_toml(&text).map_err(|e| format!("callers file {}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<Self, CallersError> {
+        let text = std::fs::read_to_string(path).map_err(|source| CallersError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|why| CallersError::InFile {
+            path: path.to_owned(),
+            why: Box::new(why),
+        })
     }
 
     /// How many callers are configured.
@@ -409,8 +447,8 @@ impl CallerRegistry {
     }
 
     /// Re-reads the callers file; on any error keeps the current set and says why.
-    pub fn reload(&self) -> Result<usize, String> {
-        let path = self.path.as_deref().ok_or("no callers file to reload")?;
+    pub fn reload(&self) -> Result<usize, CallersError> {
+        let path = self.path.as_deref().ok_or(CallersError::NoFile)?;
         let callers = Callers::load(path)?;
         let count = callers.len();
         *self

@@ -16,7 +16,7 @@ use crate::keys::{self, KeyringError, KEY_CHECK_PREFIX};
 use crate::provider::ProviderSecret;
 use crate::record;
 use crate::sealing;
-use crate::store::{Entries, SledStore, Snapshot, Store, StoreError};
+use crate::store::{Entries, Snapshot, Store, StoreError};
 
 const MAGIC: &[u8] = b"credvault-backup\n";
 const CHECKSUM_LEN: usize = 32;
@@ -198,9 +198,10 @@ pub async fn restore(
     if db.exists() {
         return Err(BackupError::NotEmpty(dir.display().to_string()));
     }
-    let store = tokio::task::spawn_blocking(move || SledStore::open(&db))
-        .await
-        .map_err(|e| StoreError::Io(format!("store open task failed: {e}")))??;
+    let store = crate::store::open(&crate::store::StoreConfig::Sled {
+        dir: dir.to_owned(),
+    })
+    .await?;
     store.restore(&snapshot).await?;
     keys::check_keyring(&store, &keyring).await?;
     // Every secret opened with the keyring and read as its provider's secret;

@@ -1,6 +1,7 @@
 //! Configuration: the resolved settings of a server, and loading of the
 //! keyring, the callers file and the `--dev` bootstrap files.
 
+use std::fmt;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -10,9 +11,58 @@ use crate::auth::{self, Callers, Permission};
 use crate::crypto::{valid_key_id, Keyring, MasterKey};
 use crate::provider::ProviderSettings;
 use crate::reverify::ReverifySettings;
+pub use crate::store::{PostgresSettings, StoreConfig};
 
 /// Environment variable that may hold the master key or keyring (same text as a key file).
 pub const MASTER_KEY_ENV: &str = "CREDVAULT_MASTER_KEY";
+
+/// Why a server's configuration could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A key file or directory could not be read.
+    #[error("cannot read {what} {}: {source}", path.display())]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A keyring's text is not valid; `source` says where it came from.
+    #[error("{origin}: {why}")]
+    Keyring { origin: String, why: String },
+    /// The environment's keyring is not valid unicode.
+    #[error("{MASTER_KEY_ENV} is not valid unicode")]
+    NotUnicode,
+    /// The keyring is given twice.
+    #[error("both {MASTER_KEY_ENV} and --master-key-file are set; use one")]
+    TwoKeyrings,
+    /// No keyring is given.
+    #[error(
+        "no master key: set {MASTER_KEY_ENV} or --master-key-file; make one with \
+         `credvault keygen > master.key && chmod 600 master.key`, or start with --dev"
+    )]
+    NoKeyring,
+    /// No callers file is given.
+    #[error(
+        "no callers file: pass --callers-file (or CREDVAULT_CALLERS_FILE); mint entries with \
+         `credvault token --name NAME --permissions headers.read`, or start with --dev"
+    )]
+    NoCallers,
+    /// The callers file could not be read.
+    #[error(transparent)]
+    Callers(#[from] auth::CallersError),
+    /// A `--dev` file could not be made.
+    #[error("--dev: cannot create {what} {}: {source}", path.display())]
+    Dev {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn keyring_error(origin: impl fmt::Display) -> impl FnOnce(String) -> ConfigError {
+    let origin = origin.to_string();
+    move |why| ConfigError::Keyring { origin, why }
+}
 
 /// Everything a running server needs, resolved and validated.
 #[derive(Debug)]
@@ -62,27 +112,6 @@ pub struct Config {
     pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
-/// Which store holds the credentials.
-#[derive(Clone, Debug, Default)]
-pub enum StoreConfig {
-    /// The embedded default: sled in the data directory (one replica).
-    #[default]
-    Sled,
-    /// PostgreSQL, shared by any number of replicas.
-    Postgres(PostgresSettings),
-}
-
-/// How to reach PostgreSQL.
-#[derive(Clone, Debug)]
-pub struct PostgresSettings {
-    /// The connection URL; it may hold a password, so it is never shown.
-    pub url: secrecy::SecretString,
-    /// Pool size and connection timeout.
-    pub pool: crate::store::PgSettings,
-    /// How long startup waits for the database to answer.
-    pub startup_wait: Duration,
-}
-
 /// TLS settings of the gRPC port.
 #[derive(Clone, Debug)]
 pub struct TlsSettings {
@@ -106,28 +135,36 @@ pub struct KeyringSource {
 
 impl KeyringSource {
     /// Reads the keyring, warning if others may read a key file.
-    pub fn read(&self) -> Result<Keyring, String> {
+    pub fn read(&self) -> Result<Keyring, ConfigError> {
         let path = &self.path;
         let active = self.active.as_deref();
         if path.is_dir() {
             return read_key_dir(path, active);
         }
-        let text = zeroize::Zeroizing::new(
-            fs::read_to_string(path)
-                .map_err(|e| format!("cannot read master key file {}: {e}", path.display()))?,
-        );
+        let text = zeroize::Zeroizing::new(fs::read_to_string(path).map_err(|source| {
+            ConfigError::Read {
+                what: "master key file",
+                path: path.clone(),
+                source,
+            }
+        })?);
         warn_if_shared(path);
-        parse_keyring(&text, active).map_err(|e| format!("master key file {}: {e}", path.display()))
+        parse_keyring(&text, active).map_err(keyring_error(format_args!(
+            "master key file {}",
+            path.display()
+        )))
     }
 }
 
-fn read_key_dir(dir: &Path, active: Option<&str>) -> Result<Keyring, String> {
+fn read_key_dir(dir: &Path, active: Option<&str>) -> Result<Keyring, ConfigError> {
+    let unreadable = |source| ConfigError::Read {
+        what: "key directory",
+        path: dir.to_owned(),
+        source,
+    };
     let mut files: Vec<(String, PathBuf)> = Vec::new();
-    let entries = fs::read_dir(dir)
-        .map_err(|e| format!("cannot read key directory {}: {e}", dir.display()))?;
-    for entry in entries {
-        let entry =
-            entry.map_err(|e| format!("cannot read key directory {}: {e}", dir.display()))?;
+    for entry in fs::read_dir(dir).map_err(unreadable)? {
+        let entry = entry.map_err(unreadable)?;
         let name = entry.file_name().to_string_lossy().into_owned();
         // Skips hidden entries, such as Kubernetes' `..data` links of a mounted Secret.
         if name.starts_with('.') || !entry.path().is_file() {
@@ -139,17 +176,26 @@ fn read_key_dir(dir: &Path, active: Option<&str>) -> Result<Keyring, String> {
     files.sort();
     let mut keys = Vec::with_capacity(files.len());
     for (id, path) in files {
-        let text = zeroize::Zeroizing::new(
-            fs::read_to_string(&path)
-                .map_err(|e| format!("cannot read key file {}: {e}", path.display()))?,
-        );
+        let text = zeroize::Zeroizing::new(fs::read_to_string(&path).map_err(|source| {
+            ConfigError::Read {
+                what: "key file",
+                path: path.clone(),
+                source,
+            }
+        })?);
         warn_if_shared(&path);
         keys.push(
             MasterKey::from_base64_named(&id, &text)
-                .map_err(|e| format!("key file {}: {e}", path.display()))?,
+                .map_err(|e| e.to_string())
+                .map_err(keyring_error(format_args!("key file {}", path.display())))?,
         );
     }
-    Keyring::new(keys, active).map_err(|e| format!("key directory {}: {e}", dir.display()))
+    Keyring::new(keys, active)
+        .map_err(|e| e.to_string())
+        .map_err(keyring_error(format_args!(
+            "key directory {}",
+            dir.display()
+        )))
 }
 
 /// Parses a key file: one bare base64 key (its id is its fingerprint), or
@@ -194,19 +240,78 @@ pub fn parse_keyring(text: &str, active: Option<&str>) -> Result<Keyring, String
 }
 
 /// Reads the keyring from [`MASTER_KEY_ENV`] if set.
-pub fn keyring_from_env(active: Option<&str>) -> Result<Option<Keyring>, String> {
+pub fn keyring_from_env(active: Option<&str>) -> Result<Option<Keyring>, ConfigError> {
     match std::env::var(MASTER_KEY_ENV) {
         Ok(text) => {
             let text = zeroize::Zeroizing::new(text);
             parse_keyring(&text, active)
                 .map(Some)
-                .map_err(|e| format!("{MASTER_KEY_ENV}: {e}"))
+                .map_err(keyring_error(MASTER_KEY_ENV))
         }
         Err(std::env::VarError::NotPresent) => Ok(None),
-        Err(std::env::VarError::NotUnicode(_)) => {
-            Err(format!("{MASTER_KEY_ENV} is not valid unicode"))
-        }
+        Err(std::env::VarError::NotUnicode(_)) => Err(ConfigError::NotUnicode),
     }
+}
+
+/// The keyring a server runs with: [`MASTER_KEY_ENV`], else `file`, else
+/// `fallback` (the `--dev` key); with the source to re-read it from on SIGHUP.
+pub fn resolve_keyring(
+    file: Option<&Path>,
+    active: Option<&str>,
+    fallback: Option<&Path>,
+) -> Result<(Keyring, Option<KeyringSource>), ConfigError> {
+    let env = keyring_from_env(active)?;
+    if env.is_some() && file.is_some() {
+        return Err(ConfigError::TwoKeyrings);
+    }
+    if let Some(keyring) = env {
+        return Ok((keyring, None));
+    }
+    let path = file.or(fallback).ok_or(ConfigError::NoKeyring)?;
+    let source = KeyringSource {
+        path: path.to_owned(),
+        active: active.map(str::to_owned),
+    };
+    Ok((source.read()?, Some(source)))
+}
+
+/// Where a server's files are, once `--dev` has made its own.
+#[derive(Debug)]
+pub struct Layout {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The `--dev` key file, used when no other keyring is given.
+    pub dev_key_file: Option<PathBuf>,
+    /// The callers file.
+    pub callers_file: Option<PathBuf>,
+    /// The files `--dev` made or found.
+    pub dev: Option<DevFiles>,
+}
+
+/// Resolves the data directory and callers file: given ones win; `--dev`
+/// makes (or finds) its key, callers and token under `data_dir` (default
+/// `.credvault-dev`); otherwise the data lives in `credvault-data`.
+pub fn layout(
+    dev: bool,
+    data_dir: Option<&Path>,
+    callers_file: Option<&Path>,
+) -> Result<Layout, ConfigError> {
+    if !dev {
+        return Ok(Layout {
+            data_dir: data_dir.map_or_else(|| PathBuf::from("credvault-data"), Path::to_owned),
+            dev_key_file: None,
+            callers_file: callers_file.map(Path::to_owned),
+            dev: None,
+        });
+    }
+    let root = data_dir.map_or_else(|| PathBuf::from(".credvault-dev"), Path::to_owned);
+    let files = dev_bootstrap(&root)?;
+    Ok(Layout {
+        data_dir: files.data_dir.clone(),
+        dev_key_file: Some(files.key_file.clone()),
+        callers_file: Some(callers_file.map_or_else(|| files.callers_file.clone(), Path::to_owned)),
+        dev: Some(files),
+    })
 }
 
 #[cfg(unix)]
@@ -253,15 +358,17 @@ pub struct DevFiles {
 }
 
 /// Creates (on first run) or finds the `--dev` files under `root`.
-pub fn dev_bootstrap(root: &Path) -> Result<DevFiles, String> {
+pub fn dev_bootstrap(root: &Path) -> Result<DevFiles, ConfigError> {
     let files = DevFiles {
         key_file: root.join("master.key"),
         callers_file: root.join("callers.toml"),
         token_file: root.join("dev-token"),
         data_dir: root.join("data"),
     };
-    let err = |what: &str, path: &Path, e: std::io::Error| {
-        format!("--dev: cannot create {what} {}: {e}", path.display())
+    let err = |what: &'static str, path: &Path, source: std::io::Error| ConfigError::Dev {
+        what,
+        path: path.to_owned(),
+        source,
     };
     fs::create_dir_all(root).map_err(|e| err("directory", root, e))?;
     #[cfg(unix)]
@@ -294,11 +401,8 @@ pub fn dev_bootstrap(root: &Path) -> Result<DevFiles, String> {
 }
 
 /// Loads the callers file, explaining how to make one when it is missing.
-pub fn load_callers(path: Option<&Path>) -> Result<Callers, String> {
-    let path = path.ok_or(
-        "no callers file: pass --callers-file (or CREDVAULT_CALLERS_FILE); mint entries with \
-         `credvault token --name NAME --permissions headers.read`, or start with --dev",
-    )?;
+pub fn load_callers(path: Option<&Path>) -> Result<Callers, ConfigError> {
+    let path = path.ok_or(ConfigError::NoCallers)?;
     let callers = Callers::load(path)?;
     if callers.is_empty() {
         tracing::warn!(file = %path.display(), "the callers file lists no caller: every call will be refused");

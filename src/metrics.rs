@@ -26,6 +26,8 @@ const REFUSALS_SUMMARIZED: &str = "credvault_refusals_summarized_total";
 const TIMEOUTS: &str = "credvault_request_timeouts_total";
 const STREAMS_REFUSED: &str = "credvault_unauthenticated_streams_refused_total";
 const UNREADY: &str = "credvault_unready";
+const RELOAD_CHECKS: &str = "credvault_reload_checks_total";
+const RELOADS: &str = "credvault_reloads_total";
 
 /// Latency buckets from 100 µs to 10 s.
 const BUCKETS: &[f64] = &[
@@ -57,19 +59,36 @@ impl Source {
 /// Connections the metrics port holds at once (a scraper needs one).
 const METRICS_CONNECTIONS: usize = 16;
 
+/// Why `/metrics` could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The global recorder could not be installed.
+    #[error("cannot serve metrics on {addr}: {why}")]
+    Recorder { addr: SocketAddr, why: String },
+    /// The metrics address could not be bound.
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
 /// Installs the global recorder and serves `/metrics` (Prometheus text) on `addr`,
 /// with the accept loop and connection cap of [`crate::transport`].
 /// Must run inside the tokio runtime.
-pub fn install(addr: SocketAddr) -> Result<(), String> {
+pub fn install(addr: SocketAddr) -> Result<(), MetricsError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Full(LATENCY.into()),
             BUCKETS,
         )
         .and_then(|b| b.install_recorder())
-        .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
-    let listener = crate::transport::bind(addr, 128)
-        .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+        .map_err(|e| MetricsError::Recorder {
+            addr,
+            why: e.to_string(),
+        })?;
+    let listener =
+        crate::transport::bind(addr, 128).map_err(|source| MetricsError::Bind { addr, source })?;
     tokio::spawn(serve(listener, handle));
     describe_counter!(REQUESTS, "gRPC requests handled, by method and status code");
     describe_histogram!(LATENCY, Unit::Seconds, "gRPC request latency, by method");
@@ -120,7 +139,25 @@ pub fn install(addr: SocketAddr) -> Result<(), String> {
         STREAMS_REFUSED,
         "health Watch and reflection streams refused over the server-wide cap"
     );
+    describe_counter!(
+        RELOAD_CHECKS,
+        "looks at a reloadable file (callers, keyring) for a change, and SIGHUPs"
+    );
+    describe_counter!(
+        RELOADS,
+        "reads of a reloadable file (callers, keyring), by outcome: reloaded, unchanged, failed (the previous one is kept)"
+    );
     Ok(())
+}
+
+/// A reloadable file (`callers`, `keyring`) was looked at for a change.
+pub fn reload_checked(file: &'static str) {
+    counter!(RELOAD_CHECKS, "file" => file).increment(1);
+}
+
+/// A reloadable file was read again: `reloaded`, `unchanged` or `failed`.
+pub fn reloaded(file: &'static str, outcome: &'static str) {
+    counter!(RELOADS, "file" => file, "outcome" => outcome).increment(1);
 }
 
 /// Serves `GET /metrics` over HTTP/1.1, one request per connection, each

@@ -12,7 +12,7 @@ use tonic_health::ServingStatus;
 use crate::api::{self, credential_vault_service_server::CredentialVaultServiceServer};
 use crate::audit::{AuditEntry, AuditLog, AuditSettings, Peer};
 use crate::auth::CallerRegistry;
-use crate::config::{Config, KeyringSource, PostgresSettings, StoreConfig};
+use crate::config::{Config, KeyringSource};
 use crate::crypto::Keyring;
 use crate::gate::{Gate, MAX_PUBLIC_REQUEST_BYTES};
 use crate::keys::{self, KeyringError, SealCounter};
@@ -21,10 +21,9 @@ use crate::provider::Providers;
 use crate::refusals::Refusals;
 use crate::reverify;
 use crate::service::VaultService;
-use crate::store::{PgStore, SledStore, Store, StoreError};
+use crate::store::{self, AnyStore, Store, StoreConfig, StoreError};
 use crate::transport;
 use crate::vault::Vault;
-use secrecy::ExposeSecret;
 
 /// The health service name that reports whether the audit log can be written.
 pub const AUDIT_HEALTH_SERVICE: &str = "credvault.audit";
@@ -47,8 +46,14 @@ pub enum ServeError {
     #[error(transparent)]
     Keys(#[from] KeyringError),
     /// The audit log could not be opened.
-    #[error("{0}")]
-    Audit(String),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditOpenError),
+    /// `/metrics` could not be served.
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
+    /// The TLS settings could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] transport::TlsError),
     /// A provider client could not be built.
     #[error(transparent)]
     Provider(#[from] crate::provider::ProviderError),
@@ -57,24 +62,18 @@ pub enum ServeError {
     Transport(String),
 }
 
-/// Opens the sled store in `dir` and checks the keyring against it (recording
-/// the active key's check when new).
-pub async fn open_store(dir: &std::path::Path, keyring: &Keyring) -> Result<SledStore, ServeError> {
-    let store = open_sled(dir).await?;
-    keys::check_keyring(&store, keyring).await?;
-    Ok(store)
-}
-
-/// Opens the sled store in `dir` without checking keys.
-pub async fn open_sled(dir: &std::path::Path) -> Result<SledStore, ServeError> {
-    let path = dir.join("db");
-    tokio::task::spawn_blocking(move || SledStore::open(&path))
-        .await
-        .unwrap_or_else(|e| Err(StoreError::Io(format!("the store open task failed: {e}"))))
-        .map_err(|source| ServeError::Open {
+/// Opens the configured store (see [`store::open`]) and checks the keyring
+/// against it, recording the active key's check when new.
+pub async fn open_store(config: &StoreConfig, keyring: &Keyring) -> Result<AnyStore, ServeError> {
+    let store = store::open(config).await.map_err(|source| match config {
+        StoreConfig::Sled { dir } => ServeError::Open {
             dir: dir.display().to_string(),
             source,
-        })
+        },
+        StoreConfig::Postgres(_) => ServeError::Store(source),
+    })?;
+    keys::check_keyring(&store, keyring).await?;
+    Ok(store)
 }
 
 /// Serves on `listener` until `shutdown` resolves, then drains in-flight calls and flushes the store.
@@ -87,18 +86,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     if let Some(addr) = config.metrics_listen {
-        metrics::install(addr).map_err(ServeError::Transport)?;
+        metrics::install(addr)?;
     }
-    match config.store.clone() {
-        StoreConfig::Sled => {
-            let store = open_store(&config.data_dir, &config.keyring).await?;
-            serve(store, listener, config, shutdown).await
-        }
-        StoreConfig::Postgres(settings) => {
-            let store = open_postgres(&settings, &config.keyring).await?;
-            serve(store, listener, config, shutdown).await
-        }
-    }
+    let store = open_store(&config.store, &config.keyring).await?;
+    serve(store, listener, config, shutdown).await
 }
 
 /// [`run`] on a store opened by the caller (e.g. one wrapped to inject faults in
@@ -111,33 +102,6 @@ pub async fn run_with_store<S: Store>(
 ) -> Result<(), ServeError> {
     keys::check_keyring(&store, &config.keyring).await?;
     serve(store, listener, config, shutdown).await
-}
-
-/// Connects to PostgreSQL (waiting up to `settings.startup_wait` for it), applies
-/// the schema migrations and checks the keyring against the data.
-pub async fn open_postgres(
-    settings: &PostgresSettings,
-    keyring: &Keyring,
-) -> Result<PgStore, ServeError> {
-    let store = PgStore::connect(settings.url.expose_secret(), &settings.pool)?;
-    let deadline = tokio::time::Instant::now() + settings.startup_wait;
-    loop {
-        match store.migrate().await {
-            Ok(applied) => {
-                if !applied.is_empty() {
-                    tracing::info!(?applied, "database schema migrated");
-                }
-                break;
-            }
-            Err(StoreError::Unreachable(e)) if tokio::time::Instant::now() < deadline => {
-                tracing::warn!(error = %e, "waiting for the database");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    keys::check_keyring(&store, keyring).await?;
-    Ok(store)
 }
 
 async fn serve<S: Store>(
@@ -160,21 +124,18 @@ async fn serve<S: Store>(
         (None, Some(_)) => None,
         (None, None) => Some(config.data_dir.join("audit.jsonl")),
     };
-    let audit = Arc::new(
-        AuditLog::open(
-            &AuditSettings {
-                path: audit_path,
-                fail_open: config.audit_fail_open,
-                max_file_size: config.audit_max_file_size,
-                max_files: config.audit_max_files,
-                sync: config.audit_sync,
-                queue: crate::audit::DEFAULT_QUEUE,
-            },
-            table,
-            config.keyring.active(),
-        )
-        .map_err(ServeError::Audit)?,
-    );
+    let audit = Arc::new(AuditLog::open(
+        &AuditSettings {
+            path: audit_path,
+            fail_open: config.audit_fail_open,
+            max_file_size: config.audit_max_file_size,
+            max_files: config.audit_max_files,
+            sync: config.audit_sync,
+            queue: crate::audit::DEFAULT_QUEUE,
+        },
+        table,
+        config.keyring.active(),
+    )?);
     let key_ids = config.keyring.ids().collect::<Vec<_>>().join(",");
     let vault = Arc::new(Vault::new(
         Arc::clone(&store),
@@ -255,7 +216,7 @@ async fn serve<S: Store>(
     let fd_limit = transport::raise_fd_limit();
     let database_connections = match &config.store {
         StoreConfig::Postgres(pg) => pg.pool.max_connections,
-        StoreConfig::Sled => 0,
+        StoreConfig::Sled { .. } => 0,
     };
     let reserved = transport::reserved_fds(database_connections)
         + if config.health_listen.is_some() {
@@ -281,8 +242,7 @@ async fn serve<S: Store>(
         .tls
         .as_ref()
         .map(transport::tls_acceptor)
-        .transpose()
-        .map_err(ServeError::Transport)?;
+        .transpose()?;
 
     let addr = listener.local_addr().map_err(|e| transport_error(&e))?;
     let builder = || {
@@ -539,6 +499,7 @@ impl Hangups {
 /// Waits for SIGHUP or a change of `path`'s modification time (checked twice a
 /// second); `None` once `stop` fires.
 async fn next_reload(
+    file: &'static str,
     path: &std::path::Path,
     seen: &mut Option<std::time::SystemTime>,
     hangups: &mut Hangups,
@@ -549,10 +510,12 @@ async fn next_reload(
         tokio::select! {
             _ = stop.changed() => return None,
             () = hangups.next() => {
+                metrics::reload_checked(file);
                 *seen = stamp(path);
                 return Some("SIGHUP");
             }
             () = tokio::time::sleep(Duration::from_millis(500)) => {
+                metrics::reload_checked(file);
                 let now = stamp(path);
                 if now != *seen {
                     *seen = now;
@@ -573,10 +536,14 @@ async fn reload_callers(
     };
     let mut seen = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
     let mut hangups = Hangups::new();
-    while let Some(why) = next_reload(&path, &mut seen, &mut hangups, &mut stop).await {
+    while let Some(why) = next_reload("callers", &path, &mut seen, &mut hangups, &mut stop).await {
         match callers.reload() {
-            Ok(count) => tracing::info!(callers = count, reason = why, "callers reloaded"),
+            Ok(count) => {
+                metrics::reloaded("callers", "reloaded");
+                tracing::info!(callers = count, reason = why, "callers reloaded");
+            }
             Err(e) => {
+                metrics::reloaded("callers", "failed");
                 tracing::error!(error = %e, reason = why, "callers reload failed; keeping the previous callers")
             }
         }
@@ -595,7 +562,9 @@ async fn reload_keyring<S: Store>(
         .and_then(|m| m.modified())
         .ok();
     let mut hangups = Hangups::new();
-    while let Some(why) = next_reload(&source.path, &mut seen, &mut hangups, &mut stop).await {
+    while let Some(why) =
+        next_reload("keyring", &source.path, &mut seen, &mut hangups, &mut stop).await
+    {
         let before = vault.keyring();
         let outcome = match source.read() {
             Ok(keyring) => {
@@ -607,8 +576,16 @@ async fn reload_keyring<S: Store>(
                     .map(|()| unchanged)
                     .map_err(|e| e.to_string())
             }
-            Err(e) => Err(e),
+            Err(e) => Err(e.to_string()),
         };
+        metrics::reloaded(
+            "keyring",
+            match outcome {
+                Ok(true) => "unchanged",
+                Ok(false) => "reloaded",
+                Err(_) => "failed",
+            },
+        );
         match outcome {
             Ok(true) => tracing::debug!(reason = why, "keyring read again; unchanged"),
             Ok(false) => {

@@ -28,9 +28,11 @@ pub type LogGuard = tracing_appender::non_blocking::WorkerGuard;
 /// Lines go to stderr through a writer thread, so that a request never waits
 /// for a write to the terminal or the log collector (one line per RPC adds up).
 /// The thread writes whatever is queued in one go, then flushes.
-pub fn init(format: LogFormat, filter: &str) -> Result<LogGuard, String> {
-    let filter =
-        EnvFilter::try_new(filter).map_err(|e| format!("invalid log level {filter:?}: {e}"))?;
+pub fn init(format: LogFormat, filter: &str) -> Result<LogGuard, LogError> {
+    let filter = EnvFilter::try_new(filter).map_err(|e| LogError::Filter {
+        filter: filter.to_owned(),
+        why: e.to_string(),
+    })?;
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         // Never drop a line: when the queue is full, the caller waits.
         .lossy(false)
@@ -50,8 +52,19 @@ pub fn init(format: LogFormat, filter: &str) -> Result<LogGuard, String> {
             .event_format(JsonLines)
             .try_init(),
     };
-    installed.map_err(|e| format!("cannot install the logger: {e}"))?;
+    installed.map_err(|e| LogError::Install(e.to_string()))?;
     Ok(guard)
+}
+
+/// Why logging could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The level directives do not parse.
+    #[error("invalid log level {filter:?}: {why}")]
+    Filter { filter: String, why: String },
+    /// A global logger was already installed.
+    #[error("cannot install the logger: {0}")]
+    Install(String),
 }
 
 /// JSON lines: `timestamp`, `level`, the event's fields (`message` among them),

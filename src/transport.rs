@@ -526,29 +526,36 @@ pub fn http2_error_name(code: u32) -> &'static str {
 
 /// The TLS acceptor of the gRPC port: the server's certificate, and with a client
 /// CA, optional client certificates (callers may also come with tokens).
-pub fn tls_acceptor(tls: &TlsSettings) -> Result<tokio_rustls::TlsAcceptor, String> {
+pub fn tls_acceptor(tls: &TlsSettings) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let read = |p: &std::path::Path| {
-        std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+        std::fs::read(p).map_err(|source| TlsError::Read {
+            path: p.to_owned(),
+            source,
+        })
     };
-    let certs = |p: &std::path::Path| -> Result<Vec<CertificateDer<'static>>, String> {
+    let invalid = |p: &std::path::Path, why: String| TlsError::Invalid {
+        path: p.to_owned(),
+        why,
+    };
+    let certs = |p: &std::path::Path| -> Result<Vec<CertificateDer<'static>>, TlsError> {
         let pem = read(p)?;
         let certs = CertificateDer::pem_slice_iter(&pem)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("{}: not a PEM certificate: {e}", p.display()))?;
+            .map_err(|e| invalid(p, format!("not a PEM certificate: {e}")))?;
         if certs.is_empty() {
-            return Err(format!("{}: holds no PEM certificate", p.display()));
+            return Err(invalid(p, "holds no PEM certificate".into()));
         }
         Ok(certs)
     };
     let chain = certs(&tls.cert)?;
     let key = PrivateKeyDer::from_pem_slice(&read(&tls.key)?)
-        .map_err(|e| format!("{}: not a PEM private key: {e}", tls.key.display()))?;
+        .map_err(|e| invalid(&tls.key, format!("not a PEM private key: {e}")))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("tls setup failed: {e}"))?;
+        .map_err(|e| TlsError::Setup(e.to_string()))?;
     let builder = match &tls.client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
@@ -556,22 +563,42 @@ pub fn tls_acceptor(tls: &TlsSettings) -> Result<tokio_rustls::TlsAcceptor, Stri
             for cert in certs(ca)? {
                 roots
                     .add(cert)
-                    .map_err(|e| format!("{}: bad CA certificate: {e}", ca.display()))?;
+                    .map_err(|e| invalid(ca, format!("bad CA certificate: {e}")))?;
             }
             // Client certificates identify callers when presented; token callers need none.
             let verifier =
                 rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
                     .allow_unauthenticated()
                     .build()
-                    .map_err(|e| format!("{}: {e}", ca.display()))?;
+                    .map_err(|e| invalid(ca, e.to_string()))?;
             builder.with_client_cert_verifier(verifier)
         }
     };
     let mut config = builder
         .with_single_cert(chain, key)
-        .map_err(|e| format!("{}: {e}", tls.cert.display()))?;
+        .map_err(|e| invalid(&tls.cert, e.to_string()))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Why the TLS settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// A PEM file does not hold what it should.
+    #[error("{}: {why}", path.display())]
+    Invalid {
+        path: std::path::PathBuf,
+        why: String,
+    },
+    /// rustls refused the configuration.
+    #[error("tls setup failed: {0}")]
+    Setup(String),
 }
 
 /// The peer address of a request, as the connection info of [`Conn`] records it.

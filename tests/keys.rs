@@ -106,12 +106,8 @@ async fn rotation_rewraps_every_data_key_online_under_load() {
         }));
     }
 
-    // A keyring that lacks k1, which the data needs, is refused: k1 stays active.
-    std::fs::write(&ring, format!("k2 = {k2}\n")).unwrap();
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let refused = rewrap_all(&mut admin, 50).await;
-    assert_eq!(refused.last().unwrap().active_key_id, "k1");
-
+    // (A keyring that lacks k1, which the data needs, is refused: tests/reload.rs
+    // shows it with the reload metric of the real binary.)
     // Add k2 as the last (active) key; the server picks it up without a restart.
     std::fs::write(&ring, format!("k1 = {k1}\nk2 = {k2}\n")).unwrap();
     let messages = rewrap_once_active(&mut admin, "k2", 25).await;

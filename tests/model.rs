@@ -232,31 +232,23 @@ async fn run_case(store: TestStore, ops: Vec<Op>, fail_every: u64) -> (u64, usiz
             ..Options::default()
         },
         move |data_dir, database_url| async move {
-            let faults = for_store;
-            match database_url {
-                None => {
-                    let path = data_dir.join("db");
-                    let sled = tokio::task::spawn_blocking(move || {
-                        credvault::store::SledStore::open(&path)
-                    })
-                    .await
-                    .unwrap()
-                    .map_err(ServeError::Store)?;
-                    Ok(Either::Sled(FaultyStore {
-                        inner: Arc::new(sled),
-                        faults,
-                    }))
-                }
+            let config = match database_url {
+                None => credvault::store::StoreConfig::Sled { dir: data_dir },
                 Some(url) => {
-                    let pg = credvault::store::PgStore::connect(&url, &Default::default())
-                        .map_err(ServeError::Store)?;
-                    pg.migrate().await.map_err(ServeError::Store)?;
-                    Ok(Either::Pg(FaultyStore {
-                        inner: Arc::new(pg),
-                        faults,
-                    }))
+                    credvault::store::StoreConfig::Postgres(credvault::store::PostgresSettings {
+                        url: url.into(),
+                        pool: Default::default(),
+                        startup_wait: std::time::Duration::ZERO,
+                    })
                 }
-            }
+            };
+            let store = credvault::store::open(&config)
+                .await
+                .map_err(ServeError::Store)?;
+            Ok(FaultyStore {
+                inner: Arc::new(store),
+                faults: for_store,
+            })
         },
     )
     .await;
@@ -284,141 +276,6 @@ async fn run_case(store: TestStore, ops: Vec<Op>, fail_every: u64) -> (u64, usiz
     drop(client);
     server.stop().await.unwrap();
     (injected, unavailable)
-}
-
-/// Sled or PostgreSQL behind the faults: one store type for the server.
-enum Either {
-    Sled(FaultyStore<credvault::store::SledStore>),
-    Pg(FaultyStore<credvault::store::PgStore>),
-}
-
-macro_rules! both {
-    ($self:ident, $s:ident => $e:expr) => {
-        match $self {
-            Either::Sled($s) => $e,
-            Either::Pg($s) => $e,
-        }
-    };
-}
-
-impl credvault::store::Store for Either {
-    async fn meta(
-        &self,
-        prefix: &str,
-    ) -> Result<credvault::store::Entries, credvault::store::StoreError> {
-        both!(self, s => s.meta(prefix).await)
-    }
-    async fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), credvault::store::StoreError> {
-        both!(self, s => s.put_meta(key, value).await)
-    }
-    async fn remove_meta(&self, key: &str) -> Result<(), credvault::store::StoreError> {
-        both!(self, s => s.remove_meta(key).await)
-    }
-    async fn get(
-        &self,
-        id: &str,
-    ) -> Result<Option<credvault::record::CredentialRecord>, credvault::store::StoreError> {
-        both!(self, s => s.get(id).await)
-    }
-    async fn get_shared(
-        &self,
-        id: &str,
-    ) -> Result<Option<Arc<credvault::record::CredentialRecord>>, credvault::store::StoreError>
-    {
-        both!(self, s => s.get_shared(id).await)
-    }
-    async fn id_for_name(
-        &self,
-        name: &str,
-    ) -> Result<Option<String>, credvault::store::StoreError> {
-        both!(self, s => s.id_for_name(name).await)
-    }
-    async fn list(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<credvault::store::ListItem>, credvault::store::StoreError> {
-        both!(self, s => s.list(after, limit).await)
-    }
-    async fn count(&self) -> Result<usize, credvault::store::StoreError> {
-        both!(self, s => s.count().await)
-    }
-    async fn insert(
-        &self,
-        record: &credvault::record::CredentialRecord,
-    ) -> Result<(), credvault::store::StoreError> {
-        both!(self, s => s.insert(record).await)
-    }
-    async fn replace(
-        &self,
-        record: &credvault::record::CredentialRecord,
-        expected: u64,
-    ) -> Result<(), credvault::store::StoreError> {
-        both!(self, s => s.replace(record, expected).await)
-    }
-    async fn delete(
-        &self,
-        id: &str,
-        expected_version: Option<u64>,
-    ) -> Result<(), credvault::store::StoreError> {
-        both!(self, s => s.delete(id, expected_version).await)
-    }
-    async fn usage(
-        &self,
-        id: &str,
-    ) -> Result<Option<credvault::record::Usage>, credvault::store::StoreError> {
-        both!(self, s => s.usage(id).await)
-    }
-    async fn usages(
-        &self,
-        ids: &[String],
-    ) -> Result<
-        std::collections::HashMap<String, credvault::record::Usage>,
-        credvault::store::StoreError,
-    > {
-        both!(self, s => s.usages(ids).await)
-    }
-    async fn record_usage(
-        &self,
-        batch: &[(String, credvault::record::Usage)],
-    ) -> Result<(), credvault::store::StoreError> {
-        both!(self, s => s.record_usage(batch).await)
-    }
-    async fn reserve_seals(
-        &self,
-        key_id: &str,
-        count: u64,
-    ) -> Result<u64, credvault::store::StoreError> {
-        both!(self, s => s.reserve_seals(key_id, count).await)
-    }
-    async fn seal_reservations(&self) -> Result<Vec<(String, u64)>, credvault::store::StoreError> {
-        both!(self, s => s.seal_reservations().await)
-    }
-    async fn snapshot(&self) -> Result<credvault::store::Snapshot, credvault::store::StoreError> {
-        both!(self, s => s.snapshot().await)
-    }
-    async fn restore(
-        &self,
-        snapshot: &credvault::store::Snapshot,
-    ) -> Result<(), credvault::store::StoreError> {
-        both!(self, s => s.restore(snapshot).await)
-    }
-    async fn flush(&self) -> Result<(), credvault::store::StoreError> {
-        both!(self, s => s.flush().await)
-    }
-    fn write_error(&self) -> Option<String> {
-        both!(self, s => s.write_error())
-    }
-    async fn ping(&self) -> Result<(), credvault::store::StoreError> {
-        both!(self, s => s.ping().await)
-    }
-    async fn probe_write(&self, instance: &str) -> Result<(), credvault::store::StoreError> {
-        both!(self, s => s.probe_write(instance).await)
-    }
-    fn audit_table(self: &Arc<Self>) -> Option<Arc<dyn credvault::store::AuditTable>> {
-        let this: &Either = self;
-        both!(this, s => s.inner.audit_table())
-    }
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -807,8 +807,8 @@ async fn tls_to_the_database_is_verified_against_the_given_ca() {
         pool: credvault::store::PgSettings::default(),
         startup_wait: Duration::ZERO,
     };
-    let err = credvault::server::open_postgres(
-        &settings,
+    let err = credvault::server::open_store(
+        &credvault::config::StoreConfig::Postgres(settings),
         &credvault::config::parse_keyring(&credvault::crypto::MasterKey::generate_base64(), None)
             .unwrap(),
     )

@@ -1,5 +1,5 @@
-//! Reloading the callers file without a restart: on change and on SIGHUP; a bad
-//! file keeps the previous callers; in-flight calls finish.
+//! Reloading the callers file and the keyring without a restart: on change and
+//! on SIGHUP; a bad file keeps the previous one; in-flight calls finish.
 
 use std::time::{Duration, Instant};
 
@@ -36,7 +36,16 @@ async fn revoked_tokens_stop_working_without_a_restart() {
     let setup = write_config(dir.path());
     let t = &setup.tokens;
     let mut args = setup.args.clone();
-    args.extend(["--fleetio-base-url", &fake.base_url].map(String::from));
+    let metrics = metrics_addr();
+    args.extend(
+        [
+            "--fleetio-base-url",
+            &fake.base_url,
+            "--metrics-listen",
+            &metrics,
+        ]
+        .map(String::from),
+    );
     let mut process = Process::serve(&args, &[], dir.path()).await.unwrap();
     let mut admin = process.client(&t.admin).await;
     let mut reader = process.client(&t.reader).await;
@@ -73,11 +82,13 @@ async fn revoked_tokens_stop_working_without_a_restart() {
         "[[caller]]\nname = \"broken\"\npermissions = [\"root\"]\n",
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !process.stderr().contains("callers reload failed") {
-        assert!(Instant::now() < deadline, "no reload error was logged");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_metric(
+        &metrics,
+        r#"credvault_reloads_total{file="callers",outcome="failed"}"#,
+        1.0,
+    )
+    .await;
+    process.wait_for_log(&["callers reload failed"]).await;
     reader
         .list_credentials(api::ListCredentialsRequest::default())
         .await
@@ -101,8 +112,11 @@ async fn revoked_tokens_stop_working_without_a_restart() {
         .unwrap()
         .set_modified(stamp)
         .unwrap();
+    let checks = r#"credvault_reload_checks_total{file="callers"}"#;
+    let before = scrape(&metrics, checks).await;
     std::fs::rename(&aside, &setup.callers).unwrap();
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Two looks at the file after the rename (the first may have begun before it).
+    wait_for_metric(&metrics, checks, before + 2.0).await;
     let mut writer = process.client(&t.writer).await;
     assert_eq!(
         writer
@@ -134,5 +148,57 @@ async fn revoked_tokens_stop_working_without_a_restart() {
     process
         .wait_for_log(&["callers reloaded", "\"reason\":\"SIGHUP\""])
         .await;
+    process.terminate().await;
+}
+
+#[tokio::test]
+async fn a_keyring_without_a_key_the_data_needs_is_refused_and_the_old_one_kept() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let setup = write_config(dir.path());
+    let key = || {
+        credvault::crypto::MasterKey::generate_base64()
+            .as_str()
+            .to_owned()
+    };
+    let (k1, k2) = (key(), key());
+    std::fs::write(&setup.key, format!("k1 = {k1}\n")).unwrap();
+    let metrics = metrics_addr();
+    let mut args = setup.args.clone();
+    args.extend(["--metrics-listen", &metrics].map(String::from));
+    let mut process = Process::serve(&args, &[], dir.path()).await.unwrap();
+    let mut admin = process.client(&setup.tokens.admin).await;
+    create(&mut admin, "sealed-by-k1", "key-00000001", "acct").await;
+
+    // k1 is gone from the new file: refused, as the metric and the log say.
+    std::fs::write(&setup.key, format!("k2 = {k2}\n")).unwrap();
+    let failed = r#"credvault_reloads_total{file="keyring",outcome="failed"}"#;
+    wait_for_metric(&metrics, failed, 1.0).await;
+    let line = process.wait_for_log(&["keyring reload failed", "k1"]).await;
+    assert!(!line.contains(&k1) && !line.contains(&k2), "{line}");
+    // The previous keyring stays: what k1 sealed still opens, and new secrets seal under k1.
+    let headers = admin
+        .get_credential_headers(headers_by_name("sealed-by-k1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(headers.headers[0].value, "Token key-00000001");
+    create(&mut admin, "sealed-later", "key-00000002", "acct").await;
+    let report = rewrap_all(&mut admin, 10).await;
+    let last = report.last().unwrap();
+    assert_eq!(last.active_key_id, "k1");
+    assert_eq!(last.key_id_credentials.get("k1"), Some(&2), "{last:?}");
+
+    // With k1 kept beside it, k2 becomes active without a restart.
+    std::fs::write(&setup.key, format!("k1 = {k1}\nk2 = {k2}\n")).unwrap();
+    wait_for_metric(
+        &metrics,
+        r#"credvault_reloads_total{file="keyring",outcome="reloaded"}"#,
+        1.0,
+    )
+    .await;
+    process
+        .wait_for_log(&["keyring reloaded", "\"key_id\":\"k2\""])
+        .await;
+    assert_eq!(scrape(&metrics, failed).await, 1.0, "one refusal, no more");
     process.terminate().await;
 }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::anyhow;
 use clap::{Args, Parser, Subcommand};
 
 use credvault::auth::{self, Permission};
@@ -73,7 +74,7 @@ enum Location {
 }
 
 impl Location {
-    fn parse(text: &str, database: &DatabaseArgs) -> Result<Self, String> {
+    fn parse(text: &str, database: &DatabaseArgs) -> anyhow::Result<Self> {
         match text.split_once(':').unwrap_or((text, "")) {
             ("sled", dir) if !dir.is_empty() => Ok(Location::Sled(PathBuf::from(dir))),
             ("postgres" | "postgresql", url) => {
@@ -87,7 +88,7 @@ impl Location {
                 });
                 Ok(Location::Postgres(database.settings(url.as_deref())?))
             }
-            _ => Err(format!(
+            _ => Err(anyhow!(
                 "{text:?} names no store: use sled:DIR or postgres[:URL]"
             )),
         }
@@ -100,31 +101,31 @@ impl Location {
         }
     }
 
-    async fn snapshot(&self) -> Result<credvault::store::Snapshot, String> {
+    async fn snapshot(&self) -> anyhow::Result<credvault::store::Snapshot> {
         let snapshot = match self {
             Location::Sled(dir) => open_offline(dir, None).await?.snapshot().await,
             Location::Postgres(pg) => migrated(pg).await?.snapshot().await,
         };
-        snapshot.map_err(|e| e.to_string())
+        Ok(snapshot?)
     }
 
-    async fn restore(&self, snapshot: &credvault::store::Snapshot) -> Result<(), String> {
+    async fn restore(&self, snapshot: &credvault::store::Snapshot) -> anyhow::Result<()> {
         let restored = match self {
             Location::Sled(dir) => {
                 std::fs::create_dir_all(dir)
-                    .map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+                    .map_err(|e| anyhow!("cannot make {}: {e}", dir.display()))?;
                 open_offline(dir, None).await?.restore(snapshot).await
             }
             Location::Postgres(pg) => migrated(pg).await?.restore(snapshot).await,
         };
         restored.map_err(|e| match e {
             credvault::store::StoreError::NotEmpty => {
-                format!(
+                anyhow!(
                     "the target ({}) already holds data; migrate into an empty store",
                     self.describe()
                 )
             }
-            e => e.to_string(),
+            e => e.into(),
         })
     }
 }
@@ -407,11 +408,11 @@ struct DatabaseArgs {
 }
 
 impl DatabaseArgs {
-    fn settings(&self, url: Option<&str>) -> Result<config::PostgresSettings, String> {
+    fn settings(&self, url: Option<&str>) -> anyhow::Result<config::PostgresSettings> {
         let from_file = match &self.database_url_file {
             Some(path) => Some(
                 std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+                    .map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?
                     .trim()
                     .to_owned(),
             ),
@@ -422,7 +423,7 @@ impl DatabaseArgs {
             .or_else(|| self.database_url.clone())
             .or(from_file)
             .filter(|u| !u.trim().is_empty())
-            .ok_or("PostgreSQL needs --database-url or --database-url-file (or CREDVAULT_DATABASE_URL[_FILE])")?;
+            .ok_or_else(|| anyhow!("PostgreSQL needs --database-url or --database-url-file (or CREDVAULT_DATABASE_URL[_FILE])"))?;
         Ok(config::PostgresSettings {
             url: url.into(),
             pool: credvault::store::PgSettings {
@@ -436,9 +437,11 @@ impl DatabaseArgs {
 }
 
 impl StoreArgs {
-    fn resolve(&self) -> Result<config::StoreConfig, String> {
+    fn resolve(&self, data_dir: &std::path::Path) -> anyhow::Result<config::StoreConfig> {
         match self.store {
-            StoreKind::Sled => Ok(config::StoreConfig::Sled),
+            StoreKind::Sled => Ok(config::StoreConfig::Sled {
+                dir: data_dir.to_owned(),
+            }),
             StoreKind::Postgres => Ok(config::StoreConfig::Postgres(self.database.settings(None)?)),
         }
     }
@@ -463,30 +466,12 @@ impl KeyArgs {
     fn keyring(
         &self,
         fallback: Option<PathBuf>,
-    ) -> Result<(Keyring, Option<KeyringSource>), String> {
-        let active = self.active_key_id.as_deref();
-        let env = config::keyring_from_env(active)?;
-        if env.is_some() && self.master_key_file.is_some() {
-            return Err(format!(
-                "both {} and --master-key-file are set; use one",
-                config::MASTER_KEY_ENV
-            ));
-        }
-        if let Some(keyring) = env {
-            return Ok((keyring, None));
-        }
-        let Some(path) = self.master_key_file.clone().or(fallback) else {
-            return Err(format!(
-                "no master key: set {} or --master-key-file; make one with \
-                 `credvault keygen > master.key && chmod 600 master.key`, or start with --dev",
-                config::MASTER_KEY_ENV
-            ));
-        };
-        let source = KeyringSource {
-            path,
-            active: self.active_key_id.clone(),
-        };
-        Ok((source.read()?, Some(source)))
+    ) -> anyhow::Result<(Keyring, Option<KeyringSource>)> {
+        Ok(config::resolve_keyring(
+            self.master_key_file.as_deref(),
+            self.active_key_id.as_deref(),
+            fallback.as_deref(),
+        )?)
     }
 }
 
@@ -527,10 +512,10 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn token(args: &TokenArgs) -> Result<(), String> {
+fn token(args: &TokenArgs) -> anyhow::Result<()> {
     let name = args.name.trim();
     if name.is_empty() {
-        return Err("--name must not be empty".into());
+        return Err(anyhow!("--name must not be empty"));
     }
     let permissions = args
         .permissions
@@ -544,7 +529,7 @@ fn token(args: &TokenArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn healthcheck(args: &HealthcheckArgs) -> Result<(), String> {
+fn healthcheck(args: &HealthcheckArgs) -> anyhow::Result<()> {
     use tonic_health::pb::{
         health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
     };
@@ -559,18 +544,18 @@ fn healthcheck(args: &HealthcheckArgs) -> Result<(), String> {
             let channel = endpoint
                 .connect()
                 .await
-                .map_err(|e| format!("cannot connect to {}: {e}", args.addr))?;
+                .map_err(|e| anyhow!("cannot connect to {}: {e}", args.addr))?;
             HealthClient::new(channel)
                 .check(HealthCheckRequest {
                     service: args.service.clone(),
                 })
                 .await
                 .map(|r| r.into_inner().status())
-                .map_err(|s| format!("health check failed: {:?}: {}", s.code(), s.message()))
+                .map_err(|s| anyhow!("health check failed: {:?}: {}", s.code(), s.message()))
         };
         tokio::time::timeout(args.timeout, ask)
             .await
-            .map_err(|_| format!("no answer from {} within {:?}", args.addr, args.timeout))?
+            .map_err(|_| anyhow!("no answer from {} within {:?}", args.addr, args.timeout))?
     })?;
     let name = if args.service.is_empty() {
         "the server"
@@ -581,23 +566,23 @@ fn healthcheck(args: &HealthcheckArgs) -> Result<(), String> {
         println!("SERVING");
         Ok(())
     } else {
-        Err(format!("{name} is {}", status.as_str_name()))
+        Err(anyhow!("{name} is {}", status.as_str_name()))
     }
 }
 
 impl ClientTls {
     /// A gRPC endpoint for `addr` (host:port), with TLS if asked or if a CA file is given.
-    fn endpoint(&self, addr: &str) -> Result<tonic::transport::Endpoint, String> {
+    fn endpoint(&self, addr: &str) -> anyhow::Result<tonic::transport::Endpoint> {
         use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
         let tls = self.tls || self.ca_file.is_some();
         let url = format!("{}://{addr}", if tls { "https" } else { "http" });
         let mut endpoint = Endpoint::from_shared(url)
-            .map_err(|e| format!("address {addr:?} is not a host:port: {e}"))?;
+            .map_err(|e| anyhow!("address {addr:?} is not a host:port: {e}"))?;
         if tls {
             let mut config = ClientTlsConfig::new().with_webpki_roots();
             if let Some(file) = &self.ca_file {
                 let pem = std::fs::read(file)
-                    .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+                    .map_err(|e| anyhow!("cannot read {}: {e}", file.display()))?;
                 config = config.ca_certificate(Certificate::from_pem(pem));
             }
             if let Some(name) = &self.tls_server_name {
@@ -605,47 +590,52 @@ impl ClientTls {
             }
             endpoint = endpoint
                 .tls_config(config)
-                .map_err(|e| format!("bad tls settings: {e}"))?;
+                .map_err(|e| anyhow!("bad tls settings: {e}"))?;
         }
         Ok(endpoint)
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))
+        .map_err(|e| anyhow!("cannot start the runtime: {e}"))
 }
 
 /// Opens a stopped server's store, explaining the lock error a running one causes.
 async fn open_offline(
     data_dir: &std::path::Path,
     keyring: Option<&Keyring>,
-) -> Result<credvault::store::SledStore, String> {
+) -> anyhow::Result<credvault::store::AnyStore> {
+    let config = config::StoreConfig::Sled {
+        dir: data_dir.to_owned(),
+    };
     let opened = match keyring {
-        Some(keyring) => credvault::server::open_store(data_dir, keyring).await,
-        None => credvault::server::open_sled(data_dir).await,
+        Some(keyring) => credvault::server::open_store(&config, keyring).await,
+        None => credvault::store::open(&config).await.map_err(|source| {
+            credvault::server::ServeError::Open {
+                dir: data_dir.display().to_string(),
+                source,
+            }
+        }),
     };
     opened.map_err(|e| match e {
         credvault::server::ServeError::Open {
             source: credvault::store::StoreError::Locked(_),
             ..
-        } => format!("{e} (is a server still running on it? stop it first, or use the RPC)"),
-        e => e.to_string(),
+        } => anyhow!("{e} (is a server still running on it? stop it first, or use the RPC)"),
+        e => e.into(),
     })
 }
 
-fn rewrap(args: &RewrapArgs) -> Result<(), String> {
+fn rewrap(args: &RewrapArgs) -> anyhow::Result<()> {
     let (keyring, _) = args.keys.keyring(None)?;
     let batch = usize::try_from(args.batch_size).unwrap_or(100);
     runtime()?.block_on(async {
         let store = open_offline(&args.data_dir, Some(&keyring)).await?;
-        let seals = credvault::keys::SealCounter::load(&store)
-            .await
-            .map_err(|e| e.to_string())?;
-        let providers = credvault::provider::Providers::new(&ProviderSettings::default())
-            .map_err(|e| e.to_string())?;
+        let seals = credvault::keys::SealCounter::load(&store).await?;
+        let providers = credvault::provider::Providers::new(&ProviderSettings::default())?;
         let vault =
             credvault::vault::Vault::new(std::sync::Arc::new(store), keyring, seals, providers);
         let report = vault
@@ -659,9 +649,8 @@ fn rewrap(args: &RewrapArgs) -> Result<(), String> {
                 );
                 true
             })
-            .await
-            .map_err(|e| e.to_string())?;
-        vault.flush().await.map_err(|e| e.to_string())?;
+            .await?;
+        vault.flush().await?;
         println!(
             "rewrap done: {} of {} credentials rewrapped under master key {}",
             report.progress.rewrapped, report.progress.scanned, report.active_key_id
@@ -675,7 +664,7 @@ fn rewrap(args: &RewrapArgs) -> Result<(), String> {
         if report.progress.failed.is_empty() {
             Ok(())
         } else {
-            Err(format!(
+            Err(anyhow!(
                 "{} credentials could not be opened and were left as they were: {}",
                 report.progress.failed.len(),
                 report.progress.failed.join(", ")
@@ -684,23 +673,23 @@ fn rewrap(args: &RewrapArgs) -> Result<(), String> {
     })
 }
 
-fn backup(args: &BackupArgs) -> Result<(), String> {
+fn backup(args: &BackupArgs) -> anyhow::Result<()> {
     let bytes = runtime()?.block_on(async {
         match (&args.data_dir, &args.server) {
             (Some(dir), None) => {
                 let store = open_offline(dir, None).await?;
-                let snapshot = store.snapshot().await.map_err(|e| e.to_string())?;
+                let snapshot = store.snapshot().await?;
                 Ok(credvault::backup::encode(snapshot))
             }
             (None, Some(addr)) => backup_from_server(args, addr).await,
-            _ => Err(
-                "give --server ADDR (a running server) or --data-dir DIR (a stopped one)".into(),
-            ),
+            _ => Err(anyhow!(
+                "give --server ADDR (a running server) or --data-dir DIR (a stopped one)"
+            )),
         }
     })?;
-    let (_, summary) = credvault::backup::decode(&bytes).map_err(|e| e.to_string())?;
+    let (_, summary) = credvault::backup::decode(&bytes)?;
     if args.out.exists() {
-        return Err(format!(
+        return Err(anyhow!(
             "{} exists already; choose another --out",
             args.out.display()
         ));
@@ -709,9 +698,9 @@ fn backup(args: &BackupArgs) -> Result<(), String> {
     let partial = args.out.with_extension("partial");
     let _ = std::fs::remove_file(&partial);
     config::write_private_file(&partial, &bytes)
-        .map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
+        .map_err(|e| anyhow!("cannot write {}: {e}", partial.display()))?;
     std::fs::rename(&partial, &args.out)
-        .map_err(|e| format!("cannot write {}: {e}", args.out.display()))?;
+        .map_err(|e| anyhow!("cannot write {}: {e}", args.out.display()))?;
     println!(
         "backup written to {}: {} credentials, {} bytes, master key ids needed: {}",
         args.out.display(),
@@ -722,23 +711,23 @@ fn backup(args: &BackupArgs) -> Result<(), String> {
     Ok(())
 }
 
-async fn backup_from_server(args: &BackupArgs, addr: &str) -> Result<Vec<u8>, String> {
+async fn backup_from_server(args: &BackupArgs, addr: &str) -> anyhow::Result<Vec<u8>> {
     use credvault::api::credential_vault_service_client::CredentialVaultServiceClient;
     let token = std::env::var("CREDVAULT_TOKEN")
-        .map_err(|_| "set CREDVAULT_TOKEN to a token with the backup.read permission".to_owned())?;
+        .map_err(|_| anyhow!("set CREDVAULT_TOKEN to a token with the backup.read permission"))?;
     let channel = args
         .tls
         .endpoint(addr)?
         .connect_timeout(Duration::from_secs(10))
         .connect()
         .await
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        .map_err(|e| anyhow!("cannot connect to {addr}: {e}"))?;
     let mut request = tonic::Request::new(credvault::api::BackupVaultRequest {});
     let value = format!("Bearer {}", token.trim())
         .parse()
-        .map_err(|_| "CREDVAULT_TOKEN is not a valid header value".to_owned())?;
+        .map_err(|_| anyhow!("CREDVAULT_TOKEN is not a valid header value"))?;
     request.metadata_mut().insert("authorization", value);
-    let failed = |s: tonic::Status| format!("backup failed: {:?}: {}", s.code(), s.message());
+    let failed = |s: tonic::Status| anyhow!("backup failed: {:?}: {}", s.code(), s.message());
     let mut stream = CredentialVaultServiceClient::new(channel)
         .max_decoding_message_size(4 << 20)
         .backup_vault(request)
@@ -752,15 +741,15 @@ async fn backup_from_server(args: &BackupArgs, addr: &str) -> Result<Vec<u8>, St
     Ok(bytes)
 }
 
-fn restore(args: &RestoreArgs) -> Result<(), String> {
+fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
     let (keyring, _) = args.keys.keyring(None)?;
     let bytes = std::fs::read(&args.from)
-        .map_err(|e| format!("cannot read {}: {e}", args.from.display()))?;
+        .map_err(|e| anyhow!("cannot read {}: {e}", args.from.display()))?;
     std::fs::create_dir_all(&args.data_dir)
-        .map_err(|e| format!("cannot make {}: {e}", args.data_dir.display()))?;
+        .map_err(|e| anyhow!("cannot make {}: {e}", args.data_dir.display()))?;
     let report = runtime()?
         .block_on(credvault::backup::restore(&bytes, &args.data_dir, keyring))
-        .map_err(|e| format!("restore refused: {e}"))?;
+        .map_err(|e| anyhow!("restore refused: {e}"))?;
     println!(
         "restored {} credentials (snapshot of {}) into {}; {} secrets opened with the keyring",
         report.summary.credentials,
@@ -771,7 +760,7 @@ fn restore(args: &RestoreArgs) -> Result<(), String> {
     if report.damaged.is_empty() {
         Ok(())
     } else {
-        Err(format!(
+        Err(anyhow!(
             "{} credentials were already damaged in the backup and do not open: {}",
             report.damaged.len(),
             report.damaged.join(", ")
@@ -780,25 +769,24 @@ fn restore(args: &RestoreArgs) -> Result<(), String> {
 }
 
 /// A pool for the database of `pg` (connecting lazily).
-fn postgres(pg: &config::PostgresSettings) -> Result<credvault::store::PgStore, String> {
-    credvault::store::PgStore::connect(pg.url.expose_secret(), &pg.pool).map_err(|e| e.to_string())
+fn postgres(pg: &config::PostgresSettings) -> anyhow::Result<credvault::store::PgStore> {
+    Ok(credvault::store::PgStore::connect(
+        pg.url.expose_secret(),
+        &pg.pool,
+    )?)
 }
 
 /// The database of `pg`, its schema migrated.
-async fn migrated(pg: &config::PostgresSettings) -> Result<credvault::store::PgStore, String> {
+async fn migrated(pg: &config::PostgresSettings) -> anyhow::Result<credvault::store::PgStore> {
     let store = postgres(pg)?;
-    store.migrate().await.map_err(|e| e.to_string())?;
+    store.migrate().await?;
     Ok(store)
 }
 
-fn migrate(args: &DatabaseArgs) -> Result<(), String> {
+fn migrate(args: &DatabaseArgs) -> anyhow::Result<()> {
     let settings = args.settings(None)?;
-    let applied = runtime()?.block_on(async {
-        postgres(&settings)?
-            .migrate()
-            .await
-            .map_err(|e| e.to_string())
-    })?;
+    let applied =
+        runtime()?.block_on(async { anyhow::Ok(postgres(&settings)?.migrate().await?) })?;
     if applied.is_empty() {
         println!("the database schema is up to date");
     } else {
@@ -807,7 +795,7 @@ fn migrate(args: &DatabaseArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn migrate_store(args: &MigrateStoreArgs) -> Result<(), String> {
+fn migrate_store(args: &MigrateStoreArgs) -> anyhow::Result<()> {
     let from = Location::parse(&args.from, &args.database)?;
     let to = Location::parse(&args.to, &args.database)?;
     runtime()?.block_on(async {
@@ -824,7 +812,7 @@ fn migrate_store(args: &MigrateStoreArgs) -> Result<(), String> {
                 _ if credvault::record::CredentialRecord::from_bytes(id, bytes).is_err() => {
                     damaged.push(id.clone())
                 }
-                _ => return Err(format!("verification failed: credential {id} differs in the copy")),
+                _ => return Err(anyhow!("verification failed: credential {id} differs in the copy")),
             }
         }
         let sorted = |mut e: credvault::store::Entries| {
@@ -832,7 +820,7 @@ fn migrate_store(args: &MigrateStoreArgs) -> Result<(), String> {
             e
         };
         if sorted(source.meta.clone()) != sorted(copy.meta.clone()) {
-            return Err("verification failed: the key checks or seal counts differ in the copy".into());
+            return Err(anyhow!("verification failed: the key checks or seal counts differ in the copy"));
         }
         println!(
             "copied {} credentials from the {} to the {}, still encrypted, and verified the copy byte for byte",
@@ -843,7 +831,7 @@ fn migrate_store(args: &MigrateStoreArgs) -> Result<(), String> {
         if damaged.is_empty() {
             Ok(())
         } else {
-            Err(format!(
+            Err(anyhow!(
                 "{} credentials were already damaged and could not be copied: {}",
                 damaged.len(),
                 damaged.join(", ")
@@ -852,29 +840,23 @@ fn migrate_store(args: &MigrateStoreArgs) -> Result<(), String> {
     })
 }
 
-fn serve(args: ServeArgs) -> Result<(), String> {
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let _log = telemetry::init(args.log_format, &args.log_level)?;
     let config = resolve(args.dev, &args)?;
     let runtime =
-        tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
+        tokio::runtime::Runtime::new().map_err(|e| anyhow!("cannot start the runtime: {e}"))?;
     runtime.block_on(async {
         let listener = credvault::transport::bind(args.listen, args.transport.listen_backlog)
-            .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-        credvault::run(listener, config, shutdown_signal())
-            .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| anyhow!("cannot listen on {}: {e}", args.listen))?;
+        Ok(credvault::run(listener, config, shutdown_signal()).await?)
     })
 }
 
-fn resolve(dev: bool, args: &ServeArgs) -> Result<Config, String> {
-    let (data_dir, key_file, callers_file) = if dev {
-        let root = args
-            .data_dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(".credvault-dev"));
-        let files = config::dev_bootstrap(&root)?;
+fn resolve(dev: bool, args: &ServeArgs) -> anyhow::Result<Config> {
+    let layout = config::layout(dev, args.data_dir.as_deref(), args.callers_file.as_deref())?;
+    if let Some(files) = &layout.dev {
         tracing::warn!(
-            root = %root.display(),
+            data_dir = %files.data_dir.display(),
             "DEVELOPMENT MODE: the master key and an all-permissions token lie beside the data; never use --dev in production"
         );
         let token = std::fs::read_to_string(&files.token_file).unwrap_or_default();
@@ -883,20 +865,13 @@ fn resolve(dev: bool, args: &ServeArgs) -> Result<Config, String> {
             files.token_file.display()
         );
         println!("{}", token.trim());
-        (
-            files.data_dir,
-            Some(files.key_file),
-            args.callers_file.clone().or(Some(files.callers_file)),
-        )
-    } else {
-        (
-            args.data_dir
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("credvault-data")),
-            None,
-            args.callers_file.clone(),
-        )
-    };
+    }
+    let config::Layout {
+        data_dir,
+        dev_key_file: key_file,
+        callers_file,
+        ..
+    } = layout;
     let (keyring, keyring_source) = args.keys.keyring(key_file)?;
     let callers = config::load_callers(callers_file.as_deref())?;
     let tls = match (&args.tls_cert, &args.tls_key) {
@@ -907,7 +882,7 @@ fn resolve(dev: bool, args: &ServeArgs) -> Result<Config, String> {
         }),
         _ => None,
     };
-    let store = args.store.resolve()?;
+    let store = args.store.resolve(&data_dir)?;
     if args.transport.request_timeout <= 2 * args.provider_timeout {
         tracing::warn!(
             request_timeout = %humantime::format_duration(args.transport.request_timeout),
@@ -960,7 +935,7 @@ fn parse_base_url(value: &str) -> Result<(String, String), String> {
 
 /// The base URLs by provider: --provider-base-url, and --fleetio-base-url as
 /// the older spelling of `fleetio=URL`; one provider named twice is an error.
-fn base_urls(args: &ServeArgs) -> Result<BTreeMap<String, String>, String> {
+fn base_urls(args: &ServeArgs) -> anyhow::Result<BTreeMap<String, String>> {
     let legacy = args
         .fleetio_base_url
         .iter()
@@ -968,7 +943,7 @@ fn base_urls(args: &ServeArgs) -> Result<BTreeMap<String, String>, String> {
     let mut urls = BTreeMap::new();
     for (name, url) in args.provider_base_urls.iter().cloned().chain(legacy) {
         if urls.insert(name.clone(), url).is_some() {
-            return Err(format!("the base url of provider {name} is set twice"));
+            return Err(anyhow!("the base url of provider {name} is set twice"));
         }
     }
     Ok(urls)

@@ -9,9 +9,11 @@ use std::sync::Arc;
 
 use crate::record::{CredentialRecord, Usage};
 
+mod open;
 mod postgres;
 mod sled;
 
+pub use self::open::{open, AnyStore, PostgresSettings, StoreConfig};
 pub use self::postgres::{PgSettings, PgStore};
 pub use self::sled::SledStore;
 

@@ -211,7 +211,9 @@ impl TestServer {
                     startup_wait: Duration::from_secs(10),
                 })
             }
-            None => credvault::config::StoreConfig::Sled,
+            None => credvault::config::StoreConfig::Sled {
+                dir: data_dir.clone(),
+            },
         };
         let config = Config {
             store,
@@ -351,7 +353,9 @@ impl TestServer {
 /// Settings for a direct `credvault::run` on `dir` with `keys` (key file text) and no callers.
 pub fn bare_config(dir: &Path, keys: &str) -> Config {
     Config {
-        store: Default::default(),
+        store: credvault::config::StoreConfig::Sled {
+            dir: dir.to_owned(),
+        },
         data_dir: dir.to_owned(),
         keyring: credvault::config::parse_keyring(keys, None).unwrap(),
         keyring_source: None,

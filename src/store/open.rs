@@ -1,0 +1,169 @@
+//! Opening the configured store: [`StoreConfig`] names it, [`open`] opens it as
+//! an [`AnyStore`], the one store type the server runs on.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+
+use super::{
+    AuditTable, Entries, ListItem, PgSettings, PgStore, SledStore, Snapshot, Store, StoreError,
+};
+use crate::record::{CredentialRecord, Usage};
+
+/// Which store holds the credentials.
+#[derive(Clone, Debug)]
+pub enum StoreConfig {
+    /// The embedded default: sled under `db/` in the data directory (one replica).
+    Sled {
+        /// The data directory.
+        dir: PathBuf,
+    },
+    /// PostgreSQL, shared by any number of replicas.
+    Postgres(PostgresSettings),
+}
+
+/// How to reach PostgreSQL.
+#[derive(Clone, Debug)]
+pub struct PostgresSettings {
+    /// The connection URL; it may hold a password, so it is never shown.
+    pub url: secrecy::SecretString,
+    /// Pool size and connection timeout.
+    pub pool: PgSettings,
+    /// How long opening waits for the database to answer.
+    pub startup_wait: Duration,
+}
+
+/// The store `config` names, open: sled (its directory locked against a second
+/// process: [`StoreError::Locked`]), or PostgreSQL connected and its schema
+/// migrated (waiting up to `startup_wait` for the server to answer).
+pub async fn open(config: &StoreConfig) -> Result<AnyStore, StoreError> {
+    match config {
+        StoreConfig::Sled { dir } => {
+            let path = dir.join("db");
+            tokio::task::spawn_blocking(move || SledStore::open(&path))
+                .await
+                .map_err(|e| StoreError::Io(format!("the store open task failed: {e}")))?
+                .map(AnyStore::Sled)
+        }
+        StoreConfig::Postgres(settings) => {
+            let store = PgStore::connect(settings.url.expose_secret(), &settings.pool)?;
+            let deadline = tokio::time::Instant::now() + settings.startup_wait;
+            loop {
+                match store.migrate().await {
+                    Ok(applied) => {
+                        if !applied.is_empty() {
+                            tracing::info!(?applied, "database schema migrated");
+                        }
+                        return Ok(AnyStore::Postgres(Arc::new(store)));
+                    }
+                    Err(StoreError::Unreachable(e)) if tokio::time::Instant::now() < deadline => {
+                        tracing::warn!(error = %e, "waiting for the database");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+}
+
+/// One of the stores, chosen at run time.
+#[derive(Debug)]
+pub enum AnyStore {
+    /// The embedded store.
+    Sled(SledStore),
+    /// The database store (shared, for its audit table).
+    Postgres(Arc<PgStore>),
+}
+
+macro_rules! each {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            AnyStore::Sled($s) => $e,
+            AnyStore::Postgres($s) => $e,
+        }
+    };
+}
+
+impl Store for AnyStore {
+    async fn meta(&self, prefix: &str) -> Result<Entries, StoreError> {
+        each!(self, s => s.meta(prefix).await)
+    }
+    async fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        each!(self, s => s.put_meta(key, value).await)
+    }
+    async fn remove_meta(&self, key: &str) -> Result<(), StoreError> {
+        each!(self, s => s.remove_meta(key).await)
+    }
+    async fn get(&self, id: &str) -> Result<Option<CredentialRecord>, StoreError> {
+        each!(self, s => s.get(id).await)
+    }
+    async fn get_shared(&self, id: &str) -> Result<Option<Arc<CredentialRecord>>, StoreError> {
+        each!(self, s => s.get_shared(id).await)
+    }
+    async fn id_for_name(&self, name: &str) -> Result<Option<String>, StoreError> {
+        each!(self, s => s.id_for_name(name).await)
+    }
+    async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<ListItem>, StoreError> {
+        each!(self, s => s.list(after, limit).await)
+    }
+    async fn count(&self) -> Result<usize, StoreError> {
+        each!(self, s => s.count().await)
+    }
+    async fn insert(&self, record: &CredentialRecord) -> Result<(), StoreError> {
+        each!(self, s => s.insert(record).await)
+    }
+    async fn replace(&self, record: &CredentialRecord, expected: u64) -> Result<(), StoreError> {
+        each!(self, s => s.replace(record, expected).await)
+    }
+    async fn delete(&self, id: &str, expected_version: Option<u64>) -> Result<(), StoreError> {
+        each!(self, s => s.delete(id, expected_version).await)
+    }
+    async fn usage(&self, id: &str) -> Result<Option<Usage>, StoreError> {
+        each!(self, s => s.usage(id).await)
+    }
+    async fn usages(
+        &self,
+        ids: &[String],
+    ) -> Result<std::collections::HashMap<String, Usage>, StoreError> {
+        each!(self, s => s.usages(ids).await)
+    }
+    async fn record_usage(&self, batch: &[(String, Usage)]) -> Result<(), StoreError> {
+        each!(self, s => s.record_usage(batch).await)
+    }
+    async fn reserve_seals(&self, key_id: &str, count: u64) -> Result<u64, StoreError> {
+        each!(self, s => s.reserve_seals(key_id, count).await)
+    }
+    async fn seal_reservations(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        each!(self, s => s.seal_reservations().await)
+    }
+    async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        each!(self, s => s.snapshot().await)
+    }
+    async fn restore(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        each!(self, s => s.restore(snapshot).await)
+    }
+    async fn flush(&self) -> Result<(), StoreError> {
+        each!(self, s => s.flush().await)
+    }
+    fn write_error(&self) -> Option<String> {
+        each!(self, s => s.write_error())
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        each!(self, s => s.ping().await)
+    }
+    async fn probe_write(&self, instance: &str) -> Result<(), StoreError> {
+        each!(self, s => s.probe_write(instance).await)
+    }
+    fn audit_table(self: &Arc<Self>) -> Option<Arc<dyn AuditTable>> {
+        match &**self {
+            AnyStore::Sled(_) => None,
+            AnyStore::Postgres(pg) => pg.audit_table(),
+        }
+    }
+    async fn needs_restart(&self) -> bool {
+        each!(self, s => s.needs_restart().await)
+    }
+}
