@@ -13,14 +13,16 @@
 //! - [`keys`]: the keyring against the store: key checks, seal counts, rewrap reports;
 //! - [`record`]: the stored record format (prost, versioned);
 //! - [`sealing`]: a record's secret sealed, opened and rewrapped, with the associated data of each format;
-//! - [`store`]: the engine-neutral store trait and its sled and PostgreSQL implementations;
+//! - [`store`]: the engine-neutral store trait, its sled and PostgreSQL implementations, and
+//!   [`store::open`], which opens the configured one;
 //! - [`auth`]: callers, permissions, scopes, reload, and constant-time bearer-token checks;
 //! - [`gate`]: the tower layer in front of every service: authentication before the body,
 //!   refusals, caps on unauthenticated streams, the request timeout;
 //! - [`refusals`]: floods of refused calls recorded per peer in summaries, not line by line;
 //! - [`transport`]: connection hardening: the accept loop and its cap, handshake deadlines, TLS;
 //! - [`audit`]: the audit trail of every RPC, with secret-read fingerprints;
-//! - [`provider`]: each third-party API's secret, headers and verification ([`provider::fleetio`]);
+//! - [`provider`]: the [`provider::Provider`] trait (a secret's fields, headers, base URL,
+//!   verification) and its registry: one module per API ([`provider::fleetio`]);
 //! - [`validate`]: request validation;
 //! - [`vault`]: the domain: create, update, delete, list and read credentials within a
 //!   caller's scope, one check-and-set loop, rewrap, provider checks and their results;
