@@ -598,7 +598,6 @@ async fn main() {
     let work = tempfile_dir();
     let token = mint_token().as_str().to_owned();
     let mut rows: Vec<Row> = Vec::new();
-    let mut scale = serde_json::Map::new();
     eprintln!(
         "credvault-bench: {} cores, {:?} per step, {} credentials",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -606,53 +605,34 @@ async fn main() {
         args.credentials
     );
 
-    // The vault with `credentials` credentials, and OpenBao with as many secrets.
-    let server = Server::start(
+    // The vault with `credentials` credentials, the binary to compare with
+    // seeded alike, and OpenBao with as many secrets.
+    let main = Seeded::start(
+        &args,
         &args.server_bin,
         &work.join("vault"),
         &token,
-        &args.server_log_level,
         None,
         &args.server_arg,
-    )
-    .await;
-    let chans = channels(&server.addr, args.channels).await;
-    let vaults = vault_clients(&chans, &token);
-    let (ids, write_row) = seed(
-        &vaults,
-        args.credentials,
-        "cred",
         "credvault CreateCredential",
     )
     .await;
-    rows.push(write_row);
-    let ids = Arc::new(ids);
-
-    // The binary to compare with, seeded alike.
+    rows.push(main.write.clone());
     let compare = match &args.compare_bin {
-        Some(bin) => {
-            let other = Server::start(
+        Some(bin) => Some(
+            Seeded::start(
+                &args,
                 bin,
                 &work.join("vault-compare"),
                 &token,
-                &args.server_log_level,
                 None,
                 &args.compare_arg,
-            )
-            .await;
-            let other_vaults = vault_clients(&channels(&other.addr, args.channels).await, &token);
-            let (other_ids, _) = seed(
-                &other_vaults,
-                args.credentials,
-                "cred",
                 "compare CreateCredential",
             )
-            .await;
-            Some((other, other_vaults, Arc::new(other_ids)))
-        }
+            .await,
+        ),
         None => None,
     };
-
     let bao = if args.bao == "off" {
         None
     } else {
@@ -663,62 +643,31 @@ async fn main() {
     }
 
     // Durable updates at 16.
-    {
-        let (vaults, ids) = (vaults.clone(), Arc::clone(&ids));
-        let op: Op = Arc::new(move |w| {
-            let mut c = vaults[w % vaults.len()].clone();
-            let id = ids[rand::thread_rng().gen_range(0..ids.len())].clone();
-            Box::pin(async move {
-                c.update_credential(api::UpdateCredentialRequest {
-                    r#ref: Some(api::update_credential_request::Ref::Id(id)),
-                    description: Some("bench update".into()),
-                    ..Default::default()
-                })
-                .await
-                .is_ok()
-            })
-        });
-        rows.push(
-            load(
-                "credvault UpdateCredential",
-                16,
-                args.warmup,
-                args.duration,
-                op,
-                server.pid(),
-            )
-            .await,
-        );
-    }
+    rows.push(
+        load(
+            "credvault UpdateCredential",
+            16,
+            args.warmup,
+            args.duration,
+            update_op(&main),
+            main.server.pid(),
+        )
+        .await,
+    );
 
     for &c in &args.concurrency {
         // 1. The floor: Health/Check on the same server, same channels, same client.
-        let health: Vec<HealthClient<Channel>> = chans
-            .iter()
-            .map(|ch| HealthClient::new(ch.clone()))
-            .collect();
-        let op: Op = Arc::new(move |w| {
-            let mut h = health[w % health.len()].clone();
-            Box::pin(async move {
-                h.check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                .is_ok()
-            })
-        });
         rows.push(
             load(
                 "floor Health/Check",
                 c,
                 args.warmup,
                 args.duration,
-                op,
-                server.pid(),
+                health_op(&main.chans),
+                main.server.pid(),
             )
             .await,
         );
-
         // 2. The hot path: GetCredentialHeaders for a random credential, with a token.
         rows.push(
             load(
@@ -726,84 +675,59 @@ async fn main() {
                 c,
                 args.warmup,
                 args.duration,
-                hot_op(&vaults, &ids),
-                server.pid(),
+                hot_op(&main.vaults, &main.ids),
+                main.server.pid(),
             )
             .await,
         );
-        if let Some((other, other_vaults, other_ids)) = &compare {
+        if let Some(other) = &compare {
             rows.push(
                 load(
                     "hot GetCredentialHeaders (compare)",
                     c,
                     args.warmup,
                     args.duration,
-                    hot_op(other_vaults, other_ids),
-                    other.pid(),
+                    hot_op(&other.vaults, &other.ids),
+                    other.server.pid(),
                 )
                 .await,
             );
         }
-
         // 3. OpenBao's KV v2 read of the same two fields, over HTTP keep-alive.
         if let Some(bao) = &bao {
-            let (http, url, n) = (bao.http.clone(), bao.url.clone(), args.credentials);
-            let op: Op = Arc::new(move |_| {
-                let (http, url) = (http.clone(), url.clone());
-                let i = rand::thread_rng().gen_range(0..n);
-                Box::pin(async move {
-                    match http
-                        .get(format!("{url}/v1/secret/data/bench-{i:06}"))
-                        .header("X-Vault-Token", BAO_TOKEN)
-                        .send()
-                        .await
-                    {
-                        Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
-                        _ => false,
-                    }
-                })
-            });
             rows.push(
                 load(
                     "OpenBao KV read",
                     c,
                     args.warmup,
                     args.duration,
-                    op,
+                    bao_op(bao, args.credentials),
                     bao.child.id(),
                 )
                 .await,
             );
         }
     }
-    let rss_after = server.pid().and_then(rss_mb);
-    server.stop().await;
-    if let Some((other, _, _)) = compare {
-        other.stop().await;
+    let rss_after = main.server.pid().and_then(rss_mb);
+    main.server.stop().await;
+    if let Some(other) = compare {
+        other.server.stop().await;
     }
     drop(bao);
 
     // 4. The same hot path and writes on PostgreSQL, if a database was given.
     if let Some(url) = &args.database_url {
-        let pg = Server::start(
+        let pg = Seeded::start(
+            &args,
             &args.server_bin,
             &work.join("vault-postgres"),
             &token,
-            &args.server_log_level,
             Some(url),
             &args.server_arg,
-        )
-        .await;
-        let pg_vaults = vault_clients(&channels(&pg.addr, args.channels).await, &token);
-        let (pg_ids, pg_write) = seed(
-            &pg_vaults,
-            args.credentials,
-            "cred",
             "credvault CreateCredential (postgres)",
         )
         .await;
-        rows.push(pg_write);
-        let pg_ids = Arc::new(pg_ids);
+        rows.push(pg.write.clone());
         for &c in &args.concurrency {
             rows.push(
                 load(
@@ -811,95 +735,197 @@ async fn main() {
                     c,
                     args.warmup,
                     args.duration,
-                    hot_op(&pg_vaults, &pg_ids),
-                    pg.pid(),
+                    hot_op(&pg.vaults, &pg.ids),
+                    pg.server.pid(),
                 )
                 .await,
             );
         }
-        pg.stop().await;
+        pg.server.stop().await;
     }
 
     // 5. Scale: many credentials; cold start to SERVING, RSS, data size, a full listing.
-    if !args.skip_scale {
-        let scale_dir = work.join("scale");
-        let first = Server::start(
-            &args.server_bin,
-            &scale_dir,
-            &token,
-            &args.server_log_level,
-            None,
-            &args.server_arg,
-        )
-        .await;
-        let scale_vaults = vault_clients(&channels(&first.addr, args.channels).await, &token);
-        let (_, scale_write) = seed(
-            &scale_vaults,
-            args.scale_credentials,
-            "scale",
-            "credvault CreateCredential",
-        )
-        .await;
-        eprintln!(
-            "scale: seeded {} credentials at {:.0}/s",
-            args.scale_credentials, scale_write.rps
-        );
-        first.stop().await;
-        let cold = Server::start(
-            &args.server_bin,
-            &scale_dir,
-            &token,
-            &args.server_log_level,
-            None,
-            &args.server_arg,
-        )
-        .await;
-        let cold_rss = cold.pid().and_then(rss_mb);
-        let mut lister = vault_clients(&[connect(&cold.addr).await], &token).remove(0);
-        let listed_at = Instant::now();
-        let (mut listed, mut page_token) = (0usize, String::new());
-        loop {
-            let page = lister
-                .list_credentials(api::ListCredentialsRequest {
-                    page_size: 1000,
-                    page_token: page_token.clone(),
-                    ..Default::default()
-                })
-                .await
-                .expect("list")
-                .into_inner();
-            listed += page.credentials.len();
-            if page.next_page_token.is_empty() {
-                break;
-            }
-            page_token = page.next_page_token;
-        }
-        let list_took = listed_at.elapsed();
-        let rss_after_list = cold.pid().and_then(rss_mb);
-        let data_bytes = dir_size(&scale_dir.join("data"));
-        scale.insert("credentials".into(), json!(args.scale_credentials));
-        scale.insert(
-            "cold_start_to_serving_ms".into(),
-            json!(cold.started.as_secs_f64() * 1000.0),
-        );
-        scale.insert("rss_after_start_mb".into(), json!(cold_rss));
-        scale.insert("rss_after_full_list_mb".into(), json!(rss_after_list));
-        scale.insert("data_dir_mb".into(), json!(data_bytes as f64 / 1_048_576.0));
-        scale.insert(
-            "list_all_ms".into(),
-            json!(list_took.as_secs_f64() * 1000.0),
-        );
-        scale.insert("listed".into(), json!(listed));
-        scale.insert("create_rps_c16".into(), json!(scale_write.rps));
-        cold.stop().await;
-        assert_eq!(
-            listed, args.scale_credentials,
-            "the listing saw every credential"
-        );
-    }
+    let scale = if args.skip_scale {
+        serde_json::Map::new()
+    } else {
+        scale_figures(&args, &work.join("scale"), &token).await
+    };
 
     report(&args, &rows, &scale, rss_after);
     let _ = std::fs::remove_dir_all(&work);
+}
+
+/// A server started on `dir` and seeded with credentials, with its clients.
+struct Seeded {
+    server: Server,
+    chans: Vec<Channel>,
+    vaults: Vec<Vault>,
+    ids: Arc<Vec<String>>,
+    /// The seeding's row (CreateCredential at 16).
+    write: Row,
+}
+
+impl Seeded {
+    /// Starts `bin` on `dir` (on PostgreSQL when `database_url` is given) and
+    /// creates `args.credentials` credentials, timed as the row `step`.
+    async fn start(
+        args: &Args,
+        bin: &Path,
+        dir: &Path,
+        token: &str,
+        database_url: Option<&str>,
+        extra: &[String],
+        step: &str,
+    ) -> Seeded {
+        let server =
+            Server::start(bin, dir, token, &args.server_log_level, database_url, extra).await;
+        let chans = channels(&server.addr, args.channels).await;
+        let vaults = vault_clients(&chans, token);
+        let (ids, write) = seed(&vaults, args.credentials, "cred", step).await;
+        Seeded {
+            server,
+            chans,
+            vaults,
+            ids: Arc::new(ids),
+            write,
+        }
+    }
+}
+
+/// UpdateCredential (a description change) of a random credential of `seeded`.
+fn update_op(seeded: &Seeded) -> Op {
+    let (vaults, ids) = (seeded.vaults.clone(), Arc::clone(&seeded.ids));
+    Arc::new(move |w| {
+        let mut c = vaults[w % vaults.len()].clone();
+        let id = ids[rand::thread_rng().gen_range(0..ids.len())].clone();
+        Box::pin(async move {
+            c.update_credential(api::UpdateCredentialRequest {
+                r#ref: Some(api::update_credential_request::Ref::Id(id)),
+                description: Some("bench update".into()),
+                ..Default::default()
+            })
+            .await
+            .is_ok()
+        })
+    })
+}
+
+/// Health/Check of the whole server over `chans`: the floor of any RPC.
+fn health_op(chans: &[Channel]) -> Op {
+    let health: Vec<HealthClient<Channel>> = chans
+        .iter()
+        .map(|ch| HealthClient::new(ch.clone()))
+        .collect();
+    Arc::new(move |w| {
+        let mut h = health[w % health.len()].clone();
+        Box::pin(async move {
+            h.check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .is_ok()
+        })
+    })
+}
+
+/// OpenBao's KV v2 read of a random one of `n` secrets.
+fn bao_op(bao: &Bao, n: usize) -> Op {
+    let (http, url) = (bao.http.clone(), bao.url.clone());
+    Arc::new(move |_| {
+        let (http, url) = (http.clone(), url.clone());
+        let i = rand::thread_rng().gen_range(0..n);
+        Box::pin(async move {
+            match http
+                .get(format!("{url}/v1/secret/data/bench-{i:06}"))
+                .header("X-Vault-Token", BAO_TOKEN)
+                .send()
+                .await
+            {
+                Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+                _ => false,
+            }
+        })
+    })
+}
+
+/// Seeds `args.scale_credentials` into `dir`, restarts on it, and measures the
+/// cold start to SERVING, RSS before and after a full listing, the data size
+/// and the listing's time.
+async fn scale_figures(
+    args: &Args,
+    dir: &Path,
+    token: &str,
+) -> serde_json::Map<String, serde_json::Value> {
+    let start = || {
+        Server::start(
+            &args.server_bin,
+            dir,
+            token,
+            &args.server_log_level,
+            None,
+            &args.server_arg,
+        )
+    };
+    let first = start().await;
+    let scale_vaults = vault_clients(&channels(&first.addr, args.channels).await, token);
+    let (_, scale_write) = seed(
+        &scale_vaults,
+        args.scale_credentials,
+        "scale",
+        "credvault CreateCredential",
+    )
+    .await;
+    eprintln!(
+        "scale: seeded {} credentials at {:.0}/s",
+        args.scale_credentials, scale_write.rps
+    );
+    first.stop().await;
+    let cold = start().await;
+    let cold_rss = cold.pid().and_then(rss_mb);
+    let mut lister = vault_clients(&[connect(&cold.addr).await], token).remove(0);
+    let listed_at = Instant::now();
+    let (mut listed, mut page_token) = (0usize, String::new());
+    loop {
+        let page = lister
+            .list_credentials(api::ListCredentialsRequest {
+                page_size: 1000,
+                page_token: page_token.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        listed += page.credentials.len();
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    let list_took = listed_at.elapsed();
+    let rss_after_list = cold.pid().and_then(rss_mb);
+    let data_bytes = dir_size(&dir.join("data"));
+    let cold_start = cold.started;
+    cold.stop().await;
+    assert_eq!(
+        listed, args.scale_credentials,
+        "the listing saw every credential"
+    );
+    let mut scale = serde_json::Map::new();
+    scale.insert("credentials".into(), json!(args.scale_credentials));
+    scale.insert(
+        "cold_start_to_serving_ms".into(),
+        json!(cold_start.as_secs_f64() * 1000.0),
+    );
+    scale.insert("rss_after_start_mb".into(), json!(cold_rss));
+    scale.insert("rss_after_full_list_mb".into(), json!(rss_after_list));
+    scale.insert("data_dir_mb".into(), json!(data_bytes as f64 / 1_048_576.0));
+    scale.insert(
+        "list_all_ms".into(),
+        json!(list_took.as_secs_f64() * 1000.0),
+    );
+    scale.insert("listed".into(), json!(listed));
+    scale.insert("create_rps_c16".into(), json!(scale_write.rps));
+    scale
 }
 
 /// GetCredentialHeaders for a random one of `ids`, spread over `vaults`.
