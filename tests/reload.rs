@@ -36,7 +36,7 @@ async fn revoked_tokens_stop_working_without_a_restart() {
     let setup = write_config(dir.path());
     let t = &setup.tokens;
     let mut args = setup.args.clone();
-    let metrics = metrics_addr();
+    let metrics = format!("127.0.0.1:{}", free_port());
     args.extend(
         [
             "--fleetio-base-url",
@@ -113,7 +113,7 @@ async fn revoked_tokens_stop_working_without_a_restart() {
         .set_modified(stamp)
         .unwrap();
     let checks = r#"credvault_reload_checks_total{file="callers"}"#;
-    let before = scrape(&metrics, checks).await;
+    let before = metric(&metrics, checks).await;
     std::fs::rename(&aside, &setup.callers).unwrap();
     // Two looks at the file after the rename (the first may have begun before it).
     wait_for_metric(&metrics, checks, before + 2.0).await;
@@ -162,7 +162,7 @@ async fn a_keyring_without_a_key_the_data_needs_is_refused_and_the_old_one_kept(
     };
     let (k1, k2) = (key(), key());
     std::fs::write(&setup.key, format!("k1 = {k1}\n")).unwrap();
-    let metrics = metrics_addr();
+    let metrics = format!("127.0.0.1:{}", free_port());
     let mut args = setup.args.clone();
     args.extend(["--metrics-listen", &metrics].map(String::from));
     let mut process = Process::serve(&args, &[], dir.path()).await.unwrap();
@@ -199,6 +199,6 @@ async fn a_keyring_without_a_key_the_data_needs_is_refused_and_the_old_one_kept(
     process
         .wait_for_log(&["keyring reloaded", "\"key_id\":\"k2\""])
         .await;
-    assert_eq!(scrape(&metrics, failed).await, 1.0, "one refusal, no more");
+    assert_eq!(metric(&metrics, failed).await, 1.0, "one refusal, no more");
     process.terminate().await;
 }

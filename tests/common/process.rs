@@ -275,30 +275,11 @@ pub async fn run_cli(args: &[&str], envs: &[(&str, &str)]) -> std::process::Outp
         .unwrap()
 }
 
-/// A free local address for `--metrics-listen`.
-pub fn metrics_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    format!("127.0.0.1:{}", l.local_addr().unwrap().port())
-}
-
-/// The value of one series (`name{labels}`, exactly as exported) on `/metrics` at `addr`; 0 when absent.
-pub async fn scrape(addr: &str, series: &str) -> f64 {
-    let body = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// Waits (up to 10 s) until `series` on `/metrics` at `addr` is at least `at_least`.
 pub async fn wait_for_metric(addr: &str, series: &str, at_least: f64) -> f64 {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let value = scrape(addr, series).await;
+        let value = metric(addr, series).await;
         if value >= at_least {
             return value;
         }
