@@ -287,8 +287,8 @@ pub fn unauthenticated_stream_refused() {
 }
 
 /// Records one provider check.
-pub fn verification(provider: &'static str, status: &'static str, source: Source) {
-    counter!(VERIFICATIONS, "provider" => provider, "status" => status, "source" => source.as_str()).increment(1);
+pub fn verification(provider: &str, status: &'static str, source: Source) {
+    counter!(VERIFICATIONS, "provider" => provider.to_owned(), "status" => status, "source" => source.as_str()).increment(1);
 }
 
 /// The canonical upper-case name of a gRPC code, e.g. `PERMISSION_DENIED`.

@@ -16,7 +16,7 @@ pub const MAX_RETRY_AFTER_SECONDS: u32 = 3600;
 /// One provider's API, as verification reaches it.
 #[derive(Debug)]
 pub struct Client {
-    provider: &'static str,
+    provider: String,
     http: reqwest::Client,
     base_url: String,
     timeout: Duration,
@@ -25,13 +25,13 @@ pub struct Client {
 impl Client {
     /// A client for `provider`'s API at `base_url` (http or https, no query).
     pub fn new(
-        provider: &'static str,
+        provider: &str,
         http: reqwest::Client,
         base_url: &str,
         timeout: Duration,
     ) -> Result<Self, ProviderError> {
         let bad = |why: String| ProviderError::BaseUrl {
-            provider,
+            provider: provider.to_owned(),
             url: base_url.to_owned(),
             why,
         };
@@ -40,7 +40,7 @@ impl Client {
             return Err(bad("must be an http(s) url without a query".into()));
         }
         Ok(Client {
-            provider,
+            provider: provider.to_owned(),
             http,
             base_url: base_url.trim_end_matches('/').to_owned(),
             timeout,
@@ -54,8 +54,18 @@ impl Client {
 
     /// `GET {base}{path}` with `headers` (whose secret values the provider marked sensitive).
     pub async fn get(&self, path: &str, headers: HeaderMap) -> reqwest::Result<reqwest::Response> {
+        self.request(reqwest::Method::GET, path, headers).await
+    }
+
+    /// `{method} {base}{path}` with `headers`, without a body.
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        headers: HeaderMap,
+    ) -> reqwest::Result<reqwest::Response> {
         self.http
-            .get(format!("{}{path}", self.base_url))
+            .request(method, format!("{}{path}", self.base_url))
             .headers(headers)
             .send()
             .await
@@ -63,7 +73,7 @@ impl Client {
 
     /// The outcome of a request that got no answer.
     pub fn unreachable(&self, err: &reqwest::Error) -> Verification {
-        let provider = self.provider;
+        let provider = &self.provider;
         let message = if err.is_timeout() {
             format!("{provider} did not answer within {:?}", self.timeout)
         } else if err.is_connect() {
@@ -76,9 +86,20 @@ impl Client {
 
     /// The outcome of a 429, with its `Retry-After` (seconds) capped at an hour.
     pub fn rate_limited(&self, headers: &HeaderMap) -> Verification {
-        let provider = self.provider;
+        self.rate_limited_by(headers, RETRY_AFTER.as_str(), 429)
+    }
+
+    /// The outcome of a rate limit (HTTP `code`), its delay in seconds read
+    /// from the header `retry_header` and capped at an hour.
+    pub fn rate_limited_by(
+        &self,
+        headers: &HeaderMap,
+        retry_header: &str,
+        code: u16,
+    ) -> Verification {
+        let provider = &self.provider;
         let asked = headers
-            .get(RETRY_AFTER)
+            .get(retry_header)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
         let seconds = asked.map(|s| {
@@ -87,17 +108,17 @@ impl Client {
         });
         let message = match (asked, seconds) {
             (Some(a), Some(s)) if a > u64::from(s) => format!(
-                "{provider} rate limited the check (429); retry after {s} s (it asked for {a} s, capped at an hour)"
+                "{provider} rate limited the check ({code}); retry after {s} s (it asked for {a} s, capped at an hour)"
             ),
-            (_, Some(s)) => format!("{provider} rate limited the check (429); retry after {s} s"),
-            _ => format!("{provider} rate limited the check (429)"),
+            (_, Some(s)) => format!("{provider} rate limited the check ({code}); retry after {s} s"),
+            _ => format!("{provider} rate limited the check ({code})"),
         };
-        Verification::now(Status::RateLimited, 429, message).with_retry_after(seconds.unwrap_or(0))
+        Verification::now(Status::RateLimited, code, message).with_retry_after(seconds.unwrap_or(0))
     }
 
     /// The outcome of an answer the provider's API does not document.
     pub fn unexpected(&self, code: StatusCode) -> Verification {
-        let provider = self.provider;
+        let provider = &self.provider;
         let message = if code.is_server_error() {
             format!("{provider} failed with http {}", code.as_u16())
         } else if code.is_redirection() {
