@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::crypto::{Keyring, Sealed};
 use crate::keys::{self, KeyringError, KEY_CHECK_PREFIX};
-use crate::provider::ProviderSecret;
+use crate::provider::{ProviderSecret, SecretFormatError};
 use crate::record;
 use crate::sealing;
 use crate::store::{Entries, Snapshot, Store, StoreError};
@@ -209,8 +209,13 @@ pub async fn restore(
     let (mut opened, mut damaged) = (0, Vec::new());
     for (id, _) in &snapshot.records {
         let ok = match store.get(id).await {
+            // A declared provider's secret is checked by its seal alone: the
+            // providers file is the server's, not the restore's.
             Ok(Some(record)) => sealing::open_record(&keyring, &record).is_ok_and(|plaintext| {
-                ProviderSecret::from_plaintext(&record.provider, &plaintext).is_ok()
+                matches!(
+                    ProviderSecret::from_plaintext(&record.provider, &plaintext),
+                    Ok(_) | Err(SecretFormatError::UnknownProvider(_))
+                )
             }),
             _ => false,
         };

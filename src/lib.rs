@@ -22,7 +22,9 @@
 //! - [`transport`]: connection hardening: the accept loop and its cap, handshake deadlines, TLS;
 //! - [`audit`]: the audit trail of every RPC, with secret-read fingerprints;
 //! - [`provider`]: the [`provider::Provider`] trait (a secret's fields, headers, base URL,
-//!   verification) and its registry: one module per API ([`provider::fleetio`]);
+//!   verification) and its registry: one module per built-in API ([`provider::fleetio`]), and
+//!   providers declared in the providers file ([`provider::declared`]), both in the reloadable
+//!   [`provider::Catalog`];
 //! - [`validate`]: request validation;
 //! - [`vault`]: the domain: create, update, delete, list and read credentials within a
 //!   caller's scope, one check-and-set loop, rewrap, provider checks and their results;

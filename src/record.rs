@@ -59,6 +59,10 @@ pub struct CredentialRecord {
     /// verification result, a rewrap); the store's check-and-set compares it.
     #[prost(uint64, tag = "14")]
     pub revision: u64,
+    /// The names of the fields the sealed secret sets (declared providers; plain
+    /// metadata), to report fields a later declaration drops or adds.
+    #[prost(string, repeated, tag = "15")]
+    pub secret_fields: Vec<String>,
 }
 
 /// The last read of a credential's secret.

@@ -160,6 +160,7 @@ async fn serve<S: Store>(
             stop_rx.clone(),
         )),
         tokio::spawn(reload_callers(Arc::clone(&callers), stop_rx.clone())),
+        tokio::spawn(reload_providers(Arc::clone(&vault), stop_rx.clone())),
         tokio::spawn(reload_keyring(
             Arc::clone(&vault),
             config.keyring_source.clone(),
@@ -545,6 +546,37 @@ async fn reload_callers(
             Err(e) => {
                 metrics::reloaded("callers", "failed");
                 tracing::error!(error = %e, reason = why, "callers reload failed; keeping the previous callers")
+            }
+        }
+    }
+}
+
+/// Re-reads the providers file on SIGHUP and whenever it changes; a file
+/// with any bad declaration is refused whole and the previous set kept.
+async fn reload_providers<S: Store>(
+    vault: Arc<Vault<S>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let Some(path) = vault.providers().path().map(std::path::Path::to_owned) else {
+        return;
+    };
+    let mut seen = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+    let mut hangups = Hangups::new();
+    while let Some(why) = next_reload("providers", &path, &mut seen, &mut hangups, &mut stop).await
+    {
+        match vault.providers().reload() {
+            Ok(count) => {
+                metrics::reloaded("providers", "reloaded");
+                tracing::info!(
+                    declared = count,
+                    providers = %vault.providers().current().names(),
+                    reason = why,
+                    "providers reloaded"
+                );
+            }
+            Err(e) => {
+                metrics::reloaded("providers", "failed");
+                tracing::error!(error = %e, reason = why, "providers reload failed; keeping the previous providers")
             }
         }
     }

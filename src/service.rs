@@ -17,7 +17,7 @@ use crate::auth::{Caller, Permission};
 use crate::error::Error;
 use crate::gate::Authenticated;
 use crate::metrics;
-use crate::provider::ProviderSecret;
+use crate::provider::Catalog;
 use crate::record::{self, CredentialRecord, Usage, Verification, VerificationStatus};
 use crate::store::Store;
 use crate::validate;
@@ -233,7 +233,7 @@ impl<S: Store> VaultService<S> {
     /// A record as the API shows it, with its last use.
     async fn show(&self, record: &CredentialRecord) -> api::Credential {
         let usage = self.vault.last_use(&record.id).await;
-        to_api(record, usage.as_ref())
+        to_api(record, usage.as_ref(), &self.vault.providers().current())
     }
 
     /// Notes a check on write in the call's log event.
@@ -254,14 +254,15 @@ impl<S: Store> VaultService<S> {
         validate::name(&req.name)?;
         validate::description(&req.description)?;
         let expire_time = req.expire_time.map(validate::timestamp).transpose()?;
+        let providers = self.vault.providers().current();
         let secret = req
             .secret
-            .map(ProviderSecret::try_from)
+            .map(|s| providers.create_secret(s))
             .transpose()?
             .ok_or_else(|| {
                 Error::invalid(format!(
-                    "a secret is required: set one of {}",
-                    crate::provider::names()
+                    "a secret is required: set fleetio, or generic for a declared provider (providers: {})",
+                    providers.names()
                 ))
             })?;
         let check = CheckOnWrite::new(req.verify, req.verify_best_effort);
@@ -276,7 +277,7 @@ impl<S: Store> VaultService<S> {
         call.touch(&record.id, &record.name);
         Self::note_check(&call, check, &record);
         Ok(api::CreateCredentialResponse {
-            credential: Some(to_api(&record, None)),
+            credential: Some(to_api(&record, None, &self.vault.providers().current())),
         })
     }
 
@@ -300,11 +301,12 @@ impl<S: Store> VaultService<S> {
         let filter = list_filter(&req)?;
         let after = validate::parse_page_token(&req.page_token)?;
         let page = self.vault.list(&call.caller, &filter, after, size).await?;
+        let providers = self.vault.providers().current();
         Ok(api::ListCredentialsResponse {
             credentials: page
                 .records
                 .iter()
-                .map(|r| to_api(r, page.usages.get(&r.id)))
+                .map(|r| to_api(r, page.usages.get(&r.id), &providers))
                 .collect(),
             next_page_token: page
                 .next_after
@@ -334,7 +336,8 @@ impl<S: Store> VaultService<S> {
             (None, true) => Expiry::Clear,
             (None, false) => Expiry::Keep,
         };
-        let secret = req.secret.map(ProviderSecret::try_from).transpose()?;
+        let providers = self.vault.providers().current();
+        let secret = req.secret.map(|s| providers.update_secret(s)).transpose()?;
         if req.description.is_none() && secret.is_none() && matches!(expiry, Expiry::Keep) {
             return Err(Error::invalid(
                 "nothing to update: set description, a new secret, expire_time or clear_expire_time",
@@ -628,7 +631,8 @@ fn status_name(v: &Verification) -> &'static str {
 }
 
 /// A record's metadata as the API shows it.
-fn to_api(r: &CredentialRecord, usage: Option<&Usage>) -> api::Credential {
+fn to_api(r: &CredentialRecord, usage: Option<&Usage>, providers: &Catalog) -> api::Credential {
+    let drift = providers.drift(&r.provider, &r.secret_fields);
     api::Credential {
         id: r.id.clone(),
         name: r.name.clone(),
@@ -642,6 +646,9 @@ fn to_api(r: &CredentialRecord, usage: Option<&Usage>) -> api::Credential {
         expire_time: r.expire_time,
         last_used_time: usage.and_then(|u| u.time),
         last_used_by: usage.map(|u| u.caller.clone()).unwrap_or_default(),
+        undeclared_fields: drift.undeclared,
+        missing_fields: drift.missing,
+        provider_undeclared: drift.unknown_provider,
     }
 }
 

@@ -258,7 +258,7 @@ mod tests {
             let secret = crate::api::create_credential_request::Secret::Fleetio(
                 crate::api::FleetioSecret { api_key, account_token, api_version },
             );
-            let result = crate::provider::ProviderSecret::try_from(secret);
+            let result = crate::provider::Catalog::builtin().create_secret(secret);
             if let Err(e) = &result {
                 // The message never echoes what was sent.
                 prop_assert!(matches!(e, Error::InvalidArgument(_)));

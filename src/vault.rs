@@ -18,7 +18,7 @@ use crate::crypto::{Keyring, OpenError};
 use crate::error::Error;
 use crate::keys::{self, KeyringError, RewrapProgress, RewrapReport, SealCounter};
 use crate::metrics::{self, Source};
-use crate::provider::{ProviderHeaders, ProviderSecret, Providers};
+use crate::provider::{ProviderHeaders, ProviderSecret, Providers, SecretFormatError};
 use crate::record::{
     self, CredentialRecord, Usage, Verification, VerificationStatus, RECORD_FORMAT,
 };
@@ -289,6 +289,7 @@ impl<S: Store> Vault<S> {
             revision: 1,
             secret: None,
             data_key: None,
+            secret_fields: Vec::new(),
         };
         self.seal_into(&mut record, &new.secret).await?;
         self.store.insert(&record).await?;
@@ -415,10 +416,16 @@ impl<S: Store> Vault<S> {
         &self,
         record: &CredentialRecord,
         reader: &str,
-    ) -> Result<(ProviderHeaders<'_>, Zeroizing<Vec<u8>>), Error> {
+    ) -> Result<(ProviderHeaders, Zeroizing<Vec<u8>>), Error> {
         let (secret, plaintext) = self.open_with_plaintext(record)?;
+        let headers = self.providers.current().headers(&secret).ok_or_else(|| {
+            unreadable(
+                record,
+                &SecretFormatError::UnknownProvider(record.provider.clone()),
+            )
+        })?;
         self.note_use(&record.id, reader);
-        Ok((self.providers.headers(&secret), plaintext))
+        Ok((headers, plaintext))
     }
 
     /// Every stored byte at one instant, for a backup.
@@ -547,10 +554,21 @@ impl<S: Store> Vault<S> {
         record: &mut CredentialRecord,
         secret: &ProviderSecret,
     ) -> Result<(), Error> {
-        Ok(self
-            .sealer
+        self.sealer
             .seal(&*self.store, record, &secret.to_plaintext())
-            .await?)
+            .await?;
+        // Built-in providers' fields are compiled in; a declared one's may change.
+        record.secret_fields = if secret.is_declared() {
+            secret.set_fields()
+        } else {
+            Vec::new()
+        };
+        Ok(())
+    }
+
+    /// The providers in use now (built in and declared).
+    pub fn providers(&self) -> &Providers {
+        &self.providers
     }
 
     /// Opens a record's secret; `DATA_LOSS` if it is damaged or sealed by another key.
@@ -567,8 +585,11 @@ impl<S: Store> Vault<S> {
             .sealer
             .open(record)
             .map_err(|e| damaged(&record.id, &e))?;
-        let secret = ProviderSecret::from_plaintext(&record.provider, &plaintext)
-            .map_err(|_| damaged(&record.id, &OpenError::Failed))?;
+        let secret = self
+            .providers
+            .current()
+            .read(&record.provider, &plaintext)
+            .map_err(|e| unreadable(record, &e))?;
         Ok((secret, plaintext))
     }
 
@@ -773,6 +794,22 @@ impl<S: Store> Vault<S> {
 
 fn not_found(id: &str) -> Error {
     Error::NotFound(format!("credential {id} not found"))
+}
+
+/// Why an opened secret cannot be used: its provider is not declared now or
+/// requires a field it lacks (both `FAILED_PRECONDITION`: nothing is lost), or
+/// the bytes are not its provider's format (`DATA_LOSS`).
+fn unreadable(record: &CredentialRecord, why: &SecretFormatError) -> Error {
+    let (id, provider) = (&record.id, &record.provider);
+    match why {
+        SecretFormatError::UnknownProvider(_) => Error::FailedPrecondition(format!(
+            "credential {id} is for provider {provider:?}, which is neither built in nor declared in the providers file now; its secret stays sealed until the provider is declared again"
+        )),
+        SecretFormatError::Missing(field) => Error::FailedPrecondition(format!(
+            "credential {id} lacks {provider}.{field}, which the provider's declaration now requires; update its secret"
+        )),
+        SecretFormatError::Malformed => damaged(id, &OpenError::Failed),
+    }
 }
 
 fn damaged(id: &str, why: &OpenError) -> Error {

@@ -242,6 +242,11 @@ struct ServeArgs {
     /// comma-separated in the environment), e.g. fleetio=http://127.0.0.1:8080/api.
     #[arg(long = "provider-base-url", env = "CREDVAULT_PROVIDER_BASE_URL", value_name = "NAME=URL", value_delimiter = ',', value_parser = parse_base_url)]
     provider_base_urls: Vec<(String, String)>,
+    /// TOML file declaring providers beyond the built-in ones (their fields,
+    /// header templates and verification); re-read on SIGHUP and when it
+    /// changes. See deploy/providers.example.toml.
+    #[arg(long, env = "CREDVAULT_PROVIDERS_FILE")]
+    providers_file: Option<PathBuf>,
     /// The same as --provider-base-url fleetio=URL (the older flag, still read).
     #[arg(long, env = "CREDVAULT_FLEETIO_BASE_URL", value_name = "URL")]
     fleetio_base_url: Option<String>,
@@ -912,6 +917,7 @@ fn resolve(dev: bool, args: &ServeArgs) -> anyhow::Result<Config> {
             base_urls: base_urls(args)?,
             connect_timeout: args.provider_connect_timeout,
             request_timeout: args.provider_timeout,
+            file: args.providers_file.clone(),
         },
         reverify: ReverifySettings {
             interval: args.reverify_interval,

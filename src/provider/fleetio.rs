@@ -16,7 +16,9 @@ use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::client::read_body;
-use super::{check_token, fingerprint, Client, Field, Provider, ProviderSecret, Values};
+use super::{
+    check_token, fingerprint, Client, Field, Provider, ProviderRef, ProviderSecret, Values,
+};
 use crate::api;
 use crate::error::Error;
 use crate::record::{Verification, VerificationStatus as Status};
@@ -35,17 +37,17 @@ const API_VERSION: usize = 2;
 /// The fields of [`api::FleetioSecret`], in its order.
 const FIELDS: &[Field] = &[
     Field {
-        name: "api_key",
+        name: Cow::Borrowed("api_key"),
         secret: true,
         required: true,
     },
     Field {
-        name: "account_token",
+        name: Cow::Borrowed("account_token"),
         secret: true,
         required: true,
     },
     Field {
-        name: "api_version",
+        name: Cow::Borrowed("api_version"),
         secret: false,
         required: false,
     },
@@ -98,7 +100,7 @@ impl TryFrom<api::FleetioSecret> for ProviderSecret {
                 mem::take(&mut value.account_token),
                 mem::take(&mut value.api_version),
             ]);
-            ProviderSecret::new(&PROVIDER, values)
+            ProviderSecret::new(ProviderRef::Builtin(&PROVIDER), values)
         });
         // Whatever was not moved out (on error) is wiped here.
         value.api_key.zeroize();
@@ -123,15 +125,15 @@ impl fmt::Debug for api::FleetioSecret {
 pub struct Fleetio;
 
 impl Provider for Fleetio {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         NAME
     }
 
-    fn fields(&self) -> &'static [Field] {
+    fn fields(&self) -> &[Field] {
         FIELDS
     }
 
-    fn default_base_url(&self) -> &'static str {
+    fn default_base_url(&self) -> &str {
         DEFAULT_BASE_URL
     }
 

@@ -4,14 +4,20 @@
 //! A provider is a [`Provider`]: it declares its name, its secret's fields
 //! (which of them are secret), its default base URL, the headers it sends, how
 //! it verifies a secret and how it names a rejected value. The vault, the
-//! service and the record format know providers only through this trait and the
-//! [`registry!`] below. Adding an API-key provider is one module beside
-//! [`fleetio`], one line in the registry, and its `<Provider>Secret` message in
-//! the proto (one arm in each request's `secret` oneof).
+//! service and the record format know providers only through this trait, the
+//! `registry!` below and the [`Catalog`] of the providers in use.
+//!
+//! Built-in providers are modules ([`fleetio`]): one module, one line in the
+//! registry, and a `<Provider>Secret` message in the proto. Declared providers
+//! ([`declared`]) come from the providers file and need no code: their secrets
+//! arrive as a `GenericSecret` (provider name plus named fields).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -23,6 +29,7 @@ use crate::error::Error;
 use crate::record::{Verification, VerificationStatus};
 
 mod client;
+pub mod declared;
 pub mod fleetio;
 
 pub use client::{Client, MAX_RETRY_AFTER_SECONDS};
@@ -36,10 +43,10 @@ pub fn secret(value: String) -> Secret {
 }
 
 /// One field of a provider's secret, as its proto message names it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Field {
     /// The field's name in the provider's proto message (`api_key`).
-    pub name: &'static str,
+    pub name: Cow<'static, str>,
     /// Whether the value is secret (never shown) or plain (an API version).
     pub secret: bool,
     /// Whether a secret is whole without it.
@@ -48,15 +55,16 @@ pub struct Field {
 
 /// One third-party API credvault keeps secrets for.
 ///
-/// Fields are sealed in declaration order (field `i` as protobuf string tag
-/// `i + 1`), so a provider may append fields but never reorder them.
+/// By default fields are sealed in declaration order (field `i` as protobuf
+/// string tag `i + 1`), so a built-in provider may append fields but never
+/// reorder them; declared providers seal by field name instead.
 pub trait Provider: Send + Sync + 'static {
     /// The name stored with each credential and shown by the API (`fleetio`).
-    fn name(&self) -> &'static str;
+    fn name(&self) -> &str;
     /// The fields of its secret, in its proto message's order.
-    fn fields(&self) -> &'static [Field];
+    fn fields(&self) -> &[Field];
     /// Its production API base URL.
-    fn default_base_url(&self) -> &'static str;
+    fn default_base_url(&self) -> &str;
     /// The headers a worker sends with `values`, in order.
     fn headers(&self, values: &Values) -> Vec<(Cow<'static, str>, String)>;
     /// Checks `values` against the real API through `client`. Never fails:
@@ -80,6 +88,33 @@ pub trait Provider: Send + Sync + 'static {
     fn account_key(&self, values: &Values) -> [u8; 32] {
         fingerprint(self.name(), values.get(0))
     }
+    /// The sealed form of `values`: by default field `i` as protobuf string tag `i + 1`.
+    fn encode(&self, values: &Values) -> Zeroizing<Vec<u8>> {
+        values.encode()
+    }
+    /// Reads the sealed form back.
+    fn decode(&self, bytes: &[u8]) -> Result<Values, SecretFormatError> {
+        Values::decode(self.fields(), bytes)
+    }
+}
+
+/// A provider as a secret holds it: a built-in one or one from the providers file.
+#[derive(Clone)]
+pub enum ProviderRef {
+    /// Compiled in (the registry).
+    Builtin(&'static dyn Provider),
+    /// Declared in the providers file; the declaration in use when the secret was read.
+    Declared(Arc<declared::Declared>),
+}
+
+impl Deref for ProviderRef {
+    type Target = dyn Provider;
+    fn deref(&self) -> &Self::Target {
+        match self {
+            ProviderRef::Builtin(p) => *p,
+            ProviderRef::Declared(p) => &**p,
+        }
+    }
 }
 
 /// A SHA-256 of `value` under a per-provider label.
@@ -94,23 +129,54 @@ pub fn fingerprint(provider: &str, value: &str) -> [u8; 32] {
 }
 
 /// The values of a secret, in its provider's field order; an unset field is empty.
-pub struct Values(Vec<Secret>);
+pub struct Values {
+    values: Vec<Secret>,
+    /// Fields the sealed secret holds that its provider no longer declares
+    /// (kept sealed, never sent).
+    undeclared: Vec<String>,
+}
 
 impl Values {
     /// Values from strings in field order (taken, not copied).
     pub fn new(values: Vec<String>) -> Self {
-        Values(values.into_iter().map(secret).collect())
+        Values {
+            values: values.into_iter().map(secret).collect(),
+            undeclared: Vec::new(),
+        }
     }
 
     /// The value of field `index` (empty when unset or out of range).
     pub fn get(&self, index: usize) -> &str {
-        self.0.get(index).map_or("", |s| s.expose_secret().as_str())
+        self.values
+            .get(index)
+            .map_or("", |s| s.expose_secret().as_str())
+    }
+
+    /// How many fields there are.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Whether there are no fields.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// The names of stored fields the provider no longer declares.
+    pub fn undeclared(&self) -> &[String] {
+        &self.undeclared
+    }
+
+    /// Notes stored fields the provider no longer declares.
+    fn with_undeclared(mut self, undeclared: Vec<String>) -> Self {
+        self.undeclared = undeclared;
+        self
     }
 
     /// The sealed form: field `i` as protobuf string tag `i + 1`, unset fields left out.
     fn encode(&self) -> Zeroizing<Vec<u8>> {
         let mut buf = Zeroizing::new(Vec::new());
-        for (i, value) in self.0.iter().enumerate() {
+        for (i, value) in self.values.iter().enumerate() {
             let value = value.expose_secret();
             if !value.is_empty() {
                 let tag = u32::try_from(i + 1).unwrap_or(u32::MAX);
@@ -147,7 +213,7 @@ impl Values {
             .enumerate()
             .find(|(i, f)| f.required && values.get(*i).is_empty())
         {
-            Some((_, f)) => Err(SecretFormatError::Missing(f.name)),
+            Some((_, f)) => Err(SecretFormatError::Missing(f.name.to_string())),
             None => Ok(values),
         }
     }
@@ -161,12 +227,12 @@ pub enum SecretFormatError {
     #[error("the opened secret is not in the provider's format")]
     Malformed,
     #[error("the opened secret lacks its {0}")]
-    Missing(&'static str),
+    Missing(String),
 }
 
 /// A provider secret, validated and ready to seal or use.
 pub struct ProviderSecret {
-    provider: &'static dyn Provider,
+    provider: ProviderRef,
     values: Values,
 }
 
@@ -177,9 +243,9 @@ impl fmt::Debug for ProviderSecret {
         s.field("provider", &self.provider.name());
         for (i, field) in self.provider.fields().iter().enumerate() {
             if field.secret {
-                s.field(field.name, &"[REDACTED]");
+                s.field(&field.name, &"[REDACTED]");
             } else {
-                s.field(field.name, &self.values.get(i));
+                s.field(&field.name, &self.values.get(i));
             }
         }
         s.finish()
@@ -187,14 +253,35 @@ impl fmt::Debug for ProviderSecret {
 }
 
 impl ProviderSecret {
-    /// A secret of `provider` from values its module validated.
-    pub fn new(provider: &'static dyn Provider, values: Values) -> Self {
+    /// A secret of `provider` from values it validated.
+    pub fn new(provider: ProviderRef, values: Values) -> Self {
         ProviderSecret { provider, values }
     }
 
     /// The provider's name as stored and shown (`fleetio`).
-    pub fn provider(&self) -> &'static str {
+    pub fn provider(&self) -> &str {
         self.provider.name()
+    }
+
+    /// The names of the fields this secret sets, in field order (plain metadata
+    /// stored beside the sealed secret, to report fields a later declaration drops).
+    pub fn set_fields(&self) -> Vec<String> {
+        let fields = self.provider.fields();
+        (0..self.values.len())
+            .filter(|&i| !self.values.get(i).is_empty())
+            .filter_map(|i| fields.get(i).map(|f| f.name.to_string()))
+            .chain(self.values.undeclared().iter().cloned())
+            .collect()
+    }
+
+    /// Stored fields the provider no longer declares.
+    pub fn undeclared(&self) -> &[String] {
+        self.values.undeclared()
+    }
+
+    /// Whether its provider comes from the providers file.
+    pub fn is_declared(&self) -> bool {
+        matches!(self.provider, ProviderRef::Declared(_))
     }
 
     /// The non-secret hint shown in listings.
@@ -214,42 +301,52 @@ impl ProviderSecret {
 
     /// The bytes to seal.
     pub fn to_plaintext(&self) -> Zeroizing<Vec<u8>> {
-        self.values.encode()
+        self.provider.encode(&self.values)
     }
 
-    /// Reads opened bytes back as the secret of the provider named `provider`.
+    /// Reads opened bytes back as the secret of the built-in provider named `provider`.
     pub fn from_plaintext(provider: &str, bytes: &[u8]) -> Result<Self, SecretFormatError> {
         let provider = find(provider)
             .ok_or_else(|| SecretFormatError::UnknownProvider(provider.to_owned()))?;
-        let values = Values::decode(provider.fields(), bytes)?;
-        Ok(ProviderSecret { provider, values })
+        let values = provider.decode(bytes)?;
+        Ok(ProviderSecret {
+            provider: ProviderRef::Builtin(provider),
+            values,
+        })
     }
 }
 
 /// The registry: the built-in providers and the arms of the requests' `secret`
 /// oneofs. Each line is `OneofArm => module`, the module exposing `PROVIDER`
 /// (its [`Provider`]) and `TryFrom<api::<Provider>Secret> for ProviderSecret`.
+/// The `generic` arm goes to the catalog's declared providers.
 macro_rules! registry {
     ($($arm:ident => $module:ident),+ $(,)?) => {
         /// Every built-in provider.
         pub static BUILTIN: &[&'static dyn Provider] = &[$(&$module::PROVIDER),+];
 
-        /// The secret oneof of a create request, validated by its provider.
-        impl TryFrom<api::create_credential_request::Secret> for ProviderSecret {
-            type Error = Error;
-            fn try_from(value: api::create_credential_request::Secret) -> Result<Self, Error> {
+        impl Catalog {
+            /// The secret oneof of a create request, validated by its provider.
+            pub fn create_secret(
+                &self,
+                value: api::create_credential_request::Secret,
+            ) -> Result<ProviderSecret, Error> {
+                use api::create_credential_request::Secret;
                 match value {
-                    $(api::create_credential_request::Secret::$arm(s) => s.try_into(),)+
+                    $(Secret::$arm(s) => s.try_into(),)+
+                    Secret::Generic(s) => self.generic_secret(s),
                 }
             }
-        }
 
-        /// The secret oneof of an update request, validated by its provider.
-        impl TryFrom<api::update_credential_request::Secret> for ProviderSecret {
-            type Error = Error;
-            fn try_from(value: api::update_credential_request::Secret) -> Result<Self, Error> {
+            /// The secret oneof of an update request, validated by its provider.
+            pub fn update_secret(
+                &self,
+                value: api::update_credential_request::Secret,
+            ) -> Result<ProviderSecret, Error> {
+                use api::update_credential_request::Secret;
                 match value {
-                    $(api::update_credential_request::Secret::$arm(s) => s.try_into(),)+
+                    $(Secret::$arm(s) => s.try_into(),)+
+                    Secret::Generic(s) => self.generic_secret(s),
                 }
             }
         }
@@ -265,20 +362,10 @@ pub fn find(name: &str) -> Option<&'static dyn Provider> {
     BUILTIN.iter().copied().find(|p| p.name() == name)
 }
 
-/// The names of the built-in providers, as a request's `secret` oneof sets them (`fleetio`).
-pub fn names() -> String {
-    BUILTIN
-        .iter()
-        .map(|p| p.name())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// Checks a header-bound secret value: present when `min > 0`, `min` to 512
 /// characters, visible ASCII only (so no space, CR or LF can split a header).
 /// Errors name `provider.field`, never the value.
 pub fn check_token(provider: &str, field: &str, value: &str, min: usize) -> Result<(), Error> {
-    const MAX_SECRET_LEN: usize = 512;
     if value.is_empty() {
         return Err(Error::invalid(format!("{provider}.{field} is required")));
     }
@@ -295,6 +382,9 @@ pub fn check_token(provider: &str, field: &str, value: &str, min: usize) -> Resu
     Ok(())
 }
 
+/// The longest value a secret field may hold.
+pub const MAX_SECRET_LEN: usize = 512;
+
 /// Settings shared by the providers' HTTP clients.
 #[derive(Clone, Debug)]
 pub struct ProviderSettings {
@@ -304,6 +394,8 @@ pub struct ProviderSettings {
     pub connect_timeout: Duration,
     /// Longest wait for a whole verification request.
     pub request_timeout: Duration,
+    /// The providers file (declared providers), read at start and on reload.
+    pub file: Option<PathBuf>,
 }
 
 impl Default for ProviderSettings {
@@ -312,55 +404,212 @@ impl Default for ProviderSettings {
             base_urls: BTreeMap::new(),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
+            file: None,
         }
     }
 }
 
-/// Why the providers' clients could not be set up.
+/// Why the providers could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
     #[error("no provider is named {name:?} (known: {known})")]
     Unknown { name: String, known: String },
     #[error("{provider} base url {url:?} {why}")]
     BaseUrl {
-        provider: &'static str,
+        provider: String,
         url: String,
         why: String,
     },
     #[error("cannot build the provider http client: {0}")]
     Http(String),
+    #[error(transparent)]
+    File(#[from] declared::DeclarationError),
+    #[error("no providers file to reload")]
+    NoFile,
 }
 
 /// The headers a worker sends, and where.
-pub struct ProviderHeaders<'a> {
+pub struct ProviderHeaders {
     /// Header name and value pairs, in order.
     pub headers: Vec<(Cow<'static, str>, String)>,
     /// The provider's API base URL.
-    pub base_url: &'a str,
+    pub base_url: String,
 }
 
-/// The configured providers: each built-in one with its API client.
-pub struct Providers {
-    clients: Vec<(&'static dyn Provider, Client)>,
+/// One provider in use, with its API client.
+struct Entry {
+    provider: ProviderRef,
+    client: Client,
 }
 
-impl fmt::Debug for Providers {
+/// The providers in use at one moment: the built-in ones, then the declared ones.
+pub struct Catalog {
+    entries: Vec<Entry>,
+}
+
+impl fmt::Debug for Catalog {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map()
-            .entries(self.clients.iter().map(|(p, c)| (p.name(), c.base_url())))
+            .entries(
+                self.entries
+                    .iter()
+                    .map(|e| (e.provider.name(), e.client.base_url())),
+            )
             .finish()
     }
 }
 
-impl Providers {
-    /// Builds the providers' HTTP clients; a base URL for an unknown provider is an error.
-    pub fn new(settings: &ProviderSettings) -> Result<Self, ProviderError> {
-        if let Some(name) = settings.base_urls.keys().find(|n| find(n).is_none()) {
-            return Err(ProviderError::Unknown {
-                name: name.clone(),
-                known: names(),
-            });
+impl Catalog {
+    /// The built-in providers at their default base URLs (for tools without a server).
+    pub fn builtin() -> Self {
+        let http = reqwest::Client::new();
+        let entries = BUILTIN
+            .iter()
+            .filter_map(|&p| {
+                Client::new(p.name(), http.clone(), p.default_base_url(), Duration::ZERO)
+                    .ok()
+                    .map(|client| Entry {
+                        provider: ProviderRef::Builtin(p),
+                        client,
+                    })
+            })
+            .collect();
+        Catalog { entries }
+    }
+
+    fn entry(&self, name: &str) -> Option<&Entry> {
+        self.entries.iter().find(|e| e.provider.name() == name)
+    }
+
+    /// The provider named `name`, built in or declared.
+    pub fn find(&self, name: &str) -> Option<ProviderRef> {
+        self.entry(name).map(|e| e.provider.clone())
+    }
+
+    /// The names of the providers, built-in first (`fleetio, acme`).
+    pub fn names(&self) -> String {
+        self.entries
+            .iter()
+            .map(|e| e.provider.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// How many providers are declared (not built in).
+    pub fn declared(&self) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| matches!(e.provider, ProviderRef::Declared(_)))
+            .count()
+    }
+
+    /// A `GenericSecret`: the fields of a declared provider, by name, validated.
+    fn generic_secret(&self, mut value: api::GenericSecret) -> Result<ProviderSecret, Error> {
+        let fields = std::mem::take(&mut value.fields);
+        match self.find(&value.provider) {
+            Some(ProviderRef::Declared(p)) => p.secret_from(fields),
+            Some(ProviderRef::Builtin(p)) => {
+                declared::wipe(fields);
+                Err(Error::invalid(format!(
+                    "provider {:?} is built in: set its own secret message ({}) instead of generic",
+                    p.name(),
+                    p.name()
+                )))
+            }
+            None if value.provider.is_empty() => {
+                declared::wipe(fields);
+                Err(Error::invalid("generic.provider is required"))
+            }
+            None => {
+                declared::wipe(fields);
+                Err(Error::invalid(format!(
+                    "no provider is named {:?} (known: {})",
+                    value.provider,
+                    self.names()
+                )))
+            }
         }
+    }
+
+    /// Reads opened bytes back as the secret of the provider named `provider`.
+    pub fn read(&self, provider: &str, bytes: &[u8]) -> Result<ProviderSecret, SecretFormatError> {
+        let provider = self
+            .find(provider)
+            .ok_or_else(|| SecretFormatError::UnknownProvider(provider.to_owned()))?;
+        let values = provider.decode(bytes)?;
+        Ok(ProviderSecret { provider, values })
+    }
+
+    /// The headers to send with `secret`, and where; `None` when its provider
+    /// is no longer in the catalog.
+    pub fn headers(&self, secret: &ProviderSecret) -> Option<ProviderHeaders> {
+        let entry = self.entry(secret.provider())?;
+        Some(ProviderHeaders {
+            headers: secret.headers(),
+            base_url: entry.client.base_url().to_owned(),
+        })
+    }
+
+    /// What a stored credential's plain metadata says its provider now lacks:
+    /// whether the provider is known, the stored fields it no longer declares,
+    /// and the fields it requires that were not stored.
+    pub fn drift(&self, provider: &str, stored: &[String]) -> Drift {
+        let Some(p) = self.find(provider) else {
+            return Drift {
+                unknown_provider: true,
+                ..Drift::default()
+            };
+        };
+        if stored.is_empty() {
+            // Records of built-in providers (and older ones) carry no field list.
+            return Drift::default();
+        }
+        let fields = p.fields();
+        Drift {
+            unknown_provider: false,
+            undeclared: stored
+                .iter()
+                .filter(|s| !fields.iter().any(|f| f.name == s.as_str()))
+                .cloned()
+                .collect(),
+            missing: fields
+                .iter()
+                .filter(|f| f.required && !stored.iter().any(|s| f.name == s.as_str()))
+                .map(|f| f.name.to_string())
+                .collect(),
+        }
+    }
+}
+
+/// How a stored credential and its provider's current declaration disagree.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Drift {
+    /// No provider of the stored name is built in or declared.
+    pub unknown_provider: bool,
+    /// Stored fields the provider no longer declares (kept sealed, not sent).
+    pub undeclared: Vec<String>,
+    /// Fields the provider now requires that the stored secret lacks.
+    pub missing: Vec<String>,
+}
+
+/// The configured providers: each built-in and declared one with its API
+/// client; the declared ones are replaced whole on reload.
+pub struct Providers {
+    http: reqwest::Client,
+    settings: ProviderSettings,
+    current: RwLock<Arc<Catalog>>,
+}
+
+impl fmt::Debug for Providers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.current().fmt(f)
+    }
+}
+
+impl Providers {
+    /// Reads the providers file, if any, and builds each provider's HTTP client;
+    /// a base URL for an unknown provider is an error.
+    pub fn new(settings: &ProviderSettings) -> Result<Self, ProviderError> {
         let http = reqwest::Client::builder()
             .user_agent(concat!("credvault/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(settings.connect_timeout)
@@ -369,43 +618,87 @@ impl Providers {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| ProviderError::Http(e.to_string()))?;
-        let clients = BUILTIN
-            .iter()
-            .map(|&p| {
+        let declared = match &settings.file {
+            Some(path) => declared::read_file(path)?,
+            None => Vec::new(),
+        };
+        let catalog = Self::catalog(&http, settings, declared)?;
+        if let Some(name) = settings
+            .base_urls
+            .keys()
+            .find(|n| catalog.entry(n).is_none())
+        {
+            return Err(ProviderError::Unknown {
+                name: name.clone(),
+                known: catalog.names(),
+            });
+        }
+        Ok(Providers {
+            http,
+            settings: settings.clone(),
+            current: RwLock::new(Arc::new(catalog)),
+        })
+    }
+
+    fn catalog(
+        http: &reqwest::Client,
+        settings: &ProviderSettings,
+        declared: Vec<declared::Declared>,
+    ) -> Result<Catalog, ProviderError> {
+        let providers = BUILTIN.iter().map(|&p| ProviderRef::Builtin(p)).chain(
+            declared
+                .into_iter()
+                .map(|d| ProviderRef::Declared(Arc::new(d))),
+        );
+        let entries = providers
+            .map(|provider| {
                 let url = settings
                     .base_urls
-                    .get(p.name())
-                    .map_or(p.default_base_url(), String::as_str);
-                Client::new(p.name(), http.clone(), url, settings.request_timeout).map(|c| (p, c))
+                    .get(provider.name())
+                    .map_or(provider.default_base_url(), String::as_str);
+                let client =
+                    Client::new(provider.name(), http.clone(), url, settings.request_timeout)?;
+                Ok(Entry { provider, client })
             })
-            .collect::<Result<_, _>>()?;
-        Ok(Providers { clients })
+            .collect::<Result<_, ProviderError>>()?;
+        Ok(Catalog { entries })
     }
 
-    fn client(&self, secret: &ProviderSecret) -> &Client {
-        let (_, client) = self
-            .clients
-            .iter()
-            .find(|(p, _)| p.name() == secret.provider())
-            // Every ProviderSecret names a registered provider, and each has a client.
-            .unwrap_or(&self.clients[0]);
-        client
+    /// The providers in use now.
+    pub fn current(&self) -> Arc<Catalog> {
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// The headers to send with `secret`, and where.
-    pub fn headers(&self, secret: &ProviderSecret) -> ProviderHeaders<'_> {
-        ProviderHeaders {
-            headers: secret.headers(),
-            base_url: self.client(secret).base_url(),
-        }
+    /// The providers file, if any.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        self.settings.file.as_deref()
+    }
+
+    /// Reads the providers file again; on any error the current set stays.
+    /// Returns how many providers are declared now.
+    pub fn reload(&self) -> Result<usize, ProviderError> {
+        let path = self.settings.file.as_ref().ok_or(ProviderError::NoFile)?;
+        let declared = declared::read_file(path)?;
+        let catalog = Self::catalog(&self.http, &self.settings, declared)?;
+        let count = catalog.declared();
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(catalog);
+        Ok(count)
     }
 
     /// Checks `secret` against the provider's API. Never fails: problems are a status.
     pub async fn verify(&self, secret: &ProviderSecret) -> Verification {
-        secret
-            .provider
-            .verify(self.client(secret), &secret.values)
-            .await
+        let catalog = self.current();
+        match catalog.entry(secret.provider()) {
+            Some(entry) => secret.provider.verify(&entry.client, &secret.values).await,
+            None => Verification::now(
+                VerificationStatus::ProviderError,
+                0,
+                format!(
+                    "provider {:?} is no longer declared in the providers file",
+                    secret.provider()
+                ),
+            ),
+        }
     }
 }
 
@@ -417,12 +710,12 @@ mod tests {
     fn sealed_values_round_trip_and_skip_unknown_tags() {
         const FIELDS: &[Field] = &[
             Field {
-                name: "key",
+                name: Cow::Borrowed("key"),
                 secret: true,
                 required: true,
             },
             Field {
-                name: "extra",
+                name: Cow::Borrowed("extra"),
                 secret: false,
                 required: false,
             },
@@ -438,7 +731,7 @@ mod tests {
                 FIELDS,
                 &Values::new(vec![String::new(), "x".into()]).encode()
             ),
-            Err(SecretFormatError::Missing("key"))
+            Err(SecretFormatError::Missing(f)) if f == "key"
         ));
         assert!(matches!(
             Values::decode(FIELDS, &[0x0a, 0x05, b'a']),

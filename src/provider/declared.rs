@@ -1,0 +1,1360 @@
+//! Declared providers: an API-key provider described in the providers file
+//! (TOML) instead of code: its fields, the headers to send as templates over
+//! them, and how one request (and an optional second one) verifies a secret.
+//!
+//! ```toml
+//! [[provider]]
+//! name = "acme"
+//! base_url = "https://api.acme.example"
+//!
+//! [[provider.field]]
+//! name = "token"                       # secret and required unless told otherwise
+//!
+//! [[provider.header]]
+//! name = "Authorization"
+//! value = "Bearer {token}"
+//!
+//! [provider.verify]
+//! path = "/v1/me"                      # GET; 200 valid, 401 rejected, 403 forbidden, 429 rate limited
+//! ```
+//!
+//! Declared secrets are sealed by field name, so editing a declaration never
+//! shifts a stored value into another field; a field the file no longer
+//! declares stays sealed and is reported, not sent.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use futures_util::future::BoxFuture;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT};
+use reqwest::Method;
+use serde::Deserialize;
+use toml::Spanned;
+use zeroize::{Zeroize, Zeroizing};
+
+use super::{
+    fingerprint, Client, Field, Provider, ProviderRef, ProviderSecret, SecretFormatError, Values,
+    MAX_SECRET_LEN,
+};
+use crate::api;
+use crate::error::Error;
+use crate::record::{Verification, VerificationStatus as Status};
+
+/// The largest providers file read.
+const MAX_FILE_SIZE: u64 = 1 << 20;
+/// The most providers one file may declare.
+const MAX_PROVIDERS: usize = 256;
+/// The most fields or headers one provider may declare.
+const MAX_PARTS: usize = 16;
+/// Headers a declaration may not set: HTTP's own framing and routing.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-connection",
+];
+
+/// Why a providers file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DeclarationError {
+    #[error("cannot read providers file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("providers file {} is larger than {MAX_FILE_SIZE} bytes", path.display())]
+    TooLarge { path: PathBuf },
+    #[error("providers file {} line {line}: {why}", path.display())]
+    At {
+        path: PathBuf,
+        line: usize,
+        why: String,
+    },
+}
+
+/// Reads and checks the providers file at `path`.
+pub fn read_file(path: &Path) -> Result<Vec<Declared>, DeclarationError> {
+    let read = |source| DeclarationError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let size = std::fs::metadata(path).map_err(read)?.len();
+    if size > MAX_FILE_SIZE {
+        return Err(DeclarationError::TooLarge {
+            path: path.to_owned(),
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(read)?;
+    parse(&text).map_err(|(line, why)| DeclarationError::At {
+        path: path.to_owned(),
+        line,
+        why,
+    })
+}
+
+/// A problem at a line of the file.
+type Problem = (usize, String);
+
+/// Makes a [`Problem`] of a span of the file and a message.
+type At<'a> = &'a dyn Fn(std::ops::Range<usize>, String) -> Problem;
+
+/// Checks the text of a providers file; a problem names its line.
+pub fn parse(text: &str) -> Result<Vec<Declared>, Problem> {
+    let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+    let file: FileDecl = toml::from_str(text).map_err(|e| {
+        let line = e.span().map_or(1, |s| line_of(s.start));
+        (line, e.message().to_owned())
+    })?;
+    if file.provider.len() > MAX_PROVIDERS {
+        return Err((
+            1,
+            format!("at most {MAX_PROVIDERS} providers may be declared"),
+        ));
+    }
+    let mut declared: Vec<Declared> = Vec::with_capacity(file.provider.len());
+    for decl in file.provider {
+        let at = |span: std::ops::Range<usize>, why: String| (line_of(span.start), why);
+        let name = decl.get_ref().name.get_ref();
+        if super::find(name).is_some() || declared.iter().any(|d| d.name == *name) {
+            return Err(at(
+                decl.get_ref().name.span(),
+                format!("provider {name:?} is declared twice (or is built in)"),
+            ));
+        }
+        let span = decl.span();
+        declared.push(compile(decl.into_inner(), span, &at)?);
+    }
+    Ok(declared)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDecl {
+    #[serde(default)]
+    provider: Vec<Spanned<ProviderDecl>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProviderDecl {
+    name: Spanned<String>,
+    base_url: Spanned<String>,
+    #[serde(default)]
+    field: Vec<Spanned<FieldDecl>>,
+    #[serde(default)]
+    header: Vec<Spanned<HeaderDecl>>,
+    verify: Spanned<VerifyDecl>,
+    /// The field whose last 4 characters are the listing's hint (default: the first secret field).
+    hint_field: Option<Spanned<String>>,
+    /// The field that names the provider account, for rate limits (default: the first secret field).
+    account_field: Option<Spanned<String>>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn one() -> usize {
+    1
+}
+fn max_len() -> usize {
+    MAX_SECRET_LEN
+}
+fn get() -> Spanned<String> {
+    Spanned::new(0..0, "GET".to_owned())
+}
+fn ok_codes() -> Vec<u16> {
+    vec![200]
+}
+fn unauthorized() -> Vec<u16> {
+    vec![401]
+}
+fn forbidden() -> Vec<u16> {
+    vec![403]
+}
+fn too_many() -> Vec<u16> {
+    vec![429]
+}
+fn retry_after() -> String {
+    "Retry-After".to_owned()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FieldDecl {
+    name: Spanned<String>,
+    #[serde(default = "yes")]
+    secret: bool,
+    #[serde(default = "yes")]
+    required: bool,
+    #[serde(default = "one")]
+    min_length: usize,
+    #[serde(default = "max_len")]
+    max_length: usize,
+    /// The characters a value may hold, as ranges and single characters (`A-Za-z0-9_-`).
+    allowed: Option<Spanned<String>>,
+    /// Used in headers when an optional plain field is left empty.
+    default: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeaderDecl {
+    name: Spanned<String>,
+    value: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyDecl {
+    #[serde(default = "get")]
+    method: Spanned<String>,
+    path: Spanned<String>,
+    /// The provider's headers this request sends (default: all).
+    headers: Option<Vec<Spanned<String>>>,
+    #[serde(default = "ok_codes")]
+    valid: Vec<u16>,
+    #[serde(default = "unauthorized")]
+    rejected: Vec<u16>,
+    /// The field a rejection names when no diagnosis tells (default: the only, or first, secret field).
+    rejected_field: Option<Spanned<String>>,
+    #[serde(default = "forbidden")]
+    forbidden: Vec<u16>,
+    #[serde(default = "too_many")]
+    rate_limited: Vec<u16>,
+    #[serde(default = "retry_after")]
+    retry_after_header: String,
+    diagnose: Option<Spanned<DiagnoseDecl>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiagnoseDecl {
+    #[serde(default = "get")]
+    method: Spanned<String>,
+    path: Spanned<String>,
+    headers: Option<Vec<Spanned<String>>>,
+    /// The field each answer of this request shows to be the rejected one, by HTTP status.
+    rejected_field: BTreeMap<String, Spanned<String>>,
+}
+
+/// A piece of a template: text as written, or a field's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Text(String),
+    Field(usize),
+}
+
+/// One declared field's validation.
+#[derive(Debug)]
+struct Rule {
+    min: usize,
+    max: usize,
+    /// Allowed bytes, when the declaration narrows them (always visible ASCII).
+    allowed: Option<Box<[bool; 128]>>,
+    default: Option<String>,
+}
+
+/// A header to send: its name and value template.
+#[derive(Debug)]
+struct HeaderTemplate {
+    name: String,
+    parts: Vec<Part>,
+    /// Whether a secret field's value appears in it.
+    secret: bool,
+}
+
+/// A verification request: method, path template (plain fields only), headers sent.
+#[derive(Debug)]
+struct Request {
+    method: Method,
+    path: Vec<Part>,
+    headers: Vec<usize>,
+}
+
+/// How a secret is verified: one request, the meaning of its answers, and an
+/// optional second request after a rejection that tells which field is wrong.
+#[derive(Debug)]
+struct Check {
+    request: Request,
+    valid: Vec<u16>,
+    rejected: Vec<u16>,
+    /// The field a rejection names when no diagnosis tells.
+    rejected_field: usize,
+    forbidden: Vec<u16>,
+    rate_limited: Vec<u16>,
+    retry_after_header: String,
+    /// The second request, and the field each of its answers (by status) shows wrong.
+    diagnose: Option<(Request, Vec<(u16, usize)>)>,
+}
+
+/// A provider from the providers file.
+#[derive(Debug)]
+pub struct Declared {
+    name: String,
+    base_url: String,
+    fields: Vec<Field>,
+    rules: Vec<Rule>,
+    headers: Vec<HeaderTemplate>,
+    check: Check,
+    hint_field: usize,
+    account_field: usize,
+}
+
+fn compile(
+    decl: ProviderDecl,
+    span: std::ops::Range<usize>,
+    at: At<'_>,
+) -> Result<Declared, Problem> {
+    let name = decl.name.get_ref().clone();
+    let valid_name = (1..=32).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if !valid_name {
+        return Err(at(
+            decl.name.span(),
+            format!("provider name {name:?} must be 1 to 32 lowercase letters, digits, '-' or '_', starting with a letter"),
+        ));
+    }
+    let url = reqwest::Url::parse(decl.base_url.get_ref());
+    if !url
+        .as_ref()
+        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.query().is_none())
+    {
+        return Err(at(
+            decl.base_url.span(),
+            format!("{name}: base_url must be an http(s) url without a query"),
+        ));
+    }
+    if decl.field.is_empty() || decl.field.len() > MAX_PARTS {
+        return Err(at(
+            span,
+            format!("{name}: declare 1 to {MAX_PARTS} fields ([[provider.field]])"),
+        ));
+    }
+    let (fields, rules) = compile_fields(&name, &decl.field, at)?;
+    let headers = compile_headers(&name, &decl.header, &fields, span, at)?;
+    let check = compile_check(&name, &fields, &headers, decl.verify, at)?;
+    let first_secret = fields.iter().position(|f| f.secret);
+    let hint_field = match &decl.hint_field {
+        Some(f) => field_index(&name, &fields, f, "hint_field", at)?,
+        None => first_secret.unwrap_or(0),
+    };
+    let account_field = match &decl.account_field {
+        Some(f) => field_index(&name, &fields, f, "account_field", at)?,
+        None => first_secret.unwrap_or(0),
+    };
+    Ok(Declared {
+        name,
+        base_url: decl.base_url.into_inner(),
+        fields,
+        rules,
+        headers,
+        check,
+        hint_field,
+        account_field,
+    })
+}
+
+/// The fields and their validation rules.
+fn compile_fields(
+    name: &str,
+    decls: &[Spanned<FieldDecl>],
+    at: At<'_>,
+) -> Result<(Vec<Field>, Vec<Rule>), Problem> {
+    let mut fields: Vec<Field> = Vec::new();
+    let mut rules = Vec::new();
+    for f in decls {
+        let f_span = f.span();
+        let f = f.get_ref();
+        let field = f.name.get_ref();
+        let valid_field = (1..=32).contains(&field.len())
+            && field.starts_with(|c: char| c.is_ascii_lowercase())
+            && field
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !valid_field {
+            return Err(at(
+                f.name.span(),
+                format!("{name}: field name {field:?} must be 1 to 32 lowercase letters, digits or '_', starting with a letter"),
+            ));
+        }
+        if fields.iter().any(|x| x.name == field.as_str()) {
+            return Err(at(
+                f.name.span(),
+                format!("{name}: field {field:?} is declared twice"),
+            ));
+        }
+        if f.min_length < 1 || f.min_length > f.max_length || f.max_length > MAX_SECRET_LEN {
+            return Err(at(
+                f_span,
+                format!("{name}.{field}: lengths must satisfy 1 <= min_length <= max_length <= {MAX_SECRET_LEN}"),
+            ));
+        }
+        let allowed = match &f.allowed {
+            None => None,
+            Some(a) => Some(
+                char_class(a.get_ref())
+                    .map_err(|why| at(a.span(), format!("{name}.{field}: allowed {why}")))?,
+            ),
+        };
+        let default = match &f.default {
+            None => None,
+            Some(d) if f.secret || f.required => {
+                return Err(at(
+                    d.span(),
+                    format!("{name}.{field}: only an optional plain field (secret = false, required = false) may have a default"),
+                ))
+            }
+            Some(d) => {
+                let value = d.get_ref();
+                let fits = (f.min_length..=f.max_length).contains(&value.len())
+                    && value.bytes().all(|b| {
+                        b.is_ascii_graphic()
+                            && allowed.as_ref().is_none_or(|set| set[usize::from(b)])
+                    });
+                if !fits {
+                    return Err(at(
+                        d.span(),
+                        format!("{name}.{field}: the default does not satisfy the field's own rules"),
+                    ));
+                }
+                Some(value.clone())
+            }
+        };
+        fields.push(Field {
+            name: Cow::Owned(field.clone()),
+            secret: f.secret,
+            required: f.required,
+        });
+        rules.push(Rule {
+            min: f.min_length,
+            max: f.max_length,
+            allowed,
+            default,
+        });
+    }
+    Ok((fields, rules))
+}
+
+/// The header templates; every secret field must be in one.
+fn compile_headers(
+    name: &str,
+    decls: &[Spanned<HeaderDecl>],
+    fields: &[Field],
+    span: std::ops::Range<usize>,
+    at: At<'_>,
+) -> Result<Vec<HeaderTemplate>, Problem> {
+    if decls.is_empty() || decls.len() > MAX_PARTS {
+        return Err(at(
+            span.clone(),
+            format!("{name}: declare 1 to {MAX_PARTS} headers ([[provider.header]])"),
+        ));
+    }
+    let mut headers: Vec<HeaderTemplate> = Vec::new();
+    for h in decls {
+        let h = h.get_ref();
+        let header = h.name.get_ref();
+        if HeaderName::from_bytes(header.as_bytes()).is_err() {
+            return Err(at(
+                h.name.span(),
+                format!("{name}: {header:?} is not a valid header name"),
+            ));
+        }
+        if RESERVED_HEADERS.contains(&header.to_ascii_lowercase().as_str()) {
+            return Err(at(
+                h.name.span(),
+                format!("{name}: header {header:?} is http's own and may not be declared"),
+            ));
+        }
+        if headers.iter().any(|x| x.name.eq_ignore_ascii_case(header)) {
+            return Err(at(
+                h.name.span(),
+                format!("{name}: header {header:?} is declared twice"),
+            ));
+        }
+        let what = format!("header {header}");
+        let parts = template(h.value.get_ref(), fields)
+            .map_err(|why| at(h.value.span(), format!("{name}: {what}: {why}")))?;
+        for part in &parts {
+            if let Part::Text(t) = part {
+                if !t.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+                    return Err(at(
+                        h.value.span(),
+                        format!(
+                            "{name}: {what}: a header value may hold only visible ASCII and spaces"
+                        ),
+                    ));
+                }
+            }
+        }
+        if parts.is_empty() {
+            return Err(at(
+                h.value.span(),
+                format!("{name}: {what}: the value is empty"),
+            ));
+        }
+        let secret = parts
+            .iter()
+            .any(|p| matches!(p, Part::Field(i) if fields[*i].secret));
+        headers.push(HeaderTemplate {
+            name: header.clone(),
+            parts,
+            secret,
+        });
+    }
+    let unsent = (0..fields.len())
+        .find(|&i| fields[i].secret && !headers.iter().any(|h| h.parts.contains(&Part::Field(i))));
+    if let Some(i) = unsent {
+        return Err(at(
+            span,
+            format!(
+                "{name}: secret field {:?} is in no header, so it would never be sent",
+                fields[i].name
+            ),
+        ));
+    }
+
+    Ok(headers)
+}
+
+/// A verification request: method, path template (plain fields only), the headers it sends.
+#[allow(clippy::too_many_arguments)]
+fn compile_request(
+    name: &str,
+    fields: &[Field],
+    headers: &[HeaderTemplate],
+    method: &Spanned<String>,
+    path: &Spanned<String>,
+    sent: &Option<Vec<Spanned<String>>>,
+    what: &str,
+    at: At<'_>,
+) -> Result<Request, Problem> {
+    let method = match method.get_ref().to_ascii_uppercase().as_str() {
+        "GET" => Method::GET,
+        "HEAD" => Method::HEAD,
+        _ => {
+            return Err(at(
+                method.span(),
+                format!(
+                    "{name}: {what}.method must be GET or HEAD (a check must not change anything)"
+                ),
+            ))
+        }
+    };
+    if !path.get_ref().starts_with('/') {
+        return Err(at(
+            path.span(),
+            format!("{name}: {what}.path must start with '/'"),
+        ));
+    }
+    let parts = template(path.get_ref(), fields)
+        .map_err(|why| at(path.span(), format!("{name}: {what}.path: {why}")))?;
+    for part in &parts {
+        match part {
+            Part::Field(i) if fields[*i].secret => {
+                return Err(at(
+                    path.span(),
+                    format!(
+                        "{name}: {what}.path would put secret field {:?} in a url (urls are logged by proxies); send it in a header",
+                        fields[*i].name
+                    ),
+                ))
+            }
+            Part::Text(t) if !t.bytes().all(|b| b.is_ascii_graphic() && b != b'#') => {
+                return Err(at(
+                    path.span(),
+                    format!("{name}: {what}.path may hold only visible ASCII without '#'"),
+                ))
+            }
+            _ => {}
+        }
+    }
+    let headers = match sent {
+        None => (0..headers.len()).collect(),
+        Some(list) => list
+            .iter()
+            .map(|s| {
+                headers
+                    .iter()
+                    .position(|h| h.name.eq_ignore_ascii_case(s.get_ref()))
+                    .ok_or_else(|| {
+                        at(
+                            s.span(),
+                            format!(
+                                "{name}: {what}.headers names undeclared header {:?}",
+                                s.get_ref()
+                            ),
+                        )
+                    })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    Ok(Request {
+        method,
+        path: parts,
+        headers,
+    })
+}
+
+/// The verification: its request, what each answer means, and the optional diagnosis.
+fn compile_check(
+    name: &str,
+    fields: &[Field],
+    headers: &[HeaderTemplate],
+    verify: Spanned<VerifyDecl>,
+    at: At<'_>,
+) -> Result<Check, Problem> {
+    let v_span = verify.span();
+    let v = verify.into_inner();
+    let request = compile_request(
+        name, fields, headers, &v.method, &v.path, &v.headers, "verify", at,
+    )?;
+    let mut seen: Vec<u16> = Vec::new();
+    for code in v
+        .valid
+        .iter()
+        .chain(&v.rejected)
+        .chain(&v.forbidden)
+        .chain(&v.rate_limited)
+    {
+        if !(100..=599).contains(code) {
+            return Err(at(
+                v_span.clone(),
+                format!("{name}: verify: {code} is not an http status"),
+            ));
+        }
+        if seen.contains(code) {
+            return Err(at(
+                v_span.clone(),
+                format!("{name}: verify: status {code} is given two meanings"),
+            ));
+        }
+        seen.push(code.to_owned());
+    }
+    if v.valid.is_empty() {
+        return Err(at(
+            v_span,
+            format!("{name}: verify.valid must name at least one status"),
+        ));
+    }
+    if HeaderName::from_bytes(v.retry_after_header.as_bytes()).is_err() {
+        return Err(at(
+            v_span,
+            format!("{name}: verify.retry_after_header is not a header name"),
+        ));
+    }
+    let secret_count = fields.iter().filter(|f| f.secret).count();
+    let rejected_field = match &v.rejected_field {
+        Some(f) => field_index(name, fields, f, "verify.rejected_field", at)?,
+        None if secret_count <= 1 || v.diagnose.is_some() => fields.iter().position(|f| f.secret).unwrap_or(0),
+        None => {
+            return Err(at(
+                v_span,
+                format!("{name}: verify.rejected_field is required: {secret_count} secret fields could be the rejected one (or add verify.diagnose to tell)"),
+            ))
+        }
+    };
+    let diagnose = match &v.diagnose {
+        None => None,
+        Some(d) => {
+            let d_span = d.span();
+            let d = d.get_ref();
+            let req = compile_request(
+                name,
+                fields,
+                headers,
+                &d.method,
+                &d.path,
+                &d.headers,
+                "verify.diagnose",
+                at,
+            )?;
+            let mut answers = Vec::new();
+            for (code, field) in &d.rejected_field {
+                let status = code
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|c| (100..=599).contains(c))
+                    .ok_or_else(|| {
+                        at(
+                            field.span(),
+                            format!("{name}: verify.diagnose.rejected_field: {code:?} is not an http status"),
+                        )
+                    })?;
+                answers.push((
+                    status,
+                    field_index(name, fields, field, "verify.diagnose.rejected_field", at)?,
+                ));
+            }
+            if answers.is_empty() {
+                return Err(at(
+                    d_span,
+                    format!("{name}: verify.diagnose.rejected_field must map at least one status to a field"),
+                ));
+            }
+            Some((req, answers))
+        }
+    };
+    Ok(Check {
+        request,
+        valid: v.valid,
+        rejected: v.rejected,
+        rejected_field,
+        forbidden: v.forbidden,
+        rate_limited: v.rate_limited,
+        retry_after_header: v.retry_after_header,
+        diagnose,
+    })
+}
+
+/// The index of the field `s` names; `what` says where it was named.
+fn field_index(
+    name: &str,
+    fields: &[Field],
+    s: &Spanned<String>,
+    what: &str,
+    at: At<'_>,
+) -> Result<usize, Problem> {
+    fields
+        .iter()
+        .position(|f| f.name == s.get_ref().as_str())
+        .ok_or_else(|| {
+            let known = fields
+                .iter()
+                .map(|f| &*f.name)
+                .collect::<Vec<_>>()
+                .join(", ");
+            at(
+                s.span(),
+                format!(
+                    "{name}: {what} names unknown field {:?} (fields: {known})",
+                    s.get_ref()
+                ),
+            )
+        })
+}
+
+/// Parses `{field}` references in a template; `{{` and `}}` stand for braces.
+fn template(text: &str, fields: &[Field]) -> Result<Vec<Part>, String> {
+    let mut parts = Vec::new();
+    let mut literal = String::new();
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if let Some(after) = rest.strip_prefix("{{") {
+            literal.push('{');
+            rest = after;
+        } else if let Some(after) = rest.strip_prefix("}}") {
+            literal.push('}');
+            rest = after;
+        } else if c == '{' {
+            let end = rest
+                .find('}')
+                .ok_or_else(|| "a '{' is not closed (write {{ for a brace)".to_owned())?;
+            let field = &rest[1..end];
+            let index = fields.iter().position(|f| f.name == field).ok_or_else(|| {
+                format!(
+                    "the template names unknown field {field:?} (fields: {})",
+                    fields
+                        .iter()
+                        .map(|f| &*f.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?;
+            if !literal.is_empty() {
+                parts.push(Part::Text(std::mem::take(&mut literal)));
+            }
+            parts.push(Part::Field(index));
+            rest = &rest[end + 1..];
+        } else if c == '}' {
+            return Err("a '}' has no '{' (write }} for a brace)".into());
+        } else {
+            literal.push(c);
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    if !literal.is_empty() {
+        parts.push(Part::Text(literal));
+    }
+    Ok(parts)
+}
+
+/// A character class such as `A-Za-z0-9_-`: ranges and single visible ASCII characters.
+fn char_class(spec: &str) -> Result<Box<[bool; 128]>, String> {
+    let mut set = Box::new([false; 128]);
+    let chars: Vec<char> = spec.chars().collect();
+    if chars.is_empty() {
+        return Err("is empty".into());
+    }
+    let mut i = 0;
+    while i < chars.len() {
+        let lo = chars[i];
+        let (from, to) = if i + 2 < chars.len() && chars[i + 1] == '-' {
+            i += 3;
+            (lo, chars[i - 1])
+        } else {
+            i += 1;
+            (lo, lo)
+        };
+        if !from.is_ascii_graphic() || !to.is_ascii_graphic() || from > to {
+            return Err(format!(
+                "{from}-{to} is not a range of visible ASCII characters"
+            ));
+        }
+        for c in from..=to {
+            set[c as usize] = true;
+        }
+    }
+    Ok(set)
+}
+
+/// Wipes the values of a request's field map.
+pub fn wipe(fields: HashMap<String, String>) {
+    for (_, mut value) in fields {
+        value.zeroize();
+    }
+}
+
+impl Declared {
+    /// The provider's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A secret from a request's named fields, validated; errors never echo a value.
+    pub fn secret_from(
+        self: &std::sync::Arc<Self>,
+        mut given: HashMap<String, String>,
+    ) -> Result<ProviderSecret, Error> {
+        let name = &self.name;
+        if let Some(unknown) = given
+            .keys()
+            .find(|k| !self.fields.iter().any(|f| f.name == k.as_str()))
+        {
+            let shown: String = unknown.chars().take(64).collect();
+            let known = self
+                .fields
+                .iter()
+                .map(|f| &*f.name)
+                .collect::<Vec<_>>()
+                .join(", ");
+            wipe(given);
+            return Err(Error::invalid(format!(
+                "{name} has no field {shown:?} (fields: {known})"
+            )));
+        }
+        let mut values = Vec::with_capacity(self.fields.len());
+        let mut problem = None;
+        for (field, rule) in self.fields.iter().zip(&self.rules) {
+            let value = given.remove(&*field.name).unwrap_or_default();
+            if problem.is_none() {
+                problem = check(name, field, rule, &value).err();
+            }
+            values.push(value);
+        }
+        let values = Values::new(values);
+        match problem {
+            Some(e) => Err(e),
+            None => Ok(ProviderSecret::new(
+                ProviderRef::Declared(std::sync::Arc::clone(self)),
+                values,
+            )),
+        }
+    }
+
+    /// The value of field `i` for a header: its own, else its default.
+    fn value<'a>(&'a self, values: &'a Values, i: usize) -> &'a str {
+        match values.get(i) {
+            "" => self.rules[i].default.as_deref().unwrap_or(""),
+            v => v,
+        }
+    }
+
+    /// A template filled in; `None` when it names an empty field without a default.
+    fn render(&self, parts: &[Part], values: &Values, escape: bool) -> Option<Zeroizing<String>> {
+        let mut out = Zeroizing::new(String::new());
+        for part in parts {
+            match part {
+                Part::Text(t) => out.push_str(t),
+                Part::Field(i) => match self.value(values, *i) {
+                    "" => return None,
+                    v if escape => percent_encode(v, &mut out),
+                    v => out.push_str(v),
+                },
+            }
+        }
+        Some(out)
+    }
+
+    /// The request headers of a check, secret ones marked sensitive.
+    fn request_headers(&self, request: &Request, values: &Values) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        if !self
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("accept"))
+        {
+            map.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        }
+        for &i in &request.headers {
+            let h = &self.headers[i];
+            let Some(value) = self.render(&h.parts, values, false) else {
+                continue;
+            };
+            // Names and values were checked at load and on write.
+            if let (Ok(name), Ok(mut value)) = (
+                HeaderName::from_bytes(h.name.as_bytes()),
+                HeaderValue::from_str(&value),
+            ) {
+                value.set_sensitive(h.secret);
+                map.append(name, value);
+            }
+        }
+        map
+    }
+
+    async fn send(
+        &self,
+        client: &Client,
+        request: &Request,
+        values: &Values,
+    ) -> reqwest::Result<reqwest::Response> {
+        let path = self
+            .render(&request.path, values, true)
+            .map_or_else(String::new, |p| p.to_string());
+        client
+            .request(
+                request.method.clone(),
+                &path,
+                self.request_headers(request, values),
+            )
+            .await
+    }
+
+    fn rejected(&self, field: usize, http: u16, message: String) -> Verification {
+        let field = &self.fields[field].name;
+        Verification::rejected(Status::SecretRejected, field, http, message)
+    }
+
+    async fn verify(&self, client: &Client, values: &Values) -> Verification {
+        let name = &self.name;
+        let resp = match self.send(client, &self.check.request, values).await {
+            Ok(r) => r,
+            Err(e) => return client.unreachable(&e),
+        };
+        let code = resp.status().as_u16();
+        if self.check.valid.contains(&code) {
+            Verification::now(
+                Status::Valid,
+                code,
+                format!("{name} accepted the secret ({code})"),
+            )
+        } else if self.check.rejected.contains(&code) {
+            match &self.check.diagnose {
+                None => self.rejected(
+                    self.check.rejected_field,
+                    code,
+                    format!(
+                        "{name} rejected the {} ({code})",
+                        self.fields[self.check.rejected_field].name
+                    ),
+                ),
+                Some((request, answers)) => {
+                    self.diagnose(client, values, code, request, answers).await
+                }
+            }
+        } else if self.check.forbidden.contains(&code) {
+            Verification::now(
+                Status::Forbidden,
+                code,
+                format!("{name} knows the secret but denies it access ({code})"),
+            )
+        } else if self.check.rate_limited.contains(&code) {
+            client.rate_limited_by(resp.headers(), &self.check.retry_after_header, code)
+        } else {
+            client.unexpected(resp.status())
+        }
+    }
+
+    /// After a rejection (`first`): the second request tells which field is wrong.
+    async fn diagnose(
+        &self,
+        client: &Client,
+        values: &Values,
+        first: u16,
+        request: &Request,
+        answers: &[(u16, usize)],
+    ) -> Verification {
+        let name = &self.name;
+        let resp = match self.send(client, request, values).await {
+            Ok(r) => r,
+            Err(e) => {
+                let why = client.unreachable(&e).message;
+                return self.rejected(
+                    self.check.rejected_field,
+                    first,
+                    format!("{name} rejected the secret ({first}); which field is wrong is unknown: {why}"),
+                );
+            }
+        };
+        let code = resp.status().as_u16();
+        match answers.iter().find(|(c, _)| *c == code) {
+            Some(&(_, field)) => self.rejected(
+                field,
+                first,
+                format!(
+                    "{name} rejected the secret ({first}); the second check ({code}) shows the {} is wrong",
+                    self.fields[field].name
+                ),
+            ),
+            None if self.check.rate_limited.contains(&code) => {
+                client.rate_limited_by(resp.headers(), &self.check.retry_after_header, code)
+            }
+            None => client.unexpected(resp.status()),
+        }
+    }
+}
+
+/// Checks one field's value against its rule; the message names the field, never the value.
+fn check(provider: &str, field: &Field, rule: &Rule, value: &str) -> Result<(), Error> {
+    let f = &field.name;
+    if value.is_empty() {
+        return if field.required {
+            Err(Error::invalid(format!("{provider}.{f} is required")))
+        } else {
+            Ok(())
+        };
+    }
+    if value.len() < rule.min || value.len() > rule.max {
+        return Err(Error::invalid(format!(
+            "{provider}.{f} must be {} to {} characters long",
+            rule.min, rule.max
+        )));
+    }
+    if !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Error::invalid(format!(
+            "{provider}.{f} may hold only visible ASCII characters (no spaces or control characters)"
+        )));
+    }
+    if let Some(set) = &rule.allowed {
+        if !value.bytes().all(|b| set[usize::from(b)]) {
+            return Err(Error::invalid(format!(
+                "{provider}.{f} holds a character its declaration does not allow"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Appends `value` with every byte outside RFC 3986's unreserved set percent-encoded.
+fn percent_encode(value: &str, out: &mut String) {
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+}
+
+impl Provider for Declared {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn fields(&self) -> &[Field] {
+        &self.fields
+    }
+
+    fn default_base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// Each declared header in order; one naming an empty field without a default is left out.
+    fn headers(&self, values: &Values) -> Vec<(Cow<'static, str>, String)> {
+        self.headers
+            .iter()
+            .filter_map(|h| {
+                self.render(&h.parts, values, false)
+                    .map(|v| (Cow::Owned(h.name.clone()), v.to_string()))
+            })
+            .collect()
+    }
+
+    fn verify<'a>(&'a self, client: &'a Client, values: &'a Values) -> BoxFuture<'a, Verification> {
+        Box::pin(Declared::verify(self, client, values))
+    }
+
+    fn hint(&self, values: &Values) -> String {
+        let key = values.get(self.hint_field);
+        let start = key.char_indices().rev().nth(3).map_or(0, |(i, _)| i);
+        key[start..].to_owned()
+    }
+
+    fn account_key(&self, values: &Values) -> [u8; 32] {
+        fingerprint(&self.name, values.get(self.account_field))
+    }
+
+    /// Sealed by name: each set field as an entry (tag 1) of name (1) and value (2).
+    fn encode(&self, values: &Values) -> Zeroizing<Vec<u8>> {
+        use prost::encoding::{encode_key, encode_varint, string, WireType};
+        let mut buf = Zeroizing::new(Vec::new());
+        for (i, field) in self.fields.iter().enumerate() {
+            let value = values.get(i);
+            if value.is_empty() {
+                continue;
+            }
+            let mut entry = Zeroizing::new(Vec::new());
+            string::encode(1, &field.name.to_string(), &mut *entry);
+            string::encode(2, &value.to_owned(), &mut *entry);
+            encode_key(1, WireType::LengthDelimited, &mut *buf);
+            encode_varint(entry.len() as u64, &mut *buf);
+            buf.extend_from_slice(&entry);
+        }
+        buf
+    }
+
+    /// Reads entries back by name; a stored field no longer declared is noted, not an error.
+    fn decode(&self, mut bytes: &[u8]) -> Result<Values, SecretFormatError> {
+        use prost::encoding::WireType;
+        use prost::encoding::{decode_key, decode_varint, skip_field, string, DecodeContext};
+        let mut values: Vec<String> = vec![String::new(); self.fields.len()];
+        let mut undeclared = Vec::new();
+        let malformed = |values: Vec<String>| {
+            drop(Values::new(values));
+            SecretFormatError::Malformed
+        };
+        while !bytes.is_empty() {
+            let Ok((tag, wire)) = decode_key(&mut bytes) else {
+                return Err(malformed(values));
+            };
+            if tag != 1 || wire != WireType::LengthDelimited {
+                if skip_field(wire, tag, &mut bytes, DecodeContext::default()).is_err() {
+                    return Err(malformed(values));
+                }
+                continue;
+            }
+            let len = decode_varint(&mut bytes)
+                .ok()
+                .and_then(|l| usize::try_from(l).ok())
+                .filter(|&l| l <= bytes.len());
+            let Some(len) = len else {
+                return Err(malformed(values));
+            };
+            let (mut entry, rest) = bytes.split_at(len);
+            bytes = rest;
+            let mut name = String::new();
+            let mut value = Zeroizing::new(String::new());
+            while !entry.is_empty() {
+                let read = decode_key(&mut entry).and_then(|(tag, wire)| match tag {
+                    1 => string::merge(wire, &mut name, &mut entry, DecodeContext::default()),
+                    2 => string::merge(wire, &mut value, &mut entry, DecodeContext::default()),
+                    _ => skip_field(wire, tag, &mut entry, DecodeContext::default()),
+                });
+                if read.is_err() {
+                    return Err(malformed(values));
+                }
+            }
+            match self.fields.iter().position(|f| f.name == name) {
+                Some(i) => values[i] = std::mem::take(&mut *value),
+                None => undeclared.push(name),
+            }
+        }
+        let values = Values::new(values).with_undeclared(undeclared);
+        match self
+            .fields
+            .iter()
+            .enumerate()
+            .find(|(i, f)| f.required && values.get(*i).is_empty())
+        {
+            Some((_, f)) => Err(SecretFormatError::Missing(f.name.to_string())),
+            None => Ok(values),
+        }
+    }
+}
+
+/// The request message redacts every value (build.rs derives no Debug for it):
+/// which of a declared provider's fields are secret is the file's to say.
+impl fmt::Debug for api::GenericSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names: Vec<&String> = self.fields.keys().collect();
+        names.sort();
+        f.debug_struct("GenericSecret")
+            .field("provider", &self.provider)
+            .field("fields", &names)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ACME: &str = r#"
+[[provider]]
+name = "acme"
+base_url = "http://127.0.0.1:9/api"
+
+[[provider.field]]
+name = "token"
+allowed = "A-Za-z0-9_-"
+
+[[provider.field]]
+name = "region"
+secret = false
+required = false
+default = "eu"
+
+[[provider.header]]
+name = "Authorization"
+value = "Bearer {token}"
+
+[[provider.header]]
+name = "X-Region"
+value = "{region}"
+
+[provider.verify]
+path = "/v1/{region}/me"
+"#;
+
+    fn acme() -> std::sync::Arc<Declared> {
+        std::sync::Arc::new(parse(ACME).unwrap().remove(0))
+    }
+
+    fn given(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn a_declaration_renders_headers_and_validates_fields() {
+        let p = acme();
+        let s = p.secret_from(given(&[("token", "tok_123456")])).unwrap();
+        let headers: Vec<_> = s
+            .headers()
+            .into_iter()
+            .map(|(n, v)| (n.into_owned(), v))
+            .collect();
+        assert_eq!(
+            headers,
+            [
+                ("Authorization".to_owned(), "Bearer tok_123456".to_owned()),
+                ("X-Region".to_owned(), "eu".to_owned())
+            ]
+        );
+        assert_eq!(s.hint(), "3456");
+        for (fields, want) in [
+            (vec![], "acme.token is required"),
+            (
+                vec![("token", "a b")],
+                "acme.token may hold only visible ASCII",
+            ),
+            (vec![("token", "a+b")], "acme.token holds a character"),
+            (
+                vec![("token", "ok"), ("tokn", "x")],
+                "acme has no field \"tokn\"",
+            ),
+        ] {
+            let err = p.secret_from(given(&fields)).unwrap_err().to_string();
+            assert!(err.starts_with(want), "{err}");
+            assert!(!err.contains("a b") && !err.contains("a+b"), "{err}");
+        }
+    }
+
+    #[test]
+    fn sealed_by_name_and_a_dropped_field_is_reported() {
+        let p = acme();
+        let s = p
+            .secret_from(given(&[("token", "tok_1"), ("region", "us")]))
+            .unwrap();
+        let bytes = s.to_plaintext();
+        // The same provider without its region field still reads the token.
+        let without = ACME
+            .replace("value = \"{region}\"", "value = \"fixed\"")
+            .replace("/v1/{region}/me", "/v1/me")
+            .replace(
+                "[[provider.field]]\nname = \"region\"\nsecret = false\nrequired = false\ndefault = \"eu\"\n",
+                "",
+            );
+        let narrower = parse(&without).unwrap().remove(0);
+        let back = narrower.decode(&bytes).unwrap();
+        assert_eq!(back.get(0), "tok_1");
+        assert_eq!(back.undeclared(), ["region"]);
+        assert!(matches!(
+            narrower.decode(&[0x0a, 0x09, 0x0a]),
+            Err(SecretFormatError::Malformed)
+        ));
+    }
+
+    #[test]
+    fn bad_declarations_name_their_line() {
+        for (edit, line, want) in [
+            (("{token}\"", "{tokn}\""), 18, "unknown field \"tokn\""),
+            (("/v1/{region}/me", "/v1/me?t={token}"), 25, "in a url"),
+            (
+                ("name = \"X-Region\"", "name = \"authorization\""),
+                21,
+                "declared twice",
+            ),
+            (("name = \"acme\"", "name = \"fleetio\""), 3, "built in"),
+            (
+                ("secret = false\n", "secret = false\nsecrets = 1\n"),
+                13,
+                "unknown field `secrets`",
+            ),
+            (
+                ("allowed = \"A-Za-z0-9_-\"", "allowed = \"z-a\""),
+                8,
+                "allowed z-a",
+            ),
+        ] {
+            let text = ACME.replace(edit.0, edit.1);
+            let (at, why) = parse(&text).map(|_| ()).unwrap_err();
+            assert!(why.contains(want), "{why}");
+            assert_eq!(at, line, "{why}");
+        }
+        let (line, why) = parse(&format!("{ACME}{ACME}")).map(|_| ()).unwrap_err();
+        assert!(
+            why.contains("declared twice") && line == 28,
+            "{line}: {why}"
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_field_map_is_refused_or_taken_without_echo(
+            fields in proptest::collection::hash_map("[a-z_]{1,8}", "\\PC{0,600}", 0..4),
+        ) {
+            let p = acme();
+            let values: Vec<String> = fields.values().filter(|v| v.len() >= 6).cloned().collect();
+            if let Err(e) = p.secret_from(fields) {
+                proptest::prop_assert!(matches!(e, Error::InvalidArgument(_)));
+                let message = e.to_string();
+                for v in values {
+                    proptest::prop_assert!(!message.contains(&v), "{message}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn char_classes_read_ranges_and_a_trailing_dash() {
+        let set = char_class("a-c_-").unwrap();
+        let allowed: String = (0u8..128)
+            .filter(|&b| set[usize::from(b)])
+            .map(char::from)
+            .collect();
+        assert_eq!(allowed, "-_abc");
+    }
+}
