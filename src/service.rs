@@ -411,7 +411,7 @@ impl<S: Store> VaultService<S> {
                     value,
                 })
                 .collect(),
-            base_url: out.base_url.to_owned(),
+            base_url: out.base_url,
             credential_id: record.id.clone(),
             version: record.version,
         })

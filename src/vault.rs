@@ -18,7 +18,7 @@ use crate::crypto::{Keyring, OpenError};
 use crate::error::Error;
 use crate::keys::{self, KeyringError, RewrapProgress, RewrapReport, SealCounter};
 use crate::metrics::{self, Source};
-use crate::provider::{ProviderHeaders, ProviderSecret, Providers, SecretFormatError};
+use crate::provider::{Catalog, ProviderHeaders, ProviderSecret, Providers, SecretFormatError};
 use crate::record::{
     self, CredentialRecord, Usage, Verification, VerificationStatus, RECORD_FORMAT,
 };
@@ -581,13 +581,20 @@ impl<S: Store> Vault<S> {
         &self,
         record: &CredentialRecord,
     ) -> Result<(ProviderSecret, Zeroizing<Vec<u8>>), Error> {
+        self.open_in(&self.providers.current(), record)
+    }
+
+    /// Opens a record's secret as `catalog`'s provider of its name reads it.
+    fn open_in(
+        &self,
+        catalog: &Catalog,
+        record: &CredentialRecord,
+    ) -> Result<(ProviderSecret, Zeroizing<Vec<u8>>), Error> {
         let plaintext = self
             .sealer
             .open(record)
             .map_err(|e| damaged(&record.id, &e))?;
-        let secret = self
-            .providers
-            .current()
+        let secret = catalog
             .read(&record.provider, &plaintext)
             .map_err(|e| unreadable(record, &e))?;
         Ok((secret, plaintext))

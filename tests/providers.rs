@@ -834,3 +834,33 @@ async fn a_bad_providers_file_stops_the_start_with_its_line() {
         );
     }
 }
+
+#[test]
+fn the_shipped_declarations_parse() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = std::fs::read_to_string(root.join("deploy/providers.example.toml")).unwrap();
+    let names: Vec<_> = credvault::provider::declared::parse(&example)
+        .unwrap()
+        .iter()
+        .map(|p| p.name().to_owned())
+        .collect();
+    assert_eq!(names, ["fleetio-declared", "samsara"]);
+    // The ConfigMap's file (its block under `providers.toml: |`) parses, and
+    // uncommented it declares the provider it shows.
+    let map =
+        std::fs::read_to_string(root.join("deploy/kubernetes/providers-configmap.yaml")).unwrap();
+    let block: String = map
+        .lines()
+        .skip_while(|l| !l.contains("providers.toml: |"))
+        .skip(1)
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    assert!(credvault::provider::declared::parse(&block)
+        .unwrap()
+        .is_empty());
+    let uncommented = block.replace("# ", "").replace("#\n", "\n");
+    assert_eq!(
+        credvault::provider::declared::parse(&uncommented).unwrap()[0].name(),
+        "samsara"
+    );
+}

@@ -342,7 +342,7 @@ fn compile(
     }
     let (fields, rules) = compile_fields(&name, &decl.field, at)?;
     let headers = compile_headers(&name, &decl.header, &fields, span, at)?;
-    let check = compile_check(&name, &fields, &headers, decl.verify, at)?;
+    let check = compile_check(&name, &fields, &rules, &headers, decl.verify, at)?;
     let first_secret = fields.iter().position(|f| f.secret);
     let hint_field = match &decl.hint_field {
         Some(f) => field_index(&name, &fields, f, "hint_field", at)?,
@@ -531,6 +531,7 @@ fn compile_headers(
 fn compile_request(
     name: &str,
     fields: &[Field],
+    rules: &[Rule],
     headers: &[HeaderTemplate],
     method: &Spanned<String>,
     path: &Spanned<String>,
@@ -560,6 +561,15 @@ fn compile_request(
         .map_err(|why| at(path.span(), format!("{name}: {what}.path: {why}")))?;
     for part in &parts {
         match part {
+            Part::Field(i) if !fields[*i].required && rules[*i].default.is_none() => {
+                return Err(at(
+                    path.span(),
+                    format!(
+                        "{name}: {what}.path names optional field {:?}, which has no default; give it one or leave it out of the path",
+                        fields[*i].name
+                    ),
+                ))
+            }
             Part::Field(i) if fields[*i].secret => {
                 return Err(at(
                     path.span(),
@@ -609,6 +619,7 @@ fn compile_request(
 fn compile_check(
     name: &str,
     fields: &[Field],
+    rules: &[Rule],
     headers: &[HeaderTemplate],
     verify: Spanned<VerifyDecl>,
     at: At<'_>,
@@ -616,7 +627,7 @@ fn compile_check(
     let v_span = verify.span();
     let v = verify.into_inner();
     let request = compile_request(
-        name, fields, headers, &v.method, &v.path, &v.headers, "verify", at,
+        name, fields, rules, headers, &v.method, &v.path, &v.headers, "verify", at,
     )?;
     let mut seen: Vec<u16> = Vec::new();
     for code in v
@@ -671,6 +682,7 @@ fn compile_check(
             let req = compile_request(
                 name,
                 fields,
+                rules,
                 headers,
                 &d.method,
                 &d.path,
@@ -922,15 +934,21 @@ impl Declared {
         map
     }
 
+    /// Sends one check; no answer (or a path that cannot be filled in) is the outcome as `Err`.
     async fn send(
         &self,
         client: &Client,
         request: &Request,
         values: &Values,
-    ) -> reqwest::Result<reqwest::Response> {
-        let path = self
-            .render(&request.path, values, true)
-            .map_or_else(String::new, |p| p.to_string());
+    ) -> Result<reqwest::Response, Verification> {
+        // The declaration was checked to fill every path field (required or defaulted).
+        let Some(path) = self.render(&request.path, values, true) else {
+            return Err(Verification::now(
+                Status::ProviderError,
+                0,
+                format!("{}: the check's path names an empty field", self.name),
+            ));
+        };
         client
             .request(
                 request.method.clone(),
@@ -938,6 +956,7 @@ impl Declared {
                 self.request_headers(request, values),
             )
             .await
+            .map_err(|e| client.unreachable(&e))
     }
 
     fn rejected(&self, field: usize, http: u16, message: String) -> Verification {
@@ -949,7 +968,7 @@ impl Declared {
         let name = &self.name;
         let resp = match self.send(client, &self.check.request, values).await {
             Ok(r) => r,
-            Err(e) => return client.unreachable(&e),
+            Err(outcome) => return outcome,
         };
         let code = resp.status().as_u16();
         if self.check.valid.contains(&code) {
@@ -997,8 +1016,8 @@ impl Declared {
         let name = &self.name;
         let resp = match self.send(client, request, values).await {
             Ok(r) => r,
-            Err(e) => {
-                let why = client.unreachable(&e).message;
+            Err(outcome) => {
+                let why = outcome.message;
                 return self.rejected(
                     self.check.rejected_field,
                     first,
@@ -1302,6 +1321,11 @@ path = "/v1/{region}/me"
         for (edit, line, want) in [
             (("{token}\"", "{tokn}\""), 18, "unknown field \"tokn\""),
             (("/v1/{region}/me", "/v1/me?t={token}"), 25, "in a url"),
+            (
+                ("default = \"eu\"\n", ""),
+                24,
+                "optional field \"region\", which has no default",
+            ),
             (
                 ("name = \"X-Region\"", "name = \"authorization\""),
                 21,
