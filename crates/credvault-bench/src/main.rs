@@ -91,6 +91,11 @@ struct Args {
     /// Skip the 100,000-credential scale step (for quick comparisons).
     #[arg(long)]
     skip_scale: bool,
+    /// A providers file for the measured server that declares `fleetio-declared`
+    /// (deploy/providers.example.toml): adds the hot path for as many credentials
+    /// of the declared Fleetio on the same server, beside the built-in one's.
+    #[arg(long)]
+    declared_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -486,8 +491,45 @@ async fn each_once(step: &str, n: usize, op: Op, rss_of: Option<u32>) -> Row {
     )
 }
 
+/// The i-th credential's Fleetio secret: built in, or as the declared `fleetio-declared`.
+fn bench_secret(i: usize, declared: bool) -> create_credential_request::Secret {
+    let (api_key, account_token, api_version) = (
+        format!("bench-api-key-{i:012}"),
+        format!("bench-account-{i}"),
+        "2024-03-15".to_owned(),
+    );
+    if declared {
+        create_credential_request::Secret::Generic(api::GenericSecret {
+            provider: "fleetio-declared".into(),
+            fields: [
+                ("api_key".to_owned(), api_key),
+                ("account_token".to_owned(), account_token),
+                ("api_version".to_owned(), api_version),
+            ]
+            .into(),
+        })
+    } else {
+        create_credential_request::Secret::Fleetio(api::FleetioSecret {
+            api_key,
+            account_token,
+            api_version,
+        })
+    }
+}
+
 /// Creates `n` credentials at concurrency 16; the row is the durable-write measurement.
 async fn seed(clients: &[Vault], n: usize, prefix: &str, step: &str) -> (Vec<String>, Row) {
+    seed_as(clients, n, prefix, step, false).await
+}
+
+/// Creates `n` credentials (of the declared Fleetio when `declared`) at concurrency 16.
+async fn seed_as(
+    clients: &[Vault],
+    n: usize,
+    prefix: &str,
+    step: &str,
+    declared: bool,
+) -> (Vec<String>, Row) {
     let ids = Arc::new(std::sync::Mutex::new(Vec::with_capacity(n)));
     let (clients, sink, prefix) = (clients.to_vec(), Arc::clone(&ids), prefix.to_owned());
     let op: Op = Arc::new(move |i| {
@@ -495,13 +537,7 @@ async fn seed(clients: &[Vault], n: usize, prefix: &str, step: &str) -> (Vec<Str
         let request = api::CreateCredentialRequest {
             name: format!("{prefix}-{i:06}"),
             description: "bench".into(),
-            secret: Some(create_credential_request::Secret::Fleetio(
-                api::FleetioSecret {
-                    api_key: format!("bench-api-key-{i:012}"),
-                    account_token: format!("bench-account-{i}"),
-                    api_version: "2024-03-15".into(),
-                },
-            )),
+            secret: Some(bench_secret(i, declared)),
             ..Default::default()
         };
         Box::pin(async move {
@@ -607,17 +643,37 @@ async fn main() {
 
     // The vault with `credentials` credentials, the binary to compare with
     // seeded alike, and OpenBao with as many secrets.
+    let mut main_args = args.server_arg.clone();
+    if let Some(file) = &args.declared_file {
+        main_args.push(format!("--providers-file={}", file.display()));
+    }
     let main = Seeded::start(
         &args,
         &args.server_bin,
         &work.join("vault"),
         &token,
         None,
-        &args.server_arg,
+        &main_args,
         "credvault CreateCredential",
     )
     .await;
     rows.push(main.write.clone());
+    // As many credentials of the declared Fleetio on the same server.
+    let declared = match &args.declared_file {
+        Some(_) => {
+            let (ids, row) = seed_as(
+                &main.vaults,
+                args.credentials,
+                "declared",
+                "credvault CreateCredential (declared fleetio)",
+                true,
+            )
+            .await;
+            rows.push(row);
+            Some(Arc::new(ids))
+        }
+        None => None,
+    };
     let compare = match &args.compare_bin {
         Some(bin) => Some(
             Seeded::start(
@@ -680,6 +736,19 @@ async fn main() {
             )
             .await,
         );
+        if let Some(ids) = &declared {
+            rows.push(
+                load(
+                    "hot GetCredentialHeaders (declared fleetio)",
+                    c,
+                    args.warmup,
+                    args.duration,
+                    hot_op(&main.vaults, ids),
+                    main.server.pid(),
+                )
+                .await,
+            );
+        }
         if let Some(other) = &compare {
             rows.push(
                 load(
@@ -1034,6 +1103,34 @@ fn report(
                 ratio(|r| r.p99_us as f64),
                 ratio(|r| r.server_cpu_us_per_request.unwrap_or(0.0))
             );
+        }
+    }
+    if args.declared_file.is_some() {
+        println!();
+        println!(
+            "| concurrency | declared fleetio / built-in fleetio (req/s) | (p99) | server CPU per request, declared / built-in |"
+        );
+        println!("|---:|---:|---:|---:|");
+        for &c in &args.concurrency {
+            let (declared, builtin) = (
+                find("hot GetCredentialHeaders (declared fleetio)", c),
+                find("hot GetCredentialHeaders", c),
+            );
+            let ratio = |f: fn(&Row) -> f64| match (declared, builtin) {
+                (Some(a), Some(b)) if f(b) > 0.0 => Some(f(a) / f(b)),
+                _ => None,
+            };
+            let (rps, p99, cpu) = (
+                ratio(|r| r.rps),
+                ratio(|r| r.p99_us as f64),
+                ratio(|r| r.server_cpu_us_per_request.unwrap_or(0.0)),
+            );
+            let show = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.2}"));
+            println!("| {c} | {} | {} | {} |", show(rps), show(p99), show(cpu));
+            if let Some(serde_json::Value::Object(r)) = ratios.get_mut(&format!("c{c}")) {
+                r.insert("declared_over_builtin_rps".into(), json!(rps));
+                r.insert("declared_over_builtin_server_cpu".into(), json!(cpu));
+            }
         }
     }
     println!();
