@@ -244,6 +244,35 @@ async fn a_declared_fleetio_matches_the_builtin_one() {
         verify(&mut admin, "declared-5").await.retry_after_seconds,
         7
     );
+
+    // Unreachable alike: nothing listens at either base URL.
+    let closed = closed_port_url().await;
+    let server = TestServer::start_with(Options {
+        fleetio_base_url: closed.clone(),
+        providers_file: Some(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/providers.example.toml"),
+        ),
+        base_urls: vec![("fleetio-declared".into(), closed)],
+        ..Options::default()
+    })
+    .await;
+    let mut admin = server.admin().await;
+    create(&mut admin, "builtin", "key-valid-0001", "acct-1").await;
+    let fields = [("api_key", "key-valid-0001"), ("account_token", "acct-1")];
+    admin
+        .create_credential(create_generic(
+            "declared",
+            generic("fleetio-declared", &fields),
+            false,
+        ))
+        .await
+        .unwrap();
+    let (b, d) = (
+        verify(&mut admin, "builtin").await,
+        verify(&mut admin, "declared").await,
+    );
+    assert_eq!(d.status(), api::VerificationStatus::Unreachable, "{d:?}");
+    assert_eq!(outcome(&b), outcome(&d));
 }
 
 /// Two declared providers: one bearer token; and two secret headers plus a
@@ -621,6 +650,20 @@ async fn two_declared_providers_end_to_end_and_no_secret_leaks() {
         .await
         .unwrap()
         .into_inner();
+    // Each headers read of a declared provider's secret left its event, fingerprinted.
+    let reads: Vec<_> = trail
+        .events
+        .iter()
+        .filter(|e| e.method.ends_with("GetCredentialHeaders") && e.code == "OK")
+        .collect();
+    assert!(
+        reads.len() >= 3
+            && reads
+                .iter()
+                .all(|e| e.caller == "worker" && !e.secret_fingerprint.is_empty()),
+        "{reads:?}"
+    );
+    assert!(reads.iter().any(|e| e.credential_name == "d1"));
     seen.push(format!("{trail:?}"));
 
     // No secret value appears in any response, error, log line, the audit
