@@ -122,10 +122,17 @@ pub fn parse(text: &str) -> Result<Vec<Declared>, Problem> {
     for decl in file.provider {
         let at = |span: std::ops::Range<usize>, why: String| (line_of(span.start), why);
         let name = decl.get_ref().name.get_ref();
-        if super::find(name).is_some() || declared.iter().any(|d| d.name == *name) {
+        let taken = if super::find(name).is_some() {
+            Some("is built in; declare it under another name")
+        } else if declared.iter().any(|d| d.name == *name) {
+            Some("is declared twice")
+        } else {
+            None
+        };
+        if let Some(why) = taken {
             return Err(at(
                 decl.get_ref().name.span(),
-                format!("provider {name:?} is declared twice (or is built in)"),
+                format!("provider {name:?} {why}"),
             ));
         }
         let span = decl.span();
@@ -307,6 +314,7 @@ pub struct Declared {
     account_field: usize,
 }
 
+/// Checks one `[[provider]]` declaration and makes it a provider.
 fn compile(
     decl: ProviderDecl,
     span: std::ops::Range<usize>,
