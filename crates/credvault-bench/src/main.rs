@@ -1019,6 +1019,46 @@ fn tempfile_dir() -> PathBuf {
     dir
 }
 
+/// Prints, per concurrency, the rows `steps.0` over `steps.1` (named `names`):
+/// req/s, p99 and server CPU per request; returns those ratios.
+fn side_by_side(
+    rows: &[Row],
+    concurrency: &[usize],
+    steps: (&str, &str),
+    names: (&str, &str),
+) -> Vec<(usize, [Option<f64>; 3])> {
+    let find = |step: &str, c: usize| rows.iter().find(|r| r.step == step && r.concurrency == c);
+    let (a, b) = names;
+    println!();
+    println!(
+        "| concurrency | {a} / {b} (req/s) | {a} / {b} (p99) | server CPU per request, {a} / {b} |"
+    );
+    println!("|---:|---:|---:|---:|");
+    let show = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.2}"));
+    concurrency
+        .iter()
+        .map(|&c| {
+            let (top, bottom) = (find(steps.0, c), find(steps.1, c));
+            let ratio = |f: fn(&Row) -> f64| match (top, bottom) {
+                (Some(x), Some(y)) if f(y) > 0.0 => Some(f(x) / f(y)),
+                _ => None,
+            };
+            let found = [
+                ratio(|r| r.rps),
+                ratio(|r| r.p99_us as f64),
+                ratio(|r| r.server_cpu_us_per_request.unwrap_or(0.0)),
+            ];
+            println!(
+                "| {c} | {} | {} | {} |",
+                show(found[0]),
+                show(found[1]),
+                show(found[2])
+            );
+            (c, found)
+        })
+        .collect()
+}
+
 fn report(
     args: &Args,
     rows: &[Row],
@@ -1083,50 +1123,27 @@ fn report(
         ratios.insert(format!("c{c}"), json!({"hot_over_floor_rps": tput, "hot_over_floor_p99": p99, "hot_over_openbao_rps": vs_bao, "postgres_hot_over_floor_rps": pg, "hot_over_floor_server_cpu": cpu, "hot_over_compare_rps": vs_compare, "hot_over_compare_server_cpu": cpu_vs_compare}));
     }
     if args.compare_bin.is_some() {
-        println!();
-        println!(
-            "| concurrency | hot / compare-bin hot (req/s) | hot / compare-bin hot (p99) | server CPU per request, hot / compare-bin |"
+        side_by_side(
+            rows,
+            &args.concurrency,
+            (
+                "hot GetCredentialHeaders",
+                "hot GetCredentialHeaders (compare)",
+            ),
+            ("hot", "compare-bin hot"),
         );
-        println!("|---:|---:|---:|---:|");
-        for &c in &args.concurrency {
-            let (hot, other) = (
-                find("hot GetCredentialHeaders", c),
-                find("hot GetCredentialHeaders (compare)", c),
-            );
-            let ratio = |f: fn(&Row) -> f64| match (hot, other) {
-                (Some(a), Some(b)) if f(b) > 0.0 => format!("{:.2}", f(a) / f(b)),
-                _ => "-".into(),
-            };
-            println!(
-                "| {c} | {} | {} | {} |",
-                ratio(|r| r.rps),
-                ratio(|r| r.p99_us as f64),
-                ratio(|r| r.server_cpu_us_per_request.unwrap_or(0.0))
-            );
-        }
     }
     if args.declared_file.is_some() {
-        println!();
-        println!(
-            "| concurrency | declared fleetio / built-in fleetio (req/s) | (p99) | server CPU per request, declared / built-in |"
+        let found = side_by_side(
+            rows,
+            &args.concurrency,
+            (
+                "hot GetCredentialHeaders (declared fleetio)",
+                "hot GetCredentialHeaders",
+            ),
+            ("declared fleetio", "built-in fleetio"),
         );
-        println!("|---:|---:|---:|---:|");
-        for &c in &args.concurrency {
-            let (declared, builtin) = (
-                find("hot GetCredentialHeaders (declared fleetio)", c),
-                find("hot GetCredentialHeaders", c),
-            );
-            let ratio = |f: fn(&Row) -> f64| match (declared, builtin) {
-                (Some(a), Some(b)) if f(b) > 0.0 => Some(f(a) / f(b)),
-                _ => None,
-            };
-            let (rps, p99, cpu) = (
-                ratio(|r| r.rps),
-                ratio(|r| r.p99_us as f64),
-                ratio(|r| r.server_cpu_us_per_request.unwrap_or(0.0)),
-            );
-            let show = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.2}"));
-            println!("| {c} | {} | {} | {} |", show(rps), show(p99), show(cpu));
+        for (c, [rps, _, cpu]) in found {
             if let Some(serde_json::Value::Object(r)) = ratios.get_mut(&format!("c{c}")) {
                 r.insert("declared_over_builtin_rps".into(), json!(rps));
                 r.insert("declared_over_builtin_server_cpu".into(), json!(cpu));
