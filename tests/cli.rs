@@ -230,3 +230,51 @@ async fn dev_mode_keeps_its_key_and_token_across_restarts() {
         .unwrap();
     second.terminate().await;
 }
+
+#[test]
+fn check_providers_lists_the_declarations_or_names_the_bad_line() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy/providers.example.toml")
+        .display()
+        .to_string();
+    let out = run(
+        &["check-providers", "--providers-file", &example],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("fleetio-declared at https://secure.fleetio.com/api: fields api_key (secret), account_token (secret), api_version (plain, optional); headers Authorization, Account-Token, X-Api-Version; verify GET /v1/users/me, after a rejection GET /v1/accounts"),
+        "{text}"
+    );
+    assert!(
+        text.contains("samsara at https://api.samsara.com"),
+        "{text}"
+    );
+    assert!(
+        text.contains("2 provider(s) declared, beside the built-in fleetio"),
+        "{text}"
+    );
+
+    let bad = dir.path().join("providers.toml");
+    let text = std::fs::read_to_string(&example).unwrap().replace(
+        "value = \"Bearer {api_token}\"",
+        "value = \"Bearer {api_tokn}\"",
+    );
+    std::fs::write(&bad, text).unwrap();
+    let out = run(
+        &[
+            "check-providers",
+            "--providers-file",
+            &bad.display().to_string(),
+        ],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("providers.toml line") && err.contains("unknown field \"api_tokn\""),
+        "{err}"
+    );
+}

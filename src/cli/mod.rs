@@ -47,11 +47,21 @@ enum Command {
     Backup(BackupArgs),
     /// Restores a backup file into a new data directory, after checking the keyring opens it.
     Restore(RestoreArgs),
+    /// Checks a providers file as `serve --providers-file` reads it and lists what it
+    /// declares; exits non-zero naming the line of the first problem.
+    CheckProviders(CheckProvidersArgs),
     /// Applies the PostgreSQL schema migrations (`serve --store postgres` also does at startup).
     Migrate(DatabaseArgs),
     /// Copies every record, still encrypted, from one store to another (which must be
     /// empty) and verifies the copy, e.g. --from sled:/var/lib/credvault --to postgres.
     MigrateStore(MigrateStoreArgs),
+}
+
+#[derive(Debug, Args)]
+struct CheckProvidersArgs {
+    /// The providers file (TOML).
+    #[arg(long, env = "CREDVAULT_PROVIDERS_FILE")]
+    providers_file: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -505,6 +515,7 @@ pub fn main() -> ExitCode {
         Command::Rewrap(args) => rewrap(&args),
         Command::Backup(args) => backup(&args),
         Command::Restore(args) => restore(&args),
+        Command::CheckProviders(args) => check_providers(&args),
         Command::Migrate(args) => migrate(&args),
         Command::MigrateStore(args) => migrate_store(&args),
     };
@@ -786,6 +797,20 @@ async fn migrated(pg: &config::PostgresSettings) -> anyhow::Result<credvault::st
     let store = postgres(pg)?;
     store.migrate().await?;
     Ok(store)
+}
+
+fn check_providers(args: &CheckProvidersArgs) -> anyhow::Result<()> {
+    let declared = credvault::provider::declared::read_file(&args.providers_file)?;
+    for provider in &declared {
+        println!("{}", provider.summary());
+    }
+    println!(
+        "{}: {} provider(s) declared, beside the built-in {}",
+        args.providers_file.display(),
+        declared.len(),
+        credvault::provider::Catalog::builtin().names()
+    );
+    Ok(())
 }
 
 fn migrate(args: &DatabaseArgs) -> anyhow::Result<()> {

@@ -528,6 +528,7 @@ fn compile_request(
         method,
         path: parts,
         headers,
+        declared_path: path.get_ref().clone(),
     })
 }
 

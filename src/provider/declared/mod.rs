@@ -74,6 +74,8 @@ struct Request {
     method: Method,
     path: Vec<Part>,
     headers: Vec<usize>,
+    /// The path template as declared, for summaries.
+    declared_path: String,
 }
 
 /// How a secret is verified: one request, the meaning of its answers, and an
@@ -116,6 +118,35 @@ impl Declared {
     /// The provider's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// One line saying what the declaration does (no secret is in a declaration).
+    pub fn summary(&self) -> String {
+        let fields: Vec<String> = self
+            .fields
+            .iter()
+            .map(|f| {
+                let kind = if f.secret { "secret" } else { "plain" };
+                let need = if f.required { "" } else { ", optional" };
+                format!("{} ({kind}{need})", f.name)
+            })
+            .collect();
+        let headers: Vec<&str> = self.headers.iter().map(|h| h.name.as_str()).collect();
+        let check = &self.check.request;
+        let mut verify = format!("{} {}", check.method, check.declared_path);
+        if let Some((second, _)) = &self.check.diagnose {
+            verify.push_str(&format!(
+                ", after a rejection {} {}",
+                second.method, second.declared_path
+            ));
+        }
+        format!(
+            "{} at {}: fields {}; headers {}; verify {verify}",
+            self.name,
+            self.base_url,
+            fields.join(", "),
+            headers.join(", ")
+        )
     }
 
     /// A secret from a request's named fields, validated; errors never echo a value.
