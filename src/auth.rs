@@ -346,12 +346,16 @@ impl Callers {
 
     /// The caller whose token digest matches, comparing every entry in constant time.
     pub fn find(&self, token: &str) -> Option<Arc<Caller>> {
-        let digest = token_digest(token);
+        self.find_digest(&token_digest(token))
+    }
+
+    /// The caller whose token digest is `digest`, comparing every entry in constant time.
+    fn find_digest(&self, digest: &[u8; 32]) -> Option<Arc<Caller>> {
         let mut index = 0u32;
         let mut any = Choice::from(0);
         // No early exit: every entry is compared, whichever matches.
         for (i, entry) in self.entries.iter().enumerate() {
-            let hit = entry.digest.ct_eq(&digest);
+            let hit = entry.digest.ct_eq(digest);
             index.conditional_assign(&(i as u32), hit);
             any |= hit;
         }
@@ -365,10 +369,25 @@ impl Callers {
         authorization: Option<&http::HeaderValue>,
         cert_subjects: &[String],
     ) -> Result<Arc<Caller>, Error> {
+        self.identify(authorization, cert_subjects)
+            .map(|(caller, _)| caller)
+    }
+
+    /// As [`Callers::authenticate`], also returning what the caller proved, so that
+    /// a long-lived call can ask again after the callers file is reloaded.
+    pub fn identify(
+        &self,
+        authorization: Option<&http::HeaderValue>,
+        cert_subjects: &[String],
+    ) -> Result<(Arc<Caller>, Identity), Error> {
         let Some(value) = authorization else {
             return cert_subjects
                 .iter()
-                .find_map(|s| self.subjects.get(s).cloned())
+                .find_map(|s| {
+                    self.subjects
+                        .get(s)
+                        .map(|c| (Arc::clone(c), Identity::Subject(s.clone())))
+                })
                 .ok_or(Error::Unauthenticated(
                     "missing credentials: send `authorization: Bearer <token>` metadata or a known client certificate",
                 ));
@@ -384,8 +403,37 @@ impl Callers {
             .ok_or(Error::Unauthenticated(
                 "malformed authorization metadata: expected `Bearer <token>`",
             ))?;
-        self.find(token)
+        let digest = token_digest(token);
+        self.find_digest(&digest)
+            .map(|caller| (caller, Identity::Token(digest)))
             .ok_or(Error::Unauthenticated("invalid bearer token"))
+    }
+
+    /// The caller that `identity` names in this set of callers, if it still does.
+    pub fn reidentify(&self, identity: &Identity) -> Option<Arc<Caller>> {
+        match identity {
+            Identity::Token(digest) => self.find_digest(digest),
+            Identity::Subject(subject) => self.subjects.get(subject).cloned(),
+        }
+    }
+}
+
+/// What a caller proved to be let in: a bearer token (kept as its digest) or a
+/// client-certificate subject.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// The SHA-256 of the bearer token.
+    Token([u8; 32]),
+    /// The certificate subject that named the caller.
+    Subject(String),
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Identity::Token(_) => f.write_str("Token([REDACTED])"),
+            Identity::Subject(s) => f.debug_tuple("Subject").field(s).finish(),
+        }
     }
 }
 
@@ -420,6 +468,8 @@ pub fn certificate_subjects(der: &[u8]) -> Vec<String> {
 pub struct CallerRegistry {
     current: std::sync::RwLock<Arc<Callers>>,
     path: Option<std::path::PathBuf>,
+    /// Counts reloads, so long-lived calls learn of each one.
+    reloads: tokio::sync::watch::Sender<u64>,
 }
 
 impl CallerRegistry {
@@ -428,7 +478,13 @@ impl CallerRegistry {
         CallerRegistry {
             current: std::sync::RwLock::new(Arc::new(callers)),
             path,
+            reloads: tokio::sync::watch::channel(0).0,
         }
+    }
+
+    /// Changes each time a new set of callers comes in force.
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reloads.subscribe()
     }
 
     /// The callers now in force.
@@ -455,6 +511,7 @@ impl CallerRegistry {
             .current
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(callers);
+        self.reloads.send_modify(|n| *n += 1);
         Ok(count)
     }
 }

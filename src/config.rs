@@ -110,6 +110,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Where to serve Prometheus `/metrics`, if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Limits and timing of `WatchCredentialHeaders` streams.
+    pub watch: crate::watch::WatchSettings,
 }
 
 /// TLS settings of the gRPC port.

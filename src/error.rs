@@ -37,6 +37,9 @@ pub enum Error {
     /// The store cannot take the operation now (I/O error, shutting down).
     #[error("{0}")]
     Unavailable(String),
+    /// A per-caller limit is reached (e.g. watch streams); retry once some are released.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// A bug or an unexpected state; details are logged, not returned.
     #[error("{0}")]
     Internal(String),
@@ -60,6 +63,7 @@ impl Error {
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::DataLoss(_) => Code::DataLoss,
             Error::Unavailable(_) => Code::Unavailable,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Internal(_) => Code::Internal,
         }
     }
@@ -78,7 +82,8 @@ impl From<Error> for Status {
             | Error::Aborted(m)
             | Error::FailedPrecondition(m)
             | Error::DataLoss(m)
-            | Error::Unavailable(m) => Status::new(code, m),
+            | Error::Unavailable(m)
+            | Error::ResourceExhausted(m) => Status::new(code, m),
             Error::Unauthenticated(m) => Status::new(code, m),
         }
     }

@@ -18,7 +18,7 @@ use tonic::body::Body;
 use tonic::{Code, Status};
 
 use crate::audit::{AuditEntry, AuditLog};
-use crate::auth::{certificate_subjects, Caller, CallerRegistry};
+use crate::auth::{certificate_subjects, Caller, CallerRegistry, Identity};
 use crate::error::Error;
 use crate::metrics;
 use crate::refusals::Refusals;
@@ -47,14 +47,16 @@ pub const VAULT_METHODS: &[&str] = &[
     "DeleteCredential",
     "VerifyCredential",
     "GetCredentialHeaders",
+    "WatchCredentialHeaders",
     "ListAuditEvents",
     "RewrapCredentials",
     "BackupVault",
 ];
 
-/// The caller the gate authenticated, handed to the vault service in the request's extensions.
+/// The caller the gate authenticated, handed to the vault service in the request's
+/// extensions, with what it proved (for streams that re-check it on reload).
 #[derive(Clone, Debug)]
-pub struct Authenticated(pub Arc<Caller>);
+pub struct Authenticated(pub Arc<Caller>, pub Identity);
 
 /// What a request path names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -168,9 +170,9 @@ where
         let mut caller = None;
         match route {
             Route::Vault(method) => match self.state.authenticate(&request) {
-                Ok(c) => {
+                Ok((c, identity)) => {
                     caller = Some(Arc::clone(&c));
-                    request.extensions_mut().insert(Authenticated(c));
+                    request.extensions_mut().insert(Authenticated(c, identity));
                 }
                 Err(reason) => {
                     let peer = transport::peer_addr(&request);
@@ -255,17 +257,16 @@ impl GateState {
     }
 
     /// The caller a request's token or client certificate names.
-    fn authenticate(&self, request: &http::Request<Body>) -> Result<Arc<Caller>, &'static str> {
+    fn authenticate(
+        &self,
+        request: &http::Request<Body>,
+    ) -> Result<(Arc<Caller>, Identity), &'static str> {
         let subjects: Vec<String> = transport::peer_certs(request)
             .and_then(|certs| certs.first().map(|c| certificate_subjects(c)))
             .unwrap_or_default();
         let authorization = request.headers().get(http::header::AUTHORIZATION);
-        match self
-            .callers
-            .current()
-            .authenticate(authorization, &subjects)
-        {
-            Ok(caller) => Ok(caller),
+        match self.callers.current().identify(authorization, &subjects) {
+            Ok(found) => Ok(found),
             Err(Error::Unauthenticated(reason)) => Err(reason),
             Err(_) => Err("invalid credentials"),
         }

@@ -30,6 +30,9 @@
 //!   caller's scope, one check-and-set loop, rewrap, provider checks and their results;
 //! - [`backup`]: consistent, still-encrypted backups and their restore;
 //! - [`reverify`]: the background re-verifier;
+//! - [`watch`]: watch streams: who watches which credential, the one reader that
+//!   hears of every change (local writes, other replicas', resyncs) and the streams
+//!   that push each change to workers holding headers in memory;
 //! - [`service`]: the gRPC service itself;
 //! - [`server`]: [`run`], which serves the vault, health and reflection until shutdown;
 //! - [`error`]: the error enum and its mapping onto gRPC status codes;
@@ -59,6 +62,7 @@ pub mod telemetry;
 pub mod transport;
 pub mod validate;
 pub mod vault;
+pub mod watch;
 
 pub use config::Config;
 pub use error::Error;

@@ -28,6 +28,10 @@ const STREAMS_REFUSED: &str = "credvault_unauthenticated_streams_refused_total";
 const UNREADY: &str = "credvault_unready";
 const RELOAD_CHECKS: &str = "credvault_reload_checks_total";
 const RELOADS: &str = "credvault_reloads_total";
+const WATCH_STREAMS: &str = "credvault_watch_streams";
+const WATCH_MESSAGES: &str = "credvault_watch_messages_total";
+const WATCH_READS: &str = "credvault_watch_reads_total";
+const WATCH_ENDED: &str = "credvault_watch_streams_ended_total";
 
 /// Latency buckets from 100 µs to 10 s.
 const BUCKETS: &[f64] = &[
@@ -147,7 +151,40 @@ pub fn install(addr: SocketAddr) -> Result<(), MetricsError> {
         RELOADS,
         "reads of a reloadable file (callers, keyring), by outcome: reloaded, unchanged, failed (the previous one is kept)"
     );
+    describe_gauge!(WATCH_STREAMS, "WatchCredentialHeaders streams open");
+    describe_counter!(
+        WATCH_MESSAGES,
+        "watch stream messages sent, by state (present, not_found, deleted, permission_denied, unavailable)"
+    );
+    describe_counter!(
+        WATCH_READS,
+        "store reads of watched credentials, by cause: change (a write heard of) or refresh (a new watcher, a resync)"
+    );
+    describe_counter!(
+        WATCH_ENDED,
+        "watch streams ended, by reason: client, unavailable (shutdown), unauthenticated, permission_denied, error"
+    );
     Ok(())
+}
+
+/// Sets the number of open watch streams.
+pub fn watch_streams(open: usize) {
+    gauge!(WATCH_STREAMS).set(open as f64);
+}
+
+/// A watch stream sent a message reporting `state`.
+pub fn watch_message(state: &'static str) {
+    counter!(WATCH_MESSAGES, "state" => state).increment(1);
+}
+
+/// The watch hub read a watched credential, for `cause`.
+pub fn watch_read(cause: &'static str) {
+    counter!(WATCH_READS, "cause" => cause).increment(1);
+}
+
+/// A watch stream ended, for `reason`.
+pub fn watch_ended(reason: &'static str) {
+    counter!(WATCH_ENDED, "reason" => reason).increment(1);
 }
 
 /// A reloadable file (`callers`, `keyring`) was looked at for a change.

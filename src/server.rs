@@ -180,6 +180,11 @@ async fn serve<S: Store>(
             config.refusal_summary_interval,
             stop_rx.clone(),
         )),
+        tokio::spawn(crate::watch::run_hub(
+            Arc::clone(&vault),
+            config.watch.resync_interval,
+            stop_rx.clone(),
+        )),
         tokio::spawn(watch_readiness(
             Arc::clone(&store),
             Arc::clone(&audit),
@@ -194,7 +199,26 @@ async fn serve<S: Store>(
         Arc::clone(&refusals),
         config.transport.request_timeout,
     );
-    let service = VaultService::new(Arc::clone(&vault), Arc::clone(&audit));
+    // Other replicas' writes reach this server's watchers through the database.
+    let listener_task = {
+        let hub = Arc::clone(vault.hub());
+        store.listen_changes(
+            Arc::new(move |change: store::StoreChange<'_>| match change {
+                store::StoreChange::Record { id, name } => hub.changed(id, name),
+                store::StoreChange::Resync => hub.resync(),
+            }),
+            stop_rx.clone(),
+        )
+    };
+    let service = VaultService::new(
+        Arc::clone(&vault),
+        crate::watch::WatchContext {
+            audit: Arc::clone(&audit),
+            callers: Arc::clone(&callers),
+            settings: config.watch.clone(),
+            stopping: stop_rx.clone(),
+        },
+    );
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -364,7 +388,7 @@ async fn serve<S: Store>(
             tracing::warn!(?grace, "drain took longer than the grace period; closing the remaining connections");
         }
     }
-    for task in background {
+    for task in background.into_iter().chain(listener_task) {
         if task.await.is_err() {
             tracing::error!("a background task failed");
         }

@@ -13,7 +13,7 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::api::{self, credential_vault_service_server::CredentialVaultService};
 use crate::audit::{AuditEntry, AuditLog, AuditQuery};
-use crate::auth::{Caller, Permission};
+use crate::auth::{Caller, Identity, Permission};
 use crate::error::Error;
 use crate::gate::Authenticated;
 use crate::metrics;
@@ -24,6 +24,7 @@ use crate::validate;
 use crate::vault::{
     Change, CheckOnWrite, CredentialRef, Expiry, ListFilter, Located, NewCredential, Vault,
 };
+use crate::watch::{self, WatchContext, WatchStream, Watcher};
 
 macro_rules! credential_ref_from {
     ($($module:ident),*) => {$(
@@ -55,11 +56,15 @@ fn required_ref(r: Option<impl Into<CredentialRef>>) -> Result<CredentialRef, Er
 pub struct VaultService<S> {
     vault: Arc<Vault<S>>,
     audit: Arc<AuditLog>,
+    watch: WatchContext,
 }
 
 /// One call in progress: who makes it, and what it touched (for the audit trail).
 struct Call {
     caller: Arc<Caller>,
+    /// What the caller proved (for a stream that re-checks it on reload).
+    identity: Identity,
+    peer: Option<std::net::SocketAddr>,
     target: Mutex<Target>,
 }
 
@@ -94,10 +99,14 @@ impl Call {
 }
 
 impl<S: Store> VaultService<S> {
-    /// A service over the vault core, auditing to `audit`; its callers come authenticated
-    /// by the [`crate::gate`] in front of it.
-    pub fn new(vault: Arc<Vault<S>>, audit: Arc<AuditLog>) -> Self {
-        VaultService { vault, audit }
+    /// A service over the vault core, auditing to `watch.audit`; its callers come
+    /// authenticated by the [`crate::gate`] in front of it.
+    pub fn new(vault: Arc<Vault<S>>, watch: WatchContext) -> Self {
+        VaultService {
+            vault,
+            audit: Arc::clone(&watch.audit),
+            watch,
+        }
     }
 
     /// Runs one RPC: authenticate, authorise, handle; then one log event, one
@@ -120,7 +129,8 @@ impl<S: Store> VaultService<S> {
         let mut call = None;
         let result = async {
             // The gate authenticated the call from its headers, before its body was read.
-            let Some(Authenticated(caller)) = request.extensions().get::<Authenticated>().cloned()
+            let Some(Authenticated(caller, identity)) =
+                request.extensions().get::<Authenticated>().cloned()
             else {
                 return Err(Error::Internal(
                     "a call reached the vault service without passing the gate".into(),
@@ -128,6 +138,8 @@ impl<S: Store> VaultService<S> {
             };
             let this = Arc::new(Call {
                 caller: Arc::clone(&caller),
+                identity,
+                peer,
                 target: Mutex::default(),
             });
             call = Some(Arc::clone(&this));
@@ -419,6 +431,27 @@ impl<S: Store> VaultService<S> {
 }
 
 impl<S: Store> VaultService<S> {
+    /// Opens a watch stream of the request's credentials (see [`crate::watch`]).
+    async fn watch(
+        &self,
+        call: Arc<Call>,
+        req: api::WatchCredentialHeadersRequest,
+    ) -> Result<WatchStream, Error> {
+        if let [only] = req.credentials.as_slice() {
+            match &only.r#ref {
+                Some(api::watched_credential::Ref::Id(id)) => call.touch(id, ""),
+                Some(api::watched_credential::Ref::Name(name)) => call.touch("", name),
+                None => {}
+            }
+        }
+        let watcher = Watcher {
+            caller: Arc::clone(&call.caller),
+            identity: call.identity.clone(),
+            peer: call.peer,
+        };
+        watch::open(&self.vault, &self.watch, watcher, req)
+    }
+
     async fn audit_events(
         &self,
         call: Arc<Call>,
@@ -652,7 +685,8 @@ fn to_api(r: &CredentialRecord, usage: Option<&Usage>, providers: &Catalog) -> a
     }
 }
 
-fn verification_to_api(v: &Verification) -> api::Verification {
+/// A verification as the API shows it.
+pub(crate) fn verification_to_api(v: &Verification) -> api::Verification {
     use api::VerificationStatus as A;
     let status =
         match VerificationStatus::try_from(v.status).unwrap_or(VerificationStatus::Unspecified) {
@@ -680,6 +714,20 @@ fn verification_to_api(v: &Verification) -> api::Verification {
 impl<S: Store> CredentialVaultService for VaultService<S> {
     type RewrapCredentialsStream = ReceiverStream<Result<api::RewrapCredentialsResponse, Status>>;
     type BackupVaultStream = BackupStream;
+    type WatchCredentialHeadersStream = WatchStream;
+
+    async fn watch_credential_headers(
+        &self,
+        request: Request<api::WatchCredentialHeadersRequest>,
+    ) -> Result<Response<Self::WatchCredentialHeadersStream>, Status> {
+        self.rpc(
+            "WatchCredentialHeaders",
+            Permission::HeadersRead,
+            request,
+            |c, r| self.watch(c, r),
+        )
+        .await
+    }
 
     async fn rewrap_credentials(
         &self,

@@ -24,6 +24,7 @@ use crate::record::{
 };
 use crate::sealing::{SealError, Sealer};
 use crate::store::{Store, StoreError};
+use crate::watch::Hub;
 
 /// How often a write that lost a revision race is retried.
 pub const MAX_CAS_RETRIES: usize = 16;
@@ -175,6 +176,8 @@ pub struct Vault<S> {
     pending_usage: Mutex<HashMap<String, Usage>>,
     /// This process's name in active-key announcements (see [`keys::announce_active`]).
     instance: String,
+    /// Who watches which credential; told of every write.
+    hub: Arc<Hub>,
 }
 
 impl<S: Store> Vault<S> {
@@ -186,7 +189,23 @@ impl<S: Store> Vault<S> {
             providers,
             pending_usage: Mutex::new(HashMap::new()),
             instance: uuid::Uuid::now_v7().simple().to_string(),
+            hub: Arc::default(),
         }
+    }
+
+    /// The watch hub, told of every write this vault makes.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// The record with this id, as stored now, whatever the caller (for the watch hub).
+    pub async fn peek(&self, id: &str) -> Result<Option<Arc<CredentialRecord>>, Error> {
+        Ok(self.store.get_shared(id).await?)
+    }
+
+    /// The id of the credential named `name` now, whatever the caller (for the watch hub).
+    pub async fn peek_name(&self, name: &str) -> Result<Option<String>, Error> {
+        Ok(self.store.id_for_name(name).await?)
     }
 
     /// This process's name in active-key announcements.
@@ -293,6 +312,7 @@ impl<S: Store> Vault<S> {
         };
         self.seal_into(&mut record, &new.secret).await?;
         self.store.insert(&record).await?;
+        self.hub.changed(&record.id, &record.name);
         metrics::credentials_changed(1.0);
         Ok(record)
     }
@@ -351,7 +371,11 @@ impl<S: Store> Vault<S> {
 
     /// Deletes a located credential, if it is at `expected_version` when one is given.
     pub async fn delete(&self, at: &Located, expected_version: Option<u64>) -> Result<(), Error> {
+        // The name tells watchers of the name; the record may be gone already.
+        let name = self.record(at).await.ok().map(|r| r.name.clone());
         self.store.delete(&at.id, expected_version).await?;
+        self.hub
+            .changed(&at.id, name.as_deref().unwrap_or_default());
         metrics::credentials_changed(-1.0);
         Ok(())
     }
@@ -467,7 +491,10 @@ impl<S: Store> Vault<S> {
                 next.update_time = Some(record::timestamp(SystemTime::now()));
             }
             match self.store.replace(&next, current.revision).await {
-                Ok(()) => return Ok(Changed::Written(Box::new(next))),
+                Ok(()) => {
+                    self.hub.changed(&next.id, &next.name);
+                    return Ok(Changed::Written(Box::new(next)));
+                }
                 // Written meanwhile: read it again (and decide again).
                 Err(StoreError::Conflict(_)) => continue,
                 Err(StoreError::NotFound(_)) => return Ok(Changed::Gone),

@@ -305,6 +305,8 @@ struct ServeArgs {
     audit_retention: Duration,
     #[command(flatten)]
     transport: TransportArgs,
+    #[command(flatten)]
+    watch: WatchArgs,
     /// Log line format.
     #[arg(long, env = "CREDVAULT_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -314,6 +316,21 @@ struct ServeArgs {
     /// Development mode: makes a data dir, a key file and an all-permissions token on first run.
     #[arg(long, env = "CREDVAULT_DEV")]
     dev: bool,
+}
+
+/// Limits and timing of WatchCredentialHeaders streams (README: Workers).
+#[derive(Clone, Debug, Args)]
+struct WatchArgs {
+    /// Credentials one watch stream may name.
+    #[arg(long, env = "CREDVAULT_WATCH_MAX_CREDENTIALS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    watch_max_credentials: u32,
+    /// Watch streams one caller may hold open on this server at once.
+    #[arg(long, env = "CREDVAULT_WATCH_MAX_STREAMS_PER_CALLER", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    watch_max_streams_per_caller: u32,
+    /// How often every watched credential is read again whatever was heard: the
+    /// longest a lost change notification (PostgreSQL) leaves a watcher stale.
+    #[arg(long, env = "CREDVAULT_WATCH_RESYNC_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    watch_resync_interval: Duration,
 }
 
 /// The limits that protect the server from its clients (README: Hardening).
@@ -951,6 +968,11 @@ fn resolve(dev: bool, args: &ServeArgs) -> anyhow::Result<Config> {
         drain_delay: args.drain_delay,
         shutdown_grace: args.shutdown_grace,
         metrics_listen: args.metrics_listen,
+        watch: credvault::watch::WatchSettings {
+            max_credentials: args.watch.watch_max_credentials as usize,
+            max_streams_per_caller: args.watch.watch_max_streams_per_caller as usize,
+            resync_interval: args.watch.watch_resync_interval,
+        },
     })
 }
 

@@ -115,6 +115,19 @@ pub struct Snapshot {
     pub usage: Entries,
 }
 
+/// A write to the store that a watcher may care about, as a shared store hears of it.
+#[derive(Clone, Copy, Debug)]
+pub enum StoreChange<'a> {
+    /// A record was created, changed or deleted (by any server).
+    Record { id: &'a str, name: &'a str },
+    /// Changes may have been missed (the listening connection was re-made): read
+    /// every watched record again.
+    Resync,
+}
+
+/// Where a store reports the changes it hears of.
+pub type ChangeSink = Arc<dyn Fn(StoreChange<'_>) + Send + Sync>;
+
 /// A credential store. Ids order records by creation time.
 pub trait Store: Send + Sync + 'static {
     /// Metadata entries whose keys start with `prefix` (key checks, seal counts).
@@ -249,6 +262,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// The audit trail this store keeps for every replica, if it keeps one (PostgreSQL).
     fn audit_table(self: &Arc<Self>) -> Option<Arc<dyn AuditTable>> {
+        None
+    }
+
+    /// For a store other servers write too (PostgreSQL): starts a task that tells
+    /// `sink` of every write by any of them, until `stop` turns true. A store only
+    /// this process writes (sled) has nothing to tell: `None`.
+    fn listen_changes(
+        self: &Arc<Self>,
+        sink: ChangeSink,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let _ = (sink, stop);
         None
     }
 

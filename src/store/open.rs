@@ -166,4 +166,14 @@ impl Store for AnyStore {
     async fn needs_restart(&self) -> bool {
         each!(self, s => s.needs_restart().await)
     }
+    fn listen_changes(
+        self: &Arc<Self>,
+        sink: super::ChangeSink,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        match &**self {
+            AnyStore::Sled(_) => None,
+            AnyStore::Postgres(pg) => pg.listen_changes(sink, stop),
+        }
+    }
 }

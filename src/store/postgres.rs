@@ -79,7 +79,30 @@ CREATE INDEX credvault_audit_credential_name ON credvault_audit (credential_name
 CREATE INDEX credvault_audit_caller ON credvault_audit (caller, seq);
 "#,
     ),
+    (
+        4,
+        "a notification on every credential write, for watch streams on every replica",
+        r#"
+CREATE FUNCTION credvault_notify_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        PERFORM pg_notify('credvault_changes', OLD.id || ' ' || OLD.name);
+        RETURN OLD;
+    END IF;
+    PERFORM pg_notify('credvault_changes', NEW.id || ' ' || NEW.name);
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER credvault_credentials_changed
+    AFTER INSERT OR UPDATE OR DELETE ON credvault_credentials
+    FOR EACH ROW EXECUTE FUNCTION credvault_notify_change();
+"#,
+    ),
 ];
+
+/// The channel credential writes are announced on (`LISTEN credvault_changes`):
+/// the payload is the record's id and name, separated by a space.
+pub const CHANGES_CHANNEL: &str = "credvault_changes";
 
 /// An arbitrary constant that names credvault's migration lock.
 const MIGRATION_LOCK: i64 = 0x6372_6564_7661_756c;
@@ -109,6 +132,11 @@ impl Default for PgSettings {
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    /// How to open a connection of its own (the change listener's).
+    connect: Arc<(
+        tokio_postgres::Config,
+        tokio_postgres_rustls::MakeRustlsConnect,
+    )>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -206,9 +234,11 @@ impl PgStore {
         if config.get_application_name().is_none() {
             config.application_name("credvault");
         }
+        let tls = tls(settings.ca_file.as_deref())?;
+        let connect = Arc::new((config.clone(), tls.clone()));
         let manager = Manager::from_config(
             config,
-            tls(settings.ca_file.as_deref())?,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -221,7 +251,97 @@ impl PgStore {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Io(format!("cannot build the connection pool: {e}")))?;
-        Ok(PgStore { pool })
+        Ok(PgStore { pool, connect })
+    }
+
+    /// Listens for credential writes on a connection of its own, telling `sink`
+    /// of each; after every (re)connection, asks for a resync, since writes made
+    /// while it was away were not heard. Reconnects with a backoff up to 10 s.
+    async fn listen(
+        self: Arc<Self>,
+        sink: super::ChangeSink,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        use futures_util::StreamExt;
+        let mut backoff = Duration::from_millis(100);
+        let mut was_down = false;
+        loop {
+            let (config, tls) = &*self.connect;
+            let connected = tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                c = config.connect(tls.clone()) => c,
+            };
+            let (client, mut connection) = match connected {
+                Ok(c) => c,
+                Err(e) => {
+                    if !was_down {
+                        tracing::warn!(error = %db(e), "the change listener cannot reach the database; watchers on this replica hear only its own writes until it can");
+                        was_down = true;
+                    }
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+            };
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            let ready = {
+                let statement = format!("LISTEN {CHANGES_CHANNEL}");
+                // The connection must be polled for LISTEN to complete.
+                let mut listen = std::pin::pin!(client.batch_execute(&statement));
+                loop {
+                    tokio::select! {
+                        r = &mut listen => break r.map_err(db),
+                        m = messages.next() => match m {
+                            Some(Ok(_)) => {}
+                            Some(Err(e)) => break Err(db(e)),
+                            None => break Err(StoreError::Unreachable("the listening connection closed".into())),
+                        },
+                    }
+                }
+            };
+            if let Err(e) = ready {
+                tracing::warn!(error = %e, "the change listener could not LISTEN; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                continue;
+            }
+            if was_down {
+                tracing::info!(
+                    "the change listener is back: watchers hear other replicas' writes again"
+                );
+            }
+            backoff = Duration::from_millis(100);
+            // Writes made while no one listened were not heard.
+            sink(super::StoreChange::Resync);
+            loop {
+                let message = tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    m = messages.next() => m,
+                };
+                match message {
+                    Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                        if let Some((id, name)) = n.payload().split_once(' ') {
+                            sink(super::StoreChange::Record { id, name });
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %db(e), "the change listener lost its connection; reconnecting");
+                        was_down = true;
+                        break;
+                    }
+                    None => {
+                        tracing::warn!("the change listener's connection closed; reconnecting");
+                        was_down = true;
+                        break;
+                    }
+                }
+            }
+            drop(client);
+        }
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -783,6 +903,14 @@ impl Store for PgStore {
 
     fn audit_table(self: &std::sync::Arc<Self>) -> Option<std::sync::Arc<dyn super::AuditTable>> {
         Some(std::sync::Arc::clone(self) as std::sync::Arc<dyn super::AuditTable>)
+    }
+
+    fn listen_changes(
+        self: &Arc<Self>,
+        sink: super::ChangeSink,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        Some(tokio::spawn(Arc::clone(self).listen(sink, stop)))
     }
 
     async fn probe_write(&self, instance: &str) -> Result<(), StoreError> {

@@ -93,6 +93,8 @@ pub struct Options {
     pub providers_file: Option<PathBuf>,
     /// Base URLs of other providers than Fleetio, by name.
     pub base_urls: Vec<(String, String)>,
+    /// Watch stream limits and resync interval.
+    pub watch: credvault::watch::WatchSettings,
 }
 
 impl Default for Options {
@@ -119,6 +121,7 @@ impl Default for Options {
             audit_retention: Duration::ZERO,
             providers_file: None,
             base_urls: Vec::new(),
+            watch: Default::default(),
         }
     }
 }
@@ -255,6 +258,7 @@ impl TestServer {
             drain_delay: Duration::ZERO,
             shutdown_grace: Duration::from_secs(5),
             metrics_listen: None,
+            watch: opts.watch.clone(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -385,5 +389,6 @@ pub fn bare_config(dir: &Path, keys: &str) -> Config {
         drain_delay: Duration::ZERO,
         shutdown_grace: Duration::from_secs(1),
         metrics_listen: None,
+        watch: Default::default(),
     }
 }

@@ -1,0 +1,913 @@
+//! Watch streams: workers hold their headers in memory and the vault pushes every
+//! change to them (`WatchCredentialHeaders`).
+//!
+//! Two parts. The [`Hub`] knows which credentials are watched (by id or by name)
+//! and hears of every change: the vault tells it of its own writes, a database
+//! store of other replicas' writes (PostgreSQL `LISTEN`), and a periodic resync
+//! covers a notification that was lost. One task ([`run_hub`]) reads each changed
+//! credential once, in the order changes come, and offers what it read to every
+//! stream watching it, so a thousand watchers of one credential cost one store read.
+//!
+//! Each stream ([`open`]) keeps, per watched credential, only the latest offer:
+//! a reader slower than the changes gets the newest state, never a backlog, and
+//! the server buffers at most a few messages per stream. A stream renders an offer
+//! into a message only when it can send one: headers only when the client does not
+//! hold that version's yet, each delivery of headers audited as a secret read and
+//! noted as a last use. It re-checks its caller whenever the callers file is
+//! reloaded, and ends at shutdown.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, watch, Notify};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use crate::api;
+use crate::audit::{AuditEntry, AuditLog};
+use crate::auth::{Caller, CallerRegistry, Identity, Permission};
+use crate::error::Error;
+use crate::metrics;
+use crate::record::CredentialRecord;
+use crate::store::Store;
+use crate::vault::Vault;
+
+/// The method name watch deliveries are audited under.
+pub const METHOD: &str = "WatchCredentialHeaders";
+
+/// The limits and timing of watch streams.
+#[derive(Clone, Debug)]
+pub struct WatchSettings {
+    /// Credentials one stream may watch.
+    pub max_credentials: usize,
+    /// Streams one caller may hold open on this server at once.
+    pub max_streams_per_caller: usize,
+    /// How often every watched credential is read again, whatever was heard:
+    /// the bound on how long a lost change notification leaves a watcher stale.
+    pub resync_interval: Duration,
+}
+
+impl Default for WatchSettings {
+    fn default() -> Self {
+        WatchSettings {
+            max_credentials: 1000,
+            max_streams_per_caller: 1024,
+            resync_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Messages a stream may have rendered and not yet handed to the transport.
+const STREAM_BUFFER: usize = 4;
+
+/// How soon a credential the store could not read is read again.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
+/// What a watch names: a credential id, or a name that may come to name another.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Key {
+    Id(String),
+    Name(String),
+}
+
+/// What the hub read of a watched credential.
+#[derive(Clone)]
+enum Seen {
+    /// The credential as stored.
+    Present(Arc<CredentialRecord>),
+    /// Reading this id found nothing: the credential is gone (ids are never reused).
+    Gone(String),
+    /// No credential has the watched name.
+    Absent,
+    /// The caller may not watch it (a name outside its scope; offered by the stream itself).
+    Denied,
+}
+
+/// A piece of work for the hub's reader.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Work {
+    /// A write to this credential (id and name).
+    Changed(String, String),
+    /// Read a watched key again (a new watcher, a resync).
+    Refresh(Key),
+}
+
+/// The offers waiting for one stream, one place per watched credential (the latest wins).
+struct Inbox {
+    offers: Mutex<Vec<Option<Seen>>>,
+    notify: Notify,
+}
+
+impl Inbox {
+    fn offer(&self, slot: usize, seen: &Seen) {
+        if let Some(place) = self
+            .offers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(slot)
+        {
+            *place = Some(seen.clone());
+        }
+        self.notify.notify_one();
+    }
+
+    /// Takes one waiting offer, the first at or after `cursor` (then moved past
+    /// it), so that a busy credential cannot starve the others.
+    fn take_one(&self, cursor: &mut usize) -> Option<(usize, Seen)> {
+        let mut offers = self.offers.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = offers.len();
+        for k in 0..n {
+            let i = (*cursor + k) % n;
+            if let Some(seen) = offers[i].take() {
+                *cursor = (i + 1) % n;
+                return Some((i, seen));
+            }
+        }
+        None
+    }
+
+    fn has_offers(&self) -> bool {
+        self.offers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .any(Option::is_some)
+    }
+}
+
+struct Subscriber {
+    stream: u64,
+    slot: usize,
+    inbox: Arc<Inbox>,
+}
+
+#[derive(Default)]
+struct HubState {
+    subscribers: HashMap<Key, Vec<Subscriber>>,
+    pending: HashSet<Work>,
+    streams_per_caller: HashMap<String, usize>,
+    next_stream: u64,
+    streams: usize,
+}
+
+/// Who watches what, and the changes not yet read.
+#[derive(Default)]
+pub struct Hub {
+    state: Mutex<HubState>,
+    wake: Notify,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.lock();
+        f.debug_struct("Hub")
+            .field("streams", &state.streams)
+            .field("keys", &state.subscribers.len())
+            .field("pending", &state.pending.len())
+            .finish()
+    }
+}
+
+/// A stream's place in the hub; dropping it unsubscribes and frees the caller's slot.
+struct Subscription {
+    hub: Arc<Hub>,
+    stream: u64,
+    keys: Vec<Key>,
+    caller: String,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut state = self.hub.lock();
+        for key in &self.keys {
+            if let Some(subs) = state.subscribers.get_mut(key) {
+                subs.retain(|s| s.stream != self.stream);
+                if subs.is_empty() {
+                    state.subscribers.remove(key);
+                }
+            }
+        }
+        if let Some(n) = state.streams_per_caller.get_mut(&self.caller) {
+            *n -= 1;
+            if *n == 0 {
+                state.streams_per_caller.remove(&self.caller);
+            }
+        }
+        state.streams -= 1;
+        metrics::watch_streams(state.streams);
+    }
+}
+
+impl Hub {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HubState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Tells the hub a credential was written (created, changed or deleted).
+    /// Costs a map lookup when nobody watches it.
+    pub fn changed(&self, id: &str, name: &str) {
+        let mut state = self.lock();
+        let watched = state.subscribers.contains_key(&Key::Id(id.to_owned()))
+            || state.subscribers.contains_key(&Key::Name(name.to_owned()));
+        if watched
+            && state
+                .pending
+                .insert(Work::Changed(id.to_owned(), name.to_owned()))
+        {
+            drop(state);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Reads every watched credential again (a lost notification is caught here).
+    pub fn resync(&self) {
+        let mut state = self.lock();
+        let keys: Vec<Key> = state.subscribers.keys().cloned().collect();
+        state.pending.extend(keys.into_iter().map(Work::Refresh));
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    /// Streams open now.
+    pub fn streams(&self) -> usize {
+        self.lock().streams
+    }
+
+    /// Registers a stream's keys (and asks for their current state), within the
+    /// caller's stream limit.
+    fn subscribe(
+        self: &Arc<Self>,
+        caller: &str,
+        keys: &[Option<Key>],
+        inbox: &Arc<Inbox>,
+        max_per_caller: usize,
+    ) -> Result<Subscription, Error> {
+        let mut state = self.lock();
+        let held = state.streams_per_caller.get(caller).copied().unwrap_or(0);
+        if held >= max_per_caller {
+            return Err(Error::ResourceExhausted(format!(
+                "caller {caller:?} holds {held} watch streams on this server, the most allowed (--watch-max-streams-per-caller); close one, or watch more credentials per stream"
+            )));
+        }
+        *state
+            .streams_per_caller
+            .entry(caller.to_owned())
+            .or_default() += 1;
+        state.next_stream += 1;
+        state.streams += 1;
+        metrics::watch_streams(state.streams);
+        let stream = state.next_stream;
+        let mut subscribed = Vec::new();
+        for (slot, key) in keys.iter().enumerate() {
+            let Some(key) = key else { continue };
+            state
+                .subscribers
+                .entry(key.clone())
+                .or_default()
+                .push(Subscriber {
+                    stream,
+                    slot,
+                    inbox: Arc::clone(inbox),
+                });
+            state.pending.insert(Work::Refresh(key.clone()));
+            subscribed.push(key.clone());
+        }
+        drop(state);
+        self.wake.notify_one();
+        Ok(Subscription {
+            hub: Arc::clone(self),
+            stream,
+            keys: subscribed,
+            caller: caller.to_owned(),
+        })
+    }
+
+    /// Offers what was read of `key` to everyone watching it.
+    fn deliver(&self, key: &Key, seen: &Seen) {
+        let state = self.lock();
+        if let Some(subs) = state.subscribers.get(key) {
+            for s in subs {
+                s.inbox.offer(s.slot, seen);
+            }
+        }
+    }
+
+    fn take_pending(&self) -> Vec<Work> {
+        self.lock().pending.drain().collect()
+    }
+
+    fn requeue(&self, work: Vec<Work>) {
+        self.lock().pending.extend(work);
+        self.wake.notify_one();
+    }
+}
+
+/// The hub's reader: reads each changed or refreshed credential once and offers
+/// it to its watchers; resyncs every `resync_interval`; stops with `stop`.
+pub async fn run_hub<S: Store>(
+    vault: Arc<Vault<S>>,
+    resync_interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let hub = Arc::clone(vault.hub());
+    let resync_interval = resync_interval.max(Duration::from_millis(100));
+    let mut next_resync = tokio::time::Instant::now() + resync_interval;
+    let mut failed: Vec<Work> = Vec::new();
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    loop {
+        let wake = hub.wake.notified();
+        let work = hub.take_pending();
+        if work.is_empty() {
+            let retry = async {
+                match retry_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = stop.changed() => return,
+                () = wake => {}
+                () = tokio::time::sleep_until(next_resync) => {
+                    next_resync = tokio::time::Instant::now() + resync_interval;
+                    hub.resync();
+                }
+                () = retry => {
+                    retry_at = None;
+                    hub.requeue(std::mem::take(&mut failed));
+                }
+            }
+            continue;
+        }
+        for item in work {
+            if let Err(e) = read_and_offer(&vault, &hub, &item).await {
+                tracing::warn!(error = %e, "a watched credential could not be read; trying again shortly");
+                failed.push(item);
+                retry_at.get_or_insert_with(|| tokio::time::Instant::now() + RETRY_AFTER_FAILURE);
+            }
+        }
+    }
+}
+
+async fn read_and_offer<S: Store>(vault: &Vault<S>, hub: &Hub, work: &Work) -> Result<(), Error> {
+    match work {
+        Work::Changed(id, name) => {
+            match vault.peek(id).await? {
+                Some(record) => {
+                    let seen = Seen::Present(Arc::clone(&record));
+                    hub.deliver(&Key::Id(id.clone()), &seen);
+                    hub.deliver(&Key::Name(record.name.clone()), &seen);
+                }
+                None => {
+                    let seen = Seen::Gone(id.clone());
+                    hub.deliver(&Key::Id(id.clone()), &seen);
+                    hub.deliver(&Key::Name(name.clone()), &seen);
+                }
+            }
+            metrics::watch_read("change");
+        }
+        Work::Refresh(key @ Key::Id(id)) => {
+            let seen = match vault.peek(id).await? {
+                Some(record) => Seen::Present(record),
+                None => Seen::Gone(id.clone()),
+            };
+            hub.deliver(key, &seen);
+            metrics::watch_read("refresh");
+        }
+        Work::Refresh(key @ Key::Name(name)) => {
+            let record = match vault.peek_name(name).await? {
+                Some(id) => vault.peek(&id).await?,
+                None => None,
+            };
+            let seen = record.map_or(Seen::Absent, Seen::Present);
+            hub.deliver(key, &seen);
+            metrics::watch_read("refresh");
+        }
+    }
+    Ok(())
+}
+
+/// What a stream needs besides the vault: the audit trail, the callers (to
+/// re-check its own on reload), its limits and the shutdown signal.
+#[derive(Clone)]
+pub struct WatchContext {
+    pub audit: Arc<AuditLog>,
+    pub callers: Arc<CallerRegistry>,
+    pub settings: WatchSettings,
+    /// Turns true when shutdown begins: streams end with UNAVAILABLE.
+    pub stopping: watch::Receiver<bool>,
+}
+
+/// The stream of a `WatchCredentialHeaders` call.
+pub type WatchStream = ReceiverStream<Result<api::WatchCredentialHeadersResponse, Status>>;
+
+/// The caller of a watch, as authenticated at its start.
+pub struct Watcher {
+    pub caller: Arc<Caller>,
+    pub identity: Identity,
+    pub peer: Option<SocketAddr>,
+}
+
+/// Starts a watch of `request`'s credentials for `watcher`: validates the
+/// request, takes a place under the caller's stream limit and spawns the stream.
+pub fn open<S: Store>(
+    vault: &Arc<Vault<S>>,
+    ctx: &WatchContext,
+    watcher: Watcher,
+    request: api::WatchCredentialHeadersRequest,
+) -> Result<WatchStream, Error> {
+    if *ctx.stopping.borrow() {
+        return Err(Error::Unavailable(
+            "the server is shutting down; reconnect to another replica".into(),
+        ));
+    }
+    let max = ctx.settings.max_credentials;
+    if request.credentials.is_empty() {
+        return Err(Error::invalid(
+            "credentials is empty: name at least one credential to watch",
+        ));
+    }
+    if request.credentials.len() > max {
+        return Err(Error::invalid(format!(
+            "a stream may watch at most {max} credentials (--watch-max-credentials), not {}",
+            request.credentials.len()
+        )));
+    }
+    let mut slots = Vec::with_capacity(request.credentials.len());
+    let mut seen_keys = HashSet::new();
+    for (i, w) in request.credentials.into_iter().enumerate() {
+        let key = match w.r#ref {
+            Some(api::watched_credential::Ref::Id(id)) => {
+                crate::validate::id(&id)
+                    .map_err(|e| Error::invalid(format!("credentials[{i}]: {e}")))?;
+                Key::Id(id)
+            }
+            Some(api::watched_credential::Ref::Name(name)) => {
+                crate::validate::name(&name)
+                    .map_err(|e| Error::invalid(format!("credentials[{i}]: {e}")))?;
+                Key::Name(name)
+            }
+            None => return Err(Error::invalid(format!("credentials[{i}]: set id or name"))),
+        };
+        if !seen_keys.insert(key.clone()) {
+            return Err(Error::invalid(format!(
+                "credentials[{i}] repeats a credential watched before it"
+            )));
+        }
+        let held = match (&key, w.known_version) {
+            (_, 0) => None,
+            (Key::Id(id), v) => Some((id.clone(), v)),
+            (Key::Name(_), v) if !w.known_credential_id.is_empty() => {
+                crate::validate::id(&w.known_credential_id).map_err(|e| {
+                    Error::invalid(format!("credentials[{i}].known_credential_id: {e}"))
+                })?;
+                Some((w.known_credential_id, v))
+            }
+            (Key::Name(_), _) => {
+                return Err(Error::invalid(format!(
+                    "credentials[{i}]: known_version with a name needs known_credential_id"
+                )))
+            }
+        };
+        slots.push(Slot::new(key, held));
+    }
+    // A name outside a scoped caller's scope is refused without looking it up.
+    for slot in &mut slots {
+        if let Key::Name(name) = &slot.key {
+            if !watcher.caller.in_scope(name) {
+                slot.denied = true;
+            }
+        }
+    }
+    let inbox = Arc::new(Inbox {
+        offers: Mutex::new(vec![None; slots.len()]),
+        notify: Notify::new(),
+    });
+    let keys: Vec<Option<Key>> = slots
+        .iter()
+        .map(|s| (!s.denied).then(|| s.key.clone()))
+        .collect();
+    let subscription = vault.hub().subscribe(
+        &watcher.caller.name,
+        &keys,
+        &inbox,
+        ctx.settings.max_streams_per_caller,
+    )?;
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    let stream = Stream {
+        vault: Arc::clone(vault),
+        ctx: ctx.clone(),
+        watcher,
+        slots,
+        inbox,
+        tx,
+        _subscription: subscription,
+    };
+    tokio::spawn(stream.run());
+    Ok(ReceiverStream::new(rx))
+}
+
+/// What was last reported of a slot, so that nothing is said twice.
+#[derive(Clone, Debug, PartialEq)]
+enum Reported {
+    Present {
+        id: String,
+        version: u64,
+        verification: Option<(i32, i32, String)>,
+    },
+    NotFound,
+    Deleted(String),
+    Denied,
+    Unavailable {
+        id: String,
+        revision: u64,
+    },
+}
+
+/// One watched credential within a stream.
+struct Slot {
+    key: Key,
+    /// Refused for the caller's scope: reported once, never looked at.
+    denied: bool,
+    /// The credential id and version whose headers the client holds.
+    held: Option<(String, u64)>,
+    /// The credential the slot follows now, and its name.
+    current: Option<(String, String)>,
+    reported: Option<Reported>,
+    /// A watched id whose credential was deleted: nothing more to say.
+    ended: bool,
+}
+
+impl Slot {
+    fn new(key: Key, held: Option<(String, u64)>) -> Self {
+        Slot {
+            key,
+            denied: false,
+            held,
+            current: None,
+            reported: None,
+            ended: false,
+        }
+    }
+}
+
+/// Why a stream ends.
+enum End {
+    /// The client went away.
+    Gone,
+    /// With this status.
+    Status(Error),
+}
+
+struct Stream<S> {
+    vault: Arc<Vault<S>>,
+    ctx: WatchContext,
+    watcher: Watcher,
+    slots: Vec<Slot>,
+    inbox: Arc<Inbox>,
+    tx: mpsc::Sender<Result<api::WatchCredentialHeadersResponse, Status>>,
+    _subscription: Subscription,
+}
+
+impl<S: Store> Stream<S> {
+    async fn run(mut self) {
+        let mut reloads = self.ctx.callers.reloads();
+        reloads.mark_unchanged();
+        let mut stopping = self.ctx.stopping.clone();
+        let caller = self.watcher.caller.name.clone();
+        let end = self.serve(&mut reloads, &mut stopping).await;
+        let (reason, status) = match end {
+            End::Gone => ("client", None),
+            End::Status(e) => {
+                let reason = match e.code() {
+                    tonic::Code::Unavailable => "unavailable",
+                    tonic::Code::Unauthenticated => "unauthenticated",
+                    tonic::Code::PermissionDenied => "permission_denied",
+                    _ => "error",
+                };
+                (reason, Some(e))
+            }
+        };
+        metrics::watch_ended(reason);
+        match status {
+            Some(e) => {
+                tracing::info!(caller, error = %e, "watch stream ended by the server");
+                // The end goes out even past a full buffer, unless the client is gone.
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    self.tx.send(Err(Status::from(e))),
+                )
+                .await;
+            }
+            None => tracing::debug!(caller, "watch stream closed by the client"),
+        }
+    }
+
+    async fn serve(
+        &mut self,
+        reloads: &mut watch::Receiver<u64>,
+        stopping: &mut watch::Receiver<bool>,
+    ) -> End {
+        // Slots refused for scope are reported like any other state.
+        for (i, slot) in self.slots.iter().enumerate() {
+            if slot.denied {
+                self.inbox.offer(i, &Seen::Denied);
+            }
+        }
+        let mut permit: Option<mpsc::OwnedPermit<_>> = None;
+        let mut cursor = 0;
+        let inbox = Arc::clone(&self.inbox);
+        loop {
+            if *stopping.borrow() {
+                return End::Status(Error::Unavailable(
+                    "the server is shutting down; reconnect (to another replica) and resume".into(),
+                ));
+            }
+            let wake = inbox.notify.notified();
+            if inbox.has_offers() {
+                // Room first: what is rendered then is the newest state.
+                let room = match permit.take() {
+                    Some(p) => p,
+                    None => tokio::select! {
+                        p = self.tx.clone().reserve_owned() => match p {
+                            Ok(p) => p,
+                            Err(_) => return End::Gone,
+                        },
+                        _ = reloads.changed() => {
+                            if let Err(end) = self.recheck_caller() { return end; }
+                            continue;
+                        }
+                        _ = stopping.changed() => continue,
+                    },
+                };
+                let Some((slot, seen)) = inbox.take_one(&mut cursor) else {
+                    permit = Some(room);
+                    continue;
+                };
+                match self.render(slot, seen).await {
+                    Ok(Some((message, reported))) => {
+                        let message = self.mark(message, reported);
+                        room.send(Ok(message));
+                    }
+                    Ok(None) => permit = Some(room),
+                    Err(e) => return End::Status(e),
+                }
+                continue;
+            }
+            tokio::select! {
+                () = wake => {}
+                () = self.tx.closed() => return End::Gone,
+                _ = reloads.changed() => {
+                    if let Err(end) = self.recheck_caller() { return end; }
+                }
+                _ = stopping.changed() => {}
+            }
+        }
+    }
+
+    /// Notes what a message reports of its slot, and marks the message that
+    /// completes the first report of every slot with `synced`.
+    fn mark(
+        &mut self,
+        mut message: api::WatchCredentialHeadersResponse,
+        reported: Reported,
+    ) -> api::WatchCredentialHeadersResponse {
+        let slot = message.index as usize;
+        let was_unreported = self.slots[slot].reported.is_none();
+        self.slots[slot].reported = Some(reported);
+        if was_unreported && self.slots.iter().all(|s| s.reported.is_some()) {
+            message.synced = true;
+        }
+        metrics::watch_message(state_name(message.state()));
+        message
+    }
+
+    /// After a callers reload: the caller must still be known, hold
+    /// `headers.read`, and have in scope every credential it follows.
+    fn recheck_caller(&mut self) -> Result<(), End> {
+        let callers = self.ctx.callers.current();
+        let Some(caller) = callers.reidentify(&self.watcher.identity) else {
+            return Err(End::Status(Error::Unauthenticated(
+                "the caller was removed from the callers file; its watch streams end",
+            )));
+        };
+        caller
+            .require(Permission::HeadersRead)
+            .map_err(End::Status)?;
+        for slot in &self.slots {
+            let name = match (&slot.key, &slot.current) {
+                (Key::Name(name), _) => Some(name),
+                (Key::Id(_), Some((_, name))) => Some(name),
+                (Key::Id(_), None) => None,
+            };
+            if let Some(name) = name {
+                if !slot.denied && !caller.in_scope(name) {
+                    return Err(End::Status(Error::PermissionDenied(format!(
+                        "caller {:?} may no longer read credential {name:?}; its watch stream ends",
+                        caller.name
+                    ))));
+                }
+            }
+        }
+        self.watcher.caller = caller;
+        Ok(())
+    }
+
+    fn base(&self, slot: usize, state: api::WatchState) -> api::WatchCredentialHeadersResponse {
+        let name = match &self.slots[slot].key {
+            Key::Name(name) => name.clone(),
+            Key::Id(_) => self.slots[slot]
+                .current
+                .as_ref()
+                .map(|(_, n)| n.clone())
+                .unwrap_or_default(),
+        };
+        api::WatchCredentialHeadersResponse {
+            index: u32::try_from(slot).unwrap_or(u32::MAX),
+            state: state as i32,
+            name,
+            ..Default::default()
+        }
+    }
+
+    fn denied(&mut self, slot: usize) -> Rendered {
+        let shown = match &self.slots[slot].key {
+            Key::Id(id) | Key::Name(id) => id.clone(),
+        };
+        let s = &mut self.slots[slot];
+        s.denied = true;
+        s.held = None;
+        s.current = None;
+        let message = api::WatchCredentialHeadersResponse {
+            message: format!(
+                "caller {:?} may not access credential {shown:?}",
+                self.watcher.caller.name
+            ),
+            ..self.base(slot, api::WatchState::PermissionDenied)
+        };
+        Some((message, Reported::Denied))
+    }
+
+    /// A deletion of the credential the slot follows.
+    fn deleted(&mut self, slot: usize, id: String) -> Rendered {
+        let message = api::WatchCredentialHeadersResponse {
+            credential_id: id.clone(),
+            message: format!("credential {id} was deleted"),
+            ..self.base(slot, api::WatchState::Deleted)
+        };
+        let s = &mut self.slots[slot];
+        s.held = None;
+        s.current = None;
+        s.ended = matches!(s.key, Key::Id(_));
+        Some((message, Reported::Deleted(id)))
+    }
+
+    /// The message an offer makes for a slot, if it says anything new.
+    async fn render(&mut self, slot: usize, seen: Seen) -> Result<Rendered, Error> {
+        let s = &self.slots[slot];
+        if s.ended || (s.denied && s.reported.is_some()) {
+            return Ok(None);
+        }
+        match seen {
+            Seen::Denied => Ok(self.denied(slot)),
+            Seen::Present(record) => {
+                if !self.watcher.caller.in_scope(&record.name) {
+                    // Only a watched id can lead outside the scope.
+                    return Ok(self.denied(slot));
+                }
+                self.present(slot, &record).await
+            }
+            Seen::Gone(id) => {
+                let s = &mut self.slots[slot];
+                if s.current.as_ref().is_some_and(|(c, _)| *c == id) {
+                    return Ok(self.deleted(slot, id));
+                }
+                match (&s.key, &s.reported) {
+                    // A watched id that is not there: for a scoped caller, the same
+                    // answer as for one outside its scope.
+                    (Key::Id(_), None) if self.watcher.caller.is_scoped() => Ok(self.denied(slot)),
+                    (Key::Id(_), None) => {
+                        s.ended = true;
+                        let message = api::WatchCredentialHeadersResponse {
+                            message: format!("credential {id} not found"),
+                            ..self.base(slot, api::WatchState::NotFound)
+                        };
+                        Ok(Some((message, Reported::NotFound)))
+                    }
+                    // The deletion of a credential this slot does not follow.
+                    _ => Ok(None),
+                }
+            }
+            Seen::Absent => {
+                let s = &mut self.slots[slot];
+                if let Some((id, _)) = s.current.clone() {
+                    // Its deletion was not heard of (a lost notification): say it now.
+                    return Ok(self.deleted(slot, id));
+                }
+                if matches!(s.reported, Some(Reported::NotFound | Reported::Deleted(_))) {
+                    return Ok(None);
+                }
+                s.held = None;
+                let name = match &s.key {
+                    Key::Name(n) | Key::Id(n) => n.clone(),
+                };
+                let message = api::WatchCredentialHeadersResponse {
+                    message: format!("no credential is named {name:?}"),
+                    ..self.base(slot, api::WatchState::NotFound)
+                };
+                Ok(Some((message, Reported::NotFound)))
+            }
+        }
+    }
+
+    /// The message for a credential that exists: headers when the client lacks
+    /// this version's, else the state alone when it is news to the client.
+    async fn present(&mut self, slot: usize, record: &CredentialRecord) -> Result<Rendered, Error> {
+        self.slots[slot].current = Some((record.id.clone(), record.name.clone()));
+        let mut message = api::WatchCredentialHeadersResponse {
+            credential_id: record.id.clone(),
+            version: record.version,
+            last_verification: record
+                .last_verification
+                .as_ref()
+                .map(crate::service::verification_to_api),
+            ..self.base(slot, api::WatchState::Present)
+        };
+        let s = &self.slots[slot];
+        let holds = s
+            .held
+            .as_ref()
+            .is_some_and(|(id, v)| *id == record.id && *v == record.version);
+        let reported = Reported::Present {
+            id: record.id.clone(),
+            version: record.version,
+            verification: record
+                .last_verification
+                .as_ref()
+                .map(|v| (v.status, v.http_status, v.rejected_field.clone())),
+        };
+        if holds {
+            if s.reported.as_ref() == Some(&reported) {
+                return Ok(None);
+            }
+            return Ok(Some((message, reported)));
+        }
+        let unavailable = Reported::Unavailable {
+            id: record.id.clone(),
+            revision: record.revision,
+        };
+        if s.reported.as_ref() == Some(&unavailable) {
+            return Ok(None);
+        }
+        let audit = &self.ctx.audit;
+        audit.admit_secret_read()?;
+        let caller = &self.watcher.caller.name;
+        let (headers, plaintext) = match self.vault.read_headers(record, caller) {
+            Ok(read) => read,
+            Err(e @ (Error::FailedPrecondition(_) | Error::DataLoss(_))) => {
+                tracing::warn!(credential_id = %record.id, error = %e, "a watched credential's headers cannot be made");
+                message.state = api::WatchState::Unavailable as i32;
+                message.message = e.to_string();
+                return Ok(Some((message, unavailable)));
+            }
+            Err(e) => return Err(e),
+        };
+        let fingerprint = audit.fingerprint(&plaintext);
+        drop(plaintext);
+        let entry = AuditEntry {
+            method: METHOD,
+            credential_id: &record.id,
+            credential_name: &record.name,
+            code: "OK",
+            secret_fingerprint: &fingerprint,
+            ..AuditEntry::new(SystemTime::now(), caller, self.watcher.peer)
+        };
+        audit.record_secret_read(&entry).await?;
+        message.headers = headers
+            .headers
+            .into_iter()
+            .map(|(name, value)| api::Header {
+                name: name.into_owned(),
+                value,
+            })
+            .collect();
+        message.base_url = headers.base_url;
+        self.slots[slot].held = Some((record.id.clone(), record.version));
+        Ok(Some((message, reported)))
+    }
+}
+
+/// A message to send and what it reports of its slot; `None`: nothing new.
+type Rendered = Option<(api::WatchCredentialHeadersResponse, Reported)>;
+
+fn state_name(state: api::WatchState) -> &'static str {
+    match state {
+        api::WatchState::Present => "present",
+        api::WatchState::NotFound => "not_found",
+        api::WatchState::Deleted => "deleted",
+        api::WatchState::PermissionDenied => "permission_denied",
+        api::WatchState::Unavailable => "unavailable",
+        api::WatchState::Unspecified => "unspecified",
+    }
+}
