@@ -18,10 +18,11 @@ impl Req {
     }
 }
 
-/// How the fake answers: a status and response headers.
+/// How the fake answers: a status, response headers and a body (`{}` unless told).
 pub struct Answer {
     pub status: u16,
     pub headers: Vec<(String, String)>,
+    pub body: String,
 }
 
 impl Answer {
@@ -29,7 +30,13 @@ impl Answer {
         Answer {
             status,
             headers: Vec::new(),
+            body: "{}".into(),
         }
+    }
+
+    pub fn with_body(mut self, body: &str) -> Self {
+        body.clone_into(&mut self.body);
+        self
     }
 
     pub fn with_header(mut self, name: &str, value: &str) -> Self {
@@ -73,8 +80,11 @@ impl FakeApi {
             };
             let out = answer(&req);
             seen.lock().unwrap().push(req);
-            let mut response =
-                (axum::http::StatusCode::from_u16(out.status).unwrap(), "{}").into_response();
+            let mut response = (
+                axum::http::StatusCode::from_u16(out.status).unwrap(),
+                out.body,
+            )
+                .into_response();
             for (name, value) in out.headers {
                 response.headers_mut().insert(
                     axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),

@@ -22,7 +22,32 @@ impl Process {
         envs: &[(&str, &str)],
         cwd: &Path,
     ) -> Result<Self, String> {
-        Self::start(tokio::process::Command::new(binary()), args, envs, cwd).await
+        Self::start(
+            tokio::process::Command::new(binary()),
+            "127.0.0.1:0",
+            args,
+            envs,
+            cwd,
+        )
+        .await
+    }
+
+    /// [`Process::serve`] on a given address (to restart a server where its clients look).
+    pub async fn serve_on<S: AsRef<std::ffi::OsStr>>(
+        listen: SocketAddr,
+        args: &[S],
+        envs: &[(&str, &str)],
+        cwd: &Path,
+    ) -> Result<Self, String> {
+        let listen = listen.to_string();
+        Self::start(
+            tokio::process::Command::new(binary()),
+            &listen,
+            args,
+            envs,
+            cwd,
+        )
+        .await
     }
 
     /// [`Process::serve`] with the file descriptor limit (soft and hard) set to `nofile`.
@@ -38,17 +63,18 @@ impl Process {
             &format!("ulimit -n {nofile} && exec \"$0\" \"$@\""),
             binary(),
         ]);
-        Self::start(sh, args, envs, cwd).await
+        Self::start(sh, "127.0.0.1:0", args, envs, cwd).await
     }
 
     async fn start<S: AsRef<std::ffi::OsStr>>(
         mut cmd: tokio::process::Command,
+        listen: &str,
         args: &[S],
         envs: &[(&str, &str)],
         cwd: &Path,
     ) -> Result<Self, String> {
         use tokio::io::{AsyncBufReadExt, BufReader};
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        cmd.args(["serve", "--listen", listen, "--log-format", "json"])
             .args(args)
             .env_remove("CREDVAULT_MASTER_KEY")
             // Tests stop at once unless they ask for a drain delay.
