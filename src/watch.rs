@@ -8,11 +8,11 @@
 //! credential once, in the order changes come, and offers what it read to every
 //! stream watching it, so a thousand watchers of one credential cost one store read.
 //!
-//! Each stream ([`open`]) keeps, per watched credential, only the latest offer:
-//! a reader slower than the changes gets the newest state, never a backlog, and
-//! the server buffers at most a few messages per stream. A stream renders an offer
-//! into a message only when it can send one: headers only when the client does not
-//! hold that version's yet, each delivery of headers audited as a secret read and
+//! Each stream ([`open`]) keeps, per watched credential, only the latest offer,
+//! and is pulled by the transport: it renders an offer into a message only when
+//! HTTP/2 flow control lets one go out, so a reader slower than the changes gets
+//! the newest state, never a backlog, and costs no buffer. Headers go only when
+//! the client does not hold that version's yet, each delivery of headers audited as a secret read and
 //! noted as a last use. It re-checks its caller whenever the callers file is
 //! reloaded, and ends at shutdown.
 
@@ -21,8 +21,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{mpsc, watch, Notify};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::{watch, Notify};
 use tonic::Status;
 
 use crate::api;
@@ -58,9 +57,6 @@ impl Default for WatchSettings {
         }
     }
 }
-
-/// Messages a stream may have rendered and not yet handed to the transport.
-const STREAM_BUFFER: usize = 4;
 
 /// How soon a credential the store could not read is read again.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
@@ -126,14 +122,6 @@ impl Inbox {
             }
         }
         None
-    }
-
-    fn has_offers(&self) -> bool {
-        self.offers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .any(Option::is_some)
     }
 }
 
@@ -400,7 +388,9 @@ pub struct WatchContext {
 }
 
 /// The stream of a `WatchCredentialHeaders` call.
-pub type WatchStream = ReceiverStream<Result<api::WatchCredentialHeadersResponse, Status>>;
+pub type WatchStream = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<api::WatchCredentialHeadersResponse, Status>> + Send>,
+>;
 
 /// The caller of a watch, as authenticated at its start.
 pub struct Watcher {
@@ -494,18 +484,38 @@ pub fn open<S: Store>(
         &inbox,
         ctx.settings.max_streams_per_caller,
     )?;
-    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    // Slots refused for scope are reported like any other state.
+    for (i, slot) in slots.iter().enumerate() {
+        if slot.denied {
+            inbox.offer(i, &Seen::Denied);
+        }
+    }
+    let mut reloads = ctx.callers.reloads();
+    reloads.mark_unchanged();
     let stream = Stream {
         vault: Arc::clone(vault),
-        ctx: ctx.clone(),
+        audit: Arc::clone(&ctx.audit),
+        callers: Arc::clone(&ctx.callers),
+        reloads,
+        stopping: ctx.stopping.clone(),
         watcher,
         slots,
         inbox,
-        tx,
+        cursor: 0,
+        ended: None,
         _subscription: subscription,
     };
-    tokio::spawn(stream.run());
-    Ok(ReceiverStream::new(rx))
+    // Pulled by the transport: a message is rendered only when it can be sent.
+    Ok(Box::pin(futures_util::stream::unfold(
+        Some(stream),
+        |stream| async move {
+            let mut stream = stream?;
+            match stream.next().await {
+                Ok(message) => Some((Ok(message), Some(stream))),
+                Err(e) => Some((Err(stream.end(e)), None)),
+            }
+        },
+    )))
 }
 
 /// What was last reported of a slot, so that nothing is said twice.
@@ -552,116 +562,77 @@ impl Slot {
     }
 }
 
-/// Why a stream ends.
-enum End {
-    /// The client went away.
-    Gone,
-    /// With this status.
-    Status(Error),
-}
-
-struct Stream<S> {
+/// One watch stream: what it watches, what it has told, and its signals.
+struct Stream<S: Store> {
     vault: Arc<Vault<S>>,
-    ctx: WatchContext,
+    audit: Arc<AuditLog>,
+    callers: Arc<CallerRegistry>,
+    /// Changes with every callers reload.
+    reloads: watch::Receiver<u64>,
+    /// Turns true when shutdown begins.
+    stopping: watch::Receiver<bool>,
     watcher: Watcher,
     slots: Vec<Slot>,
     inbox: Arc<Inbox>,
-    tx: mpsc::Sender<Result<api::WatchCredentialHeadersResponse, Status>>,
+    /// Where the next offer is looked for (so no credential starves the others).
+    cursor: usize,
+    /// Why the server ended the stream, once it did.
+    ended: Option<&'static str>,
     _subscription: Subscription,
 }
 
-impl<S: Store> Stream<S> {
-    async fn run(mut self) {
-        let mut reloads = self.ctx.callers.reloads();
-        reloads.mark_unchanged();
-        let mut stopping = self.ctx.stopping.clone();
-        let caller = self.watcher.caller.name.clone();
-        let end = self.serve(&mut reloads, &mut stopping).await;
-        let (reason, status) = match end {
-            End::Gone => ("client", None),
-            End::Status(e) => {
-                let reason = match e.code() {
-                    tonic::Code::Unavailable => "unavailable",
-                    tonic::Code::Unauthenticated => "unauthenticated",
-                    tonic::Code::PermissionDenied => "permission_denied",
-                    _ => "error",
-                };
-                (reason, Some(e))
-            }
-        };
-        metrics::watch_ended(reason);
-        match status {
-            Some(e) => {
-                tracing::info!(caller, error = %e, "watch stream ended by the server");
-                // The end goes out even past a full buffer, unless the client is gone.
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(5),
-                    self.tx.send(Err(Status::from(e))),
-                )
-                .await;
-            }
-            None => tracing::debug!(caller, "watch stream closed by the client"),
+impl<S: Store> Drop for Stream<S> {
+    fn drop(&mut self) {
+        metrics::watch_ended(self.ended.unwrap_or("client"));
+        if self.ended.is_none() {
+            tracing::debug!(caller = %self.watcher.caller.name, "watch stream closed by the client");
         }
     }
+}
 
-    async fn serve(
-        &mut self,
-        reloads: &mut watch::Receiver<u64>,
-        stopping: &mut watch::Receiver<bool>,
-    ) -> End {
-        // Slots refused for scope are reported like any other state.
-        for (i, slot) in self.slots.iter().enumerate() {
-            if slot.denied {
-                self.inbox.offer(i, &Seen::Denied);
-            }
-        }
-        let mut permit: Option<mpsc::OwnedPermit<_>> = None;
-        let mut cursor = 0;
-        let inbox = Arc::clone(&self.inbox);
+/// What woke a waiting stream.
+enum Woken {
+    Offer,
+    Reload,
+    Stopping,
+}
+
+impl<S: Store> Stream<S> {
+    /// The status the stream ends with, logged.
+    fn end(&mut self, e: Error) -> Status {
+        self.ended = Some(match e.code() {
+            tonic::Code::Unavailable => "unavailable",
+            tonic::Code::Unauthenticated => "unauthenticated",
+            tonic::Code::PermissionDenied => "permission_denied",
+            _ => "error",
+        });
+        tracing::info!(caller = %self.watcher.caller.name, error = %e, "watch stream ended by the server");
+        Status::from(e)
+    }
+
+    /// The next message: the newest state of the next credential with news,
+    /// waiting for one; an error ends the stream.
+    async fn next(&mut self) -> Result<api::WatchCredentialHeadersResponse, Error> {
         loop {
-            if *stopping.borrow() {
-                return End::Status(Error::Unavailable(
-                    "the server is shutting down; reconnect (to another replica) and resume".into(),
-                ));
+            if *self.stopping.borrow() {
+                return Err(stopped());
             }
+            let inbox = Arc::clone(&self.inbox);
             let wake = inbox.notify.notified();
-            if inbox.has_offers() {
-                // Room first: what is rendered then is the newest state.
-                let room = match permit.take() {
-                    Some(p) => p,
-                    None => tokio::select! {
-                        p = self.tx.clone().reserve_owned() => match p {
-                            Ok(p) => p,
-                            Err(_) => return End::Gone,
-                        },
-                        _ = reloads.changed() => {
-                            if let Err(end) = self.recheck_caller() { return end; }
-                            continue;
-                        }
-                        _ = stopping.changed() => continue,
-                    },
-                };
-                let Some((slot, seen)) = inbox.take_one(&mut cursor) else {
-                    permit = Some(room);
-                    continue;
-                };
-                match self.render(slot, seen).await {
-                    Ok(Some((message, reported))) => {
-                        let message = self.mark(message, reported);
-                        room.send(Ok(message));
-                    }
-                    Ok(None) => permit = Some(room),
-                    Err(e) => return End::Status(e),
+            if let Some((slot, seen)) = inbox.take_one(&mut self.cursor) {
+                if let Some((message, reported)) = self.render(slot, seen).await? {
+                    return Ok(self.mark(message, reported));
                 }
                 continue;
             }
-            tokio::select! {
-                () = wake => {}
-                () = self.tx.closed() => return End::Gone,
-                _ = reloads.changed() => {
-                    if let Err(end) = self.recheck_caller() { return end; }
-                }
-                _ = stopping.changed() => {}
+            let woken = tokio::select! {
+                () = wake => Woken::Offer,
+                r = self.reloads.changed() => if r.is_ok() { Woken::Reload } else { Woken::Offer },
+                r = self.stopping.changed() => if r.is_ok() { Woken::Stopping } else { return Err(stopped()) },
+            };
+            match woken {
+                Woken::Reload => self.recheck_caller()?,
+                Woken::Offer | Woken::Stopping => {}
             }
         }
     }
@@ -685,16 +656,14 @@ impl<S: Store> Stream<S> {
 
     /// After a callers reload: the caller must still be known, hold
     /// `headers.read`, and have in scope every credential it follows.
-    fn recheck_caller(&mut self) -> Result<(), End> {
-        let callers = self.ctx.callers.current();
+    fn recheck_caller(&mut self) -> Result<(), Error> {
+        let callers = self.callers.current();
         let Some(caller) = callers.reidentify(&self.watcher.identity) else {
-            return Err(End::Status(Error::Unauthenticated(
+            return Err(Error::Unauthenticated(
                 "the caller was removed from the callers file; its watch streams end",
-            )));
+            ));
         };
-        caller
-            .require(Permission::HeadersRead)
-            .map_err(End::Status)?;
+        caller.require(Permission::HeadersRead)?;
         for slot in &self.slots {
             let name = match (&slot.key, &slot.current) {
                 (Key::Name(name), _) => Some(name),
@@ -703,10 +672,10 @@ impl<S: Store> Stream<S> {
             };
             if let Some(name) = name {
                 if !slot.denied && !caller.in_scope(name) {
-                    return Err(End::Status(Error::PermissionDenied(format!(
+                    return Err(Error::PermissionDenied(format!(
                         "caller {:?} may no longer read credential {name:?}; its watch stream ends",
                         caller.name
-                    ))));
+                    )));
                 }
             }
         }
@@ -860,7 +829,7 @@ impl<S: Store> Stream<S> {
         if s.reported.as_ref() == Some(&unavailable) {
             return Ok(None);
         }
-        let audit = &self.ctx.audit;
+        let audit = &self.audit;
         audit.admit_secret_read()?;
         let caller = &self.watcher.caller.name;
         let (headers, plaintext) = match self.vault.read_headers(record, caller) {
@@ -896,6 +865,11 @@ impl<S: Store> Stream<S> {
         self.slots[slot].held = Some((record.id.clone(), record.version));
         Ok(Some((message, reported)))
     }
+}
+
+/// Why a stream ends at shutdown.
+fn stopped() -> Error {
+    Error::Unavailable("the server is shutting down; reconnect (to another replica) and resume".into())
 }
 
 /// A message to send and what it reports of its slot; `None`: nothing new.
