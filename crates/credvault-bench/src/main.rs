@@ -23,6 +23,8 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
+mod watch;
+
 type Vault = CredentialVaultServiceClient<InterceptedService<Channel, Auth>>;
 
 #[derive(Clone)]
@@ -91,6 +93,16 @@ struct Args {
     /// Skip the 100,000-credential scale step (for quick comparisons).
     #[arg(long)]
     skip_scale: bool,
+    /// Clients watching one credential in the propagation step (each on its own
+    /// connection, as workers are).
+    #[arg(long, default_value_t = 1000)]
+    watchers: usize,
+    /// Idle watch streams opened on one server to measure what they cost.
+    #[arg(long, default_value_t = 10_000)]
+    idle_streams: usize,
+    /// Skip the watch steps (cache hit, propagation, idle streams).
+    #[arg(long)]
+    skip_watch: bool,
     /// A providers file for the measured server that declares `fleetio-declared`
     /// (deploy/providers.example.toml): adds the hot path for as many credentials
     /// of the declared Fleetio on the same server, beside the built-in one's.
@@ -630,7 +642,11 @@ async fn main() {
         args.warmup = Duration::from_millis(200);
         args.credentials = args.credentials.min(200);
         args.scale_credentials = args.scale_credentials.min(1000);
+        args.watchers = args.watchers.min(20);
+        args.idle_streams = args.idle_streams.min(200);
     }
+    // A thousand watching clients hold a connection each.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
     let work = tempfile_dir();
     let token = mint_token().as_str().to_owned();
     let mut rows: Vec<Row> = Vec::new();
@@ -644,6 +660,11 @@ async fn main() {
     // The vault with `credentials` credentials, the binary to compare with
     // seeded alike, and OpenBao with as many secrets.
     let mut main_args = args.server_arg.clone();
+    // The idle-streams step opens them all as one caller.
+    main_args.push(format!(
+        "--watch-max-streams-per-caller={}",
+        args.idle_streams.max(args.watchers) + 16
+    ));
     if let Some(file) = &args.declared_file {
         main_args.push(format!("--providers-file={}", file.display()));
     }
@@ -778,6 +799,12 @@ async fn main() {
         }
     }
     let rss_after = main.server.pid().and_then(rss_mb);
+    // 4. Workers holding their headers: cache hits, propagation, idle streams.
+    let mut watched = if args.skip_watch {
+        serde_json::Map::new()
+    } else {
+        watch::figures(&args, &main, &token, &rows).await
+    };
     main.server.stop().await;
     if let Some(other) = compare {
         other.server.stop().await;
@@ -797,6 +824,12 @@ async fn main() {
         )
         .await;
         rows.push(pg.write.clone());
+        if !args.skip_watch {
+            let figures =
+                watch::postgres_figures(&args, &pg, &work.join("vault-postgres"), &token, url)
+                    .await;
+            watched.insert("postgres_replica_propagation".into(), figures);
+        }
         for &c in &args.concurrency {
             rows.push(
                 load(
@@ -820,7 +853,7 @@ async fn main() {
         scale_figures(&args, &work.join("scale"), &token).await
     };
 
-    report(&args, &rows, &scale, rss_after);
+    report(&args, &rows, &scale, &watched, rss_after);
     let _ = std::fs::remove_dir_all(&work);
 }
 
@@ -1063,6 +1096,7 @@ fn report(
     args: &Args,
     rows: &[Row],
     scale: &serde_json::Map<String, serde_json::Value>,
+    watched: &serde_json::Map<String, serde_json::Value>,
     rss_after: Option<f64>,
 ) {
     let find = |step: &str, c: usize| rows.iter().find(|r| r.step == step && r.concurrency == c);
@@ -1152,6 +1186,9 @@ fn report(
     }
     println!();
     println!("scale: {}", serde_json::Value::Object(scale.clone()));
+    for (name, figures) in watched {
+        println!("watch {name}: {figures}");
+    }
     println!(
         "server RSS after the hot-path runs: {}",
         rss_after.map_or("-".into(), |m| format!("{m:.1} MB"))
@@ -1163,6 +1200,7 @@ fn report(
         "rows": rows,
         "ratios": ratios,
         "scale": scale,
+        "watch": watched,
         "server_rss_after_hot_path_mb": rss_after,
         "server_bin": args.server_bin,
         "server_args": args.server_arg,
