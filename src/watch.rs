@@ -389,7 +389,9 @@ pub struct WatchContext {
 
 /// The stream of a `WatchCredentialHeaders` call.
 pub type WatchStream = std::pin::Pin<
-    Box<dyn futures_util::Stream<Item = Result<api::WatchCredentialHeadersResponse, Status>> + Send>,
+    Box<
+        dyn futures_util::Stream<Item = Result<api::WatchCredentialHeadersResponse, Status>> + Send,
+    >,
 >;
 
 /// The caller of a watch, as authenticated at its start.
@@ -869,7 +871,9 @@ impl<S: Store> Stream<S> {
 
 /// Why a stream ends at shutdown.
 fn stopped() -> Error {
-    Error::Unavailable("the server is shutting down; reconnect (to another replica) and resume".into())
+    Error::Unavailable(
+        "the server is shutting down; reconnect (to another replica) and resume".into(),
+    )
 }
 
 /// A message to send and what it reports of its slot; `None`: nothing new.

@@ -92,7 +92,7 @@ async fn cache_hits(
                 let _ = hist.record(ns.max(1));
                 reads += 1;
                 // Let the runtime run other tasks now and then, as a worker would.
-                if reads % 4096 == 0 {
+                if reads.is_multiple_of(4096) {
                     tokio::task::yield_now().await;
                 }
             }
