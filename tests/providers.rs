@@ -1,7 +1,8 @@
 //! Providers declared in a file (`--providers-file`): a declared Fleetio
 //! against the built-in one, two declared providers end to end through grpcurl
 //! and the generated client (with no secret leaking anywhere), and reloads that
-//! add, break and change declarations without losing a stored secret.
+//! add, break and change declarations without losing a stored secret, and a
+//! declared credential through the watch stream.
 
 use std::path::Path;
 
@@ -906,4 +907,103 @@ fn the_shipped_declarations_parse() {
         credvault::provider::declared::parse(&uncommented).unwrap()[0].name(),
         "samsara"
     );
+}
+
+/// The next watch message, within 10 s.
+async fn next_watched(
+    stream: &mut tonic::Streaming<api::WatchCredentialHeadersResponse>,
+) -> api::WatchCredentialHeadersResponse {
+    tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+        .await
+        .expect("a watch message within 10 s")
+        .expect("the stream goes on")
+        .expect("a message, not the end")
+}
+
+#[tokio::test]
+async fn a_declared_credential_is_watched_like_a_fleetio_one() {
+    let fake = fake_api().await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let urls = format!("bearer={0},duo={0}", fake.base_url);
+    let (process, setup, _) = serve(dir.path(), PROVIDERS, &["--provider-base-url", &urls]).await;
+    let mut admin = process.client(&setup.tokens.admin).await;
+    let mut worker = process.client(&setup.tokens.worker).await;
+    let secret = |token: &str| generic("bearer", &[("token", token)]);
+    admin
+        .create_credential(create_generic("b1", secret("tokCANARYvalid"), false))
+        .await
+        .unwrap();
+
+    let mut stream = worker
+        .watch_credential_headers(api::WatchCredentialHeadersRequest {
+            credentials: vec![api::WatchedCredential {
+                r#ref: Some(api::watched_credential::Ref::Name("b1".into())),
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // The first state: exactly what GetCredentialHeaders gives.
+    let first = next_watched(&mut stream).await;
+    assert_eq!(first.state(), api::WatchState::Present);
+    assert!(first.synced);
+    assert_eq!(
+        (pairs(&first.headers), first.base_url.clone()),
+        headers(&mut worker, "b1").await.unwrap()
+    );
+    assert_eq!(
+        pairs(&first.headers),
+        vec![("Authorization".into(), "Bearer tokCANARYvalid".into())]
+    );
+
+    // A rotation pushes the new headers, at a higher version.
+    admin
+        .update_credential(update_generic("b1", secret("tokCANARYnext"), false))
+        .await
+        .unwrap();
+    let rotated = next_watched(&mut stream).await;
+    assert_eq!(rotated.state(), api::WatchState::Present);
+    assert!(rotated.version > first.version);
+    assert_eq!(
+        pairs(&rotated.headers),
+        vec![("Authorization".into(), "Bearer tokCANARYnext".into())]
+    );
+
+    // Rotated to a value the provider rejects, then verified: the watcher learns of it.
+    admin
+        .update_credential(update_generic("b1", secret("tokCANARYrevoked"), false))
+        .await
+        .unwrap();
+    let revoked = next_watched(&mut stream).await;
+    assert_eq!(
+        pairs(&revoked.headers),
+        vec![("Authorization".into(), "Bearer tokCANARYrevoked".into())]
+    );
+    assert_eq!(
+        verify(&mut admin, "b1").await.status(),
+        api::VerificationStatus::SecretRejected
+    );
+    let status = next_watched(&mut stream).await;
+    assert_eq!(
+        status.last_verification.as_ref().map(|v| v.status()),
+        Some(api::VerificationStatus::SecretRejected),
+        "{status:?}"
+    );
+    assert!(
+        status.headers.is_empty(),
+        "a new status alone re-sends no secret"
+    );
+
+    // A deletion ends the headers for good.
+    admin
+        .delete_credential(api::DeleteCredentialRequest {
+            r#ref: Some(api::delete_credential_request::Ref::Name("b1".into())),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let gone = next_watched(&mut stream).await;
+    assert_eq!(gone.state(), api::WatchState::Deleted);
+    assert!(gone.headers.is_empty());
 }
