@@ -112,6 +112,8 @@ pub struct Config {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Limits and timing of `WatchCredentialHeaders` streams.
     pub watch: crate::watch::WatchSettings,
+    /// Workers' reports and request budgets.
+    pub feedback: crate::feedback::FeedbackSettings,
 }
 
 /// TLS settings of the gRPC port.

@@ -48,6 +48,8 @@ pub const VAULT_METHODS: &[&str] = &[
     "VerifyCredential",
     "GetCredentialHeaders",
     "WatchCredentialHeaders",
+    "ReportProviderResponse",
+    "AcquireRequestTokens",
     "ListAuditEvents",
     "RewrapCredentials",
     "BackupVault",

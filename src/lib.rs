@@ -30,6 +30,8 @@
 //!   caller's scope, one check-and-set loop, rewrap, provider checks and their results;
 //! - [`backup`]: consistent, still-encrypted backups and their restore;
 //! - [`reverify`]: the background re-verifier;
+//! - [`feedback`]: workers' reports of the providers' answers: paused accounts,
+//!   debounced re-verification, request budgets shared through leases;
 //! - [`watch`]: watch streams: who watches which credential, the one reader that
 //!   hears of every change (local writes, other replicas', resyncs) and the streams
 //!   that push each change to workers holding headers in memory;
@@ -47,6 +49,7 @@ pub mod backup;
 pub mod config;
 pub mod crypto;
 pub mod error;
+pub mod feedback;
 pub mod gate;
 pub mod keys;
 pub mod metrics;

@@ -32,6 +32,10 @@ const WATCH_STREAMS: &str = "credvault_watch_streams";
 const WATCH_MESSAGES: &str = "credvault_watch_messages_total";
 const WATCH_READS: &str = "credvault_watch_reads_total";
 const WATCH_ENDED: &str = "credvault_watch_streams_ended_total";
+const REPORTS: &str = "credvault_provider_reports_total";
+const PAUSES: &str = "credvault_account_pauses_total";
+const BUDGET_GRANTED: &str = "credvault_budget_requests_granted_total";
+const BUDGET_REFUSED: &str = "credvault_budget_requests_refused_total";
 
 /// Latency buckets from 100 µs to 10 s.
 const BUCKETS: &[f64] = &[
@@ -48,6 +52,8 @@ pub enum Source {
     Write,
     /// The background re-verifier.
     Background,
+    /// A worker reported a 401 or 403 (`ReportProviderResponse`).
+    Report,
 }
 
 impl Source {
@@ -56,6 +62,7 @@ impl Source {
             Source::Rpc => "rpc",
             Source::Write => "write",
             Source::Background => "background",
+            Source::Report => "report",
         }
     }
 }
@@ -163,6 +170,22 @@ pub fn install(addr: SocketAddr) -> Result<(), MetricsError> {
     describe_counter!(
         WATCH_ENDED,
         "watch streams ended, by reason: client, unavailable (shutdown), unauthenticated, permission_denied, error"
+    );
+    describe_counter!(
+        REPORTS,
+        "provider answers reported by workers, by status class (2xx, 401, 403, 429, 4xx, 5xx) and action (ignored, paused, verifying, already_verified, stale)"
+    );
+    describe_counter!(
+        PAUSES,
+        "provider account pauses started or extended by this server's reports"
+    );
+    describe_counter!(
+        BUDGET_GRANTED,
+        "requests granted from request budgets through AcquireRequestTokens"
+    );
+    describe_counter!(
+        BUDGET_REFUSED,
+        "requests asked for through AcquireRequestTokens and not granted (the window's budget was spent)"
     );
     Ok(())
 }
@@ -350,4 +373,20 @@ pub fn code_name(code: tonic::Code) -> &'static str {
         DataLoss => "DATA_LOSS",
         Unauthenticated => "UNAUTHENTICATED",
     }
+}
+
+/// A worker reported a provider's answer: its status class and what was done.
+pub fn report(status_class: &'static str, action: &'static str) {
+    counter!(REPORTS, "status" => status_class, "action" => action).increment(1);
+}
+
+/// A report paused (or extended the pause of) a provider account.
+pub fn pause() {
+    counter!(PAUSES).increment(1);
+}
+
+/// A lease asked for `want` budgeted requests and got `granted`.
+pub fn budget_tokens(granted: u32, want: u32) {
+    counter!(BUDGET_GRANTED).increment(u64::from(granted));
+    counter!(BUDGET_REFUSED).increment(u64::from(want.saturating_sub(granted)));
 }

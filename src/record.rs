@@ -63,6 +63,9 @@ pub struct CredentialRecord {
     /// metadata), to report fields a later declaration drops or adds.
     #[prost(string, repeated, tag = "15")]
     pub secret_fields: Vec<String>,
+    /// The provider account's request budget, shared through leases (0: none).
+    #[prost(uint32, tag = "16")]
+    pub request_budget_per_minute: u32,
 }
 
 /// The last read of a credential's secret.

@@ -112,9 +112,14 @@ async fn sweep<S: Store>(
                 }
             };
             let account = secret.account_key();
+            // Workers reported a 429 for this account: its limit is not spent on checks.
+            let reported_paused = vault
+                .feedback()
+                .paused_until(&vault.account_of(&secret), crate::feedback::now_ms())
+                .is_some();
             drop(secret);
             paused.retain(|_, until| *until > Instant::now());
-            if paused.contains_key(&account) {
+            if reported_paused || paused.contains_key(&account) {
                 skipped += 1;
                 continue;
             }

@@ -137,12 +137,10 @@ async fn serve<S: Store>(
         config.keyring.active(),
     )?);
     let key_ids = config.keyring.ids().collect::<Vec<_>>().join(",");
-    let vault = Arc::new(Vault::new(
-        Arc::clone(&store),
-        config.keyring,
-        seals,
-        providers,
-    ));
+    let vault = Arc::new(
+        Vault::new(Arc::clone(&store), config.keyring, seals, providers)
+            .with_feedback(config.feedback.clone()),
+    );
     // This server's announcement of its active key (see `keys::announce_active`).
     keys::announce_active(&*store, vault.instance(), vault.keyring().active().id()).await?;
     let callers = Arc::new(CallerRegistry::new(
@@ -201,11 +199,22 @@ async fn serve<S: Store>(
     );
     // Other replicas' writes reach this server's watchers through the database.
     let listener_task = {
-        let hub = Arc::clone(vault.hub());
+        let vault = Arc::clone(&vault);
         store.listen_changes(
             Arc::new(move |change: store::StoreChange<'_>| match change {
-                store::StoreChange::Record { id, name } => hub.changed(id, name),
-                store::StoreChange::Resync => hub.resync(),
+                store::StoreChange::Record { id, name } => vault.hub().changed(id, name),
+                store::StoreChange::Pause { account, until_ms } => {
+                    vault.heard_pause(account, until_ms);
+                }
+                store::StoreChange::Resync => {
+                    vault.hub().resync();
+                    let vault = Arc::clone(&vault);
+                    tokio::spawn(async move {
+                        if let Err(e) = vault.resync_pauses().await {
+                            tracing::warn!(error = %e, "the pauses of provider accounts could not be read");
+                        }
+                    });
+                }
             }),
             stop_rx.clone(),
         )

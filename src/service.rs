@@ -15,6 +15,9 @@ use crate::api::{self, credential_vault_service_server::CredentialVaultService};
 use crate::audit::{AuditEntry, AuditLog, AuditQuery};
 use crate::auth::{Caller, Identity, Permission};
 use crate::error::Error;
+use crate::feedback::{
+    self, MAX_BUDGET_PER_MINUTE, MAX_LEASE_REQUEST, MAX_REPORTED_RETRY_AFTER_SECS,
+};
 use crate::gate::Authenticated;
 use crate::metrics;
 use crate::provider::Catalog;
@@ -22,7 +25,8 @@ use crate::record::{self, CredentialRecord, Usage, Verification, VerificationSta
 use crate::store::Store;
 use crate::validate;
 use crate::vault::{
-    Change, CheckOnWrite, CredentialRef, Expiry, ListFilter, Located, NewCredential, Vault,
+    Change, CheckOnWrite, CredentialRef, Expiry, HeadersRead, ListFilter, Located, NewCredential,
+    Vault,
 };
 use crate::watch::{self, WatchContext, WatchStream, Watcher};
 
@@ -44,7 +48,9 @@ credential_ref_from!(
     update_credential_request,
     delete_credential_request,
     verify_credential_request,
-    get_credential_headers_request
+    get_credential_headers_request,
+    report_provider_response_request,
+    acquire_request_tokens_request
 );
 
 fn required_ref(r: Option<impl Into<CredentialRef>>) -> Result<CredentialRef, Error> {
@@ -74,6 +80,8 @@ struct Target {
     name: String,
     fingerprint: String,
     verification: &'static str,
+    /// What the call did, for the audit trail (a report: what was reported and done).
+    note: String,
 }
 
 impl Call {
@@ -88,6 +96,13 @@ impl Call {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .verification = status_name(v);
+    }
+
+    fn note(&self, note: String) {
+        self.target
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .note = note;
     }
 
     fn read_secret(&self, fingerprint: String) {
@@ -159,6 +174,7 @@ impl<S: Store> VaultService<S> {
             credential_name: &target.name,
             code: metrics::code_name(result.as_ref().err().map_or(Code::Ok, Error::code)),
             secret_fingerprint: &target.fingerprint,
+            reason: &target.note,
             ..AuditEntry::new(SystemTime::now(), caller, peer)
         };
         // A secret leaves only once its event has reached the operating system (or
@@ -284,6 +300,7 @@ impl<S: Store> VaultService<S> {
             expire_time,
             secret,
             check,
+            request_budget_per_minute: budget(req.request_budget_per_minute)?,
         };
         let record = self.vault.create(&call.caller, new).await?;
         call.touch(&record.id, &record.name);
@@ -350,9 +367,14 @@ impl<S: Store> VaultService<S> {
         };
         let providers = self.vault.providers().current();
         let secret = req.secret.map(|s| providers.update_secret(s)).transpose()?;
-        if req.description.is_none() && secret.is_none() && matches!(expiry, Expiry::Keep) {
+        let request_budget_per_minute = req.request_budget_per_minute.map(budget).transpose()?;
+        if req.description.is_none()
+            && secret.is_none()
+            && matches!(expiry, Expiry::Keep)
+            && request_budget_per_minute.is_none()
+        {
             return Err(Error::invalid(
-                "nothing to update: set description, a new secret, expire_time or clear_expire_time",
+                "nothing to update: set description, a new secret, expire_time, clear_expire_time or request_budget_per_minute",
             ));
         }
         if secret.is_none() && req.verify {
@@ -368,6 +390,7 @@ impl<S: Store> VaultService<S> {
             secret,
             check,
             expected_version: req.expected_version,
+            request_budget_per_minute,
         };
         let record = self.vault.update(&at, change).await?;
         call.touch(&record.id, &record.name);
@@ -411,10 +434,16 @@ impl<S: Store> VaultService<S> {
     ) -> Result<api::GetCredentialHeadersResponse, Error> {
         let record = self.resolve(&call, &required_ref(req.r#ref)?).await?;
         self.audit.admit_secret_read()?;
-        let (out, plaintext) = self.vault.read_headers(&record, &call.caller.name)?;
+        let HeadersRead {
+            headers: out,
+            plaintext,
+            paused_until_ms,
+        } = self.vault.read_headers(&record, &call.caller.name)?;
         call.read_secret(self.audit.fingerprint(&plaintext));
         drop(plaintext);
         Ok(api::GetCredentialHeadersResponse {
+            paused_until: paused_until_ms.map(timestamp_ms),
+            request_budget_per_minute: record.request_budget_per_minute,
             headers: out
                 .headers
                 .into_iter()
@@ -431,6 +460,159 @@ impl<S: Store> VaultService<S> {
 }
 
 impl<S: Store> VaultService<S> {
+    /// A worker's report of a provider's answer (see [`crate::feedback`]).
+    async fn report(
+        &self,
+        call: Arc<Call>,
+        req: api::ReportProviderResponseRequest,
+    ) -> Result<api::ReportProviderResponseResponse, Error> {
+        let status = req.http_status;
+        if !(100..=599).contains(&status) {
+            return Err(Error::invalid(format!(
+                "http_status {status} is not an HTTP status (100 to 599)"
+            )));
+        }
+        if req.retry_after_seconds > MAX_REPORTED_RETRY_AFTER_SECS {
+            return Err(Error::invalid(format!(
+                "retry_after_seconds {} is not a plausible Retry-After (at most {MAX_REPORTED_RETRY_AFTER_SECS}; pauses are capped at an hour)",
+                req.retry_after_seconds
+            )));
+        }
+        let record = self.resolve(&call, &required_ref(req.r#ref)?).await?;
+        let class = match status {
+            401 => "401",
+            403 => "403",
+            429 => "429",
+            200..=299 => "2xx",
+            400..=499 => "4xx",
+            500..=599 => "5xx",
+            _ => "other",
+        };
+        let mut paused_until_ms = None;
+        let (action, message) = match status {
+            429 => {
+                let secret = self.vault.open(&record)?;
+                let account = self.vault.account_of(&secret);
+                drop(secret);
+                let until = feedback::pause_end(feedback::now_ms(), req.retry_after_seconds);
+                let until = self.vault.pause(account, until).await?;
+                paused_until_ms = Some(until);
+                metrics::pause();
+                (
+                    api::ReportAction::Paused,
+                    format!(
+                        "the {} account of credential {} is paused until {} for every worker",
+                        record.provider,
+                        record.id,
+                        rfc3339(until)
+                    ),
+                )
+            }
+            401 | 403 if req.version != 0 && req.version < record.version => (
+                api::ReportAction::Stale,
+                format!(
+                    "credential {} is at version {}; the {status} was for version {}, rotated since",
+                    record.id, record.version, req.version
+                ),
+            ),
+            401 | 403 => {
+                let interval = self.vault.feedback().settings().verify_interval;
+                let recently = record
+                    .last_verification
+                    .as_ref()
+                    .and_then(|v| v.check_time)
+                    .and_then(|t| SystemTime::try_from(t).ok())
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age < interval);
+                if recently || !self.vault.feedback().start_verification(&record.id) {
+                    (
+                        api::ReportAction::AlreadyVerified,
+                        format!(
+                            "credential {} was verified within {}s (or is being verified); watchers have its status",
+                            record.id,
+                            interval.as_secs()
+                        ),
+                    )
+                } else {
+                    let vault = Arc::clone(&self.vault);
+                    let reported = Arc::clone(&record);
+                    tokio::spawn(async move {
+                        match vault.verify_record(&reported, metrics::Source::Report).await {
+                            Ok((v, _)) => tracing::info!(
+                                credential_id = %reported.id,
+                                verification = v.status().name(),
+                                "a reported rejection was verified"
+                            ),
+                            Err(e) => tracing::warn!(
+                                credential_id = %reported.id,
+                                error = %e,
+                                "a reported rejection could not be verified"
+                            ),
+                        }
+                    });
+                    (
+                        api::ReportAction::Verifying,
+                        format!(
+                            "credential {} is being verified with {}; watchers hear the result",
+                            record.id, record.provider
+                        ),
+                    )
+                }
+            }
+            _ => (
+                api::ReportAction::Ignored,
+                format!("a {status} needs nothing of the vault; counted"),
+            ),
+        };
+        if paused_until_ms.is_none() {
+            paused_until_ms = self.vault.paused_until(&record);
+        }
+        let action_name = match action {
+            api::ReportAction::Paused => "paused",
+            api::ReportAction::Verifying => "verifying",
+            api::ReportAction::AlreadyVerified => "already_verified",
+            api::ReportAction::Stale => "stale",
+            api::ReportAction::Ignored | api::ReportAction::Unspecified => "ignored",
+        };
+        metrics::report(class, action_name);
+        call.note(if req.retry_after_seconds > 0 {
+            format!(
+                "reported {status} (retry-after {}s): {action_name}",
+                req.retry_after_seconds
+            )
+        } else {
+            format!("reported {status}: {action_name}")
+        });
+        Ok(api::ReportProviderResponseResponse {
+            action: action as i32,
+            paused_until: paused_until_ms.map(timestamp_ms),
+            message,
+        })
+    }
+
+    /// A lease of requests from the credential's account budget.
+    async fn acquire(
+        &self,
+        call: Arc<Call>,
+        req: api::AcquireRequestTokensRequest,
+    ) -> Result<api::AcquireRequestTokensResponse, Error> {
+        if req.count == 0 || req.count > MAX_LEASE_REQUEST {
+            return Err(Error::invalid(format!(
+                "count {} is out of range: ask for 1 to {MAX_LEASE_REQUEST} requests",
+                req.count
+            )));
+        }
+        let record = self.resolve(&call, &required_ref(req.r#ref)?).await?;
+        let grant = self.vault.take_tokens(&record, req.count).await?;
+        Ok(api::AcquireRequestTokensResponse {
+            granted: grant.granted,
+            valid_for_ms: grant.valid_for_ms,
+            retry_after_ms: grant.retry_after_ms,
+            paused_until: grant.paused_until_ms.map(timestamp_ms),
+            request_budget_per_minute: record.request_budget_per_minute,
+        })
+    }
+
     /// Opens a watch stream of the request's credentials (see [`crate::watch`]).
     async fn watch(
         &self,
@@ -658,6 +840,26 @@ fn list_filter(req: &api::ListCredentialsRequest) -> Result<ListFilter, Error> {
     })
 }
 
+/// A budget as asked for: at most [`MAX_BUDGET_PER_MINUTE`].
+fn budget(per_minute: u32) -> Result<u32, Error> {
+    if per_minute > MAX_BUDGET_PER_MINUTE {
+        return Err(Error::invalid(format!(
+            "request_budget_per_minute {per_minute} is above the most allowed ({MAX_BUDGET_PER_MINUTE})"
+        )));
+    }
+    Ok(per_minute)
+}
+
+/// Milliseconds since the epoch as a protobuf timestamp.
+fn timestamp_ms(ms: i64) -> prost_types::Timestamp {
+    record::timestamp(feedback::from_ms(ms))
+}
+
+/// Milliseconds since the epoch as RFC 3339, for messages.
+fn rfc3339(ms: i64) -> String {
+    timestamp_ms(ms).to_string()
+}
+
 /// The API name of a verification's status, for logs.
 fn status_name(v: &Verification) -> &'static str {
     v.status().name()
@@ -682,6 +884,7 @@ fn to_api(r: &CredentialRecord, usage: Option<&Usage>, providers: &Catalog) -> a
         undeclared_fields: drift.undeclared,
         missing_fields: drift.missing,
         provider_undeclared: drift.unknown_provider,
+        request_budget_per_minute: r.request_budget_per_minute,
     }
 }
 
@@ -837,6 +1040,32 @@ impl<S: Store> CredentialVaultService for VaultService<S> {
         self.rpc("ListAuditEvents", Permission::AuditRead, request, |c, r| {
             self.audit_events(c, r)
         })
+        .await
+    }
+
+    async fn report_provider_response(
+        &self,
+        request: Request<api::ReportProviderResponseRequest>,
+    ) -> Result<Response<api::ReportProviderResponseResponse>, Status> {
+        self.rpc(
+            "ReportProviderResponse",
+            Permission::HeadersRead,
+            request,
+            |c, r| self.report(c, r),
+        )
+        .await
+    }
+
+    async fn acquire_request_tokens(
+        &self,
+        request: Request<api::AcquireRequestTokensRequest>,
+    ) -> Result<Response<api::AcquireRequestTokensResponse>, Status> {
+        self.rpc(
+            "AcquireRequestTokens",
+            Permission::HeadersRead,
+            request,
+            |c, r| self.acquire(c, r),
+        )
         .await
     }
 

@@ -16,6 +16,7 @@ use zeroize::Zeroizing;
 use crate::auth::Caller;
 use crate::crypto::{Keyring, OpenError};
 use crate::error::Error;
+use crate::feedback::{self, Account, Feedback, FeedbackSettings};
 use crate::keys::{self, KeyringError, RewrapProgress, RewrapReport, SealCounter};
 use crate::metrics::{self, Source};
 use crate::provider::{Catalog, ProviderHeaders, ProviderSecret, Providers, SecretFormatError};
@@ -83,6 +84,8 @@ pub struct NewCredential {
     pub expire_time: Option<Timestamp>,
     pub secret: ProviderSecret,
     pub check: CheckOnWrite,
+    /// The account's request budget per minute (0: none).
+    pub request_budget_per_minute: u32,
 }
 
 /// What an update does to the expiry.
@@ -101,6 +104,28 @@ pub struct Change {
     pub check: CheckOnWrite,
     /// Refuse the update unless the credential is at this version.
     pub expected_version: Option<u64>,
+    /// A new request budget per minute (0 removes it); alone, it leaves the version as it is.
+    pub request_budget_per_minute: Option<u32>,
+}
+
+/// A credential's headers as read for a worker.
+pub struct HeadersRead {
+    pub headers: ProviderHeaders,
+    /// The opened secret's bytes, to fingerprint for the audit trail.
+    pub plaintext: Zeroizing<Vec<u8>>,
+    /// The end of the account's pause, in ms since the epoch, while one is in force.
+    pub paused_until_ms: Option<i64>,
+}
+
+/// What a lease request got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub granted: u32,
+    /// How long the granted requests stay good, in ms.
+    pub valid_for_ms: u32,
+    /// With nothing granted: when to ask again, in ms.
+    pub retry_after_ms: u32,
+    pub paused_until_ms: Option<i64>,
 }
 
 /// The filters of a listing (empty: everything in scope).
@@ -178,19 +203,137 @@ pub struct Vault<S> {
     instance: String,
     /// Who watches which credential; told of every write.
     hub: Arc<Hub>,
+    /// Workers' reports of the providers' answers: pauses, re-verifications, budgets.
+    feedback: Feedback,
 }
 
 impl<S: Store> Vault<S> {
     /// A vault over an opened store whose keyring check has passed.
     pub fn new(store: Arc<S>, keyring: Keyring, seals: SealCounter, providers: Providers) -> Self {
+        let feedback = Feedback::new(FeedbackSettings::default(), keyring.active());
         Vault {
             store,
+            feedback,
             sealer: Sealer::new(keyring, seals),
             providers,
             pending_usage: Mutex::new(HashMap::new()),
             instance: uuid::Uuid::now_v7().simple().to_string(),
             hub: Arc::default(),
         }
+    }
+
+    /// The same vault with these report and budget settings.
+    pub fn with_feedback(mut self, settings: FeedbackSettings) -> Self {
+        self.feedback = Feedback::new(settings, self.keyring().active());
+        self
+    }
+
+    /// Pauses, re-verifications under way and budgets.
+    pub fn feedback(&self) -> &Feedback {
+        &self.feedback
+    }
+
+    /// The provider account a secret speaks for.
+    pub fn account_of(&self, secret: &ProviderSecret) -> Account {
+        self.feedback.account(secret)
+    }
+
+    /// The end of the pause of the account `record` speaks for, while one is in
+    /// force (opens the secret only when some account is paused).
+    pub fn paused_until(&self, record: &CredentialRecord) -> Option<i64> {
+        if !self.feedback.any_paused() {
+            return None;
+        }
+        let secret = self.open(record).ok()?;
+        self.feedback
+            .paused_until(&self.account_of(&secret), feedback::now_ms())
+    }
+
+    /// Pauses `account` until `until_ms` for every server sharing the store and
+    /// every watcher of its credentials; the end in force.
+    pub async fn pause(&self, account: Account, until_ms: i64) -> Result<i64, Error> {
+        let until = self
+            .store
+            .put_pause(&account, until_ms)
+            .await?
+            .unwrap_or(until_ms);
+        if self.feedback.note_pause(account, until) {
+            self.hub.account_changed(account);
+        }
+        Ok(self
+            .feedback
+            .paused_until(&account, feedback::now_ms())
+            .unwrap_or(until))
+    }
+
+    /// Takes in a pause another server made (heard through the store).
+    pub fn heard_pause(&self, account: Account, until_ms: i64) {
+        if self.feedback.note_pause(account, until_ms) {
+            self.hub.account_changed(account);
+        }
+    }
+
+    /// Reads the pauses a shared store holds, for any this server missed.
+    pub async fn resync_pauses(&self) -> Result<(), Error> {
+        let stored = self.store.pauses(feedback::now_ms()).await?;
+        for account in self.feedback.merge_pauses(&stored) {
+            self.hub.account_changed(account);
+        }
+        Ok(())
+    }
+
+    /// Takes up to `want` requests from the budget of `record`'s account: for
+    /// every replica when the store is shared, else in this process's memory.
+    pub async fn take_tokens(&self, record: &CredentialRecord, want: u32) -> Result<Grant, Error> {
+        let secret = self.open(record)?;
+        let account = self.account_of(&secret);
+        drop(secret);
+        let now = feedback::now_ms();
+        let ms = |d: i64| u32::try_from(d.max(0)).unwrap_or(u32::MAX);
+        if let Some(until) = self.feedback.paused_until(&account, now) {
+            return Ok(Grant {
+                granted: 0,
+                valid_for_ms: 0,
+                retry_after_ms: ms(until - now),
+                paused_until_ms: Some(until),
+            });
+        }
+        let window = self.feedback.window(now);
+        let per_minute = record.request_budget_per_minute;
+        if per_minute == 0 {
+            // No budget: everything asked for, until the window ends.
+            return Ok(Grant {
+                granted: want,
+                valid_for_ms: ms(window.end_ms - now),
+                retry_after_ms: 0,
+                paused_until_ms: None,
+            });
+        }
+        let limit = self.feedback.per_window(per_minute);
+        let want = want.min(Feedback::lease_cap(limit));
+        let granted = match self
+            .store
+            .take_budget(&account, window.start_ms, want, limit)
+            .await?
+        {
+            Some(granted) => granted,
+            None => self.feedback.take_local(account, window, want, limit),
+        };
+        metrics::budget_tokens(granted, want);
+        Ok(Grant {
+            granted,
+            valid_for_ms: if granted > 0 {
+                ms(window.end_ms - now)
+            } else {
+                0
+            },
+            retry_after_ms: if granted > 0 {
+                0
+            } else {
+                ms(window.end_ms - now).max(1)
+            },
+            paused_until_ms: None,
+        })
     }
 
     /// The watch hub, told of every write this vault makes.
@@ -231,6 +374,7 @@ impl<S: Store> Vault<S> {
             keys::announce_active(store, &self.instance, current.active().id()).await?;
             return Err(e);
         }
+        self.feedback.set_key(keyring.active());
         self.sealer.set_keyring(keyring);
         Ok(())
     }
@@ -309,6 +453,7 @@ impl<S: Store> Vault<S> {
             secret: None,
             data_key: None,
             secret_fields: Vec::new(),
+            request_budget_per_minute: new.request_budget_per_minute,
         };
         self.seal_into(&mut record, &new.secret).await?;
         self.store.insert(&record).await?;
@@ -358,6 +503,16 @@ impl<S: Store> Vault<S> {
                     self.seal_into(&mut next, secret).await?;
                     next.api_key_hint = secret.hint();
                     next.last_verification.clone_from(verification);
+                }
+                if let Some(budget) = change.request_budget_per_minute {
+                    next.request_budget_per_minute = budget;
+                }
+                let budget_only = change.description.is_none()
+                    && change.secret.is_none()
+                    && matches!(change.expiry, Expiry::Keep);
+                if budget_only {
+                    // No header changes: the version stays, watchers still hear the budget.
+                    return Ok(Edit::Write(next));
                 }
                 Ok(Edit::NewVersion(next))
             })
@@ -440,7 +595,7 @@ impl<S: Store> Vault<S> {
         &self,
         record: &CredentialRecord,
         reader: &str,
-    ) -> Result<(ProviderHeaders, Zeroizing<Vec<u8>>), Error> {
+    ) -> Result<HeadersRead, Error> {
         let (secret, plaintext) = self.open_with_plaintext(record)?;
         let headers = self.providers.current().headers(&secret).ok_or_else(|| {
             unreadable(
@@ -448,8 +603,18 @@ impl<S: Store> Vault<S> {
                 &SecretFormatError::UnknownProvider(record.provider.clone()),
             )
         })?;
+        let paused_until_ms = if self.feedback.any_paused() {
+            self.feedback
+                .paused_until(&self.account_of(&secret), feedback::now_ms())
+        } else {
+            None
+        };
         self.note_use(&record.id, reader);
-        Ok((headers, plaintext))
+        Ok(HeadersRead {
+            headers,
+            plaintext,
+            paused_until_ms,
+        })
     }
 
     /// Every stored byte at one instant, for a backup.

@@ -88,6 +88,8 @@ enum Work {
     Changed(String, String),
     /// Read a watched key again (a new watcher, a resync).
     Refresh(Key),
+    /// A provider account's pause changed: offer every watched credential of it again.
+    Account(crate::feedback::Account),
 }
 
 /// The offers waiting for one stream, one place per watched credential (the latest wins).
@@ -209,6 +211,21 @@ impl Hub {
         }
     }
 
+    /// Tells the hub a provider account's pause changed: every watched
+    /// credential of that account is offered again, with the pause.
+    pub fn account_changed(&self, account: crate::feedback::Account) {
+        let mut state = self.lock();
+        if !state.subscribers.is_empty() && state.pending.insert(Work::Account(account)) {
+            drop(state);
+            self.wake.notify_one();
+        }
+    }
+
+    /// The keys watched now.
+    fn keys(&self) -> Vec<Key> {
+        self.lock().subscribers.keys().cloned().collect()
+    }
+
     /// Reads every watched credential again (a lost notification is caught here).
     pub fn resync(&self) {
         let mut state = self.lock();
@@ -320,6 +337,10 @@ pub async fn run_hub<S: Store>(
                 () = tokio::time::sleep_until(next_resync) => {
                     next_resync = tokio::time::Instant::now() + resync_interval;
                     hub.resync();
+                    // A pause notification lost with a shared store is caught here too.
+                    if let Err(e) = vault.resync_pauses().await {
+                        tracing::warn!(error = %e, "the pauses of provider accounts could not be read");
+                    }
                 }
                 () = retry => {
                     retry_at = None;
@@ -362,6 +383,27 @@ async fn read_and_offer<S: Store>(vault: &Vault<S>, hub: &Hub, work: &Work) -> R
             };
             hub.deliver(key, &seen);
             metrics::watch_read("refresh");
+        }
+        Work::Account(account) => {
+            // Pauses are rare: each watched credential is read and its account
+            // compared (its secret opened in memory), no index to keep.
+            for key in hub.keys() {
+                let record = match &key {
+                    Key::Id(id) => vault.peek(id).await?,
+                    Key::Name(name) => match vault.peek_name(name).await? {
+                        Some(id) => vault.peek(&id).await?,
+                        None => None,
+                    },
+                };
+                let Some(record) = record else { continue };
+                let Ok(secret) = vault.open(&record) else {
+                    continue;
+                };
+                if vault.account_of(&secret) == *account {
+                    hub.deliver(&key, &Seen::Present(record));
+                }
+            }
+            metrics::watch_read("pause");
         }
         Work::Refresh(key @ Key::Name(name)) => {
             let record = match vault.peek_name(name).await? {
@@ -527,6 +569,8 @@ enum Reported {
         id: String,
         version: u64,
         verification: Option<(i32, i32, String)>,
+        paused_until_ms: Option<i64>,
+        budget: u32,
     },
     NotFound,
     Deleted(String),
@@ -796,6 +840,7 @@ impl<S: Store> Stream<S> {
     /// this version's, else the state alone when it is news to the client.
     async fn present(&mut self, slot: usize, record: &CredentialRecord) -> Result<Rendered, Error> {
         self.slots[slot].current = Some((record.id.clone(), record.name.clone()));
+        let paused_until_ms = self.vault.paused_until(record);
         let mut message = api::WatchCredentialHeadersResponse {
             credential_id: record.id.clone(),
             version: record.version,
@@ -803,6 +848,9 @@ impl<S: Store> Stream<S> {
                 .last_verification
                 .as_ref()
                 .map(crate::service::verification_to_api),
+            paused_until: paused_until_ms
+                .map(|ms| crate::record::timestamp(crate::feedback::from_ms(ms))),
+            request_budget_per_minute: record.request_budget_per_minute,
             ..self.base(slot, api::WatchState::Present)
         };
         let s = &self.slots[slot];
@@ -817,6 +865,8 @@ impl<S: Store> Stream<S> {
                 .last_verification
                 .as_ref()
                 .map(|v| (v.status, v.http_status, v.rejected_field.clone())),
+            paused_until_ms,
+            budget: record.request_budget_per_minute,
         };
         if holds {
             if s.reported.as_ref() == Some(&reported) {
@@ -834,7 +884,9 @@ impl<S: Store> Stream<S> {
         let audit = &self.audit;
         audit.admit_secret_read()?;
         let caller = &self.watcher.caller.name;
-        let (headers, plaintext) = match self.vault.read_headers(record, caller) {
+        let crate::vault::HeadersRead {
+            headers, plaintext, ..
+        } = match self.vault.read_headers(record, caller) {
             Ok(read) => read,
             Err(e @ (Error::FailedPrecondition(_) | Error::DataLoss(_))) => {
                 tracing::warn!(credential_id = %record.id, error = %e, "a watched credential's headers cannot be made");

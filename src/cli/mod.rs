@@ -307,6 +307,8 @@ struct ServeArgs {
     transport: TransportArgs,
     #[command(flatten)]
     watch: WatchArgs,
+    #[command(flatten)]
+    feedback: FeedbackArgs,
     /// Log line format.
     #[arg(long, env = "CREDVAULT_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -331,6 +333,28 @@ struct WatchArgs {
     /// longest a lost change notification (PostgreSQL) leaves a watcher stale.
     #[arg(long, env = "CREDVAULT_WATCH_RESYNC_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     watch_resync_interval: Duration,
+}
+
+/// Workers' reports of the providers' answers and shared request budgets (README: Workers).
+#[derive(Clone, Debug, Args)]
+struct FeedbackArgs {
+    /// A credential that workers report rejected (401 / 403) is verified again at
+    /// most once per this, however many report it.
+    #[arg(long, env = "CREDVAULT_REPORT_VERIFY_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    report_verify_interval: Duration,
+    /// The window request budgets are counted over (aligned on the clock; Fleetio's
+    /// resets at the minute). A shorter one spreads a minute's budget more evenly.
+    #[arg(long, env = "CREDVAULT_BUDGET_WINDOW", default_value = "60s", value_parser = parse_budget_window)]
+    budget_window: Duration,
+}
+
+/// A budget window: 100 ms to 1 hour.
+fn parse_budget_window(value: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(value).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+        return Err(format!("{value} is out of range: 100ms to 1h"));
+    }
+    Ok(d)
 }
 
 /// The limits that protect the server from its clients (README: Hardening).
@@ -972,6 +996,10 @@ fn resolve(dev: bool, args: &ServeArgs) -> anyhow::Result<Config> {
             max_credentials: args.watch.watch_max_credentials as usize,
             max_streams_per_caller: args.watch.watch_max_streams_per_caller as usize,
             resync_interval: args.watch.watch_resync_interval,
+        },
+        feedback: credvault::feedback::FeedbackSettings {
+            verify_interval: args.feedback.report_verify_interval,
+            budget_window: args.feedback.budget_window,
         },
     })
 }

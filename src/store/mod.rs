@@ -123,6 +123,8 @@ pub enum StoreChange<'a> {
     /// Changes may have been missed (the listening connection was re-made): read
     /// every watched record again.
     Resync,
+    /// A provider account was paused (by any server) until `until_ms`.
+    Pause { account: [u8; 32], until_ms: i64 },
 }
 
 /// Where a store reports the changes it hears of.
@@ -275,6 +277,42 @@ pub trait Store: Send + Sync + 'static {
     ) -> Option<tokio::task::JoinHandle<()>> {
         let _ = (sink, stop);
         None
+    }
+
+    /// A store shared by replicas keeps the pauses of provider accounts for all
+    /// of them: records that `account` is paused until `until_ms` (the later end
+    /// wins), tells the other replicas, and returns the end in force. `None`:
+    /// this store keeps none (one process: its memory is enough).
+    fn put_pause(
+        &self,
+        account: &[u8; 32],
+        until_ms: i64,
+    ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send {
+        let _ = (account, until_ms);
+        async { Ok(None) }
+    }
+
+    /// The pauses in force after `now_ms` that a shared store holds (none for one that keeps none).
+    fn pauses(
+        &self,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<Vec<([u8; 32], i64)>, StoreError>> + Send {
+        let _ = now_ms;
+        async { Ok(Vec::new()) }
+    }
+
+    /// Takes up to `want` of the `limit` requests `account` may make in the
+    /// budget window starting at `window_start_ms`, for every replica at once:
+    /// how many it got. `None`: this store keeps no budgets (count in memory).
+    fn take_budget(
+        &self,
+        account: &[u8; 32],
+        window_start_ms: i64,
+        want: u32,
+        limit: u32,
+    ) -> impl Future<Output = Result<Option<u32>, StoreError>> + Send {
+        let _ = (account, window_start_ms, want, limit);
+        async { Ok(None) }
     }
 
     /// Whether only a restart can make the store writable again, and would now:

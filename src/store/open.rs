@@ -166,6 +166,25 @@ impl Store for AnyStore {
     async fn needs_restart(&self) -> bool {
         each!(self, s => s.needs_restart().await)
     }
+    async fn put_pause(
+        &self,
+        account: &[u8; 32],
+        until_ms: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        each!(self, s => s.put_pause(account, until_ms).await)
+    }
+    async fn pauses(&self, now_ms: i64) -> Result<Vec<([u8; 32], i64)>, StoreError> {
+        each!(self, s => s.pauses(now_ms).await)
+    }
+    async fn take_budget(
+        &self,
+        account: &[u8; 32],
+        window_start_ms: i64,
+        want: u32,
+        limit: u32,
+    ) -> Result<Option<u32>, StoreError> {
+        each!(self, s => s.take_budget(account, window_start_ms, want, limit).await)
+    }
     fn listen_changes(
         self: &Arc<Self>,
         sink: super::ChangeSink,
