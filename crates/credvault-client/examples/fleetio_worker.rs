@@ -1,7 +1,10 @@
 //! An ingestion worker: gets a Fleetio credential's headers from credvault and
 //! lists the account's vehicles with them, a few times over. The first ask
 //! fetches the headers; the others read them from memory, kept current by the
-//! watch stream (a rotation made meanwhile is used at the next call).
+//! watch stream (a rotation made meanwhile is used at the next call). Each call
+//! is acquired first (it waits out a pause of the account and takes a request
+//! from its budget), and every answer that is not a success is reported to the
+//! vault, so one 429 pauses every worker of the account.
 //!
 //! ```sh
 //! CREDVAULT_TOKEN=... cargo run -p credvault-client --example fleetio_worker -- \
@@ -61,8 +64,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         if call > 0 {
             tokio::time::sleep(args.every).await;
         }
-        // A read from memory after the first call.
-        let headers = vault.headers(&args.credential).await?;
+        // A read from memory after the first call; waits while the account is paused.
+        let headers = vault.acquire(&args.credential).await?;
         let base = args.base_url.as_deref().unwrap_or(headers.base_url());
         let url = format!("{}/v1/vehicles", base.trim_end_matches('/'));
         let response = http
@@ -71,6 +74,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .send()
             .await?;
         let status = response.status();
+        let retry_after = credvault_client::retry_after(response.headers());
         let body: serde_json::Value = response.json().await.unwrap_or_default();
         println!(
             "GET {url} -> {} ({} vehicles) with {} version {}",
@@ -79,6 +83,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             headers.name(),
             headers.version()
         );
+        if !status.is_success() {
+            // The vault pauses the account on a 429 and re-verifies on a 401 / 403.
+            let report = vault
+                .report(&args.credential, status.as_u16(), retry_after)
+                .await?;
+            println!("reported {}: {}", status.as_u16(), report.message);
+        }
         if status.as_u16() == 401 || status.as_u16() == 403 {
             eprintln!("fleetio refused the credential; ask an operator to rotate it");
             std::process::exit(2);

@@ -27,6 +27,21 @@ pub enum Error {
         /// The client's maximum staleness.
         max: Duration,
     },
+    /// The provider rejected the credential's secret when the vault last
+    /// verified it: its headers are not served until an admin rotates it.
+    Rejected(String),
+    /// The provider account is paused (a worker reported a 429) past what the
+    /// caller would wait: send nothing before `until`.
+    Paused {
+        /// When the pause ends.
+        until: std::time::SystemTime,
+    },
+    /// The account's request budget for this window is spent (and the caller
+    /// would not wait): ask again after `retry_after`.
+    BudgetSpent {
+        /// When the next window starts, from now.
+        retry_after: Duration,
+    },
     /// The client watches as many credentials as one stream may hold.
     TooManyCredentials(usize),
     /// The request was refused as malformed (e.g. an invalid name).
@@ -48,7 +63,23 @@ impl fmt::Display for Error {
             | Error::PermissionDenied(m)
             | Error::Unauthenticated(m)
             | Error::Unavailable(m)
+            | Error::Rejected(m)
             | Error::InvalidArgument(m) => f.write_str(m),
+            Error::Paused { until } => {
+                let left = until
+                    .duration_since(std::time::SystemTime::now())
+                    .unwrap_or_default();
+                write!(
+                    f,
+                    "the provider account is paused after a 429 for {:.1}s more; send nothing until then",
+                    left.as_secs_f64()
+                )
+            }
+            Error::BudgetSpent { retry_after } => write!(
+                f,
+                "the account's request budget for this window is spent; the next window starts in {:.1}s",
+                retry_after.as_secs_f64()
+            ),
             Error::Stale { age, max } => write!(
                 f,
                 "the vault has been out of reach for {:.1}s, past the maximum staleness of {:.1}s: the headers held are no longer served",

@@ -32,15 +32,24 @@
 //!   only a new answer from the vault brings a name back (a credential created
 //!   again under it, access granted again).
 //!
+//! - **One account, one pace.** A worker reports what the provider answered
+//!   ([`Client::report`]); a 429 pauses the provider account for every worker
+//!   (pushed through the stream), a 401 or 403 has the vault verify the key
+//!   again and, once it is found rejected, [`Client::headers`] fails with
+//!   [`Error::Rejected`] until an admin rotates it. [`Client::acquire`] waits
+//!   out a pause and takes each request from the account's request budget,
+//!   leased from the vault a few requests at a time.
+//!
 //! The parts: [`Client`] and its [`ClientBuilder`], [`CredentialHeaders`] (the
-//! answer, which writes itself into an `http::HeaderMap`), [`Error`], and
-//! [`proto`], the generated `credvault.v1` types for anything else.
+//! answer, which writes itself into an `http::HeaderMap`), [`Error`], the
+//! reports and leases of [`budget`], and [`proto`], the generated
+//! `credvault.v1` types for anything else.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{watch, Notify};
 use tonic::metadata::{Ascii, MetadataValue};
@@ -48,10 +57,12 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use zeroize::Zeroizing;
 
+pub mod budget;
 mod error;
 mod headers;
 pub mod proto;
 
+pub use budget::{retry_after, Report};
 pub use error::Error;
 pub use headers::CredentialHeaders;
 pub use tonic::transport::{Certificate, Identity};
@@ -83,6 +94,8 @@ pub struct ClientBuilder {
     connect_timeout: Duration,
     backoff: (Duration, Duration),
     max_credentials: usize,
+    lease_size: u32,
+    acquire_timeout: Duration,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -143,6 +156,20 @@ impl ClientBuilder {
         self
     }
 
+    /// How many budgeted requests [`Client::acquire`] leases from the vault at a
+    /// time (default 10; the vault grants at most a tenth of a window's budget).
+    pub fn lease_size(mut self, n: u32) -> Self {
+        self.lease_size = n.clamp(1, 10_000);
+        self
+    }
+
+    /// The longest [`Client::acquire`] waits for a pause to end or the budget
+    /// to allow a request (default 60 s); past it, it fails saying until when.
+    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.acquire_timeout = timeout;
+        self
+    }
+
     /// Makes the client; it connects lazily, on the first ask. Must be called
     /// inside a tokio runtime (the watch stream runs on it).
     pub fn build(self) -> Result<Client, Error> {
@@ -182,6 +209,8 @@ impl ClientBuilder {
             request_timeout: self.request_timeout,
             backoff: self.backoff,
             max_credentials: self.max_credentials,
+            lease_size: self.lease_size,
+            acquire_timeout: self.acquire_timeout,
             state: Mutex::new(State::default()),
             changed: Notify::new(),
             stats: Counters::default(),
@@ -247,6 +276,8 @@ struct Inner {
     request_timeout: Duration,
     backoff: (Duration, Duration),
     max_credentials: usize,
+    lease_size: u32,
+    acquire_timeout: Duration,
     state: Mutex<State>,
     /// Rung when a credential is added to the watch.
     changed: Notify,
@@ -283,6 +314,12 @@ struct Held {
     /// The vault ended the stream for a narrowed access: not served until a new
     /// stream confirms them.
     suspended: bool,
+    /// The account is paused until then (a worker reported a 429).
+    paused_until: Option<SystemTime>,
+    /// The account's request budget per minute (0: none).
+    budget: u32,
+    /// Budgeted requests leased from the vault and not yet spent.
+    lease: budget::Lease,
 }
 
 impl Held {
@@ -292,7 +329,16 @@ impl Held {
             live,
             good_at: Instant::now(),
             suspended: false,
+            paused_until: None,
+            budget: 0,
+            lease: budget::Lease::default(),
         }
+    }
+
+    /// Takes what the vault said of the account: its pause and its budget.
+    fn account(&mut self, paused_until: Option<prost_types::Timestamp>, budget: u32) {
+        self.paused_until = paused_until.and_then(|t| SystemTime::try_from(t).ok());
+        self.budget = budget;
     }
 }
 
@@ -301,12 +347,15 @@ impl Inner {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Serves held headers within the staleness bound.
+    /// Serves held headers within the staleness bound, unless the provider rejects them.
     fn serve(&self, held: &Held) -> Result<Arc<CredentialHeaders>, Error> {
         if held.suspended {
             return Err(Error::PermissionDenied(
                 "the vault narrowed this caller's access; the credential is re-checked before its headers are served again".into(),
             ));
+        }
+        if let Some(rejected) = budget::rejection(&held.headers) {
+            return Err(rejected);
         }
         let age = held.good_at.elapsed();
         if held.live || age <= self.max_staleness {
@@ -333,6 +382,8 @@ impl Client {
             connect_timeout: Duration::from_secs(5),
             backoff: (Duration::from_millis(100), Duration::from_secs(10)),
             max_credentials: 1000,
+            lease_size: 10,
+            acquire_timeout: Duration::from_secs(60),
         }
     }
 
@@ -403,9 +454,11 @@ async fn fetch(inner: Arc<Inner>, name: String, tx: watch::Sender<Fetched>) {
         )),
     });
     request.set_timeout(inner.request_timeout);
+    let mut account = (None, 0);
     let answer = match inner.vault.clone().get_credential_headers(request).await {
         Ok(r) => {
             let r = r.into_inner();
+            account = (r.paused_until, r.request_budget_per_minute);
             CredentialHeaders::new(
                 r.credential_id,
                 name.clone(),
@@ -421,10 +474,9 @@ async fn fetch(inner: Arc<Inner>, name: String, tx: watch::Sender<Fetched>) {
     let mut state = inner.lock();
     let watch = match &answer {
         Ok(headers) => {
-            state.entries.insert(
-                name.clone(),
-                Entry::Held(Held::new(Arc::clone(headers), false)),
-            );
+            let mut held = Held::new(Arc::clone(headers), false);
+            held.account(account.0, account.1);
+            state.entries.insert(name.clone(), Entry::Held(held));
             true
         }
         // Watched too: the vault says when it comes to exist, or to be readable.
@@ -569,7 +621,15 @@ fn apply(inner: &Inner, names: &[String], m: proto::WatchCredentialHeadersRespon
             ) {
                 Ok(h) => {
                     inner.stats.updates.fetch_add(1, Ordering::Relaxed);
-                    Entry::Held(Held::new(Arc::new(h), true))
+                    let mut held = Held::new(Arc::new(h), true);
+                    held.account(m.paused_until, m.request_budget_per_minute);
+                    // A rotation keeps the account: requests leased stay good.
+                    if let Some(Entry::Held(old)) = state.entries.get(name) {
+                        if old.headers.credential_id() == held.headers.credential_id() {
+                            held.lease = old.lease;
+                        }
+                    }
+                    Entry::Held(held)
                 }
                 Err(e) => {
                     tracing::warn!(credential = %name, error = %e, "credvault sent headers this client cannot use");
@@ -585,6 +645,7 @@ fn apply(inner: &Inner, names: &[String], m: proto::WatchCredentialHeadersRespon
                 if held.headers.verification() != m.last_verification.as_ref() {
                     held.headers = Arc::new(held.headers.with_verification(m.last_verification));
                 }
+                held.account(m.paused_until, m.request_budget_per_minute);
                 held.live = true;
                 held.suspended = false;
                 held.good_at = Instant::now();
