@@ -435,11 +435,16 @@ fn example_worker() -> std::path::PathBuf {
 
 #[tokio::test]
 async fn the_example_worker_lists_vehicles_with_pushed_headers() {
-    let fleetio = FakeApi::start(|r| {
+    // The second call is rate limited for a second.
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    let fleetio = FakeApi::start(move |r| {
         if r.path == "/api/v1/vehicles"
             && r.header("authorization") == "Token key-00000001"
             && r.header("account-token") == "acct"
         {
+            if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+                return Answer::status(429).with_header("retry-after", "1");
+            }
             Answer::status(200)
                 .with_body(r#"[{"id": 1, "name": "Truck 7"}, {"id": 2, "name": "Van 3"}]"#)
         } else {
@@ -472,10 +477,41 @@ async fn the_example_worker_lists_vehicles_with_pushed_headers() {
     assert_eq!(
         text.matches("-> 200 (2 vehicles) with fleetio-acme version 1")
             .count(),
-        3,
+        2,
         "{text}"
+    );
+    assert!(text.contains("-> 429"), "{text}");
+    assert!(
+        text.contains("reported 429: the fleetio account of credential"),
+        "the worker reported the 429 and the vault paused the account: {text}"
     );
     assert!(text.contains("fetched 1 time(s)"), "{text}");
     assert!(!text.contains("key-00000001"), "no secret printed: {text}");
-    assert_eq!(fleetio.seen().len(), 3);
+    let seen = fleetio.seen();
+    assert_eq!(seen.len(), 3);
+    // The report is in the audit trail (queued events are written moments later).
+    let reported = |events: Vec<api::AuditEvent>| {
+        events
+            .into_iter()
+            .filter(|e| e.method == "ReportProviderResponse")
+            .map(|e| e.reason)
+            .collect::<Vec<_>>()
+    };
+    let mut reasons = Vec::new();
+    for _ in 0..100 {
+        let page = admin
+            .list_audit_events(api::ListAuditEventsRequest {
+                page_size: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        reasons = reported(page.events);
+        if !reasons.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(reasons, ["reported 429 (retry-after 1s): paused"]);
 }

@@ -12,6 +12,7 @@ mod backup;
 mod cli;
 mod client;
 mod faults;
+mod feedback;
 mod grpcurl;
 mod hardening;
 mod health;

@@ -95,6 +95,7 @@ pub struct Options {
     pub base_urls: Vec<(String, String)>,
     /// Watch stream limits and resync interval.
     pub watch: credvault::watch::WatchSettings,
+    pub feedback: credvault::feedback::FeedbackSettings,
 }
 
 impl Default for Options {
@@ -122,6 +123,7 @@ impl Default for Options {
             providers_file: None,
             base_urls: Vec::new(),
             watch: Default::default(),
+            feedback: Default::default(),
         }
     }
 }
@@ -259,6 +261,7 @@ impl TestServer {
             shutdown_grace: Duration::from_secs(5),
             metrics_listen: None,
             watch: opts.watch.clone(),
+            feedback: opts.feedback.clone(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -390,5 +393,6 @@ pub fn bare_config(dir: &Path, keys: &str) -> Config {
         shutdown_grace: Duration::from_secs(1),
         metrics_listen: None,
         watch: Default::default(),
+        feedback: Default::default(),
     }
 }
