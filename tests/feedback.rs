@@ -158,6 +158,22 @@ async fn one_429_pauses_every_worker_of_the_account_until_it_ends() {
         .unwrap();
     assert_eq!(again.paused_until, Some(until_at));
 
+    // A worker that will not wait that long hears until when, at once.
+    let impatient = credvault_client::Client::builder(server.url())
+        .token(&server.tokens.worker)
+        .acquire_timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let asked = Instant::now();
+    match impatient.acquire("acme-sync").await {
+        Err(ClientError::Paused { until }) => assert_eq!(until, until_at),
+        other => panic!("expected Paused, got {other:?}"),
+    }
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "no waiting past the deadline"
+    );
+
     // acquire() waits it out, and the pause ends on time.
     let waited = Instant::now();
     let h = workers[0].acquire("acme-etl").await.unwrap();
