@@ -42,6 +42,9 @@ async fn administer_the_dev_server_with_grpcurl() {
         "DeleteCredential",
         "VerifyCredential",
         "GetCredentialHeaders",
+        "WatchCredentialHeaders",
+        "ReportProviderResponse",
+        "AcquireRequestTokens",
     ] {
         assert!(
             text(&describe).contains(&format!("rpc {rpc}")),
@@ -105,6 +108,45 @@ async fn administer_the_dev_server_with_grpcurl() {
     ])
     .await;
     assert!(text(&list).contains("fleetio-acme"), "{}", text(&list));
+
+    // An operator sets the account's request budget; a worker leases from it and reports a 429.
+    let call = |rpc: &str, body: &str| {
+        let (auth, addr) = (auth.clone(), addr.clone());
+        let (rpc, body) = (
+            format!("credvault.v1.CredentialVaultService/{rpc}"),
+            body.to_owned(),
+        );
+        async move {
+            let out = grpcurl(&["-plaintext", "-H", &auth, "-d", &body, &addr, &rpc]).await;
+            assert!(out.status.success(), "{rpc}: {}", text(&out));
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+        }
+    };
+    let set = call(
+        "UpdateCredential",
+        r#"{"name":"fleetio-acme","request_budget_per_minute":60}"#,
+    )
+    .await;
+    assert_eq!(set["credential"]["requestBudgetPerMinute"], 60);
+    assert_eq!(
+        set["credential"]["version"], "1",
+        "a budget is no new version"
+    );
+    let lease = call(
+        "AcquireRequestTokens",
+        r#"{"name":"fleetio-acme","count":10}"#,
+    )
+    .await;
+    assert_eq!(lease["granted"], 6, "a tenth of the minute's 60: {lease}");
+    let report = call(
+        "ReportProviderResponse",
+        r#"{"name":"fleetio-acme","http_status":429,"retry_after_seconds":30}"#,
+    )
+    .await;
+    assert_eq!(report["action"], "REPORT_ACTION_PAUSED", "{report}");
+    assert!(report["pausedUntil"].is_string(), "{report}");
+    let paused = call("GetCredentialHeaders", r#"{"name":"fleetio-acme"}"#).await;
+    assert_eq!(paused["pausedUntil"], report["pausedUntil"]);
 
     let anonymous = grpcurl(&[
         "-plaintext",
