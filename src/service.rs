@@ -495,7 +495,7 @@ impl<S: Store> VaultService<S> {
                 let account = self.vault.account_of(&secret);
                 drop(secret);
                 let until = feedback::pause_end(feedback::now_ms(), req.retry_after_seconds);
-                let until = self.vault.pause(account, until).await?;
+                let until = self.vault.pause(account, until).await;
                 paused_until_ms = Some(until);
                 metrics::pause();
                 (

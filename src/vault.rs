@@ -250,20 +250,23 @@ impl<S: Store> Vault<S> {
     }
 
     /// Pauses `account` until `until_ms` for every server sharing the store and
-    /// every watcher of its credentials; the end in force.
-    pub async fn pause(&self, account: Account, until_ms: i64) -> Result<i64, Error> {
-        let until = self
-            .store
-            .put_pause(&account, until_ms)
-            .await?
-            .unwrap_or(until_ms);
+    /// every watcher of its credentials; the end in force. A store that cannot
+    /// take the pause leaves it in force on this server alone.
+    pub async fn pause(&self, account: Account, until_ms: i64) -> i64 {
+        let until = match self.store.put_pause(&account, until_ms).await {
+            Ok(stored) => stored.unwrap_or(until_ms),
+            Err(e) => {
+                // Still paused here: this replica's workers stop at once.
+                tracing::warn!(error = %e, "a pause could not be shared with the other replicas; it holds on this one");
+                until_ms
+            }
+        };
         if self.feedback.note_pause(account, until) {
             self.hub.account_changed(account);
         }
-        Ok(self
-            .feedback
+        self.feedback
             .paused_until(&account, feedback::now_ms())
-            .unwrap_or(until))
+            .unwrap_or(until)
     }
 
     /// Takes in a pause another server made (heard through the store).

@@ -121,4 +121,28 @@ impl<S: Store> Store for FaultyStore<S> {
     fn audit_table(self: &Arc<Self>) -> Option<Arc<dyn AuditTable>> {
         self.inner.audit_table()
     }
+    async fn put_pause(
+        &self,
+        account: &[u8; 32],
+        until_ms: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        self.faults.check()?;
+        self.inner.put_pause(account, until_ms).await
+    }
+    async fn pauses(&self, now_ms: i64) -> Result<Vec<([u8; 32], i64)>, StoreError> {
+        self.faults.check()?;
+        self.inner.pauses(now_ms).await
+    }
+    async fn take_budget(
+        &self,
+        account: &[u8; 32],
+        window_start_ms: i64,
+        want: u32,
+        limit: u32,
+    ) -> Result<Option<u32>, StoreError> {
+        self.faults.check()?;
+        self.inner
+            .take_budget(account, window_start_ms, want, limit)
+            .await
+    }
 }
