@@ -69,7 +69,7 @@ pub struct Feedback {
     pauses: RwLock<HashMap<Account, i64>>,
     /// Whether `pauses` may hold one in force (a hot-path read skips the lock when not).
     any_paused: AtomicBool,
-    /// Credential id to when its last report-driven verification started.
+    /// Credential id and version to when its last report-driven verification started.
     verifying: Mutex<HashMap<String, Instant>>,
     /// Account to (window start, requests granted in it), when the store keeps none.
     budgets: Mutex<HashMap<Account, (i64, u32)>>,
@@ -195,21 +195,22 @@ impl Feedback {
             .collect()
     }
 
-    /// Whether a report-driven verification of credential `id` may start now; if
-    /// so, it counts as started (at most one per id per `verify_interval`).
-    pub fn start_verification(&self, id: &str) -> bool {
+    /// Whether a report-driven verification of `key` (a credential at a version:
+    /// a rotation starts afresh) may start now; if so, it counts as started (at
+    /// most one per key per `verify_interval`).
+    pub fn start_verification(&self, key: &str) -> bool {
         let interval = self.settings.verify_interval;
         let mut started = self
             .verifying
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if started.get(id).is_some_and(|at| at.elapsed() < interval) {
+        if started.get(key).is_some_and(|at| at.elapsed() < interval) {
             return false;
         }
         if started.len() >= 1024 {
             started.retain(|_, at| at.elapsed() < interval);
         }
-        started.insert(id.to_owned(), Instant::now());
+        started.insert(key.to_owned(), Instant::now());
         true
     }
 

@@ -517,14 +517,18 @@ impl<S: Store> VaultService<S> {
             ),
             401 | 403 => {
                 let interval = self.vault.feedback().settings().verify_interval;
-                let recently = record
-                    .last_verification
-                    .as_ref()
-                    .and_then(|v| v.check_time)
-                    .and_then(|t| SystemTime::try_from(t).ok())
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age < interval);
-                if recently || !self.vault.feedback().start_verification(&record.id) {
+                // Already found refused within the interval (by any replica): nothing
+                // new to learn. A recent VALID is checked again: the report is news.
+                let recently = record.last_verification.as_ref().is_some_and(|v| {
+                    (v.status().is_rejection() || v.status() == VerificationStatus::Forbidden)
+                        && v.check_time
+                            .and_then(|t| SystemTime::try_from(t).ok())
+                            .and_then(|t| t.elapsed().ok())
+                            .is_some_and(|age| age < interval)
+                });
+                // Per version: a rotation's new secret is verified afresh.
+                let key = format!("{}@{}", record.id, record.version);
+                if recently || !self.vault.feedback().start_verification(&key) {
                     (
                         api::ReportAction::AlreadyVerified,
                         format!(

@@ -318,6 +318,34 @@ async fn twenty_401_reports_make_one_verification_that_every_watcher_hears() {
         .into_inner();
     assert_eq!(stale.action(), ReportAction::Stale, "{}", stale.message);
     assert_eq!(fake.checks_of("key-rotated-02"), 0);
+
+    // Verified VALID a moment ago, then revoked: a 401 about the new version is
+    // news, and verified at once, though the last one was within the interval.
+    let verified = admin
+        .verify_credential(verify_by_name("acme"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        verified.verification.unwrap().status(),
+        api::VerificationStatus::Valid
+    );
+    fake.revoke("key-rotated-02");
+    let fresh = workers[0].report("acme", 401, None).await.unwrap();
+    assert_eq!(fresh.action, Action::Verifying, "{fresh:?}");
+    for w in &workers {
+        until(
+            Duration::from_secs(5),
+            "the new rejection reaches a worker",
+            || async { matches!(w.headers("acme").await, Err(ClientError::Rejected(_))) },
+        )
+        .await;
+    }
+    assert_eq!(
+        fake.checks_of("key-rotated-02"),
+        2,
+        "the Verify call and one for the reports"
+    );
 }
 
 #[tokio::test]
