@@ -1,0 +1,220 @@
+"""The asyncio client (grpc.aio): the watch stream runs as a task on the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import grpc
+
+from . import _errors as errors
+from ._client import Report, Tls, channel_for
+from ._headers import CredentialHeaders
+from ._proto.credvault.v1 import credvault_pb2 as pb
+from ._proto.credvault.v1 import credvault_pb2_grpc as pb_grpc
+from ._state import Fetching, State, Stats, epoch, jitter, report_request
+
+
+class AsyncClient:
+    """The asyncio twin of `Client`: the same promises, awaited.
+
+    Make it inside a running event loop; `await client.close()` when done (or `async with`).
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        token: str | None = None,
+        tls: Tls | grpc.ChannelCredentials | None = None,
+        max_staleness: float = 300.0,
+        request_timeout: float = 10.0,
+        backoff: tuple[float, float] = (0.1, 10.0),
+        max_credentials: int = 1000,
+        lease_size: int = 10,
+        acquire_timeout: float = 60.0,
+    ) -> None:
+        self._channel = channel_for(target, tls, aio=True)
+        self._stub = pb_grpc.CredentialVaultServiceStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._state = State(max_staleness, max_credentials)
+        self._request_timeout = request_timeout
+        self._backoff = backoff
+        self._lease_size = max(1, min(lease_size, 10_000))
+        self._acquire_timeout = acquire_timeout
+        self._added = asyncio.Event()
+        self._closed = False
+        self._call: Any = None
+        self._task = asyncio.get_running_loop().create_task(self._watch_loop())
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stops the watch stream and closes the channel."""
+        self._closed = True
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        await self._channel.close()
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether the watch stream is up and has reported every watched credential."""
+        return self._state.connected
+
+    def stats(self) -> Stats:
+        """Counts of fetches, streams, messages, updates and reports so far."""
+        with self._state.lock:
+            s = self._state.stats
+            return Stats(s.fetches, s.streams, s.messages, s.updates, s.reports)
+
+    async def headers(self, name: str) -> CredentialHeaders:
+        """The headers of `name`: from memory once held, else fetched once and then watched."""
+        loop = asyncio.get_running_loop()
+        with self._state.lock:
+            held, fetching, run = self._state.begin(name, loop.create_future)
+        if held is not None:
+            return held
+        assert fetching is not None
+        if run:
+            # Its own task: the fetch completes for every waiter even if this one is cancelled.
+            loop.create_task(self._fetch(name, fetching))
+        await asyncio.shield(fetching.waiter)
+        if fetching.error is not None:
+            raise fetching.error
+        if fetching.result is None:
+            raise errors.RpcError(grpc.StatusCode.INTERNAL, "the fetch ended without an answer")
+        return fetching.result
+
+    async def _fetch(self, name: str, fetching: Fetching) -> None:
+        answer, error = None, None
+        try:
+            answer = await self._stub.GetCredentialHeaders(
+                pb.GetCredentialHeadersRequest(name=name),
+                timeout=self._request_timeout,
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as e:
+            error = errors.from_rpc(e)
+        with self._state.lock:
+            restart = self._state.fetched(name, answer, error)
+        if not fetching.waiter.done():
+            fetching.waiter.set_result(None)
+        if restart:
+            self._added.set()
+            if self._call is not None:
+                self._call.cancel()
+
+    async def _watch_loop(self) -> None:
+        delay = self._backoff[0]
+        while not self._closed:
+            self._added.clear()
+            with self._state.lock:
+                names, request = self._state.request()
+            if not names:
+                await self._added.wait()
+                continue
+            with self._state.lock:
+                self._state.stats.streams += 1
+            call = self._stub.WatchCredentialHeaders(request, metadata=self._metadata)
+            self._call = call
+            status: tuple[grpc.StatusCode, str] | None = None
+            try:
+                async for message in call:
+                    with self._state.lock:
+                        restart = self._state.apply(names, message)
+                    if restart or self._added.is_set():
+                        break
+                else:
+                    status = (grpc.StatusCode.UNAVAILABLE, "the vault ended the watch stream")
+            except grpc.RpcError as e:
+                if not (e.code() == grpc.StatusCode.CANCELLED and (self._added.is_set() or self._closed)):
+                    status = (e.code(), e.details() or "")
+            except asyncio.CancelledError:
+                if self._closed:
+                    call.cancel()
+                    raise
+                # grpc.aio surfaces a cancelled stream this way: a restart.
+            finally:
+                self._call = None
+                call.cancel()
+            if status is None or self._closed:
+                continue
+            with self._state.lock:
+                if self._state.connected:
+                    delay = self._backoff[0]
+                self._state.lost(*status)
+            await asyncio.sleep(jitter(delay))
+            delay = min(delay * 2, self._backoff[1])
+
+    async def report(self, name: str, status: int, retry_after: float | None = None) -> Report:
+        """Reports the provider's answer (see `Client.report`)."""
+        with self._state.lock:
+            version = self._state.version_of(name)
+            self._state.stats.reports += 1
+        try:
+            answer = await self._stub.ReportProviderResponse(
+                report_request(name, status, retry_after, version),
+                timeout=self._request_timeout,
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as e:
+            raise errors.from_rpc(e) from None
+        paused = epoch(answer.paused_until) if answer.HasField("paused_until") else None
+        if paused is not None:
+            with self._state.lock:
+                self._state.note_pause(name, paused)
+        return Report(answer.action, paused, answer.message)
+
+    async def report_if_news(self, name: str, status: int, retry_after: float | None = None) -> Report | None:
+        """Reports a 401, 403 or 429 unless the vault knows already; what the adapters call."""
+        with self._state.lock:
+            news = self._state.worth_reporting(name, status, retry_after)
+        return await self.report(name, status, retry_after) if news else None
+
+    async def try_acquire(self, name: str) -> CredentialHeaders:
+        """The headers when a request may be sent now, else `Paused` or `BudgetSpent`."""
+        headers = await self.headers(name)
+        with self._state.lock:
+            step, value = self._state.step(name, headers)
+        if step == "go":
+            return value
+        if step == "paused":
+            raise errors.Paused(value)
+        asked = time.monotonic()
+        try:
+            grant = await self._stub.AcquireRequestTokens(
+                pb.AcquireRequestTokensRequest(id=headers.credential_id, count=self._lease_size),
+                timeout=self._request_timeout,
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as e:
+            raise errors.from_rpc(e) from None
+        with self._state.lock:
+            self._state.leased(name, grant, asked)
+        if grant.granted > 0:
+            return headers
+        if grant.HasField("paused_until"):
+            raise errors.Paused(epoch(grant.paused_until))
+        raise errors.BudgetSpent(max(grant.retry_after_ms, 1) / 1000)
+
+    async def acquire(self, name: str) -> CredentialHeaders:
+        """The headers once a request may be sent (see `Client.acquire`)."""
+        deadline = time.monotonic() + self._acquire_timeout
+        while True:
+            try:
+                return await self.try_acquire(name)
+            except errors.Paused as e:
+                wait = max(0.0, e.until - time.time())
+            except errors.BudgetSpent as e:
+                wait = e.retry_after
+            if time.monotonic() + wait > deadline:
+                return await self.try_acquire(name)
+            await asyncio.sleep(wait + 0.002)

@@ -1,0 +1,1 @@
+"""Generated gRPC stubs of proto/ (scripts/generate_proto.py)."""
