@@ -23,6 +23,7 @@ mod metrics;
 mod model;
 mod postgres;
 mod providers;
+mod python;
 mod reflection;
 mod reload;
 mod reverify;
