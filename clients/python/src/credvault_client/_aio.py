@@ -103,10 +103,13 @@ class AsyncClient:
             )
         except grpc.RpcError as e:
             error = errors.from_rpc(e)
-        with self._state.lock:
-            restart = self._state.fetched(name, answer, error)
-        if not fetching.waiter.done():
-            fetching.waiter.set_result(None)
+        try:
+            with self._state.lock:
+                restart = self._state.fetched(name, answer, error)
+        finally:
+            # Every waiter hears, whatever happened.
+            if not fetching.waiter.done():
+                fetching.waiter.set_result(None)
         if restart:
             self._added.set()
             if self._call is not None:

@@ -155,9 +155,15 @@ class Client:
             )
         except grpc.RpcError as e:
             error = errors.from_rpc(e)
-        with self._state.lock:
-            restart = self._state.fetched(name, answer, error)
-        fetching.waiter.set()
+        except ValueError as e:
+            # The channel was closed.
+            error = errors.RpcError(grpc.StatusCode.CANCELLED, str(e))
+        try:
+            with self._state.lock:
+                restart = self._state.fetched(name, answer, error)
+        finally:
+            # Every waiter hears, whatever happened.
+            fetching.waiter.set()
         if restart:
             self._restart()
 
@@ -180,7 +186,11 @@ class Client:
                 continue
             with self._state.lock:
                 self._state.stats.streams += 1
-            call = self._stub.WatchCredentialHeaders(request, metadata=self._metadata)
+            try:
+                call = self._stub.WatchCredentialHeaders(request, metadata=self._metadata)
+            except ValueError:
+                # The channel was closed: the client is done.
+                return
             self._call = call
             if self._added.is_set():
                 call.cancel()
