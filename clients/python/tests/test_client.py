@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from conftest import Admin, Server, until
+from conftest import Admin, Server, TcpGate, until
 
 import credvault_client as cv
 
@@ -66,20 +66,29 @@ def test_a_rotation_reaches_memory_without_a_new_ask(server: Server, admin: Admi
 
 def test_kill_9_and_restart_converge_with_an_update_made_while_away(server: Server, admin: Admin) -> None:
     admin.create("acme", "key-00000001")
-    with cv.Client(server.target, token=server.worker_token, backoff=(0.05, 0.5)) as client:
+    # The client reaches the server through a gate, to be kept away exactly as long as needed.
+    gate = TcpGate(lambda: server.port)
+    with cv.Client(gate.target, token=server.worker_token, backoff=(0.05, 0.5)) as client:
         client.headers("acme")
         until(lambda: client.is_connected, "the stream up")
+        gate.close()
         server.kill9()
         until(lambda: not client.is_connected, "the stream lost")
         # Served from memory meanwhile, within the staleness bound.
         assert client.headers("acme").version == 1
         server.start()
-        admin.close()
         fresh = server.admin()
+        # Made while the client cannot reach the server.
         fresh.rotate("acme", "key-00000002")
+        assert not client.is_connected
+        assert client.headers("acme").version == 1
+        gate.open()
         took = until(lambda: client.headers("acme").version == 2, "converged after the restart")
-        print(f"kill -9, restart, update -> the client holds it after {took * 1000:.0f} ms")
+        print(f"kill -9, restart, update while away -> the client holds it {took * 1000:.0f} ms after the way opens")
+        assert auth(client.headers("acme")) == "Token key-00000002"
+        assert client.stats().fetches == 1, "resumed by the stream, not fetched again"
         fresh.close()
+    gate.close()
 
 
 def test_the_staleness_bound_holds(server: Server, admin: Admin) -> None:

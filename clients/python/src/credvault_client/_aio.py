@@ -35,7 +35,7 @@ class AsyncClient:
         lease_size: int = 10,
         acquire_timeout: float = 60.0,
     ) -> None:
-        self._channel = channel_for(target, tls, aio=True)
+        self._channel = channel_for(target, tls, backoff, aio=True)
         self._stub = pb_grpc.CredentialVaultServiceStub(self._channel)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._state = State(max_staleness, max_credentials)

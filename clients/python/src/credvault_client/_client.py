@@ -53,13 +53,21 @@ CHANNEL_OPTIONS = [
 ]
 
 
-def channel_for(target: str, tls: Tls | grpc.ChannelCredentials | None, aio: bool = False) -> Any:
-    """A channel to `target` (`host:port`), over TLS when `tls` is given."""
+def channel_for(
+    target: str, tls: Tls | grpc.ChannelCredentials | None, backoff: tuple[float, float], aio: bool = False
+) -> Any:
+    """A channel to `target` (`host:port`), over TLS when `tls` is given; it reconnects
+    within the client's backoff (grpc's own starts at 1 s and grows to 2 minutes)."""
     module: Any = grpc.aio if aio else grpc
+    options = CHANNEL_OPTIONS + [
+        ("grpc.initial_reconnect_backoff_ms", max(1, int(backoff[0] * 1000))),
+        ("grpc.min_reconnect_backoff_ms", max(1, int(backoff[0] * 1000))),
+        ("grpc.max_reconnect_backoff_ms", max(1, int(backoff[1] * 1000))),
+    ]
     if tls is None:
-        return module.insecure_channel(target, options=CHANNEL_OPTIONS)
+        return module.insecure_channel(target, options=options)
     creds = tls.credentials() if isinstance(tls, Tls) else tls
-    return module.secure_channel(target, creds, options=CHANNEL_OPTIONS)
+    return module.secure_channel(target, creds, options=options)
 
 
 class Client:
@@ -83,7 +91,7 @@ class Client:
         lease_size: int = 10,
         acquire_timeout: float = 60.0,
     ) -> None:
-        self._channel = channel_for(target, tls)
+        self._channel = channel_for(target, tls, backoff)
         self._stub = pb_grpc.CredentialVaultServiceStub(self._channel)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._state = State(max_staleness, max_credentials)
