@@ -50,14 +50,21 @@ def mint(name: str, permissions: str) -> tuple[str, str]:
 class Server:
     """`credvault serve` in a directory of its own; kill -9 and restart keep its data and port."""
 
-    def __init__(self, root: Path, fleetio_url: str = "http://127.0.0.1:9/api") -> None:
+    def __init__(
+        self,
+        root: Path,
+        fleetio_url: str = "http://127.0.0.1:9/api",
+        extra_args: tuple[str, ...] = (),
+        extra_callers: str = "",
+    ) -> None:
         self.root = root
         key = subprocess.run([binary(), "keygen"], check=True, capture_output=True, text=True).stdout
         (root / "master.key").write_text(key)
         self.admin_token, admin = mint("admin", ALL)
         self.worker_token, worker = mint("worker", "headers.read")
-        (root / "callers.toml").write_text(admin + "\n" + worker + "\n")
+        (root / "callers.toml").write_text(admin + "\n" + worker + "\n" + extra_callers)
         self.fleetio_url = fleetio_url
+        self.extra_args = extra_args
         self.port = 0
         self.proc: subprocess.Popen[str] | None = None
         self.log: list[str] = []
@@ -85,6 +92,7 @@ class Server:
                 str(self.root / "callers.toml"),
                 "--provider-base-url",
                 f"fleetio={self.fleetio_url}",
+                *self.extra_args,
             ],
             env={**os.environ, "CREDVAULT_DRAIN_DELAY": "0s"},
             stdout=subprocess.DEVNULL,
@@ -123,15 +131,15 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
 
-    def admin(self) -> Admin:
-        return Admin(self.target, self.admin_token)
+    def admin(self, credentials: grpc.ChannelCredentials | None = None) -> Admin:
+        return Admin(self.target, self.admin_token, credentials)
 
 
 class Admin:
     """The generated stub with the admin's token: what an operator's tooling would call."""
 
-    def __init__(self, target: str, token: str) -> None:
-        self.channel = grpc.insecure_channel(target)
+    def __init__(self, target: str, token: str, credentials: grpc.ChannelCredentials | None = None) -> None:
+        self.channel = grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
         self.stub = pb_grpc.CredentialVaultServiceStub(self.channel)
         self.metadata = (("authorization", f"Bearer {token}"),)
 

@@ -3,8 +3,10 @@ kill -9 and restart, the staleness bound, deletion, scopes of what it prints."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from conftest import Admin, Server, TcpGate, until
@@ -147,3 +149,43 @@ def test_unknown_and_bad_names_get_clear_errors(server: Server, admin: Admin) ->
     with cv.Client(server.target, token="cv_wrong") as client:
         with pytest.raises(cv.Unauthenticated):
             client.headers("acme")
+
+
+def test_mutual_tls_identifies_the_worker_by_its_certificate(tmp_path: Path) -> None:
+    pki_dir = os.environ.get("CREDVAULT_TEST_PKI")
+    if not pki_dir:
+        pytest.skip("the certificates are made by the server's cargo test (tests/python.rs)")
+    pki = Path(pki_dir)
+    entry = '[[caller]]\nname = "py-worker"\ntls_subject = "py-worker"\npermissions = ["headers.read"]\n'
+    server = Server(
+        tmp_path,
+        extra_args=(
+            "--tls-cert",
+            str(pki / "server.pem"),
+            "--tls-key",
+            str(pki / "server.key"),
+            "--client-ca",
+            str(pki / "ca.pem"),
+        ),
+        extra_callers=entry,
+    )
+    try:
+        ca = (pki / "ca.pem").read_bytes()
+        admin = server.admin(cv.Tls(root_certificates=ca).credentials())
+        admin.create("acme", "key-00000001")
+        tls = cv.Tls(
+            root_certificates=ca,
+            certificate_chain=(pki / "client.pem").read_bytes(),
+            private_key=(pki / "client.key").read_bytes(),
+        )
+        with cv.Client(server.target, tls=tls) as client:
+            assert auth(client.headers("acme")) == "Token key-00000001"
+        reads = [e for e in admin.audit() if e.method == "GetCredentialHeaders"]
+        assert [e.caller for e in reads] == ["py-worker"]
+        # Without a certificate (or a token), TLS alone names no caller.
+        with cv.Client(server.target, tls=cv.Tls(root_certificates=ca)) as anonymous:
+            with pytest.raises(cv.Unauthenticated):
+                anonymous.headers("acme")
+        admin.close()
+    finally:
+        server.stop()
