@@ -111,7 +111,7 @@ def test_the_staleness_bound_holds(server: Server, admin: Admin) -> None:
                 break
             time.sleep(0.01)
         elapsed = time.monotonic() - lost
-        assert 0.9 <= elapsed < 3.0, elapsed
+        assert 0.9 <= elapsed < 5.0, elapsed
         assert served > 0
         with pytest.raises(cv.Stale):
             client.headers("acme")
