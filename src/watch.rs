@@ -820,6 +820,12 @@ impl<S: Store> Stream<S> {
                     // Its deletion was not heard of (a lost notification): say it now.
                     return Ok(self.deleted(slot, id));
                 }
+                if let (Key::Name(_), Some((id, _)), None) = (&s.key, &s.held, &s.reported) {
+                    // A resume of a name whose credential (the one the client holds)
+                    // was deleted while it was away: names never change, so it is gone.
+                    let id = id.clone();
+                    return Ok(self.deleted(slot, id));
+                }
                 if matches!(s.reported, Some(Reported::NotFound | Reported::Deleted(_))) {
                     return Ok(None);
                 }

@@ -10,36 +10,11 @@ use credvault::api;
 use credvault::auth::{callers_entry, mint_token, Permission};
 use credvault_client::Error as ClientError;
 
-/// A worker's client of the vault at `url`.
-fn worker_client(url: &str, token: &str) -> credvault_client::Client {
-    credvault_client::Client::builder(url)
-        .token(token)
-        .backoff(Duration::from_millis(50), Duration::from_millis(500))
-        .build()
-        .unwrap()
-}
-
 fn authorization(h: &credvault_client::CredentialHeaders) -> String {
     h.iter()
         .find(|(n, _)| n.as_str() == "authorization")
         .map(|(_, v)| v.to_owned())
         .unwrap_or_default()
-}
-
-/// Waits (up to `limit`) until `check` holds, polling every 2 ms; how long it took.
-async fn until<F: std::future::Future<Output = bool>>(
-    limit: Duration,
-    what: &str,
-    mut check: impl FnMut() -> F,
-) -> Duration {
-    let start = Instant::now();
-    loop {
-        if check().await {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
 }
 
 async fn get_headers_events(admin: &mut Client, caller: &str) -> usize {

@@ -15,14 +15,6 @@ use credvault_client::proto::ReportAction as Action;
 use credvault_client::Error as ClientError;
 use tonic::Code;
 
-fn worker_client(url: &str, token: &str) -> credvault_client::Client {
-    credvault_client::Client::builder(url)
-        .token(token)
-        .backoff(Duration::from_millis(50), Duration::from_millis(500))
-        .build()
-        .unwrap()
-}
-
 fn report(name: &str, status: u32, retry_after: u32) -> api::ReportProviderResponseRequest {
     api::ReportProviderResponseRequest {
         r#ref: Some(api::report_provider_response_request::Ref::Name(
@@ -51,22 +43,6 @@ fn budget(name: &str, per_minute: u32) -> api::UpdateCredentialRequest {
 
 fn time_of(t: &prost_types::Timestamp) -> SystemTime {
     SystemTime::try_from(*t).unwrap()
-}
-
-/// Waits (up to `limit`) until `check` holds; how long it took.
-async fn until<F: std::future::Future<Output = bool>>(
-    limit: Duration,
-    what: &str,
-    mut check: impl FnMut() -> F,
-) -> Duration {
-    let start = Instant::now();
-    loop {
-        if check().await {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
 }
 
 async fn paused_until(worker: &mut Client, name: &str) -> Option<SystemTime> {

@@ -220,7 +220,16 @@ async fn the_first_state_then_every_change_each_delivery_audited() {
     assert_ne!(again.id, made.id);
     quiet(&mut stream, Duration::from_millis(300)).await;
 
-    // Resume: the version held is not sent again; a version behind it is.
+    // Resume: the version held is not sent again; a version behind it is; a
+    // credential deleted while the client was away is reported deleted.
+    let brief = create(&mut admin, "brief", "key-valid-0001", "acct").await;
+    admin
+        .delete_credential(api::DeleteCredentialRequest {
+            r#ref: Some(api::delete_credential_request::Ref::Name("brief".into())),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let mut resumed = watch(
         &mut worker,
         vec![
@@ -234,11 +243,26 @@ async fn the_first_state_then_every_change_each_delivery_audited() {
                 known_credential_id: "cred_00000000000000000000000000000000".into(),
                 ..by_name("later")
             },
+            api::WatchedCredential {
+                known_version: 1,
+                known_credential_id: brief.id.clone(),
+                ..by_name("brief")
+            },
         ],
     )
     .await;
-    let mut back = [next(&mut resumed).await, next(&mut resumed).await];
+    let mut back = [
+        next(&mut resumed).await,
+        next(&mut resumed).await,
+        next(&mut resumed).await,
+    ];
     back.sort_by_key(|m| m.index);
+    assert_eq!(
+        (back[2].state(), back[2].credential_id.as_str()),
+        (WatchState::Deleted, brief.id.as_str()),
+        "{:?}",
+        back[2]
+    );
     assert!(back[0].headers.is_empty() && back[0].state() == WatchState::Present);
     assert_eq!(
         authorization_of(&back[1]),

@@ -2,8 +2,9 @@
 //! (`server`), request builders (`requests`), the real binary and grpcurl
 //! (`process`), a fake Fleetio over real HTTP (`fleetio`), a fake API of any
 //! other provider (`fake_api`), file scans (`files`), raw HTTP/2 frames
-//! (`h2raw`), PostgreSQL clusters (`postgres`) and a store that fails on demand
-//! (`faulty`). Everything is re-exported here, so tests `use crate::common::*`.
+//! (`h2raw`), PostgreSQL clusters (`postgres`), a store that fails on demand
+//! (`faulty`) and the client crate as workers use it (`workers`). Everything is
+//! re-exported here, so tests `use crate::common::*`.
 
 #![allow(dead_code)]
 
@@ -39,6 +40,7 @@ mod fleetio;
 mod process;
 mod requests;
 mod server;
+mod workers;
 
 pub use fake_api::*;
 pub use files::*;
@@ -46,3 +48,4 @@ pub use fleetio::*;
 pub use process::*;
 pub use requests::*;
 pub use server::*;
+pub use workers::*;

@@ -549,7 +549,11 @@ async fn watch_loop(inner: Arc<Inner>) {
         drop(added);
         inner.stats.streams.fetch_add(1, Ordering::Relaxed);
         match run_stream(&inner, &names, request).await {
-            Ended::Restart => continue,
+            Ended::Restart => {
+                // Not current for every name until the new stream has reported them all.
+                inner.lock().connected = false;
+                continue;
+            }
             Ended::Failed(status) => {
                 // A stream that was whole starts the backoff over.
                 if inner.lock().connected {

@@ -149,6 +149,9 @@ class AsyncClient:
                 self._call = None
                 call.cancel()
             if status is None or self._closed:
+                # A restart: not current for every name until the new stream reports them all.
+                with self._state.lock:
+                    self._state.connected = False
                 continue
             with self._state.lock:
                 if self._state.connected:

@@ -221,6 +221,9 @@ class Client:
                 self._call = None
                 call.cancel()
             if status is None or self._closed.is_set():
+                # A restart: not current for every name until the new stream reports them all.
+                with self._state.lock:
+                    self._state.connected = False
                 continue
             with self._state.lock:
                 if self._state.connected:
