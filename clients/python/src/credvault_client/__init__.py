@@ -25,7 +25,8 @@ the errors, `adapters` for httpx and requests, and `pb` / `pb_grpc`, the generat
 """
 
 from ._aio import AsyncClient
-from ._client import Client, Report, Tls
+from ._client import Client, Tls
+from ._core import Report
 from ._errors import (
     BudgetSpent,
     CredvaultError,

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 import grpc
 
 from . import _errors as errors
-from ._client import Report, Tls, channel_for
+from ._client import Tls, channel_for
+from ._core import ClientCore, Report, wait_of
 from ._headers import CredentialHeaders
 from ._proto.credvault.v1 import credvault_pb2 as pb
-from ._proto.credvault.v1 import credvault_pb2_grpc as pb_grpc
-from ._state import Fetching, State, Stats, epoch, jitter, report_request
+from ._state import Fetching, jitter
 
 
-class AsyncClient:
+class AsyncClient(ClientCore):
     """The asyncio twin of `Client`: the same promises, awaited.
 
     Make it inside a running event loop; `await client.close()` when done (or `async with`).
@@ -35,17 +34,18 @@ class AsyncClient:
         lease_size: int = 10,
         acquire_timeout: float = 60.0,
     ) -> None:
-        self._channel = channel_for(target, tls, backoff, aio=True)
-        self._stub = pb_grpc.CredentialVaultServiceStub(self._channel)
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self._state = State(max_staleness, max_credentials)
-        self._request_timeout = request_timeout
-        self._backoff = backoff
-        self._lease_size = max(1, min(lease_size, 10_000))
-        self._acquire_timeout = acquire_timeout
+        self._setup(
+            channel_for(target, tls, backoff, aio=True),
+            token,
+            max_staleness,
+            request_timeout,
+            backoff,
+            max_credentials,
+            lease_size,
+            acquire_timeout,
+        )
         self._added = asyncio.Event()
         self._closed = False
-        self._call: Any = None
         self._task = asyncio.get_running_loop().create_task(self._watch_loop())
 
     async def __aenter__(self) -> AsyncClient:
@@ -63,17 +63,6 @@ class AsyncClient:
         except asyncio.CancelledError:
             pass
         await self._channel.close()
-
-    @property
-    def is_connected(self) -> bool:
-        """Whether the watch stream is up and has reported every watched credential."""
-        return self._state.connected
-
-    def stats(self) -> Stats:
-        """Counts of fetches, streams, messages, updates and reports so far."""
-        with self._state.lock:
-            s = self._state.stats
-            return Stats(s.fetches, s.streams, s.messages, s.updates, s.reports)
 
     async def headers(self, name: str) -> CredentialHeaders:
         """The headers of `name`: from memory once held, else fetched once and then watched."""
@@ -149,67 +138,44 @@ class AsyncClient:
                 self._call = None
                 call.cancel()
             if status is None or self._closed:
-                # A restart: not current for every name until the new stream reports them all.
-                with self._state.lock:
-                    self._state.connected = False
+                self._restarting()
                 continue
-            with self._state.lock:
-                if self._state.connected:
-                    delay = self._backoff[0]
-                self._state.lost(*status)
+            delay = self._lost(status, delay)
             await asyncio.sleep(jitter(delay))
             delay = min(delay * 2, self._backoff[1])
 
     async def report(self, name: str, status: int, retry_after: float | None = None) -> Report:
         """Reports the provider's answer (see `Client.report`)."""
-        with self._state.lock:
-            version = self._state.version_of(name)
-            self._state.stats.reports += 1
         try:
             answer = await self._stub.ReportProviderResponse(
-                report_request(name, status, retry_after, version),
+                self._report_request(name, status, retry_after),
                 timeout=self._request_timeout,
                 metadata=self._metadata,
             )
         except grpc.RpcError as e:
             raise errors.from_rpc(e) from None
-        paused = epoch(answer.paused_until) if answer.HasField("paused_until") else None
-        if paused is not None:
-            with self._state.lock:
-                self._state.note_pause(name, paused)
-        return Report(answer.action, paused, answer.message)
+        return self._reported(name, answer)
 
     async def report_if_news(self, name: str, status: int, retry_after: float | None = None) -> Report | None:
         """Reports a 401, 403 or 429 unless the vault knows already; what the adapters call."""
-        with self._state.lock:
-            news = self._state.worth_reporting(name, status, retry_after)
-        return await self.report(name, status, retry_after) if news else None
+        return await self.report(name, status, retry_after) if self._news(name, status, retry_after) else None
 
     async def try_acquire(self, name: str) -> CredentialHeaders:
         """The headers when a request may be sent now, else `Paused` or `BudgetSpent`."""
         headers = await self.headers(name)
-        with self._state.lock:
-            step, value = self._state.step(name, headers)
-        if step == "go":
-            return value
-        if step == "paused":
-            raise errors.Paused(value)
+        ready = self._ready(name, headers)
+        if ready is not None:
+            return ready
         asked = time.monotonic()
         try:
             grant = await self._stub.AcquireRequestTokens(
-                pb.AcquireRequestTokensRequest(id=headers.credential_id, count=self._lease_size),
+                self._lease_request(headers),
                 timeout=self._request_timeout,
                 metadata=self._metadata,
             )
         except grpc.RpcError as e:
             raise errors.from_rpc(e) from None
-        with self._state.lock:
-            self._state.leased(name, grant, asked)
-        if grant.granted > 0:
-            return headers
-        if grant.HasField("paused_until"):
-            raise errors.Paused(epoch(grant.paused_until))
-        raise errors.BudgetSpent(max(grant.retry_after_ms, 1) / 1000)
+        return self._granted(name, headers, grant, asked)
 
     async def acquire(self, name: str) -> CredentialHeaders:
         """The headers once a request may be sent (see `Client.acquire`)."""
@@ -217,10 +183,8 @@ class AsyncClient:
         while True:
             try:
                 return await self.try_acquire(name)
-            except errors.Paused as e:
-                wait = max(0.0, e.until - time.time())
-            except errors.BudgetSpent as e:
-                wait = e.retry_after
+            except (errors.Paused, errors.BudgetSpent) as e:
+                wait = wait_of(e)
             if time.monotonic() + wait > deadline:
                 return await self.try_acquire(name)
             await asyncio.sleep(wait + 0.002)

@@ -10,10 +10,11 @@ from typing import Any
 import grpc
 
 from . import _errors as errors
+from ._core import ClientCore, Report, wait_of
 from ._headers import CredentialHeaders
 from ._proto.credvault.v1 import credvault_pb2 as pb
 from ._proto.credvault.v1 import credvault_pb2_grpc as pb_grpc
-from ._state import Fetching, State, Stats, epoch, jitter, report_request
+from ._state import Fetching, jitter
 
 
 @dataclass(frozen=True)
@@ -31,17 +32,6 @@ class Tls:
             private_key=self.private_key,
             certificate_chain=self.certificate_chain,
         )
-
-
-@dataclass(frozen=True)
-class Report:
-    """What the vault did with a report."""
-
-    action: int
-    """A `ReportAction` value (`credvault_client.pb.REPORT_ACTION_PAUSED`, ...)."""
-    paused_until: float | None
-    """The end of the account's pause (seconds since the epoch), while one is in force."""
-    message: str
 
 
 # HTTP/2 keepalive finds a connection that died silently (as the Rust crate: 20 s, 10 s to answer).
@@ -70,7 +60,7 @@ def channel_for(
     return module.secure_channel(target, creds, options=options)
 
 
-class Client:
+class Client(ClientCore):
     """A worker's handle on the vault. Thread-safe; one watch stream for all its credentials.
 
     >>> client = Client("credvault:50051", token=os.environ["CREDVAULT_TOKEN"])
@@ -91,22 +81,20 @@ class Client:
         lease_size: int = 10,
         acquire_timeout: float = 60.0,
     ) -> None:
-        self._channel = channel_for(target, tls, backoff)
-        self._stub = pb_grpc.CredentialVaultServiceStub(self._channel)
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self._state = State(max_staleness, max_credentials)
-        self._request_timeout = request_timeout
-        self._backoff = backoff
-        self._lease_size = max(1, min(lease_size, 10_000))
-        self._acquire_timeout = acquire_timeout
+        self._setup(
+            channel_for(target, tls, backoff),
+            token,
+            max_staleness,
+            request_timeout,
+            backoff,
+            max_credentials,
+            lease_size,
+            acquire_timeout,
+        )
         self._added = threading.Event()
         self._closed = threading.Event()
-        self._call: Any = None
         self._thread = threading.Thread(target=self._watch_loop, name="credvault-watch", daemon=True)
         self._thread.start()
-
-    def __repr__(self) -> str:
-        return f"Client(watched={len(self._state.watched)}, connected={self._state.connected})"
 
     def __enter__(self) -> Client:
         return self
@@ -123,17 +111,6 @@ class Client:
             call.cancel()
         self._channel.close()
         self._thread.join(timeout=5)
-
-    @property
-    def is_connected(self) -> bool:
-        """Whether the watch stream is up and has reported every watched credential."""
-        return self._state.connected
-
-    def stats(self) -> Stats:
-        """Counts of fetches, streams, messages, updates and reports so far."""
-        with self._state.lock:
-            s = self._state.stats
-            return Stats(s.fetches, s.streams, s.messages, s.updates, s.reports)
 
     def headers(self, name: str) -> CredentialHeaders:
         """The headers of the credential named `name`: from memory once held, else fetched
@@ -221,14 +198,9 @@ class Client:
                 self._call = None
                 call.cancel()
             if status is None or self._closed.is_set():
-                # A restart: not current for every name until the new stream reports them all.
-                with self._state.lock:
-                    self._state.connected = False
+                self._restarting()
                 continue
-            with self._state.lock:
-                if self._state.connected:
-                    delay = self._backoff[0]
-                self._state.lost(*status)
+            delay = self._lost(status, delay)
             self._closed.wait(jitter(delay))
             delay = min(delay * 2, self._backoff[1])
 
@@ -236,40 +208,26 @@ class Client:
         """Reports the provider's answer to a request sent with `name`'s headers (the HTTP
         status and its Retry-After in seconds): a 429 pauses the account for every worker,
         a 401 or 403 has the vault verify the credential again."""
-        with self._state.lock:
-            version = self._state.version_of(name)
-            self._state.stats.reports += 1
         try:
             answer = self._stub.ReportProviderResponse(
-                report_request(name, status, retry_after, version),
+                self._report_request(name, status, retry_after),
                 timeout=self._request_timeout,
                 metadata=self._metadata,
             )
         except grpc.RpcError as e:
             raise errors.from_rpc(e) from None
-        paused = epoch(answer.paused_until) if answer.HasField("paused_until") else None
-        if paused is not None:
-            with self._state.lock:
-                self._state.note_pause(name, paused)
-        return Report(answer.action, paused, answer.message)
+        return self._reported(name, answer)
 
     def report_if_news(self, name: str, status: int, retry_after: float | None = None) -> Report | None:
         """Reports a 401, 403 or 429 unless the vault knows already (see `report`); what the adapters call."""
-        with self._state.lock:
-            news = self._state.worth_reporting(name, status, retry_after)
-        return self.report(name, status, retry_after) if news else None
+        return self.report(name, status, retry_after) if self._news(name, status, retry_after) else None
 
     def try_acquire(self, name: str) -> CredentialHeaders:
         """The headers when a request may be sent now: raises `Paused` or `BudgetSpent` (which
         say until when) instead of waiting."""
         headers = self.headers(name)
-        with self._state.lock:
-            step, value = self._state.step(name, headers)
-        if step == "go":
-            return value
-        if step == "paused":
-            raise errors.Paused(value)
-        return self._refill(name, headers)
+        ready = self._ready(name, headers)
+        return ready if ready is not None else self._refill(name, headers)
 
     def acquire(self, name: str) -> CredentialHeaders:
         """The headers of `name` once a request may be sent with them: after the account's
@@ -279,10 +237,8 @@ class Client:
         while True:
             try:
                 return self.try_acquire(name)
-            except errors.Paused as e:
-                wait = max(0.0, e.until - time.time())
-            except errors.BudgetSpent as e:
-                wait = e.retry_after
+            except (errors.Paused, errors.BudgetSpent) as e:
+                wait = wait_of(e)
             if time.monotonic() + wait > deadline:
                 return self.try_acquire(name)
             time.sleep(wait + 0.002)
@@ -291,19 +247,13 @@ class Client:
         asked = time.monotonic()
         try:
             grant = self._stub.AcquireRequestTokens(
-                pb.AcquireRequestTokensRequest(id=headers.credential_id, count=self._lease_size),
+                self._lease_request(headers),
                 timeout=self._request_timeout,
                 metadata=self._metadata,
             )
         except grpc.RpcError as e:
             raise errors.from_rpc(e) from None
-        with self._state.lock:
-            self._state.leased(name, grant, asked)
-        if grant.granted > 0:
-            return headers
-        if grant.HasField("paused_until"):
-            raise errors.Paused(epoch(grant.paused_until))
-        raise errors.BudgetSpent(max(grant.retry_after_ms, 1) / 1000)
+        return self._granted(name, headers, grant, asked)
 
     def vault(self) -> pb_grpc.CredentialVaultServiceStub:
         """The generated stub on the client's channel, for any other call (pass the token
