@@ -141,6 +141,10 @@ async fn serve<S: Store>(
         Vault::new(Arc::clone(&store), config.keyring, seals, providers)
             .with_feedback(config.feedback.clone()),
     );
+    // Pauses of provider accounts reported before this start (they outlive a restart).
+    if let Err(e) = vault.resync_pauses().await {
+        tracing::warn!(error = %e, "the pauses of provider accounts could not be read at start");
+    }
     // This server's announcement of its active key (see `keys::announce_active`).
     keys::announce_active(&*store, vault.instance(), vault.keyring().active().id()).await?;
     let callers = Arc::new(CallerRegistry::new(

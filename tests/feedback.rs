@@ -703,3 +703,31 @@ async fn replicas_share_pauses_and_budgets_through_postgresql() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test]
+async fn an_acknowledged_pause_survives_kill_9() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let setup = write_config(dir.path());
+    let mut process = Process::serve(&setup.args, &[], dir.path()).await.unwrap();
+    let mut admin = process.client(&setup.tokens.admin).await;
+    create(&mut admin, "acme", "key-00000001", "acct").await;
+    let mut worker = process.client(&setup.tokens.worker).await;
+    let r = worker
+        .report_provider_response(report("acme", 429, 120))
+        .await
+        .unwrap()
+        .into_inner();
+    let until_at = time_of(&r.paused_until.unwrap());
+
+    process.child.kill().await.unwrap();
+    let process = Process::serve_on(process.addr, &setup.args, &[], dir.path())
+        .await
+        .unwrap();
+    let mut worker = process.client(&setup.tokens.worker).await;
+    assert_eq!(paused_until(&mut worker, "acme").await, Some(until_at));
+    let watcher = worker_client(&process.url(), &setup.tokens.worker);
+    match watcher.try_acquire("acme").await {
+        Err(ClientError::Paused { until }) => assert_eq!(until, until_at),
+        other => panic!("expected the pause after the restart, got {other:?}"),
+    }
+}

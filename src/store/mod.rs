@@ -20,6 +20,10 @@ pub use self::sled::SledStore;
 /// Metadata prefix of seal reservations in snapshots (`seals/<key id>`, u64 big-endian).
 pub const SEALS_META_PREFIX: &str = "seals/";
 
+/// Where sled keeps the pauses of provider accounts: `pauses/<account hex>` to the
+/// end in ms since the epoch (8 bytes, big-endian).
+pub const PAUSES_META_PREFIX: &str = "pauses/";
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -279,10 +283,10 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
-    /// A store shared by replicas keeps the pauses of provider accounts for all
-    /// of them: records that `account` is paused until `until_ms` (the later end
-    /// wins), tells the other replicas, and returns the end in force. `None`:
-    /// this store keeps none (one process: its memory is enough).
+    /// Keeps a pause of a provider account durably (and, for a store shared by
+    /// replicas, for all of them): records that `account` is paused until
+    /// `until_ms` (the later end wins), tells the other replicas, and returns the
+    /// end in force. `None`: this store keeps none (memory alone holds it).
     fn put_pause(
         &self,
         account: &[u8; 32],
@@ -292,7 +296,7 @@ pub trait Store: Send + Sync + 'static {
         async { Ok(None) }
     }
 
-    /// The pauses in force after `now_ms` that a shared store holds (none for one that keeps none).
+    /// The pauses in force after `now_ms` that the store holds (ended ones are dropped).
     fn pauses(
         &self,
         now_ms: i64,

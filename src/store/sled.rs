@@ -1,7 +1,7 @@
 //! The embedded default store: sled, with a name index kept in the same transaction.
 //!
 //! Trees: `credentials` (id to record), `names` (name to id), `meta` (key
-//! checks, seal counts), `usage` (id to last use).
+//! checks, seal counts, pauses of provider accounts), `usage` (id to last use).
 //! Writers share a gate that a snapshot takes alone, so a backup sees one instant.
 //! Writes are acknowledged only after a flush (fsync) that started after them.
 //! Flushes are grouped: one fsync covers every write made before it began.
@@ -21,6 +21,7 @@ use sled::{Db, Tree};
 use super::{Entries, ListItem, Snapshot, Store, StoreError};
 use crate::record::{CredentialRecord, Usage};
 
+use super::PAUSES_META_PREFIX as PAUSES_PREFIX;
 use super::SEALS_META_PREFIX as SEALS_PREFIX;
 
 /// A sled-backed [`Store`].
@@ -268,6 +269,52 @@ impl Store for SledStore {
                 .map_err(|e| self.note(io(e)))?;
         }
         self.durable().await
+    }
+
+    async fn put_pause(
+        &self,
+        account: &[u8; 32],
+        until_ms: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let key = format!("{PAUSES_PREFIX}{}", hex::encode(account));
+        let stored = {
+            let _gate = self.gate.read().await;
+            // The later end wins, atomically against a concurrent report.
+            self.meta
+                .update_and_fetch(key.as_bytes(), |old| {
+                    let old = old
+                        .and_then(|v| <[u8; 8]>::try_from(v).ok())
+                        .map(i64::from_be_bytes);
+                    Some(
+                        old.map_or(until_ms, |o| o.max(until_ms))
+                            .to_be_bytes()
+                            .to_vec(),
+                    )
+                })
+                .map_err(|e| self.note(io(e)))?
+        };
+        self.durable().await?;
+        Ok(stored
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(i64::from_be_bytes))
+    }
+
+    async fn pauses(&self, now_ms: i64) -> Result<Vec<([u8; 32], i64)>, StoreError> {
+        let mut live = Vec::new();
+        for (key, value) in self.meta(PAUSES_PREFIX).await? {
+            let account = hex::decode(&key[PAUSES_PREFIX.len()..])
+                .ok()
+                .and_then(|a| <[u8; 32]>::try_from(a).ok());
+            let until = <[u8; 8]>::try_from(value.as_slice())
+                .ok()
+                .map(i64::from_be_bytes);
+            match (account, until) {
+                (Some(account), Some(until)) if until > now_ms => live.push((account, until)),
+                // Ended (or unreadable): gone, so the tree does not grow.
+                _ => self.remove_meta(&key).await?,
+            }
+        }
+        Ok(live)
     }
 
     async fn remove_meta(&self, key: &str) -> Result<(), StoreError> {
