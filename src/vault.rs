@@ -379,6 +379,8 @@ impl<S: Store> Vault<S> {
         }
         self.feedback.set_key(keyring.active());
         self.sealer.set_keyring(keyring);
+        // Account fingerprints follow the active key: the hub learns them again.
+        self.hub.resync();
         Ok(())
     }
 

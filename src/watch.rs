@@ -136,6 +136,9 @@ struct Subscriber {
 #[derive(Default)]
 struct HubState {
     subscribers: HashMap<Key, Vec<Subscriber>>,
+    /// The provider account of the credential each watched key last read as,
+    /// so that a pause re-reads only the keys of its account.
+    accounts: HashMap<Key, crate::feedback::Account>,
     pending: HashSet<Work>,
     streams_per_caller: HashMap<String, usize>,
     next_stream: u64,
@@ -176,6 +179,7 @@ impl Drop for Subscription {
                 subs.retain(|s| s.stream != self.stream);
                 if subs.is_empty() {
                     state.subscribers.remove(key);
+                    state.accounts.remove(key);
                 }
             }
         }
@@ -221,9 +225,28 @@ impl Hub {
         }
     }
 
-    /// The keys watched now.
-    fn keys(&self) -> Vec<Key> {
-        self.lock().subscribers.keys().cloned().collect()
+    /// The watched keys whose credential speaks for `account`.
+    fn keys_of(&self, account: &crate::feedback::Account) -> Vec<Key> {
+        let state = self.lock();
+        state
+            .accounts
+            .iter()
+            .filter(|(_, a)| *a == account)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Notes the account `key`'s credential speaks for now (`None`: no credential).
+    fn note_account(&self, key: &Key, account: Option<crate::feedback::Account>) {
+        let mut state = self.lock();
+        match account {
+            Some(a) if state.subscribers.contains_key(key) => {
+                state.accounts.insert(key.clone(), a);
+            }
+            _ => {
+                state.accounts.remove(key);
+            }
+        }
     }
 
     /// Reads every watched credential again (a lost notification is caught here).
@@ -359,60 +382,70 @@ pub async fn run_hub<S: Store>(
     }
 }
 
+/// Offers what was read for `keys` and notes the account it speaks for.
+fn offer<S: Store>(vault: &Vault<S>, hub: &Hub, keys: &[Key], seen: &Seen) {
+    let account = match seen {
+        Seen::Present(record) => vault.open(record).ok().map(|s| vault.account_of(&s)),
+        Seen::Gone(_) | Seen::Absent | Seen::Denied => None,
+    };
+    for key in keys {
+        hub.note_account(key, account);
+        hub.deliver(key, seen);
+    }
+}
+
+/// The credential `key` names now, if any.
+async fn read_key<S: Store>(
+    vault: &Vault<S>,
+    key: &Key,
+) -> Result<Option<Arc<CredentialRecord>>, Error> {
+    match key {
+        Key::Id(id) => vault.peek(id).await,
+        Key::Name(name) => match vault.peek_name(name).await? {
+            Some(id) => vault.peek(&id).await,
+            None => Ok(None),
+        },
+    }
+}
+
 async fn read_and_offer<S: Store>(vault: &Vault<S>, hub: &Hub, work: &Work) -> Result<(), Error> {
     match work {
         Work::Changed(id, name) => {
             match vault.peek(id).await? {
                 Some(record) => {
-                    let seen = Seen::Present(Arc::clone(&record));
-                    hub.deliver(&Key::Id(id.clone()), &seen);
-                    hub.deliver(&Key::Name(record.name.clone()), &seen);
+                    let keys = [Key::Id(id.clone()), Key::Name(record.name.clone())];
+                    offer(vault, hub, &keys, &Seen::Present(record));
                 }
                 None => {
-                    let seen = Seen::Gone(id.clone());
-                    hub.deliver(&Key::Id(id.clone()), &seen);
-                    hub.deliver(&Key::Name(name.clone()), &seen);
+                    let keys = [Key::Id(id.clone()), Key::Name(name.clone())];
+                    offer(vault, hub, &keys, &Seen::Gone(id.clone()));
                 }
             }
             metrics::watch_read("change");
         }
-        Work::Refresh(key @ Key::Id(id)) => {
-            let seen = match vault.peek(id).await? {
-                Some(record) => Seen::Present(record),
-                None => Seen::Gone(id.clone()),
+        Work::Refresh(key) => {
+            let seen = match (read_key(vault, key).await?, key) {
+                (Some(record), _) => Seen::Present(record),
+                (None, Key::Id(id)) => Seen::Gone(id.clone()),
+                (None, Key::Name(_)) => Seen::Absent,
             };
-            hub.deliver(key, &seen);
+            offer(vault, hub, std::slice::from_ref(key), &seen);
             metrics::watch_read("refresh");
         }
         Work::Account(account) => {
-            // Pauses are rare: each watched credential is read and its account
-            // compared (its secret opened in memory), no index to keep.
-            for key in hub.keys() {
-                let record = match &key {
-                    Key::Id(id) => vault.peek(id).await?,
-                    Key::Name(name) => match vault.peek_name(name).await? {
-                        Some(id) => vault.peek(&id).await?,
-                        None => None,
-                    },
-                };
-                let Some(record) = record else { continue };
-                let Ok(secret) = vault.open(&record) else {
-                    continue;
-                };
-                if vault.account_of(&secret) == *account {
-                    hub.deliver(&key, &Seen::Present(record));
+            // Only the keys last read as this account's: each read again, offered
+            // with the pause (the streams look it up as they render).
+            for key in hub.keys_of(account) {
+                if let Some(record) = read_key(vault, &key).await? {
+                    offer(
+                        vault,
+                        hub,
+                        std::slice::from_ref(&key),
+                        &Seen::Present(record),
+                    );
                 }
+                metrics::watch_read("pause");
             }
-            metrics::watch_read("pause");
-        }
-        Work::Refresh(key @ Key::Name(name)) => {
-            let record = match vault.peek_name(name).await? {
-                Some(id) => vault.peek(&id).await?,
-                None => None,
-            };
-            let seen = record.map_or(Seen::Absent, Seen::Present);
-            hub.deliver(key, &seen);
-            metrics::watch_read("refresh");
         }
     }
     Ok(())

@@ -731,3 +731,41 @@ async fn an_acknowledged_pause_survives_kill_9() {
         other => panic!("expected the pause after the restart, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_master_key_rotation_a_pause_still_reaches_every_watcher() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let setup = write_config(dir.path());
+    let key = || {
+        credvault::crypto::MasterKey::generate_base64()
+            .as_str()
+            .to_owned()
+    };
+    let (k1, k2) = (key(), key());
+    std::fs::write(&setup.key, format!("k1 = {k1}\n")).unwrap();
+    let process = Process::serve(&setup.args, &[], dir.path()).await.unwrap();
+    let mut admin = process.client(&setup.tokens.admin).await;
+    create(&mut admin, "acme-etl", "key-0000000a", "acct-acme").await;
+    create(&mut admin, "acme-sync", "key-0000000b", "acct-acme").await;
+    let watcher = worker_client(&process.url(), &setup.tokens.worker);
+    watcher.headers("acme-sync").await.unwrap();
+    until(Duration::from_secs(10), "the stream up", || async {
+        watcher.is_connected()
+    })
+    .await;
+
+    // Account fingerprints are keyed from the active master key: k2 from the reload
+    // on. Nothing else is written meanwhile (a rewrap would let the hub re-read).
+    std::fs::write(&setup.key, format!("k1 = {k1}\nk2 = {k2}\n")).unwrap();
+    process.wait_for_log(&["keyring reloaded"]).await;
+    let reporter = worker_client(&process.url(), &setup.tokens.worker);
+    let got = reporter
+        .report("acme-etl", 429, Some(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let until_at = got.paused_until.unwrap();
+    until(Duration::from_secs(5), "the pause reaches the watcher", || async {
+        matches!(watcher.try_acquire("acme-sync").await, Err(ClientError::Paused { until }) if until == until_at)
+    })
+    .await;
+}
