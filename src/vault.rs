@@ -244,9 +244,16 @@ impl<S: Store> Vault<S> {
         if !self.feedback.any_paused() {
             return None;
         }
-        let secret = self.open(record).ok()?;
+        self.paused_for(&self.open(record).ok()?)
+    }
+
+    /// The end of the pause of the account `secret` speaks for, while one is in force.
+    fn paused_for(&self, secret: &ProviderSecret) -> Option<i64> {
+        if !self.feedback.any_paused() {
+            return None;
+        }
         self.feedback
-            .paused_until(&self.account_of(&secret), feedback::now_ms())
+            .paused_until(&self.account_of(secret), feedback::now_ms())
     }
 
     /// Pauses `account` until `until_ms` for every server sharing the store and
@@ -288,9 +295,7 @@ impl<S: Store> Vault<S> {
     /// Takes up to `want` requests from the budget of `record`'s account: for
     /// every replica when the store is shared, else in this process's memory.
     pub async fn take_tokens(&self, record: &CredentialRecord, want: u32) -> Result<Grant, Error> {
-        let secret = self.open(record)?;
-        let account = self.account_of(&secret);
-        drop(secret);
+        let account = self.account_of(&self.open(record)?);
         let now = feedback::now_ms();
         let ms = |d: i64| u32::try_from(d.max(0)).unwrap_or(u32::MAX);
         if let Some(until) = self.feedback.paused_until(&account, now) {
@@ -608,12 +613,7 @@ impl<S: Store> Vault<S> {
                 &SecretFormatError::UnknownProvider(record.provider.clone()),
             )
         })?;
-        let paused_until_ms = if self.feedback.any_paused() {
-            self.feedback
-                .paused_until(&self.account_of(&secret), feedback::now_ms())
-        } else {
-            None
-        };
+        let paused_until_ms = self.paused_for(&secret);
         self.note_use(&record.id, reader);
         Ok(HeadersRead {
             headers,
