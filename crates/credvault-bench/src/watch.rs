@@ -1,7 +1,7 @@
 //! Workers holding their headers (credvault-client over WatchCredentialHeaders):
-//! a cache hit in process beside the RPC it replaces, propagation of an update to
-//! many watching clients, the cost of many idle streams, and propagation from one
-//! PostgreSQL replica to watchers on another.
+//! a cache hit in process beside the RPC it replaces, propagation of an update and
+//! of a reported 429's pause to many watching clients, the cost of many idle
+//! streams, and propagation from one PostgreSQL replica to watchers on another.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -166,6 +166,58 @@ async fn propagation(
     })
 }
 
+/// `rounds` 429 reports through `clients[0]`, each asking for a longer pause; after
+/// each is answered, how long until each client holds the pause (its `try_acquire`
+/// says `Paused`): per-client lags and per-round "all hold".
+async fn pause_propagation(
+    clients: &[credvault_client::Client],
+    name: &str,
+    rounds: usize,
+) -> Value {
+    let mut each = histogram_ns();
+    let mut all = histogram_ns();
+    for round in 0..rounds {
+        let retry_after = Duration::from_secs(60 + round as u64);
+        let sent = Instant::now();
+        let report = clients[0]
+            .report(name, 429, Some(retry_after))
+            .await
+            .expect("the report");
+        let until = report.paused_until.expect("a pause");
+        let mut pending: Vec<usize> = (0..clients.len()).collect();
+        while !pending.is_empty() {
+            let mut still = Vec::with_capacity(pending.len());
+            for i in pending {
+                match clients[i].try_acquire(name).await {
+                    Err(credvault_client::Error::Paused { until: held }) if held >= until => {
+                        let _ = each.record(sent.elapsed().as_nanos() as u64);
+                    }
+                    _ => still.push(i),
+                }
+            }
+            pending = still;
+            assert!(
+                sent.elapsed() < Duration::from_secs(60),
+                "{} watchers never held the pause",
+                pending.len()
+            );
+            tokio::task::yield_now().await;
+        }
+        let _ = all.record(sent.elapsed().as_nanos() as u64);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e6;
+    json!({
+        "watchers": clients.len(),
+        "rounds": rounds,
+        "each_p50_ms": ms(&each, 0.5),
+        "each_p99_ms": ms(&each, 0.99),
+        "all_hold_p50_ms": ms(&all, 0.5),
+        "all_hold_p99_ms": ms(&all, 0.99),
+        "all_hold_max_ms": all.max() as f64 / 1e6,
+    })
+}
+
 /// `n` clients, each on its own connection, holding `name`'s headers and watching it.
 async fn watching_clients(
     addr: &str,
@@ -290,6 +342,14 @@ pub(crate) async fn figures(
         "propagation".into(),
         json!({"figures": figures, "server_rss_before_mb": rss_before, "server_rss_with_watchers_mb": rss_watching}),
     );
+    // A worker's 429 report: its pause pushed to the same watchers (#16), timed from
+    // when the report was sent.
+    let figures = pause_propagation(&clients, "watch-propagation", rounds.min(10)).await;
+    eprintln!(
+        "a 429 report's pause to {} watching clients: {figures}",
+        args.watchers
+    );
+    out.insert("pause_propagation".into(), json!({ "figures": figures }));
     drop(clients);
 
     // 3. Many idle streams on one server: memory and idle CPU.
