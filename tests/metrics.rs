@@ -69,6 +69,52 @@ async fn metrics_show_requests_latency_credentials_and_verifications() {
         .list_credentials(api::ListCredentialsRequest::default())
         .await
         .unwrap_err();
+    // Reports (a 429 and a 500) and leases of a budget of 60 a minute (a lease is at most 6).
+    for (status, retry_after) in [(429, 30), (500, 0)] {
+        worker
+            .report_provider_response(api::ReportProviderResponseRequest {
+                r#ref: Some(api::report_provider_response_request::Ref::Name(
+                    "two".into(),
+                )),
+                http_status: status,
+                retry_after_seconds: retry_after,
+                version: 0,
+            })
+            .await
+            .unwrap();
+    }
+    let lease = |name: &str| api::AcquireRequestTokensRequest {
+        r#ref: Some(api::acquire_request_tokens_request::Ref::Name(name.into())),
+        count: 10,
+    };
+    let budget = |name: &str| api::UpdateCredentialRequest {
+        r#ref: Some(api::update_credential_request::Ref::Name(name.into())),
+        request_budget_per_minute: Some(60),
+        ..Default::default()
+    };
+    admin.update_credential(budget("one")).await.unwrap();
+    // "one" shares the paused account of "two": nothing until the pause ends.
+    let paused = worker
+        .acquire_request_tokens(lease("one"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(paused.granted, 0);
+    assert!(paused.paused_until.is_some());
+    create(&mut admin, "four", "key-good-00000001", "acct-2").await;
+    admin.update_credential(budget("four")).await.unwrap();
+    // 60 a minute, at most 6 a lease: ten leases spend the window, the eleventh gets none.
+    let mut granted = Vec::new();
+    for _ in 0..11 {
+        let g = worker
+            .acquire_request_tokens(lease("four"))
+            .await
+            .unwrap()
+            .into_inner();
+        granted.push(g.granted);
+    }
+    // (Were a minute to turn during the loop, the new window would grant again.)
+    let window_turned = granted.iter().sum::<u32>() > 60;
 
     let body = reqwest::get(format!("http://{metrics_addr}/metrics"))
         .await
@@ -77,18 +123,30 @@ async fn metrics_show_requests_latency_credentials_and_verifications() {
         .await
         .unwrap();
     for series in [
-        r#"credvault_requests_total{method="CreateCredential",code="OK"} 3"#,
+        r#"credvault_requests_total{method="CreateCredential",code="OK"} 4"#,
         r#"credvault_requests_total{method="GetCredentialHeaders",code="OK"} 5"#,
         r#"credvault_requests_total{method="GetCredentialHeaders",code="NOT_FOUND"} 1"#,
         r#"credvault_requests_total{method="ListCredentials",code="PERMISSION_DENIED"} 1"#,
         r#"credvault_request_duration_seconds_bucket{method="GetCredentialHeaders",le="+Inf"} 6"#,
         r#"credvault_request_duration_seconds_count{method="VerifyCredential"} 1"#,
-        "credvault_credentials 2",
+        "credvault_credentials 3",
         r#"credvault_verifications_total{provider="fleetio",status="VERIFICATION_STATUS_VALID",source="rpc"} 1"#,
         "# TYPE credvault_request_duration_seconds histogram",
         "# HELP credvault_credentials credentials stored",
+        r#"credvault_provider_reports_total{status="429",action="paused"} 1"#,
+        r#"credvault_provider_reports_total{status="5xx",action="ignored"} 1"#,
+        "credvault_account_pauses_total 1",
     ] {
         assert!(body.contains(series), "missing {series:?} in\n{body}");
+    }
+    if !window_turned {
+        assert_eq!(granted, [6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 0]);
+        for series in [
+            "credvault_budget_requests_granted_total 60",
+            "credvault_budget_requests_refused_total 6",
+        ] {
+            assert!(body.contains(series), "missing {series:?} in\n{body}");
+        }
     }
     assert!(
         !body.contains("key-good") && !body.contains("acct-1"),
