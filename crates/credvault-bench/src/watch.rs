@@ -116,66 +116,90 @@ async fn cache_hits(
     })
 }
 
+/// Waits until `holds` is true of every client, asking each in turn and yielding
+/// between passes; records each client's lag since `since` in `each`, and the
+/// whole round's in `all`.
+async fn until_all_hold<F, Fut>(
+    clients: &[credvault_client::Client],
+    since: Instant,
+    what: &str,
+    each: &mut Histogram<u64>,
+    all: &mut Histogram<u64>,
+    holds: F,
+) where
+    F: Fn(credvault_client::Client) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let mut pending: Vec<usize> = (0..clients.len()).collect();
+    while !pending.is_empty() {
+        let mut still = Vec::with_capacity(pending.len());
+        for i in pending {
+            // A clone is an `Arc`'s: the check owns its client.
+            if holds(clients[i].clone()).await {
+                let _ = each.record(since.elapsed().as_nanos() as u64);
+            } else {
+                still.push(i);
+            }
+        }
+        pending = still;
+        assert!(
+            since.elapsed() < Duration::from_secs(60),
+            "{} watchers never held {what}",
+            pending.len()
+        );
+        tokio::task::yield_now().await;
+    }
+    let _ = all.record(since.elapsed().as_nanos() as u64);
+}
+
+/// Per-client lags and per-round "all hold" times of `rounds` rounds, in ms.
+fn lags(watchers: usize, rounds: usize, each: &Histogram<u64>, all: &Histogram<u64>) -> Value {
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e6;
+    json!({
+        "watchers": watchers,
+        "rounds": rounds,
+        "each_p50_ms": ms(each, 0.5),
+        "each_p99_ms": ms(each, 0.99),
+        "all_hold_p50_ms": ms(all, 0.5),
+        "all_hold_p99_ms": ms(all, 0.99),
+        "all_hold_max_ms": all.max() as f64 / 1e6,
+    })
+}
+
 /// `rounds` updates through `writer`; after each acknowledgement, how long until
-/// each of `clients` holds the new version: per-client lags and per-round "all hold".
+/// each of `clients` holds the new version.
 async fn propagation(
     writer: &Vault,
     clients: &[credvault_client::Client],
     name: &str,
     rounds: usize,
 ) -> Value {
-    let mut each = histogram_ns();
-    let mut all = histogram_ns();
+    let (mut each, mut all) = (histogram_ns(), histogram_ns());
     let mut version = clients[0].headers(name).await.expect("held").version();
     for round in 0..rounds {
         touch(writer, name, round).await;
         let acked = Instant::now();
         version += 1;
-        let mut pending: Vec<usize> = (0..clients.len()).collect();
-        while !pending.is_empty() {
-            let mut still = Vec::with_capacity(pending.len());
-            for i in pending {
-                match clients[i].headers(name).await {
-                    Ok(h) if h.version() >= version => {
-                        let _ = each.record(acked.elapsed().as_nanos() as u64);
-                    }
-                    _ => still.push(i),
-                }
-            }
-            pending = still;
-            assert!(
-                acked.elapsed() < Duration::from_secs(60),
-                "{} watchers never got version {version}",
-                pending.len()
-            );
-            tokio::task::yield_now().await;
-        }
-        let _ = all.record(acked.elapsed().as_nanos() as u64);
+        let what = format!("version {version}");
+        until_all_hold(clients, acked, &what, &mut each, &mut all, |c| async move {
+            c.headers(name).await.is_ok_and(|h| h.version() >= version)
+        })
+        .await;
         // Rounds apart, so each measures one update.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e6;
-    json!({
-        "watchers": clients.len(),
-        "rounds": rounds,
-        "each_p50_ms": ms(&each, 0.5),
-        "each_p99_ms": ms(&each, 0.99),
-        "all_hold_p50_ms": ms(&all, 0.5),
-        "all_hold_p99_ms": ms(&all, 0.99),
-        "all_hold_max_ms": all.max() as f64 / 1e6,
-    })
+    lags(clients.len(), rounds, &each, &all)
 }
 
-/// `rounds` 429 reports through `clients[0]`, each asking for a longer pause; after
-/// each is answered, how long until each client holds the pause (its `try_acquire`
-/// says `Paused`): per-client lags and per-round "all hold".
+/// `rounds` 429 reports through `clients[0]`, each asking for a longer pause; from
+/// when each is sent, how long until each client holds the pause (its
+/// `try_acquire` says `Paused`).
 async fn pause_propagation(
     clients: &[credvault_client::Client],
     name: &str,
     rounds: usize,
 ) -> Value {
-    let mut each = histogram_ns();
-    let mut all = histogram_ns();
+    let (mut each, mut all) = (histogram_ns(), histogram_ns());
     for round in 0..rounds {
         let retry_after = Duration::from_secs(60 + round as u64);
         let sent = Instant::now();
@@ -184,38 +208,13 @@ async fn pause_propagation(
             .await
             .expect("the report");
         let until = report.paused_until.expect("a pause");
-        let mut pending: Vec<usize> = (0..clients.len()).collect();
-        while !pending.is_empty() {
-            let mut still = Vec::with_capacity(pending.len());
-            for i in pending {
-                match clients[i].try_acquire(name).await {
-                    Err(credvault_client::Error::Paused { until: held }) if held >= until => {
-                        let _ = each.record(sent.elapsed().as_nanos() as u64);
-                    }
-                    _ => still.push(i),
-                }
-            }
-            pending = still;
-            assert!(
-                sent.elapsed() < Duration::from_secs(60),
-                "{} watchers never held the pause",
-                pending.len()
-            );
-            tokio::task::yield_now().await;
-        }
-        let _ = all.record(sent.elapsed().as_nanos() as u64);
+        until_all_hold(clients, sent, "the pause", &mut each, &mut all, |c| async move {
+            matches!(c.try_acquire(name).await, Err(credvault_client::Error::Paused { until: held }) if held >= until)
+        })
+        .await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e6;
-    json!({
-        "watchers": clients.len(),
-        "rounds": rounds,
-        "each_p50_ms": ms(&each, 0.5),
-        "each_p99_ms": ms(&each, 0.99),
-        "all_hold_p50_ms": ms(&all, 0.5),
-        "all_hold_p99_ms": ms(&all, 0.99),
-        "all_hold_max_ms": all.max() as f64 / 1e6,
-    })
+    lags(clients.len(), rounds, &each, &all)
 }
 
 /// `n` clients, each on its own connection, holding `name`'s headers and watching it.
