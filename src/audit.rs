@@ -52,6 +52,9 @@ pub struct AuditEvent {
     /// For a summary of refused calls: how many it stands for (0: one call, this one).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub count: u64,
+    /// Where the call came in: `console` for the web console; empty for gRPC.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub channel: String,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -79,6 +82,9 @@ pub struct AuditEntry<'a> {
     pub reason: &'a str,
     #[serde(skip_serializing_if = "is_zero")]
     pub count: u64,
+    /// `console` for a call made through the web console; empty for gRPC.
+    #[serde(skip_serializing_if = "is_empty")]
+    pub channel: &'a str,
 }
 
 impl<'a> AuditEntry<'a> {
@@ -95,6 +101,7 @@ impl<'a> AuditEntry<'a> {
             secret_fingerprint: "",
             reason: "",
             count: 0,
+            channel: "",
         }
     }
 }

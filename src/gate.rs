@@ -60,6 +60,15 @@ pub const VAULT_METHODS: &[&str] = &[
 #[derive(Clone, Debug)]
 pub struct Authenticated(pub Arc<Caller>, pub Identity);
 
+/// Where a call that did not come through the gate came in (the web console,
+/// which signs its callers in itself): its channel name for the audit trail and
+/// the browser's address.
+#[derive(Clone, Copy, Debug)]
+pub struct Via {
+    pub channel: &'static str,
+    pub peer: Option<SocketAddr>,
+}
+
 /// What a request path names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Route {

@@ -18,7 +18,7 @@ use crate::error::Error;
 use crate::feedback::{
     self, MAX_BUDGET_PER_MINUTE, MAX_LEASE_REQUEST, MAX_REPORTED_RETRY_AFTER_SECS,
 };
-use crate::gate::Authenticated;
+use crate::gate::{Authenticated, Via};
 use crate::metrics;
 use crate::provider::Catalog;
 use crate::record::{self, CredentialRecord, Usage, Verification, VerificationStatus};
@@ -138,7 +138,9 @@ impl<S: Store> VaultService<S> {
         Fut: Future<Output = Result<Resp, Error>>,
     {
         let start = Instant::now();
-        let peer = request.remote_addr();
+        let via = request.extensions().get::<Via>().copied();
+        let peer = request.remote_addr().or(via.and_then(|v| v.peer));
+        let channel = via.map_or("", |v| v.channel);
         // One event per call, with every field on it (no span: entering and
         // recording one per call would cost the hot path for nothing).
         let mut call = None;
@@ -175,6 +177,7 @@ impl<S: Store> VaultService<S> {
             code: metrics::code_name(result.as_ref().err().map_or(Code::Ok, Error::code)),
             secret_fingerprint: &target.fingerprint,
             reason: &target.note,
+            channel,
             ..AuditEntry::new(SystemTime::now(), caller, peer)
         };
         // A secret leaves only once its event has reached the operating system (or
@@ -823,6 +826,7 @@ fn audit_to_api(e: crate::audit::AuditEvent) -> api::AuditEvent {
         secret_fingerprint: e.secret_fingerprint,
         reason: e.reason,
         count: e.count,
+        channel: e.channel,
     }
 }
 

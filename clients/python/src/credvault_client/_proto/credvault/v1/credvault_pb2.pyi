@@ -387,7 +387,7 @@ class WatchCredentialHeadersResponse(_message.Message):
     def __init__(self, index: _Optional[int] = ..., state: _Optional[_Union[WatchState, str]] = ..., credential_id: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[int] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., base_url: _Optional[str] = ..., last_verification: _Optional[_Union[Verification, _Mapping]] = ..., message: _Optional[str] = ..., synced: _Optional[bool] = ..., paused_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_budget_per_minute: _Optional[int] = ...) -> None: ...
 
 class AuditEvent(_message.Message):
-    __slots__ = ("time", "caller", "peer", "method", "credential_id", "credential_name", "code", "secret_fingerprint", "reason", "count")
+    __slots__ = ("time", "caller", "peer", "method", "credential_id", "credential_name", "code", "secret_fingerprint", "reason", "count", "channel")
     TIME_FIELD_NUMBER: _ClassVar[int]
     CALLER_FIELD_NUMBER: _ClassVar[int]
     PEER_FIELD_NUMBER: _ClassVar[int]
@@ -398,6 +398,7 @@ class AuditEvent(_message.Message):
     SECRET_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
     time: _timestamp_pb2.Timestamp
     caller: str
     peer: str
@@ -408,7 +409,8 @@ class AuditEvent(_message.Message):
     secret_fingerprint: str
     reason: str
     count: int
-    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., caller: _Optional[str] = ..., peer: _Optional[str] = ..., method: _Optional[str] = ..., credential_id: _Optional[str] = ..., credential_name: _Optional[str] = ..., code: _Optional[str] = ..., secret_fingerprint: _Optional[str] = ..., reason: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
+    channel: str
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., caller: _Optional[str] = ..., peer: _Optional[str] = ..., method: _Optional[str] = ..., credential_id: _Optional[str] = ..., credential_name: _Optional[str] = ..., code: _Optional[str] = ..., secret_fingerprint: _Optional[str] = ..., reason: _Optional[str] = ..., count: _Optional[int] = ..., channel: _Optional[str] = ...) -> None: ...
 
 class ListAuditEventsRequest(_message.Message):
     __slots__ = ("credential_id", "credential_name", "caller", "start_time", "end_time", "page_size", "page_token")
