@@ -110,6 +110,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Where to serve Prometheus `/metrics`, if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The web console, when it is turned on (`--console-listen`).
+    pub console: Option<crate::console::ConsoleSettings>,
     /// Limits and timing of `WatchCredentialHeaders` streams.
     pub watch: crate::watch::WatchSettings,
     /// Workers' reports and request budgets.

@@ -47,6 +47,7 @@ pub mod audit;
 pub mod auth;
 pub mod backup;
 pub mod config;
+pub mod console;
 pub mod crypto;
 pub mod error;
 pub mod feedback;

@@ -233,6 +233,46 @@ async fn serve<S: Store>(
         },
     );
 
+    let service = Arc::new(service);
+    let console = match &config.console {
+        Some(settings) => {
+            let listener = transport::bind(settings.listen, config.transport.listen_backlog)
+                .map_err(|e| {
+                    ServeError::Transport(format!("cannot listen on {}: {e}", settings.listen))
+                })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|e| ServeError::Transport(e.to_string()))?;
+            let tls = config
+                .tls
+                .as_ref()
+                .map(|t| transport::tls_acceptor_for(t, b"http/1.1"))
+                .transpose()?;
+            let catalog: crate::console::CatalogSource = {
+                let vault = Arc::clone(&vault);
+                Arc::new(move || vault.providers().current())
+            };
+            let console = Arc::new(crate::console::Console::new(
+                Arc::clone(&service),
+                Arc::clone(&callers),
+                catalog,
+                Arc::clone(&audit),
+                Arc::clone(&refusals),
+                settings,
+                config.transport.request_timeout,
+                tls.is_some(),
+            ));
+            let task = tokio::spawn(console.serve(
+                listener,
+                tls,
+                config.transport.handshake_timeout,
+                stop_rx.clone(),
+            ));
+            Some((bound, task))
+        }
+        None => None,
+    };
+
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(api::FILE_DESCRIPTOR_SET)
@@ -339,6 +379,7 @@ async fn serve<S: Store>(
         audit_sync = audit.sync().as_str(),
         audit_fail_open = audit.fail_open(),
         metrics = %shown(config.metrics_listen),
+        console = %shown(console.as_ref().map(|(a, _)| *a)),
         reverify_interval = ?config.reverify.interval,
         fd_limit_before = fd_limit.map_or(0, |l| l.before),
         fd_limit = fd_limit.map_or(0, |l| l.soft),
@@ -375,7 +416,8 @@ async fn serve<S: Store>(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
-            CredentialVaultServiceServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES),
+            CredentialVaultServiceServer::from_arc(service)
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
         );
     let serve = async move {
         match tls {
@@ -408,6 +450,9 @@ async fn serve<S: Store>(
     }
     if let Some((_, server)) = health_only {
         let _ = server.await;
+    }
+    if let Some((_, console)) = console {
+        console.abort();
     }
     if let Err(e) = vault.flush_usage().await {
         tracing::warn!(error = %e, "last uses could not be recorded at shutdown");

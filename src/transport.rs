@@ -527,6 +527,15 @@ pub fn http2_error_name(code: u32) -> &'static str {
 /// The TLS acceptor of the gRPC port: the server's certificate, and with a client
 /// CA, optional client certificates (callers may also come with tokens).
 pub fn tls_acceptor(tls: &TlsSettings) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
+    tls_acceptor_for(tls, b"h2")
+}
+
+/// The same certificate and client CA for another protocol (ALPN `alpn`): the
+/// web console speaks `http/1.1`.
+pub fn tls_acceptor_for(
+    tls: &TlsSettings,
+    alpn: &[u8],
+) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let read = |p: &std::path::Path| {
@@ -577,7 +586,7 @@ pub fn tls_acceptor(tls: &TlsSettings) -> Result<tokio_rustls::TlsAcceptor, TlsE
     let mut config = builder
         .with_single_cert(chain, key)
         .map_err(|e| invalid(&tls.cert, e.to_string()))?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 

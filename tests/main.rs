@@ -11,6 +11,7 @@ mod auth;
 mod backup;
 mod cli;
 mod client;
+mod console;
 mod faults;
 mod feedback;
 mod grpcurl;

@@ -279,6 +279,16 @@ struct ServeArgs {
     /// Serve Prometheus metrics on this address (HTTP, /metrics), e.g. 0.0.0.0:9090.
     #[arg(long, env = "CREDVAULT_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Serve the operator console (a web page) on this address, e.g. 127.0.0.1:8080:
+    /// HTTP, or HTTPS with the server's certificate when --tls-cert is set. Off unless set.
+    #[arg(long, env = "CREDVAULT_CONSOLE_LISTEN")]
+    console_listen: Option<SocketAddr>,
+    /// How long a console session lasts after sign-in.
+    #[arg(long, env = "CREDVAULT_CONSOLE_SESSION_TTL", default_value = "8h", value_parser = humantime::parse_duration)]
+    console_session_ttl: Duration,
+    /// Console sessions open at once, server-wide (a sign-in beyond it is refused).
+    #[arg(long, env = "CREDVAULT_CONSOLE_MAX_SESSIONS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    console_max_sessions: u32,
     /// Longest wait for in-flight calls to finish once connections stop being accepted.
     #[arg(long, env = "CREDVAULT_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
@@ -992,6 +1002,13 @@ fn resolve(dev: bool, args: &ServeArgs) -> anyhow::Result<Config> {
         drain_delay: args.drain_delay,
         shutdown_grace: args.shutdown_grace,
         metrics_listen: args.metrics_listen,
+        console: args
+            .console_listen
+            .map(|listen| credvault::console::ConsoleSettings {
+                listen,
+                session_ttl: args.console_session_ttl,
+                max_sessions: args.console_max_sessions as usize,
+            }),
         watch: credvault::watch::WatchSettings {
             max_credentials: args.watch.watch_max_credentials as usize,
             max_streams_per_caller: args.watch.watch_max_streams_per_caller as usize,

@@ -109,6 +109,17 @@ impl TryFrom<api::FleetioSecret> for ProviderSecret {
     }
 }
 
+/// The request message of a secret given field by field (the web console's
+/// form); fields it does not name are left out, and validated by the RPC.
+pub fn from_fields(fields: &mut std::collections::HashMap<String, String>) -> api::FleetioSecret {
+    let mut take = |name: &str| fields.remove(name).unwrap_or_default();
+    api::FleetioSecret {
+        api_key: take("api_key"),
+        account_token: take("account_token"),
+        api_version: take("api_version"),
+    }
+}
+
 /// The request message redacts its secret values (build.rs derives no Debug for it).
 impl fmt::Debug for api::FleetioSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -13,7 +13,7 @@
 //! arrive as a `GenericSecret` (provider name plus named fields).
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::ops::Deref;
 use std::path::PathBuf;
@@ -338,6 +338,33 @@ macro_rules! registry {
                 }
             }
 
+            /// A create request's secret oneof from a form's fields by name (the
+            /// web console), for the provider named `provider`; left unvalidated.
+            pub fn create_secret_from_fields(
+                &self,
+                provider: &str,
+                mut fields: HashMap<String, String>,
+            ) -> api::create_credential_request::Secret {
+                use api::create_credential_request::Secret;
+                $(if provider == $module::PROVIDER.name() {
+                    return Secret::$arm($module::from_fields(&mut fields));
+                })+
+                Secret::Generic(api::GenericSecret { provider: provider.to_owned(), fields })
+            }
+
+            /// An update request's secret oneof from a form's fields by name.
+            pub fn update_secret_from_fields(
+                &self,
+                provider: &str,
+                mut fields: HashMap<String, String>,
+            ) -> api::update_credential_request::Secret {
+                use api::update_credential_request::Secret;
+                $(if provider == $module::PROVIDER.name() {
+                    return Secret::$arm($module::from_fields(&mut fields));
+                })+
+                Secret::Generic(api::GenericSecret { provider: provider.to_owned(), fields })
+            }
+
             /// The secret oneof of an update request, validated by its provider.
             pub fn update_secret(
                 &self,
@@ -493,6 +520,14 @@ impl Catalog {
             .map(|e| e.provider.name())
             .collect::<Vec<_>>()
             .join(", ")
+    }
+
+    /// Every provider's name and secret fields, built-in first (the console's forms).
+    pub fn forms(&self) -> Vec<(String, Vec<Field>)> {
+        self.entries
+            .iter()
+            .map(|e| (e.provider.name().to_owned(), e.provider.fields().to_vec()))
+            .collect()
     }
 
     /// How many providers are declared (not built in).

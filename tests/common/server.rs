@@ -260,6 +260,7 @@ impl TestServer {
             drain_delay: Duration::ZERO,
             shutdown_grace: Duration::from_secs(5),
             metrics_listen: None,
+            console: None,
             watch: opts.watch.clone(),
             feedback: opts.feedback.clone(),
         };
@@ -392,6 +393,7 @@ pub fn bare_config(dir: &Path, keys: &str) -> Config {
         drain_delay: Duration::ZERO,
         shutdown_grace: Duration::from_secs(1),
         metrics_listen: None,
+        console: None,
         watch: Default::default(),
         feedback: Default::default(),
     }
