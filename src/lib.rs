@@ -36,6 +36,8 @@
 //!   hears of every change (local writes, other replicas', resyncs) and the streams
 //!   that push each change to workers holding headers in memory;
 //! - [`service`]: the gRPC service itself;
+//! - [`console`]: the operator console, a web page on its own listener whose every action is
+//!   an RPC of [`service`] called as the signed-in caller (sessions, CSRF, the HTML);
 //! - [`server`]: [`run`], which serves the vault, health and reflection until shutdown;
 //! - [`error`]: the error enum and its mapping onto gRPC status codes;
 //! - [`telemetry`] and [`metrics`]: logging and Prometheus metrics.

@@ -64,7 +64,9 @@ def save(d, name):
 
 def assert_labelled(d):
     """Every visible control has a label that names it."""
-    controls = d.find_elements(By.CSS_SELECTOR, "input:not([type=hidden]), select, textarea")
+    controls = d.find_elements(
+        By.CSS_SELECTOR, "input:not([type=hidden]), select, textarea"
+    )
     assert controls, "the page has controls"
     for el in controls:
         ident = el.get_attribute("id")
@@ -99,7 +101,9 @@ def submit_with_enter(d):
     """Presses Enter in the focused field and waits for the next page to load."""
     old = d.find_element(By.TAG_NAME, "html")
     active(d).send_keys(Keys.ENTER)
-    WebDriverWait(d, 10).until(lambda d: old.id != d.find_element(By.TAG_NAME, "html").id)
+    WebDriverWait(d, 10).until(
+        lambda d: old.id != d.find_element(By.TAG_NAME, "html").id
+    )
 
 
 def sign_in_by_keyboard(d, token):
@@ -135,7 +139,10 @@ def test_an_operator_adds_checks_rotates_and_deletes(browser):
     assert d.find_element(By.ID, "f-verify").is_selected(), "verify is on by default"
     for ident in ["f-api_key", "f-account_token"]:
         el = d.find_element(By.ID, ident)
-        assert el.get_attribute("type") == "password" and el.get_attribute("autocomplete") == "off"
+        assert (
+            el.get_attribute("type") == "password"
+            and el.get_attribute("autocomplete") == "off"
+        )
     save(d, "03-add")
     type_into(d, "f-name", "fleet-main")
     type_into(d, "f-description", "Main Fleetio account")
@@ -152,14 +159,18 @@ def test_an_operator_adds_checks_rotates_and_deletes(browser):
     d.find_element(By.ID, "f-name").send_keys("fleet-bad")
     d.find_element(By.ID, "f-api_key").send_keys(KEY_OK)
     d.find_element(By.ID, "f-account_token").send_keys(TOKEN_BAD)
-    d.find_element(By.CSS_SELECTOR, "form[action='/credentials/new'] button[type=submit]").click()
+    d.find_element(
+        By.CSS_SELECTOR, "form[action='/credentials/new'] button[type=submit]"
+    ).click()
     error = d.find_element(By.ID, "err-account_token").text
     assert "rejected the account_token" in error, error
     token_input = d.find_element(By.ID, "f-account_token")
     assert token_input.get_attribute("aria-invalid") == "true"
     assert token_input.get_attribute("value") == "", "a secret is never filled back in"
     assert d.find_element(By.ID, "f-api_key").get_attribute("value") == ""
-    assert d.find_element(By.ID, "f-name").get_attribute("value") == "fleet-bad", "the rest is kept"
+    assert d.find_element(By.ID, "f-name").get_attribute("value") == "fleet-bad", (
+        "the rest is kept"
+    )
     save(d, "05-add-rejected")
 
     # The list, filtered on status VALID: the new one is there, the rejected one nowhere.
@@ -168,7 +179,9 @@ def test_an_operator_adds_checks_rotates_and_deletes(browser):
     tab_to(d, "f-status").send_keys("valid")
     tab_until(d, lambda el: el.text == "Filter", "the Filter button")
     submit_with_enter(d)
-    names = [a.text for a in d.find_elements(By.CSS_SELECTOR, "tbody tr td:first-child a")]
+    names = [
+        a.text for a in d.find_elements(By.CSS_SELECTOR, "tbody tr td:first-child a")
+    ]
     assert names == ["fleet-main"], names
     row = row_of(d, "fleet-main")
     assert row.find_element(By.CSS_SELECTOR, ".status").text == "valid"
@@ -184,14 +197,22 @@ def test_an_operator_adds_checks_rotates_and_deletes(browser):
     assert "…" + KEY_ROTATED[-4:] in facts and "\n2\n" in facts, facts
     d.find_element(By.CSS_SELECTOR, "form[action$='/verify'] button").click()
     assert notice(d).startswith("Verified with the provider")
-    audit = d.find_element(By.CSS_SELECTOR, "section[aria-labelledby=h-audit] table").text
-    assert "VerifyCredential" in audit and "UpdateCredential" in audit and "console" in audit, audit
+    audit = d.find_element(
+        By.CSS_SELECTOR, "section[aria-labelledby=h-audit] table"
+    ).text
+    assert (
+        "VerifyCredential" in audit
+        and "UpdateCredential" in audit
+        and "console" in audit
+    ), audit
     save(d, "07-rotated-verified")
 
     # Delete: only once the name is typed.
     type_into(d, "f-confirm_name", "fleet-wrong")
     submit_with_enter(d)
-    assert "type the credential's name" in d.find_element(By.ID, "err-confirm_name").text
+    assert (
+        "type the credential's name" in d.find_element(By.ID, "err-confirm_name").text
+    )
     save(d, "08-delete-unconfirmed")
     type_into(d, "f-confirm_name", "fleet-main")
     submit_with_enter(d)
@@ -215,14 +236,18 @@ def test_a_viewer_sees_no_write_controls_and_pages_through(browser):
     assert len(rows) == 25, "a page holds 25"
     # Expiring soon is highlighted, and filtered on.
     soon = row_of(d, "fleet-expiring")
-    assert soon is not None and "soon" in soon.find_elements(By.TAG_NAME, "td")[4].get_attribute("class")
+    assert soon is not None and "soon" in soon.find_elements(By.TAG_NAME, "td")[
+        4
+    ].get_attribute("class")
     save(d, "10-viewer-credentials")
     d.find_element(By.LINK_TEXT, "Next page").click()
     assert len(d.find_elements(By.CSS_SELECTOR, "tbody tr")) >= 3
     d.find_element(By.LINK_TEXT, "First page").click()
     d.find_element(By.ID, "f-expiring").click()
     d.find_element(By.CSS_SELECTOR, "form.filters button").click()
-    names = [a.text for a in d.find_elements(By.CSS_SELECTOR, "tbody tr td:first-child a")]
+    names = [
+        a.text for a in d.find_elements(By.CSS_SELECTOR, "tbody tr td:first-child a")
+    ]
     assert names == ["fleet-expiring"], names
     save(d, "11-viewer-expiring")
     d.find_element(By.LINK_TEXT, "fleet-expiring").click()
