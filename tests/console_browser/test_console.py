@@ -97,13 +97,23 @@ def type_into(d, ident, text):
     tab_to(d, ident).send_keys(text)
 
 
-def submit_with_enter(d):
-    """Presses Enter in the focused field and waits for the next page to load."""
+def navigate(d, act):
+    """Does `act` and waits until the next page has replaced this one."""
     old = d.find_element(By.TAG_NAME, "html")
-    active(d).send_keys(Keys.ENTER)
-    WebDriverWait(d, 10).until(
+    act()
+    WebDriverWait(d, 20).until(
         lambda d: old.id != d.find_element(By.TAG_NAME, "html").id
     )
+
+
+def submit_with_enter(d):
+    """Presses Enter in the focused field and waits for the next page."""
+    navigate(d, lambda: active(d).send_keys(Keys.ENTER))
+
+
+def click(d, el):
+    """Clicks a link or button and waits for the next page."""
+    navigate(d, el.click)
 
 
 def sign_in_by_keyboard(d, token):
@@ -159,9 +169,12 @@ def test_an_operator_adds_checks_rotates_and_deletes(browser):
     d.find_element(By.ID, "f-name").send_keys("fleet-bad")
     d.find_element(By.ID, "f-api_key").send_keys(KEY_OK)
     d.find_element(By.ID, "f-account_token").send_keys(TOKEN_BAD)
-    d.find_element(
-        By.CSS_SELECTOR, "form[action='/credentials/new'] button[type=submit]"
-    ).click()
+    click(
+        d,
+        d.find_element(
+            By.CSS_SELECTOR, "form[action='/credentials/new'] button[type=submit]"
+        ),
+    )
     error = d.find_element(By.ID, "err-account_token").text
     assert "rejected the account_token" in error, error
     token_input = d.find_element(By.ID, "f-account_token")
@@ -188,14 +201,14 @@ def test_an_operator_adds_checks_rotates_and_deletes(browser):
     save(d, "06-credentials-valid")
 
     # Rotate (checked with Fleetio first), then verify now.
-    row.find_element(By.TAG_NAME, "a").click()
+    click(d, row.find_element(By.TAG_NAME, "a"))
     d.find_element(By.ID, "f-api_key").send_keys(KEY_ROTATED)
     d.find_element(By.ID, "f-account_token").send_keys(TOKEN_ROTATED)
-    d.find_element(By.CSS_SELECTOR, "form[action$='/rotate'] button").click()
+    click(d, d.find_element(By.CSS_SELECTOR, "form[action$='/rotate'] button"))
     assert notice(d) == "Secret rotated."
     facts = d.find_element(By.CSS_SELECTOR, "dl.facts").text
     assert "…" + KEY_ROTATED[-4:] in facts and "\n2\n" in facts, facts
-    d.find_element(By.CSS_SELECTOR, "form[action$='/verify'] button").click()
+    click(d, d.find_element(By.CSS_SELECTOR, "form[action$='/verify'] button"))
     assert notice(d).startswith("Verified with the provider")
     audit = d.find_element(
         By.CSS_SELECTOR, "section[aria-labelledby=h-audit] table"
@@ -222,7 +235,7 @@ def test_an_operator_adds_checks_rotates_and_deletes(browser):
     save(d, "09-deleted")
 
     # Sign out: the session is gone.
-    d.find_element(By.CSS_SELECTOR, "form.signout button").click()
+    click(d, d.find_element(By.CSS_SELECTOR, "form.signout button"))
     assert "/sign-in" in d.current_url
     d.get(URL + "/credentials")
     assert "/sign-in" in d.current_url
@@ -240,17 +253,17 @@ def test_a_viewer_sees_no_write_controls_and_pages_through(browser):
         4
     ].get_attribute("class")
     save(d, "10-viewer-credentials")
-    d.find_element(By.LINK_TEXT, "Next page").click()
+    click(d, d.find_element(By.LINK_TEXT, "Next page"))
     assert len(d.find_elements(By.CSS_SELECTOR, "tbody tr")) >= 3
-    d.find_element(By.LINK_TEXT, "First page").click()
+    click(d, d.find_element(By.LINK_TEXT, "First page"))
     d.find_element(By.ID, "f-expiring").click()
-    d.find_element(By.CSS_SELECTOR, "form.filters button").click()
+    click(d, d.find_element(By.CSS_SELECTOR, "form.filters button"))
     names = [
         a.text for a in d.find_elements(By.CSS_SELECTOR, "tbody tr td:first-child a")
     ]
     assert names == ["fleet-expiring"], names
     save(d, "11-viewer-expiring")
-    d.find_element(By.LINK_TEXT, "fleet-expiring").click()
+    click(d, d.find_element(By.LINK_TEXT, "fleet-expiring"))
     forms = [f.get_attribute("action") for f in d.find_elements(By.TAG_NAME, "form")]
     assert all(f.endswith("/sign-out") for f in forms), forms
     save(d, "12-viewer-credential")
