@@ -766,6 +766,31 @@ async fn a_declared_providers_form_is_drawn_from_its_declaration() {
         )
         .await;
     assert_eq!(edited.status, 303, "{}", edited.body);
+    let page = b.get(&edited.location).await;
+    let (was, now) = (
+        hidden(&page.body, "was_description"),
+        hidden(&page.body, "was_expire_date"),
+    );
+    assert_eq!((was.as_str(), now.as_str()), ("edited", "2031-01-31"));
+    let current = hidden(&page.body, "version");
+    let unchanged = b
+        .post(
+            &format!("{at}/edit"),
+            &[
+                ("csrf", &csrf),
+                ("version", &current),
+                ("description", "edited"),
+                ("was_description", "edited"),
+                ("expire_date", "2031-01-31"),
+                ("was_expire_date", "2031-01-31"),
+            ],
+            &[],
+        )
+        .await;
+    assert!(
+        unchanged.location.ends_with("?done=unchanged"),
+        "an unchanged form makes no new version"
+    );
     let bad = b
         .post(
             &format!("{at}/edit"),
@@ -779,6 +804,7 @@ async fn a_declared_providers_form_is_drawn_from_its_declaration() {
         )
         .await;
     assert_eq!(bad.status, 409, "an edit of an older version is refused");
+    assert!(bad.body.contains("expected 1"), "{}", bad.body);
     let mut admin = process.client(&setup.tokens.admin).await;
     let stored = admin
         .get_credential(api::GetCredentialRequest {
@@ -794,4 +820,37 @@ async fn a_declared_providers_form_is_drawn_from_its_declaration() {
         ("fleetio-declared", "edited")
     );
     assert_eq!(stored.expire_time.unwrap().seconds, 1_927_670_399);
+}
+
+#[tokio::test]
+async fn a_flood_of_wrong_sign_ins_and_oversized_forms_stay_bounded() {
+    let tmp = tempfile::TempDir::new().unwrap();
+    let fake = fake_fleetio().await;
+    let (_process, setup, console) = start(tmp.path(), &fake, &[]).await;
+    let mut b = Browser::new(&console);
+    let page = b.get("/sign-in").await;
+    let sign_in = hidden(&page.body, "sign_in");
+    for i in 0..200 {
+        let token = format!("cv_wrong-{i}");
+        let no = b
+            .post("/sign-in", &[("sign_in", &sign_in), ("token", &token)], &[])
+            .await;
+        assert_eq!(no.status, 401);
+    }
+    let audit = std::fs::read_to_string(tmp.path().join("data/audit.jsonl")).unwrap();
+    let audited = audit
+        .lines()
+        .filter(|l| l.contains("\"ConsoleSignIn\"") && l.contains("UNAUTHENTICATED"))
+        .count();
+    assert!(
+        (1..=credvault::refusals::FULL_PER_PEER as usize).contains(&audited),
+        "{audited} refusals audited one by one; the rest are summarized"
+    );
+    // A form past 64 KiB is refused before it is read whole; sign-in still works.
+    let huge = "x".repeat(100 * 1024);
+    let big = b
+        .post("/sign-in", &[("sign_in", &sign_in), ("token", &huge)], &[])
+        .await;
+    assert_eq!(big.status, 413);
+    b.sign_in(&setup.tokens.admin).await;
 }

@@ -868,12 +868,22 @@ impl<T: CredentialVaultService> Console<T> {
                             .await;
                     }
                 };
+                // Only what the operator changed: an unchanged form makes no new version.
+                let description = form
+                    .get("description")
+                    .filter(|d| form.get("was_description") != Some(*d))
+                    .cloned();
+                let was_expiry = form.get("was_expire_date").map_or("", |v| v.as_str());
+                let expiry_changed = form.get("expire_date").map_or("", |v| v.trim()) != was_expiry;
+                if description.is_none() && !expiry_changed {
+                    return redirect(&format!("/credentials/{id}?done=unchanged"));
+                }
                 let request = api::UpdateCredentialRequest {
                     r#ref: Some(api::update_credential_request::Ref::Id(reference(id))),
                     expected_version: version,
-                    description: form.get("description").cloned(),
-                    clear_expire_time: expire_time.is_none(),
-                    expire_time,
+                    description,
+                    clear_expire_time: expiry_changed && expire_time.is_none(),
+                    expire_time: expire_time.filter(|_| expiry_changed),
                     ..Default::default()
                 };
                 let r = self
@@ -1138,6 +1148,7 @@ fn done_text(done: &str) -> Option<&'static str> {
         "rotated" => "Secret rotated.",
         "verified" => "Verified with the provider: the result is below.",
         "deleted" => "Credential deleted.",
+        "unchanged" => "Nothing was changed.",
         _ => return None,
     })
 }

@@ -469,6 +469,8 @@ pub fn credential(viewer: &Viewer<'_>, page: &CredentialPage<'_>) -> Markup {
                     form method="post" action=(action("edit")) {
                         (csrf(viewer))
                         input type="hidden" name="version" value=(c.version);
+                        input type="hidden" name="was_description" value=(c.description);
+                        input type="hidden" name="was_expire_date" value=(expire_date);
                         div.field {
                             label for="f-description" { "Description" }
                             textarea id="f-description" name="description" rows="2"
