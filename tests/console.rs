@@ -182,7 +182,7 @@ async fn an_operator_works_the_console_in_a_real_browser() {
     }
     assert!(pages >= 12, "{pages} pages saved");
     assert_no_secret("the server's log", &(process.stderr() + &process.stdout()));
-    let audit = std::fs::read_to_string(tmp.path().join("data/audit.jsonl")).unwrap();
+    let audit = audit_when(tmp.path(), |a| a.contains("\"ConsoleSignOut\"")).await;
     assert_no_secret("the audit trail", &audit);
     // The console's calls are the RPCs, audited with the console as their channel.
     let console_events: Vec<serde_json::Value> = audit
@@ -441,7 +441,7 @@ async fn forms_without_their_token_from_another_origin_or_by_a_viewer_are_refuse
     assert_eq!(no.status, 401);
     assert!(no.body.contains("invalid bearer token"));
     assert_eq!(stranger.get("/credentials").await.location, "/sign-in");
-    let audit = std::fs::read_to_string(tmp.path().join("data/audit.jsonl")).unwrap();
+    let audit = audit_when(tmp.path(), |a| a.contains("UNAUTHENTICATED")).await;
     assert!(audit.lines().any(|l| l.contains("\"ConsoleSignIn\"")
         && l.contains("UNAUTHENTICATED")
         && l.contains("\"console\"")));
@@ -551,7 +551,7 @@ async fn no_secret_is_in_a_page_header_redirect_or_log_line() {
         assert_no_secret(&format!("answer {i}"), answer);
     }
     assert_no_secret("the server's log", &(process.stderr() + &process.stdout()));
-    let audit = std::fs::read_to_string(tmp.path().join("data/audit.jsonl")).unwrap();
+    let audit = audit_when(tmp.path(), |a| a.contains("\"VerifyCredential\"")).await;
     assert_no_secret("the audit trail", &audit);
     // The secret went where it belongs: Fleetio saw it, and a worker gets it.
     let mut worker = process.client(&setup.tokens.admin).await;
@@ -837,6 +837,9 @@ async fn a_flood_of_wrong_sign_ins_and_oversized_forms_stay_bounded() {
             .await;
         assert_eq!(no.status, 401);
     }
+    audit_when(tmp.path(), |a| a.contains("UNAUTHENTICATED")).await;
+    // Whatever was queued is written by now; a flood adds no more lines one by one.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let audit = std::fs::read_to_string(tmp.path().join("data/audit.jsonl")).unwrap();
     let audited = audit
         .lines()
@@ -853,4 +856,17 @@ async fn a_flood_of_wrong_sign_ins_and_oversized_forms_stay_bounded() {
         .await;
     assert_eq!(big.status, 413);
     b.sign_in(&setup.tokens.admin).await;
+}
+
+/// The audit file once `ready` holds of it (events without a secret are written
+/// moments after their call is answered).
+async fn audit_when(dir: &Path, ready: impl Fn(&str) -> bool) -> String {
+    let path = dir.join("data/audit.jsonl");
+    let mut text = String::new();
+    until(Duration::from_secs(10), "the audit events", || {
+        text = std::fs::read_to_string(&path).unwrap_or_default();
+        std::future::ready(ready(&text))
+    })
+    .await;
+    text
 }
