@@ -870,3 +870,74 @@ async fn audit_when(dir: &Path, ready: impl Fn(&str) -> bool) -> String {
     .await;
     text
 }
+
+#[tokio::test]
+async fn idle_and_stalled_console_connections_keep_no_worker_from_its_headers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tmp = tempfile::TempDir::new().unwrap();
+    let fake = fake_fleetio().await;
+    let (process, setup, console) = start(tmp.path(), &fake, &[]).await;
+    let mut admin = process.client(&setup.tokens.admin).await;
+    create(&mut admin, "held", KEY_OK, TOKEN_OK).await;
+    let addr = console.trim_start_matches("http://").to_owned();
+    let rss_before = process.rss_mb();
+
+    // 300 idle connections: the console's cap (256) holds, the rest are closed at once.
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let mut closed = 0;
+    for conn in &mut idle {
+        let mut byte = [0u8; 1];
+        if let Ok(Ok(0)) =
+            tokio::time::timeout(Duration::from_millis(20), conn.read(&mut byte)).await
+        {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 44, "{closed} of 300 closed at once");
+    idle.truncate(256);
+    // The worker's hot path is another port, untouched.
+    let mut worker = process.client(&setup.tokens.admin).await;
+    let read = tokio::time::timeout(
+        Duration::from_secs(5),
+        worker.get_credential_headers(api::GetCredentialHeadersRequest {
+            r#ref: Some(api::get_credential_headers_request::Ref::Name(
+                "held".into(),
+            )),
+        }),
+    )
+    .await
+    .expect("headers while the console is flooded")
+    .unwrap();
+    assert_eq!(read.into_inner().headers.len(), 2);
+    drop(idle);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A request whose headers never end, and a form body that stalls.
+    let mut headers = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut body = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    headers
+        .write_all(b"GET /sign-in HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    body.write_all(b"POST /sign-in HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\nsign_in=").await.unwrap();
+    let deadline = Duration::from_secs(15);
+    let mut answer = Vec::new();
+    let ended = tokio::time::timeout(deadline, headers.read_to_end(&mut answer)).await;
+    assert!(
+        ended.is_ok(),
+        "a request whose headers never end is closed (10 s deadline)"
+    );
+    let mut answer = String::new();
+    tokio::time::timeout(deadline, body.read_to_string(&mut answer))
+        .await
+        .expect("a stalled form body is answered")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // Memory stayed put, and the console serves again.
+    let grown = process.rss_mb() - rss_before;
+    assert!(grown < 20.0, "RSS grew {grown:.1} MB");
+    let mut b = Browser::new(&console);
+    assert_eq!(b.get("/sign-in").await.status, 200);
+}
