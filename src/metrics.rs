@@ -36,6 +36,8 @@ const REPORTS: &str = "credvault_provider_reports_total";
 const PAUSES: &str = "credvault_account_pauses_total";
 const BUDGET_GRANTED: &str = "credvault_budget_requests_granted_total";
 const BUDGET_REFUSED: &str = "credvault_budget_requests_refused_total";
+const CONSOLE_REQUESTS: &str = "credvault_console_requests_total";
+const CONSOLE_SESSIONS: &str = "credvault_console_sessions";
 
 /// Latency buckets from 100 µs to 10 s.
 const BUCKETS: &[f64] = &[
@@ -104,6 +106,11 @@ pub fn install(addr: SocketAddr) -> Result<(), MetricsError> {
     describe_counter!(REQUESTS, "gRPC requests handled, by method and status code");
     describe_histogram!(LATENCY, Unit::Seconds, "gRPC request latency, by method");
     describe_gauge!(CREDENTIALS, "credentials stored");
+    describe_counter!(
+        CONSOLE_REQUESTS,
+        "web console requests answered, by HTTP status"
+    );
+    describe_gauge!(CONSOLE_SESSIONS, "web console sessions open");
     describe_gauge!(
         SEALS,
         "data keys sealed by each master key (rotate well before 2^32)"
@@ -263,6 +270,29 @@ async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
         });
     })
     .await;
+}
+
+/// Records one answered console request.
+pub fn console_request(status: u16) {
+    let status = match status {
+        200 => "200",
+        303 => "303",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        409 => "409",
+        413 => "413",
+        422 => "422",
+        _ if status >= 500 => "5xx",
+        _ => "other",
+    };
+    counter!(CONSOLE_REQUESTS, "status" => status).increment(1);
+}
+
+/// Sets the number of open console sessions.
+pub fn console_sessions(open: usize) {
+    gauge!(CONSOLE_SESSIONS).set(open as f64);
 }
 
 /// Records one handled RPC. A no-op when no recorder is installed.

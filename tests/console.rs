@@ -326,7 +326,8 @@ fn hidden(html: &str, name: &str) -> String {
 async fn forms_without_their_token_from_another_origin_or_by_a_viewer_are_refused() {
     let tmp = tempfile::TempDir::new().unwrap();
     let fake = fake_fleetio().await;
-    let (process, setup, console) = start(tmp.path(), &fake, &[]).await;
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let (process, setup, console) = start(tmp.path(), &fake, &["--metrics-listen", &metrics]).await;
     let mut admin = process.client(&setup.tokens.admin).await;
     let kept = create(&mut admin, "kept", KEY_OK, TOKEN_OK).await;
 
@@ -426,6 +427,11 @@ async fn forms_without_their_token_from_another_origin_or_by_a_viewer_are_refuse
         ["kept", "sneaky"],
         "only the proper form stored anything"
     );
+
+    // The refusals are counted; two sessions are open.
+    let refused = metric(&metrics, "credvault_console_requests_total{status=\"403\"}").await;
+    assert!(refused >= 6.0, "{refused} refusals counted");
+    assert_eq!(metric(&metrics, "credvault_console_sessions").await, 2.0);
 
     // A wrong token signs nobody in, and is audited.
     let mut stranger = Browser::new(&console);

@@ -227,6 +227,8 @@ impl<T: CredentialVaultService> Console<T> {
                 HeaderValue::from_static("max-age=31536000"),
             );
         }
+        crate::metrics::console_request(reply.status().as_u16());
+        crate::metrics::console_sessions(self.sessions.len());
         tracing::info!(
             method = %method,
             path,
