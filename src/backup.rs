@@ -39,6 +39,12 @@ pub struct BackupFile {
     pub meta: Vec<Entry>,
     #[prost(message, repeated, tag = "6")]
     pub usage: Vec<Entry>,
+    /// Deleted credentials, recoverable until purged.
+    #[prost(message, repeated, tag = "7")]
+    pub deleted: Vec<Entry>,
+    /// Erasable keys (`<id>/<seal id>`): without them a format 3 secret does not open.
+    #[prost(message, repeated, tag = "8")]
+    pub erasable: Vec<Entry>,
 }
 
 /// One stored key and value.
@@ -106,6 +112,8 @@ pub fn encode(snapshot: Snapshot) -> Vec<u8> {
         records: entries(snapshot.records),
         meta: entries(snapshot.meta),
         usage: entries(snapshot.usage),
+        deleted: entries(snapshot.deleted),
+        erasable: entries(snapshot.erasable),
     };
     let mut out = Vec::with_capacity(MAGIC.len() + body.encoded_len() + CHECKSUM_LEN);
     out.extend_from_slice(MAGIC);
@@ -137,6 +145,8 @@ pub fn decode(bytes: &[u8]) -> Result<(Snapshot, BackupSummary), BackupError> {
         records: unentries(body.records),
         meta: unentries(body.meta),
         usage: unentries(body.usage),
+        deleted: unentries(body.deleted),
+        erasable: unentries(body.erasable),
     };
     let summary = BackupSummary {
         create_time: body

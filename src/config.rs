@@ -112,6 +112,10 @@ pub struct Config {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// The web console, when it is turned on (`--console-listen`).
     pub console: Option<crate::console::ConsoleSettings>,
+    /// Secret versions kept per credential, the current one included (`--keep-versions`).
+    pub keep_versions: usize,
+    /// How long a deleted credential stays recoverable (`--recovery-window`; zero: none).
+    pub recovery_window: Duration,
     /// Limits and timing of `WatchCredentialHeaders` streams.
     pub watch: crate::watch::WatchSettings,
     /// Workers' reports and request budgets.

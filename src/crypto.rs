@@ -52,6 +52,9 @@ pub enum OpenError {
     /// Opened with the wrong key, or altered, or moved to another record.
     #[error("authentication of the sealed data failed")]
     Failed,
+    /// Its erasable key is gone: the version was destroyed (or the key file lost).
+    #[error("its erasable key is gone")]
+    Erased,
 }
 
 /// A sealed secret as stored: which key sealed it, the nonce and the ciphertext with its tag.
@@ -198,6 +201,26 @@ pub fn valid_key_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// The sealing key of a format 3 secret: its data key XOR its erasable key, a
+/// two-of-two split of a uniformly random key. The data key (wrapped by the master
+/// key in the record, and in any old copy of it) and the erasable key (kept where
+/// it can be erased) are independent and uniform, so either alone says nothing of
+/// the sealing key: once the erasable key is gone, no copy of the ciphertext opens.
+fn mix(erasable: &[u8], data_key: &[u8]) -> Zeroizing<[u8; KEY_LEN]> {
+    let mut key = Zeroizing::new([0u8; KEY_LEN]);
+    for (k, (e, d)) in key.iter_mut().zip(erasable.iter().zip(data_key)) {
+        *k = e ^ d;
+    }
+    key
+}
+
+/// 32 fresh random bytes: an erasable key.
+pub fn erasable_key() -> Zeroizing<[u8; KEY_LEN]> {
+    let mut key = Zeroizing::new([0u8; KEY_LEN]);
+    OsRng.fill_bytes(key.as_mut());
+    key
+}
+
 fn open_with(
     cipher: &Aes256Gcm,
     sealed: &Sealed,
@@ -313,6 +336,17 @@ impl Keyring {
     }
 
     fn unwrap_data_key(&self, data_key: &Sealed, key_aad: &[u8]) -> Result<Aes256Gcm, OpenError> {
+        self.unwrap_mixed(data_key, key_aad, None)
+    }
+
+    /// Unwraps a data key; with an erasable key, the cipher is keyed by the data
+    /// key XOR the erasable key (see `mix`), so it opens only while both exist.
+    fn unwrap_mixed(
+        &self,
+        data_key: &Sealed,
+        key_aad: &[u8],
+        erasable: Option<&[u8]>,
+    ) -> Result<Aes256Gcm, OpenError> {
         let master = self
             .get(&data_key.key_id)
             .ok_or_else(|| OpenError::UnknownKey(data_key.key_id.clone()))?;
@@ -320,7 +354,62 @@ impl Keyring {
         if raw.len() != KEY_LEN {
             return Err(OpenError::Failed);
         }
-        Ok(Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&raw)))
+        match erasable {
+            None => Ok(Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&raw))),
+            Some(e) if e.len() == KEY_LEN => {
+                let mixed = mix(e, &raw);
+                Ok(Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(mixed.as_ref())))
+            }
+            Some(_) => Err(OpenError::Erased),
+        }
+    }
+
+    /// Seals `plaintext` under a new data key (wrapped by the active master key)
+    /// mixed with `erasable` (32 bytes): see [`Keyring::open_envelope_mixed`].
+    pub fn seal_envelope_mixed(
+        &self,
+        key_aad: &[u8],
+        secret_aad: &[u8],
+        plaintext: &[u8],
+        erasable: &[u8; KEY_LEN],
+    ) -> Envelope {
+        let mut raw = Zeroizing::new([0u8; KEY_LEN]);
+        OsRng.fill_bytes(raw.as_mut());
+        let mixed = mix(erasable, raw.as_ref());
+        let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(mixed.as_ref()));
+        let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+        let ciphertext = cipher
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plaintext,
+                    aad: secret_aad,
+                },
+            )
+            .expect("aes-gcm encryption of a bounded plaintext cannot fail");
+        Envelope {
+            data_key: self.active().seal(key_aad, raw.as_ref()),
+            secret: Sealed {
+                key_id: String::new(),
+                nonce: nonce.to_vec(),
+                ciphertext,
+            },
+        }
+    }
+
+    /// Opens an envelope sealed by [`Keyring::seal_envelope_mixed`]: `None` when the
+    /// erasable key is gone fails with [`OpenError::Erased`].
+    pub fn open_envelope_mixed(
+        &self,
+        data_key: &Sealed,
+        key_aad: &[u8],
+        secret: &Sealed,
+        secret_aad: &[u8],
+        erasable: Option<&[u8]>,
+    ) -> Result<Zeroizing<Vec<u8>>, OpenError> {
+        let erasable = erasable.ok_or(OpenError::Erased)?;
+        let cipher = self.unwrap_mixed(data_key, key_aad, Some(erasable))?;
+        open_with(&cipher, secret, secret_aad)
     }
 
     /// Opens an envelope: unwraps its data key with the master key it names, then the secret.
@@ -348,6 +437,26 @@ impl Keyring {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mixed_envelope_opens_only_with_its_erasable_key() {
+        let ring = Keyring::single(key());
+        let e = erasable_key();
+        let env = ring.seal_envelope_mixed(b"k", b"s", b"secret", &e);
+        let open = |erasable: Option<&[u8]>| {
+            ring.open_envelope_mixed(&env.data_key, b"k", &env.secret, b"s", erasable)
+        };
+        assert_eq!(open(Some(e.as_slice())).unwrap().as_slice(), b"secret");
+        assert!(matches!(
+            open(Some(erasable_key().as_slice())),
+            Err(OpenError::Failed)
+        ));
+        assert!(matches!(open(None), Err(OpenError::Erased)));
+        // The data key alone (the master key's part) opens nothing.
+        assert!(ring
+            .open_envelope(&env.data_key, b"k", &env.secret, b"s")
+            .is_err());
+    }
 
     fn key() -> MasterKey {
         MasterKey::from_base64(&MasterKey::generate_base64()).unwrap()

@@ -27,7 +27,8 @@
 //!   [`provider::Catalog`];
 //! - [`validate`]: request validation;
 //! - [`vault`]: the domain: create, update, delete, list and read credentials within a
-//!   caller's scope, one check-and-set loop, rewrap, provider checks and their results;
+//!   caller's scope, one check-and-set loop, secret versions (rollback, destroy), the
+//!   recovery window of deletes and its purge, rewrap, provider checks and their results;
 //! - [`backup`]: consistent, still-encrypted backups and their restore;
 //! - [`reverify`]: the background re-verifier;
 //! - [`feedback`]: workers' reports of the providers' answers: paused accounts,

@@ -4,8 +4,15 @@
 //! envelope encryption (see [`crate::crypto`]): the secret sealed by a random
 //! data key, the data key wrapped by a master key. Both are bound to the
 //! record's id (and the secret to its provider) by [`crate::sealing`], so they
-//! cannot be moved to another record. Format 1 records, sealed directly by the master key, are
-//! still read; a rewrap upgrades them.
+//! cannot be moved to another record. Format 3 (written now) also mixes a per-version
+//! *erasable key* into the key that seals the secret: that key is kept outside the record
+//! (see [`crate::store`]), so erasing it destroys every copy of that version's ciphertext,
+//! wherever the engine left one (sled's log segments, PostgreSQL's dead rows). Formats 1
+//! (sealed directly by the master key) and 2 (no erasable key) are still read; a rewrap
+//! upgrades them.
+//!
+//! A record keeps the secrets it replaced as [`SecretVersion`]s (newest first), each
+//! sealed like the current one; a deleted record is kept whole, with when it goes for good.
 
 use std::time::SystemTime;
 
@@ -15,8 +22,10 @@ use prost_types::Timestamp;
 use crate::crypto::Sealed;
 
 /// The format number written into every record; a reader refuses others.
-pub const RECORD_FORMAT: u32 = 2;
-/// The older format: the secret sealed directly by the master key (no data key).
+pub const RECORD_FORMAT: u32 = 3;
+/// The format before erasable keys: a data key wrapped by the master key.
+pub const RECORD_FORMAT_ENVELOPE: u32 = 2;
+/// The oldest format: the secret sealed directly by the master key (no data key).
 pub const RECORD_FORMAT_DIRECT: u32 = 1;
 
 /// One credential as stored.
@@ -66,6 +75,85 @@ pub struct CredentialRecord {
     /// The provider account's request budget, shared through leases (0: none).
     #[prost(uint32, tag = "16")]
     pub request_budget_per_minute: u32,
+    /// The secrets this one replaced, newest first (at most `--keep-versions` - 1).
+    #[prost(message, repeated, tag = "17")]
+    pub history: Vec<SecretVersion>,
+    /// The version that made the current secret current (0: written before history was kept).
+    #[prost(uint64, tag = "18")]
+    pub secret_version: u64,
+    /// When, and by which caller, the current secret was written.
+    #[prost(message, optional, tag = "19")]
+    pub secret_create_time: Option<Timestamp>,
+    #[prost(string, tag = "20")]
+    pub secret_created_by: String,
+    /// Format 3: names the erasable key mixed into the current secret's sealing key.
+    #[prost(uint64, tag = "21")]
+    pub seal_id: u64,
+    /// A deleted record: when it was deleted, by whom, and when it is purged for good.
+    #[prost(message, optional, tag = "22")]
+    pub delete_time: Option<Timestamp>,
+    #[prost(message, optional, tag = "23")]
+    pub purge_time: Option<Timestamp>,
+    #[prost(string, tag = "24")]
+    pub deleted_by: String,
+    /// The erasable keys of this record's versions, as the store read them (never
+    /// written into the record: [`CredentialRecord::to_bytes`] leaves them out).
+    #[prost(message, repeated, tag = "30")]
+    pub erasable: Vec<ErasableKey>,
+}
+
+/// A secret a newer one replaced, sealed as it was (format 3), or destroyed.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SecretVersion {
+    /// The record version that made this secret current.
+    #[prost(uint64, tag = "1")]
+    pub version: u64,
+    #[prost(message, optional, tag = "2")]
+    pub create_time: Option<Timestamp>,
+    #[prost(string, tag = "3")]
+    pub created_by: String,
+    #[prost(string, tag = "4")]
+    pub api_key_hint: String,
+    /// The last verification recorded while it was current.
+    #[prost(message, optional, tag = "5")]
+    pub last_verification: Option<Verification>,
+    /// The sealed secret and its wrapped data key; both gone once destroyed.
+    #[prost(message, optional, tag = "6")]
+    pub secret: Option<Sealed>,
+    #[prost(message, optional, tag = "7")]
+    pub data_key: Option<Sealed>,
+    /// Names its erasable key.
+    #[prost(uint64, tag = "8")]
+    pub seal_id: u64,
+    #[prost(string, repeated, tag = "9")]
+    pub secret_fields: Vec<String>,
+    /// When, and by whom, it was destroyed (its secret and key are gone).
+    #[prost(message, optional, tag = "10")]
+    pub destroy_time: Option<Timestamp>,
+    #[prost(string, tag = "11")]
+    pub destroyed_by: String,
+}
+
+impl SecretVersion {
+    /// Whether its secret was destroyed.
+    pub fn destroyed(&self) -> bool {
+        self.secret.is_none()
+    }
+}
+
+/// One erasable key: 32 random bytes, named by the seal they belong to.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ErasableKey {
+    #[prost(uint64, tag = "1")]
+    pub seal_id: u64,
+    #[prost(bytes = "vec", tag = "2")]
+    pub key: Vec<u8>,
+}
+
+impl Drop for ErasableKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key);
+    }
 }
 
 /// The last read of a credential's secret.
@@ -198,13 +286,53 @@ pub enum DecodeError {
 impl CredentialRecord {
     /// Encodes the record for storage.
     pub fn to_bytes(&self) -> Vec<u8> {
-        self.encode_to_vec()
+        if self.erasable.is_empty() {
+            return self.encode_to_vec();
+        }
+        // Erasable keys live outside the record, where they can be erased.
+        let mut bare = self.clone();
+        bare.erasable.clear();
+        bare.encode_to_vec()
+    }
+
+    /// The erasable key of seal `seal_id`, as the store attached it.
+    pub fn erasable_key(&self, seal_id: u64) -> Option<&[u8]> {
+        self.erasable
+            .iter()
+            .find(|k| k.seal_id == seal_id)
+            .map(|k| k.key.as_slice())
+    }
+
+    /// Every seal id this record's secrets depend on (current and kept versions).
+    pub fn seal_ids(&self) -> Vec<u64> {
+        std::iter::once(self.seal_id)
+            .chain(
+                self.history
+                    .iter()
+                    .filter(|v| !v.destroyed())
+                    .map(|v| v.seal_id),
+            )
+            .filter(|id| *id != 0)
+            .collect()
+    }
+
+    /// The master keys this record depends on: its own and its kept versions'.
+    pub fn master_key_ids(&self) -> Vec<String> {
+        let mut ids = vec![self.master_key_id().to_owned()];
+        for v in &self.history {
+            if let Some(k) = &v.data_key {
+                if !ids.contains(&k.key_id) {
+                    ids.push(k.key_id.clone());
+                }
+            }
+        }
+        ids
     }
 
     /// Decodes a stored record and checks that it is whole and belongs under `id`.
     pub fn from_bytes(id: &str, bytes: &[u8]) -> Result<Self, DecodeError> {
         let record = CredentialRecord::decode(bytes).map_err(|_| DecodeError::Malformed)?;
-        if record.format != RECORD_FORMAT && record.format != RECORD_FORMAT_DIRECT {
+        if ![RECORD_FORMAT, RECORD_FORMAT_ENVELOPE, RECORD_FORMAT_DIRECT].contains(&record.format) {
             return Err(DecodeError::UnknownFormat(record.format));
         }
         if record.id != id {
@@ -216,7 +344,7 @@ impl CredentialRecord {
         if record.secret.is_none() {
             return Err(DecodeError::NoSecret);
         }
-        if record.format == RECORD_FORMAT && record.data_key.is_none() {
+        if record.format != RECORD_FORMAT_DIRECT && record.data_key.is_none() {
             return Err(DecodeError::NoDataKey);
         }
         Ok(record)

@@ -1,8 +1,10 @@
 //! Sealing a credential's secret, in one place: the associated data that binds
-//! each record format's ciphertexts to their record, sealing under a new data key
-//! wrapped by the active master key (every seal counted), opening under the
-//! keyring, and rewrapping a data key. It knows records and keys, not providers
-//! or their HTTP clients, so restore and rewrap open secrets without them.
+//! each record format's ciphertexts to their record (format 3: also to the version
+//! and seal), sealing under a new data key wrapped by the active master key and
+//! mixed with a new erasable key kept by the store (every seal counted), opening
+//! under the keyring, and rewrapping data keys, kept versions' too. It knows
+//! records and keys, not providers or their HTTP clients, so restore and rewrap
+//! open secrets without them.
 
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -10,7 +12,9 @@ use zeroize::Zeroizing;
 
 use crate::crypto::{Keyring, OpenError};
 use crate::keys::{SealCounter, SealRefused};
-use crate::record::{CredentialRecord, RECORD_FORMAT, RECORD_FORMAT_DIRECT};
+use crate::record::{
+    CredentialRecord, ErasableKey, SecretVersion, RECORD_FORMAT, RECORD_FORMAT_DIRECT,
+};
 use crate::store::Store;
 
 fn aad(parts: &[&[u8]]) -> Vec<u8> {
@@ -42,12 +46,41 @@ pub fn data_key_aad(id: &str) -> Vec<u8> {
     aad(&[b"credvault/data-key/v1", id.as_bytes()])
 }
 
+/// Format 3: the associated data that binds a secret to its record, provider and version.
+pub fn versioned_secret_aad(id: &str, provider: &str, version: u64) -> Vec<u8> {
+    aad(&[
+        b"credvault/secret/v3",
+        id.as_bytes(),
+        provider.as_bytes(),
+        &version.to_be_bytes(),
+    ])
+}
+
+/// Format 3: the associated data that binds a wrapped data key to its record and seal.
+pub fn sealed_data_key_aad(id: &str, seal_id: u64) -> Vec<u8> {
+    aad(&[
+        b"credvault/data-key/v2",
+        id.as_bytes(),
+        &seal_id.to_be_bytes(),
+    ])
+}
+
 /// Opens a record's secret with `keyring`: the plaintext its provider encoded.
 pub fn open_record(
     keyring: &Keyring,
     record: &CredentialRecord,
 ) -> Result<Zeroizing<Vec<u8>>, OpenError> {
     let secret = record.secret.as_ref().ok_or(OpenError::Failed)?;
+    if record.format == RECORD_FORMAT {
+        let data_key = record.data_key.as_ref().ok_or(OpenError::Failed)?;
+        return keyring.open_envelope_mixed(
+            data_key,
+            &sealed_data_key_aad(&record.id, record.seal_id),
+            secret,
+            &versioned_secret_aad(&record.id, &record.provider, record.secret_version),
+            record.erasable_key(record.seal_id),
+        );
+    }
     if record.format == RECORD_FORMAT_DIRECT {
         let aad = direct_secret_aad(&record.id, &record.provider, &secret.key_id);
         keyring
@@ -62,6 +95,34 @@ pub fn open_record(
             secret,
             &secret_aad(&record.id, &record.provider),
         )
+    }
+}
+
+/// Opens a kept version of a record's secret; [`OpenError::Erased`] once destroyed.
+pub fn open_version(
+    keyring: &Keyring,
+    record: &CredentialRecord,
+    version: &SecretVersion,
+) -> Result<Zeroizing<Vec<u8>>, OpenError> {
+    let (Some(secret), Some(data_key)) = (&version.secret, &version.data_key) else {
+        return Err(OpenError::Erased);
+    };
+    keyring.open_envelope_mixed(
+        data_key,
+        &sealed_data_key_aad(&record.id, version.seal_id),
+        secret,
+        &versioned_secret_aad(&record.id, &record.provider, version.version),
+        record.erasable_key(version.seal_id),
+    )
+}
+
+/// A new seal id: random, never 0.
+fn new_seal_id() -> u64 {
+    loop {
+        let id = rand::random::<u64>();
+        if id != 0 {
+            return id;
+        }
     }
 }
 
@@ -101,25 +162,64 @@ impl Sealer {
         *self.keyring.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keyring);
     }
 
-    /// Seals `plaintext` into `record` (whose id and provider are set) under a
-    /// new data key, wrapped by the active master key; the seal is counted first.
+    /// Seals `plaintext` into `record` (whose id, provider and `secret_version` are
+    /// set) as format 3: a new data key wrapped by the active master key, mixed
+    /// with a new erasable key that the store keeps (durably, before the record
+    /// is written). The seal is counted first.
     pub async fn seal<S: Store>(
         &self,
         store: &S,
         record: &mut CredentialRecord,
         plaintext: &[u8],
     ) -> Result<(), SealRefused> {
+        let (seal_id, envelope) = self
+            .seal_version(
+                store,
+                &record.id,
+                &record.provider,
+                record.secret_version,
+                plaintext,
+            )
+            .await?;
+        record.format = RECORD_FORMAT;
+        record.seal_id = seal_id.seal_id;
+        record.secret = Some(envelope.0);
+        record.data_key = Some(envelope.1);
+        record.erasable.push(seal_id);
+        Ok(())
+    }
+
+    /// Seals `plaintext` as version `version` of credential `id`: its erasable key
+    /// (stored) and its sealed secret and wrapped data key.
+    pub async fn seal_version<S: Store>(
+        &self,
+        store: &S,
+        id: &str,
+        provider: &str,
+        version: u64,
+        plaintext: &[u8],
+    ) -> Result<(ErasableKey, (crate::crypto::Sealed, crate::crypto::Sealed)), SealRefused> {
         let keyring = self.keyring();
         self.seals.count(store, keyring.active().id()).await?;
-        let envelope = keyring.seal_envelope(
-            &data_key_aad(&record.id),
-            &secret_aad(&record.id, &record.provider),
+        let seal_id = new_seal_id();
+        let erasable = crate::crypto::erasable_key();
+        store
+            .put_erasable(id, seal_id, &erasable)
+            .await
+            .map_err(SealRefused::Store)?;
+        let envelope = keyring.seal_envelope_mixed(
+            &sealed_data_key_aad(id, seal_id),
+            &versioned_secret_aad(id, provider, version),
             plaintext,
+            &erasable,
         );
-        record.format = RECORD_FORMAT;
-        record.secret = Some(envelope.secret);
-        record.data_key = Some(envelope.data_key);
-        Ok(())
+        Ok((
+            ErasableKey {
+                seal_id,
+                key: erasable.to_vec(),
+            },
+            (envelope.secret, envelope.data_key),
+        ))
     }
 
     /// Opens a record's secret with the keyring in use.
@@ -127,8 +227,9 @@ impl Sealer {
         open_record(&self.keyring(), record)
     }
 
-    /// The record with its data key wrapped by the active master key (a format 1
-    /// record sealed anew), or `None` when it is already.
+    /// The record with every data key (its own, its kept versions') wrapped by
+    /// the active master key, a format 1 or 2 record sealed anew as format 3, or
+    /// `None` when it is so already.
     pub async fn rewrap<S: Store>(
         &self,
         store: &S,
@@ -136,17 +237,37 @@ impl Sealer {
     ) -> Result<Option<CredentialRecord>, SealError> {
         let keyring = self.keyring();
         let active = keyring.active().id();
-        if record.format == RECORD_FORMAT && record.master_key_id() == active {
+        let current_ok = record.format == RECORD_FORMAT && record.master_key_id() == active;
+        let history_ok = record
+            .history
+            .iter()
+            .all(|v| v.data_key.as_ref().is_none_or(|k| k.key_id == active));
+        if current_ok && history_ok {
             return Ok(None);
         }
         let mut next = record.clone();
-        if record.format == RECORD_FORMAT_DIRECT {
+        if record.format != RECORD_FORMAT {
             let plaintext = open_record(&keyring, record)?;
+            if next.secret_version == 0 {
+                next.secret_version = next.version;
+            }
             self.seal(store, &mut next, &plaintext).await?;
-        } else {
+        } else if !current_ok {
             let data_key = record.data_key.as_ref().ok_or(OpenError::Failed)?;
             self.seals.count(store, active).await?;
-            next.data_key = Some(keyring.rewrap(data_key, &data_key_aad(&record.id))?);
+            next.data_key =
+                Some(keyring.rewrap(data_key, &sealed_data_key_aad(&record.id, record.seal_id))?);
+        }
+        for v in &mut next.history {
+            let Some(data_key) = &v.data_key else {
+                continue;
+            };
+            if data_key.key_id == active {
+                continue;
+            }
+            self.seals.count(store, active).await?;
+            v.data_key =
+                Some(keyring.rewrap(data_key, &sealed_data_key_aad(&record.id, v.seal_id))?);
         }
         Ok(Some(next))
     }

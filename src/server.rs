@@ -139,7 +139,8 @@ async fn serve<S: Store>(
     let key_ids = config.keyring.ids().collect::<Vec<_>>().join(",");
     let vault = Arc::new(
         Vault::new(Arc::clone(&store), config.keyring, seals, providers)
-            .with_feedback(config.feedback.clone()),
+            .with_feedback(config.feedback.clone())
+            .with_history(config.keep_versions, config.recovery_window),
     );
     // Pauses of provider accounts reported before this start (they outlive a restart).
     if let Err(e) = vault.resync_pauses().await {
@@ -169,6 +170,7 @@ async fn serve<S: Store>(
             stop_rx.clone(),
         )),
         tokio::spawn(flush_usage(Arc::clone(&vault), stop_rx.clone())),
+        tokio::spawn(purge_deleted(Arc::clone(&vault), stop_rx.clone())),
         tokio::spawn(announce_active(Arc::clone(&vault), stop_rx.clone())),
         tokio::spawn(reopen_audit(Arc::clone(&audit), stop_rx.clone())),
         tokio::spawn(prune_audit(
@@ -737,6 +739,32 @@ async fn flush_usage<S: Store>(vault: Arc<Vault<S>>, mut stop: tokio::sync::watc
         }
         if let Err(e) = vault.flush_usage().await {
             tracing::warn!(error = %e, "last uses could not be recorded");
+        }
+    }
+}
+
+/// Purges deleted credentials whose recovery window has ended: every minute, or
+/// every half window when the window is shorter.
+async fn purge_deleted<S: Store>(
+    vault: Arc<Vault<S>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let every =
+        (vault.recovery_window() / 2).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    loop {
+        match vault.purge_due().await {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(
+                purged,
+                "deleted credentials purged at the end of their recovery window"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "deleted credentials could not be purged; retried later")
+            }
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(every) => {}
         }
     }
 }

@@ -50,7 +50,10 @@ credential_ref_from!(
     verify_credential_request,
     get_credential_headers_request,
     report_provider_response_request,
-    acquire_request_tokens_request
+    acquire_request_tokens_request,
+    list_credential_versions_request,
+    rollback_credential_request,
+    destroy_credential_version_request
 );
 
 fn required_ref(r: Option<impl Into<CredentialRef>>) -> Result<CredentialRef, Error> {
@@ -332,7 +335,11 @@ impl<S: Store> VaultService<S> {
         let size = validate::page_size(req.page_size)?;
         let filter = list_filter(&req)?;
         let after = validate::parse_page_token(&req.page_token)?;
-        let page = self.vault.list(&call.caller, &filter, after, size).await?;
+        let page = if req.deleted {
+            self.vault.list_deleted(&call.caller, after, size).await?
+        } else {
+            self.vault.list(&call.caller, &filter, after, size).await?
+        };
         let providers = self.vault.providers().current();
         Ok(api::ListCredentialsResponse {
             credentials: page
@@ -394,8 +401,9 @@ impl<S: Store> VaultService<S> {
             check,
             expected_version: req.expected_version,
             request_budget_per_minute,
+            rollback_of: None,
         };
-        let record = self.vault.update(&at, change).await?;
+        let record = self.vault.update(&at, change, &call.caller.name).await?;
         call.touch(&record.id, &record.name);
         Self::note_check(&call, check, &record);
         Ok(api::UpdateCredentialResponse {
@@ -409,8 +417,110 @@ impl<S: Store> VaultService<S> {
         req: api::DeleteCredentialRequest,
     ) -> Result<api::DeleteCredentialResponse, Error> {
         let at = self.locate(&call, &required_ref(req.r#ref)?).await?;
-        self.vault.delete(&at, req.expected_version).await?;
-        Ok(api::DeleteCredentialResponse {})
+        let purge_time = self
+            .vault
+            .delete(&at, req.expected_version, req.force, &call.caller.name)
+            .await?;
+        if req.force {
+            call.note("deleted for good (force)".into());
+        }
+        Ok(api::DeleteCredentialResponse { purge_time })
+    }
+
+    async fn undelete(
+        &self,
+        call: Arc<Call>,
+        req: api::UndeleteCredentialRequest,
+    ) -> Result<api::UndeleteCredentialResponse, Error> {
+        call.touch(&req.id, "");
+        validate::id(&req.id)?;
+        let record = self.vault.undelete(&call.caller, &req.id).await?;
+        call.touch(&record.id, &record.name);
+        Ok(api::UndeleteCredentialResponse {
+            credential: Some(self.show(&record).await),
+        })
+    }
+
+    async fn versions(
+        &self,
+        call: Arc<Call>,
+        req: api::ListCredentialVersionsRequest,
+    ) -> Result<api::ListCredentialVersionsResponse, Error> {
+        let record = self.resolve(&call, &required_ref(req.r#ref)?).await?;
+        let current = api::CredentialVersion {
+            version: if record.secret_version == 0 {
+                record.version
+            } else {
+                record.secret_version
+            },
+            create_time: record.secret_create_time.or(record.update_time),
+            created_by: record.secret_created_by.clone(),
+            api_key_hint: record.api_key_hint.clone(),
+            verification: record.last_verification.as_ref().map(verification_to_api),
+            current: true,
+            ..Default::default()
+        };
+        Ok(api::ListCredentialVersionsResponse {
+            versions: std::iter::once(current)
+                .chain(record.history.iter().map(version_to_api))
+                .collect(),
+        })
+    }
+
+    async fn rollback(
+        &self,
+        call: Arc<Call>,
+        req: api::RollbackCredentialRequest,
+    ) -> Result<api::RollbackCredentialResponse, Error> {
+        let r = required_ref(req.r#ref)?;
+        if req.version == 0 {
+            return Err(Error::invalid(
+                "version is required: the kept version to roll back to",
+            ));
+        }
+        let check = CheckOnWrite::new(req.verify, req.verify_best_effort);
+        let at = self.locate(&call, &r).await?;
+        let record = self
+            .vault
+            .rollback(
+                &at,
+                req.version,
+                req.expected_version,
+                check,
+                &call.caller.name,
+            )
+            .await?;
+        call.touch(&record.id, &record.name);
+        call.note(format!(
+            "rolled back to version {} as version {}",
+            req.version, record.version
+        ));
+        Self::note_check(&call, check, &record);
+        Ok(api::RollbackCredentialResponse {
+            credential: Some(self.show(&record).await),
+        })
+    }
+
+    async fn destroy_version(
+        &self,
+        call: Arc<Call>,
+        req: api::DestroyCredentialVersionRequest,
+    ) -> Result<api::DestroyCredentialVersionResponse, Error> {
+        let r = required_ref(req.r#ref)?;
+        if req.version == 0 {
+            return Err(Error::invalid(
+                "version is required: the kept version to destroy",
+            ));
+        }
+        let at = self.locate(&call, &r).await?;
+        let version = self
+            .vault
+            .destroy_version(&at, req.version, &call.caller.name)
+            .await?;
+        call.note(format!("destroyed version {}", req.version));
+        Ok(api::DestroyCredentialVersionResponse {
+            version: Some(version_to_api(&version)),
+        })
     }
 
     async fn verify(
@@ -893,6 +1003,23 @@ fn to_api(r: &CredentialRecord, usage: Option<&Usage>, providers: &Catalog) -> a
         missing_fields: drift.missing,
         provider_undeclared: drift.unknown_provider,
         request_budget_per_minute: r.request_budget_per_minute,
+        delete_time: r.delete_time,
+        purge_time: r.purge_time,
+    }
+}
+
+/// A kept secret version as the API shows it.
+fn version_to_api(v: &record::SecretVersion) -> api::CredentialVersion {
+    api::CredentialVersion {
+        version: v.version,
+        create_time: v.create_time,
+        created_by: v.created_by.clone(),
+        api_key_hint: v.api_key_hint.clone(),
+        verification: v.last_verification.as_ref().map(verification_to_api),
+        current: false,
+        destroyed: v.destroyed(),
+        destroy_time: v.destroy_time,
+        destroyed_by: v.destroyed_by.clone(),
     }
 }
 
@@ -1024,6 +1151,58 @@ impl<S: Store> CredentialVaultService for VaultService<S> {
             Permission::CredentialsWrite,
             request,
             |c, r| self.delete(c, r),
+        )
+        .await
+    }
+
+    async fn undelete_credential(
+        &self,
+        request: Request<api::UndeleteCredentialRequest>,
+    ) -> Result<Response<api::UndeleteCredentialResponse>, Status> {
+        self.rpc(
+            "UndeleteCredential",
+            Permission::CredentialsWrite,
+            request,
+            |c, r| self.undelete(c, r),
+        )
+        .await
+    }
+
+    async fn list_credential_versions(
+        &self,
+        request: Request<api::ListCredentialVersionsRequest>,
+    ) -> Result<Response<api::ListCredentialVersionsResponse>, Status> {
+        self.rpc(
+            "ListCredentialVersions",
+            Permission::CredentialsRead,
+            request,
+            |c, r| self.versions(c, r),
+        )
+        .await
+    }
+
+    async fn rollback_credential(
+        &self,
+        request: Request<api::RollbackCredentialRequest>,
+    ) -> Result<Response<api::RollbackCredentialResponse>, Status> {
+        self.rpc(
+            "RollbackCredential",
+            Permission::CredentialsWrite,
+            request,
+            |c, r| self.rollback(c, r),
+        )
+        .await
+    }
+
+    async fn destroy_credential_version(
+        &self,
+        request: Request<api::DestroyCredentialVersionRequest>,
+    ) -> Result<Response<api::DestroyCredentialVersionResponse>, Status> {
+        self.rpc(
+            "DestroyCredentialVersion",
+            Permission::CredentialsWrite,
+            request,
+            |c, r| self.destroy_version(c, r),
         )
         .await
     }

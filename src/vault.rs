@@ -21,10 +21,10 @@ use crate::keys::{self, KeyringError, RewrapProgress, RewrapReport, SealCounter}
 use crate::metrics::{self, Source};
 use crate::provider::{Catalog, ProviderHeaders, ProviderSecret, Providers, SecretFormatError};
 use crate::record::{
-    self, CredentialRecord, Usage, Verification, VerificationStatus, RECORD_FORMAT,
+    self, CredentialRecord, SecretVersion, Usage, Verification, VerificationStatus, RECORD_FORMAT,
 };
 use crate::sealing::{SealError, Sealer};
-use crate::store::{Store, StoreError};
+use crate::store::{Deletion, Store, StoreError};
 use crate::watch::Hub;
 
 /// How often a write that lost a revision race is retried.
@@ -106,7 +106,15 @@ pub struct Change {
     pub expected_version: Option<u64>,
     /// A new request budget per minute (0 removes it); alone, it leaves the version as it is.
     pub request_budget_per_minute: Option<u32>,
+    /// The kept version whose secret this is (a rollback): refused if it was destroyed meanwhile.
+    pub rollback_of: Option<u64>,
 }
+
+/// How many secret versions a credential keeps by default (the current one included).
+pub const DEFAULT_KEEP_VERSIONS: usize = 10;
+/// How long a deleted credential stays recoverable by default.
+pub const DEFAULT_RECOVERY_WINDOW: std::time::Duration =
+    std::time::Duration::from_secs(7 * 24 * 3600);
 
 /// A credential's headers as read for a worker.
 pub struct HeadersRead {
@@ -184,10 +192,10 @@ enum Changed {
 
 /// What a rewrap did to one record.
 enum Rewrapped {
-    /// It depended on another key and now depends on this one.
-    Now(String),
+    /// It depended on other keys and now depends on these.
+    Now(Vec<String>),
     /// It depended on the active key already.
-    Already(String),
+    Already(Vec<String>),
     /// It was deleted meanwhile.
     Gone,
 }
@@ -205,6 +213,10 @@ pub struct Vault<S> {
     hub: Arc<Hub>,
     /// Workers' reports of the providers' answers: pauses, re-verifications, budgets.
     feedback: Feedback,
+    /// Secret versions kept per credential, the current one included (at least 1).
+    keep_versions: usize,
+    /// How long a deleted credential stays recoverable (zero: deleted at once).
+    recovery_window: std::time::Duration,
 }
 
 impl<S: Store> Vault<S> {
@@ -219,7 +231,26 @@ impl<S: Store> Vault<S> {
             pending_usage: Mutex::new(HashMap::new()),
             instance: uuid::Uuid::now_v7().simple().to_string(),
             hub: Arc::default(),
+            keep_versions: DEFAULT_KEEP_VERSIONS,
+            recovery_window: DEFAULT_RECOVERY_WINDOW,
         }
+    }
+
+    /// The same vault keeping `keep_versions` secret versions per credential and
+    /// deleted credentials for `recovery_window`.
+    pub fn with_history(
+        mut self,
+        keep_versions: usize,
+        recovery_window: std::time::Duration,
+    ) -> Self {
+        self.keep_versions = keep_versions.max(1);
+        self.recovery_window = recovery_window;
+        self
+    }
+
+    /// How long a deleted credential stays recoverable.
+    pub fn recovery_window(&self) -> std::time::Duration {
+        self.recovery_window
     }
 
     /// The same vault with these report and budget settings.
@@ -464,22 +495,41 @@ impl<S: Store> Vault<S> {
             data_key: None,
             secret_fields: Vec::new(),
             request_budget_per_minute: new.request_budget_per_minute,
+            secret_version: 1,
+            secret_create_time: now,
+            secret_created_by: caller.name.clone(),
+            ..Default::default()
         };
         self.seal_into(&mut record, &new.secret).await?;
-        self.store.insert(&record).await?;
+        if let Err(e) = self.store.insert(&record).await {
+            self.erase_quietly(&record.id, &[record.seal_id]).await;
+            return Err(e.into());
+        }
         self.hub.changed(&record.id, &record.name);
         metrics::credentials_changed(1.0);
         Ok(record)
     }
 
     /// Updates a located credential as a new version; a new secret is checked
-    /// first when asked, and is unverified otherwise.
-    pub async fn update(&self, at: &Located, change: Change) -> Result<CredentialRecord, Error> {
+    /// first when asked, and is unverified otherwise. A new secret keeps the one it
+    /// replaces as a version (sealed as it was), up to `--keep-versions`; older
+    /// ones are destroyed. `by` names the caller (kept with the version).
+    pub async fn update(
+        &self,
+        at: &Located,
+        change: Change,
+        by: &str,
+    ) -> Result<CredentialRecord, Error> {
         let verification = match &change.secret {
             Some(secret) => self.check_on_write(secret, change.check).await?,
             None => None,
         };
         let (change, verification) = (&change, &verification);
+        // Erasable keys made by attempts of the loop below, and those the written
+        // record dropped: erased once the outcome is known.
+        let made: Mutex<Vec<u64>> = Mutex::default();
+        let dropped: Mutex<Vec<u64>> = Mutex::default();
+        let (made_ref, dropped_ref) = (&made, &dropped);
         let outcome = self
             .change(&at.id, "while it was updated", |current| async move {
                 if let Some(expected) = change.expected_version {
@@ -510,9 +560,31 @@ impl<S: Store> Vault<S> {
                             secret.provider()
                         )));
                     }
+                    if let Some(v) = change.rollback_of {
+                        if !current.history.iter().any(|h| h.version == v && !h.destroyed()) {
+                            return Err(Error::FailedPrecondition(format!(
+                                "version {v} of credential {} was destroyed or dropped meanwhile; it cannot be rolled back to",
+                                current.id
+                            )));
+                        }
+                    }
+                    let kept = self.retire_secret(&current, &mut next, made_ref).await?;
+                    next.history.insert(0, kept);
+                    next.secret_version = current.version + 1;
+                    next.secret_create_time = Some(record::timestamp(SystemTime::now()));
+                    by.clone_into(&mut next.secret_created_by);
                     self.seal_into(&mut next, secret).await?;
+                    lock(made_ref).push(next.seal_id);
                     next.api_key_hint = secret.hint();
                     next.last_verification.clone_from(verification);
+                    let keep = self.keep_versions.saturating_sub(1);
+                    let gone: Vec<u64> = if next.history.len() > keep {
+                        next.history.drain(keep..).map(|v| v.seal_id).collect()
+                    } else {
+                        Vec::new()
+                    };
+                    next.erasable.retain(|k| !gone.contains(&k.seal_id));
+                    *lock(dropped_ref) = gone;
                 }
                 if let Some(budget) = change.request_budget_per_minute {
                     next.request_budget_per_minute = budget;
@@ -526,23 +598,343 @@ impl<S: Store> Vault<S> {
                 }
                 Ok(Edit::NewVersion(next))
             })
-            .await?;
+            .await;
+        let made = made.into_inner().unwrap_or_else(PoisonError::into_inner);
+        let dropped = dropped.into_inner().unwrap_or_else(PoisonError::into_inner);
         match outcome {
-            Changed::Written(record) => Ok(*record),
-            Changed::Kept(record) => Ok(CredentialRecord::clone(&record)),
-            Changed::Gone => Err(not_found(&at.id)),
+            Ok(Changed::Written(record)) => {
+                let kept = record.seal_ids();
+                let erase: Vec<u64> = made
+                    .into_iter()
+                    .filter(|s| !kept.contains(s))
+                    .chain(dropped)
+                    .collect();
+                self.erase_quietly(&record.id, &erase).await;
+                Ok(*record)
+            }
+            Ok(Changed::Kept(record)) => Ok(CredentialRecord::clone(&record)),
+            Ok(Changed::Gone) => {
+                self.erase_quietly(&at.id, &made).await;
+                Err(not_found(&at.id))
+            }
+            Err(e) => {
+                self.erase_quietly(&at.id, &made).await;
+                Err(e)
+            }
         }
     }
 
-    /// Deletes a located credential, if it is at `expected_version` when one is given.
-    pub async fn delete(&self, at: &Located, expected_version: Option<u64>) -> Result<(), Error> {
+    /// The current secret of `current` as a kept version for `next`: moved as it
+    /// is (format 3), or sealed anew as format 3 for its version (older formats).
+    async fn retire_secret(
+        &self,
+        current: &CredentialRecord,
+        next: &mut CredentialRecord,
+        made: &Mutex<Vec<u64>>,
+    ) -> Result<SecretVersion, Error> {
+        let version = if current.secret_version == 0 {
+            current.version
+        } else {
+            current.secret_version
+        };
+        let mut kept = SecretVersion {
+            version,
+            create_time: current.secret_create_time.or(current.update_time),
+            created_by: current.secret_created_by.clone(),
+            api_key_hint: current.api_key_hint.clone(),
+            last_verification: current.last_verification.clone(),
+            secret: current.secret.clone(),
+            data_key: current.data_key.clone(),
+            seal_id: current.seal_id,
+            secret_fields: current.secret_fields.clone(),
+            destroy_time: None,
+            destroyed_by: String::new(),
+        };
+        if current.format != RECORD_FORMAT {
+            let plaintext = self
+                .sealer
+                .open(current)
+                .map_err(|e| damaged(&current.id, &e))?;
+            let (key, (secret, data_key)) = self
+                .sealer
+                .seal_version(
+                    &*self.store,
+                    &current.id,
+                    &current.provider,
+                    version,
+                    &plaintext,
+                )
+                .await?;
+            lock(made).push(key.seal_id);
+            kept.seal_id = key.seal_id;
+            kept.secret = Some(secret);
+            kept.data_key = Some(data_key);
+            next.erasable.push(key);
+        }
+        Ok(kept)
+    }
+
+    /// Erases erasable keys; a failure is logged (the sled store erases what no
+    /// record refers to at its next start).
+    async fn erase_quietly(&self, id: &str, seal_ids: &[u64]) {
+        if seal_ids.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.erase(id, seal_ids).await {
+            tracing::warn!(credential_id = %id, error = %e, "erasable keys could not be erased now");
+        }
+    }
+
+    /// Makes the secret of kept version `version` current again, as a new version
+    /// (checked with the provider first when asked).
+    pub async fn rollback(
+        &self,
+        at: &Located,
+        version: u64,
+        expected_version: Option<u64>,
+        check: CheckOnWrite,
+        by: &str,
+    ) -> Result<CredentialRecord, Error> {
+        let record = self.record(at).await?;
+        let id = &record.id;
+        let entry = match record.history.iter().find(|v| v.version == version) {
+            Some(v) if v.destroyed() => {
+                return Err(Error::FailedPrecondition(format!(
+                    "version {version} of credential {id} was destroyed; it cannot be rolled back to"
+                )))
+            }
+            Some(v) => v,
+            None if version == record.secret_version => {
+                return Err(Error::FailedPrecondition(format!(
+                    "version {version} is the current secret of credential {id} already"
+                )))
+            }
+            None => {
+                return Err(Error::NotFound(format!(
+                    "credential {id} keeps no version {version} (ListCredentialVersions shows those it keeps)"
+                )))
+            }
+        };
+        let plaintext = crate::sealing::open_version(&self.keyring(), &record, entry)
+            .map_err(|e| damaged(id, &e))?;
+        let secret = self
+            .providers
+            .current()
+            .read(&record.provider, &plaintext)
+            .map_err(|e| unreadable(&record, &e))?;
+        let change = Change {
+            description: None,
+            expiry: Expiry::Keep,
+            secret: Some(secret),
+            check,
+            expected_version,
+            request_budget_per_minute: None,
+            rollback_of: Some(version),
+        };
+        self.update(at, change, by).await
+    }
+
+    /// Destroys kept version `version` for good: its sealed secret leaves the
+    /// record and its erasable key is erased. The current version cannot be.
+    pub async fn destroy_version(
+        &self,
+        at: &Located,
+        version: u64,
+        by: &str,
+    ) -> Result<SecretVersion, Error> {
+        let outcome = self
+            .change(&at.id, "while a version was destroyed", |current| async move {
+                let id = &current.id;
+                if version == current.secret_version {
+                    return Err(Error::FailedPrecondition(format!(
+                        "version {version} is the current secret of credential {id}; rotate or roll back first, then destroy it"
+                    )));
+                }
+                let Some(i) = current.history.iter().position(|v| v.version == version) else {
+                    return Err(Error::NotFound(format!(
+                        "credential {id} keeps no version {version}"
+                    )));
+                };
+                if current.history[i].destroyed() {
+                    return Ok(Edit::Keep);
+                }
+                let mut next = CredentialRecord::clone(&current);
+                let v = &mut next.history[i];
+                v.secret = None;
+                v.data_key = None;
+                v.destroy_time = Some(record::timestamp(SystemTime::now()));
+                by.clone_into(&mut v.destroyed_by);
+                let seal_id = v.seal_id;
+                next.erasable.retain(|k| k.seal_id != seal_id);
+                Ok(Edit::Write(next))
+            })
+            .await?;
+        let record = match outcome {
+            Changed::Written(record) => *record,
+            Changed::Kept(record) => CredentialRecord::clone(&record),
+            Changed::Gone => return Err(not_found(&at.id)),
+        };
+        let entry = record
+            .history
+            .iter()
+            .find(|v| v.version == version)
+            .cloned()
+            .ok_or_else(|| not_found(&at.id))?;
+        // Erased now, or the call fails (and is safe to repeat).
+        self.store
+            .erase(&record.id, &[entry.seal_id])
+            .await
+            .map_err(|e| {
+                Error::Unavailable(format!(
+                    "version {version} left the record but its key could not be erased ({e}); retry"
+                ))
+            })?;
+        Ok(entry)
+    }
+
+    /// Deletes a located credential, if it is at `expected_version` when one is
+    /// given: at once it is served no more and its name is free; it stays
+    /// recoverable by id until the returned purge time, unless `force` (or a zero
+    /// recovery window) deletes it for good, erasing every version's key.
+    pub async fn delete(
+        &self,
+        at: &Located,
+        expected_version: Option<u64>,
+        force: bool,
+        by: &str,
+    ) -> Result<Option<prost_types::Timestamp>, Error> {
         // The name tells watchers of the name; the record may be gone already.
         let name = self.record(at).await.ok().map(|r| r.name.clone());
-        self.store.delete(&at.id, expected_version).await?;
+        let purge_time = if force || self.recovery_window.is_zero() {
+            self.store.delete(&at.id, expected_version).await?;
+            None
+        } else {
+            let now = SystemTime::now();
+            let deletion = Deletion {
+                delete_time: record::timestamp(now),
+                purge_time: record::timestamp(now + self.recovery_window),
+                deleted_by: by.to_owned(),
+            };
+            match self
+                .store
+                .delete_keeping(&at.id, expected_version, &deletion)
+                .await
+            {
+                Ok(kept) => kept.purge_time,
+                // A record too damaged to read cannot be brought back: it goes for good.
+                Err(StoreError::Corrupt { .. }) if expected_version.is_none() => {
+                    self.store.delete(&at.id, None).await?;
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         self.hub
             .changed(&at.id, name.as_deref().unwrap_or_default());
         metrics::credentials_changed(-1.0);
-        Ok(())
+        Ok(purge_time)
+    }
+
+    /// Brings back a deleted credential (by id, within its recovery window) with
+    /// its history, when its name is still free.
+    pub async fn undelete(&self, caller: &Caller, id: &str) -> Result<CredentialRecord, Error> {
+        let gone = || {
+            Error::NotFound(format!(
+                "no deleted credential has id {id} (never deleted, purged, or deleted with force)"
+            ))
+        };
+        let Some(deleted) = self.store.deleted(id).await? else {
+            if caller.is_scoped() {
+                // The same answer as for one out of scope: ids are not probed.
+                caller.require_scope(id, None)?;
+            }
+            return Err(gone());
+        };
+        caller.require_scope(id, Some(&deleted.name))?;
+        let back = match self.store.undelete(id).await {
+            Ok(back) => back,
+            Err(StoreError::NameTaken(name)) => {
+                return Err(Error::AlreadyExists(format!(
+                    "the name {name:?} was taken by another credential after {id} was deleted; delete or rename that one first"
+                )))
+            }
+            Err(StoreError::NotFound(_)) => return Err(gone()),
+            Err(e) => return Err(e.into()),
+        };
+        self.hub.changed(&back.id, &back.name);
+        metrics::credentials_changed(1.0);
+        Ok(back)
+    }
+
+    /// Up to `size` deleted credentials in the caller's scope, in id order after `after`.
+    pub async fn list_deleted(
+        &self,
+        caller: &Caller,
+        mut after: Option<String>,
+        size: usize,
+    ) -> Result<Page, Error> {
+        let batch = LIST_SCAN_BATCH.max(size + 1);
+        let mut records: Vec<CredentialRecord> = Vec::new();
+        let mut more = false;
+        'scan: loop {
+            let items = self.store.list_deleted(after.as_deref(), batch).await?;
+            let read = items.len();
+            for (id, record) in items {
+                if let Ok(record) = record {
+                    if caller.in_scope(&record.name) {
+                        if records.len() == size {
+                            more = true;
+                            break 'scan;
+                        }
+                        records.push(record);
+                    }
+                }
+                after = Some(id);
+            }
+            if read < batch {
+                break;
+            }
+        }
+        Ok(Page {
+            records,
+            usages: HashMap::new(),
+            next_after: after.filter(|_| more),
+        })
+    }
+
+    /// Purges the deleted credentials whose recovery window has ended: each
+    /// record and every version's erasable key go for good. How many went.
+    pub async fn purge_due(&self) -> Result<usize, Error> {
+        let now = record::timestamp(SystemTime::now());
+        let mut after: Option<String> = None;
+        let mut purged = 0;
+        loop {
+            let items = self
+                .store
+                .list_deleted(after.as_deref(), LIST_SCAN_BATCH)
+                .await?;
+            let read = items.len();
+            for (id, record) in items {
+                let due = match &record {
+                    Ok(r) => r
+                        .purge_time
+                        .is_some_and(|t| (t.seconds, t.nanos) <= (now.seconds, now.nanos)),
+                    Err(_) => false,
+                };
+                if due {
+                    match self.store.purge(&id).await {
+                        Ok(()) | Err(StoreError::NotFound(_)) => purged += 1,
+                        Err(e) => {
+                            tracing::warn!(credential_id = %id, error = %e, "a deleted credential could not be purged; retried later")
+                        }
+                    }
+                }
+                after = Some(id);
+            }
+            if read < LIST_SCAN_BATCH {
+                return Ok(purged);
+            }
+        }
     }
 
     /// Up to `size` records in the caller's scope that pass `filter`, in id
@@ -831,20 +1223,25 @@ impl<S: Store> Vault<S> {
             for (id, outcome) in outcomes {
                 report.progress.scanned += 1;
                 match outcome {
-                    Ok(Rewrapped::Now(key)) => {
+                    Ok(Rewrapped::Now(keys)) => {
                         report.progress.rewrapped += 1;
-                        *report.referenced.entry(key).or_default() += 1;
+                        for key in keys {
+                            *report.referenced.entry(key).or_default() += 1;
+                        }
                     }
-                    Ok(Rewrapped::Already(key)) => *report.referenced.entry(key).or_default() += 1,
+                    Ok(Rewrapped::Already(keys)) => {
+                        for key in keys {
+                            *report.referenced.entry(key).or_default() += 1;
+                        }
+                    }
                     Ok(Rewrapped::Gone) => {}
                     Err(e) => {
                         tracing::warn!(credential_id = %id, error = %e, "rewrap skipped a record");
-                        // A record that cannot be opened may still need its old key.
+                        // A record that cannot be opened may still need its old keys.
                         if let Ok(Some(record)) = self.store.get(&id).await {
-                            *report
-                                .referenced
-                                .entry(record.master_key_id().to_owned())
-                                .or_default() += 1;
+                            for key in record.master_key_ids() {
+                                *report.referenced.entry(key).or_default() += 1;
+                            }
                         } else {
                             *report.referenced.entry("unknown".into()).or_default() += 1;
                         }
@@ -859,6 +1256,8 @@ impl<S: Store> Vault<S> {
             }
             tokio::task::yield_now().await;
         }
+        // Deleted credentials too: a key may retire only when nothing recoverable needs it.
+        self.rewrap_deleted(batch, &mut report).await?;
         let active = self.keyring().active().id().to_owned();
         report.retired = keys::retire_unused(&*self.store, &active, &report.referenced).await?;
         report.active_key_id = active;
@@ -881,10 +1280,49 @@ impl<S: Store> Vault<S> {
             )
             .await?;
         Ok(match outcome {
-            Changed::Kept(record) => Rewrapped::Already(record.master_key_id().to_owned()),
-            Changed::Written(record) => Rewrapped::Now(record.master_key_id().to_owned()),
+            Changed::Kept(record) => Rewrapped::Already(record.master_key_ids()),
+            Changed::Written(record) => Rewrapped::Now(record.master_key_ids()),
             Changed::Gone => Rewrapped::Gone,
         })
+    }
+
+    /// Rewraps the deleted credentials, counting the keys they depend on.
+    async fn rewrap_deleted(&self, batch: usize, report: &mut RewrapReport) -> Result<(), Error> {
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .list_deleted(after.as_deref(), batch.max(1))
+                .await?;
+            let Some((last, _)) = page.last() else {
+                return Ok(());
+            };
+            after = Some(last.clone());
+            for (id, item) in page {
+                let keys = match item {
+                    Ok(record) => match self.sealer.rewrap(&*self.store, &record).await {
+                        Ok(Some(next)) => {
+                            match self.store.replace_deleted(&next, record.revision).await {
+                                Ok(()) => next.master_key_ids(),
+                                Err(e) => {
+                                    tracing::warn!(credential_id = %id, error = %e, "rewrap skipped a deleted record");
+                                    record.master_key_ids()
+                                }
+                            }
+                        }
+                        Ok(None) => record.master_key_ids(),
+                        Err(e) => {
+                            tracing::warn!(credential_id = %id, error = %e, "rewrap skipped a deleted record");
+                            record.master_key_ids()
+                        }
+                    },
+                    Err(_) => vec!["unknown".to_owned()],
+                };
+                for key in keys {
+                    *report.referenced.entry(key).or_default() += 1;
+                }
+            }
+        }
     }
 
     /// Asks the provider about `secret`, counting the outcome by `source`.
@@ -996,6 +1434,10 @@ impl<S: Store> Vault<S> {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 fn not_found(id: &str) -> Error {
     Error::NotFound(format!("credential {id} not found"))
 }
@@ -1020,6 +1462,9 @@ fn damaged(id: &str, why: &OpenError) -> Error {
     match why {
         OpenError::UnknownKey(key_id) => Error::DataLoss(format!(
             "the secret of credential {id} cannot be decrypted: it was sealed with master key {key_id}, which is not in the keyring"
+        )),
+        OpenError::Erased => Error::DataLoss(format!(
+            "the secret of credential {id} cannot be decrypted: its erasable key is gone (the version was destroyed, or the store's key files were lost)"
         )),
         OpenError::Failed => Error::DataLoss(format!(
             "the secret of credential {id} cannot be decrypted: the stored record is damaged or was sealed with another master key"

@@ -495,6 +495,7 @@ async fn delete_removes_for_good(store: TestStore) {
 
     let stale = admin
         .delete_credential(api::DeleteCredentialRequest {
+            force: false,
             r#ref: Some(api::delete_credential_request::Ref::Id(c.id.clone())),
             expected_version: Some(7),
         })
@@ -504,6 +505,7 @@ async fn delete_removes_for_good(store: TestStore) {
 
     admin
         .delete_credential(api::DeleteCredentialRequest {
+            force: false,
             r#ref: Some(api::delete_credential_request::Ref::Id(c.id.clone())),
             expected_version: Some(1),
         })
@@ -535,6 +537,7 @@ async fn delete_removes_for_good(store: TestStore) {
     );
     let again = admin
         .delete_credential(api::DeleteCredentialRequest {
+            force: false,
             r#ref: Some(api::delete_credential_request::Ref::Name(
                 "short-lived".into(),
             )),

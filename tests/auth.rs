@@ -71,6 +71,7 @@ async fn codes(client: &mut Client, name: &str) -> Vec<(&'static str, Code)> {
             code(
                 client
                     .delete_credential(api::DeleteCredentialRequest {
+                        force: false,
                         r#ref: Some(api::delete_credential_request::Ref::Name(name.into())),
                         expected_version: None,
                     })

@@ -85,6 +85,7 @@ async fn fifty_clients_hold_headers_and_follow_every_change() {
     // Deleted: every client says so, and never serves the old headers again.
     admin
         .delete_credential(api::DeleteCredentialRequest {
+            force: false,
             r#ref: Some(api::delete_credential_request::Ref::Name("acme".into())),
             ..Default::default()
         })
@@ -335,6 +336,7 @@ async fn a_deleted_or_no_longer_permitted_credential_is_never_served_again() {
     // "c" deleted, "b" out of scope.
     admin
         .delete_credential(api::DeleteCredentialRequest {
+            force: false,
             r#ref: Some(api::delete_credential_request::Ref::Name("c".into())),
             ..Default::default()
         })

@@ -180,7 +180,7 @@ async fn an_operator_works_the_console_in_a_real_browser() {
             );
         }
     }
-    assert!(pages >= 12, "{pages} pages saved");
+    assert!(pages >= 13, "{pages} pages saved");
     assert_no_secret("the server's log", &(process.stderr() + &process.stdout()));
     let audit = audit_when(tmp.path(), |a| a.contains("\"ConsoleSignOut\"")).await;
     assert_no_secret("the audit trail", &audit);
@@ -196,6 +196,7 @@ async fn an_operator_works_the_console_in_a_real_browser() {
         ("CreateCredential", "FAILED_PRECONDITION"),
         ("UpdateCredential", "OK"),
         ("VerifyCredential", "OK"),
+        ("RollbackCredential", "OK"),
         ("DeleteCredential", "OK"),
         ("ConsoleSignOut", "OK"),
     ] {

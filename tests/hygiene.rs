@@ -263,12 +263,68 @@ async fn no_secret_or_token_leaks_anywhere() {
             .await
             .map(|r| format!("{:?}", r.into_inner())),
     );
+    // History: the versions, a rollback to the first secret, and its old copy destroyed.
+    note(
+        admin
+            .list_credential_versions(api::ListCredentialVersionsRequest {
+                r#ref: Some(api::list_credential_versions_request::Ref::Name(
+                    "canary".into(),
+                )),
+            })
+            .await
+            .map(|r| format!("{:?}", r.into_inner())),
+    );
+    note(
+        admin
+            .rollback_credential(api::RollbackCredentialRequest {
+                r#ref: Some(api::rollback_credential_request::Ref::Name("canary".into())),
+                version: 1,
+                ..Default::default()
+            })
+            .await
+            .map(|r| format!("{:?}", r.into_inner())),
+    );
+    note(
+        admin
+            .destroy_credential_version(api::DestroyCredentialVersionRequest {
+                r#ref: Some(api::destroy_credential_version_request::Ref::Name(
+                    "canary".into(),
+                )),
+                version: 1,
+            })
+            .await
+            .map(|r| format!("{:?}", r.into_inner())),
+    );
+    let id = admin
+        .get_credential(by_name_get("canary"))
+        .await
+        .unwrap()
+        .into_inner()
+        .credential
+        .unwrap()
+        .id;
     note(
         admin
             .delete_credential(api::DeleteCredentialRequest {
+                force: false,
                 r#ref: Some(api::delete_credential_request::Ref::Name("canary".into())),
                 expected_version: None,
             })
+            .await
+            .map(|r| format!("{:?}", r.into_inner())),
+    );
+    note(
+        admin
+            .list_credentials(api::ListCredentialsRequest {
+                deleted: true,
+                ..Default::default()
+            })
+            .await
+            .map(|r| format!("{:?}", r.into_inner())),
+    );
+    note(
+        admin
+            .undelete_credential(api::UndeleteCredentialRequest { id })
             .await
             .map(|r| format!("{:?}", r.into_inner())),
     );

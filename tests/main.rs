@@ -18,6 +18,7 @@ mod grpcurl;
 mod hardening;
 mod health;
 mod healthcheck;
+mod history;
 mod hygiene;
 mod keys;
 mod metrics;

@@ -45,6 +45,7 @@ async fn metrics_show_requests_latency_credentials_and_verifications() {
     create(&mut admin, "three", "key-good-00000001", "acct-1").await;
     admin
         .delete_credential(api::DeleteCredentialRequest {
+            force: false,
             r#ref: Some(api::delete_credential_request::Ref::Name("three".into())),
             expected_version: None,
         })

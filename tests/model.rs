@@ -143,6 +143,7 @@ async fn apply(client: &mut Client, op: &Op, model: &BTreeMap<usize, Entry>) -> 
         Op::Delete { name: n } => seen(
             client
                 .delete_credential(api::DeleteCredentialRequest {
+                    force: false,
                     r#ref: Some(api::delete_credential_request::Ref::Name(name(n))),
                     expected_version: None,
                 })

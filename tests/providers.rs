@@ -998,6 +998,7 @@ async fn a_declared_credential_is_watched_like_a_fleetio_one() {
     // A deletion ends the headers for good.
     admin
         .delete_credential(api::DeleteCredentialRequest {
+            force: false,
             r#ref: Some(api::delete_credential_request::Ref::Name("b1".into())),
             ..Default::default()
         })

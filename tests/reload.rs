@@ -121,6 +121,7 @@ async fn revoked_tokens_stop_working_without_a_restart() {
     assert_eq!(
         writer
             .delete_credential(api::DeleteCredentialRequest {
+                force: false,
                 r#ref: Some(api::delete_credential_request::Ref::Name("slow".into())),
                 expected_version: None,
             })
@@ -135,6 +136,7 @@ async fn revoked_tokens_stop_working_without_a_restart() {
     loop {
         let r = writer
             .delete_credential(api::DeleteCredentialRequest {
+                force: false,
                 r#ref: Some(api::delete_credential_request::Ref::Name("slow".into())),
                 expected_version: None,
             })

@@ -107,6 +107,7 @@ async fn in_scope_credentials_work_and_others_are_denied_alike() {
             .unwrap_err(),
         scoped
             .delete_credential(api::DeleteCredentialRequest {
+                force: false,
                 r#ref: Some(api::delete_credential_request::Ref::Id(made[4].id.clone())),
                 expected_version: None,
             })

@@ -216,6 +216,7 @@ async fn tampered_records_answer_data_loss_alone() {
     // A damaged record can be deleted, freeing its name.
     admin
         .delete_credential(api::DeleteCredentialRequest {
+            force: false,
             r#ref: Some(api::delete_credential_request::Ref::Name(
                 "truncated".into(),
             )),

@@ -197,6 +197,7 @@ async fn the_first_state_then_every_change_each_delivery_audited() {
     // Deleted: both watches of it say so, and the id's watch says no more.
     admin
         .delete_credential(api::DeleteCredentialRequest {
+            force: false,
             r#ref: Some(api::delete_credential_request::Ref::Name("acme".into())),
             ..Default::default()
         })
@@ -225,6 +226,7 @@ async fn the_first_state_then_every_change_each_delivery_audited() {
     let brief = create(&mut admin, "brief", "key-valid-0001", "acct").await;
     admin
         .delete_credential(api::DeleteCredentialRequest {
+            force: false,
             r#ref: Some(api::delete_credential_request::Ref::Name("brief".into())),
             ..Default::default()
         })
@@ -687,6 +689,7 @@ async fn a_change_through_one_replica_reaches_watchers_on_another() {
     create(&mut on_a, "new", "key-00000000", "acct").await;
     assert_eq!(next(&mut stream).await.state(), WatchState::Present);
     on_a.delete_credential(api::DeleteCredentialRequest {
+        force: false,
         r#ref: Some(api::delete_credential_request::Ref::Name("new".into())),
         ..Default::default()
     })

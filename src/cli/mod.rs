@@ -286,6 +286,14 @@ struct ServeArgs {
     /// How long a console session lasts after sign-in.
     #[arg(long, env = "CREDVAULT_CONSOLE_SESSION_TTL", default_value = "8h", value_parser = humantime::parse_duration)]
     console_session_ttl: Duration,
+    /// Secret versions kept per credential, the current one included: an update of the
+    /// secret keeps the one it replaces; the oldest beyond this are destroyed.
+    #[arg(long, env = "CREDVAULT_KEEP_VERSIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100))]
+    keep_versions: u32,
+    /// How long a deleted credential stays recoverable by UndeleteCredential before it is
+    /// purged for good (0s: deletes are final at once).
+    #[arg(long, env = "CREDVAULT_RECOVERY_WINDOW", default_value = "7d", value_parser = humantime::parse_duration)]
+    recovery_window: Duration,
     /// Console sessions open at once, server-wide (a sign-in beyond it is refused).
     #[arg(long, env = "CREDVAULT_CONSOLE_MAX_SESSIONS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     console_max_sessions: u32,
@@ -1002,6 +1010,8 @@ fn resolve(dev: bool, args: &ServeArgs) -> anyhow::Result<Config> {
         drain_delay: args.drain_delay,
         shutdown_grace: args.shutdown_grace,
         metrics_listen: args.metrics_listen,
+        keep_versions: args.keep_versions as usize,
+        recovery_window: args.recovery_window,
         console: args
             .console_listen
             .map(|listen| credvault::console::ConsoleSettings {

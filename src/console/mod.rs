@@ -648,6 +648,7 @@ impl<T: CredentialVaultService> Console<T> {
             expire_before: expiring.then(|| {
                 crate::record::timestamp(SystemTime::now() + Duration::from_secs(30 * 86_400))
             }),
+            deleted: false,
         };
         let request = self.request(signed, conn, request);
         match self.call(self.service.list_credentials(request)).await {
@@ -782,6 +783,20 @@ impl<T: CredentialVaultService> Console<T> {
         } else {
             None
         };
+        let versions = {
+            let request = api::ListCredentialVersionsRequest {
+                r#ref: Some(api::list_credential_versions_request::Ref::Id(
+                    id.to_owned(),
+                )),
+            };
+            self.call(
+                self.service
+                    .list_credential_versions(self.request(signed, conn, request)),
+            )
+            .await
+            .map(|r| r.versions)
+            .unwrap_or_default()
+        };
         let fields = (self.providers)()
             .forms()
             .into_iter()
@@ -792,6 +807,7 @@ impl<T: CredentialVaultService> Console<T> {
             credential: &credential,
             fields: &fields,
             events: events.as_deref(),
+            versions: &versions,
             done,
             errors,
             plain,
@@ -955,6 +971,29 @@ impl<T: CredentialVaultService> Console<T> {
                 }
                 ("rotate", r.map(|_| "rotated"))
             }
+            "rollback" => {
+                let Some(to) = form.get("to").and_then(|v| v.parse::<u64>().ok()) else {
+                    return self.refused(
+                        Some(signed),
+                        StatusCode::BAD_REQUEST,
+                        "no version to roll back to",
+                    );
+                };
+                let request = api::RollbackCredentialRequest {
+                    r#ref: Some(api::rollback_credential_request::Ref::Id(reference(id))),
+                    version: to,
+                    expected_version: version,
+                    verify: false,
+                    verify_best_effort: false,
+                };
+                let r = self
+                    .call(
+                        self.service
+                            .rollback_credential(self.request(signed, conn, request)),
+                    )
+                    .await;
+                ("rollback", r.map(|_| "rolled-back"))
+            }
             "delete" => {
                 let request = api::GetCredentialRequest {
                     r#ref: Some(api::get_credential_request::Ref::Id(reference(id))),
@@ -988,6 +1027,7 @@ impl<T: CredentialVaultService> Console<T> {
                 let request = api::DeleteCredentialRequest {
                     r#ref: Some(api::delete_credential_request::Ref::Id(reference(id))),
                     expected_version: version,
+                    force: false,
                 };
                 match self
                     .call(
@@ -1148,6 +1188,7 @@ fn done_text(done: &str) -> Option<&'static str> {
         "created" => "Credential saved.",
         "updated" => "Changes saved.",
         "rotated" => "Secret rotated.",
+        "rolled-back" => "Rolled back: the older secret is current again, as a new version.",
         "verified" => "Verified with the provider: the result is below.",
         "deleted" => "Credential deleted.",
         "unchanged" => "Nothing was changed.",

@@ -404,6 +404,8 @@ pub struct CredentialPage<'a> {
     pub credential: &'a api::Credential,
     pub fields: &'a [Field],
     pub events: Option<&'a [api::AuditEvent]>,
+    /// The secret versions it keeps, newest first.
+    pub versions: &'a [api::CredentialVersion],
     pub done: Option<&'a str>,
     /// Errors by form: `edit`, `rotate`, `verify` or `delete`, then by field.
     pub errors: HashMap<&'static str, FieldErrors>,
@@ -506,6 +508,48 @@ pub fn credential(viewer: &Viewer<'_>, page: &CredentialPage<'_>) -> Markup {
                         (input(e, "confirm_name", &format!("Type {} to confirm", c.name), "text", "", true,
                             Some("Workers lose this credential at once.")))
                         button.danger type="submit" { "Delete credential" }
+                    }
+                }
+            }
+            @if !page.versions.is_empty() {
+                section aria-labelledby="h-versions" {
+                    h2 id="h-versions" { "Versions" }
+                    @if let Some(m) = errors("rollback").get("") { (notice("error", m)) }
+                    table {
+                        caption.visually-hidden { "Secret versions, newest first" }
+                        thead { tr {
+                            th scope="col" { "Version" } th scope="col" { "Key" } th scope="col" { "Written" }
+                            th scope="col" { "Verification" } th scope="col" { "State" }
+                            @if viewer.may_write { th scope="col" { "Roll back" } }
+                        } }
+                        tbody {
+                            @for v in page.versions {
+                                @let (vstatus, vclass) = status_text(v.verification.as_ref());
+                                tr {
+                                    td { (v.version) }
+                                    td { code { "…" (v.api_key_hint) } }
+                                    td { (when(v.create_time.as_ref())) @if !v.created_by.is_empty() { br; small { "by " (v.created_by) } } }
+                                    td { span.status.(vclass) { (vstatus) } }
+                                    td {
+                                        @if v.current { "current" }
+                                        @else if v.destroyed { "destroyed " (when(v.destroy_time.as_ref())) }
+                                        @else { "kept" }
+                                    }
+                                    @if viewer.may_write {
+                                        td {
+                                            @if !v.current && !v.destroyed {
+                                                form method="post" action=(action("rollback")) {
+                                                    (csrf(viewer))
+                                                    input type="hidden" name="version" value=(c.version);
+                                                    input type="hidden" name="to" value=(v.version);
+                                                    button type="submit" { "Roll back to " (v.version) }
+                                                }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
                     }
                 }
             }

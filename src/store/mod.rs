@@ -3,12 +3,19 @@
 //! The store deals in [`CredentialRecord`]s whose secrets are already sealed: it
 //! never sees a plaintext secret, and it knows nothing of gRPC. Every write is
 //! durable when its future resolves.
+//!
+//! Besides the records it keeps their *erasable keys* (one per sealed version, see
+//! [`crate::record`]) where they can really be erased: sled has no way to drop a
+//! value from its log, so there each credential's keys are a small file rewritten
+//! whole (PostgreSQL: a table). Reads attach them to the record; records never hold
+//! them. Deleted records are kept apart, whole, until they are purged.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use crate::record::{CredentialRecord, Usage};
 
+mod erasable;
 mod open;
 mod postgres;
 mod sled;
@@ -117,6 +124,29 @@ pub struct Snapshot {
     pub meta: Entries,
     /// Credential id to its encoded last use.
     pub usage: Entries,
+    /// Deleted record id to encoded record (recoverable until purged).
+    pub deleted: Entries,
+    /// `<credential id>/<seal id>` to its erasable key (32 bytes).
+    pub erasable: Entries,
+}
+
+/// The key of an erasable key in a [`Snapshot`].
+pub fn erasable_entry_key(id: &str, seal_id: u64) -> String {
+    format!("{id}/{seal_id}")
+}
+
+/// The credential id and seal id an erasable entry's key names.
+pub fn parse_erasable_entry_key(key: &str) -> Option<(&str, u64)> {
+    let (id, seal) = key.rsplit_once('/')?;
+    Some((id, seal.parse().ok()?))
+}
+
+/// How a deleted record is kept: when it was deleted, by whom, and when it is purged.
+#[derive(Clone, Debug)]
+pub struct Deletion {
+    pub delete_time: prost_types::Timestamp,
+    pub purge_time: prost_types::Timestamp,
+    pub deleted_by: String,
 }
 
 /// A write to the store that a watcher may care about, as a shared store hears of it.
@@ -194,11 +224,67 @@ pub trait Store: Send + Sync + 'static {
         expected_revision: u64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Deletes a record, if it is at `expected_version` when one is given.
+    /// Deletes a record for good with its erasable keys, if it is at
+    /// `expected_version` when one is given.
     fn delete(
         &self,
         id: &str,
         expected_version: Option<u64>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Deletes a record from the live ones (its name is free at once), keeping it
+    /// and its erasable keys among the deleted as `deletion` says; the record as kept.
+    fn delete_keeping(
+        &self,
+        id: &str,
+        expected_version: Option<u64>,
+        deletion: &Deletion,
+    ) -> impl Future<Output = Result<CredentialRecord, StoreError>> + Send;
+
+    /// The deleted record with this id, if any.
+    fn deleted(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<CredentialRecord>, StoreError>> + Send;
+
+    /// Up to `limit` deleted records in id order, starting after `after`.
+    fn list_deleted(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<ListItem>, StoreError>> + Send;
+
+    /// Brings a deleted record back among the live ones: [`StoreError::NameTaken`]
+    /// when another record holds its name now.
+    fn undelete(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<CredentialRecord, StoreError>> + Send;
+
+    /// Replaces a deleted record (a rewrap) if it is at `expected_revision`.
+    fn replace_deleted(
+        &self,
+        record: &CredentialRecord,
+        expected_revision: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes a deleted record for good, with its erasable keys.
+    fn purge(&self, id: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Keeps the erasable key of seal `seal_id` of credential `id`, durably.
+    fn put_erasable(
+        &self,
+        id: &str,
+        seal_id: u64,
+        key: &[u8; 32],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Erases the erasable keys of `seal_ids` of credential `id`: gone from
+    /// disk (sled) or from the database when it resolves.
+    fn erase(
+        &self,
+        id: &str,
+        seal_ids: &[u64],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// When the credential's secret was last read, and by whom.

@@ -121,6 +121,43 @@ impl Store for AnyStore {
     async fn delete(&self, id: &str, expected_version: Option<u64>) -> Result<(), StoreError> {
         each!(self, s => s.delete(id, expected_version).await)
     }
+    async fn delete_keeping(
+        &self,
+        id: &str,
+        expected_version: Option<u64>,
+        deletion: &super::Deletion,
+    ) -> Result<CredentialRecord, StoreError> {
+        each!(self, s => s.delete_keeping(id, expected_version, deletion).await)
+    }
+    async fn deleted(&self, id: &str) -> Result<Option<CredentialRecord>, StoreError> {
+        each!(self, s => s.deleted(id).await)
+    }
+    async fn list_deleted(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ListItem>, StoreError> {
+        each!(self, s => s.list_deleted(after, limit).await)
+    }
+    async fn undelete(&self, id: &str) -> Result<CredentialRecord, StoreError> {
+        each!(self, s => s.undelete(id).await)
+    }
+    async fn replace_deleted(
+        &self,
+        record: &CredentialRecord,
+        expected: u64,
+    ) -> Result<(), StoreError> {
+        each!(self, s => s.replace_deleted(record, expected).await)
+    }
+    async fn purge(&self, id: &str) -> Result<(), StoreError> {
+        each!(self, s => s.purge(id).await)
+    }
+    async fn put_erasable(&self, id: &str, seal_id: u64, key: &[u8; 32]) -> Result<(), StoreError> {
+        each!(self, s => s.put_erasable(id, seal_id, key).await)
+    }
+    async fn erase(&self, id: &str, seal_ids: &[u64]) -> Result<(), StoreError> {
+        each!(self, s => s.erase(id, seal_ids).await)
+    }
     async fn usage(&self, id: &str) -> Result<Option<Usage>, StoreError> {
         each!(self, s => s.usage(id).await)
     }

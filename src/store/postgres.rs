@@ -114,6 +114,25 @@ CREATE TABLE credvault_budgets (
 );
 "#,
     ),
+    (
+        6,
+        "erasable keys of sealed versions, and deleted credentials kept until purged",
+        r#"
+CREATE TABLE credvault_erasable_keys (
+    id   text COLLATE "C" NOT NULL,
+    seal bigint NOT NULL,
+    key  bytea NOT NULL,
+    PRIMARY KEY (id, seal)
+);
+CREATE TABLE credvault_deleted (
+    id       text COLLATE "C" PRIMARY KEY,
+    name     text COLLATE "C" NOT NULL,
+    revision bigint NOT NULL,
+    purge_at bigint NOT NULL,
+    record   bytea NOT NULL
+);
+"#,
+    ),
 ];
 
 /// The prefix of a pause's notification on [`CHANGES_CHANNEL`]: `!pause <account hex> <until ms>`
@@ -237,6 +256,32 @@ fn decode(id: &str, bytes: &[u8]) -> Result<CredentialRecord, StoreError> {
 
 fn signed(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A seal id (any u64) as the bigint column holds it, and back: bit for bit.
+fn seal_column(seal_id: u64) -> i64 {
+    i64::from_be_bytes(seal_id.to_be_bytes())
+}
+
+fn seal_id(column: i64) -> u64 {
+    u64::from_be_bytes(column.to_be_bytes())
+}
+
+/// Erasable keys from rows of (id, seal, key), by credential id.
+fn keys_by_id(
+    rows: &[tokio_postgres::Row],
+) -> std::collections::HashMap<String, Vec<crate::record::ErasableKey>> {
+    let mut out: std::collections::HashMap<String, Vec<crate::record::ErasableKey>> =
+        std::collections::HashMap::new();
+    for r in rows {
+        out.entry(r.get(0))
+            .or_default()
+            .push(crate::record::ErasableKey {
+                seal_id: seal_id(r.get(1)),
+                key: r.get(2),
+            });
+    }
+    out
 }
 
 impl PgStore {
@@ -418,6 +463,27 @@ impl PgStore {
         Ok(done)
     }
 
+    /// The erasable keys of the records among `items`, attached.
+    async fn attach(&self, mut items: Vec<ListItem>) -> Result<Vec<ListItem>, StoreError> {
+        let ids: Vec<&str> = items.iter().map(|(id, _)| id.as_str()).collect();
+        if ids.is_empty() {
+            return Ok(items);
+        }
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached("SELECT id, seal, key FROM credvault_erasable_keys WHERE id = ANY($1)")
+            .await
+            .map_err(db)?;
+        let rows = client.query(&statement, &[&ids]).await.map_err(db)?;
+        let mut keys = keys_by_id(&rows);
+        for (id, record) in &mut items {
+            if let Ok(record) = record {
+                record.erasable = keys.remove(id.as_str()).unwrap_or_default();
+            }
+        }
+        Ok(items)
+    }
+
     async fn exists(&self, id: &str) -> Result<Option<(u64, u64)>, StoreError> {
         let row = self
             .client()
@@ -570,14 +636,30 @@ impl Store for PgStore {
 
     async fn get(&self, id: &str) -> Result<Option<CredentialRecord>, StoreError> {
         let client = self.client().await?;
+        // One round trip, one row: the record and its erasable keys.
         let statement = client
-            .prepare_cached("SELECT record FROM credvault_credentials WHERE id = $1")
+            .prepare_cached(
+                "SELECT c.record,
+                        ARRAY(SELECT k.seal FROM credvault_erasable_keys k WHERE k.id = c.id ORDER BY k.seal),
+                        ARRAY(SELECT k.key FROM credvault_erasable_keys k WHERE k.id = c.id ORDER BY k.seal)
+                 FROM credvault_credentials c WHERE c.id = $1",
+            )
             .await
             .map_err(db)?;
-        match client.query_opt(&statement, &[&id]).await.map_err(db)? {
-            None => Ok(None),
-            Some(row) => decode(id, row.get(0)).map(Some),
-        }
+        let Some(row) = client.query_opt(&statement, &[&id]).await.map_err(db)? else {
+            return Ok(None);
+        };
+        let mut record = decode(id, row.get(0))?;
+        let (seals, keys): (Vec<i64>, Vec<Vec<u8>>) = (row.get(1), row.get(2));
+        record.erasable = seals
+            .into_iter()
+            .zip(keys)
+            .map(|(s, key)| crate::record::ErasableKey {
+                seal_id: seal_id(s),
+                key,
+            })
+            .collect();
+        Ok(Some(record))
     }
 
     async fn id_for_name(&self, name: &str) -> Result<Option<String>, StoreError> {
@@ -616,14 +698,15 @@ impl Store for PgStore {
             }
         }
         .map_err(db)?;
-        Ok(rows
+        let items = rows
             .iter()
             .map(|r| {
                 let id: String = r.get(0);
                 let record = decode(&id, r.get(1));
                 (id, record)
             })
-            .collect())
+            .collect();
+        self.attach(items).await
     }
 
     async fn count(&self) -> Result<usize, StoreError> {
@@ -693,9 +776,9 @@ impl Store for PgStore {
 
     async fn delete(&self, id: &str, expected_version: Option<u64>) -> Result<(), StoreError> {
         let expected = expected_version.map(signed);
-        let deleted = self
-            .client()
-            .await?
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let deleted = tx
             .execute(
                 "DELETE FROM credvault_credentials
                  WHERE id = $1 AND ($2::bigint IS NULL OR version = $2)",
@@ -704,8 +787,13 @@ impl Store for PgStore {
             .await
             .map_err(db)?;
         if deleted == 1 {
+            tx.execute("DELETE FROM credvault_erasable_keys WHERE id = $1", &[&id])
+                .await
+                .map_err(db)?;
+            tx.commit().await.map_err(db)?;
             return Ok(());
         }
+        drop(tx);
         match (self.exists(id).await?, expected_version) {
             (Some((actual, _)), Some(expected)) => Err(StoreError::VersionMismatch {
                 id: id.to_owned(),
@@ -714,6 +802,213 @@ impl Store for PgStore {
             }),
             _ => Err(StoreError::NotFound(id.to_owned())),
         }
+    }
+
+    async fn delete_keeping(
+        &self,
+        id: &str,
+        expected_version: Option<u64>,
+        deletion: &super::Deletion,
+    ) -> Result<CredentialRecord, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let row = tx
+            .query_opt(
+                "SELECT record FROM credvault_credentials WHERE id = $1 FOR UPDATE",
+                &[&id],
+            )
+            .await
+            .map_err(db)?
+            .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
+        let mut record = decode(id, row.get(0))?;
+        if let Some(expected) = expected_version {
+            if record.version != expected {
+                return Err(StoreError::VersionMismatch {
+                    id: id.to_owned(),
+                    expected,
+                    actual: record.version,
+                });
+            }
+        }
+        record.delete_time = Some(deletion.delete_time);
+        record.purge_time = Some(deletion.purge_time);
+        record.deleted_by.clone_from(&deletion.deleted_by);
+        record.revision += 1;
+        tx.execute(
+            "INSERT INTO credvault_deleted (id, name, revision, purge_at, record)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &id,
+                &record.name,
+                &signed(record.revision),
+                &deletion.purge_time.seconds,
+                &record.to_bytes(),
+            ],
+        )
+        .await
+        .map_err(db)?;
+        tx.execute("DELETE FROM credvault_credentials WHERE id = $1", &[&id])
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        let mut items = self.attach(vec![(id.to_owned(), Ok(record))]).await?;
+        items
+            .pop()
+            .map_or_else(|| Err(StoreError::NotFound(id.to_owned())), |(_, r)| r)
+    }
+
+    async fn deleted(&self, id: &str) -> Result<Option<CredentialRecord>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt("SELECT record FROM credvault_deleted WHERE id = $1", &[&id])
+            .await
+            .map_err(db)?;
+        let Some(row) = row else { return Ok(None) };
+        let record = decode(id, row.get(0));
+        let mut items = self.attach(vec![(id.to_owned(), record)]).await?;
+        items.pop().map(|(_, r)| r).transpose()
+    }
+
+    async fn list_deleted(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ListItem>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT id, record FROM credvault_deleted WHERE ($1::text IS NULL OR id > $1)
+                 ORDER BY id LIMIT $2",
+                &[&after, &limit],
+            )
+            .await
+            .map_err(db)?;
+        let items = rows
+            .iter()
+            .map(|r| {
+                let id: String = r.get(0);
+                let record = decode(&id, r.get(1));
+                (id, record)
+            })
+            .collect();
+        self.attach(items).await
+    }
+
+    async fn undelete(&self, id: &str) -> Result<CredentialRecord, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let row = tx
+            .query_opt(
+                "SELECT record FROM credvault_deleted WHERE id = $1 FOR UPDATE",
+                &[&id],
+            )
+            .await
+            .map_err(db)?
+            .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
+        let mut record = decode(id, row.get(0))?;
+        record.delete_time = None;
+        record.purge_time = None;
+        record.deleted_by.clear();
+        record.revision += 1;
+        let inserted = tx
+            .execute(
+                "INSERT INTO credvault_credentials (id, name, version, revision, record)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[
+                    &id,
+                    &record.name,
+                    &signed(record.version),
+                    &signed(record.revision),
+                    &record.to_bytes(),
+                ],
+            )
+            .await;
+        match inserted {
+            Ok(_) => {}
+            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                return Err(StoreError::NameTaken(record.name.clone()))
+            }
+            Err(e) => return Err(db(e)),
+        }
+        tx.execute("DELETE FROM credvault_deleted WHERE id = $1", &[&id])
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        let mut items = self.attach(vec![(id.to_owned(), Ok(record))]).await?;
+        items
+            .pop()
+            .map_or_else(|| Err(StoreError::NotFound(id.to_owned())), |(_, r)| r)
+    }
+
+    async fn replace_deleted(
+        &self,
+        record: &CredentialRecord,
+        expected_revision: u64,
+    ) -> Result<(), StoreError> {
+        let updated = self
+            .client()
+            .await?
+            .execute(
+                "UPDATE credvault_deleted SET revision = $2, record = $3
+                 WHERE id = $1 AND revision = $4",
+                &[
+                    &record.id,
+                    &signed(record.revision),
+                    &record.to_bytes(),
+                    &signed(expected_revision),
+                ],
+            )
+            .await
+            .map_err(db)?;
+        match updated {
+            1 => Ok(()),
+            _ => Err(StoreError::Conflict(record.id.clone())),
+        }
+    }
+
+    async fn purge(&self, id: &str) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let gone = tx
+            .execute("DELETE FROM credvault_deleted WHERE id = $1", &[&id])
+            .await
+            .map_err(db)?;
+        if gone == 0 {
+            return Err(StoreError::NotFound(id.to_owned()));
+        }
+        tx.execute("DELETE FROM credvault_erasable_keys WHERE id = $1", &[&id])
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn put_erasable(&self, id: &str, seal_id: u64, key: &[u8; 32]) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO credvault_erasable_keys (id, seal, key) VALUES ($1, $2, $3)
+                 ON CONFLICT (id, seal) DO UPDATE SET key = EXCLUDED.key",
+                &[&id, &seal_column(seal_id), &key.as_slice()],
+            )
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn erase(&self, id: &str, seal_ids: &[u64]) -> Result<(), StoreError> {
+        let seals: Vec<i64> = seal_ids.iter().map(|s| seal_column(*s)).collect();
+        self.client()
+            .await?
+            .execute(
+                "DELETE FROM credvault_erasable_keys WHERE id = $1 AND seal = ANY($2)",
+                &[&id, &seals],
+            )
+            .await
+            .map_err(db)?;
+        Ok(())
     }
 
     async fn usage(&self, id: &str) -> Result<Option<Usage>, StoreError> {
@@ -917,11 +1212,29 @@ impl Store for PgStore {
             .query("SELECT id, value FROM credvault_usage ORDER BY id", &[])
             .await
             .map_err(db)?;
+        let deleted = tx
+            .query("SELECT id, record FROM credvault_deleted ORDER BY id", &[])
+            .await
+            .map_err(db)?;
+        let keys = tx
+            .query("SELECT id, seal, key FROM credvault_erasable_keys", &[])
+            .await
+            .map_err(db)?;
         tx.commit().await.map_err(db)?;
+        let mut erasable: Entries = keys
+            .iter()
+            .map(|r| {
+                let id: String = r.get(0);
+                (super::erasable_entry_key(&id, seal_id(r.get(1))), r.get(2))
+            })
+            .collect();
+        erasable.sort();
         Ok(Snapshot {
             records: entries(records),
             meta,
             usage: entries(usage),
+            deleted: entries(deleted),
+            erasable,
         })
     }
 
@@ -930,7 +1243,8 @@ impl Store for PgStore {
         let tx = client.transaction().await.map_err(db)?;
         let held: i64 = tx
             .query_one(
-                "SELECT (SELECT count(*) FROM credvault_credentials) + (SELECT count(*) FROM credvault_meta)",
+                "SELECT (SELECT count(*) FROM credvault_credentials) + (SELECT count(*) FROM credvault_meta)
+                      + (SELECT count(*) FROM credvault_deleted)",
                 &[],
             )
             .await
@@ -983,6 +1297,33 @@ impl Store for PgStore {
                 "INSERT INTO credvault_usage (id, value)
                  SELECT $1, $2 WHERE EXISTS (SELECT 1 FROM credvault_credentials WHERE id = $1)",
                 &[id, value],
+            )
+            .await
+            .map_err(db)?;
+        }
+        for (id, bytes) in &snapshot.deleted {
+            let Ok(record) = decode(id, bytes) else {
+                continue;
+            };
+            let purge_at = record.purge_time.map_or(0, |t| t.seconds);
+            tx.execute(
+                "INSERT INTO credvault_deleted (id, name, revision, purge_at, record)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[id, &record.name, &signed(record.revision), &purge_at, bytes],
+            )
+            .await
+            .map_err(db)?;
+        }
+        for (key, value) in &snapshot.erasable {
+            let Some((id, seal)) = super::parse_erasable_entry_key(key) else {
+                return Err(StoreError::Corrupt {
+                    id: key.clone(),
+                    reason: "not an erasable key".into(),
+                });
+            };
+            tx.execute(
+                "INSERT INTO credvault_erasable_keys (id, seal, key) VALUES ($1, $2, $3)",
+                &[&id, &seal_column(seal), value],
             )
             .await
             .map_err(db)?;

@@ -1,7 +1,9 @@
 //! The embedded default store: sled, with a name index kept in the same transaction.
 //!
 //! Trees: `credentials` (id to record), `names` (name to id), `meta` (key
-//! checks, seal counts, pauses of provider accounts), `usage` (id to last use).
+//! checks, seal counts, pauses of provider accounts), `usage` (id to last use),
+//! `deleted` (id to a deleted record, until it is purged). Erasable keys are
+//! not in sled (it cannot forget a value): see [`super::erasable`].
 //! Writers share a gate that a snapshot takes alone, so a backup sees one instant.
 //! Writes are acknowledged only after a flush (fsync) that started after them.
 //! Flushes are grouped: one fsync covers every write made before it began.
@@ -18,7 +20,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use sled::{Db, Tree};
 
-use super::{Entries, ListItem, Snapshot, Store, StoreError};
+use super::erasable::Keystore;
+use super::{Deletion, Entries, ListItem, Snapshot, Store, StoreError};
 use crate::record::{CredentialRecord, Usage};
 
 use super::PAUSES_META_PREFIX as PAUSES_PREFIX;
@@ -37,6 +40,9 @@ pub struct SledStore {
     names: Tree,
     meta: Tree,
     usage: Tree,
+    deleted: Tree,
+    /// Every credential's erasable keys, in their own files.
+    keys: Keystore,
     cache: Arc<RecordCache>,
     /// The directory sled lives in (to test whether it takes writes again).
     dir: std::path::PathBuf,
@@ -179,11 +185,13 @@ impl SledStore {
             .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(io)?;
-        Ok(SledStore {
+        let store = SledStore {
             records: db.open_tree("credentials").map_err(io)?,
             names: db.open_tree("names").map_err(io)?,
             meta: db.open_tree("meta").map_err(io)?,
             usage: db.open_tree("usage").map_err(io)?,
+            deleted: db.open_tree("deleted").map_err(io)?,
+            keys: Keystore::open(&dir.join("erasable"))?,
             cache: Arc::default(),
             flusher: std::sync::Arc::default(),
             gate: std::sync::Arc::default(),
@@ -191,7 +199,53 @@ impl SledStore {
             dir: dir.to_owned(),
             db,
             _lock: Arc::new(lock),
-        })
+        };
+        store.collect_keys()?;
+        Ok(store)
+    }
+
+    /// Erases the keys no record refers to: a crash can leave some between a
+    /// record's write and the erasure of the keys it dropped (or a key made for a
+    /// write that never happened).
+    fn collect_keys(&self) -> Result<(), StoreError> {
+        for id in self.keys.ids() {
+            let stored = match self.records.get(&id).map_err(io)? {
+                Some(bytes) => Some(bytes),
+                None => self.deleted.get(&id).map_err(io)?,
+            };
+            let referenced = match stored {
+                Some(bytes) => match decode(&id, &bytes) {
+                    Ok(record) => record.seal_ids(),
+                    // A damaged record may still be repaired from a backup: keep its keys.
+                    Err(_) => continue,
+                },
+                None => Vec::new(),
+            };
+            self.keys
+                .update(&id, |list| list.retain(|(s, _)| referenced.contains(s)))?;
+        }
+        Ok(())
+    }
+
+    /// The record with its erasable keys attached.
+    fn attach(&self, mut record: CredentialRecord) -> CredentialRecord {
+        record.erasable = self.keys.of(&record.id);
+        record
+    }
+
+    /// Changes the erasable keys of `id` off the async runtime (files are fsynced).
+    async fn update_keys(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut super::erasable::Keys) + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let keys = self.keys.clone();
+        let owned = id.to_owned();
+        let _written = self.cache.writing(Some(id));
+        tokio::task::spawn_blocking(move || keys.update(&owned, change))
+            .await
+            .map_err(|e| StoreError::Io(format!("key file task failed: {e}")))?
+            .map_err(|e| self.note(e))
     }
 
     /// Remembers an I/O error of a write, for [`Store::write_error`].
@@ -339,7 +393,7 @@ impl Store for SledStore {
         match self.records.get(id).map_err(io)? {
             None => Ok(None),
             Some(bytes) => {
-                let record = Arc::new(decode(id, &bytes)?);
+                let record = Arc::new(self.attach(decode(id, &bytes)?));
                 self.cache.fill(&record, epoch);
                 Ok(Some(record))
             }
@@ -362,7 +416,7 @@ impl Store for SledStore {
             .map(|entry| {
                 let (key, value) = entry.map_err(io)?;
                 let id = utf8(&key);
-                let record = decode(&id, &value);
+                let record = decode(&id, &value).map(|r| self.attach(r));
                 Ok((id, record))
             })
             .collect()
@@ -467,7 +521,165 @@ impl Store for SledStore {
             .map_err(|e| self.note(txn_error(e)))?;
         self.usage.remove(id.as_bytes()).map_err(io)?;
         drop((written, gate));
+        self.durable().await?;
+        self.update_keys(id, Vec::clear).await
+    }
+
+    async fn delete_keeping(
+        &self,
+        id: &str,
+        expected_version: Option<u64>,
+        deletion: &Deletion,
+    ) -> Result<CredentialRecord, StoreError> {
+        let gate = self.gate.read().await;
+        let written = self.cache.writing(Some(id));
+        let kept = (&self.records, &self.names, &self.deleted)
+            .transaction(|(records, names, deleted)| {
+                let abort = ConflictableTransactionError::Abort;
+                let bytes = records
+                    .remove(id.as_bytes())?
+                    .ok_or_else(|| abort(StoreError::NotFound(id.to_owned())))?;
+                let mut record = decode(id, &bytes).map_err(abort)?;
+                if let Some(expected) = expected_version {
+                    if record.version != expected {
+                        return Err(abort(StoreError::VersionMismatch {
+                            id: id.to_owned(),
+                            expected,
+                            actual: record.version,
+                        }));
+                    }
+                }
+                if names.get(record.name.as_bytes())?.as_deref() == Some(id.as_bytes()) {
+                    names.remove(record.name.as_bytes())?;
+                }
+                record.delete_time = Some(deletion.delete_time);
+                record.purge_time = Some(deletion.purge_time);
+                record.deleted_by.clone_from(&deletion.deleted_by);
+                record.revision += 1;
+                deleted.insert(id.as_bytes(), record.to_bytes())?;
+                Ok(record)
+            })
+            .map_err(|e| self.note(txn_error(e)))?;
+        self.usage.remove(id.as_bytes()).map_err(io)?;
+        drop((written, gate));
+        self.durable().await?;
+        Ok(self.attach(kept))
+    }
+
+    async fn deleted(&self, id: &str) -> Result<Option<CredentialRecord>, StoreError> {
+        match self.deleted.get(id).map_err(io)? {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(self.attach(decode(id, &bytes)?))),
+        }
+    }
+
+    async fn list_deleted(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ListItem>, StoreError> {
+        let iter = match after {
+            Some(after) => self.deleted.range::<&[u8], _>((
+                std::ops::Bound::Excluded(after.as_bytes()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => self.deleted.iter(),
+        };
+        iter.take(limit)
+            .map(|entry| {
+                let (key, value) = entry.map_err(io)?;
+                let id = utf8(&key);
+                let record = decode(&id, &value).map(|r| self.attach(r));
+                Ok((id, record))
+            })
+            .collect()
+    }
+
+    async fn undelete(&self, id: &str) -> Result<CredentialRecord, StoreError> {
+        let gate = self.gate.read().await;
+        let written = self.cache.writing(Some(id));
+        let back = (&self.records, &self.names, &self.deleted)
+            .transaction(|(records, names, deleted)| {
+                let abort = ConflictableTransactionError::Abort;
+                let bytes = deleted
+                    .get(id.as_bytes())?
+                    .ok_or_else(|| abort(StoreError::NotFound(id.to_owned())))?;
+                let mut record = decode(id, &bytes).map_err(abort)?;
+                if names.get(record.name.as_bytes())?.is_some() {
+                    return Err(abort(StoreError::NameTaken(record.name.clone())));
+                }
+                deleted.remove(id.as_bytes())?;
+                record.delete_time = None;
+                record.purge_time = None;
+                record.deleted_by.clear();
+                record.revision += 1;
+                records.insert(id.as_bytes(), record.to_bytes())?;
+                names.insert(record.name.as_bytes(), id.as_bytes())?;
+                Ok(record)
+            })
+            .map_err(|e| self.note(txn_error(e)))?;
+        drop((written, gate));
+        self.durable().await?;
+        Ok(self.attach(back))
+    }
+
+    async fn replace_deleted(
+        &self,
+        record: &CredentialRecord,
+        expected_revision: u64,
+    ) -> Result<(), StoreError> {
+        let bytes = record.to_bytes();
+        {
+            let _gate = self.gate.read().await;
+            self.deleted
+                .transaction(|deleted| {
+                    let abort = ConflictableTransactionError::Abort;
+                    let current = deleted
+                        .get(record.id.as_bytes())?
+                        .ok_or_else(|| abort(StoreError::NotFound(record.id.clone())))?;
+                    let current = decode(&record.id, &current).map_err(abort)?;
+                    if current.revision != expected_revision {
+                        return Err(abort(StoreError::Conflict(record.id.clone())));
+                    }
+                    deleted.insert(record.id.as_bytes(), bytes.as_slice())?;
+                    Ok(())
+                })
+                .map_err(|e| self.note(txn_error(e)))?;
+        }
         self.durable().await
+    }
+
+    async fn purge(&self, id: &str) -> Result<(), StoreError> {
+        {
+            let _gate = self.gate.read().await;
+            if self
+                .deleted
+                .remove(id.as_bytes())
+                .map_err(|e| self.note(io(e)))?
+                .is_none()
+            {
+                return Err(StoreError::NotFound(id.to_owned()));
+            }
+        }
+        self.durable().await?;
+        self.update_keys(id, Vec::clear).await
+    }
+
+    async fn put_erasable(&self, id: &str, seal_id: u64, key: &[u8; 32]) -> Result<(), StoreError> {
+        let _gate = self.gate.read().await;
+        let key = zeroize::Zeroizing::new(*key);
+        self.update_keys(id, move |list| {
+            list.retain(|(s, _)| *s != seal_id);
+            list.push((seal_id, key));
+        })
+        .await
+    }
+
+    async fn erase(&self, id: &str, seal_ids: &[u64]) -> Result<(), StoreError> {
+        let _gate = self.gate.read().await;
+        let gone = seal_ids.to_vec();
+        self.update_keys(id, move |list| list.retain(|(s, _)| !gone.contains(s)))
+            .await
     }
 
     async fn usage(&self, id: &str) -> Result<Option<Usage>, StoreError> {
@@ -540,6 +752,8 @@ impl Store for SledStore {
                 records: Self::entries(&this.records)?,
                 meta: Self::entries(&this.meta)?,
                 usage: Self::entries(&this.usage)?,
+                deleted: Self::entries(&this.deleted)?,
+                erasable: this.keys.entries(),
             })
         })
         .await
@@ -557,7 +771,7 @@ impl Store for SledStore {
         {
             let _alone = self.gate.write().await;
             let _written = self.cache.writing(None);
-            if !self.records.is_empty() || !self.meta.is_empty() {
+            if !self.records.is_empty() || !self.meta.is_empty() || !self.deleted.is_empty() {
                 return Err(StoreError::NotEmpty);
             }
             for (id, bytes) in &snapshot.records {
@@ -585,8 +799,33 @@ impl Store for SledStore {
                     .insert(id.as_bytes(), value.as_slice())
                     .map_err(|e| self.note(io(e)))?;
             }
+            for (id, bytes) in &snapshot.deleted {
+                self.deleted
+                    .insert(id.as_bytes(), bytes.as_slice())
+                    .map_err(|e| self.note(io(e)))?;
+            }
         }
-        self.durable().await
+        self.durable().await?;
+        let mut by_id: HashMap<&str, super::erasable::Keys> = HashMap::new();
+        for (key, value) in &snapshot.erasable {
+            let (Some((id, seal)), Ok(bytes)) = (
+                super::parse_erasable_entry_key(key),
+                <[u8; 32]>::try_from(value.as_slice()),
+            ) else {
+                return Err(StoreError::Corrupt {
+                    id: key.clone(),
+                    reason: "not an erasable key".into(),
+                });
+            };
+            by_id
+                .entry(id)
+                .or_default()
+                .push((seal, zeroize::Zeroizing::new(bytes)));
+        }
+        for (id, list) in by_id {
+            self.update_keys(id, move |keys| *keys = list).await?;
+        }
+        Ok(())
     }
 
     async fn flush(&self) -> Result<(), StoreError> {

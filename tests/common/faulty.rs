@@ -81,6 +81,51 @@ impl<S: Store> Store for FaultyStore<S> {
         self.faults.check()?;
         self.inner.delete(id, expected_version).await
     }
+    async fn delete_keeping(
+        &self,
+        id: &str,
+        expected_version: Option<u64>,
+        deletion: &credvault::store::Deletion,
+    ) -> Result<CredentialRecord, StoreError> {
+        self.faults.check()?;
+        self.inner
+            .delete_keeping(id, expected_version, deletion)
+            .await
+    }
+    async fn deleted(&self, id: &str) -> Result<Option<CredentialRecord>, StoreError> {
+        self.inner.deleted(id).await
+    }
+    async fn list_deleted(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<credvault::store::ListItem>, StoreError> {
+        self.inner.list_deleted(after, limit).await
+    }
+    async fn undelete(&self, id: &str) -> Result<CredentialRecord, StoreError> {
+        self.faults.check()?;
+        self.inner.undelete(id).await
+    }
+    async fn replace_deleted(
+        &self,
+        record: &CredentialRecord,
+        expected: u64,
+    ) -> Result<(), StoreError> {
+        self.faults.check()?;
+        self.inner.replace_deleted(record, expected).await
+    }
+    async fn purge(&self, id: &str) -> Result<(), StoreError> {
+        self.faults.check()?;
+        self.inner.purge(id).await
+    }
+    async fn put_erasable(&self, id: &str, seal_id: u64, key: &[u8; 32]) -> Result<(), StoreError> {
+        self.faults.check()?;
+        self.inner.put_erasable(id, seal_id, key).await
+    }
+    async fn erase(&self, id: &str, seal_ids: &[u64]) -> Result<(), StoreError> {
+        self.faults.check()?;
+        self.inner.erase(id, seal_ids).await
+    }
     async fn usage(&self, id: &str) -> Result<Option<Usage>, StoreError> {
         self.inner.usage(id).await
     }

@@ -96,6 +96,9 @@ pub struct Options {
     /// Watch stream limits and resync interval.
     pub watch: credvault::watch::WatchSettings,
     pub feedback: credvault::feedback::FeedbackSettings,
+    /// Secret versions kept per credential, and how long deleted ones stay recoverable.
+    pub keep_versions: usize,
+    pub recovery_window: Duration,
 }
 
 impl Default for Options {
@@ -124,6 +127,8 @@ impl Default for Options {
             base_urls: Vec::new(),
             watch: Default::default(),
             feedback: Default::default(),
+            keep_versions: credvault::vault::DEFAULT_KEEP_VERSIONS,
+            recovery_window: credvault::vault::DEFAULT_RECOVERY_WINDOW,
         }
     }
 }
@@ -261,6 +266,8 @@ impl TestServer {
             shutdown_grace: Duration::from_secs(5),
             metrics_listen: None,
             console: None,
+            keep_versions: opts.keep_versions,
+            recovery_window: opts.recovery_window,
             watch: opts.watch.clone(),
             feedback: opts.feedback.clone(),
         };
@@ -394,6 +401,8 @@ pub fn bare_config(dir: &Path, keys: &str) -> Config {
         shutdown_grace: Duration::from_secs(1),
         metrics_listen: None,
         console: None,
+        keep_versions: credvault::vault::DEFAULT_KEEP_VERSIONS,
+        recovery_window: credvault::vault::DEFAULT_RECOVERY_WINDOW,
         watch: Default::default(),
         feedback: Default::default(),
     }

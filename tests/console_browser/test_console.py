@@ -220,6 +220,17 @@ def test_an_operator_adds_checks_rotates_and_deletes(browser):
     ), audit
     save(d, "07-rotated-verified")
 
+    # Versions: back to the first secret, as a new version.
+    versions = d.find_elements(
+        By.CSS_SELECTOR, "section[aria-labelledby=h-versions] tbody tr"
+    )
+    assert len(versions) == 2, len(versions)
+    click(d, d.find_element(By.XPATH, "//button[normalize-space()='Roll back to 1']"))
+    assert notice(d).startswith("Rolled back")
+    facts = d.find_element(By.CSS_SELECTOR, "dl.facts").text
+    assert "…" + KEY_OK[-4:] in facts and "\n3\n" in facts, facts
+    save(d, "07b-rolled-back")
+
     # Delete: only once the name is typed.
     type_into(d, "f-confirm_name", "fleet-wrong")
     submit_with_enter(d)

@@ -95,7 +95,7 @@ class Header(_message.Message):
     def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
 
 class Credential(_message.Message):
-    __slots__ = ("id", "name", "description", "provider", "api_key_hint", "create_time", "update_time", "last_verification", "version", "expire_time", "last_used_time", "last_used_by", "undeclared_fields", "missing_fields", "provider_undeclared", "request_budget_per_minute")
+    __slots__ = ("id", "name", "description", "provider", "api_key_hint", "create_time", "update_time", "last_verification", "version", "expire_time", "last_used_time", "last_used_by", "undeclared_fields", "missing_fields", "provider_undeclared", "request_budget_per_minute", "delete_time", "purge_time")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +112,8 @@ class Credential(_message.Message):
     MISSING_FIELDS_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_UNDECLARED_FIELD_NUMBER: _ClassVar[int]
     REQUEST_BUDGET_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    DELETE_TIME_FIELD_NUMBER: _ClassVar[int]
+    PURGE_TIME_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     description: str
@@ -128,7 +130,9 @@ class Credential(_message.Message):
     missing_fields: _containers.RepeatedScalarFieldContainer[str]
     provider_undeclared: bool
     request_budget_per_minute: int
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., provider: _Optional[str] = ..., api_key_hint: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_verification: _Optional[_Union[Verification, _Mapping]] = ..., version: _Optional[int] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_used_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_used_by: _Optional[str] = ..., undeclared_fields: _Optional[_Iterable[str]] = ..., missing_fields: _Optional[_Iterable[str]] = ..., provider_undeclared: _Optional[bool] = ..., request_budget_per_minute: _Optional[int] = ...) -> None: ...
+    delete_time: _timestamp_pb2.Timestamp
+    purge_time: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., provider: _Optional[str] = ..., api_key_hint: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_verification: _Optional[_Union[Verification, _Mapping]] = ..., version: _Optional[int] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_used_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_used_by: _Optional[str] = ..., undeclared_fields: _Optional[_Iterable[str]] = ..., missing_fields: _Optional[_Iterable[str]] = ..., provider_undeclared: _Optional[bool] = ..., request_budget_per_minute: _Optional[int] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., purge_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Verification(_message.Message):
     __slots__ = ("status", "http_status", "message", "retry_after_seconds", "check_time", "rejected_field")
@@ -187,16 +191,18 @@ class GetCredentialResponse(_message.Message):
     def __init__(self, credential: _Optional[_Union[Credential, _Mapping]] = ...) -> None: ...
 
 class ListCredentialsRequest(_message.Message):
-    __slots__ = ("page_size", "page_token", "verification_statuses", "expire_before")
+    __slots__ = ("page_size", "page_token", "verification_statuses", "expire_before", "deleted")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     VERIFICATION_STATUSES_FIELD_NUMBER: _ClassVar[int]
     EXPIRE_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
     verification_statuses: _containers.RepeatedScalarFieldContainer[VerificationStatus]
     expire_before: _timestamp_pb2.Timestamp
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., verification_statuses: _Optional[_Iterable[_Union[VerificationStatus, str]]] = ..., expire_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    deleted: bool
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., verification_statuses: _Optional[_Iterable[_Union[VerificationStatus, str]]] = ..., expire_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deleted: _Optional[bool] = ...) -> None: ...
 
 class ListCredentialsResponse(_message.Message):
     __slots__ = ("credentials", "next_page_token")
@@ -239,18 +245,108 @@ class UpdateCredentialResponse(_message.Message):
     def __init__(self, credential: _Optional[_Union[Credential, _Mapping]] = ...) -> None: ...
 
 class DeleteCredentialRequest(_message.Message):
-    __slots__ = ("id", "name", "expected_version")
+    __slots__ = ("id", "name", "expected_version", "force")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     expected_version: int
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., expected_version: _Optional[int] = ...) -> None: ...
+    force: bool
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., expected_version: _Optional[int] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class DeleteCredentialResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("purge_time",)
+    PURGE_TIME_FIELD_NUMBER: _ClassVar[int]
+    purge_time: _timestamp_pb2.Timestamp
+    def __init__(self, purge_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class UndeleteCredentialRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class UndeleteCredentialResponse(_message.Message):
+    __slots__ = ("credential",)
+    CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
+    credential: Credential
+    def __init__(self, credential: _Optional[_Union[Credential, _Mapping]] = ...) -> None: ...
+
+class CredentialVersion(_message.Message):
+    __slots__ = ("version", "create_time", "created_by", "api_key_hint", "verification", "current", "destroyed", "destroy_time", "destroyed_by")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_HINT_FIELD_NUMBER: _ClassVar[int]
+    VERIFICATION_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    DESTROYED_FIELD_NUMBER: _ClassVar[int]
+    DESTROY_TIME_FIELD_NUMBER: _ClassVar[int]
+    DESTROYED_BY_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    create_time: _timestamp_pb2.Timestamp
+    created_by: str
+    api_key_hint: str
+    verification: Verification
+    current: bool
+    destroyed: bool
+    destroy_time: _timestamp_pb2.Timestamp
+    destroyed_by: str
+    def __init__(self, version: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ..., api_key_hint: _Optional[str] = ..., verification: _Optional[_Union[Verification, _Mapping]] = ..., current: _Optional[bool] = ..., destroyed: _Optional[bool] = ..., destroy_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., destroyed_by: _Optional[str] = ...) -> None: ...
+
+class ListCredentialVersionsRequest(_message.Message):
+    __slots__ = ("id", "name")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class ListCredentialVersionsResponse(_message.Message):
+    __slots__ = ("versions",)
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    versions: _containers.RepeatedCompositeFieldContainer[CredentialVersion]
+    def __init__(self, versions: _Optional[_Iterable[_Union[CredentialVersion, _Mapping]]] = ...) -> None: ...
+
+class RollbackCredentialRequest(_message.Message):
+    __slots__ = ("id", "name", "version", "expected_version", "verify", "verify_best_effort")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_BEST_EFFORT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    version: int
+    expected_version: int
+    verify: bool
+    verify_best_effort: bool
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[int] = ..., expected_version: _Optional[int] = ..., verify: _Optional[bool] = ..., verify_best_effort: _Optional[bool] = ...) -> None: ...
+
+class RollbackCredentialResponse(_message.Message):
+    __slots__ = ("credential",)
+    CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
+    credential: Credential
+    def __init__(self, credential: _Optional[_Union[Credential, _Mapping]] = ...) -> None: ...
+
+class DestroyCredentialVersionRequest(_message.Message):
+    __slots__ = ("id", "name", "version")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    version: int
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class DestroyCredentialVersionResponse(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: CredentialVersion
+    def __init__(self, version: _Optional[_Union[CredentialVersion, _Mapping]] = ...) -> None: ...
 
 class VerifyCredentialRequest(_message.Message):
     __slots__ = ("id", "name")

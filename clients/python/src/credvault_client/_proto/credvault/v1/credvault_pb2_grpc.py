@@ -60,6 +60,26 @@ class CredentialVaultServiceStub:
                 request_serializer=credvault_dot_v1_dot_credvault__pb2.DeleteCredentialRequest.SerializeToString,
                 response_deserializer=credvault_dot_v1_dot_credvault__pb2.DeleteCredentialResponse.FromString,
                 _registered_method=True)
+        self.UndeleteCredential = channel.unary_unary(
+                '/credvault.v1.CredentialVaultService/UndeleteCredential',
+                request_serializer=credvault_dot_v1_dot_credvault__pb2.UndeleteCredentialRequest.SerializeToString,
+                response_deserializer=credvault_dot_v1_dot_credvault__pb2.UndeleteCredentialResponse.FromString,
+                _registered_method=True)
+        self.ListCredentialVersions = channel.unary_unary(
+                '/credvault.v1.CredentialVaultService/ListCredentialVersions',
+                request_serializer=credvault_dot_v1_dot_credvault__pb2.ListCredentialVersionsRequest.SerializeToString,
+                response_deserializer=credvault_dot_v1_dot_credvault__pb2.ListCredentialVersionsResponse.FromString,
+                _registered_method=True)
+        self.RollbackCredential = channel.unary_unary(
+                '/credvault.v1.CredentialVaultService/RollbackCredential',
+                request_serializer=credvault_dot_v1_dot_credvault__pb2.RollbackCredentialRequest.SerializeToString,
+                response_deserializer=credvault_dot_v1_dot_credvault__pb2.RollbackCredentialResponse.FromString,
+                _registered_method=True)
+        self.DestroyCredentialVersion = channel.unary_unary(
+                '/credvault.v1.CredentialVaultService/DestroyCredentialVersion',
+                request_serializer=credvault_dot_v1_dot_credvault__pb2.DestroyCredentialVersionRequest.SerializeToString,
+                response_deserializer=credvault_dot_v1_dot_credvault__pb2.DestroyCredentialVersionResponse.FromString,
+                _registered_method=True)
         self.VerifyCredential = channel.unary_unary(
                 '/credvault.v1.CredentialVaultService/VerifyCredential',
                 request_serializer=credvault_dot_v1_dot_credvault__pb2.VerifyCredentialRequest.SerializeToString,
@@ -135,7 +155,45 @@ class CredentialVaultServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteCredential(self, request, context):
-        """Removes a credential for good. Permission: credentials.write.
+        """Deletes a credential: it is served no more and its name is free at once, and it
+        stays recoverable by id (UndeleteCredential) until purge_time, the end of the
+        recovery window (`--recovery-window`); `force` deletes it for good at once.
+        Permission: credentials.write.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UndeleteCredential(self, request, context):
+        """Brings back a deleted credential, by id, with its history, within its recovery
+        window; ALREADY_EXISTS when another credential took its name meanwhile.
+        Permission: credentials.write.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCredentialVersions(self, request, context):
+        """The secret versions a credential keeps (`--keep-versions`), newest first: the
+        current one, then those it replaced. Never a secret. Permission: credentials.read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackCredential(self, request, context):
+        """Makes the secret of a kept version current again, as a new version (versions only
+        grow, so workers and their watch streams see an ordinary change).
+        Permission: credentials.write.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DestroyCredentialVersion(self, request, context):
+        """Destroys one kept version for good (a leaked key): its sealed secret leaves the
+        record and its erasable key is erased, so no copy of it opens any more. The
+        current version cannot be destroyed. Permission: credentials.write.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -253,6 +311,26 @@ def add_CredentialVaultServiceServicer_to_server(servicer, server):
                     servicer.DeleteCredential,
                     request_deserializer=credvault_dot_v1_dot_credvault__pb2.DeleteCredentialRequest.FromString,
                     response_serializer=credvault_dot_v1_dot_credvault__pb2.DeleteCredentialResponse.SerializeToString,
+            ),
+            'UndeleteCredential': grpc.unary_unary_rpc_method_handler(
+                    servicer.UndeleteCredential,
+                    request_deserializer=credvault_dot_v1_dot_credvault__pb2.UndeleteCredentialRequest.FromString,
+                    response_serializer=credvault_dot_v1_dot_credvault__pb2.UndeleteCredentialResponse.SerializeToString,
+            ),
+            'ListCredentialVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCredentialVersions,
+                    request_deserializer=credvault_dot_v1_dot_credvault__pb2.ListCredentialVersionsRequest.FromString,
+                    response_serializer=credvault_dot_v1_dot_credvault__pb2.ListCredentialVersionsResponse.SerializeToString,
+            ),
+            'RollbackCredential': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackCredential,
+                    request_deserializer=credvault_dot_v1_dot_credvault__pb2.RollbackCredentialRequest.FromString,
+                    response_serializer=credvault_dot_v1_dot_credvault__pb2.RollbackCredentialResponse.SerializeToString,
+            ),
+            'DestroyCredentialVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.DestroyCredentialVersion,
+                    request_deserializer=credvault_dot_v1_dot_credvault__pb2.DestroyCredentialVersionRequest.FromString,
+                    response_serializer=credvault_dot_v1_dot_credvault__pb2.DestroyCredentialVersionResponse.SerializeToString,
             ),
             'VerifyCredential': grpc.unary_unary_rpc_method_handler(
                     servicer.VerifyCredential,
@@ -431,6 +509,114 @@ class CredentialVaultService:
             '/credvault.v1.CredentialVaultService/DeleteCredential',
             credvault_dot_v1_dot_credvault__pb2.DeleteCredentialRequest.SerializeToString,
             credvault_dot_v1_dot_credvault__pb2.DeleteCredentialResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UndeleteCredential(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credvault.v1.CredentialVaultService/UndeleteCredential',
+            credvault_dot_v1_dot_credvault__pb2.UndeleteCredentialRequest.SerializeToString,
+            credvault_dot_v1_dot_credvault__pb2.UndeleteCredentialResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCredentialVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credvault.v1.CredentialVaultService/ListCredentialVersions',
+            credvault_dot_v1_dot_credvault__pb2.ListCredentialVersionsRequest.SerializeToString,
+            credvault_dot_v1_dot_credvault__pb2.ListCredentialVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackCredential(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credvault.v1.CredentialVaultService/RollbackCredential',
+            credvault_dot_v1_dot_credvault__pb2.RollbackCredentialRequest.SerializeToString,
+            credvault_dot_v1_dot_credvault__pb2.RollbackCredentialResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DestroyCredentialVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credvault.v1.CredentialVaultService/DestroyCredentialVersion',
+            credvault_dot_v1_dot_credvault__pb2.DestroyCredentialVersionRequest.SerializeToString,
+            credvault_dot_v1_dot_credvault__pb2.DestroyCredentialVersionResponse.FromString,
             options,
             channel_credentials,
             insecure,
