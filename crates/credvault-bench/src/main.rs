@@ -103,6 +103,10 @@ struct Args {
     /// Skip the watch steps (cache hit, propagation, idle streams).
     #[arg(long)]
     skip_watch: bool,
+    /// Skip the history step (hot path and rotations of credentials with 10 secret
+    /// versions beside ones with none, and the disk used per version).
+    #[arg(long)]
+    skip_history: bool,
     /// A providers file for the measured server that declares `fleetio-declared`
     /// (deploy/providers.example.toml): adds the hot path for as many credentials
     /// of the declared Fleetio on the same server, beside the built-in one's.
@@ -710,6 +714,9 @@ async fn main() {
         ),
         None => None,
     };
+    if let Some(compare) = &compare {
+        rows.push(compare.write.clone());
+    }
     let bao = if args.bao == "off" {
         None
     } else {
@@ -717,6 +724,12 @@ async fn main() {
     };
     if let Some(bao) = &bao {
         rows.push(bao.seed(args.credentials).await);
+    }
+
+    // Credentials with a history of 10 secret versions beside ones with none, on
+    // the same server: the hot path, rotations, and the disk a version takes.
+    if !args.skip_history {
+        history_step(&args, &main, &work.join("vault"), &mut rows).await;
     }
 
     // Durable updates at 16.
@@ -910,6 +923,119 @@ fn update_op(seeded: &Seeded) -> Op {
             .is_ok()
         })
     })
+}
+
+/// Rotates a random credential of `ids`: a new secret each time (a new version).
+fn rotate_op(vaults: &[Vault], ids: &Arc<Vec<String>>) -> Op {
+    let (vaults, ids) = (vaults.to_vec(), Arc::clone(ids));
+    Arc::new(move |w| {
+        let mut c = vaults[w % vaults.len()].clone();
+        let i = rand::thread_rng().gen_range(0..ids.len());
+        let id = ids[i].clone();
+        let n: u64 = rand::thread_rng().gen();
+        Box::pin(async move { c.update_credential(rotation(id, n)).await.is_ok() })
+    })
+}
+
+/// A rotation of credential `id` to a new key numbered `n`.
+fn rotation(id: String, n: u64) -> api::UpdateCredentialRequest {
+    api::UpdateCredentialRequest {
+        r#ref: Some(api::update_credential_request::Ref::Id(id)),
+        secret: Some(api::update_credential_request::Secret::Fleetio(
+            api::FleetioSecret {
+                api_key: format!("bench-rotated-key-{n:020}"),
+                account_token: format!("bench-account-{n}"),
+                api_version: "2024-03-15".into(),
+            },
+        )),
+        ..Default::default()
+    }
+}
+
+/// Seeds two sets of credentials, gives one 9 rotations each (10 versions,
+/// the default `--keep-versions`), then measures both side by side.
+async fn history_step(args: &Args, main: &Seeded, dir: &Path, rows: &mut Vec<Row>) {
+    let n = args.credentials.min(2000);
+    let (plain, row) = seed_as(
+        &main.vaults,
+        n,
+        "plain",
+        "credvault CreateCredential (history: none)",
+        false,
+    )
+    .await;
+    rows.push(row);
+    let (hist, row) = seed_as(
+        &main.vaults,
+        n,
+        "hist",
+        "credvault CreateCredential (history: 10)",
+        false,
+    )
+    .await;
+    rows.push(row);
+    let (plain, hist) = (Arc::new(plain), Arc::new(hist));
+    let before = dir_size(dir);
+    let started = Instant::now();
+    let rounds = 9;
+    for round in 0..rounds {
+        let tasks: Vec<_> = hist
+            .chunks(hist.len().div_ceil(16).max(1))
+            .enumerate()
+            .map(|(w, chunk)| {
+                let mut c = main.vaults[w % main.vaults.len()].clone();
+                let chunk = chunk.to_vec();
+                tokio::spawn(async move {
+                    for (i, id) in chunk.into_iter().enumerate() {
+                        let n = (round * 1_000_000 + w * 10_000 + i) as u64;
+                        c.update_credential(rotation(id, n))
+                            .await
+                            .expect("rotation");
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("rotation task");
+        }
+    }
+    let after = dir_size(dir);
+    let versions = (rounds * hist.len()) as u64;
+    eprintln!(
+        "history: {versions} versions added in {:.1?}; data dir {:.1} -> {:.1} MB: {} bytes per version (sled's log, before compaction; the erasable key file holds 40 of them)",
+        started.elapsed(),
+        before as f64 / 1e6,
+        after as f64 / 1e6,
+        after.saturating_sub(before) / versions.max(1)
+    );
+    for &c in &args.concurrency {
+        for (label, ids) in [("none", &plain), ("10 versions", &hist)] {
+            rows.push(
+                load(
+                    &format!("hot GetCredentialHeaders (history: {label})"),
+                    c,
+                    args.warmup,
+                    args.duration,
+                    hot_op(&main.vaults, ids),
+                    main.server.pid(),
+                )
+                .await,
+            );
+        }
+    }
+    for (label, ids) in [("none", &plain), ("10 versions", &hist)] {
+        rows.push(
+            load(
+                &format!("rotate UpdateCredential (history: {label})"),
+                16,
+                args.warmup,
+                args.duration,
+                rotate_op(&main.vaults, ids),
+                main.server.pid(),
+            )
+            .await,
+        );
+    }
 }
 
 /// Health/Check of the whole server over `chans`: the floor of any RPC.
