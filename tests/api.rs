@@ -623,24 +623,6 @@ async fn many_concurrent_writers_all_complete(store: TestStore) {
     assert_eq!(list.credentials.len(), 320);
 }
 
-/// Runs each test of this suite on both stores: `sled::name` and `postgres::name`.
-macro_rules! on_every_store {
-    ($($name:ident),* $(,)?) => {
-        mod sled {
-            $(#[tokio::test]
-            async fn $name() {
-                super::$name(super::TestStore::Sled).await
-            })*
-        }
-        mod postgres {
-            $(#[tokio::test]
-            async fn $name() {
-                super::$name(super::TestStore::Postgres).await
-            })*
-        }
-    };
-}
-
 on_every_store!(
     create_get_and_headers,
     create_rejects_bad_input_and_duplicates,

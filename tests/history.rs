@@ -623,24 +623,6 @@ async fn backups_keep_history_and_deleted_credentials(store: TestStore) {
     restored.stop().await.unwrap();
 }
 
-/// Runs each test on both stores: `sled::name` and `postgres::name`.
-macro_rules! on_every_store {
-    ($($name:ident),* $(,)?) => {
-        mod sled {
-            $(#[tokio::test]
-            async fn $name() {
-                super::$name(super::TestStore::Sled).await
-            })*
-        }
-        mod postgres {
-            $(#[tokio::test]
-            async fn $name() {
-                super::$name(super::TestStore::Postgres).await
-            })*
-        }
-    };
-}
-
 on_every_store!(
     rotate_three_times_then_roll_back_to_the_first,
     at_most_keep_versions_are_kept,

@@ -3,6 +3,7 @@
 //! with the generated client, grpcurl, raw HTTP/2 or a health probe. One binary links
 //! the dependencies once: 24 test binaries took over 1 GB of disk and a link each.
 
+#[macro_use]
 mod common;
 
 mod api;

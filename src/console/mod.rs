@@ -741,6 +741,46 @@ impl<T: CredentialVaultService> Console<T> {
         }
     }
 
+    /// One credential, through GetCredential as the signed-in caller.
+    async fn credential(
+        &self,
+        signed: &Signed,
+        conn: &Conn,
+        id: &str,
+    ) -> Result<api::Credential, tonic::Status> {
+        let request = api::GetCredentialRequest {
+            r#ref: Some(api::get_credential_request::Ref::Id(id.to_owned())),
+        };
+        self.call(
+            self.service
+                .get_credential(self.request(signed, conn, request)),
+        )
+        .await
+        .map(|r| r.credential.unwrap_or_default())
+    }
+
+    /// The credential page again, with `message` by field `field` of form `form`.
+    async fn form_error(
+        &self,
+        signed: &Signed,
+        conn: &Conn,
+        id: &str,
+        form: &'static str,
+        field: &str,
+        message: String,
+    ) -> Reply {
+        let errors = HashMap::from([(field.to_owned(), message)]);
+        self.show(
+            signed,
+            conn,
+            id,
+            None,
+            HashMap::from([(form, errors)]),
+            StatusCode::BAD_REQUEST,
+        )
+        .await
+    }
+
     async fn show(
         &self,
         signed: &Signed,
@@ -765,17 +805,8 @@ impl<T: CredentialVaultService> Console<T> {
         plain: HashMap<String, String>,
         status: StatusCode,
     ) -> Reply {
-        let request = api::GetCredentialRequest {
-            r#ref: Some(api::get_credential_request::Ref::Id(id.to_owned())),
-        };
-        let credential = match self
-            .call(
-                self.service
-                    .get_credential(self.request(signed, conn, request)),
-            )
-            .await
-        {
-            Ok(r) => r.credential.unwrap_or_default(),
+        let credential = match self.credential(signed, conn, id).await {
+            Ok(c) => c,
             Err(status) => return self.failed(signed, &status),
         };
         let events = if signed.caller.may(Permission::AuditRead) {
@@ -873,17 +904,9 @@ impl<T: CredentialVaultService> Console<T> {
                 let expire_time = match expiry(form.get("expire_date").map_or("", |v| v.as_str())) {
                     Ok(t) => t,
                     Err(e) => {
-                        let errors = HashMap::from([("expire_date".to_owned(), e.to_owned())]);
                         return self
-                            .show(
-                                signed,
-                                conn,
-                                id,
-                                None,
-                                HashMap::from([("edit", errors)]),
-                                StatusCode::BAD_REQUEST,
-                            )
-                            .await;
+                            .form_error(signed, conn, id, "edit", "expire_date", e.to_owned())
+                            .await
                     }
                 };
                 // Only what the operator changed: an unchanged form makes no new version.
@@ -914,24 +937,9 @@ impl<T: CredentialVaultService> Console<T> {
             }
             "rotate" => {
                 let catalog = (self.providers)();
-                let provider = form.get("provider").cloned();
-                let current = match provider {
-                    Some(p) => p,
-                    None => {
-                        let request = api::GetCredentialRequest {
-                            r#ref: Some(api::get_credential_request::Ref::Id(reference(id))),
-                        };
-                        match self
-                            .call(
-                                self.service
-                                    .get_credential(self.request(signed, conn, request)),
-                            )
-                            .await
-                        {
-                            Ok(r) => r.credential.map(|c| c.provider).unwrap_or_default(),
-                            Err(status) => return self.failed(signed, &status),
-                        }
-                    }
+                let current = match self.credential(signed, conn, id).await {
+                    Ok(c) => c.provider,
+                    Err(status) => return self.failed(signed, &status),
                 };
                 let forms = catalog.forms();
                 let fields = forms
@@ -995,33 +1003,14 @@ impl<T: CredentialVaultService> Console<T> {
                 ("rollback", r.map(|_| "rolled-back"))
             }
             "delete" => {
-                let request = api::GetCredentialRequest {
-                    r#ref: Some(api::get_credential_request::Ref::Id(reference(id))),
-                };
-                let name = match self
-                    .call(
-                        self.service
-                            .get_credential(self.request(signed, conn, request)),
-                    )
-                    .await
-                {
-                    Ok(r) => r.credential.map(|c| c.name).unwrap_or_default(),
+                let name = match self.credential(signed, conn, id).await {
+                    Ok(c) => c.name,
                     Err(status) => return self.failed(signed, &status),
                 };
                 if form.get("confirm_name").map(|n| n.trim()) != Some(name.as_str()) {
-                    let errors = HashMap::from([(
-                        "confirm_name".to_owned(),
-                        format!("type the credential's name, {name}, to delete it"),
-                    )]);
+                    let message = format!("type the credential's name, {name}, to delete it");
                     return self
-                        .show(
-                            signed,
-                            conn,
-                            id,
-                            None,
-                            HashMap::from([("delete", errors)]),
-                            StatusCode::BAD_REQUEST,
-                        )
+                        .form_error(signed, conn, id, "delete", "confirm_name", message)
                         .await;
                 }
                 let request = api::DeleteCredentialRequest {

@@ -267,6 +267,17 @@ fn seal_id(column: i64) -> u64 {
     u64::from_be_bytes(column.to_be_bytes())
 }
 
+/// Listing items from rows of (id, record).
+fn items(rows: &[tokio_postgres::Row]) -> Vec<ListItem> {
+    rows.iter()
+        .map(|r| {
+            let id: String = r.get(0);
+            let record = decode(&id, r.get(1));
+            (id, record)
+        })
+        .collect()
+}
+
 /// Erasable keys from rows of (id, seal, key), by credential id.
 fn keys_by_id(
     rows: &[tokio_postgres::Row],
@@ -698,15 +709,7 @@ impl Store for PgStore {
             }
         }
         .map_err(db)?;
-        let items = rows
-            .iter()
-            .map(|r| {
-                let id: String = r.get(0);
-                let record = decode(&id, r.get(1));
-                (id, record)
-            })
-            .collect();
-        self.attach(items).await
+        self.attach(items(&rows)).await
     }
 
     async fn count(&self) -> Result<usize, StoreError> {
@@ -886,15 +889,7 @@ impl Store for PgStore {
             )
             .await
             .map_err(db)?;
-        let items = rows
-            .iter()
-            .map(|r| {
-                let id: String = r.get(0);
-                let record = decode(&id, r.get(1));
-                (id, record)
-            })
-            .collect();
-        self.attach(items).await
+        self.attach(items(&rows)).await
     }
 
     async fn undelete(&self, id: &str) -> Result<CredentialRecord, StoreError> {

@@ -227,6 +227,30 @@ impl SledStore {
         Ok(())
     }
 
+    /// Up to `limit` records of `tree` in id order after `after`, keys attached.
+    fn scan(
+        &self,
+        tree: &Tree,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ListItem>, StoreError> {
+        let iter = match after {
+            Some(after) => tree.range::<&[u8], _>((
+                std::ops::Bound::Excluded(after.as_bytes()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => tree.iter(),
+        };
+        iter.take(limit)
+            .map(|entry| {
+                let (key, value) = entry.map_err(io)?;
+                let id = utf8(&key);
+                let record = decode(&id, &value).map(|r| self.attach(r));
+                Ok((id, record))
+            })
+            .collect()
+    }
+
     /// The record with its erasable keys attached.
     fn attach(&self, mut record: CredentialRecord) -> CredentialRecord {
         record.erasable = self.keys.of(&record.id);
@@ -405,21 +429,7 @@ impl Store for SledStore {
     }
 
     async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<ListItem>, StoreError> {
-        let iter = match after {
-            Some(after) => self.records.range::<&[u8], _>((
-                std::ops::Bound::Excluded(after.as_bytes()),
-                std::ops::Bound::Unbounded,
-            )),
-            None => self.records.iter(),
-        };
-        iter.take(limit)
-            .map(|entry| {
-                let (key, value) = entry.map_err(io)?;
-                let id = utf8(&key);
-                let record = decode(&id, &value).map(|r| self.attach(r));
-                Ok((id, record))
-            })
-            .collect()
+        self.scan(&self.records, after, limit)
     }
 
     async fn count(&self) -> Result<usize, StoreError> {
@@ -578,21 +588,7 @@ impl Store for SledStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<ListItem>, StoreError> {
-        let iter = match after {
-            Some(after) => self.deleted.range::<&[u8], _>((
-                std::ops::Bound::Excluded(after.as_bytes()),
-                std::ops::Bound::Unbounded,
-            )),
-            None => self.deleted.iter(),
-        };
-        iter.take(limit)
-            .map(|entry| {
-                let (key, value) = entry.map_err(io)?;
-                let id = utf8(&key);
-                let record = decode(&id, &value).map(|r| self.attach(r));
-                Ok((id, record))
-            })
-            .collect()
+        self.scan(&self.deleted, after, limit)
     }
 
     async fn undelete(&self, id: &str) -> Result<CredentialRecord, StoreError> {

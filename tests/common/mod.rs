@@ -42,6 +42,24 @@ mod requests;
 mod server;
 mod workers;
 
+/// Runs each test of a suite on both stores: `sled::name` and `postgres::name`.
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {
+        mod sled {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::TestStore::Sled).await
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::TestStore::Postgres).await
+            })*
+        }
+    };
+}
+
 pub use fake_api::*;
 pub use files::*;
 pub use fleetio::*;
