@@ -133,6 +133,22 @@ impl Keystore {
     /// Changes the keys of `id` and writes its file (removed when none are left). Blocking.
     pub fn update(&self, id: &str, change: impl FnOnce(&mut Keys)) -> Result<(), StoreError> {
         let name = file_name(id)?;
+        let result = self.update_file(id, name, change);
+        // Forget this credential's lock unless another update holds it: the map
+        // holds the credentials being written, not every one ever written.
+        let mut files = self.files.lock().unwrap_or_else(PoisonError::into_inner);
+        if files.get(id).is_some_and(|l| Arc::strong_count(l) == 1) {
+            files.remove(id);
+        }
+        result
+    }
+
+    fn update_file(
+        &self,
+        id: &str,
+        name: &str,
+        change: impl FnOnce(&mut Keys),
+    ) -> Result<(), StoreError> {
         let file_lock = Arc::clone(
             self.files
                 .lock()
@@ -217,6 +233,10 @@ mod tests {
         assert!(files[0].windows(32).any(|w| w == b));
         again.update("cred_1", Vec::clear).unwrap();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        assert!(
+            again.files.lock().unwrap().is_empty(),
+            "no lock outlives its update"
+        );
         assert!(again.update("../x", |_| {}).is_err());
     }
 }
