@@ -311,12 +311,27 @@ impl Keyring {
     ///
     /// `key_aad` binds the wrapped data key, `secret_aad` the sealed secret.
     pub fn seal_envelope(&self, key_aad: &[u8], secret_aad: &[u8], plaintext: &[u8]) -> Envelope {
+        self.seal_with(key_aad, secret_aad, plaintext, None)
+    }
+
+    /// Seals under a fresh data key, mixed with `erasable` when one is given.
+    fn seal_with(
+        &self,
+        key_aad: &[u8],
+        secret_aad: &[u8],
+        plaintext: &[u8],
+        erasable: Option<&[u8; KEY_LEN]>,
+    ) -> Envelope {
         let mut raw = Zeroizing::new([0u8; KEY_LEN]);
         OsRng.fill_bytes(raw.as_mut());
-        let data_key = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(raw.as_ref()));
+        let key = match erasable {
+            Some(e) => mix(e, raw.as_ref()),
+            None => raw.clone(),
+        };
+        let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key.as_ref()));
         // Each data key seals exactly one secret, so its random nonce never repeats.
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
-        let ciphertext = data_key
+        let ciphertext = cipher
             .encrypt(
                 &nonce,
                 Payload {
@@ -373,28 +388,7 @@ impl Keyring {
         plaintext: &[u8],
         erasable: &[u8; KEY_LEN],
     ) -> Envelope {
-        let mut raw = Zeroizing::new([0u8; KEY_LEN]);
-        OsRng.fill_bytes(raw.as_mut());
-        let mixed = mix(erasable, raw.as_ref());
-        let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(mixed.as_ref()));
-        let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
-        let ciphertext = cipher
-            .encrypt(
-                &nonce,
-                Payload {
-                    msg: plaintext,
-                    aad: secret_aad,
-                },
-            )
-            .expect("aes-gcm encryption of a bounded plaintext cannot fail");
-        Envelope {
-            data_key: self.active().seal(key_aad, raw.as_ref()),
-            secret: Sealed {
-                key_id: String::new(),
-                nonce: nonce.to_vec(),
-                ciphertext,
-            },
-        }
+        self.seal_with(key_aad, secret_aad, plaintext, Some(erasable))
     }
 
     /// Opens an envelope sealed by [`Keyring::seal_envelope_mixed`]: `None` when the

@@ -295,6 +295,22 @@ impl CredentialRecord {
         bare.encode_to_vec()
     }
 
+    /// Marks the record deleted (kept until `purge_time`); a new revision.
+    pub fn mark_deleted(&mut self, delete_time: Timestamp, purge_time: Timestamp, by: &str) {
+        self.delete_time = Some(delete_time);
+        self.purge_time = Some(purge_time);
+        by.clone_into(&mut self.deleted_by);
+        self.revision += 1;
+    }
+
+    /// Clears the marks of a deleted record brought back; a new revision.
+    pub fn mark_undeleted(&mut self) {
+        self.delete_time = None;
+        self.purge_time = None;
+        self.deleted_by.clear();
+        self.revision += 1;
+    }
+
     /// The erasable key of seal `seal_id`, as the store attached it.
     pub fn erasable_key(&self, seal_id: u64) -> Option<&[u8]> {
         self.erasable

@@ -106,6 +106,33 @@ fn anywhere(server: &TestServer, snap: &Snapshot, needle: &[u8]) -> bool {
     in_snapshot || on_disk
 }
 
+/// Rolls `rolled.0` back to version 1 (whose key is `rolled.1`) and undeletes
+/// `deleted.0`: both then serve their headers.
+async fn old_and_deleted_open(
+    admin: &mut Client,
+    rolled: (&str, &str),
+    deleted: (&api::Credential, &str),
+) {
+    admin
+        .rollback_credential(rollback(rolled.0, 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        authorization(admin, rolled.0).await,
+        format!("Token {}", rolled.1)
+    );
+    admin
+        .undelete_credential(api::UndeleteCredentialRequest {
+            id: deleted.0.id.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        authorization(admin, &deleted.0.name).await,
+        format!("Token {}", deleted.1)
+    );
+}
+
 /// Counts rows of the database whose bytes hold `needle` (records, deleted records, keys).
 async fn rows_holding(url: &str, needle: &[u8]) -> i64 {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
@@ -604,22 +631,12 @@ async fn backups_keep_history_and_deleted_credentials(store: TestStore) {
     let restored = TestServer::reopen(dir, key_b64).await;
     let mut admin = restored.admin().await;
     assert_eq!(versions(&mut admin, "kept").await.len(), 2);
-    admin
-        .rollback_credential(rollback("kept", 1))
-        .await
-        .unwrap();
-    assert_eq!(
-        authorization(&mut admin, "kept").await,
-        "Token key-BACKUP-000001"
-    );
-    admin
-        .undelete_credential(api::UndeleteCredentialRequest { id: gone.id })
-        .await
-        .unwrap();
-    assert_eq!(
-        authorization(&mut admin, "gone").await,
-        "Token key-BACKUP-000003"
-    );
+    old_and_deleted_open(
+        &mut admin,
+        ("kept", "key-BACKUP-000001"),
+        (&gone, "key-BACKUP-000003"),
+    )
+    .await;
     restored.stop().await.unwrap();
 }
 
@@ -706,21 +723,11 @@ async fn a_key_retires_only_once_old_and_deleted_versions_are_rewrapped() {
     std::fs::write(&ring, format!("k2 = {k2}\n")).unwrap();
     let server = start().await;
     let mut admin = server.admin().await;
-    admin
-        .rollback_credential(rollback("rotated", 1))
-        .await
-        .unwrap();
-    assert_eq!(
-        authorization(&mut admin, "rotated").await,
-        "Token key-RETIRE-000001"
-    );
-    admin
-        .undelete_credential(api::UndeleteCredentialRequest { id: gone.id })
-        .await
-        .unwrap();
-    assert_eq!(
-        authorization(&mut admin, "deleted").await,
-        "Token key-RETIRE-000002"
-    );
+    old_and_deleted_open(
+        &mut admin,
+        ("rotated", "key-RETIRE-000001"),
+        (&gone, "key-RETIRE-000002"),
+    )
+    .await;
     server.stop().await.unwrap();
 }

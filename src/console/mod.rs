@@ -886,11 +886,10 @@ impl<T: CredentialVaultService> Console<T> {
         mut form: Form,
     ) -> Reply {
         let version = form.get("version").and_then(|v| v.parse::<u64>().ok());
-        let reference = |id: &str| id.to_owned();
         let (which, outcome): (&'static str, Result<&'static str, tonic::Status>) = match action {
             "verify" => {
                 let request = api::VerifyCredentialRequest {
-                    r#ref: Some(api::verify_credential_request::Ref::Id(reference(id))),
+                    r#ref: Some(api::verify_credential_request::Ref::Id(id.to_owned())),
                 };
                 let r = self
                     .call(
@@ -920,7 +919,7 @@ impl<T: CredentialVaultService> Console<T> {
                     return redirect(&format!("/credentials/{id}?done=unchanged"));
                 }
                 let request = api::UpdateCredentialRequest {
-                    r#ref: Some(api::update_credential_request::Ref::Id(reference(id))),
+                    r#ref: Some(api::update_credential_request::Ref::Id(id.to_owned())),
                     expected_version: version,
                     description,
                     clear_expire_time: expiry_changed && expire_time.is_none(),
@@ -950,7 +949,7 @@ impl<T: CredentialVaultService> Console<T> {
                 let plain = plain_values(&forms, &current, &form);
                 let secret = catalog.update_secret_from_fields(&current, form.take_fields(&fields));
                 let request = api::UpdateCredentialRequest {
-                    r#ref: Some(api::update_credential_request::Ref::Id(reference(id))),
+                    r#ref: Some(api::update_credential_request::Ref::Id(id.to_owned())),
                     expected_version: version,
                     secret: Some(secret),
                     verify: form.contains_key("verify"),
@@ -988,7 +987,7 @@ impl<T: CredentialVaultService> Console<T> {
                     );
                 };
                 let request = api::RollbackCredentialRequest {
-                    r#ref: Some(api::rollback_credential_request::Ref::Id(reference(id))),
+                    r#ref: Some(api::rollback_credential_request::Ref::Id(id.to_owned())),
                     version: to,
                     expected_version: version,
                     verify: false,
@@ -1014,7 +1013,7 @@ impl<T: CredentialVaultService> Console<T> {
                         .await;
                 }
                 let request = api::DeleteCredentialRequest {
-                    r#ref: Some(api::delete_credential_request::Ref::Id(reference(id))),
+                    r#ref: Some(api::delete_credential_request::Ref::Id(id.to_owned())),
                     expected_version: version,
                     force: false,
                 };

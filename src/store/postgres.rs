@@ -833,10 +833,11 @@ impl Store for PgStore {
                 });
             }
         }
-        record.delete_time = Some(deletion.delete_time);
-        record.purge_time = Some(deletion.purge_time);
-        record.deleted_by.clone_from(&deletion.deleted_by);
-        record.revision += 1;
+        record.mark_deleted(
+            deletion.delete_time,
+            deletion.purge_time,
+            &deletion.deleted_by,
+        );
         tx.execute(
             "INSERT INTO credvault_deleted (id, name, revision, purge_at, record)
              VALUES ($1, $2, $3, $4, $5)",
@@ -904,10 +905,7 @@ impl Store for PgStore {
             .map_err(db)?
             .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
         let mut record = decode(id, row.get(0))?;
-        record.delete_time = None;
-        record.purge_time = None;
-        record.deleted_by.clear();
-        record.revision += 1;
+        record.mark_undeleted();
         let inserted = tx
             .execute(
                 "INSERT INTO credvault_credentials (id, name, version, revision, record)

@@ -562,10 +562,11 @@ impl Store for SledStore {
                 if names.get(record.name.as_bytes())?.as_deref() == Some(id.as_bytes()) {
                     names.remove(record.name.as_bytes())?;
                 }
-                record.delete_time = Some(deletion.delete_time);
-                record.purge_time = Some(deletion.purge_time);
-                record.deleted_by.clone_from(&deletion.deleted_by);
-                record.revision += 1;
+                record.mark_deleted(
+                    deletion.delete_time,
+                    deletion.purge_time,
+                    &deletion.deleted_by,
+                );
                 deleted.insert(id.as_bytes(), record.to_bytes())?;
                 Ok(record)
             })
@@ -605,10 +606,7 @@ impl Store for SledStore {
                     return Err(abort(StoreError::NameTaken(record.name.clone())));
                 }
                 deleted.remove(id.as_bytes())?;
-                record.delete_time = None;
-                record.purge_time = None;
-                record.deleted_by.clear();
-                record.revision += 1;
+                record.mark_undeleted();
                 records.insert(id.as_bytes(), record.to_bytes())?;
                 names.insert(record.name.as_bytes(), id.as_bytes())?;
                 Ok(record)
