@@ -26,6 +26,7 @@
 //!   providers declared in the providers file ([`provider::declared`]), both in the reloadable
 //!   [`provider::Catalog`];
 //! - [`validate`]: request validation;
+//! - [`escape`]: caller-sent values escaped and capped before a log line, an audit event or a message names them;
 //! - [`vault`]: the domain: create, update, delete, list and read credentials within a
 //!   caller's scope, one check-and-set loop, secret versions (rollback, destroy), the
 //!   recovery window of deletes and its purge, rewrap, provider checks and their results;
@@ -53,6 +54,7 @@ pub mod config;
 pub mod console;
 pub mod crypto;
 pub mod error;
+pub mod escape;
 pub mod feedback;
 pub mod gate;
 pub mod keys;

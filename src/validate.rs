@@ -40,7 +40,8 @@ pub fn name(name: &str) -> Result<(), Error> {
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
     {
         return Err(Error::invalid(format!(
-            "name {name:?} may hold only lowercase letters, digits, '.', '_' and '-'"
+            "name \"{}\" may hold only lowercase letters, digits, '.', '_' and '-'",
+            crate::escape::shown(name)
         )));
     }
     Ok(())
@@ -59,11 +60,25 @@ pub fn id(id: &str) -> Result<(), Error> {
     } else if id.is_empty() {
         Err(Error::invalid("id is required"))
     } else {
-        let shown: String = id.chars().take(40).collect();
         Err(Error::invalid(format!(
-            "id {shown:?} is not a credential id (expected cred_ and 32 hex digits)"
+            "id \"{}\" is not a credential id (expected cred_ and 32 hex digits)",
+            crate::escape::capped(id, 40)
         )))
     }
+}
+
+/// Checks a caller name as a filter names it: at most 128 bytes of printable text.
+pub fn caller_name(caller: &str) -> Result<(), Error> {
+    if caller.len() > crate::escape::SHOWN_BYTES
+        || !matches!(crate::escape::shown(caller), std::borrow::Cow::Borrowed(_))
+    {
+        return Err(Error::invalid(format!(
+            "caller \"{}\" is not a caller name (at most {} bytes of printable text)",
+            crate::escape::shown(caller),
+            crate::escape::SHOWN_BYTES
+        )));
+    }
+    Ok(())
 }
 
 /// Checks a description's length.
@@ -238,6 +253,7 @@ mod tests {
             prop_assert!(invalid_or_ok(name(&s)));
             prop_assert!(invalid_or_ok(id(&s)));
             prop_assert!(invalid_or_ok(description(&s)));
+            prop_assert!(invalid_or_ok(caller_name(&s)));
             prop_assert!(invalid_or_ok(parse_page_token(&s)));
             prop_assert!(invalid_or_ok(parse_audit_token(&s)));
             prop_assert!(invalid_or_ok(page_size(n)));

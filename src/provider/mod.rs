@@ -558,8 +558,8 @@ impl Catalog {
             None => {
                 declared::wipe(fields);
                 Err(Error::invalid(format!(
-                    "no provider is named {:?} (known: {})",
-                    value.provider,
+                    "no provider is named \"{}\" (known: {})",
+                    crate::escape::capped(&value.provider, 64),
                     self.names()
                 )))
             }

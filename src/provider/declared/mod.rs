@@ -159,7 +159,7 @@ impl Declared {
             .keys()
             .find(|k| !self.fields.iter().any(|f| f.name == k.as_str()))
         {
-            let shown: String = unknown.chars().take(64).collect();
+            let shown = crate::escape::capped(unknown, 64).into_owned();
             let known = self
                 .fields
                 .iter()
@@ -168,7 +168,7 @@ impl Declared {
                 .join(", ");
             wipe(given);
             return Err(Error::invalid(format!(
-                "{name} has no field {shown:?} (fields: {known})"
+                "{name} has no field \"{shown}\" (fields: {known})"
             )));
         }
         let mut values = Vec::with_capacity(self.fields.len());
