@@ -21,7 +21,12 @@ use zeroize::Zeroizing;
 
 use crate::crypto::MasterKey;
 use crate::error::Error;
-use crate::store::{AuditFilter, AuditRow, AuditTable};
+use crate::store::{AuditFilter, AuditRow, AuditTable, Written};
+
+/// The most bytes of an event's field as recorded (escaped, then cut, see [`crate::escape`]).
+pub const FIELD_BYTES: usize = 256;
+/// The most bytes of an event's reason as recorded.
+pub const REASON_BYTES: usize = 1024;
 
 /// How often queued events are written and fsynced (a batch is everything queued meanwhile).
 const SYNC_INTERVAL: Duration = Duration::from_millis(20);
@@ -266,8 +271,48 @@ struct FileSink {
 /// The database device.
 struct DbSink {
     tx: tokio::sync::mpsc::Sender<DbCommand>,
-    healthy: Arc<AtomicBool>,
+    healthy: Arc<DbHealth>,
     table: Arc<dyn AuditTable>,
+}
+
+/// Whether the database device took its last group, and whether a write hangs.
+#[derive(Debug)]
+struct DbHealth {
+    ok: AtomicBool,
+    /// When the write under way began (ms after `epoch`, plus one); 0: none.
+    writing_since: std::sync::atomic::AtomicU64,
+    epoch: Instant,
+}
+
+/// A write to the database trail that has not come back in this long counts as stuck.
+const DB_WRITE_STUCK: Duration = Duration::from_secs(10);
+
+impl DbHealth {
+    fn new() -> Self {
+        DbHealth {
+            ok: AtomicBool::new(true),
+            writing_since: Default::default(),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn swap(&self, ok: bool, order: Ordering) -> bool {
+        self.ok.swap(ok, order)
+    }
+
+    fn writing(&self, yes: bool) {
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1;
+        self.writing_since
+            .store(if yes { now } else { 0 }, Ordering::Release);
+    }
+
+    /// Took its last group, and no write has hung for [`DB_WRITE_STUCK`].
+    fn load(&self, order: Ordering) -> bool {
+        let since = self.writing_since.load(Ordering::Acquire);
+        let hung = since != 0
+            && self.epoch.elapsed().as_millis() > u128::from(since) + DB_WRITE_STUCK.as_millis();
+        self.ok.load(order) && !hung
+    }
 }
 
 enum DbCommand {
@@ -448,7 +493,7 @@ impl FileSink {
 impl DbSink {
     fn start(table: Arc<dyn AuditTable>, queue: usize) -> Self {
         let (tx, rx) = tokio::sync::mpsc::channel(queue.max(1));
-        let healthy = Arc::new(AtomicBool::new(true));
+        let healthy = Arc::new(DbHealth::new());
         tokio::spawn(db_writer(Arc::clone(&table), rx, Arc::clone(&healthy)));
         DbSink { tx, healthy, table }
     }
@@ -471,29 +516,45 @@ impl DbSink {
 const DB_GROUP: usize = 1000;
 
 /// Inserts the queued rows in groups, and tells each secret read's waiter whether
-/// its row was committed. A failed group's other rows are kept (up to the queue's
-/// size) and tried again with the next group, or every half second; the rows of
+/// its row was committed. A row the database refuses for its own values (see
+/// [`crate::store::write_isolating`]) is set aside with a log line and a metric;
+/// the rest of its group is written and the trail stays healthy. A group that
+/// failed for the database (an outage) keeps its other rows (up to the queue's
+/// size) to try again with the next group, or every half second; the rows of
 /// secret reads that were refused for it are not (their secret never went out).
 async fn db_writer(
     table: Arc<dyn AuditTable>,
     mut rx: tokio::sync::mpsc::Receiver<DbCommand>,
-    healthy: Arc<AtomicBool>,
+    healthy: Arc<DbHealth>,
 ) {
     let mut pending: Vec<AuditRow> = Vec::new();
     let mut dropped = 0u64;
     loop {
-        // Block for work; while rows wait to be tried again, wake to retry them.
-        let next = if pending.is_empty() {
+        // Block for work; while rows wait to be tried again, or the trail failed,
+        // wake to retry them (or to probe the table).
+        let next = if pending.is_empty() && healthy.ok.load(Ordering::Acquire) {
             rx.recv().await.map(Some)
         } else {
             match tokio::time::timeout(RETRY_INTERVAL, rx.recv()).await {
                 Ok(command) => command.map(Some),
+                Err(_) if pending.is_empty() => {
+                    // Nothing of its own to write: ask the table whether it takes a row.
+                    if table.probe_audit().await.is_ok() && !healthy.swap(true, Ordering::AcqRel) {
+                        tracing::info!(
+                            dropped,
+                            "the audit trail in the database is writable again"
+                        );
+                        dropped = 0;
+                    }
+                    continue;
+                }
                 Err(_) => Some(None),
             }
         };
         let Some(first) = next else {
             if !pending.is_empty() {
-                let _ = table.append_audit(std::mem::take(&mut pending)).await;
+                let rows = std::mem::take(&mut pending);
+                let _ = write_rows(&*table, &rows).await;
             }
             return;
         };
@@ -517,41 +578,67 @@ async fn db_writer(
                 DbCommand::Flush(done) => flushes.push(done),
             }
         }
-        let result = table.append_audit(rows.clone()).await;
-        let ok = result.is_ok();
-        match result {
-            Ok(()) => {
+        healthy.writing(true);
+        let (written, failure) = write_rows(&*table, &rows).await;
+        healthy.writing(false);
+        match &failure {
+            None => {
                 if !healthy.swap(true, Ordering::AcqRel) {
                     tracing::info!(dropped, "the audit trail in the database is writable again");
                     dropped = 0;
                 }
             }
-            Err(e) => {
+            Some(e) => {
                 if healthy.swap(false, Ordering::AcqRel) {
                     tracing::error!(error = %e, "the audit trail cannot be written to the database");
                 }
                 crate::metrics::audit_write_failed();
-                // Keep what no waiter was refused for, to try again.
-                for (i, row) in rows.into_iter().enumerate() {
-                    let refused = i >= kept && waiters[i - kept].is_some();
-                    if refused {
-                        continue;
-                    }
-                    if pending.len() < DEFAULT_QUEUE {
-                        pending.push(row);
-                    } else {
-                        dropped += 1;
-                    }
+            }
+        }
+        let mut outcomes = Vec::with_capacity(waiters.len());
+        for (i, (row, written)) in rows.into_iter().zip(written).enumerate() {
+            let waiter = i.checked_sub(kept).and_then(|w| waiters[w].as_ref());
+            outcomes.push(written == Written::Yes);
+            // Keep what failed for the database and no waiter was refused for, to try again.
+            if written == Written::No && waiter.is_none() {
+                if pending.len() < DEFAULT_QUEUE {
+                    pending.push(row);
+                } else {
+                    dropped += 1;
                 }
             }
         }
-        for done in waiters.into_iter().flatten() {
-            let _ = done.send(ok);
+        for (done, ok) in waiters.into_iter().zip(outcomes.into_iter().skip(kept)) {
+            if let Some(done) = done {
+                let _ = done.send(ok);
+            }
         }
         for done in flushes {
-            let _ = done.send(ok && pending.is_empty());
+            let _ = done.send(failure.is_none() && pending.is_empty());
         }
     }
+}
+
+/// Writes `rows` to the table, setting aside (log line, metric) each row the
+/// database refuses for its own values.
+async fn write_rows(
+    table: &dyn AuditTable,
+    rows: &[AuditRow],
+) -> (Vec<Written>, Option<crate::store::StoreError>) {
+    let (written, failure) =
+        crate::store::write_isolating(rows, |group| table.append_audit(group)).await;
+    for (row, w) in rows.iter().zip(&written) {
+        if let Written::SetAside(why) = w {
+            crate::metrics::row_set_aside("audit");
+            tracing::error!(
+                caller = %crate::escape::shown(&row.caller),
+                credential_id = %crate::escape::shown(&row.credential_id),
+                error = %why,
+                "the database refused one audit event for its values; it is set aside and the trail goes on"
+            );
+        }
+    }
+    (written, failure)
 }
 
 impl AuditLog {
@@ -642,6 +729,57 @@ impl AuditLog {
 
     /// Sends the event to every device; with `wait`, whether all of them took it.
     async fn enqueue(&self, event: &AuditEntry<'_>, wait: bool) -> bool {
+        // Whatever a caller put in a field reaches no device raw (a NUL or 8 KB of
+        // text in one row once stopped a database's trail for every later row).
+        let field = |s: &'_ str| crate::escape::capped(s, FIELD_BYTES).into_owned();
+        let clean = |s: &str| {
+            matches!(
+                crate::escape::capped(s, FIELD_BYTES),
+                std::borrow::Cow::Borrowed(_)
+            )
+        };
+        let owned;
+        let event = if [
+            event.caller,
+            event.method,
+            event.credential_id,
+            event.credential_name,
+            event.code,
+            event.secret_fingerprint,
+            event.channel,
+        ]
+        .iter()
+        .all(|s| clean(s))
+            && matches!(
+                crate::escape::capped(event.reason, REASON_BYTES),
+                std::borrow::Cow::Borrowed(_)
+            ) {
+            event
+        } else {
+            owned = (
+                field(event.caller),
+                field(event.method),
+                field(event.credential_id),
+                field(event.credential_name),
+                field(event.code),
+                field(event.secret_fingerprint),
+                field(event.channel),
+                crate::escape::capped(event.reason, REASON_BYTES).into_owned(),
+            );
+            &AuditEntry {
+                time: event.time,
+                caller: &owned.0,
+                peer: event.peer,
+                method: &owned.1,
+                credential_id: &owned.2,
+                credential_name: &owned.3,
+                code: &owned.4,
+                secret_fingerprint: &owned.5,
+                reason: &owned.7,
+                count: event.count,
+                channel: &owned.6,
+            }
+        };
         let line = match serde_json::to_string(event) {
             Ok(line) => line,
             Err(e) => {

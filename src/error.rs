@@ -113,6 +113,7 @@ impl From<StoreError> for Error {
                 Error::Unavailable(format!("the credential store failed: {e}; retry"))
             }
             e @ StoreError::Locked(_) => Error::Unavailable(e.to_string()),
+            e @ StoreError::Rejected(_) => Error::InvalidArgument(e.to_string()),
         }
     }
 }

@@ -38,6 +38,9 @@ const BUDGET_GRANTED: &str = "credvault_budget_requests_granted_total";
 const BUDGET_REFUSED: &str = "credvault_budget_requests_refused_total";
 const CONSOLE_REQUESTS: &str = "credvault_console_requests_total";
 const CONSOLE_SESSIONS: &str = "credvault_console_sessions";
+const SET_ASIDE: &str = "credvault_rows_set_aside_total";
+const WATCH_KEYS: &str = "credvault_watch_keys";
+const PAUSES_UNCHANGED: &str = "credvault_account_pause_reports_unchanged_total";
 
 /// Latency buckets from 100 µs to 10 s.
 const BUCKETS: &[f64] = &[
@@ -70,7 +73,11 @@ impl Source {
 }
 
 /// Connections the metrics port holds at once (a scraper needs one).
-const METRICS_CONNECTIONS: usize = 16;
+pub const METRICS_CONNECTIONS: usize = 16;
+/// Connections one peer may hold on the metrics port, so idle ones cannot blind a scraper.
+pub const METRICS_CONNECTIONS_PER_PEER: usize = 4;
+/// Time a metrics connection has to send its request's headers.
+pub const METRICS_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why `/metrics` could not be served.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +118,18 @@ pub fn install(addr: SocketAddr) -> Result<(), MetricsError> {
         "web console requests answered, by HTTP status"
     );
     describe_gauge!(CONSOLE_SESSIONS, "web console sessions open");
+    describe_counter!(
+        SET_ASIDE,
+        "rows a batched database writer set aside because the database refused their values (SQLSTATE 22/54), by writer; the rest of each batch was written"
+    );
+    describe_gauge!(
+        WATCH_KEYS,
+        "credentials watched, summed over every open watch stream"
+    );
+    describe_counter!(
+        PAUSES_UNCHANGED,
+        "reported 429s that moved no pause's end by a second or more: nothing written, nothing pushed"
+    );
     describe_gauge!(
         SEALS,
         "data keys sealed by each master key (rotate well before 2^32)"
@@ -143,7 +162,7 @@ pub fn install(addr: SocketAddr) -> Result<(), MetricsError> {
     );
     describe_counter!(
         REFUSALS_SUMMARIZED,
-        "refused calls logged and audited only in a per-peer summary, not one by one"
+        "refused calls logged and audited only in a per-peer (or per-caller) summary, not one by one"
     );
     describe_counter!(
         TIMEOUTS,
@@ -240,6 +259,7 @@ async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
     let listening = crate::transport::Listening {
         name: "metrics",
         max_connections: METRICS_CONNECTIONS,
+        max_per_peer: METRICS_CONNECTIONS_PER_PEER,
         handshake_timeout: Duration::from_secs(10),
     };
     let forever = std::future::pending::<()>();
@@ -262,7 +282,7 @@ async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
             );
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
+                .header_read_timeout(METRICS_HEADER_TIMEOUT)
                 .keep_alive(false)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
             let _ = tokio::time::timeout(Duration::from_secs(30), connection).await;
@@ -316,6 +336,21 @@ pub fn set_seals(key_id: &str, seals: u64) {
     gauge!(SEALS, "key_id" => key_id.to_owned()).set(seals as f64);
 }
 
+/// Counts a row a batched writer (`audit`, `usage`) set aside for its values.
+pub fn row_set_aside(writer: &'static str) {
+    counter!(SET_ASIDE, "writer" => writer).increment(1);
+}
+
+/// The credentials watched over all open streams.
+pub fn watch_keys(n: usize) {
+    gauge!(WATCH_KEYS).set(n as f64);
+}
+
+/// Counts a reported 429 that did not move its account's pause.
+pub fn pause_unchanged() {
+    counter!(PAUSES_UNCHANGED).increment(1);
+}
+
 /// Counts an audit batch that could not be written.
 pub fn audit_write_failed() {
     counter!(AUDIT_FAILURES).increment(1);
@@ -359,6 +394,11 @@ pub fn refusal(reason: &'static str, summarized: bool) {
     if summarized {
         counter!(REFUSALS_SUMMARIZED).increment(1);
     }
+}
+
+/// Counts a known caller's refused call recorded only in its per-caller summary.
+pub fn refusal_summarized() {
+    counter!(REFUSALS_SUMMARIZED).increment(1);
 }
 
 /// Counts a request answered DEADLINE_EXCEEDED by the server's own timeout.

@@ -27,6 +27,8 @@ use crate::sealing::{SealError, Sealer};
 use crate::store::{Deletion, Store, StoreError};
 use crate::watch::Hub;
 
+/// How far a reported pause must move its account's end to be written and pushed (ms).
+pub const PAUSE_MOVES_MS: i64 = 1000;
 /// How often a write that lost a revision race is retried.
 pub const MAX_CAS_RETRIES: usize = 16;
 
@@ -291,6 +293,14 @@ impl<S: Store> Vault<S> {
     /// every watcher of its credentials; the end in force. A store that cannot
     /// take the pause leaves it in force on this server alone.
     pub async fn pause(&self, account: Account, until_ms: i64) -> i64 {
+        // The same 429 reported by many workers (or again and again) moves the end
+        // by milliseconds: news only when it moves by a second or more.
+        if let Some(current) = self.feedback.paused_until(&account, feedback::now_ms()) {
+            if until_ms < current + PAUSE_MOVES_MS {
+                metrics::pause_unchanged();
+                return current;
+            }
+        }
         let until = match self.store.put_pause(&account, until_ms).await {
             Ok(stored) => stored.unwrap_or(until_ms),
             Err(e) => {
@@ -1132,7 +1142,20 @@ impl<S: Store> Vault<S> {
         if batch.is_empty() {
             return Ok(0);
         }
-        self.store.record_usage(&batch).await?;
+        // One credential's bad row costs that row only (see `write_isolating`).
+        let (written, failure) = crate::store::write_isolating(&batch, |group| async move {
+            self.store.record_usage(&group).await
+        })
+        .await;
+        for ((id, _), w) in batch.iter().zip(&written) {
+            if let crate::store::Written::SetAside(why) = w {
+                metrics::row_set_aside("usage");
+                tracing::warn!(credential_id = %id, error = %why, "the database refused a last-use row; it is set aside");
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e.into());
+        }
         Ok(batch.len())
     }
 

@@ -65,6 +65,56 @@ pub enum StoreError {
     /// Another process has the embedded store open (a running server).
     #[error("the store {0} is in use by another process")]
     Locked(String),
+    /// The database refused a value of this write or query (SQLSTATE classes 22
+    /// and 54: a bad value, a value too large): that value's fault, not the database's.
+    #[error("the database refused a value: {0}")]
+    Rejected(String),
+}
+
+/// What became of one item of a batch written by [`write_isolating`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// Committed.
+    Yes,
+    /// The database refused this item's own values; it was set aside, the rest written.
+    SetAside(String),
+    /// Not written: the database failed (an outage), not the item.
+    No,
+}
+
+/// Writes `items` with `write` (one call per group, all or nothing), isolating
+/// values the database refuses: a group refused for a value ([`StoreError::Rejected`])
+/// is split in halves and each written again, down to the one item at fault, which
+/// is set aside. One bad value costs its own item only. Any other error stops the
+/// batch: what was not committed is `No`, and the error is returned beside.
+pub async fn write_isolating<T, F, Fut>(
+    items: &[T],
+    mut write: F,
+) -> (Vec<Written>, Option<StoreError>)
+where
+    T: Clone,
+    F: FnMut(Vec<T>) -> Fut,
+    Fut: Future<Output = Result<(), StoreError>>,
+{
+    let mut out = vec![Written::No; items.len()];
+    // Ranges still to write, the next one last (so the batch keeps its order).
+    let mut todo = vec![(0, items.len())];
+    while let Some((lo, hi)) = todo.pop() {
+        if lo == hi {
+            continue;
+        }
+        match write(items[lo..hi].to_vec()).await {
+            Ok(()) => out[lo..hi].fill(Written::Yes),
+            Err(StoreError::Rejected(why)) if hi - lo == 1 => out[lo] = Written::SetAside(why),
+            Err(StoreError::Rejected(_)) => {
+                let mid = lo + (hi - lo) / 2;
+                todo.push((mid, hi));
+                todo.push((lo, mid));
+            }
+            Err(e) => return (out, Some(e)),
+        }
+    }
+    (out, None)
 }
 
 /// One audit event as a database stores it: its JSON line and the fields listings filter on.
@@ -107,6 +157,11 @@ pub trait AuditTable: Send + Sync + 'static {
 
     /// Deletes the events from before `before`; how many went.
     fn prune_audit(&self, before: std::time::SystemTime) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    /// Whether a row could be appended now, leaving nothing behind (a row inserted
+    /// and rolled back): how a trail that failed learns it is writable again
+    /// when it has no row of its own left to write.
+    fn probe_audit(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 }
 
 /// One row of a listing: the record's key and the record, or why it could not be read.

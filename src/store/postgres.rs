@@ -187,6 +187,12 @@ impl std::fmt::Debug for PgStore {
 fn db(e: tokio_postgres::Error) -> StoreError {
     // Display of a database error names the failure, never the connection password.
     match e.as_db_error() {
+        // Data exceptions (22: a NUL byte, a bad encoding, a value out of range) and
+        // program limits (54: an index row too large) are the value's fault, not
+        // the database's: a batch isolates the row (see `write_isolating`).
+        Some(d) if matches!(&d.code().code()[..2], "22" | "54") => {
+            StoreError::Rejected(format!("{} (SQLSTATE {})", d.message(), d.code().code()))
+        }
         Some(d) => StoreError::Io(format!("database error: {}", d.message())),
         None => {
             // The cause (e.g. "invalid peer certificate: UnknownIssuer") is in the source chain.
@@ -605,6 +611,21 @@ impl super::AuditTable for PgStore {
                     return Ok(pruned);
                 }
             }
+        })
+    }
+
+    fn probe_audit(&self) -> super::BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(db)?;
+            tx.execute(
+                "INSERT INTO credvault_audit (time, caller, credential_id, credential_name, event)
+                 VALUES (now(), '', '', '', '{}')",
+                &[],
+            )
+            .await
+            .map_err(db)?;
+            tx.rollback().await.map_err(db)
         })
     }
 }
