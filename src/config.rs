@@ -106,6 +106,9 @@ pub struct Config {
     pub reverify: ReverifySettings,
     /// How long health shows NOT_SERVING, still serving, before new connections are refused.
     pub drain_delay: Duration,
+    /// How long the audit trail may stay unwritable while the store takes writes
+    /// before liveness turns NOT_SERVING (`--liveness-stuck-after`).
+    pub liveness_stuck_after: Duration,
     /// Longest wait for in-flight calls after connections stop being accepted.
     pub shutdown_grace: Duration,
     /// Where to serve Prometheus `/metrics`, if anywhere.

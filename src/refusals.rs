@@ -1,6 +1,7 @@
-//! Refused calls that cannot fill a disk: the first refusals from each peer in an
-//! interval are logged and audited one by one, the rest only counted, and each
-//! interval ends with one summary per peer ("N calls refused from PEER").
+//! Refused calls that cannot fill a disk: the first refusals from each peer (or,
+//! once authenticated, each caller) in an interval are logged and audited one by
+//! one, the rest only counted, and each interval ends with one summary per peer
+//! or caller ("N calls refused from PEER").
 //!
 //! Memory and output are bounded whatever the flood: a few full records per peer
 //! and per interval, a fixed number of peers tracked, a fixed number of summaries.
@@ -99,9 +100,17 @@ impl Count {
     }
 }
 
+/// Whom a count of refusals is kept for: a peer (calls not authenticated) or a
+/// known caller (authenticated calls refused, e.g. PERMISSION_DENIED).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Who {
+    Peer(PeerKey),
+    Caller(String),
+}
+
 #[derive(Debug, Default)]
 struct Interval {
-    peers: HashMap<(PeerKey, &'static str), Count>,
+    peers: HashMap<(Who, &'static str), Count>,
     full: u32,
     /// Refusals from peers beyond [`MAX_PEERS`], by reason.
     untracked: HashMap<&'static str, Count>,
@@ -110,8 +119,10 @@ struct Interval {
 /// What the interval's refusals not recorded one by one came to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Summary {
-    /// The peer (an address or a /64), or `other peers`.
+    /// The peer (an address or a /64), or `other peers`; `several` for a caller's.
     pub peer: String,
+    /// The known caller the calls were made as (`None`: not authenticated).
+    pub caller: Option<String>,
     /// Why the calls were refused.
     pub reason: &'static str,
     /// The method, when every call named the same one.
@@ -140,7 +151,17 @@ impl Refusals {
         method: &'static str,
         reason: &'static str,
     ) -> bool {
-        let key = (PeerKey::of(peer), reason);
+        self.admit_key((Who::Peer(PeerKey::of(peer)), reason), method)
+    }
+
+    /// Notes a call of a known caller refused with `code` (e.g. `PERMISSION_DENIED`);
+    /// true when it is to be logged and audited in full, false when only counted
+    /// for the caller's summary. Callers are few (the callers file names them).
+    pub fn admit_caller(&self, caller: &str, method: &'static str, code: &'static str) -> bool {
+        self.admit_key((Who::Caller(caller.to_owned()), code), method)
+    }
+
+    fn admit_key(&self, key: (Who, &'static str), method: &'static str) -> bool {
         let mut interval = self
             .interval
             .lock()
@@ -148,7 +169,7 @@ impl Refusals {
         let interval = &mut *interval;
         let tracked = interval.peers.len() < MAX_PEERS || interval.peers.contains_key(&key);
         if !tracked {
-            interval.untracked.entry(reason).or_default().count(method);
+            interval.untracked.entry(key.1).or_default().count(method);
             return false;
         }
         let count = interval.peers.entry(key).or_default();
@@ -178,13 +199,20 @@ impl Refusals {
         counted.sort_by(|a, b| {
             b.1.counted
                 .cmp(&a.1.counted)
-                .then(a.0 .0.to_string().cmp(&b.0 .0.to_string()))
+                .then(format!("{:?}", a.0 .0).cmp(&format!("{:?}", b.0 .0)))
         });
         let rest = counted.split_off(counted.len().min(MAX_SUMMARIES));
         let mut out: Vec<Summary> = counted
             .into_iter()
-            .map(|((peer, reason), c)| Summary {
-                peer: peer.to_string(),
+            .map(|((who, reason), c)| Summary {
+                peer: match &who {
+                    Who::Peer(peer) => peer.to_string(),
+                    Who::Caller(_) => "several".to_owned(),
+                },
+                caller: match who {
+                    Who::Peer(_) => None,
+                    Who::Caller(name) => Some(name),
+                },
                 reason,
                 method: c.methods.one(),
                 count: c.counted,
@@ -203,6 +231,7 @@ impl Refusals {
         for (reason, c) in others {
             out.push(Summary {
                 peer: "other peers".to_owned(),
+                caller: None,
                 reason,
                 method: c.methods.one(),
                 count: c.counted,
@@ -238,6 +267,7 @@ mod tests {
             summaries,
             [Summary {
                 peer: "10.0.0.1".into(),
+                caller: None,
                 reason: "invalid bearer token",
                 method: Some("GetCredential"),
                 count: 20_000 - u64::from(FULL_PER_PEER),
@@ -279,6 +309,27 @@ mod tests {
         );
         assert!(summaries.last().unwrap().peer.ends_with("other peers"));
         assert!(summaries[0].peer.ends_with("/64"), "{:?}", summaries[0]);
+    }
+
+    #[test]
+    fn a_known_callers_refusals_are_summarized_per_caller_and_code() {
+        let r = Refusals::new();
+        let full = (0..10_000)
+            .filter(|_| r.admit_caller("worker", "GetCredentialHeaders", "PERMISSION_DENIED"))
+            .count();
+        assert_eq!(full, FULL_PER_PEER as usize);
+        assert!(r.admit_caller("worker", "GetCredentialHeaders", "NOT_FOUND"));
+        assert!(r.admit_caller("other", "GetCredentialHeaders", "PERMISSION_DENIED"));
+        assert_eq!(
+            r.take(),
+            [Summary {
+                peer: "several".into(),
+                caller: Some("worker".into()),
+                reason: "PERMISSION_DENIED",
+                method: Some("GetCredentialHeaders"),
+                count: 10_000 - u64::from(FULL_PER_PEER),
+            }]
+        );
     }
 
     #[test]

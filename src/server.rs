@@ -193,6 +193,7 @@ async fn serve<S: Store>(
             Arc::clone(&store),
             Arc::clone(&audit),
             vault.instance().to_owned(),
+            config.liveness_stuck_after,
             reporter.clone(),
             stop_rx.clone(),
         )),
@@ -233,7 +234,8 @@ async fn serve<S: Store>(
             settings: config.watch.clone(),
             stopping: stop_rx.clone(),
         },
-    );
+    )
+    .with_refusals(Arc::clone(&refusals));
 
     let service = Arc::new(service);
     let console = match &config.console {
@@ -316,6 +318,8 @@ async fn serve<S: Store>(
     let listening = transport::Listening {
         name: "grpc",
         max_connections,
+        // Workers of a node may share one address (NAT): no cap per peer here.
+        max_per_peer: 0,
         handshake_timeout: limits.handshake_timeout,
     };
     let tls = config
@@ -345,6 +349,7 @@ async fn serve<S: Store>(
                 transport::Listening {
                     name: "health",
                     max_connections: HEALTH_PORT_CONNECTIONS,
+                    max_per_peer: 0,
                     handshake_timeout: limits.handshake_timeout,
                 },
             );
@@ -517,8 +522,8 @@ async fn prune_audit(
     }
 }
 
-/// Every `every`, writes one log line and one audit event per peer whose refused
-/// calls were only counted (see [`crate::refusals`]); once more at shutdown.
+/// Every `every`, writes one log line and one audit event per peer (or known
+/// caller) whose refused calls were only counted (see [`crate::refusals`]); once more at shutdown.
 async fn summarize_refusals(
     refusals: Arc<Refusals>,
     audit: Arc<AuditLog>,
@@ -533,24 +538,45 @@ async fn summarize_refusals(
         };
         for s in refusals.take() {
             let method = s.method.unwrap_or("several");
-            tracing::warn!(
-                count = s.count,
-                peer = %s.peer,
-                reason = s.reason,
-                method,
-                interval = ?every,
-                "calls refused from this peer in the last interval, not logged one by one"
-            );
-            audit
-                .record(&AuditEntry {
-                    peer: Peer::Label(&s.peer),
-                    method,
-                    code: "UNAUTHENTICATED",
-                    reason: s.reason,
-                    count: s.count,
-                    ..AuditEntry::new(SystemTime::now(), "anonymous", None)
-                })
-                .await;
+            let entry = match &s.caller {
+                None => {
+                    tracing::warn!(
+                        count = s.count,
+                        peer = %s.peer,
+                        reason = s.reason,
+                        method,
+                        interval = ?every,
+                        "calls refused from this peer in the last interval, not logged one by one"
+                    );
+                    AuditEntry {
+                        peer: Peer::Label(&s.peer),
+                        method,
+                        code: "UNAUTHENTICATED",
+                        reason: s.reason,
+                        count: s.count,
+                        ..AuditEntry::new(SystemTime::now(), "anonymous", None)
+                    }
+                }
+                Some(caller) => {
+                    tracing::warn!(
+                        count = s.count,
+                        caller = %caller,
+                        code = s.reason,
+                        method,
+                        interval = ?every,
+                        "calls of this caller refused in the last interval, not logged one by one"
+                    );
+                    AuditEntry {
+                        peer: Peer::Label(&s.peer),
+                        method,
+                        code: s.reason,
+                        reason: "refused calls of this caller, counted in this summary",
+                        count: s.count,
+                        ..AuditEntry::new(SystemTime::now(), caller, None)
+                    }
+                }
+            };
+            audit.record(&entry).await;
         }
         if stopping {
             return;
@@ -830,6 +856,7 @@ async fn watch_readiness<S: Store>(
     store: Arc<S>,
     audit: Arc<AuditLog>,
     instance: String,
+    stuck_after: Duration,
     reporter: tonic_health::server::HealthReporter,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -842,6 +869,8 @@ async fn watch_readiness<S: Store>(
         }
     };
     let mut shown: Option<(Vec<Unready>, bool, bool, bool)> = None;
+    // Since when the audit trail has refused secret reads while the store took writes.
+    let mut stuck_since: Option<Instant> = None;
     let mut last_probe = Instant::now() - Duration::from_secs(60);
     let (mut reachable, mut writable) = (Ok(()), Ok(()));
     loop {
@@ -873,7 +902,16 @@ async fn watch_readiness<S: Store>(
         } else if writable.is_err() {
             causes.push(Unready::StoreUnwritable);
         }
-        let restart = !causes.is_empty() && store.needs_restart().await;
+        // The trail cannot be written while the store answers and takes writes: its
+        // writer is stuck. Past `stuck_after`, only a restart is left to try.
+        let store_ok = reachable.is_ok() && writable.is_ok();
+        if causes == [Unready::Audit] && store_ok {
+            stuck_since.get_or_insert_with(Instant::now);
+        } else {
+            stuck_since = None;
+        }
+        let stuck = stuck_since.is_some_and(|t| t.elapsed() >= stuck_after);
+        let restart = !causes.is_empty() && (stuck || store.needs_restart().await);
         let now = (
             causes.clone(),
             audit_ok,
@@ -898,9 +936,16 @@ async fn watch_readiness<S: Store>(
                 );
             }
             if restart && shown.as_ref().is_none_or(|s| !s.3) {
-                tracing::error!(
-                    "the store's writes failed and its disk takes writes again, but only a restart resumes them: liveness is NOT_SERVING so that a supervisor restarts the server"
-                );
+                if stuck {
+                    tracing::error!(
+                        stuck_after = ?stuck_after,
+                        "the audit trail has refused every secret read for this long while the store takes writes: liveness is NOT_SERVING so that a supervisor restarts the server"
+                    );
+                } else {
+                    tracing::error!(
+                        "the store's writes failed and its disk takes writes again, but only a restart resumes them: liveness is NOT_SERVING so that a supervisor restarts the server"
+                    );
+                }
             }
             for cause in Unready::ALL {
                 metrics::set_unready(cause.as_str(), causes.contains(&cause));

@@ -22,6 +22,7 @@ use crate::gate::{Authenticated, Via};
 use crate::metrics;
 use crate::provider::Catalog;
 use crate::record::{self, CredentialRecord, Usage, Verification, VerificationStatus};
+use crate::refusals::Refusals;
 use crate::store::Store;
 use crate::validate;
 use crate::vault::{
@@ -66,6 +67,8 @@ pub struct VaultService<S> {
     vault: Arc<Vault<S>>,
     audit: Arc<AuditLog>,
     watch: WatchContext,
+    /// Known callers' refused calls beyond the first few per interval are only counted.
+    refusals: Arc<Refusals>,
 }
 
 /// One call in progress: who makes it, and what it touched (for the audit trail).
@@ -88,10 +91,12 @@ struct Target {
 }
 
 impl Call {
+    /// Notes what the call named, as the audit trail and the log may record it
+    /// (a caller's raw value escaped and capped: it may not be valid yet).
     fn touch(&self, id: &str, name: &str) {
         let mut t = self.target.lock().unwrap_or_else(PoisonError::into_inner);
-        id.clone_into(&mut t.id);
-        name.clone_into(&mut t.name);
+        crate::escape::shown(id).as_ref().clone_into(&mut t.id);
+        crate::escape::shown(name).as_ref().clone_into(&mut t.name);
     }
 
     fn verified(&self, v: &Verification) {
@@ -124,7 +129,14 @@ impl<S: Store> VaultService<S> {
             vault,
             audit: Arc::clone(&watch.audit),
             watch,
+            refusals: Arc::new(Refusals::new()),
         }
+    }
+
+    /// Counts refused calls of known callers in `refusals` (the server's own, summarized there).
+    pub fn with_refusals(mut self, refusals: Arc<Refusals>) -> Self {
+        self.refusals = refusals;
+        self
     }
 
     /// Runs one RPC: authenticate, authorise, handle; then one log event, one
@@ -173,6 +185,22 @@ impl<S: Store> VaultService<S> {
         let caller = call
             .as_ref()
             .map_or("anonymous", |c| c.caller.name.as_str());
+        // A known caller's refusals are recorded one by one only a few per interval;
+        // the rest are counted into the interval's summary (one line, one event).
+        if let (Some(_), Err(e)) = (&call, &result) {
+            if summarized_refusal(e.code())
+                && !self
+                    .refusals
+                    .admit_caller(caller, method, metrics::code_name(e.code()))
+            {
+                let code = e.code();
+                metrics::rpc(method, code, start.elapsed());
+                metrics::refusal_summarized();
+                return Err(Status::from(result.err().unwrap_or_else(|| {
+                    Error::Internal("a refusal without an error".into())
+                })));
+            }
+        }
         let entry = AuditEntry {
             method,
             credential_id: &target.id,
@@ -770,6 +798,14 @@ impl<S: Store> VaultService<S> {
                 })
             })
         };
+        // Filters reach the database as query values: checked first, like any name.
+        if !req.credential_id.is_empty() {
+            validate::id(&req.credential_id)?;
+        }
+        if !req.credential_name.is_empty() {
+            validate::name(&req.credential_name)?;
+        }
+        validate::caller_name(&req.caller)?;
         let nonempty = |s: String| Some(s).filter(|s| !s.is_empty());
         let query = AuditQuery {
             credential_id: nonempty(req.credential_id),
@@ -894,6 +930,20 @@ type BackupStream =
     tokio_stream::Iter<std::vec::IntoIter<Result<api::BackupVaultResponse, Status>>>;
 
 /// Whole-store operations are refused to callers limited to some credentials.
+/// The codes of refusals that are summarized per caller past the first few: the
+/// caller's request was at fault, nothing was read or changed.
+fn summarized_refusal(code: Code) -> bool {
+    matches!(
+        code,
+        Code::PermissionDenied
+            | Code::ResourceExhausted
+            | Code::InvalidArgument
+            | Code::NotFound
+            | Code::OutOfRange
+            | Code::Unauthenticated
+    )
+}
+
 fn require_unscoped(call: &Call, what: &str) -> Result<(), Error> {
     if call.caller.is_scoped() {
         return Err(Error::PermissionDenied(format!(

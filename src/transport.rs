@@ -123,6 +123,9 @@ pub struct Listening {
     pub name: &'static str,
     /// Open connections at most.
     pub max_connections: usize,
+    /// Open connections one peer (an IPv4 address, an IPv6 /64) may hold at most,
+    /// so that one peer cannot hold the whole cap; zero: no cap per peer.
+    pub max_per_peer: usize,
     /// Time to finish TLS and send the HTTP/2 preface.
     pub handshake_timeout: Duration,
 }
@@ -263,6 +266,8 @@ pub async fn accept<L: Listen>(
     const FIRST_BACKOFF: Duration = Duration::from_millis(10);
     const MAX_BACKOFF: Duration = Duration::from_secs(1);
     let slots = Arc::new(Semaphore::new(listening.max_connections));
+    let per_peer = Arc::new(PerPeer::default());
+    let mut peer_warning = Throttled::new();
     let name = listening.name;
     let mut backoff = FIRST_BACKOFF;
     let mut accept_warning = Throttled::new();
@@ -292,6 +297,24 @@ pub async fn accept<L: Listen>(
                 continue;
             }
         };
+        let peer_hold = match PerPeer::take(&per_peer, peer, listening.max_per_peer) {
+            Ok(hold) => hold,
+            Err(held) => {
+                drop(stream);
+                metrics::connection_refused(name, "peer_limit");
+                if let Some(count) = peer_warning.due() {
+                    tracing::warn!(
+                        listener = name,
+                        peer = %crate::refusals::PeerKey::of(Some(peer)),
+                        held,
+                        max_per_peer = listening.max_per_peer,
+                        refused = count,
+                        "a peer holds the most connections one peer may: its new ones are closed at once"
+                    );
+                }
+                continue;
+            }
+        };
         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
             drop(stream);
             metrics::connection_refused(name, "limit");
@@ -306,22 +329,76 @@ pub async fn accept<L: Listen>(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        serve(stream, peer, Slot::new(name, permit));
+        serve(stream, peer, Slot::new(name, permit, peer_hold));
     }
 }
 
-/// A connection's place under its listener's cap, and in the open-connections gauge.
+/// Open connections per peer, for a listener with a cap per peer.
+#[derive(Default)]
+struct PerPeer {
+    held: std::sync::Mutex<std::collections::HashMap<crate::refusals::PeerKey, usize>>,
+}
+
+/// A connection's place under its peer's cap; freed on drop.
+struct PeerHold {
+    table: Arc<PerPeer>,
+    peer: crate::refusals::PeerKey,
+}
+
+impl PerPeer {
+    /// A place for one more connection of `peer`, or how many it holds already.
+    fn take(table: &Arc<PerPeer>, peer: SocketAddr, max: usize) -> Result<Option<PeerHold>, usize> {
+        if max == 0 {
+            return Ok(None);
+        }
+        let key = crate::refusals::PeerKey::of(Some(peer));
+        let mut held = table
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = held.entry(key).or_default();
+        if *n >= max {
+            return Err(*n);
+        }
+        *n += 1;
+        Ok(Some(PeerHold {
+            table: Arc::clone(table),
+            peer: key,
+        }))
+    }
+}
+
+impl Drop for PeerHold {
+    fn drop(&mut self) {
+        let mut held = self
+            .table
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = held.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// A connection's place under its listener's cap (and its peer's), and in the
+/// open-connections gauge.
 pub struct Slot {
     listener: &'static str,
     _permit: OwnedSemaphorePermit,
+    _peer: Option<PeerHold>,
 }
 
 impl Slot {
-    fn new(listener: &'static str, permit: OwnedSemaphorePermit) -> Self {
+    fn new(listener: &'static str, permit: OwnedSemaphorePermit, peer: Option<PeerHold>) -> Self {
         metrics::connection_opened(listener);
         Slot {
             listener,
             _permit: permit,
+            _peer: peer,
         }
     }
 }
@@ -704,6 +781,7 @@ mod tests {
         let listening = Listening {
             name: "test",
             max_connections: 8,
+            max_per_peer: 0,
             handshake_timeout: Duration::from_secs(1),
         };
         let stop = tokio::time::sleep(Duration::from_secs(10));

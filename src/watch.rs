@@ -43,6 +43,10 @@ pub struct WatchSettings {
     pub max_credentials: usize,
     /// Streams one caller may hold open on this server at once.
     pub max_streams_per_caller: usize,
+    /// Credentials one caller may watch, summed over all its streams.
+    pub max_keys_per_caller: usize,
+    /// Credentials watched on this server, summed over every stream.
+    pub max_keys: usize,
     /// How often every watched credential is read again, whatever was heard:
     /// the bound on how long a lost change notification leaves a watcher stale.
     pub resync_interval: Duration,
@@ -53,10 +57,16 @@ impl Default for WatchSettings {
         WatchSettings {
             max_credentials: 1000,
             max_streams_per_caller: 1024,
+            max_keys_per_caller: 10_000,
+            max_keys: 100_000,
             resync_interval: Duration::from_secs(30),
         }
     }
 }
+
+/// Watched keys read again per turn of a resync (or of new watches' first reads),
+/// between which changes to push go first.
+const READ_CHUNK: usize = 128;
 
 /// How soon a credential the store could not read is read again.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
@@ -139,10 +149,47 @@ struct HubState {
     /// The provider account of the credential each watched key last read as,
     /// so that a pause re-reads only the keys of its account.
     accounts: HashMap<Key, crate::feedback::Account>,
+    /// Changes to push (writes, pauses): read before any other work.
     pending: HashSet<Work>,
-    streams_per_caller: HashMap<String, usize>,
+    /// Keys of new watches to read for their first message, in chunks.
+    fresh: std::collections::VecDeque<Key>,
+    /// Keys of the resync under way, read in chunks after everything else.
+    resync: std::collections::VecDeque<Key>,
+    /// Streams and watched keys each caller holds.
+    held: HashMap<String, Held>,
     next_stream: u64,
     streams: usize,
+    /// Keys watched over every stream.
+    keys: usize,
+}
+
+/// What one caller holds on this server.
+#[derive(Clone, Copy, Debug, Default)]
+struct Held {
+    streams: usize,
+    keys: usize,
+}
+
+impl HubState {
+    /// Gives memory back after a flood of watches closed (a map keeps its capacity).
+    fn shrink(&mut self) {
+        fn shrunk<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+            if map.capacity() > 1024 && map.len() * 4 < map.capacity() {
+                map.shrink_to_fit();
+            }
+        }
+        shrunk(&mut self.subscribers);
+        shrunk(&mut self.accounts);
+        shrunk(&mut self.held);
+        if self.pending.capacity() > 1024 && self.pending.len() * 4 < self.pending.capacity() {
+            self.pending.shrink_to_fit();
+        }
+        for queue in [&mut self.fresh, &mut self.resync] {
+            if queue.capacity() > 1024 && queue.len() * 4 < queue.capacity() {
+                queue.shrink_to_fit();
+            }
+        }
+    }
 }
 
 /// Who watches what, and the changes not yet read.
@@ -183,14 +230,18 @@ impl Drop for Subscription {
                 }
             }
         }
-        if let Some(n) = state.streams_per_caller.get_mut(&self.caller) {
-            *n -= 1;
-            if *n == 0 {
-                state.streams_per_caller.remove(&self.caller);
+        if let Some(held) = state.held.get_mut(&self.caller) {
+            held.streams -= 1;
+            held.keys -= self.keys.len();
+            if held.streams == 0 {
+                state.held.remove(&self.caller);
             }
         }
         state.streams -= 1;
+        state.keys -= self.keys.len();
         metrics::watch_streams(state.streams);
+        metrics::watch_keys(state.keys);
+        state.shrink();
     }
 }
 
@@ -249,13 +300,22 @@ impl Hub {
         }
     }
 
-    /// Reads every watched credential again (a lost notification is caught here).
+    /// Reads every watched credential again (a lost notification is caught here),
+    /// in chunks behind every change to push; a resync still under way goes on.
     pub fn resync(&self) {
         let mut state = self.lock();
+        if !state.resync.is_empty() {
+            return;
+        }
         let keys: Vec<Key> = state.subscribers.keys().cloned().collect();
-        state.pending.extend(keys.into_iter().map(Work::Refresh));
+        state.resync.extend(keys);
         drop(state);
         self.wake.notify_one();
+    }
+
+    /// Credentials watched over every stream now.
+    pub fn keys(&self) -> usize {
+        self.lock().keys
     }
 
     /// Streams open now.
@@ -270,22 +330,37 @@ impl Hub {
         caller: &str,
         keys: &[Option<Key>],
         inbox: &Arc<Inbox>,
-        max_per_caller: usize,
+        settings: &WatchSettings,
     ) -> Result<Subscription, Error> {
         let mut state = self.lock();
-        let held = state.streams_per_caller.get(caller).copied().unwrap_or(0);
-        if held >= max_per_caller {
+        let held = state.held.get(caller).copied().unwrap_or_default();
+        let wanted = keys.iter().flatten().count();
+        if held.streams >= settings.max_streams_per_caller {
             return Err(Error::ResourceExhausted(format!(
-                "caller {caller:?} holds {held} watch streams on this server, the most allowed (--watch-max-streams-per-caller); close one, or watch more credentials per stream"
+                "caller {caller:?} holds {} watch streams on this server, the most allowed (--watch-max-streams-per-caller); close one, or watch more credentials per stream",
+                held.streams
             )));
         }
-        *state
-            .streams_per_caller
-            .entry(caller.to_owned())
-            .or_default() += 1;
+        if held.keys + wanted > settings.max_keys_per_caller {
+            return Err(Error::ResourceExhausted(format!(
+                "caller {caller:?} watches {} credentials over its streams on this server; {wanted} more would pass the most allowed, {} (--watch-max-keys-per-caller): close streams it no longer reads",
+                held.keys, settings.max_keys_per_caller
+            )));
+        }
+        if state.keys + wanted > settings.max_keys {
+            return Err(Error::ResourceExhausted(format!(
+                "this server watches {} credentials over all streams; {wanted} more would pass the most allowed, {} (--watch-max-keys): try another replica",
+                state.keys, settings.max_keys
+            )));
+        }
+        let entry = state.held.entry(caller.to_owned()).or_default();
+        entry.streams += 1;
+        entry.keys += wanted;
         state.next_stream += 1;
         state.streams += 1;
+        state.keys += wanted;
         metrics::watch_streams(state.streams);
+        metrics::watch_keys(state.keys);
         let stream = state.next_stream;
         let mut subscribed = Vec::new();
         for (slot, key) in keys.iter().enumerate() {
@@ -299,7 +374,7 @@ impl Hub {
                     slot,
                     inbox: Arc::clone(inbox),
                 });
-            state.pending.insert(Work::Refresh(key.clone()));
+            state.fresh.push_back(key.clone());
             subscribed.push(key.clone());
         }
         drop(state);
@@ -322,8 +397,24 @@ impl Hub {
         }
     }
 
+    /// The next work: every change to push first; else a chunk of new watches'
+    /// first reads; else a chunk of the resync under way.
     fn take_pending(&self) -> Vec<Work> {
-        self.lock().pending.drain().collect()
+        let mut state = self.lock();
+        if !state.pending.is_empty() {
+            return state.pending.drain().collect();
+        }
+        let queue = if state.fresh.is_empty() {
+            &mut state.resync
+        } else {
+            &mut state.fresh
+        };
+        let n = queue.len().min(READ_CHUNK);
+        let chunk: Vec<Work> = queue.drain(..n).map(Work::Refresh).collect();
+        if chunk.len() == n && queue.is_empty() {
+            state.shrink();
+        }
+        chunk
     }
 
     fn requeue(&self, work: Vec<Work>) {
@@ -555,12 +646,9 @@ pub fn open<S: Store>(
         .iter()
         .map(|s| (!s.denied).then(|| s.key.clone()))
         .collect();
-    let subscription = vault.hub().subscribe(
-        &watcher.caller.name,
-        &keys,
-        &inbox,
-        ctx.settings.max_streams_per_caller,
-    )?;
+    let subscription = vault
+        .hub()
+        .subscribe(&watcher.caller.name, &keys, &inbox, &ctx.settings)?;
     // Slots refused for scope are reported like any other state.
     for (i, slot) in slots.iter().enumerate() {
         if slot.denied {

@@ -276,6 +276,11 @@ struct ServeArgs {
     /// load balancers and Kubernetes readiness stop routing here before connections close.
     #[arg(long, env = "CREDVAULT_DRAIN_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
     drain_delay: Duration,
+    /// How long the audit trail may stay unwritable while the store takes writes (a
+    /// stuck writer: no secret read can be answered, and only a restart heals it)
+    /// before liveness turns NOT_SERVING so that Kubernetes restarts the server.
+    #[arg(long, env = "CREDVAULT_LIVENESS_STUCK_AFTER", default_value = "2m", value_parser = humantime::parse_duration)]
+    liveness_stuck_after: Duration,
     /// Serve Prometheus metrics on this address (HTTP, /metrics), e.g. 0.0.0.0:9090.
     #[arg(long, env = "CREDVAULT_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -347,6 +352,12 @@ struct WatchArgs {
     /// Watch streams one caller may hold open on this server at once.
     #[arg(long, env = "CREDVAULT_WATCH_MAX_STREAMS_PER_CALLER", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     watch_max_streams_per_caller: u32,
+    /// Credentials one caller may watch, summed over all its streams on this server.
+    #[arg(long, env = "CREDVAULT_WATCH_MAX_KEYS_PER_CALLER", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    watch_max_keys_per_caller: u32,
+    /// Credentials watched on this server at most, summed over every stream of every caller.
+    #[arg(long, env = "CREDVAULT_WATCH_MAX_KEYS", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    watch_max_keys: u32,
     /// How often every watched credential is read again whatever was heard: the
     /// longest a lost change notification (PostgreSQL) leaves a watcher stale.
     #[arg(long, env = "CREDVAULT_WATCH_RESYNC_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
@@ -1008,6 +1019,7 @@ fn resolve(dev: bool, args: &ServeArgs) -> anyhow::Result<Config> {
             concurrency: usize::from(args.reverify_concurrency),
         },
         drain_delay: args.drain_delay,
+        liveness_stuck_after: args.liveness_stuck_after,
         shutdown_grace: args.shutdown_grace,
         metrics_listen: args.metrics_listen,
         keep_versions: args.keep_versions as usize,
@@ -1022,6 +1034,8 @@ fn resolve(dev: bool, args: &ServeArgs) -> anyhow::Result<Config> {
         watch: credvault::watch::WatchSettings {
             max_credentials: args.watch.watch_max_credentials as usize,
             max_streams_per_caller: args.watch.watch_max_streams_per_caller as usize,
+            max_keys_per_caller: args.watch.watch_max_keys_per_caller as usize,
+            max_keys: args.watch.watch_max_keys as usize,
             resync_interval: args.watch.watch_resync_interval,
         },
         feedback: credvault::feedback::FeedbackSettings {

@@ -43,7 +43,12 @@ const STYLE: &str = include_str!("console.css");
 /// The largest form body accepted.
 const MAX_FORM_BYTES: usize = 64 * 1024;
 /// Open console connections at most.
-const MAX_CONNECTIONS: usize = 256;
+pub const MAX_CONNECTIONS: usize = 256;
+/// Open console connections one peer (an address, an IPv6 /64) may hold: a browser
+/// opens six, so one peer's slow requests cannot hold the console from the others.
+pub const MAX_CONNECTIONS_PER_PEER: usize = 32;
+/// Time a connection has to send a request's headers (each request of a kept-alive one).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a connection may live (browsers reconnect).
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
 /// The audit channel of console calls.
@@ -142,6 +147,7 @@ impl<T: CredentialVaultService> Console<T> {
         let listening = transport::Listening {
             name: "console",
             max_connections: MAX_CONNECTIONS,
+            max_per_peer: MAX_CONNECTIONS_PER_PEER,
             handshake_timeout,
         };
         let stopped = async move {
@@ -197,7 +203,7 @@ impl<T: CredentialVaultService> Console<T> {
         });
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(10))
+            .header_read_timeout(HEADER_TIMEOUT)
             .max_buf_size(64 * 1024)
             .serve_connection(hyper_util::rt::TokioIo::new(io), service);
         let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
@@ -229,15 +235,31 @@ impl<T: CredentialVaultService> Console<T> {
         }
         crate::metrics::console_request(reply.status().as_u16());
         crate::metrics::console_sessions(self.sessions.len());
-        tracing::info!(
-            method = %method,
-            path,
-            status = reply.status().as_u16(),
-            caller = caller.as_deref().unwrap_or("anonymous"),
-            peer = %conn.peer,
-            latency_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
-            "console request"
-        );
+        // A request's path is the sender's text: escaped and capped. Requests of no
+        // signed-in caller (sign-in pages, unknown cookies, probes) are counted in
+        // the metrics and logged at debug only, so a flood of them writes no log.
+        let path = crate::escape::shown(&path);
+        let latency_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        match caller.as_deref() {
+            Some(caller) => tracing::info!(
+                method = %method,
+                path = %path,
+                status = reply.status().as_u16(),
+                caller,
+                peer = %conn.peer,
+                latency_us,
+                "console request"
+            ),
+            None => tracing::debug!(
+                method = %method,
+                path = %path,
+                status = reply.status().as_u16(),
+                caller = "anonymous",
+                peer = %conn.peer,
+                latency_us,
+                "console request"
+            ),
+        }
         reply
     }
 

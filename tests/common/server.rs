@@ -99,6 +99,8 @@ pub struct Options {
     /// Secret versions kept per credential, and how long deleted ones stay recoverable.
     pub keep_versions: usize,
     pub recovery_window: Duration,
+    /// How long a stuck audit trail leaves liveness SERVING.
+    pub liveness_stuck_after: Duration,
 }
 
 impl Default for Options {
@@ -129,6 +131,7 @@ impl Default for Options {
             feedback: Default::default(),
             keep_versions: credvault::vault::DEFAULT_KEEP_VERSIONS,
             recovery_window: credvault::vault::DEFAULT_RECOVERY_WINDOW,
+            liveness_stuck_after: Duration::from_secs(120),
         }
     }
 }
@@ -263,6 +266,7 @@ impl TestServer {
             },
             reverify: opts.reverify.clone(),
             drain_delay: Duration::ZERO,
+            liveness_stuck_after: opts.liveness_stuck_after,
             shutdown_grace: Duration::from_secs(5),
             metrics_listen: None,
             console: None,
@@ -398,6 +402,7 @@ pub fn bare_config(dir: &Path, keys: &str) -> Config {
         providers: Default::default(),
         reverify: Default::default(),
         drain_delay: Duration::ZERO,
+        liveness_stuck_after: Duration::from_secs(120),
         shutdown_grace: Duration::from_secs(1),
         metrics_listen: None,
         console: None,

@@ -669,6 +669,10 @@ async fn main() {
         "--watch-max-streams-per-caller={}",
         args.idle_streams.max(args.watchers) + 16
     ));
+    main_args.push(format!(
+        "--watch-max-keys-per-caller={}",
+        args.idle_streams.max(args.watchers) + 16
+    ));
     if let Some(file) = &args.declared_file {
         main_args.push(format!("--providers-file={}", file.display()));
     }
