@@ -42,6 +42,16 @@ mod requests;
 mod server;
 mod workers;
 
+/// At most 200 characters of `text`, for assertion messages about long values.
+pub fn shorten(text: &str) -> String {
+    let cut: String = text.chars().take(200).collect();
+    if cut.len() < text.len() {
+        format!("{cut}… ({} bytes)", text.len())
+    } else {
+        cut
+    }
+}
+
 /// Runs each test of a suite on both stores: `sled::name` and `postgres::name`.
 macro_rules! on_every_store {
     ($($name:ident),* $(,)?) => {
