@@ -676,6 +676,10 @@ async fn reload_providers<S: Store>(
     {
         match vault.providers().reload() {
             Ok(count) => {
+                // Every watched credential is read again (in chunks, behind pushes):
+                // a changed declaration changes its headers at the same version,
+                // and the watchers hear the new ones, or UNAVAILABLE and why.
+                vault.hub().reread_all();
                 metrics::reloaded("providers", "reloaded");
                 tracing::info!(
                     declared = count,

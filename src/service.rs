@@ -583,6 +583,7 @@ impl<S: Store> VaultService<S> {
         call.read_secret(self.audit.fingerprint(&plaintext));
         drop(plaintext);
         Ok(api::GetCredentialHeadersResponse {
+            headers_revision: out.revision,
             paused_until: paused_until_ms.map(timestamp_ms),
             request_budget_per_minute: record.request_budget_per_minute,
             headers: out

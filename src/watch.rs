@@ -313,6 +313,17 @@ impl Hub {
         self.wake.notify_one();
     }
 
+    /// Reads every watched credential again from the start, even while a resync
+    /// is under way (after a providers reload: what was read before it is stale).
+    pub fn reread_all(&self) {
+        let mut state = self.lock();
+        let keys: Vec<Key> = state.subscribers.keys().cloned().collect();
+        state.resync.clear();
+        state.resync.extend(keys);
+        drop(state);
+        self.wake.notify_one();
+    }
+
     /// Credentials watched over every stream now.
     pub fn keys(&self) -> usize {
         self.lock().keys
@@ -613,14 +624,15 @@ pub fn open<S: Store>(
                 "credentials[{i}] repeats a credential watched before it"
             )));
         }
+        let rev = w.known_headers_revision;
         let held = match (&key, w.known_version) {
             (_, 0) => None,
-            (Key::Id(id), v) => Some((id.clone(), v)),
+            (Key::Id(id), v) => Some((id.clone(), v, rev)),
             (Key::Name(_), v) if !w.known_credential_id.is_empty() => {
                 crate::validate::id(&w.known_credential_id).map_err(|e| {
                     Error::invalid(format!("credentials[{i}].known_credential_id: {e}"))
                 })?;
-                Some((w.known_credential_id, v))
+                Some((w.known_credential_id, v, rev))
             }
             (Key::Name(_), _) => {
                 return Err(Error::invalid(format!(
@@ -689,6 +701,8 @@ enum Reported {
     Present {
         id: String,
         version: u64,
+        /// The headers revision (see `Catalog::headers_revision`).
+        revision: u64,
         verification: Option<(i32, i32, String)>,
         paused_until_ms: Option<i64>,
         budget: u32,
@@ -699,6 +713,7 @@ enum Reported {
     Unavailable {
         id: String,
         revision: u64,
+        headers_revision: u64,
     },
 }
 
@@ -708,7 +723,8 @@ struct Slot {
     /// Refused for the caller's scope: reported once, never looked at.
     denied: bool,
     /// The credential id and version whose headers the client holds.
-    held: Option<(String, u64)>,
+    /// (credential id, version, headers revision) of the headers the client holds.
+    held: Option<(String, u64, u64)>,
     /// The credential the slot follows now, and its name.
     current: Option<(String, String)>,
     reported: Option<Reported>,
@@ -717,7 +733,7 @@ struct Slot {
 }
 
 impl Slot {
-    fn new(key: Key, held: Option<(String, u64)>) -> Self {
+    fn new(key: Key, held: Option<(String, u64, u64)>) -> Self {
         Slot {
             key,
             denied: false,
@@ -941,7 +957,7 @@ impl<S: Store> Stream<S> {
                     // Its deletion was not heard of (a lost notification): say it now.
                     return Ok(self.deleted(slot, id));
                 }
-                if let (Key::Name(_), Some((id, _)), None) = (&s.key, &s.held, &s.reported) {
+                if let (Key::Name(_), Some((id, _, _)), None) = (&s.key, &s.held, &s.reported) {
                     // A resume of a name whose credential (the one the client holds)
                     // was deleted while it was away: names never change, so it is gone.
                     let id = id.clone();
@@ -980,14 +996,23 @@ impl<S: Store> Stream<S> {
             request_budget_per_minute: record.request_budget_per_minute,
             ..self.base(slot, api::WatchState::Present)
         };
+        // A providers reload can change the headers of the same version: what the
+        // client holds counts only at the revision its headers were made at.
+        let revision = self
+            .vault
+            .providers()
+            .current()
+            .headers_revision(&record.provider);
+        message.headers_revision = revision;
         let s = &self.slots[slot];
         let holds = s
             .held
             .as_ref()
-            .is_some_and(|(id, v)| *id == record.id && *v == record.version);
+            .is_some_and(|(id, v, r)| *id == record.id && *v == record.version && *r == revision);
         let reported = Reported::Present {
             id: record.id.clone(),
             version: record.version,
+            revision,
             verification: record
                 .last_verification
                 .as_ref()
@@ -1004,6 +1029,7 @@ impl<S: Store> Stream<S> {
         let unavailable = Reported::Unavailable {
             id: record.id.clone(),
             revision: record.revision,
+            headers_revision: revision,
         };
         if s.reported.as_ref() == Some(&unavailable) {
             return Ok(None);
@@ -1043,7 +1069,8 @@ impl<S: Store> Stream<S> {
             })
             .collect();
         message.base_url = headers.base_url;
-        self.slots[slot].held = Some((record.id.clone(), record.version));
+        message.headers_revision = headers.revision;
+        self.slots[slot].held = Some((record.id.clone(), record.version, headers.revision));
         Ok(Some((message, reported)))
     }
 }

@@ -262,6 +262,7 @@ async fn every_rpc(admin: &mut Client, v: &str) {
             r#ref: Some(watched_credential::Ref::Name(fresh.clone())),
             known_version: 1,
             known_credential_id: v.to_owned(),
+            ..Default::default()
         }],
     };
     clear(

@@ -1008,3 +1008,161 @@ async fn a_declared_credential_is_watched_like_a_fleetio_one() {
     assert_eq!(gone.state(), api::WatchState::Deleted);
     assert!(gone.headers.is_empty());
 }
+
+/// A watch of `name` resumed with the headers held: version, id and revision.
+async fn resume(
+    client: &mut Client,
+    name: &str,
+    held: &api::WatchCredentialHeadersResponse,
+) -> api::WatchCredentialHeadersResponse {
+    let mut stream = client
+        .watch_credential_headers(api::WatchCredentialHeadersRequest {
+            credentials: vec![api::WatchedCredential {
+                r#ref: Some(api::watched_credential::Ref::Name(name.into())),
+                known_version: held.version,
+                known_credential_id: held.credential_id.clone(),
+                known_headers_revision: held.headers_revision,
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    next_watched(&mut stream).await
+}
+
+#[tokio::test]
+async fn a_providers_reload_reaches_every_watcher_of_the_credentials_it_changes() {
+    let fake = fake_api().await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let at = |text: &str| text.replace("http://127.0.0.1:9", &fake.base_url);
+    let bearer_only = at(&PROVIDERS[..PROVIDERS.find("[[provider]]\nname = \"duo\"").unwrap()]);
+    // A long resync: what reaches the watchers is the reload itself.
+    let (process, setup, file) = serve(
+        dir.path(),
+        &bearer_only,
+        &[
+            "--metrics-listen",
+            &metrics,
+            "--watch-resync-interval",
+            "1h",
+        ],
+    )
+    .await;
+    let reloaded = r#"credvault_reloads_total{file="providers",outcome="reloaded"}"#;
+    let mut admin = process.client(&setup.tokens.admin).await;
+    let mut worker = process.client(&setup.tokens.worker).await;
+    admin
+        .create_credential(create_generic(
+            "acme-w",
+            generic("bearer", &[("token", "tokCANARYvalid")]),
+            false,
+        ))
+        .await
+        .unwrap();
+    let mut stream = worker
+        .watch_credential_headers(api::WatchCredentialHeadersRequest {
+            credentials: vec![api::WatchedCredential {
+                r#ref: Some(api::watched_credential::Ref::Name("acme-w".into())),
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = next_watched(&mut stream).await;
+    assert_eq!(
+        pairs(&first.headers),
+        vec![("Authorization".into(), "Bearer tokCANARYvalid".into())]
+    );
+    let rust_worker = worker_client(&process.url(), &setup.tokens.worker);
+    let held = rust_worker.headers("acme-w").await.unwrap();
+    assert_eq!(held.headers_revision(), first.headers_revision);
+
+    // The template changes: the same version, new headers, a new revision, pushed.
+    replace_file(
+        &file,
+        &bearer_only.replace("Bearer {token}", "Token {token}"),
+    );
+    wait_for_metric(&metrics, reloaded, 1.0).await;
+    let changed = next_watched(&mut stream).await;
+    assert_eq!(changed.state(), api::WatchState::Present);
+    assert_eq!(changed.version, first.version);
+    assert_ne!(changed.headers_revision, first.headers_revision);
+    assert_eq!(
+        pairs(&changed.headers),
+        vec![("Authorization".into(), "Token tokCANARYvalid".into())]
+    );
+    let unary = worker
+        .get_credential_headers(headers_by_name("acme-w"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(unary.headers_revision, changed.headers_revision);
+    assert_eq!(pairs(&unary.headers), pairs(&changed.headers));
+    until(
+        std::time::Duration::from_secs(10),
+        "the Rust client holds the new headers",
+        || {
+            let c = rust_worker.clone();
+            async move {
+                c.headers("acme-w").await.is_ok_and(|h| {
+                    h.iter().any(|(_, v)| v == "Token tokCANARYvalid")
+                        && h.headers_revision() == changed.headers_revision
+                })
+            }
+        },
+    )
+    .await;
+    // A resume with the old revision gets the new headers; with the new one, none.
+    let resumed = resume(&mut worker, "acme-w", &first).await;
+    assert_eq!(pairs(&resumed.headers), pairs(&changed.headers));
+    let resumed = resume(&mut worker, "acme-w", &changed).await;
+    assert!(resumed.headers.is_empty() && resumed.state() == api::WatchState::Present);
+
+    // A newly required field: the headers cannot be made; every watcher hears why.
+    let required = bearer_only.replace(
+        "[[provider.header]]",
+        "[[provider.field]]\nname = \"region\"\nsecret = false\n\n[[provider.header]]",
+    );
+    replace_file(&file, &required);
+    wait_for_metric(&metrics, reloaded, 2.0).await;
+    let unavailable = next_watched(&mut stream).await;
+    assert_eq!(
+        unavailable.state(),
+        api::WatchState::Unavailable,
+        "{unavailable:?}"
+    );
+    assert!(unavailable.headers.is_empty());
+    assert!(
+        unavailable.message.contains("region"),
+        "{}",
+        unavailable.message
+    );
+    let refused = worker
+        .get_credential_headers(headers_by_name("acme-w"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    let resumed = resume(&mut worker, "acme-w", &changed).await;
+    assert_eq!(resumed.state(), api::WatchState::Unavailable, "{resumed:?}");
+
+    // The provider is removed: the same, for the open watch and a resumed one.
+    replace_file(
+        &file,
+        &at(&PROVIDERS[PROVIDERS.find("[[provider]]\nname = \"duo\"").unwrap()..]),
+    );
+    wait_for_metric(&metrics, reloaded, 3.0).await;
+    let gone = next_watched(&mut stream).await;
+    assert_eq!(gone.state(), api::WatchState::Unavailable, "{gone:?}");
+    assert!(gone.message.contains("bearer"), "{}", gone.message);
+    let resumed = resume(&mut worker, "acme-w", &changed).await;
+    assert_eq!(resumed.state(), api::WatchState::Unavailable, "{resumed:?}");
+    let new_watch = resume(
+        &mut worker,
+        "acme-w",
+        &api::WatchCredentialHeadersResponse::default(),
+    )
+    .await;
+    assert_eq!(new_watch.state(), api::WatchState::Unavailable);
+}

@@ -461,12 +461,38 @@ pub struct ProviderHeaders {
     pub headers: Vec<(Cow<'static, str>, String)>,
     /// The provider's API base URL.
     pub base_url: String,
+    /// What they were made from besides the secret ([`Catalog::headers_revision`]).
+    pub revision: u64,
 }
 
 /// One provider in use, with its API client.
 struct Entry {
     provider: ProviderRef,
     client: Client,
+    /// What the headers of this provider's credentials are made from (see
+    /// [`Catalog::headers_revision`]).
+    revision: u64,
+}
+
+/// The headers revision of a provider no longer in the catalog.
+pub const NO_PROVIDER_REVISION: u64 = u64::MAX;
+
+/// A digest of how `provider` makes headers at `base_url`: 0 for a built-in one
+/// (compiled in), else the first 8 bytes of SHA-256 over its declaration as
+/// parsed. The same declaration gives the same revision on every replica and
+/// after a restart, so a client's held (version, revision) stays comparable.
+fn revision_of(provider: &ProviderRef, base_url: &str) -> u64 {
+    use sha2::Digest;
+    match provider {
+        ProviderRef::Builtin(_) => 0,
+        ProviderRef::Declared(d) => {
+            let digest = sha2::Sha256::digest(format!("{base_url}\n{d:?}").as_bytes());
+            let mut first = [0u8; 8];
+            first.copy_from_slice(&digest[..8]);
+            // Never the value of a missing provider.
+            u64::from_be_bytes(first).min(NO_PROVIDER_REVISION - 1)
+        }
+    }
 }
 
 /// The providers in use at one moment: the built-in ones, then the declared ones.
@@ -498,6 +524,7 @@ impl Catalog {
                     .map(|client| Entry {
                         provider: ProviderRef::Builtin(p),
                         client,
+                        revision: 0,
                     })
             })
             .collect();
@@ -511,6 +538,14 @@ impl Catalog {
     /// The provider named `name`, built in or declared.
     pub fn find(&self, name: &str) -> Option<ProviderRef> {
         self.entry(name).map(|e| e.provider.clone())
+    }
+
+    /// What the headers of `provider`'s credentials are made from now: changes
+    /// when a reload changes its declaration ([`NO_PROVIDER_REVISION`] when it
+    /// is gone). Clients compare it with the credential's version.
+    pub fn headers_revision(&self, provider: &str) -> u64 {
+        self.entry(provider)
+            .map_or(NO_PROVIDER_REVISION, |e| e.revision)
     }
 
     /// The names of the providers, built-in first (`fleetio, acme`).
@@ -582,6 +617,7 @@ impl Catalog {
         Some(ProviderHeaders {
             headers: secret.headers(),
             base_url: entry.client.base_url().to_owned(),
+            revision: entry.revision,
         })
     }
 
@@ -693,7 +729,12 @@ impl Providers {
                     .map_or(provider.default_base_url(), String::as_str);
                 let client =
                     Client::new(provider.name(), http.clone(), url, settings.request_timeout)?;
-                Ok(Entry { provider, client })
+                let revision = revision_of(&provider, url);
+                Ok(Entry {
+                    provider,
+                    client,
+                    revision,
+                })
             })
             .collect::<Result<_, ProviderError>>()?;
         Ok(Catalog { entries })

@@ -16,6 +16,8 @@ pub struct CredentialHeaders {
     credential_id: String,
     name: String,
     version: u64,
+    /// What the vault made the headers from besides the credential (its provider's declaration).
+    headers_revision: u64,
     base_url: String,
     headers: Vec<(HeaderName, Zeroizing<String>)>,
     verification: Option<proto::Verification>,
@@ -27,6 +29,7 @@ impl fmt::Debug for CredentialHeaders {
             .field("credential_id", &self.credential_id)
             .field("name", &self.name)
             .field("version", &self.version)
+            .field("headers_revision", &self.headers_revision)
             .field("base_url", &self.base_url)
             .field(
                 "headers",
@@ -74,10 +77,17 @@ impl CredentialHeaders {
             credential_id,
             name,
             version,
+            headers_revision: 0,
             base_url,
             headers,
             verification,
         })
+    }
+
+    /// The same headers, made at `revision` of their provider's declaration.
+    pub(crate) fn at_revision(mut self, revision: u64) -> Self {
+        self.headers_revision = revision;
+        self
     }
 
     /// The same headers with another verification.
@@ -101,6 +111,13 @@ impl CredentialHeaders {
     /// The credential's version; it grows with every change of the credential.
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// What the vault made these headers from besides the credential: a digest of
+    /// its provider's declaration (0 for a built-in provider). A providers-file
+    /// reload can change the headers at the same [`Self::version`]; this changes with them.
+    pub fn headers_revision(&self) -> u64 {
+        self.headers_revision
     }
 
     /// The provider's API base URL, e.g. `https://secure.fleetio.com/api`.

@@ -467,7 +467,7 @@ async fn fetch(inner: Arc<Inner>, name: String, tx: watch::Sender<Fetched>) {
                 r.headers,
                 None,
             )
-            .map(Arc::new)
+            .map(|h| Arc::new(h.at_revision(r.headers_revision)))
         }
         Err(status) => Err(Error::from(status)),
     };
@@ -527,16 +527,19 @@ async fn watch_loop(inner: Arc<Inner>) {
             let credentials = names
                 .iter()
                 .map(|name| {
-                    let (id, version) = match state.entries.get(name) {
-                        Some(Entry::Held(h)) => {
-                            (h.headers.credential_id().to_owned(), h.headers.version())
-                        }
-                        _ => (String::new(), 0),
+                    let (id, version, revision) = match state.entries.get(name) {
+                        Some(Entry::Held(h)) => (
+                            h.headers.credential_id().to_owned(),
+                            h.headers.version(),
+                            h.headers.headers_revision(),
+                        ),
+                        _ => (String::new(), 0, 0),
                     };
                     proto::WatchedCredential {
                         r#ref: Some(proto::watched_credential::Ref::Name(name.clone())),
                         known_version: version,
                         known_credential_id: id,
+                        known_headers_revision: revision,
                     }
                 })
                 .collect();
@@ -624,6 +627,7 @@ fn apply(inner: &Inner, names: &[String], m: proto::WatchCredentialHeadersRespon
                 m.last_verification,
             ) {
                 Ok(h) => {
+                    let h = h.at_revision(m.headers_revision);
                     inner.stats.updates.fetch_add(1, Ordering::Relaxed);
                     let mut held = Held::new(Arc::new(h), true);
                     held.account(m.paused_until, m.request_budget_per_minute);
@@ -644,7 +648,8 @@ fn apply(inner: &Inner, names: &[String], m: proto::WatchCredentialHeadersRespon
         proto::WatchState::Present => match state.entries.remove(name) {
             Some(Entry::Held(mut held))
                 if held.headers.credential_id() == m.credential_id
-                    && held.headers.version() == m.version =>
+                    && held.headers.version() == m.version
+                    && held.headers.headers_revision() == m.headers_revision =>
             {
                 if held.headers.verification() != m.last_verification.as_ref() {
                     held.headers = Arc::new(held.headers.with_verification(m.last_verification));

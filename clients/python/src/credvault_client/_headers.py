@@ -16,7 +16,7 @@ _REJECTIONS = (
 class CredentialHeaders:
     """The headers to send with one credential, and where. Its repr shows header names, never values."""
 
-    __slots__ = ("credential_id", "name", "version", "base_url", "_headers", "verification")
+    __slots__ = ("credential_id", "name", "version", "base_url", "_headers", "verification", "headers_revision")
 
     def __init__(
         self,
@@ -26,6 +26,7 @@ class CredentialHeaders:
         base_url: str,
         headers: list[tuple[str, str]],
         verification: pb.Verification | None,
+        headers_revision: int = 0,
     ) -> None:
         self.credential_id = credential_id
         self.name = name
@@ -33,11 +34,20 @@ class CredentialHeaders:
         self.base_url = base_url
         self._headers = tuple(headers)
         self.verification = verification
+        # What the vault made the headers from besides the credential (its provider's
+        # declaration; 0 when built in): a providers reload changes it at the same version.
+        self.headers_revision = headers_revision
 
     def with_verification(self, verification: pb.Verification | None) -> CredentialHeaders:
         """The same headers with another verification."""
         return CredentialHeaders(
-            self.credential_id, self.name, self.version, self.base_url, list(self._headers), verification
+            self.credential_id,
+            self.name,
+            self.version,
+            self.base_url,
+            list(self._headers),
+            verification,
+            self.headers_revision,
         )
 
     def items(self) -> Iterator[tuple[str, str]]:

@@ -141,6 +141,7 @@ class State:
                 answer.base_url,
                 [(h.name, h.value) for h in answer.headers],
                 None,
+                answer.headers_revision,
             )
             held = Held(headers, live=False)
             held.account(answer)
@@ -172,6 +173,7 @@ class State:
             if isinstance(entry, Held):
                 watched.known_version = entry.headers.version
                 watched.known_credential_id = entry.headers.credential_id
+                watched.known_headers_revision = entry.headers.headers_revision
         return names, request
 
     def apply(self, names: list[str], m: pb.WatchCredentialHeadersResponse) -> bool:
@@ -186,7 +188,13 @@ class State:
         current = self.entries.get(name)
         if m.state == pb.WATCH_STATE_PRESENT and len(m.headers) > 0:
             headers = CredentialHeaders(
-                m.credential_id, name, m.version, m.base_url, [(h.name, h.value) for h in m.headers], verification
+                m.credential_id,
+                name,
+                m.version,
+                m.base_url,
+                [(h.name, h.value) for h in m.headers],
+                verification,
+                m.headers_revision,
             )
             held = Held(headers, live=True)
             held.account(m)
@@ -200,6 +208,7 @@ class State:
                 isinstance(current, Held)
                 and current.headers.credential_id == m.credential_id
                 and current.headers.version == m.version
+                and current.headers.headers_revision == m.headers_revision
             ):
                 if current.headers.verification != verification:
                     current.headers = current.headers.with_verification(verification)

@@ -373,20 +373,22 @@ class GetCredentialHeadersRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
 
 class GetCredentialHeadersResponse(_message.Message):
-    __slots__ = ("headers", "base_url", "credential_id", "version", "paused_until", "request_budget_per_minute")
+    __slots__ = ("headers", "base_url", "credential_id", "version", "paused_until", "request_budget_per_minute", "headers_revision")
     HEADERS_FIELD_NUMBER: _ClassVar[int]
     BASE_URL_FIELD_NUMBER: _ClassVar[int]
     CREDENTIAL_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PAUSED_UNTIL_FIELD_NUMBER: _ClassVar[int]
     REQUEST_BUDGET_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_REVISION_FIELD_NUMBER: _ClassVar[int]
     headers: _containers.RepeatedCompositeFieldContainer[Header]
     base_url: str
     credential_id: str
     version: int
     paused_until: _timestamp_pb2.Timestamp
     request_budget_per_minute: int
-    def __init__(self, headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., base_url: _Optional[str] = ..., credential_id: _Optional[str] = ..., version: _Optional[int] = ..., paused_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_budget_per_minute: _Optional[int] = ...) -> None: ...
+    headers_revision: int
+    def __init__(self, headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., base_url: _Optional[str] = ..., credential_id: _Optional[str] = ..., version: _Optional[int] = ..., paused_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_budget_per_minute: _Optional[int] = ..., headers_revision: _Optional[int] = ...) -> None: ...
 
 class ReportProviderResponseRequest(_message.Message):
     __slots__ = ("id", "name", "http_status", "retry_after_seconds", "version")
@@ -443,19 +445,21 @@ class WatchCredentialHeadersRequest(_message.Message):
     def __init__(self, credentials: _Optional[_Iterable[_Union[WatchedCredential, _Mapping]]] = ...) -> None: ...
 
 class WatchedCredential(_message.Message):
-    __slots__ = ("id", "name", "known_version", "known_credential_id")
+    __slots__ = ("id", "name", "known_version", "known_credential_id", "known_headers_revision")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     KNOWN_VERSION_FIELD_NUMBER: _ClassVar[int]
     KNOWN_CREDENTIAL_ID_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_HEADERS_REVISION_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     known_version: int
     known_credential_id: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., known_version: _Optional[int] = ..., known_credential_id: _Optional[str] = ...) -> None: ...
+    known_headers_revision: int
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., known_version: _Optional[int] = ..., known_credential_id: _Optional[str] = ..., known_headers_revision: _Optional[int] = ...) -> None: ...
 
 class WatchCredentialHeadersResponse(_message.Message):
-    __slots__ = ("index", "state", "credential_id", "name", "version", "headers", "base_url", "last_verification", "message", "synced", "paused_until", "request_budget_per_minute")
+    __slots__ = ("index", "state", "credential_id", "name", "version", "headers", "base_url", "last_verification", "message", "synced", "paused_until", "request_budget_per_minute", "headers_revision")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     CREDENTIAL_ID_FIELD_NUMBER: _ClassVar[int]
@@ -468,6 +472,7 @@ class WatchCredentialHeadersResponse(_message.Message):
     SYNCED_FIELD_NUMBER: _ClassVar[int]
     PAUSED_UNTIL_FIELD_NUMBER: _ClassVar[int]
     REQUEST_BUDGET_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_REVISION_FIELD_NUMBER: _ClassVar[int]
     index: int
     state: WatchState
     credential_id: str
@@ -480,7 +485,8 @@ class WatchCredentialHeadersResponse(_message.Message):
     synced: bool
     paused_until: _timestamp_pb2.Timestamp
     request_budget_per_minute: int
-    def __init__(self, index: _Optional[int] = ..., state: _Optional[_Union[WatchState, str]] = ..., credential_id: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[int] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., base_url: _Optional[str] = ..., last_verification: _Optional[_Union[Verification, _Mapping]] = ..., message: _Optional[str] = ..., synced: _Optional[bool] = ..., paused_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_budget_per_minute: _Optional[int] = ...) -> None: ...
+    headers_revision: int
+    def __init__(self, index: _Optional[int] = ..., state: _Optional[_Union[WatchState, str]] = ..., credential_id: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[int] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., base_url: _Optional[str] = ..., last_verification: _Optional[_Union[Verification, _Mapping]] = ..., message: _Optional[str] = ..., synced: _Optional[bool] = ..., paused_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_budget_per_minute: _Optional[int] = ..., headers_revision: _Optional[int] = ...) -> None: ...
 
 class AuditEvent(_message.Message):
     __slots__ = ("time", "caller", "peer", "method", "credential_id", "credential_name", "code", "secret_fingerprint", "reason", "count", "channel")
