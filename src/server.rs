@@ -775,13 +775,33 @@ async fn flush_usage<S: Store>(vault: Arc<Vault<S>>, mut stop: tokio::sync::watc
 
 /// Purges deleted credentials whose recovery window has ended: every minute, or
 /// every half window when the window is shorter.
+/// How often erasable keys no record refers to are swept.
+const ERASABLE_SWEEP_EVERY: Duration = Duration::from_secs(3600);
+/// How old an unreferenced erasable key must be before a sweep erases it: a key
+/// is stored moments before the record that refers to it.
+const ERASABLE_SWEEP_GRACE: Duration = Duration::from_secs(600);
+
 async fn purge_deleted<S: Store>(
     vault: Arc<Vault<S>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let every =
         (vault.recovery_window() / 2).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let mut last_sweep: Option<Instant> = None;
     loop {
+        // Keys a crash left unreferenced (PostgreSQL; sled sweeps at open), hourly.
+        if last_sweep.is_none_or(|t| t.elapsed() >= ERASABLE_SWEEP_EVERY) {
+            last_sweep = Some(Instant::now());
+            match vault.sweep_erasable(ERASABLE_SWEEP_GRACE).await {
+                Ok(0) => {}
+                Ok(erased) => {
+                    tracing::info!(erased, "erasable keys no record refers to were erased")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "unreferenced erasable keys could not be swept; retried later")
+                }
+            }
+        }
         match vault.purge_due().await {
             Ok(0) => {}
             Ok(purged) => tracing::info!(

@@ -444,11 +444,32 @@ impl<S: Store> VaultService<S> {
         call: Arc<Call>,
         req: api::DeleteCredentialRequest,
     ) -> Result<api::DeleteCredentialResponse, Error> {
-        let at = self.locate(&call, &required_ref(req.r#ref)?).await?;
-        let purge_time = self
-            .vault
-            .delete(&at, req.expected_version, req.force, &call.caller.name)
-            .await?;
+        let r = required_ref(req.r#ref)?;
+        let deleted = match self.locate(&call, &r).await {
+            Ok(at) => {
+                self.vault
+                    .delete(&at, req.expected_version, req.force, &call.caller.name)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let purge_time = match deleted {
+            Ok(purge_time) => purge_time,
+            // With force, a credential already in its recovery window is purged now.
+            Err(Error::NotFound(m)) if req.force => match &r {
+                CredentialRef::Id(id) => {
+                    if self.vault.purge_deleted(&call.caller, id).await?.is_none() {
+                        return Err(Error::NotFound(m));
+                    }
+                    call.note("purged from its recovery window (force)".into());
+                    return Ok(api::DeleteCredentialResponse { purge_time: None });
+                }
+                CredentialRef::Name(_) => return Err(Error::NotFound(format!(
+                    "{m}; a deleted credential's name is free, so purge it by id (ListCredentials with deleted: true lists ids)"
+                ))),
+            },
+            Err(e) => return Err(e),
+        };
         if req.force {
             call.note("deleted for good (force)".into());
         }

@@ -845,6 +845,29 @@ impl<S: Store> Vault<S> {
         Ok(purge_time)
     }
 
+    /// Purges a credential in its recovery window at once (`DeleteCredential`
+    /// with `force` on a deleted credential: a leaked key made unrecoverable
+    /// early), within the caller's scope. `None` when no deleted credential has `id`.
+    pub async fn purge_deleted(&self, caller: &Caller, id: &str) -> Result<Option<()>, Error> {
+        let Some(deleted) = self.store.deleted(id).await? else {
+            return Ok(None);
+        };
+        caller.require_scope(id, Some(&deleted.name))?;
+        match self.store.purge(id).await {
+            Ok(()) | Err(StoreError::NotFound(_)) => Ok(Some(())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Purges `id` now, best effort (the background purge retries).
+    async fn purge_now(&self, id: &str) {
+        if let Err(e) = self.store.purge(id).await {
+            if !matches!(e, StoreError::NotFound(_)) {
+                tracing::warn!(credential_id = %id, error = %e, "a deleted credential past its purge time could not be purged yet; retried later");
+            }
+        }
+    }
+
     /// Brings back a deleted credential (by id, within its recovery window) with
     /// its history, when its name is still free.
     pub async fn undelete(&self, caller: &Caller, id: &str) -> Result<CredentialRecord, Error> {
@@ -861,6 +884,12 @@ impl<S: Store> Vault<S> {
             return Err(gone());
         };
         caller.require_scope(id, Some(&deleted.name))?;
+        // Its recovery window has ended: it is gone now, whether or not the
+        // background purge has come by yet (and it goes now).
+        if purge_due(&deleted, &record::timestamp(SystemTime::now())) {
+            self.purge_now(id).await;
+            return Err(gone());
+        }
         let back = match self.store.undelete(id).await {
             Ok(back) => back,
             Err(StoreError::NameTaken(name)) => {
@@ -889,8 +918,10 @@ impl<S: Store> Vault<S> {
         'scan: loop {
             let items = self.store.list_deleted(after.as_deref(), batch).await?;
             let read = items.len();
+            let now = record::timestamp(SystemTime::now());
             for (id, record) in items {
-                if let Ok(record) = record {
+                // Past its purge time it is not recoverable: not listed either.
+                if let Some(record) = record.ok().filter(|r| !purge_due(r, &now)) {
                     if caller.in_scope(&record.name) {
                         if records.len() == size {
                             more = true;
@@ -912,6 +943,12 @@ impl<S: Store> Vault<S> {
         })
     }
 
+    /// Erases erasable keys no record refers to that are older than `grace` (see
+    /// [`Store::sweep_erasable`]); how many.
+    pub async fn sweep_erasable(&self, grace: std::time::Duration) -> Result<u64, Error> {
+        Ok(self.store.sweep_erasable(grace).await?)
+    }
+
     /// Purges the deleted credentials whose recovery window has ended: each
     /// record and every version's erasable key go for good. How many went.
     pub async fn purge_due(&self) -> Result<usize, Error> {
@@ -925,12 +962,7 @@ impl<S: Store> Vault<S> {
                 .await?;
             let read = items.len();
             for (id, record) in items {
-                let due = match &record {
-                    Ok(r) => r
-                        .purge_time
-                        .is_some_and(|t| (t.seconds, t.nanos) <= (now.seconds, now.nanos)),
-                    Err(_) => false,
-                };
+                let due = record.as_ref().is_ok_and(|r| purge_due(r, &now));
                 if due {
                     match self.store.purge(&id).await {
                         Ok(()) | Err(StoreError::NotFound(_)) => purged += 1,
@@ -1493,4 +1525,11 @@ fn damaged(id: &str, why: &OpenError) -> Error {
             "the secret of credential {id} cannot be decrypted: the stored record is damaged or was sealed with another master key"
         )),
     }
+}
+
+/// Whether a deleted record's recovery window has ended at `now`.
+fn purge_due(record: &CredentialRecord, now: &Timestamp) -> bool {
+    record
+        .purge_time
+        .is_some_and(|t| (t.seconds, t.nanos) <= (now.seconds, now.nanos))
 }

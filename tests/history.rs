@@ -646,6 +646,8 @@ on_every_store!(
     destroyed_versions_are_gone_for_good,
     delete_undelete_force_and_purge,
     backups_keep_history_and_deleted_credentials,
+    a_recovery_window_ends_at_its_purge_time,
+    force_purges_a_credential_in_its_recovery_window,
 );
 
 #[tokio::test]
@@ -729,5 +731,223 @@ async fn a_key_retires_only_once_old_and_deleted_versions_are_rewrapped() {
         (&gone, "key-RETIRE-000002"),
     )
     .await;
+    server.stop().await.unwrap();
+}
+
+fn by_id_delete(id: &str, force: bool) -> api::DeleteCredentialRequest {
+    api::DeleteCredentialRequest {
+        r#ref: Some(api::delete_credential_request::Ref::Id(id.into())),
+        expected_version: None,
+        force,
+    }
+}
+
+/// Whether `ListCredentials {deleted: true}` lists `id`.
+async fn listed_deleted(client: &mut Client, id: &str) -> bool {
+    client
+        .list_credentials(api::ListCredentialsRequest {
+            deleted: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .credentials
+        .iter()
+        .any(|c| c.id == id)
+}
+
+async fn a_recovery_window_ends_at_its_purge_time(store: TestStore) {
+    let server = TestServer::start_with(Options {
+        store,
+        recovery_window: Duration::from_secs(2),
+        ..Options::default()
+    })
+    .await;
+    let mut admin = server.admin().await;
+    let made = create(&mut admin, "brief", "key-WINDOW-000001", "acct").await;
+    let deleted = admin
+        .delete_credential(delete("brief", false))
+        .await
+        .unwrap()
+        .into_inner();
+    let purge_time = deleted.purge_time.unwrap();
+    assert!(listed_deleted(&mut admin, &made.id).await);
+    // Past the purge time, whether or not the background purge came by yet.
+    let end =
+        std::time::UNIX_EPOCH + Duration::new(purge_time.seconds as u64, purge_time.nanos as u32);
+    if let Ok(wait) = end.duration_since(std::time::SystemTime::now()) {
+        tokio::time::sleep(wait + Duration::from_millis(5)).await;
+    }
+    assert!(!listed_deleted(&mut admin, &made.id).await);
+    let refused = admin
+        .undelete_credential(api::UndeleteCredentialRequest {
+            id: made.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::NotFound);
+    // Never served again.
+    assert_eq!(
+        admin
+            .get_credential_headers(headers_by_id(&made.id))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    server.stop().await.unwrap();
+}
+
+async fn force_purges_a_credential_in_its_recovery_window(store: TestStore) {
+    let server = TestServer::start_on(store).await;
+    let mut admin = server.admin().await;
+    let made = create(&mut admin, "leaked", "key-LEAKED-000001", "acct").await;
+    admin
+        .update_credential(rotation("leaked", "key-LEAKED-000002", "acct"))
+        .await
+        .unwrap();
+    let keys: Vec<Vec<u8>> = keys_of(&snapshot(&mut admin).await, &made.id)
+        .into_iter()
+        .map(|(_, k)| k)
+        .collect();
+    assert_eq!(keys.len(), 2);
+    admin
+        .delete_credential(delete("leaked", false))
+        .await
+        .unwrap();
+    assert!(listed_deleted(&mut admin, &made.id).await);
+    // The key leaked: purge it now, by id (its name is free already).
+    let by_name = admin
+        .delete_credential(delete("leaked", true))
+        .await
+        .unwrap_err();
+    assert_eq!(by_name.code(), Code::NotFound);
+    assert!(by_name.message().contains("by id"), "{}", by_name.message());
+    let purged = admin
+        .delete_credential(by_id_delete(&made.id, true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(purged.purge_time.is_none());
+    assert!(!listed_deleted(&mut admin, &made.id).await);
+    let refused = admin
+        .undelete_credential(api::UndeleteCredentialRequest {
+            id: made.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::NotFound);
+    until(Duration::from_secs(10), "the keys are erased", || {
+        let mut admin = admin.clone();
+        let (server, keys) = (&server, &keys);
+        async move {
+            let snap = snapshot(&mut admin).await;
+            keys.iter().all(|k| !anywhere(server, &snap, k))
+        }
+    })
+    .await;
+    // Again: nothing left to purge.
+    let again = admin
+        .delete_credential(by_id_delete(&made.id, true))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::NotFound);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_destroy_retried_after_its_key_file_failed_really_erases_the_key() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin().await;
+    let made = create(&mut admin, "kept", "key-RETRY-0000001", "acct").await;
+    admin
+        .update_credential(rotation("kept", "key-RETRY-0000002", "acct"))
+        .await
+        .unwrap();
+    let keys = keys_of(&snapshot(&mut admin).await, &made.id);
+    let record = stored(&snapshot(&mut admin).await, &made.id).unwrap();
+    let old_seal = record.history[0].seal_id;
+    let old_key = keys.iter().find(|(s, _)| *s == old_seal).unwrap().1.clone();
+    // The key file's rewrite fails once: its temporary file's path is taken.
+    let dir = server.data_dir.join("db").join("erasable");
+    let blocker = dir.join(format!(".{}.tmp", made.id));
+    std::fs::create_dir(&blocker).unwrap();
+    let failed = admin
+        .destroy_credential_version(destroy("kept", 1))
+        .await
+        .unwrap_err();
+    assert_eq!(failed.code(), Code::Unavailable, "{failed:?}");
+    assert!(failed.message().contains("retry"), "{}", failed.message());
+    std::fs::remove_dir(&blocker).unwrap();
+    admin
+        .destroy_credential_version(destroy("kept", 1))
+        .await
+        .unwrap();
+    let file = std::fs::read(dir.join(&made.id)).unwrap();
+    assert!(
+        !contains(&file, &old_key),
+        "the retried destroy left the key on disk"
+    );
+    let snap = snapshot(&mut admin).await;
+    assert!(!anywhere(&server, &snap, &old_key));
+    // The current version still opens.
+    admin
+        .get_credential_headers(headers_by_id(&made.id))
+        .await
+        .unwrap();
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn postgres_sweeps_erasable_keys_no_record_refers_to() {
+    let server = TestServer::start_on(TestStore::Postgres).await;
+    let url = server.database_url.clone().unwrap();
+    let mut admin = server.admin().await;
+    let made = create(&mut admin, "swept", "key-SWEPT-0000001", "acct").await;
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    // A key a crash left behind (an hour old, no record refers to it), and one
+    // a write under way just stored (no record refers to it yet).
+    client
+        .batch_execute(&format!(
+            "INSERT INTO credvault_erasable_keys (id, seal, key, created)
+               VALUES ('{0}', 999001, '\\x{1}', now() - interval '1 hour'),
+                      ('{0}', 999002, '\\x{2}', now());",
+            made.id,
+            "aa".repeat(32),
+            "bb".repeat(32)
+        ))
+        .await
+        .unwrap();
+    let store = credvault::store::PgStore::connect(&url, &Default::default()).unwrap();
+    use credvault::store::Store;
+    let erased = store
+        .sweep_erasable(Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert_eq!(erased, 1);
+    let seals: Vec<i64> = client
+        .query(
+            "SELECT seal FROM credvault_erasable_keys WHERE id = $1 ORDER BY seal",
+            &[&made.id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(seals.contains(&999002), "a fresh key is kept: {seals:?}");
+    assert!(
+        !seals.contains(&999001),
+        "an old unreferenced key goes: {seals:?}"
+    );
+    // The credential's own keys stay: it still opens.
+    admin
+        .get_credential_headers(headers_by_id(&made.id))
+        .await
+        .unwrap();
     server.stop().await.unwrap();
 }

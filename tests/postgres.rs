@@ -621,7 +621,7 @@ async fn migrate_store_copies_a_sled_store_to_postgres_and_back() {
         String::from_utf8_lossy(&migrate.stderr)
     );
     assert!(String::from_utf8_lossy(&migrate.stdout)
-        .contains("applied schema migrations [1, 2, 3, 4, 5, 6]"));
+        .contains("applied schema migrations [1, 2, 3, 4, 5, 6, 7]"));
     let again = run_cli(&["migrate"], &[("CREDVAULT_DATABASE_URL", &url)]).await;
     assert!(String::from_utf8_lossy(&again.stdout).contains("up to date"));
 

@@ -29,6 +29,10 @@ pub struct Keystore {
     /// One lock per credential, held while its file is written: writes of
     /// different credentials (each with its fsyncs) go on side by side.
     files: Arc<Mutex<HashMap<String, Arc<Mutex<()>>>>>,
+    /// Credentials whose file may not match memory: its last write failed after
+    /// memory changed. The next update writes the file even when memory stays the
+    /// same, so that a retried erasure really leaves the disk.
+    dirty: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 fn io(e: &std::io::Error) -> StoreError {
@@ -86,6 +90,7 @@ impl Keystore {
             dir: dir.to_owned(),
             keys: Arc::new(Mutex::new(keys)),
             files: Arc::default(),
+            dirty: Arc::default(),
         })
     }
 
@@ -163,7 +168,12 @@ impl Keystore {
             let mut list = keys.get(id).cloned().unwrap_or_default();
             let before: Vec<u64> = list.iter().map(|(s, _)| *s).collect();
             change(&mut list);
-            if list.iter().map(|(s, _)| *s).collect::<Vec<_>>() == before {
+            let dirty = self
+                .dirty
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(id);
+            if !dirty && list.iter().map(|(s, _)| *s).collect::<Vec<_>>() == before {
                 return Ok(());
             }
             // Memory first: a key is used only by a record written after its put,
@@ -175,6 +185,18 @@ impl Keystore {
             }
             list
         };
+        let written = self.write_file(name, &list);
+        let mut dirty = self.dirty.lock().unwrap_or_else(PoisonError::into_inner);
+        if written.is_ok() {
+            dirty.remove(id);
+        } else {
+            dirty.insert(id.to_owned());
+        }
+        written
+    }
+
+    /// Writes (or removes) the key file of the credential `name` to hold `list`.
+    fn write_file(&self, name: &str, list: &Keys) -> Result<(), StoreError> {
         let path = self.dir.join(name);
         if list.is_empty() {
             match std::fs::remove_file(&path) {
@@ -184,7 +206,7 @@ impl Keystore {
             }
         } else {
             let mut bytes = Zeroizing::new(Vec::with_capacity(list.len() * ENTRY));
-            for (seal, key) in &list {
+            for (seal, key) in list {
                 bytes.extend_from_slice(&seal.to_be_bytes());
                 bytes.extend_from_slice(key.as_ref());
             }
@@ -198,6 +220,36 @@ impl Keystore {
         std::fs::File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| io(&e))
+    }
+}
+
+#[cfg(test)]
+mod dirty_tests {
+    use super::*;
+
+    #[test]
+    fn an_erasure_whose_file_write_failed_is_written_when_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Keystore::open(dir.path()).unwrap();
+        let id = "cred_0123456789abcdef0123456789abcdef";
+        store
+            .update(id, |l| {
+                l.push((1, Zeroizing::new([1u8; 32])));
+                l.push((2, Zeroizing::new([2u8; 32])));
+            })
+            .unwrap();
+        // The temporary file's path is taken: the rewrite fails.
+        let blocker = dir.path().join(format!(".{id}.tmp"));
+        std::fs::create_dir(&blocker).unwrap();
+        assert!(store.update(id, |l| l.retain(|(s, _)| *s != 1)).is_err());
+        let on_disk = std::fs::read(dir.path().join(id)).unwrap();
+        assert_eq!(on_disk.len(), 2 * ENTRY, "the failed write left the file");
+        std::fs::remove_dir(&blocker).unwrap();
+        // Memory already forgot key 1; the retry must still rewrite the file.
+        store.update(id, |l| l.retain(|(s, _)| *s != 1)).unwrap();
+        let on_disk = std::fs::read(dir.path().join(id)).unwrap();
+        assert_eq!(on_disk.len(), ENTRY);
+        assert!(!on_disk.windows(32).any(|w| w == [1u8; 32]));
     }
 }
 

@@ -133,6 +133,13 @@ CREATE TABLE credvault_deleted (
 );
 "#,
     ),
+    (
+        7,
+        "when each erasable key was made, so that a sweep erases only keys no write is still using",
+        r#"
+ALTER TABLE credvault_erasable_keys ADD COLUMN created timestamptz NOT NULL DEFAULT now();
+"#,
+    ),
 ];
 
 /// The prefix of a pause's notification on [`CHANGES_CHANNEL`]: `!pause <account hex> <until ms>`
@@ -1023,6 +1030,49 @@ impl Store for PgStore {
             .await
             .map_err(db)?;
         Ok(())
+    }
+
+    async fn sweep_erasable(&self, grace: Duration) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let secs = grace.as_secs_f64();
+        let ids = client
+            .query(
+                "SELECT DISTINCT id FROM credvault_erasable_keys
+                 WHERE created < now() - make_interval(secs => $1)",
+                &[&secs],
+            )
+            .await
+            .map_err(db)?;
+        let mut erased = 0;
+        for row in ids {
+            let id: String = row.get(0);
+            let record = match self.get(&id).await {
+                Ok(Some(record)) => Some(record),
+                Ok(None) => match self.deleted(&id).await {
+                    Ok(found) => found,
+                    // A damaged record may still be repaired from a backup: keep its keys.
+                    Err(StoreError::Corrupt { .. }) => continue,
+                    Err(e) => return Err(e),
+                },
+                Err(StoreError::Corrupt { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            let referenced: Vec<i64> = record
+                .map(|r| r.seal_ids().into_iter().map(seal_column).collect())
+                .unwrap_or_default();
+            // Keys made within the grace may belong to a write under way (a key is
+            // stored before the record that refers to it): never these.
+            erased += client
+                .execute(
+                    "DELETE FROM credvault_erasable_keys
+                     WHERE id = $1 AND created < now() - make_interval(secs => $2)
+                       AND NOT (seal = ANY($3))",
+                    &[&id, &secs, &referenced],
+                )
+                .await
+                .map_err(db)?;
+        }
+        Ok(erased)
     }
 
     async fn usage(&self, id: &str) -> Result<Option<Usage>, StoreError> {
