@@ -26,6 +26,7 @@
 //!   providers declared in the providers file ([`provider::declared`]), both in the reloadable
 //!   [`provider::Catalog`];
 //! - [`validate`]: request validation;
+//! - [`page_token`]: ListCredentials page tokens, sealed and bound to the caller and query;
 //! - [`escape`]: caller-sent values escaped and capped before a log line, an audit event or a message names them;
 //! - [`vault`]: the domain: create, update, delete, list and read credentials within a
 //!   caller's scope, one check-and-set loop, secret versions (rollback, destroy), the
@@ -59,6 +60,7 @@ pub mod feedback;
 pub mod gate;
 pub mod keys;
 pub mod metrics;
+pub mod page_token;
 pub mod provider;
 pub mod record;
 pub mod refusals;

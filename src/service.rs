@@ -20,6 +20,7 @@ use crate::feedback::{
 };
 use crate::gate::{Authenticated, Via};
 use crate::metrics;
+use crate::page_token;
 use crate::provider::Catalog;
 use crate::record::{self, CredentialRecord, Usage, Verification, VerificationStatus};
 use crate::refusals::Refusals;
@@ -362,7 +363,16 @@ impl<S: Store> VaultService<S> {
     ) -> Result<api::ListCredentialsResponse, Error> {
         let size = validate::page_size(req.page_size)?;
         let filter = list_filter(&req)?;
-        let after = validate::parse_page_token(&req.page_token)?;
+        // Tokens are sealed and bound to this caller and query: they reveal no id
+        // (a scoped caller's listing may stop after one outside its scope).
+        let keyring = self.vault.keyring();
+        let query = page_token::Query {
+            caller: &call.caller.name,
+            deleted: req.deleted,
+            statuses: &req.verification_statuses,
+            expire_before: req.expire_before.map(|t| (t.seconds, t.nanos)),
+        };
+        let after = page_token::open(keyring.active(), &query, &req.page_token)?;
         let page = if req.deleted {
             self.vault.list_deleted(&call.caller, after, size).await?
         } else {
@@ -378,7 +388,7 @@ impl<S: Store> VaultService<S> {
             next_page_token: page
                 .next_after
                 .as_deref()
-                .map(validate::page_token)
+                .map(|last| page_token::seal(keyring.active(), &query, last))
                 .unwrap_or_default(),
         })
     }

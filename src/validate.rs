@@ -1,4 +1,4 @@
-//! Request validation: names, ids, descriptions and page tokens.
+//! Request validation: names, ids, descriptions and audit page tokens.
 //!
 //! Every check answers `INVALID_ARGUMENT` with a message that says what is
 //! allowed; none echoes a secret (secrets are checked in their provider module).
@@ -17,7 +17,6 @@ pub const DEFAULT_PAGE_SIZE: usize = 50;
 pub const MAX_PAGE_SIZE: usize = 1000;
 
 const ID_PREFIX: &str = "cred_";
-const PAGE_TOKEN_PREFIX: &str = "after:";
 
 /// A fresh credential id: `cred_` and a UUIDv7 in hex, so ids sort by creation time.
 pub fn new_id() -> String {
@@ -123,11 +122,6 @@ pub fn page_size(requested: i32) -> Result<usize, Error> {
     }
 }
 
-/// The opaque token for the page after the credential `last_id`.
-pub fn page_token(last_id: &str) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{PAGE_TOKEN_PREFIX}{last_id}"))
-}
-
 /// The opaque token for a page of the audit log starting at `at`.
 pub fn audit_token(at: crate::audit::Position) -> String {
     use crate::audit::Position;
@@ -174,23 +168,6 @@ pub fn parse_audit_token(token: &str) -> Result<Option<crate::audit::Position>, 
     })
 }
 
-/// The id a page token continues after; `None` for the first page.
-pub fn parse_page_token(token: &str) -> Result<Option<String>, Error> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    let invalid = || {
-        Error::invalid(
-            "page_token is not one this server issued; start again from an empty page_token",
-        )
-    };
-    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
-    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
-    let last = text.strip_prefix(PAGE_TOKEN_PREFIX).ok_or_else(invalid)?;
-    id(last).map_err(|_| invalid())?;
-    Ok(Some(last.to_owned()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,10 +195,6 @@ mod tests {
 
     #[test]
     fn page_tokens_round_trip() {
-        let last = new_id();
-        assert_eq!(parse_page_token(&page_token(&last)).unwrap(), Some(last));
-        assert_eq!(parse_page_token("").unwrap(), None);
-        assert!(parse_page_token("garbage!").is_err());
         assert_eq!(page_size(0).unwrap(), 50);
         assert_eq!(page_size(5000).unwrap(), 1000);
         assert!(page_size(-1).is_err());
@@ -254,7 +227,6 @@ mod tests {
             prop_assert!(invalid_or_ok(id(&s)));
             prop_assert!(invalid_or_ok(description(&s)));
             prop_assert!(invalid_or_ok(caller_name(&s)));
-            prop_assert!(invalid_or_ok(parse_page_token(&s)));
             prop_assert!(invalid_or_ok(parse_audit_token(&s)));
             prop_assert!(invalid_or_ok(page_size(n)));
         }
@@ -284,7 +256,6 @@ mod tests {
         #[test]
         fn random_page_tokens_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let text = String::from_utf8_lossy(&bytes);
-            prop_assert!(invalid_or_ok(parse_page_token(&text)));
             prop_assert!(invalid_or_ok(parse_audit_token(&text)));
         }
 

@@ -177,3 +177,90 @@ async fn whole_store_operations_are_refused_to_scoped_callers() {
         .unwrap_err();
     assert_eq!(backup.code(), Code::PermissionDenied);
 }
+
+#[tokio::test]
+async fn page_tokens_reveal_nothing_and_serve_only_their_caller_and_query() {
+    let token = mint_token().as_str().to_owned();
+    let entry = callers_entry("acme-reader", &token, &[Permission::CredentialsRead])
+        + "credentials = [\"acme-*\"]\n";
+    let server = TestServer::start_with(Options {
+        extra_callers: entry,
+        ..Options::default()
+    })
+    .await;
+    let mut admin = server.admin().await;
+    // prod-* interleaved with acme-*: a scoped listing stops after prod ids.
+    let mut prod_ids = Vec::new();
+    for i in 0..6 {
+        create(&mut admin, &format!("acme-{i}"), "key-00000001", "acct").await;
+        for j in 0..3 {
+            let p = create(&mut admin, &format!("prod-{i}-{j}"), "key-00000001", "acct").await;
+            prod_ids.push(p.id);
+        }
+    }
+    let mut scoped = server.client_with(Some(&token)).await;
+    let list = |page_token: String| api::ListCredentialsRequest {
+        page_size: 1,
+        page_token,
+        ..Default::default()
+    };
+    let mut names = Vec::new();
+    let mut tokens = Vec::new();
+    let mut next = String::new();
+    loop {
+        let page = scoped
+            .list_credentials(list(next))
+            .await
+            .unwrap()
+            .into_inner();
+        names.extend(page.credentials.into_iter().map(|c| c.name));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        next = page.next_page_token.clone();
+        tokens.push(page.next_page_token);
+    }
+    assert_eq!(
+        names,
+        (0..6).map(|i| format!("acme-{i}")).collect::<Vec<_>>()
+    );
+    // No token holds an id, in any encoding a caller might try.
+    for t in &tokens {
+        let decoded = base64_decode(t);
+        for id in &prod_ids {
+            let hex = &id[5..];
+            assert!(!t.contains(hex), "{t}");
+            assert!(!contains(&decoded, hex.as_bytes()), "{t}");
+        }
+    }
+    // Another caller, or another query, cannot use it; an edited one is refused.
+    let stolen = admin
+        .list_credentials(list(tokens[0].clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(stolen.code(), Code::InvalidArgument);
+    let other_query = scoped
+        .list_credentials(api::ListCredentialsRequest {
+            page_token: tokens[0].clone(),
+            deleted: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(other_query.code(), Code::InvalidArgument);
+    let mut edited = tokens[0].clone().into_bytes();
+    let last = edited.len() - 2;
+    edited[last] = if edited[last] == b'A' { b'B' } else { b'A' };
+    let edited = String::from_utf8(edited).unwrap();
+    let refused = scoped.list_credentials(list(edited)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    server.stop().await.unwrap();
+}
+
+/// The bytes of a URL-safe base64 text without padding (empty when it is not base64).
+fn base64_decode(text: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .unwrap_or_default()
+}
