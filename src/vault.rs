@@ -587,6 +587,15 @@ impl<S: Store> Vault<S> {
                     lock(made_ref).push(next.seal_id);
                     next.api_key_hint = secret.hint();
                     next.last_verification.clone_from(verification);
+                    // A rollback not verified now carries forward what was last
+                    // verified of that secret (ListCredentialVersions shows it too).
+                    if let (None, Some(v)) = (verification, change.rollback_of) {
+                        next.last_verification = current
+                            .history
+                            .iter()
+                            .find(|h| h.version == v)
+                            .and_then(|h| h.last_verification.clone());
+                    }
                     let keep = self.keep_versions.saturating_sub(1);
                     let gone: Vec<u64> = if next.history.len() > keep {
                         next.history.drain(keep..).map(|v| v.seal_id).collect()

@@ -951,3 +951,63 @@ async fn postgres_sweeps_erasable_keys_no_record_refers_to() {
         .unwrap();
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_rollback_carries_the_versions_verification_forward() {
+    let fake = FakeFleetio::start(vec![(
+        "key-VERIFIED-00001",
+        Behaviour::Accounts {
+            tokens: vec!["acct-1".into()],
+            bare: false,
+        },
+    )])
+    .await;
+    let server = TestServer::start_with(Options {
+        fleetio_base_url: fake.base_url.clone(),
+        ..Options::default()
+    })
+    .await;
+    let mut admin = server.admin().await;
+    admin
+        .create_credential(api::CreateCredentialRequest {
+            name: "rolled".into(),
+            secret: Some(fleetio("key-VERIFIED-00001", "acct-1", "")),
+            verify: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // A rotation nobody verified, then back to the verified version 1.
+    admin
+        .update_credential(rotation("rolled", "key-UNCHECKED-0002", "acct-1"))
+        .await
+        .unwrap();
+    let rotated = admin
+        .get_credential(by_name_get("rolled"))
+        .await
+        .unwrap()
+        .into_inner()
+        .credential
+        .unwrap();
+    assert!(rotated.last_verification.is_none());
+    let back = admin
+        .rollback_credential(rollback("rolled", 1))
+        .await
+        .unwrap()
+        .into_inner()
+        .credential
+        .unwrap();
+    let carried = back.last_verification.expect("version 1's verification");
+    assert_eq!(carried.status(), api::VerificationStatus::Valid);
+    let v1 = versions(&mut admin, "rolled").await;
+    let recorded = v1
+        .iter()
+        .find(|v| v.version == 1)
+        .and_then(|v| v.verification.clone())
+        .unwrap();
+    assert_eq!(
+        recorded.check_time, carried.check_time,
+        "the same check, carried"
+    );
+    server.stop().await.unwrap();
+}

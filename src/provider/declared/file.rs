@@ -257,7 +257,9 @@ fn compile(
         ));
     }
     let (fields, rules) = compile_fields(&name, &decl.field, at)?;
-    let headers = compile_headers(&name, &decl.header, &fields, span, at)?;
+    // Where each field is declared (its `name` line), for problems that concern it.
+    let field_spans: Vec<_> = decl.field.iter().map(|f| f.get_ref().name.span()).collect();
+    let headers = compile_headers(&name, &decl.header, &fields, &field_spans, span, at)?;
     let check = compile_check(&name, &fields, &rules, &headers, decl.verify, at)?;
     let first_secret = fields.iter().position(|f| f.secret);
     let hint_field = match &decl.hint_field {
@@ -366,6 +368,7 @@ fn compile_headers(
     name: &str,
     decls: &[Spanned<HeaderDecl>],
     fields: &[Field],
+    field_spans: &[std::ops::Range<usize>],
     span: std::ops::Range<usize>,
     at: At<'_>,
 ) -> Result<Vec<HeaderTemplate>, Problem> {
@@ -430,8 +433,9 @@ fn compile_headers(
     let unsent = (0..fields.len())
         .find(|&i| fields[i].secret && !headers.iter().any(|h| h.parts.contains(&Part::Field(i))));
     if let Some(i) = unsent {
+        // The field's own line, not the provider's first.
         return Err(at(
-            span,
+            field_spans.get(i).cloned().unwrap_or(span),
             format!(
                 "{name}: secret field {:?} is in no header, so it would never be sent",
                 fields[i].name
@@ -744,4 +748,34 @@ pub(super) fn char_class(spec: &str) -> Result<Box<[bool; 128]>, String> {
         }
     }
     Ok(set)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_field_in_no_header_is_named_at_its_own_line() {
+        let text = r#"
+[[provider]]
+name = "acme"
+base_url = "https://api.acme.example"
+
+[[provider.field]]
+name = "token"
+
+[[provider.field]]
+name = "signing_secret"
+
+[[provider.header]]
+name = "Authorization"
+value = "Bearer {token}"
+
+[provider.verify]
+path = "/v1/me"
+"#;
+        let (line, why) = parse(text).err().unwrap();
+        assert!(why.contains("\"signing_secret\" is in no header"), "{why}");
+        assert_eq!(line, 10, "the line of `name = \"signing_secret\"`");
+    }
 }
