@@ -351,8 +351,14 @@ impl<S: Store> VaultService<S> {
         req: api::GetCredentialRequest,
     ) -> Result<api::GetCredentialResponse, Error> {
         let record = self.resolve(&call, &required_ref(req.r#ref)?).await?;
+        let mut credential = self.show(&record).await;
+        // The fields that are not secret, so that a rotation can keep them (a
+        // secret that cannot be opened now shows none; its metadata still shows).
+        if let Ok(secret) = self.vault.open(&record) {
+            credential.plain_fields = secret.plain_fields().into_iter().collect();
+        }
         Ok(api::GetCredentialResponse {
-            credential: Some(self.show(&record).await),
+            credential: Some(credential),
         })
     }
 
@@ -1087,6 +1093,8 @@ fn to_api(r: &CredentialRecord, usage: Option<&Usage>, providers: &Catalog) -> a
         request_budget_per_minute: r.request_budget_per_minute,
         delete_time: r.delete_time,
         purge_time: r.purge_time,
+        // GetCredential fills them in (it opens the secret; listings do not).
+        plain_fields: Default::default(),
     }
 }
 

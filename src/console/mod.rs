@@ -831,6 +831,17 @@ impl<T: CredentialVaultService> Console<T> {
             Ok(c) => c,
             Err(status) => return self.failed(signed, &status),
         };
+        // A rotation changes only what the operator changes: the fields that are
+        // not secret (Fleetio's API version) start as they are now.
+        let plain = if plain.is_empty() {
+            credential
+                .plain_fields
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        } else {
+            plain
+        };
         let events = if signed.caller.may(Permission::AuditRead) {
             Some(self.recent_events(signed, conn, id).await)
         } else {
@@ -868,7 +879,10 @@ impl<T: CredentialVaultService> Console<T> {
         html(status, &pages::credential(&signed.viewer(), &page))
     }
 
-    /// The latest 50 audit events of a credential in the last 30 days, newest first.
+    /// The latest 50 audit events of a credential in the last 30 days that
+    /// matter, newest first: changes, verifications and secret reads; views of
+    /// its metadata (the console's own page views among them) stay in the audit
+    /// log, so that a few page views never push a rotation off the page.
     async fn recent_events(&self, signed: &Signed, conn: &Conn, id: &str) -> Vec<api::AuditEvent> {
         let mut events: Vec<api::AuditEvent> = Vec::new();
         let mut token = String::new();
@@ -886,7 +900,7 @@ impl<T: CredentialVaultService> Console<T> {
             let Ok(page) = self.call(self.service.list_audit_events(request)).await else {
                 break;
             };
-            events.extend(page.events);
+            events.extend(page.events.into_iter().filter(|e| !is_view(&e.method)));
             if events.len() > 50 {
                 events.drain(..events.len() - 50);
             }
@@ -1190,6 +1204,14 @@ fn field_errors(status: &tonic::Status, secret_fields: &[&str], others: &[&str])
         })
         .unwrap_or("");
     HashMap::from([(field.to_owned(), message.to_owned())])
+}
+
+/// Whether an audited call only viewed metadata (left out of a credential's page).
+fn is_view(method: &str) -> bool {
+    matches!(
+        method,
+        "GetCredential" | "ListCredentials" | "ListCredentialVersions" | "ListAuditEvents"
+    )
 }
 
 /// The text of a `done` query value (fixed words only: nothing from the request is echoed).

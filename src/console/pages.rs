@@ -67,7 +67,54 @@ pub fn notice(kind: &str, text: &str) -> Markup {
 fn field_error(errors: &FieldErrors, field: &str) -> Markup {
     html! {
         @if let Some(e) = errors.get(field) {
-            p.error id={ "err-" (field) } { (e) }
+            p.error id={ "err-" (field) } { (humane(e)) }
+        }
+    }
+}
+
+/// An RPC's message with the fields it names as forms label them
+/// (`fleetio rejected the account_token` → `… the account token`).
+pub fn humane(message: &str) -> String {
+    let mut out = message.to_owned();
+    for raw in [
+        "account_token",
+        "api_key",
+        "api_version",
+        "expire_time",
+        "confirm_name",
+    ] {
+        if out.contains(raw) {
+            let label = field_label(raw);
+            let label = if label.starts_with("API") {
+                label
+            } else {
+                label.to_lowercase()
+            };
+            out = out.replace(raw, &label);
+        }
+    }
+    out
+}
+
+/// What went wrong with a form, at the top of the page, focused when the page
+/// opens: each problem links to its field, named as the form labels it.
+fn error_summary(form_id: &str, errors: &FieldErrors) -> Markup {
+    let mut problems: Vec<(&String, &String)> = errors.iter().collect();
+    problems.sort();
+    html! {
+        div.notice.error id="problem" role="alert" tabindex="-1" autofocus {
+            p { strong { "Not done." } " Nothing was changed:" }
+            ul {
+                @for (field, message) in problems {
+                    li {
+                        @if field.is_empty() {
+                            a href={ "#" (form_id) } { (humane(message)) }
+                        } @else {
+                            a href={ "#f-" (field) } { (field_label(field)) ": " (humane(message)) }
+                        }
+                    }
+                }
+            }
         }
     }
 }
@@ -126,9 +173,19 @@ pub fn secret_inputs(
 
 fn human_field(name: &str) -> String {
     match name {
+        "api_version" => "API version (e.g. 2024-03-15)".into(),
+        other => field_label(other),
+    }
+}
+
+/// A field as a form labels it, capitalized (`account_token`: `Account token`).
+fn field_label(name: &str) -> String {
+    match name {
         "api_key" => "API key".into(),
         "account_token" => "Account token".into(),
-        "api_version" => "API version (e.g. 2024-03-15)".into(),
+        "api_version" => "API version".into(),
+        "expire_date" | "expire_time" => "Key expires on".into(),
+        "confirm_name" => "Name to confirm".into(),
         other => {
             let mut s = other.replace('_', " ");
             if let Some(first) = s.get_mut(..1) {
@@ -375,7 +432,7 @@ pub fn add(viewer: &Viewer<'_>, form: &AddForm<'_>) -> Markup {
                     button type="submit" { "Choose" }
                 }
             }
-            @if let Some(e) = errors.get("") { (notice("error", e)) }
+            @if let Some(e) = errors.get("") { (notice("error", &humane(e))) }
             form method="post" action="/credentials/new" {
                 (csrf(viewer))
                 input type="hidden" name="provider" value=(form.provider);
@@ -431,11 +488,25 @@ pub fn credential(viewer: &Viewer<'_>, page: &CredentialPage<'_>) -> Markup {
         html! {
             h1 { (c.name) }
             @if let Some(d) = page.done { (notice("ok", d)) }
+            // A refused action says so at the top, where the page opens.
+            @for (form, heading) in [("edit", "h-edit"), ("rotate", "h-rotate"), ("verify", "h-verify"),
+                                     ("delete", "h-delete"), ("rollback", "h-versions")] {
+                @if let Some(e) = page.errors.get(form).filter(|e| !e.is_empty()) {
+                    (error_summary(heading, e))
+                }
+            }
             dl.facts {
                 dt { "Id" } dd { code { (c.id) } }
                 dt { "Description" } dd { @if c.description.is_empty() { "—" } @else { (c.description) } }
                 dt { "Provider" } dd { (c.provider) }
                 dt { "Key" } dd { code { "…" (c.api_key_hint) } }
+                @for f in page.fields.iter().filter(|f| !f.secret) {
+                    dt { (field_label(&f.name)) }
+                    dd { @match c.plain_fields.get(f.name.as_ref()) {
+                        Some(v) => code { (v) },
+                        None => "not set",
+                    } }
+                }
                 dt { "Version" } dd { (c.version) }
                 dt { "Verification" } dd {
                     span.status.(class) { (status) }
@@ -456,7 +527,7 @@ pub fn credential(viewer: &Viewer<'_>, page: &CredentialPage<'_>) -> Markup {
             @if viewer.may_verify {
                 section aria-labelledby="h-verify" {
                     h2 id="h-verify" { "Verify now" }
-                    @if let Some(e) = errors("verify").get("") { (notice("error", e)) }
+                    @if let Some(e) = errors("verify").get("") { (notice("error", &humane(e))) }
                     form method="post" action=(action("verify")) {
                         (csrf(viewer))
                         button type="submit" { "Verify with " (c.provider) }
@@ -467,7 +538,7 @@ pub fn credential(viewer: &Viewer<'_>, page: &CredentialPage<'_>) -> Markup {
                 section aria-labelledby="h-edit" {
                     h2 id="h-edit" { "Edit" }
                     @let e = errors("edit");
-                    @if let Some(m) = e.get("") { (notice("error", m)) }
+                    @if let Some(m) = e.get("") { (notice("error", &humane(m))) }
                     form method="post" action=(action("edit")) {
                         (csrf(viewer))
                         input type="hidden" name="version" value=(c.version);
@@ -486,7 +557,7 @@ pub fn credential(viewer: &Viewer<'_>, page: &CredentialPage<'_>) -> Markup {
                 section aria-labelledby="h-rotate" {
                     h2 id="h-rotate" { "Rotate the secret" }
                     @let e = errors("rotate");
-                    @if let Some(m) = e.get("") { (notice("error", m)) }
+                    @if let Some(m) = e.get("") { (notice("error", &humane(m))) }
                     form method="post" action=(action("rotate")) {
                         (csrf(viewer))
                         input type="hidden" name="version" value=(c.version);
@@ -501,7 +572,7 @@ pub fn credential(viewer: &Viewer<'_>, page: &CredentialPage<'_>) -> Markup {
                 section aria-labelledby="h-delete" {
                     h2 id="h-delete" { "Delete" }
                     @let e = errors("delete");
-                    @if let Some(m) = e.get("") { (notice("error", m)) }
+                    @if let Some(m) = e.get("") { (notice("error", &humane(m))) }
                     form method="post" action=(action("delete")) {
                         (csrf(viewer))
                         input type="hidden" name="version" value=(c.version);
@@ -514,7 +585,7 @@ pub fn credential(viewer: &Viewer<'_>, page: &CredentialPage<'_>) -> Markup {
             @if !page.versions.is_empty() {
                 section aria-labelledby="h-versions" {
                     h2 id="h-versions" { "Versions" }
-                    @if let Some(m) = errors("rollback").get("") { (notice("error", m)) }
+                    @if let Some(m) = errors("rollback").get("") { (notice("error", &humane(m))) }
                     table {
                         caption.visually-hidden { "Secret versions, newest first" }
                         thead { tr {
@@ -556,6 +627,7 @@ pub fn credential(viewer: &Viewer<'_>, page: &CredentialPage<'_>) -> Markup {
             @if let Some(events) = page.events {
                 section aria-labelledby="h-audit" {
                     h2 id="h-audit" { "Audit events" }
+                    p.hint { "Changes, verifications and secret reads; views of the credential are in the audit log." }
                     @if events.is_empty() { p.empty { "No events in the last 30 days." } } @else {
                         table {
                             caption.visually-hidden { "Audit events, newest first" }

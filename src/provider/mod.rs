@@ -274,6 +274,18 @@ impl ProviderSecret {
             .collect()
     }
 
+    /// The values of the fields that are not secret and are set, by field name
+    /// (Fleetio's API version): shown to operators so that a rotation keeps them.
+    pub fn plain_fields(&self) -> Vec<(String, String)> {
+        self.provider
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(i, f)| !f.secret && !self.values.get(*i).is_empty())
+            .map(|(i, f)| (f.name.to_string(), self.values.get(i).to_owned()))
+            .collect()
+    }
+
     /// Stored fields the provider no longer declares.
     pub fn undeclared(&self) -> &[String] {
         self.values.undeclared()

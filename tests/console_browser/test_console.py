@@ -158,10 +158,13 @@ def test_an_operator_adds_checks_rotates_and_deletes(browser):
     type_into(d, "f-description", "Main Fleetio account")
     type_into(d, "f-api_key", KEY_OK)
     type_into(d, "f-account_token", TOKEN_OK)
+    type_into(d, "f-api_version", "2024-03-15")
     submit_with_enter(d)
     assert "/credentials/cred_" in d.current_url, d.current_url
     assert notice(d) == "Credential saved."
     assert "valid" in d.find_element(By.CSS_SELECTOR, "dl.facts .status").text
+    facts = d.find_element(By.CSS_SELECTOR, "dl.facts").text
+    assert "API version\n2024-03-15" in facts, facts
     save(d, "04-credential")
 
     # One whose account token the fake rejects: the error sits by that field, nothing is stored.
@@ -176,7 +179,7 @@ def test_an_operator_adds_checks_rotates_and_deletes(browser):
         ),
     )
     error = d.find_element(By.ID, "err-account_token").text
-    assert "rejected the account_token" in error, error
+    assert "rejected the account token" in error, error
     token_input = d.find_element(By.ID, "f-account_token")
     assert token_input.get_attribute("aria-invalid") == "true"
     assert token_input.get_attribute("value") == "", "a secret is never filled back in"
@@ -200,14 +203,30 @@ def test_an_operator_adds_checks_rotates_and_deletes(browser):
     assert row.find_element(By.CSS_SELECTOR, ".status").text == "valid"
     save(d, "06-credentials-valid")
 
-    # Rotate (checked with Fleetio first), then verify now.
+    # A refused rotation says so at the top, with focus there, naming the field as
+    # the form does; the API version stays as it was.
     click(d, row.find_element(By.TAG_NAME, "a"))
+    assert d.find_element(By.ID, "f-api_version").get_attribute("value") == "2024-03-15"
+    d.find_element(By.ID, "f-api_key").send_keys(KEY_ROTATED)
+    d.find_element(By.ID, "f-account_token").send_keys(TOKEN_BAD)
+    click(d, d.find_element(By.CSS_SELECTOR, "form[action$='/rotate'] button"))
+    summary = d.find_element(By.ID, "problem")
+    assert d.switch_to.active_element == summary, "focus moves to the summary"
+    assert "Not done." in summary.text and "Account token:" in summary.text, summary.text
+    assert "account_token" not in summary.text, summary.text
+    assert summary.location["y"] < d.find_element(By.CSS_SELECTOR, "dl.facts").location["y"]
+    save(d, "06b-rotate-refused")
+
+    # Rotate (checked with Fleetio first) typing only the key and the token: the
+    # API version is kept. Then verify now.
+    assert d.find_element(By.ID, "f-api_version").get_attribute("value") == "2024-03-15"
     d.find_element(By.ID, "f-api_key").send_keys(KEY_ROTATED)
     d.find_element(By.ID, "f-account_token").send_keys(TOKEN_ROTATED)
     click(d, d.find_element(By.CSS_SELECTOR, "form[action$='/rotate'] button"))
     assert notice(d) == "Secret rotated."
     facts = d.find_element(By.CSS_SELECTOR, "dl.facts").text
     assert "…" + KEY_ROTATED[-4:] in facts and "\n2\n" in facts, facts
+    assert "API version\n2024-03-15" in facts, facts
     click(d, d.find_element(By.CSS_SELECTOR, "form[action$='/verify'] button"))
     assert notice(d).startswith("Verified with the provider")
     audit = d.find_element(
@@ -219,6 +238,13 @@ def test_an_operator_adds_checks_rotates_and_deletes(browser):
         and "console" in audit
     ), audit
     save(d, "07-rotated-verified")
+    # Thirty views of the page later, the rotation is still shown.
+    for _ in range(30):
+        d.get(d.current_url)
+    audit = d.find_element(
+        By.CSS_SELECTOR, "section[aria-labelledby=h-audit] table"
+    ).text
+    assert "UpdateCredential" in audit and "GetCredential\n" not in audit, audit
 
     # Versions: back to the first secret, as a new version.
     versions = d.find_elements(
@@ -229,6 +255,8 @@ def test_an_operator_adds_checks_rotates_and_deletes(browser):
     assert notice(d).startswith("Rolled back")
     facts = d.find_element(By.CSS_SELECTOR, "dl.facts").text
     assert "…" + KEY_OK[-4:] in facts and "\n3\n" in facts, facts
+    # Version 1 was verified valid: the rollback carries that forward.
+    assert "valid" in d.find_element(By.CSS_SELECTOR, "dl.facts .status").text
     save(d, "07b-rolled-back")
 
     # Delete: only once the name is typed.

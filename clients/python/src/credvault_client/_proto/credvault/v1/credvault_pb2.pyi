@@ -95,7 +95,14 @@ class Header(_message.Message):
     def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
 
 class Credential(_message.Message):
-    __slots__ = ("id", "name", "description", "provider", "api_key_hint", "create_time", "update_time", "last_verification", "version", "expire_time", "last_used_time", "last_used_by", "undeclared_fields", "missing_fields", "provider_undeclared", "request_budget_per_minute", "delete_time", "purge_time")
+    __slots__ = ("id", "name", "description", "provider", "api_key_hint", "create_time", "update_time", "last_verification", "version", "expire_time", "last_used_time", "last_used_by", "undeclared_fields", "missing_fields", "provider_undeclared", "request_budget_per_minute", "delete_time", "purge_time", "plain_fields")
+    class PlainFieldsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -114,6 +121,7 @@ class Credential(_message.Message):
     REQUEST_BUDGET_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
     DELETE_TIME_FIELD_NUMBER: _ClassVar[int]
     PURGE_TIME_FIELD_NUMBER: _ClassVar[int]
+    PLAIN_FIELDS_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     description: str
@@ -132,7 +140,8 @@ class Credential(_message.Message):
     request_budget_per_minute: int
     delete_time: _timestamp_pb2.Timestamp
     purge_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., provider: _Optional[str] = ..., api_key_hint: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_verification: _Optional[_Union[Verification, _Mapping]] = ..., version: _Optional[int] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_used_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_used_by: _Optional[str] = ..., undeclared_fields: _Optional[_Iterable[str]] = ..., missing_fields: _Optional[_Iterable[str]] = ..., provider_undeclared: _Optional[bool] = ..., request_budget_per_minute: _Optional[int] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., purge_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    plain_fields: _containers.ScalarMap[str, str]
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., provider: _Optional[str] = ..., api_key_hint: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_verification: _Optional[_Union[Verification, _Mapping]] = ..., version: _Optional[int] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_used_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_used_by: _Optional[str] = ..., undeclared_fields: _Optional[_Iterable[str]] = ..., missing_fields: _Optional[_Iterable[str]] = ..., provider_undeclared: _Optional[bool] = ..., request_budget_per_minute: _Optional[int] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., purge_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., plain_fields: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Verification(_message.Message):
     __slots__ = ("status", "http_status", "message", "retry_after_seconds", "check_time", "rejected_field")
