@@ -212,9 +212,14 @@ def test_an_operator_adds_checks_rotates_and_deletes(browser):
     click(d, d.find_element(By.CSS_SELECTOR, "form[action$='/rotate'] button"))
     summary = d.find_element(By.ID, "problem")
     assert d.switch_to.active_element == summary, "focus moves to the summary"
-    assert "Not done." in summary.text and "Account token:" in summary.text, summary.text
+    assert "Not done." in summary.text and "Account token:" in summary.text, (
+        summary.text
+    )
     assert "account_token" not in summary.text, summary.text
-    assert summary.location["y"] < d.find_element(By.CSS_SELECTOR, "dl.facts").location["y"]
+    assert (
+        summary.location["y"]
+        < d.find_element(By.CSS_SELECTOR, "dl.facts").location["y"]
+    )
     save(d, "06b-rotate-refused")
 
     # Rotate (checked with Fleetio first) typing only the key and the token: the

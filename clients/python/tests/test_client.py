@@ -189,3 +189,52 @@ def test_mutual_tls_identifies_the_worker_by_its_certificate(tmp_path: Path) -> 
         admin.close()
     finally:
         server.stop()
+
+
+ACME = """
+[[provider]]
+name = "acme"
+base_url = "http://127.0.0.1:9"
+
+[[provider.field]]
+name = "token"
+
+[[provider.header]]
+name = "Authorization"
+value = "{template}"
+
+[provider.verify]
+path = "/v1/me"
+"""
+
+
+def test_a_providers_reload_reaches_the_headers_held(tmp_path: Path) -> None:
+    providers = tmp_path / "providers.toml"
+    providers.write_text(ACME.format(template="Bearer {token}"))
+    root = tmp_path / "vault"
+    root.mkdir()
+    server = Server(root, extra_args=("--providers-file", str(providers), "--watch-resync-interval", "1h"))
+    admin = server.admin()
+    try:
+        admin.stub.CreateCredential(
+            cv.pb.CreateCredentialRequest(
+                name="acme-w", generic=cv.pb.GenericSecret(provider="acme", fields={"token": "tok-0001"})
+            ),
+            metadata=admin.metadata,
+        )
+        with cv.Client(server.target, token=server.worker_token) as client:
+            first = client.headers("acme-w")
+            assert auth(first) == "Bearer tok-0001"
+            until(lambda: client.is_connected, "the stream up")
+            # The same version, new headers: the client holds them without a new ask.
+            tmp = tmp_path / "providers.new"
+            tmp.write_text(ACME.format(template="Token {token}"))
+            os.replace(tmp, providers)
+            until(lambda: auth(client.headers("acme-w")) == "Token tok-0001", "the reload pushed")
+            now = client.headers("acme-w")
+            assert now.version == first.version
+            assert now.headers_revision != first.headers_revision
+            assert client.stats().fetches == 1
+    finally:
+        admin.close()
+        server.stop()
