@@ -296,7 +296,13 @@ impl<S: Store> VaultService<S> {
     /// A record as the API shows it, with its last use.
     async fn show(&self, record: &CredentialRecord) -> api::Credential {
         let usage = self.vault.last_use(&record.id).await;
-        to_api(record, usage.as_ref(), &self.vault.providers().current())
+        let mut credential = to_api(record, usage.as_ref(), &self.vault.providers().current());
+        // The fields that are not secret, so that a rotation can keep them (a
+        // secret that cannot be opened now shows none; its metadata still shows).
+        if let Ok(secret) = self.vault.open(record) {
+            credential.plain_fields = secret.plain_fields().into_iter().collect();
+        }
+        credential
     }
 
     /// Notes a check on write in the call's log event.
@@ -341,7 +347,7 @@ impl<S: Store> VaultService<S> {
         call.touch(&record.id, &record.name);
         Self::note_check(&call, check, &record);
         Ok(api::CreateCredentialResponse {
-            credential: Some(to_api(&record, None, &self.vault.providers().current())),
+            credential: Some(self.show(&record).await),
         })
     }
 
@@ -351,14 +357,8 @@ impl<S: Store> VaultService<S> {
         req: api::GetCredentialRequest,
     ) -> Result<api::GetCredentialResponse, Error> {
         let record = self.resolve(&call, &required_ref(req.r#ref)?).await?;
-        let mut credential = self.show(&record).await;
-        // The fields that are not secret, so that a rotation can keep them (a
-        // secret that cannot be opened now shows none; its metadata still shows).
-        if let Ok(secret) = self.vault.open(&record) {
-            credential.plain_fields = secret.plain_fields().into_iter().collect();
-        }
         Ok(api::GetCredentialResponse {
-            credential: Some(credential),
+            credential: Some(self.show(&record).await),
         })
     }
 
@@ -1093,7 +1093,7 @@ fn to_api(r: &CredentialRecord, usage: Option<&Usage>, providers: &Catalog) -> a
         request_budget_per_minute: r.request_budget_per_minute,
         delete_time: r.delete_time,
         purge_time: r.purge_time,
-        // GetCredential fills them in (it opens the secret; listings do not).
+        // Answers about one credential fill them in (`show`); listings do not.
         plain_fields: Default::default(),
     }
 }

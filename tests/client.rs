@@ -492,3 +492,24 @@ async fn the_example_worker_lists_vehicles_with_pushed_headers() {
     }
     assert_eq!(reasons, ["reported 429 (retry-after 1s): paused"]);
 }
+
+#[tokio::test]
+async fn a_bare_host_port_works_and_headers_are_read_by_name() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin().await;
+    create(&mut admin, "acme", "key-00000001", "acct").await;
+    let client = credvault_client::Client::builder(server.addr.to_string())
+        .token(&server.tokens.worker)
+        .build()
+        .unwrap();
+    let headers = client.headers("acme").await.unwrap();
+    assert_eq!(headers.get("AUTHORIZATION"), Some("Token key-00000001"));
+    assert_eq!(headers.get("account-token"), Some("acct"));
+    assert_eq!(headers.get("x-api-version"), None);
+    let refused = credvault_client::Client::builder("unix:///run/credvault.sock").build();
+    assert!(matches!(
+        refused,
+        Err(credvault_client::Error::InvalidArgument(_))
+    ));
+    server.stop().await.unwrap();
+}

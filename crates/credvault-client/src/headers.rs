@@ -120,6 +120,14 @@ impl CredentialHeaders {
         self.headers_revision
     }
 
+    /// The value of the header `name` (any case), e.g. `get("authorization")`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.as_str().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
     /// The provider's API base URL, e.g. `https://secure.fleetio.com/api`.
     pub fn base_url(&self) -> &str {
         &self.base_url

@@ -10,6 +10,8 @@
 //! let client = credvault_client::Client::builder("http://credvault:50051")
 //!     .token(std::env::var("CREDVAULT_TOKEN")?)
 //!     .build()?;
+//! // The same, from $CREDVAULT_ADDR and $CREDVAULT_TOKEN:
+//! let client = credvault_client::Client::from_env()?.build()?;
 //! let headers = client.headers("fleetio-acme").await?;
 //! let mut map = http::HeaderMap::new();
 //! headers.apply_to(&mut map);
@@ -174,7 +176,8 @@ impl ClientBuilder {
     /// inside a tokio runtime (the watch stream runs on it).
     pub fn build(self) -> Result<Client, Error> {
         let invalid = |what: String| Error::InvalidArgument(what);
-        let mut endpoint = Endpoint::from_shared(self.endpoint.clone())
+        let (uri, https) = endpoint_uri(&self.endpoint)?;
+        let mut endpoint = Endpoint::from_shared(uri)
             .map_err(|e| {
                 invalid(format!(
                     "the endpoint {:?} is not valid: {e}",
@@ -185,12 +188,24 @@ impl ClientBuilder {
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true);
-        if let Some(tls) = self.tls {
+        // https:// alone trusts the public web roots, as a browser would.
+        let tls = match self.tls {
+            Some(tls) => Some(tls),
+            None if https => Some(ClientTlsConfig::new().with_webpki_roots()),
+            None => None,
+        };
+        if let Some(tls) = tls {
             endpoint = endpoint
                 .tls_config(tls)
                 .map_err(|e| invalid(format!("the TLS settings are not valid: {e}")))?;
         }
-        let token = match &self.token {
+        let token = self.token.or_else(|| {
+            std::env::var(TOKEN_ENV)
+                .ok()
+                .filter(|t| !t.is_empty())
+                .map(Zeroizing::new)
+        });
+        let token = match &token {
             Some(t) => Some(
                 format!("Bearer {}", t.as_str())
                     .parse::<MetadataValue<Ascii>>()
@@ -369,9 +384,40 @@ impl Inner {
     }
 }
 
+/// Where the vault is when no endpoint is given ([`Client::from_env`]), as hvac reads `VAULT_ADDR`.
+pub const ADDR_ENV: &str = "CREDVAULT_ADDR";
+/// The caller's token when none is given, as hvac reads `VAULT_TOKEN`.
+pub const TOKEN_ENV: &str = "CREDVAULT_TOKEN";
+
+/// The URI to dial for an endpoint as the Python client takes it too:
+/// `host:port`, `http://host:port` or `https://host:port` (TLS); whether it is
+/// `https`. Any other form fails here, saying why.
+fn endpoint_uri(given: &str) -> Result<(String, bool), Error> {
+    let text = given.trim().trim_end_matches('/');
+    let (scheme, rest) = match text.split_once("://") {
+        Some((scheme @ ("http" | "https"), rest)) => (scheme, rest),
+        Some((scheme, _)) => {
+            return Err(Error::InvalidArgument(format!(
+                "the vault address {given:?} has scheme {scheme:?}: use host:port, http://host:port or https://host:port"
+            )))
+        }
+        None => ("http", text),
+    };
+    let ok = rest.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty() && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
+    }) && !rest.contains('/');
+    if !ok {
+        return Err(Error::InvalidArgument(format!(
+            "the vault address {given:?} is not host:port (e.g. credvault:50051)"
+        )));
+    }
+    Ok((format!("{scheme}://{rest}"), scheme == "https"))
+}
+
 impl Client {
-    /// A builder for a client of the vault at `endpoint` (`http://host:50051`, or
-    /// `https://` with [`ClientBuilder::tls`]).
+    /// A builder for a client of the vault at `endpoint`: `host:port`,
+    /// `http://host:port`, or `https://host:port` (TLS: the public web roots, or
+    /// [`ClientBuilder::tls`]). Without [`ClientBuilder::token`], `$CREDVAULT_TOKEN`.
     pub fn builder(endpoint: impl Into<String>) -> ClientBuilder {
         ClientBuilder {
             endpoint: endpoint.into(),
@@ -384,6 +430,16 @@ impl Client {
             max_credentials: 1000,
             lease_size: 10,
             acquire_timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// A builder for the vault at `$CREDVAULT_ADDR`, with `$CREDVAULT_TOKEN` unless a token is set.
+    pub fn from_env() -> Result<ClientBuilder, Error> {
+        match std::env::var(ADDR_ENV) {
+            Ok(addr) if !addr.trim().is_empty() => Ok(Self::builder(addr)),
+            _ => Err(Error::InvalidArgument(format!(
+                "no vault address: pass one to Client::builder or set ${ADDR_ENV}"
+            ))),
         }
     }
 
@@ -716,6 +772,44 @@ fn lost(inner: &Inner, status: &tonic::Status) {
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_endpoint_form_and_the_ones_that_cannot_work() {
+        for (given, uri, tls) in [
+            ("vault:50051", "http://vault:50051", false),
+            ("http://vault:50051", "http://vault:50051", false),
+            ("http://vault:50051/", "http://vault:50051", false),
+            (
+                "https://vault.example:443",
+                "https://vault.example:443",
+                true,
+            ),
+            ("127.0.0.1:7", "http://127.0.0.1:7", false),
+        ] {
+            assert_eq!(
+                endpoint_uri(given).unwrap(),
+                (uri.to_owned(), tls),
+                "{given}"
+            );
+        }
+        for bad in [
+            "unix:///run/credvault.sock",
+            "ftp://vault:50051",
+            "vault",
+            "http://vault:port",
+            "http://vault:1/x",
+        ] {
+            assert!(
+                matches!(endpoint_uri(bad), Err(Error::InvalidArgument(_))),
+                "{bad}"
+            );
         }
     }
 }

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import grpc
 
 from . import _errors as errors
-from ._client import Tls, channel_for
+from ._client import Tls, channel_for, token_of
 from ._core import ClientCore, Report, wait_of
 from ._headers import CredentialHeaders
 from ._proto.credvault.v1 import credvault_pb2 as pb
@@ -19,11 +21,12 @@ class AsyncClient(ClientCore):
     """The asyncio twin of `Client`: the same promises, awaited.
 
     Make it inside a running event loop; `await client.close()` when done (or `async with`).
+    Takes the target, token, `channel_options` and `channel` as `Client` does.
     """
 
     def __init__(
         self,
-        target: str,
+        target: str | None = None,
         *,
         token: str | None = None,
         tls: Tls | grpc.ChannelCredentials | None = None,
@@ -33,10 +36,15 @@ class AsyncClient(ClientCore):
         max_credentials: int = 1000,
         lease_size: int = 10,
         acquire_timeout: float = 60.0,
+        channel_options: Sequence[tuple[str, Any]] = (),
+        channel: grpc.aio.Channel | None = None,
     ) -> None:
+        self._dial = (target, tls, tuple(channel_options))
         self._setup(
-            channel_for(target, tls, backoff, aio=True),
-            token,
+            channel
+            if channel is not None
+            else channel_for(target, tls, backoff, aio=True, extra_options=channel_options),
+            token_of(token),
             max_staleness,
             request_timeout,
             backoff,
@@ -47,6 +55,18 @@ class AsyncClient(ClientCore):
         self._added = asyncio.Event()
         self._closed = False
         self._task = asyncio.get_running_loop().create_task(self._watch_loop())
+        self._background: set[asyncio.Task[None]] = set()
+
+    def _after_fork(self) -> None:
+        """In a forked child (see `Client`): a new channel and watch task on the loop running here."""
+        with self._fork_lock:
+            if not self._forked():
+                return
+            self._child_state()
+            target, tls, options = self._dial
+            self._use_channel(channel_for(target, tls, self._backoff, aio=True, extra_options=options))
+            self._added = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._watch_loop())
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -56,7 +76,11 @@ class AsyncClient(ClientCore):
 
     async def close(self) -> None:
         """Stops the watch stream and closes the channel."""
+        if self._forked():
+            return
         self._closed = True
+        for task in list(self._background):
+            task.cancel()
         self._task.cancel()
         try:
             await self._task
@@ -66,6 +90,8 @@ class AsyncClient(ClientCore):
 
     async def headers(self, name: str) -> CredentialHeaders:
         """The headers of `name`: from memory once held, else fetched once and then watched."""
+        if self._forked():
+            self._after_fork()
         loop = asyncio.get_running_loop()
         with self._state.lock:
             held, fetching, run = self._state.begin(name, loop.create_future)
@@ -157,8 +183,40 @@ class AsyncClient(ClientCore):
         return self._reported(name, answer)
 
     async def report_if_news(self, name: str, status: int, retry_after: float | None = None) -> Report | None:
-        """Reports a 401, 403 or 429 unless the vault knows already; what the adapters call."""
+        """Reports a 401, 403 or 429 unless the vault knows already."""
         return await self.report(name, status, retry_after) if self._news(name, status, retry_after) else None
+
+    async def note_response(self, name: str, status: int, retry_after: float | None = None) -> None:
+        """Takes in the provider's answer (see `Client.note_response`); never raises: an
+        unreachable vault leaves a 429 paused here and the report retried in the background."""
+        if status not in (401, 403, 429):
+            return
+        try:
+            await self.report_if_news(name, status, retry_after)
+        except errors.CredvaultError:
+            until = self._pause_locally(name, status, retry_after)
+            key = (name, status)
+            if key in self._retrying:
+                return
+            self._retrying.add(key)
+            task = asyncio.get_running_loop().create_task(self._retry_report(name, status, retry_after, until))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _retry_report(self, name: str, status: int, retry_after: float | None, until: float | None) -> None:
+        deadline = until if until is not None else time.time() + 300.0
+        delay = self._backoff[0]
+        try:
+            while time.time() < deadline and not self._closed:
+                await asyncio.sleep(jitter(delay))
+                delay = min(delay * 2, self._backoff[1])
+                try:
+                    await self.report(name, status, retry_after)
+                    return
+                except errors.CredvaultError:
+                    continue
+        finally:
+            self._retrying.discard((name, status))
 
     async def try_acquire(self, name: str) -> CredentialHeaders:
         """The headers when a request may be sent now, else `Paused` or `BudgetSpent`."""

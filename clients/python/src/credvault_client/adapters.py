@@ -1,7 +1,9 @@
 """One-line use from HTTP clients: an `httpx.Auth` and a `requests` auth that set a
 credential's headers on each request, wait out a pause of the account (or raise, as
 configured), take a request from its budget, and report the provider's 401, 403
-and 429 (with Retry-After) to the vault by themselves.
+and 429 (with Retry-After) to the vault by themselves. The provider's response
+always reaches the caller: when the vault cannot be reached, a 429 pauses the
+client at once and the report is retried in the background.
 
     client = credvault_client.Client("credvault:50051", token=token)
     http = httpx.Client(auth=CredvaultAuth(client, "fleetio-acme"))
@@ -63,7 +65,7 @@ class CredvaultAuth(_HttpxBase):
         headers.apply(request.headers)
         response = yield request
         if response.status_code in _REPORTED:
-            client.report_if_news(self.credential, response.status_code, retry_after(response.headers))
+            client.note_response(self.credential, response.status_code, retry_after(response.headers))
 
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
         client = self.client
@@ -73,7 +75,7 @@ class CredvaultAuth(_HttpxBase):
         headers.apply(request.headers)
         response = yield request
         if response.status_code in _REPORTED:
-            await client.report_if_news(self.credential, response.status_code, retry_after(response.headers))
+            await client.note_response(self.credential, response.status_code, retry_after(response.headers))
 
 
 class CredvaultRequestsAuth(_RequestsBase):
@@ -96,5 +98,5 @@ class CredvaultRequestsAuth(_RequestsBase):
 
     def _report(self, response: requests.Response, *_: Any, **__: Any) -> requests.Response:
         if response.status_code in _REPORTED:
-            self.client.report_if_news(self.credential, response.status_code, retry_after(response.headers))
+            self.client.note_response(self.credential, response.status_code, retry_after(response.headers))
         return response
