@@ -79,9 +79,7 @@ pub trait Provider: Send + Sync + 'static {
     }
     /// The non-secret hint shown in listings: the last 4 characters of the first field.
     fn hint(&self, values: &Values) -> String {
-        let key = values.get(0);
-        let start = key.char_indices().rev().nth(3).map_or(0, |(i, _)| i);
-        key[start..].to_owned()
+        secret_hint(values.get(0))
     }
     /// A fingerprint of the provider account the secret speaks for (rate limits
     /// are per account; by default the first field); kept in memory only, never logged.
@@ -115,6 +113,20 @@ impl Deref for ProviderRef {
             ProviderRef::Declared(p) => &**p,
         }
     }
+}
+
+/// The shortest secret whose last 4 characters a hint shows: of a shorter one, 4
+/// characters are too large a share to give away.
+pub const MIN_HINTED_SECRET: usize = 12;
+
+/// The last 4 characters of a secret, to tell keys apart; nothing for a secret
+/// shorter than [`MIN_HINTED_SECRET`] characters.
+pub fn secret_hint(secret: &str) -> String {
+    if secret.chars().count() < MIN_HINTED_SECRET {
+        return String::new();
+    }
+    let start = secret.char_indices().rev().nth(3).map_or(0, |(i, _)| i);
+    secret[start..].to_owned()
 }
 
 /// A SHA-256 of `value` under a per-provider label.
@@ -835,5 +847,18 @@ mod tests {
         settings.base_urls.insert("acme".into(), "http://x".into());
         let err = Providers::new(&settings).unwrap_err().to_string();
         assert!(err.contains("\"acme\"") && err.contains("fleetio"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod hint_tests {
+    use super::*;
+
+    #[test]
+    fn a_hint_shows_the_last_four_of_a_long_secret_and_nothing_of_a_short_one() {
+        assert_eq!(secret_hint("key-00000001"), "0001");
+        assert_eq!(secret_hint("key-0000001"), "", "11 characters: no hint");
+        assert_eq!(secret_hint(""), "");
+        assert_eq!(secret_hint("ééééééééééé😀"), "ééé😀");
     }
 }

@@ -58,7 +58,11 @@ fn file_name(id: &str) -> Result<&str, StoreError> {
 impl Keystore {
     /// Opens (or creates) the keystore in `dir`, reading every key. Blocking.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        use std::os::unix::fs::PermissionsExt as _;
         std::fs::create_dir_all(dir).map_err(|e| io(&e))?;
+        // Only this user may list or read the keys (an older directory is narrowed too).
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| io(&e))?;
         let mut keys = HashMap::new();
         for entry in std::fs::read_dir(dir).map_err(|e| io(&e))? {
             let entry = entry.map_err(|e| io(&e))?;
@@ -211,7 +215,16 @@ impl Keystore {
                 bytes.extend_from_slice(key.as_ref());
             }
             let tmp = self.dir.join(format!(".{name}.tmp"));
-            let mut file = std::fs::File::create(&tmp).map_err(|e| io(&e))?;
+            let mut file = {
+                use std::os::unix::fs::OpenOptionsExt as _;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)
+                    .map_err(|e| io(&e))?
+            };
             file.write_all(&bytes).map_err(|e| io(&e))?;
             file.sync_all().map_err(|e| io(&e))?;
             std::fs::rename(&tmp, &path).map_err(|e| io(&e))?;
@@ -250,6 +263,10 @@ mod dirty_tests {
         let on_disk = std::fs::read(dir.path().join(id)).unwrap();
         assert_eq!(on_disk.len(), ENTRY);
         assert!(!on_disk.windows(32).any(|w| w == [1u8; 32]));
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.path().join(id)), 0o600);
+        assert_eq!(mode(dir.path()), 0o700);
     }
 }
 

@@ -214,6 +214,27 @@ fn db(e: tokio_postgres::Error) -> StoreError {
     }
 }
 
+/// Whether every host `config` names is this machine: a Unix socket, `localhost`
+/// or a loopback address.
+fn only_local(config: &tokio_postgres::Config) -> bool {
+    use tokio_postgres::config::Host;
+    let local = |name: &str| {
+        name == "localhost"
+            || name
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    };
+    let hosts = config.get_hosts();
+    !hosts.is_empty()
+        && hosts.iter().all(|h| match h {
+            Host::Tcp(name) => local(name),
+            Host::Unix(_) => true,
+        })
+        && config.get_hostaddrs().iter().all(|ip| ip.is_loopback())
+}
+
 fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     match e {
         deadpool_postgres::PoolError::Backend(e) => db(e),
@@ -322,6 +343,13 @@ impl PgStore {
         }
         if config.get_application_name().is_none() {
             config.application_name("credvault");
+        }
+        // TLS is required unless the URL says otherwise or every host is this
+        // machine (a loopback address or a Unix socket): libpq's default,
+        // `prefer`, falls back to plain text when a server (or an attacker in the
+        // middle) offers no TLS.
+        if !url.contains("sslmode") && !only_local(&config) {
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
         }
         let tls = tls(settings.ca_file.as_deref())?;
         let connect = Arc::new((config.clone(), tls.clone()));
@@ -1447,4 +1475,39 @@ fn parse_pause(text: &str) -> Option<([u8; 32], i64)> {
     let (account, until) = text.split_once(' ')?;
     let account = hex::decode(account).ok()?.try_into().ok()?;
     Some((account, until.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tls_defaults {
+    use super::*;
+    use tokio_postgres::config::SslMode;
+
+    fn mode(url: &str) -> SslMode {
+        PgStore::connect(url, &PgSettings::default())
+            .unwrap()
+            .connect
+            .0
+            .get_ssl_mode()
+    }
+
+    #[tokio::test]
+    async fn tls_is_required_off_this_machine_unless_the_url_says() {
+        assert_eq!(mode("postgres://u@db.example:5432/v"), SslMode::Require);
+        assert_eq!(mode("postgres://u@10.0.0.5/v"), SslMode::Require);
+        assert_eq!(mode("postgres://u@127.0.0.1:5432/v"), SslMode::Prefer);
+        assert_eq!(mode("postgres://u@localhost/v"), SslMode::Prefer);
+        assert_eq!(mode("postgres://u@[::1]:5432/v"), SslMode::Prefer);
+        assert_eq!(
+            mode("host=/var/run/postgresql user=u dbname=v"),
+            SslMode::Prefer
+        );
+        assert_eq!(
+            mode("postgres://u@db.example/v?sslmode=disable"),
+            SslMode::Disable
+        );
+        assert_eq!(
+            mode("postgres://u@127.0.0.1/v?sslmode=require"),
+            SslMode::Require
+        );
+    }
 }

@@ -421,9 +421,14 @@ impl Provider for Declared {
     }
 
     fn hint(&self, values: &Values) -> String {
-        let key = values.get(self.hint_field);
-        let start = key.char_indices().rev().nth(3).map_or(0, |(i, _)| i);
-        key[start..].to_owned()
+        let value = values.get(self.hint_field);
+        if self.fields.get(self.hint_field).is_some_and(|f| f.secret) {
+            super::secret_hint(value)
+        } else {
+            // A plain field (an app id) is shown whole anywhere; its last 4 give nothing away.
+            let start = value.char_indices().rev().nth(3).map_or(0, |(i, _)| i);
+            value[start..].to_owned()
+        }
     }
 
     fn account_key(&self, values: &Values) -> [u8; 32] {
