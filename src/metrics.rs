@@ -41,6 +41,7 @@ const CONSOLE_SESSIONS: &str = "credvault_console_sessions";
 const SET_ASIDE: &str = "credvault_rows_set_aside_total";
 const WATCH_KEYS: &str = "credvault_watch_keys";
 const PAUSES_UNCHANGED: &str = "credvault_account_pause_reports_unchanged_total";
+const RECORDS_REFUSED: &str = "credvault_records_refused_total";
 
 /// Latency buckets from 100 µs to 10 s.
 const BUCKETS: &[f64] = &[
@@ -125,6 +126,10 @@ pub fn install(addr: SocketAddr) -> Result<(), MetricsError> {
     describe_gauge!(
         WATCH_KEYS,
         "credentials watched, summed over every open watch stream"
+    );
+    describe_counter!(
+        RECORDS_REFUSED,
+        "stored records refused and not served, by reason (replayed: older than one this server has seen)"
     );
     describe_counter!(
         PAUSES_UNCHANGED,
@@ -344,6 +349,11 @@ pub fn row_set_aside(writer: &'static str) {
 /// The credentials watched over all open streams.
 pub fn watch_keys(n: usize) {
     gauge!(WATCH_KEYS).set(n as f64);
+}
+
+/// Counts a stored record refused (`replayed`).
+pub fn record_refused(reason: &'static str) {
+    counter!(RECORDS_REFUSED, "reason" => reason).increment(1);
 }
 
 /// Counts a reported 429 that did not move its account's pause.

@@ -219,6 +219,10 @@ pub struct Vault<S> {
     keep_versions: usize,
     /// How long a deleted credential stays recoverable (zero: deleted at once).
     recovery_window: std::time::Duration,
+    /// The highest revision this server has seen of each credential: a stored
+    /// record below it was put back behind the vault's back (a replayed row, a
+    /// restored snapshot) and is refused, never served or pushed.
+    marks: Mutex<HashMap<String, u64>>,
 }
 
 impl<S: Store> Vault<S> {
@@ -231,6 +235,7 @@ impl<S: Store> Vault<S> {
             sealer: Sealer::new(keyring, seals),
             providers,
             pending_usage: Mutex::new(HashMap::new()),
+            marks: Mutex::new(HashMap::new()),
             instance: uuid::Uuid::now_v7().simple().to_string(),
             hub: Arc::default(),
             keep_versions: DEFAULT_KEEP_VERSIONS,
@@ -392,7 +397,55 @@ impl<S: Store> Vault<S> {
 
     /// The record with this id, as stored now, whatever the caller (for the watch hub).
     pub async fn peek(&self, id: &str) -> Result<Option<Arc<CredentialRecord>>, Error> {
-        Ok(self.store.get_shared(id).await?)
+        self.fetch(id).await
+    }
+
+    /// The stored record of `id`, refused when it is older than one this server
+    /// has seen (see [`Vault::check_fresh`]).
+    async fn fetch(&self, id: &str) -> Result<Option<Arc<CredentialRecord>>, Error> {
+        let record = self.store.get_shared(id).await?;
+        if let Some(record) = &record {
+            self.check_fresh(record)?;
+        }
+        Ok(record)
+    }
+
+    /// Refuses a record whose revision is below the highest this server has seen
+    /// of it (`DATA_LOSS`, counted and logged): revisions only grow, so a lower
+    /// one was written back from a snapshot, a backup or an old row. Else notes it.
+    fn check_fresh(&self, record: &CredentialRecord) -> Result<(), Error> {
+        let mut marks = lock(&self.marks);
+        match marks.get(&record.id) {
+            Some(&seen) if record.revision < seen => {
+                drop(marks);
+                metrics::record_refused("replayed");
+                tracing::error!(
+                    credential_id = %record.id,
+                    revision = record.revision,
+                    seen,
+                    "a stored record is older than one this server has served: it was put back behind the vault's back (a replayed row or a restored snapshot); refused"
+                );
+                Err(Error::DataLoss(format!(
+                    "the stored record of credential {} (revision {}) is older than one this server has seen (revision {seen}): it was put back behind the vault's back; it is not served. Restore the credential's latest state or rotate it",
+                    record.id, record.revision
+                )))
+            }
+            Some(&seen) if record.revision == seen => Ok(()),
+            _ => {
+                marks.insert(record.id.clone(), record.revision);
+                Ok(())
+            }
+        }
+    }
+
+    /// Notes that `id` is now at `revision` (a write of this server), or, with
+    /// `reset`, at exactly that (an undelete brings back a lower revision).
+    fn mark(&self, id: &str, revision: u64, reset: bool) {
+        let mut marks = lock(&self.marks);
+        let entry = marks.entry(id.to_owned()).or_insert(revision);
+        if reset || *entry < revision {
+            *entry = revision;
+        }
     }
 
     /// The id of the credential named `name` now, whatever the caller (for the watch hub).
@@ -444,7 +497,7 @@ impl<S: Store> Vault<S> {
                     });
                 }
                 // A store that fails answers UNAVAILABLE, not "out of scope".
-                let record = self.store.get_shared(id).await?;
+                let record = self.fetch(id).await?;
                 caller.require_scope(id, record.as_ref().map(|r| r.name.as_str()))?;
                 Ok(Located {
                     id: id.clone(),
@@ -466,11 +519,7 @@ impl<S: Store> Vault<S> {
     pub async fn record(&self, at: &Located) -> Result<Arc<CredentialRecord>, Error> {
         match &at.record {
             Some(record) => Ok(Arc::clone(record)),
-            None => self
-                .store
-                .get_shared(&at.id)
-                .await?
-                .ok_or_else(|| not_found(&at.id)),
+            None => self.fetch(&at.id).await?.ok_or_else(|| not_found(&at.id)),
         }
     }
 
@@ -515,6 +564,7 @@ impl<S: Store> Vault<S> {
             self.erase_quietly(&record.id, &[record.seal_id]).await;
             return Err(e.into());
         }
+        self.mark(&record.id, record.revision, false);
         self.hub.changed(&record.id, &record.name);
         metrics::credentials_changed(1.0);
         Ok(record)
@@ -823,7 +873,8 @@ impl<S: Store> Vault<S> {
         by: &str,
     ) -> Result<Option<prost_types::Timestamp>, Error> {
         // The name tells watchers of the name; the record may be gone already.
-        let name = self.record(at).await.ok().map(|r| r.name.clone());
+        let deleting = self.record(at).await.ok();
+        let name = deleting.as_ref().map(|r| r.name.clone());
         let purge_time = if force || self.recovery_window.is_zero() {
             self.store.delete(&at.id, expected_version).await?;
             None
@@ -848,6 +899,10 @@ impl<S: Store> Vault<S> {
                 Err(e) => return Err(e.into()),
             }
         };
+        // Its live row, put back later, is older than this deletion: refused.
+        if let Some(r) = &deleting {
+            self.mark(&r.id, r.revision + 1, false);
+        }
         self.hub
             .changed(&at.id, name.as_deref().unwrap_or_default());
         metrics::credentials_changed(-1.0);
@@ -909,6 +964,7 @@ impl<S: Store> Vault<S> {
             Err(StoreError::NotFound(_)) => return Err(gone()),
             Err(e) => return Err(e.into()),
         };
+        self.mark(&back.id, back.revision, true);
         self.hub.changed(&back.id, &back.name);
         metrics::credentials_changed(1.0);
         Ok(back)
@@ -1090,7 +1146,7 @@ impl<S: Store> Vault<S> {
         Fut: Future<Output = Result<Edit, Error>>,
     {
         for _ in 0..MAX_CAS_RETRIES {
-            let Some(current) = self.store.get_shared(id).await? else {
+            let Some(current) = self.fetch(id).await? else {
                 return Ok(Changed::Gone);
             };
             let (mut next, new_version) = match edit(Arc::clone(&current)).await? {
@@ -1105,6 +1161,7 @@ impl<S: Store> Vault<S> {
             }
             match self.store.replace(&next, current.revision).await {
                 Ok(()) => {
+                    self.mark(&next.id, next.revision, false);
                     self.hub.changed(&next.id, &next.name);
                     return Ok(Changed::Written(Box::new(next)));
                 }

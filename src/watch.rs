@@ -475,10 +475,17 @@ pub async fn run_hub<S: Store>(
             continue;
         }
         for item in work {
-            if let Err(e) = read_and_offer(&vault, &hub, &item).await {
-                tracing::warn!(error = %e, "a watched credential could not be read; trying again shortly");
-                failed.push(item);
-                retry_at.get_or_insert_with(|| tokio::time::Instant::now() + RETRY_AFTER_FAILURE);
+            match read_and_offer(&vault, &hub, &item).await {
+                Ok(()) => {}
+                // A record refused as replayed (the vault logged it): nothing is
+                // pushed; the next change or resync reads it again.
+                Err(Error::DataLoss(_)) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "a watched credential could not be read; trying again shortly");
+                    failed.push(item);
+                    retry_at
+                        .get_or_insert_with(|| tokio::time::Instant::now() + RETRY_AFTER_FAILURE);
+                }
             }
         }
     }

@@ -22,6 +22,7 @@ mod health;
 mod healthcheck;
 mod history;
 mod hygiene;
+mod integrity;
 mod keys;
 mod metrics;
 mod model;
