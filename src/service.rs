@@ -947,9 +947,11 @@ impl<S: Store> VaultService<S> {
         require_unscoped(&call, "a backup")?;
         let snapshot = self.vault.snapshot().await?;
         let credentials = snapshot.records.len();
-        let bytes = tokio::task::spawn_blocking(move || crate::backup::encode(snapshot))
-            .await
-            .map_err(|e| Error::Internal(format!("backup encoding task failed: {e}")))?;
+        let keyring = self.vault.keyring();
+        let bytes =
+            tokio::task::spawn_blocking(move || crate::backup::encode(snapshot, keyring.active()))
+                .await
+                .map_err(|e| Error::Internal(format!("backup encoding task failed: {e}")))?;
         tracing::info!(
             caller = %call.caller.name,
             credentials,

@@ -182,7 +182,7 @@ async fn restores_with_the_wrong_keyring_or_a_damaged_file_are_refused() {
     );
     assert!(!target.join("db").exists(), "nothing written");
 
-    // One flipped byte: the checksum catches it.
+    // One flipped byte: its section's MAC catches it.
     let mut damaged = bytes.clone();
     let middle = damaged.len() / 2;
     damaged[middle] ^= 0x01;
@@ -193,7 +193,7 @@ async fn restores_with_the_wrong_keyring_or_a_damaged_file_are_refused() {
     let out = restore(&right, &damaged_file, &target).await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("damaged"), "{err}");
+    assert!(err.contains("is not valid from section"), "{err}");
     // Cut short, and not a backup at all.
     let short = tmp.path().join("short.backup");
     std::fs::write(&short, &bytes[..bytes.len() - 10]).unwrap();
@@ -229,6 +229,9 @@ async fn the_cli_backs_up_a_stopped_servers_data_dir() {
         data.to_str().unwrap(),
         "--out",
         file.to_str().unwrap(),
+        // Its active key authenticates the file.
+        "--master-key-file",
+        setup.key.to_str().unwrap(),
     ];
     let out = run_cli(&args, &[]).await;
     assert!(
@@ -262,4 +265,122 @@ async fn restore(
         &[],
     )
     .await
+}
+
+/// The frames of a format 2 backup after its magic line: (length + payload + MAC) each.
+fn frames(bytes: &[u8]) -> (Vec<u8>, Vec<Vec<u8>>) {
+    let magic = b"credvault-backup\n".len();
+    let mut rest = &bytes[magic..];
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+        out.push(rest[..4 + len + 32].to_vec());
+        rest = &rest[4 + len + 32..];
+    }
+    (bytes[..magic].to_vec(), out)
+}
+
+fn joined(magic: &[u8], frames: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = magic.to_vec();
+    for f in frames {
+        out.extend_from_slice(f);
+    }
+    out
+}
+
+/// A backup of a running server holding `names`, through the CLI: its bytes and key file.
+async fn backup_of(dir: &std::path::Path, names: &[&str]) -> (Vec<u8>, std::path::PathBuf) {
+    let setup = write_config(dir);
+    let mut process = Process::serve(&setup.args, &[], dir).await.unwrap();
+    let mut client = process.client(&setup.tokens.admin).await;
+    for name in names {
+        create(&mut client, name, "key-00000001", "acct").await;
+    }
+    let file = dir.join("vault.backup");
+    let out = run_cli(
+        &[
+            "backup",
+            "--server",
+            &process.addr.to_string(),
+            "--out",
+            file.to_str().unwrap(),
+        ],
+        &[("CREDVAULT_TOKEN", &setup.tokens.admin)],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    process.terminate().await;
+    (std::fs::read(&file).unwrap(), setup.key)
+}
+
+#[tokio::test]
+async fn restore_refuses_an_edited_reordered_spliced_or_cut_backup_and_says_where() {
+    let tmp = tempfile::TempDir::new().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let (bytes, key) = backup_of(&a, &["one", "two", "three"]).await;
+    let (other, _) = backup_of(&b, &["one", "two", "three"]).await;
+    let (magic, frames) = self::frames(&bytes);
+    let (_, other_frames) = self::frames(&other);
+    // Head, 3 records, then meta and the rest, then the tail.
+    assert!(frames.len() >= 5);
+    let mut flipped = frames.clone();
+    let middle = flipped[2].len() / 2;
+    flipped[2][middle] ^= 1;
+    let mut removed = frames.clone();
+    removed.remove(2);
+    let mut swapped = frames.clone();
+    swapped.swap(1, 2);
+    let mut cut = frames.clone();
+    cut.pop();
+    let mut spliced = frames.clone();
+    spliced[2] = other_frames[2].clone();
+    let cases = [
+        ("a flipped byte", joined(&magic, &flipped), "section 2"),
+        (
+            "a removed credential",
+            joined(&magic, &removed),
+            "section 2",
+        ),
+        (
+            "two credentials swapped",
+            joined(&magic, &swapped),
+            "section 1",
+        ),
+        ("a cut file", joined(&magic, &cut), "cut short"),
+        (
+            "a section of another backup",
+            joined(&magic, &spliced),
+            "section 2",
+        ),
+        (
+            "a file cut inside a frame",
+            bytes[..bytes.len() - 10].to_vec(),
+            "ends inside",
+        ),
+    ];
+    for (i, (what, tampered, place)) in cases.iter().enumerate() {
+        let file = tmp.path().join(format!("tampered-{i}.backup"));
+        std::fs::write(&file, tampered).unwrap();
+        let target = tmp.path().join(format!("restored-{i}"));
+        let out = restore(&key, &file, &target).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what} was restored");
+        assert!(stderr.contains(place), "{what}: {stderr}");
+        assert!(!target.join("db").exists(), "{what}: a store was made");
+    }
+    // The file as written restores.
+    let file = tmp.path().join("intact.backup");
+    std::fs::write(&file, &bytes).unwrap();
+    let out = restore(&key, &file, &tmp.path().join("restored-ok")).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -64,7 +64,7 @@ async fn snapshot(client: &mut Client) -> Snapshot {
     while let Some(m) = stream.message().await.unwrap() {
         bytes.extend_from_slice(&m.chunk);
     }
-    credvault::backup::decode(&bytes).unwrap().0
+    credvault::backup::inspect(&bytes).unwrap().0
 }
 
 /// A record of a snapshot (live or deleted), decoded.
@@ -624,7 +624,7 @@ async fn backups_keep_history_and_deleted_credentials(store: TestStore) {
     let keyring = credvault::crypto::Keyring::single(
         credvault::crypto::MasterKey::from_base64(&key_b64).unwrap(),
     );
-    let report = credvault::backup::restore(&bytes, &dir, keyring)
+    let report = credvault::backup::restore(&bytes, &dir, keyring, false)
         .await
         .unwrap();
     assert!(report.damaged.is_empty(), "{report:?}");

@@ -165,6 +165,10 @@ struct BackupArgs {
     data_dir: Option<PathBuf>,
     #[command(flatten)]
     tls: ClientTls,
+    /// With --data-dir: the keyring, whose active key authenticates the backup
+    /// (a running server uses its own).
+    #[command(flatten)]
+    keys: KeyArgs,
 }
 
 #[derive(Debug, Args)]
@@ -177,6 +181,10 @@ struct RestoreArgs {
     data_dir: PathBuf,
     #[command(flatten)]
     keys: KeyArgs,
+    /// Restore a format 1 backup, which carries a checksum only and cannot prove
+    /// it was not edited (format 2 backups are authenticated and need no flag).
+    #[arg(long)]
+    allow_unauthenticated: bool,
 }
 
 #[derive(Debug, Args)]
@@ -763,9 +771,11 @@ fn backup(args: &BackupArgs) -> anyhow::Result<()> {
     let bytes = runtime()?.block_on(async {
         match (&args.data_dir, &args.server) {
             (Some(dir), None) => {
+                let (keyring, _) = args.keys.keyring(None)?;
                 let store = open_offline(dir, None).await?;
+                credvault::keys::check_keyring(&store, &keyring).await?;
                 let snapshot = store.snapshot().await?;
-                Ok(credvault::backup::encode(snapshot))
+                Ok(credvault::backup::encode(snapshot, keyring.active()))
             }
             (None, Some(addr)) => backup_from_server(args, addr).await,
             _ => Err(anyhow!(
@@ -773,7 +783,8 @@ fn backup(args: &BackupArgs) -> anyhow::Result<()> {
             )),
         }
     })?;
-    let (_, summary) = credvault::backup::decode(&bytes)?;
+    // What it holds, for the report (restore authenticates it with the keyring).
+    let (_, summary) = credvault::backup::inspect(&bytes)?;
     if args.out.exists() {
         return Err(anyhow!(
             "{} exists already; choose another --out",
@@ -834,7 +845,12 @@ fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .map_err(|e| anyhow!("cannot make {}: {e}", args.data_dir.display()))?;
     let report = runtime()?
-        .block_on(credvault::backup::restore(&bytes, &args.data_dir, keyring))
+        .block_on(credvault::backup::restore(
+            &bytes,
+            &args.data_dir,
+            keyring,
+            args.allow_unauthenticated,
+        ))
         .map_err(|e| anyhow!("restore refused: {e}"))?;
     println!(
         "restored {} credentials (snapshot of {}) into {}; {} secrets opened with the keyring",
