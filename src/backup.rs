@@ -226,8 +226,11 @@ pub fn encode(snapshot: Snapshot, key: &MasterKey) -> Vec<u8> {
     out
 }
 
-/// The frames of a format 2 file: (payload, mac) each, or where the file breaks.
-fn frames(mut rest: &[u8]) -> Result<Vec<(&[u8], &[u8])>, String> {
+/// One frame of a format 2 file: its payload and its MAC.
+type Frame<'a> = (&'a [u8], &'a [u8]);
+
+/// The frames of a format 2 file, or where the file breaks.
+fn frames(mut rest: &[u8]) -> Result<Vec<Frame<'_>>, String> {
     let mut out = Vec::new();
     while !rest.is_empty() {
         let at = out.len();
