@@ -178,7 +178,42 @@ struct Entry {
 /// The callers allowed in, by token digest or client-certificate subject.
 pub struct Callers {
     entries: Vec<Entry>,
+    /// Typed certificate names (`uri:…`, `dns:…`, `cn:…`) to the caller each names.
     subjects: std::collections::HashMap<String, Arc<Caller>>,
+    /// What deserves a word at start and reload (untyped `tls_subject` entries).
+    warnings: Vec<String>,
+}
+
+/// The kinds of names a client certificate carries, as `tls_subject` types them.
+const SUBJECT_KINDS: [&str; 3] = ["uri:", "dns:", "cn:"];
+
+/// The typed certificate names a `tls_subject` entry matches, and a warning for
+/// an untyped one. `uri:spiffe://…`, `dns:worker.internal` and `cn:worker` match
+/// that kind of name only. An untyped entry keeps its old meaning, with one
+/// exception: a URI (a SPIFFE id) matches only a URI SAN, never a CN or DNS name
+/// that spells it.
+fn typed_subjects(name: &str, subject: &str) -> Result<(Vec<String>, Option<String>), String> {
+    if let Some(kind) = SUBJECT_KINDS.iter().find(|k| subject.starts_with(**k)) {
+        if subject.len() == kind.len() {
+            return Err(format!(
+                "caller {name:?}: tls_subject {subject:?} names nothing after {kind:?}"
+            ));
+        }
+        return Ok((vec![subject.to_owned()], None));
+    }
+    let (typed, meaning) = if subject.contains("://") {
+        (vec![format!("uri:{subject}")], "a URI SAN only")
+    } else {
+        (
+            vec![format!("cn:{subject}"), format!("dns:{subject}")],
+            "the certificate's CN or a DNS SAN",
+        )
+    };
+    let warning = format!(
+        "caller {name:?}: tls_subject {subject:?} has no type; it matches {meaning}. Write {:?} to say which",
+        typed[0]
+    );
+    Ok((typed, Some(warning)))
 }
 
 impl fmt::Debug for Callers {
@@ -252,6 +287,7 @@ impl Callers {
         let mut digests = HashSet::new();
         let mut entries = Vec::with_capacity(file.caller.len());
         let mut subjects = std::collections::HashMap::new();
+        let mut warnings = Vec::new();
         for entry in file.caller {
             let name = entry.name.trim().to_owned();
             if name.is_empty() {
@@ -312,14 +348,30 @@ impl Callers {
             }
             if let Some(subject) = entry.tls_subject {
                 let subject = subject.trim().to_owned();
-                if subject.is_empty() || subjects.insert(subject.clone(), caller).is_some() {
-                    return Err(format!(
-                        "caller {name:?}: tls_subject {subject:?} is empty or used twice"
-                    ));
+                if subject.is_empty() {
+                    return Err(format!("caller {name:?}: tls_subject is empty"));
+                }
+                let (typed, warning) = typed_subjects(&name, &subject)?;
+                warnings.extend(warning);
+                for t in typed {
+                    if subjects.insert(t.clone(), Arc::clone(&caller)).is_some() {
+                        return Err(format!(
+                            "caller {name:?}: tls_subject {subject:?} names {t:?}, which another caller names too"
+                        ));
+                    }
                 }
             }
         }
-        Ok(Callers { entries, subjects })
+        Ok(Callers {
+            entries,
+            subjects,
+            warnings,
+        })
+    }
+
+    /// What deserves a word when the file comes in force (untyped `tls_subject`s).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// Reads and parses a callers file.
@@ -381,13 +433,27 @@ impl Callers {
         cert_subjects: &[String],
     ) -> Result<(Arc<Caller>, Identity), Error> {
         let Some(value) = authorization else {
-            return cert_subjects
-                .iter()
-                .find_map(|s| {
-                    self.subjects
-                        .get(s)
-                        .map(|c| (Arc::clone(c), Identity::Subject(s.clone())))
-                })
+            // Every caller the certificate's typed names point at: one, or refused.
+            let mut found: Option<(Arc<Caller>, &String)> = None;
+            for s in cert_subjects {
+                if let Some(c) = self.subjects.get(s) {
+                    match &found {
+                        Some((first, _)) if !Arc::ptr_eq(first, c) => {
+                            tracing::warn!(
+                                callers = %format!("{}, {}", first.name, c.name),
+                                "a client certificate names more than one caller; refused"
+                            );
+                            return Err(Error::Unauthenticated(
+                                "the client certificate names more than one caller (see tls_subject in the callers file); it is refused",
+                            ));
+                        }
+                        Some(_) => {}
+                        None => found = Some((Arc::clone(c), s)),
+                    }
+                }
+            }
+            return found
+                .map(|(c, s)| (c, Identity::Subject(s.clone())))
                 .ok_or(Error::Unauthenticated(
                     "missing credentials: send `authorization: Bearer <token>` metadata or a known client certificate",
                 ));
@@ -437,9 +503,10 @@ impl fmt::Debug for Identity {
     }
 }
 
-/// The names a client certificate (DER) speaks for: its subject CN, DNS SANs and
-/// URI SANs (SPIFFE ids such as `spiffe://cluster.local/ns/ingest/sa/worker`,
-/// what service meshes issue). The certificate was already verified against
+/// The names a client certificate (DER) speaks for, typed by where they stand:
+/// `cn:` its subject CN, `dns:` its DNS SANs and `uri:` its URI SANs (SPIFFE ids
+/// such as `spiffe://cluster.local/ns/ingest/sa/worker`, what service meshes
+/// issue), so that a CN can never pass for a SPIFFE id. The certificate was already verified against
 /// `--client-ca` by the TLS layer, which also refuses one whose extended key usage
 /// does not allow client authentication.
 pub fn certificate_subjects(der: &[u8]) -> Vec<String> {
@@ -449,13 +516,15 @@ pub fn certificate_subjects(der: &[u8]) -> Vec<String> {
     let mut names: Vec<String> = cert
         .subject()
         .iter_common_name()
-        .filter_map(|cn| cn.as_str().ok().map(str::to_owned))
+        .filter_map(|cn| cn.as_str().ok().map(|cn| format!("cn:{cn}")))
         .collect();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {
             match name {
-                x509_parser::extensions::GeneralName::DNSName(dns) => names.push((*dns).to_owned()),
-                x509_parser::extensions::GeneralName::URI(uri) => names.push((*uri).to_owned()),
+                x509_parser::extensions::GeneralName::DNSName(dns) => {
+                    names.push(format!("dns:{dns}"))
+                }
+                x509_parser::extensions::GeneralName::URI(uri) => names.push(format!("uri:{uri}")),
                 _ => {}
             }
         }
@@ -475,6 +544,9 @@ pub struct CallerRegistry {
 impl CallerRegistry {
     /// A registry that reloads from `path` (or never, without one).
     pub fn new(callers: Callers, path: Option<std::path::PathBuf>) -> Self {
+        for w in callers.warnings() {
+            tracing::warn!("{w}");
+        }
         CallerRegistry {
             current: std::sync::RwLock::new(Arc::new(callers)),
             path,
@@ -506,6 +578,9 @@ impl CallerRegistry {
     pub fn reload(&self) -> Result<usize, CallersError> {
         let path = self.path.as_deref().ok_or(CallersError::NoFile)?;
         let callers = Callers::load(path)?;
+        for w in callers.warnings() {
+            tracing::warn!("{w}");
+        }
         let count = callers.len();
         *self
             .current
@@ -571,11 +646,64 @@ mod tests {
         assert!(acme.in_scope("fleetio-acme-1") && acme.in_scope("fleetio-beta"));
         assert!(!acme.in_scope("fleetio-betamax") && !acme.in_scope("other"));
         let by_cert = c
-            .authenticate(None, &["nope".into(), "worker.internal".into()])
+            .authenticate(None, &["cn:nope".into(), "dns:worker.internal".into()])
             .unwrap();
         assert_eq!(by_cert.name, "mtls");
         assert!(!by_cert.is_scoped() && by_cert.in_scope("anything"));
-        assert!(c.authenticate(None, &["nope".into()]).is_err());
+        assert!(c.authenticate(None, &["cn:nope".into()]).is_err());
+        // An untyped entry keeps its meaning (CN or DNS SAN), with a warning.
+        assert_eq!(
+            c.authenticate(None, &["cn:worker.internal".into()])
+                .unwrap()
+                .name,
+            "mtls"
+        );
+        assert_eq!(c.warnings().len(), 1, "{:?}", c.warnings());
+    }
+
+    #[test]
+    fn a_spiffe_id_matches_a_uri_san_only_and_an_ambiguous_certificate_is_refused() {
+        let c = Callers::from_toml(
+            "[[caller]]\nname = \"mesh\"\ntls_subject = \"spiffe://cluster.local/ns/i/sa/w\"\npermissions = [\"headers.read\"]\n\
+             [[caller]]\nname = \"typed\"\ntls_subject = \"uri:spiffe://cluster.local/ns/i/sa/typed\"\npermissions = [\"headers.read\"]\n\
+             [[caller]]\nname = \"ops\"\ntls_subject = \"cn:ops\"\npermissions = [\"credentials.read\"]\n",
+        )
+        .unwrap();
+        // A CN or DNS SAN that spells a SPIFFE id is no URI SAN.
+        assert!(c
+            .authenticate(None, &["cn:spiffe://cluster.local/ns/i/sa/w".into()])
+            .is_err());
+        assert!(c
+            .authenticate(None, &["dns:spiffe://cluster.local/ns/i/sa/w".into()])
+            .is_err());
+        assert_eq!(
+            c.authenticate(None, &["uri:spiffe://cluster.local/ns/i/sa/w".into()])
+                .unwrap()
+                .name,
+            "mesh"
+        );
+        assert!(c
+            .authenticate(None, &["cn:spiffe://cluster.local/ns/i/sa/typed".into()])
+            .is_err());
+        assert!(
+            c.authenticate(None, &["dns:ops".into()]).is_err(),
+            "cn: matches the CN only"
+        );
+        // One certificate, two callers: refused.
+        let both = c.authenticate(
+            None,
+            &[
+                "cn:ops".into(),
+                "uri:spiffe://cluster.local/ns/i/sa/typed".into(),
+            ],
+        );
+        assert!(
+            matches!(both, Err(Error::Unauthenticated(m)) if m.contains("more than one caller"))
+        );
+        assert!(Callers::from_toml(
+            "[[caller]]\nname = \"x\"\ntls_subject = \"uri:\"\npermissions = []\n"
+        )
+        .is_err());
     }
 
     #[test]

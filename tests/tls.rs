@@ -23,6 +23,10 @@ struct Pki {
     spiffe: (String, String),
     /// Signed by our CA, but its extended key usage is for servers only.
     server_only: (String, String),
+    /// A CN that spells the SPIFFE id, and no URI SAN.
+    cn_spells_spiffe: (String, String),
+    /// Names two callers: a CN of one and the SPIFFE id of the other.
+    ambiguous: (String, String),
 }
 
 const SPIFFE_ID: &str = "spiffe://cluster.local/ns/ingest/sa/worker";
@@ -70,6 +74,13 @@ fn pki() -> Pki {
         }),
         server_only: leaf_with(&ours, "worker.internal", &["worker.internal"], |p| {
             p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        }),
+        cn_spells_spiffe: leaf_with(&ours, SPIFFE_ID, &[], |p| {
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        }),
+        ambiguous: leaf_with(&ours, "worker.internal", &[], |p| {
+            p.subject_alt_names = vec![SanType::URI(SPIFFE_ID.try_into().unwrap())];
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         }),
     }
 }
@@ -182,6 +193,28 @@ async fn mutual_tls_callers_tokens_and_a_plaintext_health_port() {
         denied.message().contains("mesh-worker"),
         "{}",
         denied.message()
+    );
+
+    // A CN that spells the SPIFFE id is no URI SAN; a certificate that names two
+    // callers is refused rather than taken as either.
+    for (what, identity) in [
+        ("a CN spelling a SPIFFE id", &pki.cn_spells_spiffe),
+        ("a certificate naming two callers", &pki.ambiguous),
+    ] {
+        let refused = client(
+            channel(&addr, &pki.ca_pem, Some(identity)).await.unwrap(),
+            None,
+        )
+        .get_credential_headers(headers_by_name("fleetio-acme"))
+        .await
+        .unwrap_err();
+        assert_eq!(refused.code(), Code::Unauthenticated, "{what}: {refused:?}");
+    }
+    // The untyped entries keep working, with a word at start.
+    assert!(
+        logs.contains("has no type; it matches a URI SAN only")
+            && logs.contains("has no type; it matches the certificate's CN or a DNS SAN"),
+        "{logs}"
     );
 
     // A certificate of our CA whose extended key usage does not allow client
