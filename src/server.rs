@@ -538,7 +538,7 @@ async fn summarize_refusals(
         };
         for s in refusals.take() {
             let method = s.method.unwrap_or("several");
-            let entry = match &s.caller {
+            let (caller, code, reason) = match &s.caller {
                 None => {
                     tracing::warn!(
                         count = s.count,
@@ -548,14 +548,7 @@ async fn summarize_refusals(
                         interval = ?every,
                         "calls refused from this peer in the last interval, not logged one by one"
                     );
-                    AuditEntry {
-                        peer: Peer::Label(&s.peer),
-                        method,
-                        code: "UNAUTHENTICATED",
-                        reason: s.reason,
-                        count: s.count,
-                        ..AuditEntry::new(SystemTime::now(), "anonymous", None)
-                    }
+                    ("anonymous", "UNAUTHENTICATED", s.reason)
                 }
                 Some(caller) => {
                     tracing::warn!(
@@ -566,17 +559,20 @@ async fn summarize_refusals(
                         interval = ?every,
                         "calls of this caller refused in the last interval, not logged one by one"
                     );
-                    AuditEntry {
-                        peer: Peer::Label(&s.peer),
-                        method,
-                        code: s.reason,
-                        reason: "refused calls of this caller, counted in this summary",
-                        count: s.count,
-                        ..AuditEntry::new(SystemTime::now(), caller, None)
-                    }
+                    let reason = "refused calls of this caller, counted in this summary";
+                    (caller.as_str(), s.reason, reason)
                 }
             };
-            audit.record(&entry).await;
+            audit
+                .record(&AuditEntry {
+                    peer: Peer::Label(&s.peer),
+                    method,
+                    code,
+                    reason,
+                    count: s.count,
+                    ..AuditEntry::new(SystemTime::now(), caller, None)
+                })
+                .await;
         }
         if stopping {
             return;

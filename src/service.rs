@@ -378,7 +378,8 @@ impl<S: Store> VaultService<S> {
             statuses: &req.verification_statuses,
             expire_before: req.expire_before.map(|t| (t.seconds, t.nanos)),
         };
-        let after = page_token::open(keyring.active(), &query, &req.page_token)?;
+        let after = page_token::open(keyring.active(), &query, &req.page_token)
+            .map_err(|e| Error::invalid(e.to_string()))?;
         let page = if req.deleted {
             self.vault.list_deleted(&call.caller, after, size).await?
         } else {
