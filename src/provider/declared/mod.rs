@@ -585,7 +585,12 @@ path = "/v1/{region}/me"
                 ("X-Region".to_owned(), "eu".to_owned())
             ]
         );
-        assert_eq!(s.hint(), "3456");
+        // A 10-character secret is too short to hint at; a longer one shows its last 4.
+        assert_eq!(s.hint(), "");
+        let long = p
+            .secret_from(given(&[("token", "tok_1234567890")]))
+            .unwrap();
+        assert_eq!(long.hint(), "7890");
         for (fields, want) in [
             (vec![], "acme.token is required"),
             (
