@@ -96,6 +96,14 @@ pub struct CredentialRecord {
     pub purge_time: Option<Timestamp>,
     #[prost(string, tag = "24")]
     pub deleted_by: String,
+    /// HMAC-SHA256 over every other field ([`CredentialRecord::mac_input`]) under a
+    /// record subkey of the master key `mac_key_id`: the store cannot change a
+    /// field the vault acts on (a name, a history marker, a verification, an
+    /// expiry, a revision) unnoticed.
+    #[prost(bytes = "vec", tag = "25")]
+    pub mac: Vec<u8>,
+    #[prost(string, tag = "26")]
+    pub mac_key_id: String,
     /// The erasable keys of this record's versions, as the store read them (never
     /// written into the record: [`CredentialRecord::to_bytes`] leaves them out).
     #[prost(message, repeated, tag = "30")]
@@ -295,6 +303,16 @@ impl CredentialRecord {
         bare.encode_to_vec()
     }
 
+    /// The bytes its MAC covers: the record as stored, less the MAC itself (and
+    /// the erasable keys, which live outside it).
+    pub fn mac_input(&self) -> Vec<u8> {
+        let mut bare = self.clone();
+        bare.mac.clear();
+        bare.mac_key_id.clear();
+        bare.erasable.clear();
+        bare.encode_to_vec()
+    }
+
     /// Marks the record deleted (kept until `purge_time`); a new revision.
     pub fn mark_deleted(&mut self, delete_time: Timestamp, purge_time: Timestamp, by: &str) {
         self.delete_time = Some(delete_time);
@@ -335,6 +353,9 @@ impl CredentialRecord {
     /// The master keys this record depends on: its own and its kept versions'.
     pub fn master_key_ids(&self) -> Vec<String> {
         let mut ids = vec![self.master_key_id().to_owned()];
+        if !self.mac_key_id.is_empty() && !ids.contains(&self.mac_key_id) {
+            ids.push(self.mac_key_id.clone());
+        }
         for v in &self.history {
             if let Some(k) = &v.data_key {
                 if !ids.contains(&k.key_id) {

@@ -26,6 +26,52 @@ fn aad(parts: &[&[u8]]) -> Vec<u8> {
     aad
 }
 
+/// The label of the subkey that authenticates records.
+const RECORD_MAC_LABEL: &[u8] = b"credvault/record-mac/v1";
+
+/// Why a record's MAC does not verify.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MacError {
+    #[error("it carries no MAC")]
+    Missing,
+    #[error("its MAC was made by master key {0}, which the keyring lacks")]
+    UnknownKey(String),
+    #[error("its MAC does not verify: a field was changed in the store")]
+    Mismatch,
+}
+
+fn record_mac(key: &crate::crypto::MasterKey, record: &CredentialRecord) -> Vec<u8> {
+    use hmac::{Hmac, Mac};
+    let subkey = key.derive_subkey(RECORD_MAC_LABEL);
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(subkey.as_ref())
+        .expect("hmac takes any key length");
+    mac.update(&record.mac_input());
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// Authenticates `record` as it is now under the active key (after its last change).
+pub fn authenticate(keyring: &Keyring, record: &mut CredentialRecord) {
+    let key = keyring.active();
+    record.mac = record_mac(key, record);
+    key.id().clone_into(&mut record.mac_key_id);
+}
+
+/// Checks `record`'s MAC with the key it names.
+pub fn verify_mac(keyring: &Keyring, record: &CredentialRecord) -> Result<(), MacError> {
+    use subtle::ConstantTimeEq as _;
+    if record.mac.is_empty() {
+        return Err(MacError::Missing);
+    }
+    let key = keyring
+        .get(&record.mac_key_id)
+        .ok_or_else(|| MacError::UnknownKey(record.mac_key_id.clone()))?;
+    if bool::from(record_mac(key, record).ct_eq(&record.mac)) {
+        Ok(())
+    } else {
+        Err(MacError::Mismatch)
+    }
+}
+
 /// Format 1: the associated data that binds a secret sealed by a master key to its record and key.
 pub fn direct_secret_aad(id: &str, provider: &str, key_id: &str) -> Vec<u8> {
     aad(&[
@@ -242,7 +288,9 @@ impl Sealer {
             .history
             .iter()
             .all(|v| v.data_key.as_ref().is_none_or(|k| k.key_id == active));
-        if current_ok && history_ok {
+        // A record authenticated by another key is rewritten, to carry its MAC
+        // forward under the active one (the write authenticates it).
+        if current_ok && history_ok && record.mac_key_id == active {
             return Ok(None);
         }
         let mut next = record.clone();

@@ -146,6 +146,24 @@ async fn serve<S: Store>(
     if let Err(e) = vault.resync_pauses().await {
         tracing::warn!(error = %e, "the pauses of provider accounts could not be read at start");
     }
+    // Records written before records carried MACs are authenticated once; from
+    // then on a record without one is refused as changed behind the vault's back.
+    if let Err(e) = vault.authenticate_all().await {
+        // Records without a MAC keep being served until a pass succeeds.
+        tracing::warn!(error = %e, "records written before MACs could not all be authenticated at start; retried every 10 s");
+        let vault = Arc::clone(&vault);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                match vault.authenticate_all().await {
+                    Ok(_) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "records could not be authenticated yet; retried in 10 s")
+                    }
+                }
+            }
+        });
+    }
     // This server's announcement of its active key (see `keys::announce_active`).
     keys::announce_active(&*store, vault.instance(), vault.keyring().active().id()).await?;
     let callers = Arc::new(CallerRegistry::new(

@@ -223,6 +223,12 @@ pub struct Vault<S> {
     /// record below it was put back behind the vault's back (a replayed row, a
     /// restored snapshot) and is refused, never served or pushed.
     marks: Mutex<HashMap<String, u64>>,
+    /// Whether every record must carry a MAC: set once the start-up pass has
+    /// authenticated the records written before MACs (see [`Vault::authenticate_all`]).
+    macs_required: std::sync::atomic::AtomicBool,
+    /// The record allocations whose MAC was verified (the store's cache hands out
+    /// the same `Arc` until the record changes): a hit costs no HMAC.
+    verified: Mutex<HashMap<String, std::sync::Weak<CredentialRecord>>>,
 }
 
 impl<S: Store> Vault<S> {
@@ -236,6 +242,8 @@ impl<S: Store> Vault<S> {
             providers,
             pending_usage: Mutex::new(HashMap::new()),
             marks: Mutex::new(HashMap::new()),
+            macs_required: std::sync::atomic::AtomicBool::new(false),
+            verified: Mutex::new(HashMap::new()),
             instance: uuid::Uuid::now_v7().simple().to_string(),
             hub: Arc::default(),
             keep_versions: DEFAULT_KEEP_VERSIONS,
@@ -405,9 +413,126 @@ impl<S: Store> Vault<S> {
     async fn fetch(&self, id: &str) -> Result<Option<Arc<CredentialRecord>>, Error> {
         let record = self.store.get_shared(id).await?;
         if let Some(record) = &record {
+            self.check_mac_shared(record)?;
             self.check_fresh(record)?;
         }
         Ok(record)
+    }
+
+    /// [`Vault::check_mac`], once per record allocation: an `Arc` is immutable, so
+    /// the same one verified before needs no second HMAC.
+    fn check_mac_shared(&self, record: &Arc<CredentialRecord>) -> Result<(), Error> {
+        let seen = lock(&self.verified)
+            .get(&record.id)
+            .and_then(std::sync::Weak::upgrade)
+            .is_some_and(|v| Arc::ptr_eq(&v, record));
+        if seen {
+            return Ok(());
+        }
+        self.check_mac(record)?;
+        if !record.mac.is_empty() {
+            lock(&self.verified).insert(record.id.clone(), Arc::downgrade(record));
+        }
+        Ok(())
+    }
+
+    /// Refuses a record whose MAC does not verify (`DATA_LOSS`, counted and
+    /// logged): a field was changed in the store behind the vault's back. A
+    /// record without a MAC passes only until the start-up pass has authenticated
+    /// the ones written before MACs.
+    fn check_mac(&self, record: &CredentialRecord) -> Result<(), Error> {
+        use std::sync::atomic::Ordering;
+        match crate::sealing::verify_mac(&self.keyring(), record) {
+            Ok(()) => Ok(()),
+            Err(crate::sealing::MacError::Missing)
+                if !self.macs_required.load(Ordering::Acquire) =>
+            {
+                Ok(())
+            }
+            Err(e) => {
+                metrics::record_refused("mac");
+                tracing::error!(credential_id = %record.id, error = %e, "a stored record fails its MAC: it was changed behind the vault's back; refused");
+                Err(Error::DataLoss(format!(
+                    "the stored record of credential {} was changed behind the vault's back ({e}); it is not served. Restore it from a backup or delete it",
+                    record.id
+                )))
+            }
+        }
+    }
+
+    /// What a store calls on a record it marks deleted or undeleted itself.
+    fn stamp(&self) -> crate::store::Stamp {
+        let keyring = self.keyring();
+        Arc::new(move |record| crate::sealing::authenticate(&keyring, record))
+    }
+
+    /// Authenticates every record written before records carried MACs (live and
+    /// deleted), then requires a MAC of every record read: run once at start.
+    /// How many it authenticated.
+    pub async fn authenticate_all(&self) -> Result<usize, Error> {
+        let mut done = 0;
+        let mut after: Option<String> = None;
+        loop {
+            let items = self.store.list(after.as_deref(), LIST_SCAN_BATCH).await?;
+            let read = items.len();
+            for (id, item) in items {
+                if item.is_ok_and(|r| r.mac.is_empty()) {
+                    match self
+                        .change(&id, "while it was authenticated", |current| async move {
+                            if current.mac.is_empty() {
+                                Ok(Edit::Write(CredentialRecord::clone(&current)))
+                            } else {
+                                Ok(Edit::Keep)
+                            }
+                        })
+                        .await
+                    {
+                        Ok(Changed::Written(_)) => done += 1,
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(credential_id = %id, error = %e, "a record could not be authenticated")
+                        }
+                    }
+                }
+                after = Some(id);
+            }
+            if read < LIST_SCAN_BATCH {
+                break;
+            }
+        }
+        let mut after: Option<String> = None;
+        loop {
+            let items = self
+                .store
+                .list_deleted(after.as_deref(), LIST_SCAN_BATCH)
+                .await?;
+            let read = items.len();
+            for (id, item) in items {
+                if let Some(record) = item.ok().filter(|r| r.mac.is_empty()) {
+                    let mut next = record.clone();
+                    crate::sealing::authenticate(&self.keyring(), &mut next);
+                    match self.store.replace_deleted(&next, record.revision).await {
+                        Ok(()) => done += 1,
+                        Err(e) => {
+                            tracing::warn!(credential_id = %id, error = %e, "a deleted record could not be authenticated")
+                        }
+                    }
+                }
+                after = Some(id);
+            }
+            if read < LIST_SCAN_BATCH {
+                break;
+            }
+        }
+        self.macs_required
+            .store(true, std::sync::atomic::Ordering::Release);
+        if done > 0 {
+            tracing::info!(
+                records = done,
+                "records written before MACs are now authenticated"
+            );
+        }
+        Ok(done)
     }
 
     /// Refuses a record whose revision is below the highest this server has seen
@@ -560,6 +685,7 @@ impl<S: Store> Vault<S> {
             ..Default::default()
         };
         self.seal_into(&mut record, &new.secret).await?;
+        crate::sealing::authenticate(&self.keyring(), &mut record);
         if let Err(e) = self.store.insert(&record).await {
             self.erase_quietly(&record.id, &[record.seal_id]).await;
             return Err(e.into());
@@ -887,7 +1013,7 @@ impl<S: Store> Vault<S> {
             };
             match self
                 .store
-                .delete_keeping(&at.id, expected_version, &deletion)
+                .delete_keeping(&at.id, expected_version, &deletion, &self.stamp())
                 .await
             {
                 Ok(kept) => kept.purge_time,
@@ -948,13 +1074,15 @@ impl<S: Store> Vault<S> {
             return Err(gone());
         };
         caller.require_scope(id, Some(&deleted.name))?;
+        // A deleted record changed in the store is not brought back (nor re-authenticated).
+        self.check_mac(&deleted)?;
         // Its recovery window has ended: it is gone now, whether or not the
         // background purge has come by yet (and it goes now).
         if purge_due(&deleted, &record::timestamp(SystemTime::now())) {
             self.purge_now(id).await;
             return Err(gone());
         }
-        let back = match self.store.undelete(id).await {
+        let back = match self.store.undelete(id, &self.stamp()).await {
             Ok(back) => back,
             Err(StoreError::NameTaken(name)) => {
                 return Err(Error::AlreadyExists(format!(
@@ -1060,6 +1188,10 @@ impl<S: Store> Vault<S> {
             let items = self.store.list(after.as_deref(), batch).await?;
             let read = items.len();
             for (id, record) in items {
+                // A record changed behind the vault's back is left out (and logged).
+                let record = record
+                    .map_err(Error::from)
+                    .and_then(|r| self.check_mac(&r).map(|()| r));
                 match record {
                     Ok(record) if filter.matches(&record) && caller.in_scope(&record.name) => {
                         if records.len() == size {
@@ -1159,6 +1291,7 @@ impl<S: Store> Vault<S> {
                 next.version = current.version + 1;
                 next.update_time = Some(record::timestamp(SystemTime::now()));
             }
+            crate::sealing::authenticate(&self.keyring(), &mut next);
             match self.store.replace(&next, current.revision).await {
                 Ok(()) => {
                     self.mark(&next.id, next.revision, false);
@@ -1422,7 +1555,8 @@ impl<S: Store> Vault<S> {
             for (id, item) in page {
                 let keys = match item {
                     Ok(record) => match self.sealer.rewrap(&*self.store, &record).await {
-                        Ok(Some(next)) => {
+                        Ok(Some(mut next)) => {
+                            crate::sealing::authenticate(&self.keyring(), &mut next);
                             match self.store.replace_deleted(&next, record.revision).await {
                                 Ok(()) => next.master_key_ids(),
                                 Err(e) => {

@@ -196,6 +196,10 @@ pub fn parse_erasable_entry_key(key: &str) -> Option<(&str, u64)> {
     Some((id, seal.parse().ok()?))
 }
 
+/// What a store calls on a record it changes itself (marking it deleted or
+/// undeleted: a new revision) before writing it: the vault authenticates it again.
+pub type Stamp = std::sync::Arc<dyn Fn(&mut CredentialRecord) + Send + Sync>;
+
 /// How a deleted record is kept: when it was deleted, by whom, and when it is purged.
 #[derive(Clone, Debug)]
 pub struct Deletion {
@@ -294,6 +298,7 @@ pub trait Store: Send + Sync + 'static {
         id: &str,
         expected_version: Option<u64>,
         deletion: &Deletion,
+        stamp: &Stamp,
     ) -> impl Future<Output = Result<CredentialRecord, StoreError>> + Send;
 
     /// The deleted record with this id, if any.
@@ -314,6 +319,7 @@ pub trait Store: Send + Sync + 'static {
     fn undelete(
         &self,
         id: &str,
+        stamp: &Stamp,
     ) -> impl Future<Output = Result<CredentialRecord, StoreError>> + Send;
 
     /// Replaces a deleted record (a rewrap) if it is at `expected_revision`.

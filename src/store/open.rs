@@ -126,8 +126,9 @@ impl Store for AnyStore {
         id: &str,
         expected_version: Option<u64>,
         deletion: &super::Deletion,
+        stamp: &super::Stamp,
     ) -> Result<CredentialRecord, StoreError> {
-        each!(self, s => s.delete_keeping(id, expected_version, deletion).await)
+        each!(self, s => s.delete_keeping(id, expected_version, deletion, stamp).await)
     }
     async fn deleted(&self, id: &str) -> Result<Option<CredentialRecord>, StoreError> {
         each!(self, s => s.deleted(id).await)
@@ -139,8 +140,12 @@ impl Store for AnyStore {
     ) -> Result<Vec<ListItem>, StoreError> {
         each!(self, s => s.list_deleted(after, limit).await)
     }
-    async fn undelete(&self, id: &str) -> Result<CredentialRecord, StoreError> {
-        each!(self, s => s.undelete(id).await)
+    async fn undelete(
+        &self,
+        id: &str,
+        stamp: &super::Stamp,
+    ) -> Result<CredentialRecord, StoreError> {
+        each!(self, s => s.undelete(id, stamp).await)
     }
     async fn replace_deleted(
         &self,

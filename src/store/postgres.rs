@@ -868,6 +868,7 @@ impl Store for PgStore {
         id: &str,
         expected_version: Option<u64>,
         deletion: &super::Deletion,
+        stamp: &super::Stamp,
     ) -> Result<CredentialRecord, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
@@ -894,6 +895,7 @@ impl Store for PgStore {
             deletion.purge_time,
             &deletion.deleted_by,
         );
+        stamp(&mut record);
         tx.execute(
             "INSERT INTO credvault_deleted (id, name, revision, purge_at, record)
              VALUES ($1, $2, $3, $4, $5)",
@@ -949,7 +951,11 @@ impl Store for PgStore {
         self.attach(items(&rows)).await
     }
 
-    async fn undelete(&self, id: &str) -> Result<CredentialRecord, StoreError> {
+    async fn undelete(
+        &self,
+        id: &str,
+        stamp: &super::Stamp,
+    ) -> Result<CredentialRecord, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
         let row = tx
@@ -962,6 +968,7 @@ impl Store for PgStore {
             .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
         let mut record = decode(id, row.get(0))?;
         record.mark_undeleted();
+        stamp(&mut record);
         let inserted = tx
             .execute(
                 "INSERT INTO credvault_credentials (id, name, version, revision, record)

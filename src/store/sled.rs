@@ -540,6 +540,7 @@ impl Store for SledStore {
         id: &str,
         expected_version: Option<u64>,
         deletion: &Deletion,
+        stamp: &super::Stamp,
     ) -> Result<CredentialRecord, StoreError> {
         let gate = self.gate.read().await;
         let written = self.cache.writing(Some(id));
@@ -567,6 +568,7 @@ impl Store for SledStore {
                     deletion.purge_time,
                     &deletion.deleted_by,
                 );
+                stamp(&mut record);
                 deleted.insert(id.as_bytes(), record.to_bytes())?;
                 Ok(record)
             })
@@ -592,7 +594,11 @@ impl Store for SledStore {
         self.scan(&self.deleted, after, limit)
     }
 
-    async fn undelete(&self, id: &str) -> Result<CredentialRecord, StoreError> {
+    async fn undelete(
+        &self,
+        id: &str,
+        stamp: &super::Stamp,
+    ) -> Result<CredentialRecord, StoreError> {
         let gate = self.gate.read().await;
         let written = self.cache.writing(Some(id));
         let back = (&self.records, &self.names, &self.deleted)
@@ -607,6 +613,7 @@ impl Store for SledStore {
                 }
                 deleted.remove(id.as_bytes())?;
                 record.mark_undeleted();
+                stamp(&mut record);
                 records.insert(id.as_bytes(), record.to_bytes())?;
                 names.insert(record.name.as_bytes(), id.as_bytes())?;
                 Ok(record)

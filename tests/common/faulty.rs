@@ -86,10 +86,11 @@ impl<S: Store> Store for FaultyStore<S> {
         id: &str,
         expected_version: Option<u64>,
         deletion: &credvault::store::Deletion,
+        stamp: &credvault::store::Stamp,
     ) -> Result<CredentialRecord, StoreError> {
         self.faults.check()?;
         self.inner
-            .delete_keeping(id, expected_version, deletion)
+            .delete_keeping(id, expected_version, deletion, stamp)
             .await
     }
     async fn deleted(&self, id: &str) -> Result<Option<CredentialRecord>, StoreError> {
@@ -102,9 +103,13 @@ impl<S: Store> Store for FaultyStore<S> {
     ) -> Result<Vec<credvault::store::ListItem>, StoreError> {
         self.inner.list_deleted(after, limit).await
     }
-    async fn undelete(&self, id: &str) -> Result<CredentialRecord, StoreError> {
+    async fn undelete(
+        &self,
+        id: &str,
+        stamp: &credvault::store::Stamp,
+    ) -> Result<CredentialRecord, StoreError> {
         self.faults.check()?;
-        self.inner.undelete(id).await
+        self.inner.undelete(id, stamp).await
     }
     async fn replace_deleted(
         &self,
