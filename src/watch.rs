@@ -303,14 +303,9 @@ impl Hub {
     /// Reads every watched credential again (a lost notification is caught here),
     /// in chunks behind every change to push; a resync still under way goes on.
     pub fn resync(&self) {
-        let mut state = self.lock();
-        if !state.resync.is_empty() {
-            return;
+        if self.lock().resync.is_empty() {
+            self.reread_all();
         }
-        let keys: Vec<Key> = state.subscribers.keys().cloned().collect();
-        state.resync.extend(keys);
-        drop(state);
-        self.wake.notify_one();
     }
 
     /// Reads every watched credential again from the start, even while a resync
@@ -322,11 +317,6 @@ impl Hub {
         state.resync.extend(keys);
         drop(state);
         self.wake.notify_one();
-    }
-
-    /// Credentials watched over every stream now.
-    pub fn keys(&self) -> usize {
-        self.lock().keys
     }
 
     /// Streams open now.
