@@ -354,3 +354,34 @@ async fn flood_to_budget(
     assert_eq!(flood.len(), 10, "the default budget: 10,000 keys a caller");
     flood
 }
+
+#[tokio::test]
+async fn one_429_reported_again_and_again_is_written_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let (server, setup) = serve_with(dir.path(), &[format!("--metrics-listen={metrics}")]).await;
+    let mut admin = server.client(&setup.tokens.admin).await;
+    create(&mut admin, "paced", "key-PACED-0000001", "acct").await;
+    let mut worker = server.client(&setup.tokens.worker).await;
+    const REPORTS: u32 = 300;
+    for _ in 0..REPORTS {
+        worker
+            .report_provider_response(api::ReportProviderResponseRequest {
+                r#ref: Some(api::report_provider_response_request::Ref::Name(
+                    "paced".into(),
+                )),
+                http_status: 429,
+                retry_after_seconds: 3600,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    // Every report after the first moved the pause's end by milliseconds: not written.
+    let unchanged = metric(&metrics, "credvault_account_pause_reports_unchanged_total").await;
+    eprintln!(
+        "{REPORTS} reports of one 429: {} written, {unchanged} not",
+        f64::from(REPORTS) - unchanged
+    );
+    assert_eq!(unchanged, f64::from(REPORTS - 1));
+}

@@ -813,3 +813,18 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod env_tests {
+    use super::*;
+
+    #[test]
+    fn the_address_comes_from_the_environment_when_none_is_given() {
+        // The only test of this crate that touches the environment.
+        std::env::set_var(ADDR_ENV, "vault.example:50051");
+        let builder = Client::from_env().unwrap();
+        assert_eq!(builder.endpoint, "vault.example:50051");
+        std::env::remove_var(ADDR_ENV);
+        assert!(matches!(Client::from_env(), Err(Error::InvalidArgument(_))));
+    }
+}
