@@ -135,10 +135,7 @@ async fn old_and_deleted_open(
 
 /// Counts rows of the database whose bytes hold `needle` (records, deleted records, keys).
 async fn rows_holding(url: &str, needle: &[u8]) -> i64 {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = crate::common::postgres::connect(url).await;
     client
         .query_one(
             "SELECT (SELECT count(*) FROM credvault_credentials WHERE position($1 in record) > 0)
@@ -905,10 +902,7 @@ async fn postgres_sweeps_erasable_keys_no_record_refers_to() {
     let url = server.database_url.clone().unwrap();
     let mut admin = server.admin().await;
     let made = create(&mut admin, "swept", "key-SWEPT-0000001", "acct").await;
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = crate::common::postgres::connect(&url).await;
     // A key a crash left behind (an hour old, no record refers to it), and one
     // a write under way just stored (no record refers to it yet).
     client

@@ -9,19 +9,11 @@ use crate::common::*;
 use credvault::api;
 use tonic::Code;
 
-async fn db(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    client
-}
-
 #[tokio::test]
 async fn a_replayed_row_is_refused_and_never_pushed() {
     let server = TestServer::start_on(TestStore::Postgres).await;
     let url = server.database_url.clone().unwrap();
-    let sql = db(&url).await;
+    let sql = crate::common::postgres::connect(&url).await;
     let mut admin = server.admin().await;
     let mut worker = server.client_with(Some(&server.tokens.worker)).await;
     let made = create(&mut admin, "replayed", "key-REPLAY-000001", "acct").await;
@@ -135,7 +127,7 @@ async fn every_field_the_vault_acts_on_is_authenticated() {
         ..Options::default()
     })
     .await;
-    let sql = db(server.database_url.as_deref().unwrap()).await;
+    let sql = crate::common::postgres::connect(server.database_url.as_deref().unwrap()).await;
     let mut admin = server.admin().await;
     let mut acme = server.client_with(Some(&token)).await;
     let prod = create(&mut admin, "prod-fleet", "key-PROD-00000001", "acct").await;
@@ -238,7 +230,7 @@ async fn records_written_before_macs_are_authenticated_at_start() {
     let server = TestServer::start_on(TestStore::Postgres).await;
     let url = server.database_url.clone().unwrap();
     let key = server.key_b64.clone();
-    let sql = db(&url).await;
+    let sql = crate::common::postgres::connect(&url).await;
     let mut admin = server.admin().await;
     let old = create(&mut admin, "old", "key-OLD-000000001", "acct").await;
     drop(admin);

@@ -389,15 +389,6 @@ async fn hostile_values_in_every_field_never_silence_the_vault(store: TestStore)
 
 on_every_store!(hostile_values_in_every_field_never_silence_the_vault);
 
-/// Runs `sql` on the test server's database as its owner.
-async fn sql(url: &str, sql: &str) {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    client.batch_execute(sql).await.unwrap();
-}
-
 #[tokio::test]
 async fn a_row_the_database_refuses_costs_that_row_only() {
     let server = TestServer::start_on(TestStore::Postgres).await;
@@ -407,7 +398,7 @@ async fn a_row_the_database_refuses_costs_that_row_only() {
     create(&mut admin, "marked", "marked-key-0001", "acct").await;
     // The database refuses every audit row of the credential named `marked`, as it
     // would a bad value (SQLSTATE 22023, a data exception).
-    sql(
+    crate::common::postgres::execute(
         &url,
         "CREATE FUNCTION refuse_marked() RETURNS trigger AS $$
          BEGIN
@@ -471,7 +462,7 @@ async fn an_audit_trail_stuck_while_the_store_takes_writes_fails_liveness_until_
     assert_eq!(health(&server, "").await, ServingStatus::Serving);
     // Every audit insert fails, not for a value (SQLSTATE P0001): the trail's
     // writer cannot go on, while the credentials table still takes writes.
-    sql(
+    crate::common::postgres::execute(
         &url,
         "CREATE FUNCTION refuse_all() RETURNS trigger AS $$
          BEGIN RAISE EXCEPTION 'the trail is stuck'; END $$ LANGUAGE plpgsql;
@@ -497,7 +488,7 @@ async fn an_audit_trail_stuck_while_the_store_takes_writes_fails_liveness_until_
         ServingStatus::NotServing
     );
     // Healed (by hand here; by the restart it asks for in a cluster): serving again.
-    sql(&url, "DROP TRIGGER refuse_all ON credvault_audit;").await;
+    crate::common::postgres::execute(&url, "DROP TRIGGER refuse_all ON credvault_audit;").await;
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while health(&server, "").await != ServingStatus::Serving
         || health(&server, "credvault.v1.CredentialVaultService").await != ServingStatus::Serving

@@ -375,10 +375,7 @@ async fn after_sigkill_every_answered_read_is_in_the_database() {
         w.await.unwrap();
     }
     let answered = answered.load(Ordering::SeqCst);
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = crate::common::postgres::connect(&url).await;
     let events: i64 = client
         .query_one(
             r#"SELECT count(*) FROM credvault_audit
@@ -457,10 +454,7 @@ async fn a_listing_reads_the_last_uses_of_a_page_in_one_query() {
     let mut admin = server.admin().await;
     // Statements the server's sessions committed (one transaction each); backends
     // report them within a second.
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = crate::common::postgres::connect(&url).await;
     let db = url.rsplit('/').next().unwrap().to_owned();
     let committed = || async {
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -530,15 +524,6 @@ async fn a_scoped_caller_hears_unavailable_not_denied_while_the_store_is_down() 
     let _ = server.stop().await;
 }
 
-/// Runs `sql` as the cluster's superuser on the database of `url`.
-async fn as_admin(url: &str, sql: &str) {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    client.batch_execute(sql).await.unwrap();
-}
-
 #[tokio::test]
 async fn a_database_that_stops_taking_writes_takes_the_vault_out_of_readiness_and_back() {
     let url = PgCluster::shared().new_database().await;
@@ -557,7 +542,7 @@ async fn a_database_that_stops_taking_writes_takes_the_vault_out_of_readiness_an
     let maintenance = format!("{}/postgres", url.rsplit_once('/').unwrap().0);
     let sessions =
         format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'");
-    as_admin(
+    crate::common::postgres::execute(
         &maintenance,
         &format!("ALTER DATABASE {db} SET default_transaction_read_only = on; {sessions}"),
     )
@@ -584,7 +569,7 @@ async fn a_database_that_stops_taking_writes_takes_the_vault_out_of_readiness_an
         .await
         .unwrap_err();
     assert_eq!(read.code(), Code::Unavailable, "{read:?}");
-    as_admin(
+    crate::common::postgres::execute(
         &maintenance,
         &format!("ALTER DATABASE {db} RESET default_transaction_read_only; {sessions}"),
     )
@@ -721,10 +706,7 @@ async fn the_database_sees_names_and_metadata_but_never_a_secret() {
     )
     .await;
     let url = server.database_url.clone().unwrap();
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = crate::common::postgres::connect(&url).await;
     let mut everything: Vec<u8> = Vec::new();
     for (query, text_columns, byte_columns) in [
         ("SELECT id, name, record FROM credvault_credentials", 2, 1),
@@ -783,10 +765,7 @@ async fn tls_to_the_database_is_verified_against_the_given_ca() {
     .await;
     let mut admin = server.admin().await;
     create(&mut admin, "over-tls", "key-00000001", "acct").await;
-    let (client, connection) = tokio_postgres::connect(&plain, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = crate::common::postgres::connect(&plain).await;
     let rows = client
         .query(
             "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a ON a.pid = s.pid

@@ -699,10 +699,7 @@ async fn a_change_through_one_replica_reaches_watchers_on_another() {
     eprintln!("replica A's write reached a watcher on B after {lags:?}");
 
     // A write no notification announced (the trigger off) is caught by the resync.
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = crate::common::postgres::connect(&url).await;
     client
         .batch_execute(
             "ALTER TABLE credvault_credentials DISABLE TRIGGER credvault_credentials_changed",

@@ -260,3 +260,18 @@ impl PgCluster {
         self.url(&name)
     }
 }
+
+/// A connection to the database at `url` (its driver task spawned), for tests that
+/// look at or change what the server stored behind its back.
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// Runs `sql` (statements separated by `;`) on the database at `url`, as its owner.
+pub async fn execute(url: &str, sql: &str) {
+    connect(url).await.batch_execute(sql).await.unwrap();
+}
