@@ -8,8 +8,6 @@ use crate::common::*;
 use credvault::api;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 /// A small tmpfs mounted for one test (needs root, as CI runs); unmounted on drop.
 struct SmallDisk {
@@ -61,24 +59,13 @@ impl Drop for SmallDisk {
 }
 
 async fn store_health(server: &TestServer) -> ServingStatus {
-    health_of(server, "credvault.store").await
-}
-
-async fn health_of(server: &TestServer, service: &str) -> ServingStatus {
-    HealthClient::new(server.channel().await)
-        .check(HealthCheckRequest {
-            service: service.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status()
+    server.health("credvault.store").await
 }
 
 /// Waits (up to 10 s) for `service` to show `want`; how long it took.
 async fn turns(server: &TestServer, service: &str, want: ServingStatus) -> Duration {
     let start = std::time::Instant::now();
-    while health_of(server, service).await != want {
+    while server.health(service).await != want {
         assert!(
             start.elapsed() < Duration::from_secs(10),
             "{service:?} never turned {want:?}"
@@ -169,13 +156,13 @@ async fn a_full_disk_fails_writes_with_unavailable_and_reads_go_on() {
     // Readiness tells the truth: the vault service is out while writes fail; the
     // server itself (liveness) stays SERVING while a restart would not help.
     turns(&server, VAULT, ServingStatus::NotServing).await;
-    assert_eq!(health_of(&server, "").await, ServingStatus::Serving);
+    assert_eq!(server.health("").await, ServingStatus::Serving);
     // Space freed: sled keeps its write error until a restart, so now liveness
     // turns NOT_SERVING for a supervisor to restart the server.
     std::fs::remove_file(filler).unwrap();
     let took = turns(&server, "", ServingStatus::NotServing).await;
     eprintln!("liveness asked for a restart {took:?} after the space was freed");
-    assert_eq!(health_of(&server, VAULT).await, ServingStatus::NotServing);
+    assert_eq!(server.health(VAULT).await, ServingStatus::NotServing);
     drop(admin);
     let stopped = server.stop().await;
     eprintln!("stop after a full disk: {stopped:?}");
@@ -199,7 +186,7 @@ async fn a_full_disk_fails_writes_with_unavailable_and_reads_go_on() {
     }
     create(&mut admin, "after", "key-after-001", "acct").await;
     assert_eq!(store_health(&server).await, ServingStatus::Serving);
-    assert_eq!(health_of(&server, VAULT).await, ServingStatus::Serving);
+    assert_eq!(server.health(VAULT).await, ServingStatus::Serving);
     eprintln!("{} acknowledged writes survived the full disk", acked.len());
     drop(admin);
     server.stop().await.unwrap();
@@ -222,7 +209,7 @@ async fn an_audit_log_on_a_full_disk_takes_the_vault_out_of_readiness_until_spac
         .get_credential_headers(headers_by_name("fleetio-acme"))
         .await
         .unwrap();
-    assert_eq!(health_of(&server, VAULT).await, ServingStatus::Serving);
+    assert_eq!(server.health(VAULT).await, ServingStatus::Serving);
     let filler = disk.fill();
     // Calls go on writing events; the first that cannot be written breaks the log.
     let mut refused = None;
@@ -242,7 +229,7 @@ async fn an_audit_log_on_a_full_disk_takes_the_vault_out_of_readiness_until_spac
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     let out = turns(&server, VAULT, ServingStatus::NotServing).await;
     assert_eq!(
-        health_of(&server, "credvault.audit").await,
+        server.health("credvault.audit").await,
         ServingStatus::NotServing
     );
     // Metadata calls go on (their events wait for the disk), and liveness stays.
@@ -250,13 +237,13 @@ async fn an_audit_log_on_a_full_disk_takes_the_vault_out_of_readiness_until_spac
         .get_credential(by_name_get("fleetio-acme"))
         .await
         .unwrap();
-    assert_eq!(health_of(&server, "").await, ServingStatus::Serving);
+    assert_eq!(server.health("").await, ServingStatus::Serving);
     // Space back: the writer retries by itself and readiness returns, no restart.
     std::fs::remove_file(filler).unwrap();
     let back = turns(&server, VAULT, ServingStatus::Serving).await;
     eprintln!("NOT_SERVING {out:?} after the refusal; SERVING {back:?} after the space was freed");
     assert_eq!(
-        health_of(&server, "credvault.audit").await,
+        server.health("credvault.audit").await,
         ServingStatus::Serving
     );
     admin

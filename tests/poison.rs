@@ -11,8 +11,6 @@ use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::TestRunner;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 /// Values no honest caller sends: NUL, controls, bidirectional marks, `%00`,
 /// long UTF-8, 8 KB and 1 MB of text.
@@ -343,17 +341,6 @@ async fn audited_reads(admin: &mut Client, id: &str) -> usize {
     }
 }
 
-async fn health(server: &TestServer, service: &str) -> ServingStatus {
-    HealthClient::new(server.channel().await)
-        .check(HealthCheckRequest {
-            service: service.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status()
-}
-
 async fn hostile_values_in_every_field_never_silence_the_vault(store: TestStore) {
     let server = TestServer::start_on(store).await;
     let mut admin = server.admin().await;
@@ -380,10 +367,10 @@ async fn hostile_values_in_every_field_never_silence_the_vault(store: TestStore)
         "each honest read has its audit event"
     );
     assert_eq!(
-        health(&server, "credvault.v1.CredentialVaultService").await,
+        server.health("credvault.v1.CredentialVaultService").await,
         ServingStatus::Serving
     );
-    assert_eq!(health(&server, "").await, ServingStatus::Serving);
+    assert_eq!(server.health("").await, ServingStatus::Serving);
     server.stop().await.unwrap();
 }
 
@@ -442,7 +429,7 @@ async fn a_row_the_database_refuses_costs_that_row_only() {
     }
     assert_eq!(audited_reads(&mut admin, &honest.id).await, honest_reads);
     assert_eq!(
-        health(&server, "credvault.v1.CredentialVaultService").await,
+        server.health("credvault.v1.CredentialVaultService").await,
         ServingStatus::Serving
     );
     server.stop().await.unwrap();
@@ -459,7 +446,7 @@ async fn an_audit_trail_stuck_while_the_store_takes_writes_fails_liveness_until_
     let url = server.database_url.clone().unwrap();
     let mut admin = server.admin().await;
     let honest = create(&mut admin, "honest", "honest-key-0001", "acct").await;
-    assert_eq!(health(&server, "").await, ServingStatus::Serving);
+    assert_eq!(server.health("").await, ServingStatus::Serving);
     // Every audit insert fails, not for a value (SQLSTATE P0001): the trail's
     // writer cannot go on, while the credentials table still takes writes.
     crate::common::postgres::execute(
@@ -476,7 +463,7 @@ async fn an_audit_trail_stuck_while_the_store_takes_writes_fails_liveness_until_
         .await;
     assert_eq!(refused.unwrap_err().code(), Code::Unavailable);
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while health(&server, "").await == ServingStatus::Serving {
+    while server.health("").await == ServingStatus::Serving {
         assert!(
             std::time::Instant::now() < deadline,
             "liveness never turned NOT_SERVING for a stuck trail"
@@ -484,14 +471,14 @@ async fn an_audit_trail_stuck_while_the_store_takes_writes_fails_liveness_until_
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(
-        health(&server, "credvault.v1.CredentialVaultService").await,
+        server.health("credvault.v1.CredentialVaultService").await,
         ServingStatus::NotServing
     );
     // Healed (by hand here; by the restart it asks for in a cluster): serving again.
     crate::common::postgres::execute(&url, "DROP TRIGGER refuse_all ON credvault_audit;").await;
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while health(&server, "").await != ServingStatus::Serving
-        || health(&server, "credvault.v1.CredentialVaultService").await != ServingStatus::Serving
+    while server.health("").await != ServingStatus::Serving
+        || server.health("credvault.v1.CredentialVaultService").await != ServingStatus::Serving
     {
         assert!(std::time::Instant::now() < deadline, "never served again");
         tokio::time::sleep(Duration::from_millis(200)).await;

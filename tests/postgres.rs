@@ -10,8 +10,6 @@ use crate::common::*;
 use credvault::api;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 async fn replica(database_url: &str, key: &str) -> TestServer {
     TestServer::start_with(Options {
@@ -141,20 +139,9 @@ async fn two_replicas_on_one_database_behave_as_one_vault() {
     b.stop().await.unwrap();
 }
 
-async fn vault_health(server: &TestServer, service: &str) -> ServingStatus {
-    HealthClient::new(server.channel().await)
-        .check(HealthCheckRequest {
-            service: service.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status()
-}
-
 async fn wait_for_health(server: &TestServer, want: ServingStatus) -> Duration {
     let start = std::time::Instant::now();
-    while vault_health(server, "credvault.v1.CredentialVaultService").await != want {
+    while server.health("credvault.v1.CredentialVaultService").await != want {
         assert!(start.elapsed() < Duration::from_secs(20), "never {want:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -211,7 +198,7 @@ async fn a_database_restart_under_traffic_turns_health_and_back_without_a_crash(
     let down = wait_for_health(&server, ServingStatus::NotServing).await;
     // The store's own health follows within its next probe (once a second).
     let start = std::time::Instant::now();
-    while vault_health(&server, "credvault.store").await != ServingStatus::NotServing {
+    while server.health("credvault.store").await != ServingStatus::NotServing {
         assert!(
             start.elapsed() < Duration::from_secs(10),
             "credvault.store stayed SERVING"
@@ -219,7 +206,7 @@ async fn a_database_restart_under_traffic_turns_health_and_back_without_a_crash(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Liveness stays SERVING: the process is fine, only its database is away.
-    assert_eq!(vault_health(&server, "").await, ServingStatus::Serving);
+    assert_eq!(server.health("").await, ServingStatus::Serving);
     let write = admin
         .create_credential(api::CreateCredentialRequest {
             name: "during-outage".into(),
@@ -548,9 +535,9 @@ async fn a_database_that_stops_taking_writes_takes_the_vault_out_of_readiness_an
     )
     .await;
     let out = wait_for_health(&server, ServingStatus::NotServing).await;
-    assert_eq!(vault_health(&server, "").await, ServingStatus::Serving);
+    assert_eq!(server.health("").await, ServingStatus::Serving);
     assert_eq!(
-        vault_health(&server, "credvault.store").await,
+        server.health("credvault.store").await,
         ServingStatus::NotServing
     );
     let write = admin

@@ -323,6 +323,21 @@ impl TestServer {
         panic!("server at {} never accepted a connection", self.addr);
     }
 
+    /// What the server's gRPC health service says of `service` (`""`: liveness).
+    pub async fn health(
+        &self,
+        service: &str,
+    ) -> tonic_health::pb::health_check_response::ServingStatus {
+        tonic_health::pb::health_client::HealthClient::new(self.channel().await)
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status()
+    }
+
     /// A client that sends `token` (or no token at all).
     pub async fn client_with(&self, token: Option<&str>) -> Client {
         let value = token.map(|t| format!("Bearer {t}").parse().unwrap());
