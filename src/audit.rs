@@ -22,6 +22,7 @@ use zeroize::Zeroizing;
 use crate::crypto::MasterKey;
 use crate::error::Error;
 use crate::store::{AuditFilter, AuditRow, AuditTable, Written};
+use crate::trail::{Chain, DigestPolicy, DigestReason, Link, Marks, PublicKey, Signer};
 
 /// The most bytes of an event's field as recorded (escaped, then cut, see [`crate::escape`]).
 pub const FIELD_BYTES: usize = 256;
@@ -176,6 +177,8 @@ enum Command {
     /// Hears when everything before it is written and fsynced.
     Flush(tokio::sync::oneshot::Sender<bool>),
     Reopen,
+    /// Writes the closing digest (the server stops), then as `Flush`.
+    Close(tokio::sync::oneshot::Sender<bool>),
 }
 
 /// When a secret read's answer may go out.
@@ -214,6 +217,10 @@ pub struct AuditSettings {
     pub sync: AuditSync,
     /// Events queued for the writer at most; recording waits for room beyond that.
     pub queue: usize,
+    /// How often each device writes a signed digest of its chain.
+    pub digests: DigestPolicy,
+    /// The vault's high-water marks, which `marks` lines record before each digest.
+    pub marks: Option<Arc<Marks>>,
 }
 
 impl AuditSettings {
@@ -226,6 +233,8 @@ impl AuditSettings {
             max_files: DEFAULT_MAX_FILES,
             sync: AuditSync::Write,
             queue: DEFAULT_QUEUE,
+            digests: DigestPolicy::default(),
+            marks: None,
         }
     }
 }
@@ -251,6 +260,8 @@ pub struct AuditLog {
     fail_open: bool,
     sync: AuditSync,
     fingerprint_key: Zeroizing<[u8; 32]>,
+    /// Signs the digests of every device's chain.
+    signer: Arc<Signer>,
 }
 
 /// The file device.
@@ -321,6 +332,36 @@ enum DbCommand {
         done: Option<tokio::sync::oneshot::Sender<bool>>,
     },
     Flush(tokio::sync::oneshot::Sender<bool>),
+    /// The closing digest, then as `Flush`.
+    Close(tokio::sync::oneshot::Sender<bool>),
+    /// A signed checkpoint (every mark, a digest) after old events were pruned.
+    Checkpoint,
+}
+
+/// A row on its way to the database: an event, or the chain's own (marks; a
+/// digest, signed when it is linked).
+#[derive(Clone, Debug)]
+struct DbItem {
+    row: AuditRow,
+    digest: Option<DigestReason>,
+}
+
+impl DbItem {
+    fn proof(body: String, digest: Option<DigestReason>) -> Self {
+        DbItem {
+            row: AuditRow {
+                time: SystemTime::now(),
+                caller: String::new(),
+                credential_id: String::new(),
+                credential_name: String::new(),
+                line: body,
+                chain: String::new(),
+                chain_seq: 0,
+                proof: true,
+            },
+            digest,
+        }
+    }
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -371,7 +412,11 @@ pub enum AuditOpenError {
 }
 
 impl FileSink {
-    fn open(settings: &AuditSettings, path: &Path) -> Result<Self, AuditOpenError> {
+    fn open(
+        settings: &AuditSettings,
+        path: &Path,
+        signer: Arc<Signer>,
+    ) -> Result<Self, AuditOpenError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| AuditOpenError::Directory {
                 path: dir.to_owned(),
@@ -382,6 +427,13 @@ impl FileSink {
             path: path.to_owned(),
             source,
         })?;
+        // The chain goes on from the trail's last line (this file's, or the
+        // newest rotated one's when this one is new); a trail without one starts a chain.
+        let chain = [path.to_owned(), rotated_path(path, 1)]
+            .iter()
+            .find_map(|p| last_line(p).ok().flatten())
+            .and_then(|line| Chain::after_line(&line))
+            .unwrap_or_default();
         let health = Arc::new(Health::default());
         health
             .inline
@@ -401,7 +453,17 @@ impl FileSink {
             rotation: Arc::clone(&rotation),
             health: Arc::clone(&health),
             dropped: 0,
+            proof: Proof {
+                chain,
+                signer,
+                policy: settings.digests,
+                marks: settings.marks.clone(),
+            },
         };
+        let mut writer = writer;
+        // A signed digest first: whatever the trail held before this start is
+        // covered, and what follows is this run's.
+        writer.digest_now(DigestReason::Start, false);
         let writer = Arc::new(Mutex::new(writer));
         let (thread_writer, thread_health) = (Arc::clone(&writer), Arc::clone(&health));
         std::thread::Builder::new()
@@ -488,13 +550,90 @@ impl FileSink {
         }
         wait.await.unwrap_or(false)
     }
+
+    async fn close(&self) -> bool {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.tx.send(Command::Close(done)).is_err() {
+            return false;
+        }
+        wait.await.unwrap_or(false)
+    }
+}
+
+/// The last whole line of the file at `path` (`None`: no such file, or empty),
+/// read from its last 4 MiB at most.
+fn last_line(path: &Path) -> std::io::Result<Option<String>> {
+    use std::io::Read;
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.len() == 0 {
+        return Ok(None);
+    }
+    let start = meta.len().saturating_sub(4 << 20);
+    file.seek(SeekFrom::Start(start))?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail)?;
+    let text = String::from_utf8_lossy(&tail);
+    Ok(text
+        .trim_end_matches('\n')
+        .rsplit('\n')
+        .next()
+        .map(str::to_owned))
+}
+
+/// A device's chain, and what it needs to write digests.
+struct Proof {
+    chain: Chain,
+    signer: Arc<Signer>,
+    policy: DigestPolicy,
+    marks: Option<Arc<Marks>>,
+}
+
+impl Proof {
+    /// The `marks` lines due before a digest: every mark with `full`, else the changed ones.
+    fn marks_bodies(&self, full: bool) -> (Vec<String>, Vec<(String, u64)>) {
+        let Some(marks) = &self.marks else {
+            return (Vec::new(), Vec::new());
+        };
+        let taken = if full {
+            marks.all()
+        } else {
+            marks.take_changed()
+        };
+        (crate::trail::marks_bodies(&taken, full), taken)
+    }
+
+    /// Gives back marks whose line could not be written (they go in the next digest).
+    fn restore_marks(&self, taken: &[(String, u64)]) {
+        if let Some(marks) = &self.marks {
+            for (id, revision) in taken {
+                marks.note(id, *revision, false);
+            }
+        }
+    }
 }
 
 impl DbSink {
-    fn start(table: Arc<dyn AuditTable>, queue: usize) -> Self {
-        let (tx, rx) = tokio::sync::mpsc::channel(queue.max(1));
+    fn start(table: Arc<dyn AuditTable>, settings: &AuditSettings, signer: Arc<Signer>) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel(settings.queue.max(1));
         let healthy = Arc::new(DbHealth::new());
-        tokio::spawn(db_writer(Arc::clone(&table), rx, Arc::clone(&healthy)));
+        // One chain per replica and start: replicas write the table side by side.
+        let proof = Proof {
+            chain: Chain::new(),
+            signer,
+            policy: settings.digests,
+            marks: settings.marks.clone(),
+        };
+        tokio::spawn(db_writer(
+            Arc::clone(&table),
+            rx,
+            Arc::clone(&healthy),
+            proof,
+        ));
         DbSink { tx, healthy, table }
     }
 
@@ -506,6 +645,14 @@ impl DbSink {
     async fn flush(&self) -> bool {
         let (done, wait) = tokio::sync::oneshot::channel();
         if self.tx.send(DbCommand::Flush(done)).await.is_err() {
+            return false;
+        }
+        wait.await.unwrap_or(false)
+    }
+
+    async fn close(&self) -> bool {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.tx.send(DbCommand::Close(done)).await.is_err() {
             return false;
         }
         wait.await.unwrap_or(false)
@@ -526,14 +673,27 @@ async fn db_writer(
     table: Arc<dyn AuditTable>,
     mut rx: tokio::sync::mpsc::Receiver<DbCommand>,
     healthy: Arc<DbHealth>,
+    proof: Proof,
 ) {
-    let mut pending: Vec<AuditRow> = Vec::new();
+    let proof = Mutex::new(proof);
+    let mut pending: Vec<DbItem> = digest_items(&proof, DigestReason::Start, false);
     let mut dropped = 0u64;
     loop {
         // Block for work; while rows wait to be tried again, or the trail failed,
-        // wake to retry them (or to probe the table).
+        // wake to retry them (or to probe the table); while rows wait for a
+        // digest, wake when it is due.
+        let digest_in = {
+            let p = lock_proof(&proof);
+            p.chain.digest_in(p.policy)
+        };
         let next = if pending.is_empty() && healthy.ok.load(Ordering::Acquire) {
-            rx.recv().await.map(Some)
+            match digest_in {
+                None => rx.recv().await.map(Some),
+                Some(wait) => match tokio::time::timeout(wait, rx.recv()).await {
+                    Ok(command) => command.map(Some),
+                    Err(_) => Some(None),
+                },
+            }
         } else {
             match tokio::time::timeout(RETRY_INTERVAL, rx.recv()).await {
                 Ok(command) => command.map(Some),
@@ -552,10 +712,10 @@ async fn db_writer(
             }
         };
         let Some(first) = next else {
-            if !pending.is_empty() {
-                let rows = std::mem::take(&mut pending);
-                let _ = write_rows(&*table, &rows).await;
-            }
+            // The server is gone: what waits, then the closing digest.
+            let mut items = std::mem::take(&mut pending);
+            items.extend(digest_items(&proof, DigestReason::Stop, false));
+            let _ = write_rows(&*table, &items, &proof).await;
             return;
         };
         let mut group: Vec<DbCommand> = first.into_iter().collect();
@@ -565,21 +725,50 @@ async fn db_writer(
                 Err(_) => break,
             }
         }
-        let mut rows = std::mem::take(&mut pending);
-        let kept = rows.len();
+        let mut items = std::mem::take(&mut pending);
+        let kept = items.len();
         let mut waiters = Vec::new();
         let mut flushes = Vec::new();
         for command in group {
             match command {
                 DbCommand::Row { row, done } => {
-                    rows.push(row);
+                    items.push(DbItem { row, digest: None });
                     waiters.push(done);
                 }
                 DbCommand::Flush(done) => flushes.push(done),
+                DbCommand::Close(done) => {
+                    for item in digest_items(&proof, DigestReason::Stop, false) {
+                        items.push(item);
+                        waiters.push(None);
+                    }
+                    flushes.push(done);
+                }
+                DbCommand::Checkpoint => {
+                    for item in digest_items(&proof, DigestReason::Prune, true) {
+                        items.push(item);
+                        waiters.push(None);
+                    }
+                }
+            }
+        }
+        // A digest is due by time, or when this group brings the lines since
+        // the last one to the policy's count (unless the group ends with one).
+        let due = {
+            let p = lock_proof(&proof);
+            let lines = items.iter().filter(|i| i.digest.is_none()).count() as u64;
+            let closing = items.last().is_some_and(|i| i.digest.is_some());
+            !closing
+                && (p.chain.digest_due(p.policy)
+                    || lines > 0 && p.chain.lines_since_digest() + lines >= p.policy.events)
+        };
+        if due {
+            for item in digest_items(&proof, DigestReason::Interval, false) {
+                items.push(item);
+                waiters.push(None);
             }
         }
         healthy.writing(true);
-        let (written, failure) = write_rows(&*table, &rows).await;
+        let (written, failure) = write_rows(&*table, &items, &proof).await;
         healthy.writing(false);
         match &failure {
             None => {
@@ -596,13 +785,13 @@ async fn db_writer(
             }
         }
         let mut outcomes = Vec::with_capacity(waiters.len());
-        for (i, (row, written)) in rows.into_iter().zip(written).enumerate() {
+        for (i, (item, written)) in items.into_iter().zip(written).enumerate() {
             let waiter = i.checked_sub(kept).and_then(|w| waiters[w].as_ref());
             outcomes.push(written == Written::Yes);
             // Keep what failed for the database and no waiter was refused for, to try again.
             if written == Written::No && waiter.is_none() {
                 if pending.len() < DEFAULT_QUEUE {
-                    pending.push(row);
+                    pending.push(item);
                 } else {
                     dropped += 1;
                 }
@@ -619,16 +808,71 @@ async fn db_writer(
     }
 }
 
-/// Writes `rows` to the table, setting aside (log line, metric) each row the
-/// database refuses for its own values.
+fn lock_proof(proof: &Mutex<Proof>) -> std::sync::MutexGuard<'_, Proof> {
+    proof
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The marks lines due (changed ones, or every mark with `full`) and a digest, as rows.
+fn digest_items(proof: &Mutex<Proof>, reason: DigestReason, full: bool) -> Vec<DbItem> {
+    let (bodies, _) = lock_proof(proof).marks_bodies(full);
+    bodies
+        .into_iter()
+        .map(|body| DbItem::proof(body, None))
+        .chain([DbItem::proof(String::new(), Some(reason))])
+        .collect()
+}
+
+/// Writes `items` to the table, each linked into the chain as it is sent (a
+/// digest signed then), so the rows written form one unbroken chain whatever
+/// is set aside or fails; sets aside (log line, metric) each row the database
+/// refuses for its own values.
 async fn write_rows(
     table: &dyn AuditTable,
-    rows: &[AuditRow],
+    items: &[DbItem],
+    proof: &Mutex<Proof>,
 ) -> (Vec<Written>, Option<crate::store::StoreError>) {
-    let (written, failure) =
-        crate::store::write_isolating(rows, |group| table.append_audit(group)).await;
-    for (row, w) in rows.iter().zip(&written) {
+    let (written, failure) = crate::store::write_isolating(items, |group| {
+        let (rows, links) = {
+            let p = lock_proof(proof);
+            let mut links: Vec<Link> = Vec::with_capacity(group.len());
+            let rows: Vec<AuditRow> = group
+                .into_iter()
+                .map(|item| {
+                    let link = match (item.digest, links.last()) {
+                        (Some(reason), None) => p.chain.digest(&p.signer, reason, p.policy),
+                        (Some(reason), Some(after)) => {
+                            p.chain.digest_next(after, &p.signer, reason, p.policy)
+                        }
+                        (None, None) => p.chain.link(&item.row.line),
+                        (None, Some(after)) => p.chain.link_next(after, &item.row.line),
+                    };
+                    let row = AuditRow {
+                        line: link.line.clone(),
+                        chain: p.chain.id().to_owned(),
+                        chain_seq: i64::try_from(link.seq).unwrap_or(i64::MAX),
+                        ..item.row
+                    };
+                    links.push(link);
+                    row
+                })
+                .collect();
+            (rows, links)
+        };
+        async move {
+            table.append_audit(rows).await?;
+            let mut p = lock_proof(proof);
+            for link in &links {
+                p.chain.commit(link);
+            }
+            Ok(())
+        }
+    })
+    .await;
+    for (item, w) in items.iter().zip(&written) {
         if let Written::SetAside(why) = w {
+            let row = &item.row;
             crate::metrics::row_set_aside("audit");
             tracing::error!(
                 caller = %crate::escape::shown(&row.caller),
@@ -649,21 +893,42 @@ impl AuditLog {
         table: Option<Arc<dyn AuditTable>>,
         key: &MasterKey,
     ) -> Result<Self, AuditOpenError> {
+        let signer = Arc::new(Signer::derive(key));
         let file = settings
             .path
             .as_deref()
-            .map(|path| FileSink::open(settings, path))
+            .map(|path| FileSink::open(settings, path, Arc::clone(&signer)))
             .transpose()?;
         if file.is_none() && table.is_none() {
             return Err(AuditOpenError::NoDevice);
         }
         Ok(AuditLog {
             file,
-            db: table.map(|t| DbSink::start(t, settings.queue)),
+            db: table.map(|t| DbSink::start(t, settings, Arc::clone(&signer))),
             fail_open: settings.fail_open,
             sync: settings.sync,
             fingerprint_key: key.derive_subkey(b"credvault/audit-fingerprint/v1"),
+            signer,
         })
+    }
+
+    /// The key that verifies this trail's digests, for auditors.
+    pub fn public_key(&self) -> PublicKey {
+        self.signer.public_key()
+    }
+
+    /// Writes each device's closing digest and waits until it is stored: the
+    /// chain ends here, so a trail cut after it is told from a server that stopped.
+    pub async fn close(&self) -> bool {
+        let file = match &self.file {
+            Some(f) => f.close().await,
+            None => true,
+        };
+        let db = match &self.db {
+            Some(d) => d.close().await,
+            None => true,
+        };
+        file && db
     }
 
     /// Where events go, for the startup line: the file's path, `database`, or both.
@@ -804,6 +1069,9 @@ impl AuditLog {
                     credential_id: event.credential_id.to_owned(),
                     credential_name: event.credential_name.to_owned(),
                     line: line.clone(),
+                    chain: String::new(),
+                    chain_seq: 0,
+                    proof: false,
                 };
                 db.send(row, db_done).await
             }
@@ -878,9 +1146,14 @@ impl AuditLog {
     pub async fn prune(&self, before: SystemTime) -> Result<u64, Error> {
         match &self.db {
             Some(db) => {
-                db.table.prune_audit(before).await.map_err(|e| {
+                let pruned = db.table.prune_audit(before).await.map_err(|e| {
                     Error::Unavailable(format!("the audit trail cannot be pruned: {e}"))
-                })
+                })?;
+                // Every mark again, signed: what the pruned lines recorded is not lost.
+                if pruned > 0 {
+                    let _ = db.tx.send(DbCommand::Checkpoint).await;
+                }
+                Ok(pruned)
             }
             None => Ok(0),
         }
@@ -917,6 +1190,7 @@ impl AuditLog {
                 caller: query.caller.clone(),
                 start: query.start,
                 end: query.end,
+                proofs: false,
             };
             let rows = db
                 .table
@@ -1194,7 +1468,14 @@ struct Writer {
     health: Arc<Health>,
     /// Events that could not be taken while the log was failing, since the last report.
     dropped: u64,
+    /// The file's chain: every line linked, a signed digest every N lines or T seconds.
+    proof: Proof,
 }
+
+/// What the chain fields add to a line at most (`"chain"`, `"seq"`, `"prev"`).
+const CHAIN_OVERHEAD: u64 = 140;
+/// A digest line's size at most (without marks): room kept for the one that ends a file.
+const DIGEST_BYTES: u64 = 480;
 
 /// An inline write slower than this sends events back to the writer thread.
 const INLINE_WRITE_SLOW: Duration = Duration::from_millis(20);
@@ -1209,20 +1490,33 @@ impl Writer {
         let inline_allowed = lock().sync == AuditSync::Write;
         let mut group = Vec::with_capacity(64);
         loop {
-            // Block for the first command; while the log is failing, wake to retry.
-            let first = if health.written.load(Ordering::Acquire) {
-                rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
-            } else {
+            // Block for the first command; while the log is failing, wake to
+            // retry; while lines wait for a digest, wake when it is due.
+            let digest_in = {
+                let w = lock();
+                w.proof.chain.digest_in(w.proof.policy)
+            };
+            let first = if !health.written.load(Ordering::Acquire) {
                 rx.recv_timeout(RETRY_INTERVAL)
+            } else if let Some(wait) = digest_in {
+                rx.recv_timeout(wait.max(Duration::from_millis(1)))
+            } else {
+                rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
             };
             match first {
                 Ok(command) => group.push(command),
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    lock().commit(&mut group, false);
+                    let mut w = lock();
+                    if w.proof.chain.digest_due(w.proof.policy) {
+                        w.digest_now(DigestReason::Interval, false);
+                    }
+                    w.commit(&mut group, false);
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    lock().commit(&mut group, true);
+                    let mut w = lock();
+                    w.digest_now(DigestReason::Stop, false);
+                    w.commit(&mut group, true);
                     health.closed.store(true, Ordering::Release);
                     return;
                 }
@@ -1251,7 +1545,8 @@ impl Writer {
     fn rotation_due(&self, line: &str) -> bool {
         self.max_file_size > 0
             && self.size > 0
-            && self.size + line.len() as u64 + 1 > self.max_file_size
+            && self.size + line.len() as u64 + CHAIN_OVERHEAD + DIGEST_BYTES + 2
+                > self.max_file_size
     }
 
     /// Writes one event now, without fsync (the syncer thread's job): whether it
@@ -1286,6 +1581,12 @@ impl Writer {
                     }
                 }
                 Command::Flush(_) => must_sync = true,
+                Command::Close(_) => {
+                    must_sync = true;
+                    if result.is_ok() {
+                        result = self.write_digest(DigestReason::Stop, false);
+                    }
+                }
                 Command::Reopen => {
                     if result.is_ok() {
                         result = self.reopen();
@@ -1323,7 +1624,7 @@ impl Writer {
                 } => {
                     let _ = done.send(event_ok);
                 }
-                Command::Flush(done) => {
+                Command::Flush(done) | Command::Close(done) => {
                     let _ = done.send(written_ok && synced_ok);
                 }
                 _ => {}
@@ -1353,13 +1654,27 @@ impl Writer {
         }
     }
 
-    fn write_line(&mut self, line: &str) -> std::io::Result<()> {
-        let len = line.len() as u64 + 1;
-        if self.rotation_due(line) {
+    /// Writes an event (its JSON, `body`) as the chain's next line, rotating
+    /// first when due, and a digest after it when one is due.
+    fn write_line(&mut self, body: &str) -> std::io::Result<()> {
+        if self.rotation_due(body) {
             if let Err(e) = self.rotate() {
                 tracing::error!(path = %self.path.display(), error = %e, "the audit log could not be rotated; writing on");
             }
         }
+        let link = self.proof.chain.link(body);
+        self.write_link(&link)?;
+        self.proof.chain.commit(&link);
+        if self.proof.chain.digest_due(self.proof.policy) {
+            // The event is in; a digest that fails is written with a later one.
+            let _ = self.write_digest(DigestReason::Interval, false);
+        }
+        Ok(())
+    }
+
+    /// Writes a linked line (the chain commits it once this returns Ok).
+    fn write_link(&mut self, link: &Link) -> std::io::Result<()> {
+        let line = &link.line;
         // A line the buffer cannot take whole is refused whole: the file never
         // holds half an event, and what was buffered goes out once the disk allows.
         if self.out.capacity() - self.out.buffer().len() < line.len() + 1 {
@@ -1367,8 +1682,38 @@ impl Writer {
         }
         self.out.write_all(line.as_bytes())?;
         self.out.write_all(b"\n")?;
-        self.size += len;
+        self.size += line.len() as u64 + 1;
         Ok(())
+    }
+
+    /// Writes the marks changed since the last digest (every mark with `full`),
+    /// then a signed digest of the chain so far.
+    fn write_digest(&mut self, reason: DigestReason, full: bool) -> std::io::Result<()> {
+        let (bodies, taken) = self.proof.marks_bodies(full);
+        for body in bodies {
+            let link = self.proof.chain.link(&body);
+            if let Err(e) = self.write_link(&link) {
+                self.proof.restore_marks(&taken);
+                return Err(e);
+            }
+            self.proof.chain.commit(&link);
+        }
+        let proof = &self.proof;
+        let digest = proof.chain.digest(&proof.signer, reason, proof.policy);
+        self.write_link(&digest)?;
+        self.proof.chain.commit(&digest);
+        Ok(())
+    }
+
+    /// [`Writer::write_digest`] and its flush now, a failure logged (the next digest covers it).
+    fn digest_now(&mut self, reason: DigestReason, full: bool) {
+        let written = self
+            .write_digest(reason, full)
+            .and_then(|()| self.out.flush());
+        if written.is_ok() {
+            self.health.dirty.store(true, Ordering::Release);
+        }
+        self.note(written);
     }
 
     /// Writes to `file` from now on (the old one's buffer already flushed).
@@ -1383,6 +1728,16 @@ impl Writer {
 
     /// Flushes the file, then `<path>.N-1` → `<path>.N` … `<path>` → `<path>.1`, and a new `<path>`.
     fn rotate(&mut self) -> std::io::Result<()> {
+        // The old file ends signed; the new one begins with a signed checkpoint
+        // (every mark, then a digest), so it verifies once older files are gone.
+        if self.proof.chain.uncovered() {
+            let proof = &self.proof;
+            let digest = proof
+                .chain
+                .digest(&proof.signer, DigestReason::Rotate, proof.policy);
+            self.write_link(&digest)?;
+            self.proof.chain.commit(&digest);
+        }
         self.out.flush()?;
         self.out.get_ref().0.sync_data()?;
         let rotation = Arc::clone(&self.rotation);
@@ -1418,7 +1773,7 @@ impl Writer {
         self.swap_file(file);
         self.size = 0;
         tracing::info!(path = %self.path.display(), max_files = self.max_files, "audit log rotated");
-        Ok(())
+        self.write_digest(DigestReason::Checkpoint, true)
     }
 
     /// Opens the path again: an outside tool (logrotate) moved the file away.
@@ -1429,7 +1784,7 @@ impl Writer {
         self.size = file.metadata().map(|m| m.len()).unwrap_or(0);
         self.swap_file(file);
         tracing::info!(path = %self.path.display(), "audit log reopened");
-        Ok(())
+        self.write_digest(DigestReason::Checkpoint, true)
     }
 }
 
@@ -1551,7 +1906,7 @@ mod tests {
         let path = dir.path().join("audit.jsonl");
         let log = AuditLog::open(
             &AuditSettings {
-                max_file_size: 2_000,
+                max_file_size: 4_000,
                 max_files: 3,
                 ..AuditSettings::new(path.clone())
             },
@@ -1560,7 +1915,8 @@ mod tests {
         )
         .unwrap();
         let id = |i: usize| format!("cred_{i:04}");
-        // About 140 bytes an event: 14 a file, so 100 events make 8 files.
+        // About 280 bytes an event with its chain fields, and a signed
+        // checkpoint and digest a file: 11 a file, so 100 events make 9 files.
         let (mut first_page, mut next) = (None, None);
         for i in 0..100 {
             log.record(&AuditEntry {
@@ -1580,12 +1936,30 @@ mod tests {
         let sizes: Vec<u64> = (1..=3)
             .map(|n| std::fs::metadata(rotated_path(&path, n)).unwrap().len())
             .collect();
-        assert!(sizes.iter().all(|&s| s <= 2_000), "{sizes:?}");
+        assert!(sizes.iter().all(|&s| s <= 4_000), "{sizes:?}");
         assert!(
             !rotated_path(&path, 4).exists(),
             "only 3 rotated files are kept"
         );
-        assert!(std::fs::metadata(&path).unwrap().len() <= 2_000);
+        assert!(std::fs::metadata(&path).unwrap().len() <= 4_000);
+        // What retention kept still verifies: the oldest file begins with a
+        // signed checkpoint, each one ends signed.
+        let lines: Vec<(String, String)> = [3, 2, 1]
+            .iter()
+            .map(|&n| rotated_path(&path, n))
+            .chain([path.clone()])
+            .flat_map(|p| {
+                let text = std::fs::read_to_string(&p).unwrap();
+                let name = p.display().to_string();
+                text.lines()
+                    .enumerate()
+                    .map(|(i, l)| (format!("{name}:{}", i + 1), l.to_owned()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let report = crate::trail::verify(lines, &[log.public_key()]);
+        assert!(report.intact(), "{:?}", report.problems);
+        assert_eq!(report.chains.len(), 1);
         // Everything still kept is listed, oldest first, in one run of pages.
         let mut all = Vec::new();
         let mut from = None;

@@ -92,6 +92,8 @@ pub struct Config {
     pub audit_max_files: usize,
     /// What a secret read's answer waits for: its audit event written, or fsynced too.
     pub audit_sync: crate::audit::AuditSync,
+    /// How often the audit trail writes a signed digest of its chain.
+    pub audit_digests: crate::trail::DigestPolicy,
     /// Connection and HTTP/2 limits.
     pub transport: crate::transport::TransportSettings,
     /// How often refused calls not logged one by one are summarized per peer.

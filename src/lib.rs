@@ -21,6 +21,8 @@
 //! - [`refusals`]: floods of refused calls recorded per peer in summaries, not line by line;
 //! - [`transport`]: connection hardening: the accept loop and its cap, handshake deadlines, TLS;
 //! - [`audit`]: the audit trail of every RPC, with secret-read fingerprints;
+//! - [`trail`]: the trail's tamper evidence: hash chains, signed digests, the
+//!   credentials' high-water marks, and the verifier `credvault audit verify` runs;
 //! - [`provider`]: the [`provider::Provider`] trait (a secret's fields, headers, base URL,
 //!   verification) and its registry: one module per built-in API ([`provider::fleetio`]), and
 //!   providers declared in the providers file ([`provider::declared`]), both in the reloadable
@@ -70,6 +72,7 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod telemetry;
+pub mod trail;
 pub mod transport;
 pub mod validate;
 pub mod vault;

@@ -124,6 +124,9 @@ async fn serve<S: Store>(
         (None, Some(_)) => None,
         (None, None) => Some(config.data_dir.join("audit.jsonl")),
     };
+    // The highest revision seen of each credential: the vault refuses a record
+    // below it, and the audit trail records them under its signed digests.
+    let marks = Arc::new(crate::trail::Marks::default());
     let audit = Arc::new(AuditLog::open(
         &AuditSettings {
             path: audit_path,
@@ -132,6 +135,8 @@ async fn serve<S: Store>(
             max_files: config.audit_max_files,
             sync: config.audit_sync,
             queue: crate::audit::DEFAULT_QUEUE,
+            digests: config.audit_digests,
+            marks: Some(Arc::clone(&marks)),
         },
         table,
         config.keyring.active(),
@@ -140,7 +145,8 @@ async fn serve<S: Store>(
     let vault = Arc::new(
         Vault::new(Arc::clone(&store), config.keyring, seals, providers)
             .with_feedback(config.feedback.clone())
-            .with_history(config.keep_versions, config.recovery_window),
+            .with_history(config.keep_versions, config.recovery_window)
+            .with_marks(marks),
     );
     // Pauses of provider accounts reported before this start (they outlive a restart).
     if let Err(e) = vault.resync_pauses().await {
@@ -485,7 +491,8 @@ async fn serve<S: Store>(
     if let Err(e) = keys::withdraw_active(&*store, vault.instance()).await {
         tracing::warn!(error = %e, "the active-key announcement could not be withdrawn");
     }
-    if !audit.flush().await {
+    // The closing digest: a trail that ends with it was not cut short.
+    if !audit.close().await {
         tracing::error!("the audit log could not be flushed at shutdown");
     }
     store.flush().await?;

@@ -872,6 +872,7 @@ impl<S: Store> VaultService<S> {
         Ok(api::ListAuditEventsResponse {
             events,
             next_page_token: next.map(validate::audit_token).unwrap_or_default(),
+            audit_public_key: self.audit.public_key().to_string(),
         })
     }
 }

@@ -222,7 +222,8 @@ pub struct Vault<S> {
     /// The highest revision this server has seen of each credential: a stored
     /// record below it was put back behind the vault's back (a replayed row, a
     /// restored snapshot) and is refused, never served or pushed.
-    marks: Mutex<HashMap<String, u64>>,
+    /// Shared with the audit trail, whose `marks` lines record them.
+    marks: Arc<crate::trail::Marks>,
     /// Whether every record must carry a MAC: set once the start-up pass has
     /// authenticated the records written before MACs (see [`Vault::authenticate_all`]).
     macs_required: std::sync::atomic::AtomicBool,
@@ -241,7 +242,7 @@ impl<S: Store> Vault<S> {
             sealer: Sealer::new(keyring, seals),
             providers,
             pending_usage: Mutex::new(HashMap::new()),
-            marks: Mutex::new(HashMap::new()),
+            marks: Arc::default(),
             macs_required: std::sync::atomic::AtomicBool::new(false),
             verified: Mutex::new(HashMap::new()),
             instance: uuid::Uuid::now_v7().simple().to_string(),
@@ -476,6 +477,13 @@ impl<S: Store> Vault<S> {
             let items = self.store.list(after.as_deref(), LIST_SCAN_BATCH).await?;
             let read = items.len();
             for (id, item) in items {
+                // Every live record's revision starts the marks the audit trail records.
+                if let Ok(record) = &item {
+                    if self.check_fresh(record).is_err() {
+                        after = Some(id);
+                        continue;
+                    }
+                }
                 if item.is_ok_and(|r| r.mac.is_empty()) {
                     match self
                         .change(&id, "while it was authenticated", |current| async move {
@@ -539,10 +547,9 @@ impl<S: Store> Vault<S> {
     /// of it (`DATA_LOSS`, counted and logged): revisions only grow, so a lower
     /// one was written back from a snapshot, a backup or an old row. Else notes it.
     fn check_fresh(&self, record: &CredentialRecord) -> Result<(), Error> {
-        let mut marks = lock(&self.marks);
-        match marks.get(&record.id) {
-            Some(&seen) if record.revision < seen => {
-                drop(marks);
+        match self.marks.check(&record.id, record.revision) {
+            Ok(()) => Ok(()),
+            Err(seen) => {
                 metrics::record_refused("replayed");
                 tracing::error!(
                     credential_id = %record.id,
@@ -555,22 +562,24 @@ impl<S: Store> Vault<S> {
                     record.id, record.revision
                 )))
             }
-            Some(&seen) if record.revision == seen => Ok(()),
-            _ => {
-                marks.insert(record.id.clone(), record.revision);
-                Ok(())
-            }
         }
     }
 
     /// Notes that `id` is now at `revision` (a write of this server), or, with
     /// `reset`, at exactly that (an undelete brings back a lower revision).
     fn mark(&self, id: &str, revision: u64, reset: bool) {
-        let mut marks = lock(&self.marks);
-        let entry = marks.entry(id.to_owned()).or_insert(revision);
-        if reset || *entry < revision {
-            *entry = revision;
-        }
+        self.marks.note(id, revision, reset);
+    }
+
+    /// The high-water marks this vault keeps, shared with the audit trail.
+    pub fn marks(&self) -> Arc<crate::trail::Marks> {
+        Arc::clone(&self.marks)
+    }
+
+    /// The same vault keeping its high-water marks in `marks` (the audit trail's).
+    pub fn with_marks(mut self, marks: Arc<crate::trail::Marks>) -> Self {
+        self.marks = marks;
+        self
     }
 
     /// The id of the credential named `name` now, whatever the caller (for the watch hub).

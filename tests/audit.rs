@@ -297,7 +297,7 @@ async fn the_log_rotates_by_size_and_is_reopened_on_sighup() {
     let dir = tempfile::TempDir::new().unwrap();
     let setup = write_config(dir.path());
     let mut args = setup.args.clone();
-    args.extend(["--audit-max-file-size", "4KiB", "--audit-max-files", "2"].map(String::from));
+    args.extend(["--audit-max-file-size", "8KiB", "--audit-max-files", "2"].map(String::from));
     let mut process = Process::serve(&args, &[], dir.path()).await.unwrap();
     let mut admin = process.client(&setup.tokens.admin).await;
     create(&mut admin, "rotated", "key-00000001", "acct").await;
@@ -311,12 +311,15 @@ async fn the_log_rotates_by_size_and_is_reopened_on_sighup() {
     let audit = dir.path().join("data/audit.jsonl");
     let file = |suffix: &str| PathBuf::from(format!("{}{suffix}", audit.display()));
     let listed = events(&mut admin, api::ListAuditEventsRequest::default()).await;
-    // The current file and two rotated ones, each at most 4 KiB; older ones deleted.
+    // The current file and two rotated ones, each at most 8 KiB; older ones deleted.
     let mut kept = 0;
     for suffix in ["", ".1", ".2"] {
         let text = std::fs::read_to_string(file(suffix)).unwrap();
-        assert!(text.len() <= 4096, "{suffix}: {} bytes", text.len());
-        kept += text.lines().count();
+        assert!(text.len() <= 8192, "{suffix}: {} bytes", text.len());
+        kept += text
+            .lines()
+            .filter(|l| !l.starts_with(r#"{"kind""#))
+            .count();
     }
     assert!(!file(".3").exists());
     // A listing reads them all, oldest first: the newest reads, then this listing.
@@ -329,6 +332,7 @@ async fn the_log_rotates_by_size_and_is_reopened_on_sighup() {
     let times: Vec<_> = listed.iter().map(|e| e.time.unwrap().seconds).collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]));
 
+    let key = public_key(&mut admin).await;
     // An outside logrotate moves the file away and sends SIGHUP: a new file is begun.
     std::fs::rename(&audit, file(".old")).unwrap();
     process.signal("HUP");
@@ -339,8 +343,228 @@ async fn the_log_rotates_by_size_and_is_reopened_on_sighup() {
         .unwrap();
     process.terminate().await;
     let fresh = std::fs::read_to_string(&audit).unwrap();
-    assert_eq!(fresh.lines().count(), 1, "{fresh}");
-    assert!(fresh.contains("GetCredentialHeaders"));
+    let fresh_events: Vec<_> = fresh
+        .lines()
+        .filter(|l| !l.starts_with(r#"{"kind""#))
+        .collect();
+    assert_eq!(fresh_events.len(), 1, "{fresh}");
+    assert!(fresh_events[0].contains("GetCredentialHeaders"));
+    // What rotation and retention kept, and the file moved away, verify as one
+    // chain: the oldest kept file begins with a signed checkpoint, each new file
+    // too, and the last ends with the server's closing digest.
+    let files = [file(".2"), file(".1"), file(".old"), audit.clone()];
+    let mut verify = vec!["audit", "verify", "--public-key", &key];
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    for name in &names {
+        verify.extend(["--file", name]);
+    }
+    let (ok, out) = run_cli(&verify);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("verdict: intact") && out.contains("closing digest"),
+        "{out}"
+    );
+    assert!(out.contains("1 chain(s)"), "{out}");
+}
+
+/// The audit public key a server answers with its listing.
+async fn public_key(admin: &mut Client) -> String {
+    let key = admin
+        .list_audit_events(api::ListAuditEventsRequest {
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .audit_public_key;
+    assert!(
+        key.split_once(' ')
+            .is_some_and(|(id, k)| !id.is_empty() && k.len() == 44),
+        "{key}"
+    );
+    key
+}
+
+/// Runs the `credvault` binary with `args`: whether it exited 0, and its output.
+fn run_cli(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(binary())
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Writes `lines` as an audit file in `dir` and verifies it with `key`.
+fn verify_lines(dir: &std::path::Path, name: &str, lines: &[&str], key: &str) -> (bool, String) {
+    let path = dir.join(name);
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    run_cli(&[
+        "audit",
+        "verify",
+        "--file",
+        path.to_str().unwrap(),
+        "--public-key",
+        key,
+    ])
+}
+
+#[tokio::test]
+async fn the_trail_proves_its_own_completeness_to_an_auditor_with_the_public_key() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let setup = write_config(dir.path());
+    let mut args = setup.args.clone();
+    args.extend(["--audit-digest-events", "8"].map(String::from));
+    let mut process = Process::serve(&args, &[], dir.path()).await.unwrap();
+    let mut admin = process.client(&setup.tokens.admin).await;
+    create(&mut admin, "chained", "key-00000001", "acct").await;
+    let mut worker = process.client(&setup.tokens.worker).await;
+    for _ in 0..30 {
+        worker
+            .get_credential_headers(headers_by_name("chained"))
+            .await
+            .unwrap();
+    }
+    let key = public_key(&mut admin).await;
+    // The printed key is the one the server answers with.
+    let printed = run_cli(&[
+        "audit",
+        "public-key",
+        "--master-key-file",
+        dir.path().join("master.key").to_str().unwrap(),
+    ]);
+    assert!(printed.0 && printed.1.contains(&key), "{printed:?}");
+    process.terminate().await;
+    let trail = std::fs::read_to_string(dir.path().join("data/audit.jsonl")).unwrap();
+    let lines: Vec<&str> = trail.lines().collect();
+    let (ok, out) = verify_lines(dir.path(), "intact", &lines, &key);
+    assert!(ok && out.contains("verdict: intact"), "{out}");
+    assert!(out.contains("closing digest"), "{out}");
+
+    // Each kind of tampering is named, with its place.
+    let event = |n: usize| {
+        lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.contains("GetCredentialHeaders"))
+            .nth(n)
+            .unwrap()
+            .0
+    };
+    let tampered = |name: &str, lines: Vec<&str>| {
+        let (ok, out) = verify_lines(dir.path(), name, &lines, &key);
+        assert!(!ok, "{name}: {out}");
+        assert!(out.contains("TAMPERED"), "{name}: {out}");
+        out
+    };
+    let mut deleted = lines.clone();
+    deleted.remove(event(10));
+    let out = tampered("deleted", deleted);
+    assert!(out.contains("was deleted"), "{out}");
+
+    let mut edited = lines.clone();
+    let changed = edited[event(5)].replacen("worker", "wOrker", 1);
+    edited[event(5)] = &changed;
+    let out = tampered("edited", edited);
+    assert!(
+        out.contains(&format!("edited:{}: the event at seq", event(5) + 1))
+            && out.contains("was edited"),
+        "{out}"
+    );
+
+    let mut swapped = lines.clone();
+    swapped.swap(event(3), event(4));
+    let out = tampered("swapped", swapped);
+    assert!(out.contains("out of order"), "{out}");
+
+    let mut inserted = lines.clone();
+    inserted.insert(event(7), lines[event(2)]);
+    let out = tampered("inserted", inserted);
+    assert!(out.contains("appears again"), "{out}");
+
+    // A dropped tail: no closing digest, and the unsigned lines are named.
+    let cut = &lines[..lines.len() - 3];
+    let (ok, out) = verify_lines(dir.path(), "cut", cut, &key);
+    assert!(ok, "{out}");
+    assert!(!out.contains("closing digest"), "{out}");
+
+    // Another server's events spliced in.
+    let other_dir = tempfile::TempDir::new().unwrap();
+    let other_setup = write_config(other_dir.path());
+    let mut other = Process::serve(&other_setup.args, &[], other_dir.path())
+        .await
+        .unwrap();
+    let mut other_admin = other.client(&other_setup.tokens.admin).await;
+    create(&mut other_admin, "elsewhere", "key-00000009", "acct").await;
+    let other_key = public_key(&mut other_admin).await;
+    other.terminate().await;
+    let foreign = std::fs::read_to_string(other_dir.path().join("data/audit.jsonl")).unwrap();
+    let foreign_event = foreign
+        .lines()
+        .find(|l| l.contains("CreateCredential"))
+        .unwrap();
+    let mut spliced = lines.clone();
+    spliced.insert(event(12), foreign_event);
+    let out = tampered("spliced", spliced);
+    assert!(out.contains("spliced"), "{out}");
+
+    // With another server's public key, no digest verifies.
+    let (ok, out) = verify_lines(dir.path(), "intact", &lines, &other_key);
+    assert!(!ok && out.contains("not among the public keys"), "{out}");
+}
+
+#[tokio::test]
+async fn the_trail_of_a_killed_server_verifies_up_to_its_last_event() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let setup = write_config(dir.path());
+    let process = Process::serve(&setup.args, &[], dir.path()).await.unwrap();
+    let mut admin = process.client(&setup.tokens.admin).await;
+    create(&mut admin, "killed", "key-00000001", "acct").await;
+    let key = public_key(&mut admin).await;
+    let mut worker = process.client(&setup.tokens.worker).await;
+    for _ in 0..50 {
+        worker
+            .get_credential_headers(headers_by_name("killed"))
+            .await
+            .unwrap();
+    }
+    process.signal("KILL");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let trail = std::fs::read_to_string(dir.path().join("data/audit.jsonl")).unwrap();
+    let lines: Vec<&str> = trail.lines().collect();
+    let events = lines
+        .iter()
+        .filter(|l| l.contains("GetCredentialHeaders"))
+        .count();
+    assert_eq!(events, 50);
+    let (ok, out) = verify_lines(dir.path(), "killed", &lines, &key);
+    assert!(ok && out.contains("verdict: intact"), "{out}");
+    assert!(!out.contains("closing digest"), "{out}");
+    // A restart goes on with the same chain, from a signed start digest.
+    let mut process = Process::serve(&setup.args, &[], dir.path()).await.unwrap();
+    let mut worker = process.client(&setup.tokens.worker).await;
+    worker
+        .get_credential_headers(headers_by_name("killed"))
+        .await
+        .unwrap();
+    process.terminate().await;
+    let (ok, out) = run_cli(&[
+        "audit",
+        "verify",
+        "--log",
+        dir.path().join("data/audit.jsonl").to_str().unwrap(),
+        "--public-key",
+        &key,
+    ]);
+    assert!(
+        ok && out.contains("1 chain(s)") && out.contains("closing digest"),
+        "{out}"
+    );
 }
 
 #[tokio::test]

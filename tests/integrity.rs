@@ -86,7 +86,41 @@ async fn a_replayed_row_is_refused_and_never_pushed() {
         .await
         .unwrap_err();
     assert_eq!(write.code(), Code::DataLoss);
+    let key = admin
+        .list_audit_events(api::ListAuditEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .audit_public_key;
+    // A restarted server has not seen the later revision (its marks begin again):
+    // the trail's signed marks are what an offline check compares the store with.
+    let server = server.restart().await;
     server.stop().await.unwrap();
+    let out = std::process::Command::new(binary())
+        .args([
+            "audit",
+            "verify",
+            "--database",
+            "--database-url",
+            &url,
+            "--store",
+            &format!("postgres:{url}"),
+            "--public-key",
+            &key,
+        ])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("credential {} is at revision {revision}", made.id))
+            && text.contains("replayed"),
+        "{text}"
+    );
+    // Two chains (one a start), both closed; only the replayed record is named.
+    assert!(text.contains("2 chain(s)"), "{text}");
+    assert_eq!(text.matches("PROBLEM").count(), 1, "{text}");
 }
 
 /// Rewrites the stored row of credential `id` with `edit` applied to its record,

@@ -385,6 +385,11 @@ async fn old_audit_events_are_pruned_from_the_database() {
     let server = TestServer::start_with(Options {
         store: TestStore::Postgres,
         audit_retention: Duration::from_secs(2),
+        // Events go once a digest after them is past the cutoff too.
+        audit_digests: credvault::trail::DigestPolicy {
+            events: 1000,
+            interval: Duration::from_secs(1),
+        },
         ..Options::default()
     })
     .await;
@@ -397,7 +402,7 @@ async fn old_audit_events_are_pruned_from_the_database() {
             .unwrap();
     }
     assert!(audit_of(&mut admin, "short-lived").await.len() >= 4);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !audit_of(&mut admin, "short-lived").await.is_empty() {
         assert!(
             std::time::Instant::now() < deadline,
@@ -411,8 +416,28 @@ async fn old_audit_events_are_pruned_from_the_database() {
         .await
         .unwrap();
     assert_eq!(audit_of(&mut admin, "short-lived").await.len(), 1);
+    let key = admin
+        .list_audit_events(api::ListAuditEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .audit_public_key;
     drop(admin);
+    let url = server.database_url.clone().unwrap();
     server.stop().await.unwrap();
+    // Pruning keeps each chain's last digest before the cutoff: what is left
+    // begins with a signed checkpoint and verifies.
+    let out = std::process::Command::new(binary())
+        .args(["audit", "verify", "--database", "--database-url", &url])
+        .args(["--public-key", &key])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("verdict: intact") && text.contains("closing digest"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -593,7 +618,7 @@ async fn migrate_store_copies_a_sled_store_to_postgres_and_back() {
         String::from_utf8_lossy(&migrate.stderr)
     );
     assert!(String::from_utf8_lossy(&migrate.stdout)
-        .contains("applied schema migrations [1, 2, 3, 4, 5, 6, 7]"));
+        .contains("applied schema migrations [1, 2, 3, 4, 5, 6, 7, 8]"));
     let again = run_cli(&["migrate"], &[("CREDVAULT_DATABASE_URL", &url)]).await;
     assert!(String::from_utf8_lossy(&again.stdout).contains("up to date"));
 

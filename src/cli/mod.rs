@@ -1,5 +1,5 @@
 //! The command line, part of the binary (not of the library): `serve`, `keygen`, `token`,
-//! `healthcheck`, `rewrap`, `backup`, `restore`, `migrate` and `migrate-store`, each flag also
+//! `healthcheck`, `rewrap`, `backup`, `restore`, `migrate`, `migrate-store` and `audit`, each flag also
 //! read from `CREDVAULT_<FLAG>`.
 
 use std::collections::BTreeMap;
@@ -9,6 +9,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::anyhow;
+
+mod audit;
 use clap::{Args, Parser, Subcommand};
 
 use credvault::auth::{self, Permission};
@@ -55,6 +57,11 @@ enum Command {
     /// Copies every record, still encrypted, from one store to another (which must be
     /// empty) and verifies the copy, e.g. --from sled:/var/lib/credvault --to postgres.
     MigrateStore(MigrateStoreArgs),
+    /// The auditor's commands: the digests' public keys, and verifying a trail.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -330,6 +337,13 @@ struct ServeArgs {
         default_value = "write"
     )]
     audit_sync: credvault::audit::AuditSync,
+    /// Write a signed digest of the audit chain after this many lines...
+    #[arg(long, env = "CREDVAULT_AUDIT_DIGEST_EVENTS", default_value_t = credvault::trail::DEFAULT_DIGEST_EVENTS, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    audit_digest_events: u64,
+    /// ...or this long after the first line not yet covered by one, e.g. 5s: the
+    /// most that a crash leaves unsigned at the trail's end.
+    #[arg(long, env = "CREDVAULT_AUDIT_DIGEST_INTERVAL", default_value = "5s", value_parser = parse_digest_interval)]
+    audit_digest_interval: Duration,
     /// With --store postgres: delete events older than this from the database's trail
     /// (checked at start and then every quarter of it, at most hourly), e.g. 400d; 0s keeps all.
     #[arg(long, env = "CREDVAULT_AUDIT_RETENTION", default_value = "0s", value_parser = humantime::parse_duration)]
@@ -452,6 +466,15 @@ fn parse_size(text: &str) -> Result<u64, String> {
         .parse::<bytesize::ByteSize>()
         .map(|b| b.as_u64())
         .map_err(|e| format!("{text:?} is not a size such as 64MiB: {e}"))
+}
+
+/// A digest interval between 100 ms and one hour.
+fn parse_digest_interval(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+        return Err(format!("{text:?} is outside 100ms..1h"));
+    }
+    Ok(d)
 }
 
 /// Which store holds the credentials.
@@ -596,6 +619,7 @@ pub fn main() -> ExitCode {
         Command::CheckProviders(args) => check_providers(&args),
         Command::Migrate(args) => migrate(&args),
         Command::MigrateStore(args) => migrate_store(&args),
+        Command::Audit { command } => audit::run(&command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -1020,6 +1044,10 @@ fn resolve(dev: bool, args: &ServeArgs) -> anyhow::Result<Config> {
         audit_max_file_size: args.audit_max_file_size,
         audit_max_files: args.audit_max_files,
         audit_sync: args.audit_sync,
+        audit_digests: credvault::trail::DigestPolicy {
+            events: args.audit_digest_events,
+            interval: args.audit_digest_interval,
+        },
         transport: args.transport.settings(),
         refusal_summary_interval: args.transport.refusal_summary_interval,
         tls,

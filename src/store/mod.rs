@@ -124,8 +124,13 @@ pub struct AuditRow {
     pub caller: String,
     pub credential_id: String,
     pub credential_name: String,
-    /// The event's JSON line, exactly as the audit file holds it.
+    /// The event's JSON line with its chain fields (see [`crate::trail`]).
     pub line: String,
+    /// The writer's chain and the line's place in it.
+    pub chain: String,
+    pub chain_seq: i64,
+    /// A line of the chain's own (a digest or marks), not an event: listings skip it.
+    pub proof: bool,
 }
 
 /// What a listing of the database's audit trail asks for (empty: any).
@@ -136,6 +141,8 @@ pub struct AuditFilter {
     pub caller: Option<String>,
     pub start: Option<std::time::SystemTime>,
     pub end: Option<std::time::SystemTime>,
+    /// Also the chain's own lines (digests, marks): for `credvault audit verify`.
+    pub proofs: bool,
 }
 
 /// A boxed future, for the object-safe [`AuditTable`].

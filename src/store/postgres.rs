@@ -140,6 +140,17 @@ CREATE TABLE credvault_deleted (
 ALTER TABLE credvault_erasable_keys ADD COLUMN created timestamptz NOT NULL DEFAULT now();
 "#,
     ),
+    (
+        8,
+        "each audit row's place in its writer's hash chain, and whether it is a digest or marks line",
+        r#"
+ALTER TABLE credvault_audit
+    ADD COLUMN chain     text COLLATE "C" NOT NULL DEFAULT '',
+    ADD COLUMN chain_seq bigint NOT NULL DEFAULT 0,
+    ADD COLUMN proof     boolean NOT NULL DEFAULT false;
+CREATE INDEX credvault_audit_chain ON credvault_audit (chain, chain_seq) WHERE proof;
+"#,
+    ),
 ];
 
 /// The prefix of a pause's notification on [`CHANGES_CHANNEL`]: `!pause <account hex> <until ms>`
@@ -565,23 +576,28 @@ impl super::AuditTable for PgStore {
             let mut times = Vec::with_capacity(rows.len());
             let (mut callers, mut ids, mut names, mut lines) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let (mut chains, mut seqs, mut proofs) = (Vec::new(), Vec::new(), Vec::new());
             for row in rows {
                 times.push(row.time);
                 callers.push(row.caller);
                 ids.push(row.credential_id);
                 names.push(row.credential_name);
                 lines.push(row.line);
+                chains.push(row.chain);
+                seqs.push(row.chain_seq);
+                proofs.push(row.proof);
             }
             // One statement for the group, in the order the events were recorded.
             self.client()
                 .await?
                 .execute(
-                    "INSERT INTO credvault_audit (time, caller, credential_id, credential_name, event)
-                     SELECT time, caller, credential_id, credential_name, event
-                     FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[])
-                     WITH ORDINALITY AS r(time, caller, credential_id, credential_name, event, n)
+                    "INSERT INTO credvault_audit (time, caller, credential_id, credential_name, event, chain, chain_seq, proof)
+                     SELECT time, caller, credential_id, credential_name, event, chain, chain_seq, proof
+                     FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                 $6::text[], $7::bigint[], $8::boolean[])
+                     WITH ORDINALITY AS r(time, caller, credential_id, credential_name, event, chain, chain_seq, proof, n)
                      ORDER BY n",
-                    &[&times, &callers, &ids, &names, &lines],
+                    &[&times, &callers, &ids, &names, &lines, &chains, &seqs, &proofs],
                 )
                 .await
                 .map_err(db)?;
@@ -602,7 +618,7 @@ impl super::AuditTable for PgStore {
                 .await?
                 .query(
                     "SELECT seq, event FROM credvault_audit
-                     WHERE seq > $1
+                     WHERE seq > $1 AND ($8 OR NOT proof)
                        AND ($2::text IS NULL OR credential_id = $2)
                        AND ($3::text IS NULL OR credential_name = $3)
                        AND ($4::text IS NULL OR caller = $4)
@@ -617,6 +633,7 @@ impl super::AuditTable for PgStore {
                         &filter.start,
                         &filter.end,
                         &limit,
+                        &filter.proofs,
                     ],
                 )
                 .await
@@ -635,8 +652,16 @@ impl super::AuditTable for PgStore {
             loop {
                 let n = client
                     .execute(
+                        // Each chain keeps its last digest from before the cutoff and
+                        // what follows: a signed checkpoint the rest verifies from.
                         "DELETE FROM credvault_audit WHERE seq IN (
-                             SELECT seq FROM credvault_audit WHERE time < $1 ORDER BY seq LIMIT $2)",
+                             SELECT a.seq FROM credvault_audit a
+                             WHERE a.time < $1
+                               AND (a.chain = '' OR a.chain_seq < (
+                                   SELECT max(d.chain_seq) FROM credvault_audit d
+                                   WHERE d.proof AND d.chain = a.chain AND d.time < $1
+                                     AND d.event LIKE '{\"kind\":\"digest\"%'))
+                             ORDER BY a.seq LIMIT $2)",
                         &[&before, &PRUNE_BATCH],
                     )
                     .await

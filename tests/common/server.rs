@@ -87,6 +87,8 @@ pub struct Options {
     pub transport: credvault::transport::TransportSettings,
     /// What a secret read waits for.
     pub audit_sync: credvault::audit::AuditSync,
+    /// How often the audit trail signs a digest.
+    pub audit_digests: credvault::trail::DigestPolicy,
     /// How long the database keeps audit events.
     pub audit_retention: Duration,
     /// The providers file (declared providers).
@@ -124,6 +126,7 @@ impl Default for Options {
             audit_fail_open: false,
             transport: Default::default(),
             audit_sync: Default::default(),
+            audit_digests: Default::default(),
             audit_retention: Duration::ZERO,
             providers_file: None,
             base_urls: Vec::new(),
@@ -252,6 +255,7 @@ impl TestServer {
             audit_max_file_size: 0,
             audit_max_files: 0,
             audit_sync: opts.audit_sync,
+            audit_digests: opts.audit_digests,
             transport: opts.transport.clone(),
             refusal_summary_interval: Duration::from_secs(10),
             tls: None,
@@ -410,6 +414,7 @@ pub fn bare_config(dir: &Path, keys: &str) -> Config {
         audit_max_file_size: 0,
         audit_max_files: 0,
         audit_sync: Default::default(),
+        audit_digests: Default::default(),
         transport: Default::default(),
         refusal_summary_interval: Duration::from_secs(10),
         tls: None,
