@@ -4,12 +4,13 @@
 //! envelope encryption (see [`crate::crypto`]): the secret sealed by a random
 //! data key, the data key wrapped by a master key. Both are bound to the
 //! record's id (and the secret to its provider) by [`crate::sealing`], so they
-//! cannot be moved to another record. Format 3 (written now) also mixes a per-version
+//! cannot be moved to another record. Format 3 also mixes a per-version
 //! *erasable key* into the key that seals the secret: that key is kept outside the record
 //! (see [`crate::store`]), so erasing it destroys every copy of that version's ciphertext,
-//! wherever the engine left one (sled's log segments, PostgreSQL's dead rows). Formats 1
-//! (sealed directly by the master key) and 2 (no erasable key) are still read; a rewrap
-//! upgrades them.
+//! wherever the engine left one (sled's log segments, PostgreSQL's dead rows). Format 4
+//! (written now) binds the secret to the credential's name as well, which scopes match
+//! on. Formats 1 (sealed directly by the master key), 2 (no erasable key) and 3 are still
+//! read; a rewrap upgrades them.
 //!
 //! A record keeps the secrets it replaced as [`SecretVersion`]s (newest first), each
 //! sealed like the current one; a deleted record is kept whole, with when it goes for good.
@@ -21,8 +22,11 @@ use prost_types::Timestamp;
 
 use crate::crypto::Sealed;
 
-/// The format number written into every record; a reader refuses others.
-pub const RECORD_FORMAT: u32 = 3;
+/// The format number written into every record; a reader refuses others. Format
+/// 4 binds the secret to the credential's name as well (its associated data).
+pub const RECORD_FORMAT: u32 = 4;
+/// The format before names were bound: id, provider and version in the associated data.
+pub const RECORD_FORMAT_VERSIONED: u32 = 3;
 /// The format before erasable keys: a data key wrapped by the master key.
 pub const RECORD_FORMAT_ENVELOPE: u32 = 2;
 /// The oldest format: the secret sealed directly by the master key (no data key).
@@ -140,6 +144,10 @@ pub struct SecretVersion {
     pub destroy_time: Option<Timestamp>,
     #[prost(string, tag = "11")]
     pub destroyed_by: String,
+    /// How its secret is bound: [`RECORD_FORMAT`] (to the name too), or 0 for
+    /// a version sealed as format 3 (id, provider and version).
+    #[prost(uint32, tag = "12")]
+    pub format: u32,
 }
 
 impl SecretVersion {
@@ -369,7 +377,14 @@ impl CredentialRecord {
     /// Decodes a stored record and checks that it is whole and belongs under `id`.
     pub fn from_bytes(id: &str, bytes: &[u8]) -> Result<Self, DecodeError> {
         let record = CredentialRecord::decode(bytes).map_err(|_| DecodeError::Malformed)?;
-        if ![RECORD_FORMAT, RECORD_FORMAT_ENVELOPE, RECORD_FORMAT_DIRECT].contains(&record.format) {
+        if ![
+            RECORD_FORMAT,
+            RECORD_FORMAT_VERSIONED,
+            RECORD_FORMAT_ENVELOPE,
+            RECORD_FORMAT_DIRECT,
+        ]
+        .contains(&record.format)
+        {
             return Err(DecodeError::UnknownFormat(record.format));
         }
         if record.id != id {

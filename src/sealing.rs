@@ -1,6 +1,6 @@
 //! Sealing a credential's secret, in one place: the associated data that binds
 //! each record format's ciphertexts to their record (format 3: also to the version
-//! and seal), sealing under a new data key wrapped by the active master key and
+//! and seal; format 4: also to the name), sealing under a new data key wrapped by the active master key and
 //! mixed with a new erasable key kept by the store (every seal counted), opening
 //! under the keyring, and rewrapping data keys, kept versions' too. It knows
 //! records and keys, not providers or their HTTP clients, so restore and rewrap
@@ -14,6 +14,7 @@ use crate::crypto::{Keyring, OpenError};
 use crate::keys::{SealCounter, SealRefused};
 use crate::record::{
     CredentialRecord, ErasableKey, SecretVersion, RECORD_FORMAT, RECORD_FORMAT_DIRECT,
+    RECORD_FORMAT_VERSIONED,
 };
 use crate::store::Store;
 
@@ -102,6 +103,26 @@ pub fn versioned_secret_aad(id: &str, provider: &str, version: u64) -> Vec<u8> {
     ])
 }
 
+/// Format 4: the associated data that binds a secret to its record, its name, its provider and version.
+pub fn named_secret_aad(id: &str, name: &str, provider: &str, version: u64) -> Vec<u8> {
+    aad(&[
+        b"credvault/secret/v4",
+        id.as_bytes(),
+        name.as_bytes(),
+        provider.as_bytes(),
+        &version.to_be_bytes(),
+    ])
+}
+
+/// The associated data of a format 3 or 4 secret of `record` at `version`.
+fn bound_secret_aad(format: u32, record: &CredentialRecord, version: u64) -> Vec<u8> {
+    if format == RECORD_FORMAT {
+        named_secret_aad(&record.id, &record.name, &record.provider, version)
+    } else {
+        versioned_secret_aad(&record.id, &record.provider, version)
+    }
+}
+
 /// Format 3: the associated data that binds a wrapped data key to its record and seal.
 pub fn sealed_data_key_aad(id: &str, seal_id: u64) -> Vec<u8> {
     aad(&[
@@ -117,13 +138,13 @@ pub fn open_record(
     record: &CredentialRecord,
 ) -> Result<Zeroizing<Vec<u8>>, OpenError> {
     let secret = record.secret.as_ref().ok_or(OpenError::Failed)?;
-    if record.format == RECORD_FORMAT {
+    if record.format == RECORD_FORMAT || record.format == RECORD_FORMAT_VERSIONED {
         let data_key = record.data_key.as_ref().ok_or(OpenError::Failed)?;
         return keyring.open_envelope_mixed(
             data_key,
             &sealed_data_key_aad(&record.id, record.seal_id),
             secret,
-            &versioned_secret_aad(&record.id, &record.provider, record.secret_version),
+            &bound_secret_aad(record.format, record, record.secret_version),
             record.erasable_key(record.seal_id),
         );
     }
@@ -157,7 +178,7 @@ pub fn open_version(
         data_key,
         &sealed_data_key_aad(&record.id, version.seal_id),
         secret,
-        &versioned_secret_aad(&record.id, &record.provider, version.version),
+        &bound_secret_aad(version.format, record, version.version),
         record.erasable_key(version.seal_id),
     )
 }
@@ -208,8 +229,8 @@ impl Sealer {
         *self.keyring.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keyring);
     }
 
-    /// Seals `plaintext` into `record` (whose id, provider and `secret_version` are
-    /// set) as format 3: a new data key wrapped by the active master key, mixed
+    /// Seals `plaintext` into `record` (whose id, name, provider and `secret_version`
+    /// are set) as format 4: a new data key wrapped by the active master key, mixed
     /// with a new erasable key that the store keeps (durably, before the record
     /// is written). The seal is counted first.
     pub async fn seal<S: Store>(
@@ -222,6 +243,7 @@ impl Sealer {
             .seal_version(
                 store,
                 &record.id,
+                &record.name,
                 &record.provider,
                 record.secret_version,
                 plaintext,
@@ -235,12 +257,14 @@ impl Sealer {
         Ok(())
     }
 
-    /// Seals `plaintext` as version `version` of credential `id`: its erasable key
-    /// (stored) and its sealed secret and wrapped data key.
+    /// Seals `plaintext` as version `version` of credential `id` named `name`:
+    /// its erasable key (stored) and its sealed secret and wrapped data key.
+    #[allow(clippy::too_many_arguments)]
     pub async fn seal_version<S: Store>(
         &self,
         store: &S,
         id: &str,
+        name: &str,
         provider: &str,
         version: u64,
         plaintext: &[u8],
@@ -255,7 +279,7 @@ impl Sealer {
             .map_err(SealRefused::Store)?;
         let envelope = keyring.seal_envelope_mixed(
             &sealed_data_key_aad(id, seal_id),
-            &versioned_secret_aad(id, provider, version),
+            &named_secret_aad(id, name, provider, version),
             plaintext,
             &erasable,
         );
@@ -274,8 +298,8 @@ impl Sealer {
     }
 
     /// The record with every data key (its own, its kept versions') wrapped by
-    /// the active master key, a format 1 or 2 record sealed anew as format 3, or
-    /// `None` when it is so already.
+    /// the active master key, a format 1, 2 or 3 record sealed anew as format 4
+    /// (bound to its name), or `None` when it is so already.
     pub async fn rewrap<S: Store>(
         &self,
         store: &S,
@@ -300,6 +324,13 @@ impl Sealer {
                 next.secret_version = next.version;
             }
             self.seal(store, &mut next, &plaintext).await?;
+            // A format 3 secret's own erasable key goes with its old seal (the
+            // store erases keys no record refers to), unless a kept version uses it.
+            if record.format == RECORD_FORMAT_VERSIONED
+                && !record.history.iter().any(|v| v.seal_id == record.seal_id)
+            {
+                next.erasable.retain(|k| k.seal_id != record.seal_id);
+            }
         } else if !current_ok {
             let data_key = record.data_key.as_ref().ok_or(OpenError::Failed)?;
             self.seals.count(store, active).await?;
@@ -333,5 +364,77 @@ mod tests {
             direct_secret_aad("a", "bc", "k")
         );
         assert_ne!(data_key_aad("a"), secret_aad("a", ""));
+        assert_ne!(
+            named_secret_aad("a", "bc", "p", 1),
+            named_secret_aad("ab", "c", "p", 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_secret_is_bound_to_its_name_and_rewrap_upgrades_format_3() {
+        use crate::crypto::MasterKey;
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::SledStore::open(dir.path()).unwrap();
+        let keyring =
+            Keyring::single(MasterKey::from_base64(&MasterKey::generate_base64()).unwrap());
+        let sealer = Sealer::new(keyring, SealCounter::load(&store).await.unwrap());
+        let mut record = CredentialRecord {
+            id: "cred_a".into(),
+            name: "prod-fleet".into(),
+            provider: "fleetio".into(),
+            version: 1,
+            secret_version: 1,
+            ..Default::default()
+        };
+        sealer.seal(&store, &mut record, b"secret").await.unwrap();
+        assert_eq!(record.format, RECORD_FORMAT);
+        assert_eq!(&*sealer.open(&record).unwrap(), b"secret");
+        // Renamed in the store: the secret no longer opens, whatever the MAC says.
+        let renamed = CredentialRecord {
+            name: "acme-fleet".into(),
+            ..record.clone()
+        };
+        assert!(sealer.open(&renamed).is_err());
+
+        // A format 3 record (id, provider and version bound) opens, and a rewrap
+        // seals it anew as format 4, its old seal's erasable key left behind.
+        let keyring = sealer.keyring();
+        let (seal_id, erasable) = (7, crate::crypto::erasable_key());
+        store
+            .put_erasable("cred_a", seal_id, &erasable)
+            .await
+            .unwrap();
+        let envelope = keyring.seal_envelope_mixed(
+            &sealed_data_key_aad("cred_a", seal_id),
+            &versioned_secret_aad("cred_a", "fleetio", 1),
+            b"old",
+            &erasable,
+        );
+        let old = CredentialRecord {
+            format: RECORD_FORMAT_VERSIONED,
+            seal_id,
+            secret: Some(envelope.secret),
+            data_key: Some(envelope.data_key),
+            erasable: vec![ErasableKey {
+                seal_id,
+                key: erasable.to_vec(),
+            }],
+            ..record.clone()
+        };
+        assert_eq!(&*sealer.open(&old).unwrap(), b"old");
+        let new = sealer
+            .rewrap(&store, &old)
+            .await
+            .unwrap()
+            .expect("upgraded");
+        assert_eq!(new.format, RECORD_FORMAT);
+        assert_ne!(new.seal_id, seal_id);
+        assert!(new.erasable.iter().all(|k| k.seal_id != seal_id));
+        assert_eq!(&*sealer.open(&new).unwrap(), b"old");
+        let renamed = CredentialRecord {
+            name: "acme-fleet".into(),
+            ..new
+        };
+        assert!(sealer.open(&renamed).is_err());
     }
 }

@@ -853,6 +853,8 @@ impl<S: Store> Vault<S> {
             secret_fields: current.secret_fields.clone(),
             destroy_time: None,
             destroyed_by: String::new(),
+            // Kept as current was sealed (format 4), or sealed anew as format 4 below.
+            format: RECORD_FORMAT,
         };
         if current.format != RECORD_FORMAT {
             let plaintext = self
@@ -864,6 +866,7 @@ impl<S: Store> Vault<S> {
                 .seal_version(
                     &*self.store,
                     &current.id,
+                    &current.name,
                     &current.provider,
                     version,
                     &plaintext,
