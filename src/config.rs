@@ -136,6 +136,8 @@ pub struct TlsSettings {
     pub key: PathBuf,
     /// PEM CA bundle for client certificates (mutual TLS); optional for clients.
     pub client_ca: Option<PathBuf>,
+    /// PEM certificate revocation lists of those CAs: a revoked client certificate is refused.
+    pub client_crl: Option<PathBuf>,
 }
 
 /// Where a keyring is read from, and which of its keys is active.

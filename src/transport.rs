@@ -652,11 +652,25 @@ pub fn tls_acceptor_for(
                     .map_err(|e| invalid(ca, format!("bad CA certificate: {e}")))?;
             }
             // Client certificates identify callers when presented; token callers need none.
-            let verifier =
+            let mut verifier =
                 rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
-                    .allow_unauthenticated()
-                    .build()
-                    .map_err(|e| invalid(ca, e.to_string()))?;
+                    .allow_unauthenticated();
+            if let Some(path) = &tls.client_crl {
+                use rustls::pki_types::CertificateRevocationListDer;
+                let pem = read(path)?;
+                let crls = CertificateRevocationListDer::pem_slice_iter(&pem)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| invalid(path, format!("not a PEM CRL: {e}")))?;
+                if crls.is_empty() {
+                    return Err(invalid(
+                        path,
+                        "holds no PEM certificate revocation list".into(),
+                    ));
+                }
+                // The client's own certificate is checked; one whose CA has no list is refused.
+                verifier = verifier.with_crls(crls).only_check_end_entity_revocation();
+            }
+            let verifier = verifier.build().map_err(|e| invalid(ca, e.to_string()))?;
             builder.with_client_cert_verifier(verifier)
         }
     };

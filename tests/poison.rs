@@ -432,7 +432,24 @@ async fn a_row_the_database_refuses_costs_that_row_only() {
         server.health("credvault.v1.CredentialVaultService").await,
         ServingStatus::Serving
     );
+    let key = admin
+        .list_audit_events(api::ListAuditEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .audit_public_key;
     server.stop().await.unwrap();
+    // The rows set aside left no hole: each row is linked as it is written.
+    let out = std::process::Command::new(binary())
+        .args(["audit", "verify", "--database", "--database-url", &url])
+        .args(["--public-key", &key])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("verdict: intact"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

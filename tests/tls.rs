@@ -336,3 +336,83 @@ async fn mutual_tls_callers_tokens_and_a_plaintext_health_port() {
 
     process.terminate().await;
 }
+
+#[tokio::test]
+async fn a_client_certificate_the_crl_revokes_is_refused_at_the_handshake() {
+    let ours = ca("credvault test ca");
+    let server = leaf(&ours, "credvault", &["credvault.test"]);
+    let client_cert = |serial: u64| {
+        leaf_with(&ours, "worker.internal", &["worker.internal"], |p| {
+            p.serial_number = Some(rcgen::SerialNumber::from(serial));
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        })
+    };
+    let (kept, revoked) = (client_cert(41), client_cert(42));
+    let now = time::OffsetDateTime::now_utc();
+    let crl = rcgen::CertificateRevocationListParams {
+        this_update: now - time::Duration::minutes(1),
+        next_update: now + time::Duration::days(1),
+        crl_number: rcgen::SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: vec![rcgen::RevokedCertParams {
+            serial_number: rcgen::SerialNumber::from(42u64),
+            revocation_time: now - time::Duration::minutes(1),
+            reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+            invalidity_date: None,
+        }],
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&ours)
+    .unwrap();
+
+    let dir = tempfile::TempDir::new().unwrap();
+    let setup = write_config(dir.path());
+    let mut callers = std::fs::read_to_string(&setup.callers).unwrap();
+    callers.push_str("\n[[caller]]\nname = \"mtls-worker\"\ntls_subject = \"cn:worker.internal\"\npermissions = [\"headers.read\"]\n");
+    std::fs::write(&setup.callers, callers).unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let mut args = setup.args.clone();
+    args.extend([
+        "--tls-cert".into(),
+        file("server.pem", &server.0),
+        "--tls-key".into(),
+        file("server.key", &server.1),
+        "--client-ca".into(),
+        file("ca.pem", &ours.pem()),
+        "--client-crl".into(),
+        file("ca.crl", &crl.pem().unwrap()),
+    ]);
+    let mut process = Process::serve(&args, &[], dir.path()).await.unwrap();
+    let addr = process.addr.to_string();
+    let mut admin = client(
+        channel(&addr, &ours.pem(), None).await.unwrap(),
+        Some(&setup.tokens.admin),
+    );
+    create(&mut admin, "fleetio-acme", "key-CRL-0000001", "acct").await;
+    // A certificate the list does not name works.
+    let answer = client(
+        channel(&addr, &ours.pem(), Some(&kept)).await.unwrap(),
+        None,
+    )
+    .get_credential_headers(headers_by_name("fleetio-acme"))
+    .await;
+    assert!(answer.is_ok(), "{answer:?}");
+    // The revoked one: no connection, or every call refused.
+    let refused = match channel(&addr, &ours.pem(), Some(&revoked)).await {
+        Err(_) => None,
+        Ok(ch) => Some(
+            client(ch, None)
+                .get_credential_headers(headers_by_name("fleetio-acme"))
+                .await,
+        ),
+    };
+    assert!(
+        refused.as_ref().is_none_or(|r| r.is_err()),
+        "a revoked client certificate got in: {refused:?}"
+    );
+    process.terminate().await;
+}

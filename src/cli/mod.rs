@@ -260,6 +260,11 @@ struct ServeArgs {
     /// identified by `tls_subject`); token callers keep working.
     #[arg(long, env = "CREDVAULT_CLIENT_CA", requires = "tls_cert")]
     client_ca: Option<PathBuf>,
+    /// PEM certificate revocation lists (one or more) of the --client-ca CAs: a client
+    /// certificate they revoke is refused at the handshake, and so is one whose CA has
+    /// no list here (fail closed). Read at start.
+    #[arg(long, env = "CREDVAULT_CLIENT_CRL", requires = "client_ca")]
+    client_crl: Option<PathBuf>,
     /// A plaintext address serving only gRPC health, for probes when TLS is on.
     #[arg(long, env = "CREDVAULT_HEALTH_LISTEN")]
     health_listen: Option<SocketAddr>,
@@ -1019,6 +1024,7 @@ fn resolve(dev: bool, args: &ServeArgs) -> anyhow::Result<Config> {
             cert: cert.clone(),
             key: key.clone(),
             client_ca: args.client_ca.clone(),
+            client_crl: args.client_crl.clone(),
         }),
         _ => None,
     };
