@@ -453,12 +453,7 @@ impl FileSink {
             rotation: Arc::clone(&rotation),
             health: Arc::clone(&health),
             dropped: 0,
-            proof: Proof {
-                chain,
-                signer,
-                policy: settings.digests,
-                marks: settings.marks.clone(),
-            },
+            proof: Proof::new(chain, signer, settings),
         };
         let mut writer = writer;
         // A signed digest first: whatever the trail held before this start is
@@ -591,29 +586,29 @@ struct Proof {
     signer: Arc<Signer>,
     policy: DigestPolicy,
     marks: Option<Arc<Marks>>,
+    /// The marks' generation this device's trail has recorded up to.
+    marks_recorded: u64,
 }
 
 impl Proof {
-    /// The `marks` lines due before a digest: every mark with `full`, else the changed ones.
-    fn marks_bodies(&self, full: bool) -> (Vec<String>, Vec<(String, u64)>) {
-        let Some(marks) = &self.marks else {
-            return (Vec::new(), Vec::new());
-        };
-        let taken = if full {
-            marks.all()
-        } else {
-            marks.take_changed()
-        };
-        (crate::trail::marks_bodies(&taken, full), taken)
+    fn new(chain: Chain, signer: Arc<Signer>, settings: &AuditSettings) -> Self {
+        Proof {
+            chain,
+            signer,
+            policy: settings.digests,
+            marks: settings.marks.clone(),
+            marks_recorded: 0,
+        }
     }
 
-    /// Gives back marks whose line could not be written (they go in the next digest).
-    fn restore_marks(&self, taken: &[(String, u64)]) {
-        if let Some(marks) = &self.marks {
-            for (id, revision) in taken {
-                marks.note(id, *revision, false);
-            }
-        }
+    /// The `marks` lines due before a digest (every mark with `full`, else those
+    /// changed since this device last recorded them) and the generation they reach.
+    fn marks_bodies(&self, full: bool) -> (Vec<String>, u64) {
+        let Some(marks) = &self.marks else {
+            return (Vec::new(), self.marks_recorded);
+        };
+        let (marks, reached) = marks.changed_since(if full { 0 } else { self.marks_recorded });
+        (crate::trail::marks_bodies(&marks, full), reached)
     }
 }
 
@@ -622,12 +617,7 @@ impl DbSink {
         let (tx, rx) = tokio::sync::mpsc::channel(settings.queue.max(1));
         let healthy = Arc::new(DbHealth::new());
         // One chain per replica and start: replicas write the table side by side.
-        let proof = Proof {
-            chain: Chain::new(),
-            signer,
-            policy: settings.digests,
-            marks: settings.marks.clone(),
-        };
+        let proof = Proof::new(Chain::new(), signer, settings);
         tokio::spawn(db_writer(
             Arc::clone(&table),
             rx,
@@ -816,7 +806,11 @@ fn lock_proof(proof: &Mutex<Proof>) -> std::sync::MutexGuard<'_, Proof> {
 
 /// The marks lines due (changed ones, or every mark with `full`) and a digest, as rows.
 fn digest_items(proof: &Mutex<Proof>, reason: DigestReason, full: bool) -> Vec<DbItem> {
-    let (bodies, _) = lock_proof(proof).marks_bodies(full);
+    // Rows not written stay queued to be tried again: the marks are as good as recorded.
+    let mut p = lock_proof(proof);
+    let (bodies, reached) = p.marks_bodies(full);
+    p.marks_recorded = reached;
+    drop(p);
     bodies
         .into_iter()
         .map(|body| DbItem::proof(body, None))
@@ -1487,30 +1481,32 @@ impl Writer {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
         };
-        let inline_allowed = lock().sync == AuditSync::Write;
+        let (inline_allowed, policy) = {
+            let w = lock();
+            (w.sync == AuditSync::Write, w.proof.policy)
+        };
+        // Wakes a quarter of the digest interval apart to see whether a digest is
+        // due by time (lines written inline leave this thread asleep): the writer's
+        // lock is not taken meanwhile, so secret reads keep writing their own events.
+        let tick = (policy.interval / 4).max(Duration::from_millis(25));
         let mut group = Vec::with_capacity(64);
         loop {
-            // Block for the first command; while the log is failing, wake to
-            // retry; while lines wait for a digest, wake when it is due.
-            let digest_in = {
-                let w = lock();
-                w.proof.chain.digest_in(w.proof.policy)
-            };
+            // Block for the first command; while the log is failing, wake to retry.
             let first = if !health.written.load(Ordering::Acquire) {
                 rx.recv_timeout(RETRY_INTERVAL)
-            } else if let Some(wait) = digest_in {
-                rx.recv_timeout(wait.max(Duration::from_millis(1)))
             } else {
-                rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+                rx.recv_timeout(tick)
             };
             match first {
                 Ok(command) => group.push(command),
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     let mut w = lock();
-                    if w.proof.chain.digest_due(w.proof.policy) {
+                    if w.proof.chain.digest_due(policy) {
                         w.digest_now(DigestReason::Interval, false);
                     }
-                    w.commit(&mut group, false);
+                    if !group.is_empty() || !health.written.load(Ordering::Acquire) {
+                        w.commit(&mut group, false);
+                    }
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -1689,15 +1685,14 @@ impl Writer {
     /// Writes the marks changed since the last digest (every mark with `full`),
     /// then a signed digest of the chain so far.
     fn write_digest(&mut self, reason: DigestReason, full: bool) -> std::io::Result<()> {
-        let (bodies, taken) = self.proof.marks_bodies(full);
+        let (bodies, reached) = self.proof.marks_bodies(full);
         for body in bodies {
             let link = self.proof.chain.link(&body);
-            if let Err(e) = self.write_link(&link) {
-                self.proof.restore_marks(&taken);
-                return Err(e);
-            }
+            // Not recorded: the next digest names them again.
+            self.write_link(&link)?;
             self.proof.chain.commit(&link);
         }
+        self.proof.marks_recorded = reached;
         let proof = &self.proof;
         let digest = proof.chain.digest(&proof.signer, reason, proof.policy);
         self.write_link(&digest)?;

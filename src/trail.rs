@@ -11,7 +11,7 @@
 //! style, a labelled HMAC subkey), so it is never stored anywhere; its public
 //! key is printed by `credvault audit public-key` and answered by ListAuditEvents.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -205,12 +205,24 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
 
 /// The chain fields of a line: `,"chain":…,"seq":…,"prev":…` closing `body`.
 fn with_chain(body: &str, chain: &str, seq: u64, prev: &[u8; 32]) -> String {
+    use std::fmt::Write as _;
     let open = body.strip_suffix('}').unwrap_or(body);
-    let sep = if open.ends_with('{') { "" } else { "," };
-    format!(
-        "{open}{sep}\"chain\":\"{chain}\",\"seq\":{seq},\"prev\":\"{}\"}}",
-        hex::encode(prev)
-    )
+    let mut line = String::with_capacity(open.len() + chain.len() + 120);
+    line.push_str(open);
+    if !open.ends_with('{') {
+        line.push(',');
+    }
+    let mut hex = [0u8; 64];
+    // 32 bytes always fit 64 hex digits.
+    let hex = hex::encode_to_slice(prev, &mut hex)
+        .ok()
+        .and_then(|()| std::str::from_utf8(&hex).ok())
+        .unwrap_or_default();
+    let _ = write!(
+        line,
+        "\"chain\":\"{chain}\",\"seq\":{seq},\"prev\":\"{hex}\"}}"
+    );
+    line
 }
 
 impl Chain {
@@ -370,8 +382,9 @@ pub fn marks_body(marks: &[(String, u64)], full: bool) -> String {
     )
 }
 
-/// The highest revision this server has seen of each credential, and which
-/// changed since the audit trail last recorded them.
+/// The highest revision this server has seen of each credential, each with the
+/// generation of its last change, so that every device of the audit trail
+/// records what changed since its own last digest.
 #[derive(Debug, Default)]
 pub struct Marks {
     inner: Mutex<MarksInner>,
@@ -379,8 +392,9 @@ pub struct Marks {
 
 #[derive(Debug, Default)]
 struct MarksInner {
-    seen: HashMap<String, u64>,
-    changed: HashSet<String>,
+    /// Credential id → (revision, generation of the change).
+    seen: HashMap<String, (u64, u64)>,
+    generation: u64,
 }
 
 impl Marks {
@@ -394,11 +408,12 @@ impl Marks {
     pub fn check(&self, id: &str, revision: u64) -> Result<(), u64> {
         let mut inner = self.lock();
         match inner.seen.get(id) {
-            Some(&seen) if revision < seen => Err(seen),
-            Some(&seen) if revision == seen => Ok(()),
+            Some(&(seen, _)) if revision < seen => Err(seen),
+            Some(&(seen, _)) if revision == seen => Ok(()),
             _ => {
-                inner.seen.insert(id.to_owned(), revision);
-                inner.changed.insert(id.to_owned());
+                inner.generation += 1;
+                let generation = inner.generation;
+                inner.seen.insert(id.to_owned(), (revision, generation));
                 Ok(())
             }
         }
@@ -407,31 +422,32 @@ impl Marks {
     /// Notes that `id` is at `revision` (at least; exactly, with `reset`).
     pub fn note(&self, id: &str, revision: u64, reset: bool) {
         let mut inner = self.lock();
-        let entry = inner.seen.entry(id.to_owned()).or_insert(revision);
-        if reset || *entry < revision {
-            *entry = revision;
+        inner.generation += 1;
+        let generation = inner.generation;
+        let entry = inner.seen.entry(id.to_owned()).or_insert((revision, 0));
+        if reset || entry.0 < revision {
+            entry.0 = revision;
         }
-        inner.changed.insert(id.to_owned());
+        entry.1 = generation;
     }
 
-    /// The marks changed since the last call, sorted by id.
-    pub fn take_changed(&self) -> Vec<(String, u64)> {
-        let mut inner = self.lock();
-        let changed = std::mem::take(&mut inner.changed);
-        let mut out: Vec<_> = changed
-            .into_iter()
-            .filter_map(|id| inner.seen.get(&id).map(|&r| (id, r)))
+    /// The marks changed after generation `after` (every mark for 0), sorted by
+    /// id, and the generation to ask after next time.
+    pub fn changed_since(&self, after: u64) -> (Vec<(String, u64)>, u64) {
+        let inner = self.lock();
+        let mut out: Vec<_> = inner
+            .seen
+            .iter()
+            .filter(|(_, &(_, generation))| generation > after)
+            .map(|(id, &(revision, _))| (id.clone(), revision))
             .collect();
         out.sort_unstable();
-        out
+        (out, inner.generation)
     }
 
     /// Every mark, sorted by id.
     pub fn all(&self) -> Vec<(String, u64)> {
-        let inner = self.lock();
-        let mut out: Vec<_> = inner.seen.iter().map(|(k, &v)| (k.clone(), v)).collect();
-        out.sort_unstable();
-        out
+        self.changed_since(0).0
     }
 }
 
@@ -988,9 +1004,14 @@ mod tests {
         assert_eq!(m.check("a", 1), Err(2));
         m.note("a", 5, false);
         m.note("a", 3, false);
-        assert_eq!(m.take_changed(), vec![("a".to_owned(), 5)]);
-        assert!(m.take_changed().is_empty());
+        let (changed, seen) = m.changed_since(0);
+        assert_eq!(changed, vec![("a".to_owned(), 5)]);
+        // Each device asks after its own generation.
+        assert!(m.changed_since(seen).0.is_empty());
+        assert!(m.check("b", 1).is_ok());
+        assert_eq!(m.changed_since(seen).0, vec![("b".to_owned(), 1)]);
+        assert_eq!(m.changed_since(0).0.len(), 2);
         m.note("a", 1, true);
-        assert_eq!(m.all(), vec![("a".to_owned(), 1)]);
+        assert_eq!(m.all()[0], ("a".to_owned(), 1));
     }
 }
