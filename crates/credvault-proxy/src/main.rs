@@ -1,0 +1,231 @@
+//! The `credvault-proxy` binary: `serve`, `check` (the routes file) and `ca`
+//! (the CA certificate workers trust for `HTTPS_PROXY`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use credvault_proxy::authority::Authority;
+use credvault_proxy::routes::Routes;
+use credvault_proxy::{Proxy, Settings};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "credvault-proxy",
+    version,
+    about = "Attaches credvault's headers to workers' HTTP requests"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serves workers: base-URL form (/c/<credential>/<path>) and proxy form (HTTP_PROXY/HTTPS_PROXY).
+    Serve(Box<ServeArgs>),
+    /// Checks a routes file and lists its routes; exits non-zero naming the first problem.
+    Check(CheckArgs),
+    /// Prints the proxy's CA certificate (PEM), making the CA first if there is none.
+    Ca(CaArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Where workers connect: a loopback address (the proxy runs beside its workers).
+    #[arg(long, env = "CREDVAULT_PROXY_LISTEN", default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// The vault: host:port, http://host:port or https://host:port.
+    #[arg(long, env = "CREDVAULT_ADDR")]
+    vault: String,
+    /// The proxy's token for the vault (headers.read on the routed credentials).
+    #[arg(long, env = "CREDVAULT_TOKEN", hide_env_values = true)]
+    token: String,
+    /// PEM CA of the vault's TLS certificate (https:// vault addresses; default: the web roots).
+    #[arg(long, env = "CREDVAULT_PROXY_VAULT_CA_FILE")]
+    vault_ca_file: Option<PathBuf>,
+    /// The routes file (TOML): which credential a request in proxy form uses.
+    #[arg(long, env = "CREDVAULT_PROXY_ROUTES_FILE")]
+    routes_file: Option<PathBuf>,
+    #[command(flatten)]
+    ca: CaArgs,
+    /// More PEM CAs to trust for the providers (a private provider, a test); the web roots stay trusted.
+    #[arg(long, env = "CREDVAULT_PROXY_UPSTREAM_CA_FILE")]
+    upstream_ca_file: Option<PathBuf>,
+    /// How long a request may wait for a paused account or a spent budget (0s: answered 429 at once).
+    #[arg(long, env = "CREDVAULT_PROXY_MAX_WAIT", default_value = "0s", value_parser = humantime::parse_duration)]
+    max_wait: Duration,
+    /// Connections from workers open at once at most.
+    #[arg(long, env = "CREDVAULT_PROXY_MAX_CONNECTIONS", default_value_t = 1024)]
+    max_connections: usize,
+    /// `text` or `json` log lines (stderr).
+    #[arg(long, env = "CREDVAULT_PROXY_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+    /// A level or tracing directives.
+    #[arg(long, env = "CREDVAULT_PROXY_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// The routes file (TOML).
+    #[arg(long, env = "CREDVAULT_PROXY_ROUTES_FILE")]
+    routes_file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct CaArgs {
+    /// The directory of the proxy's CA (ca.pem, ca.key, made on first start; keep it private).
+    #[arg(
+        long,
+        env = "CREDVAULT_PROXY_CA_DIR",
+        default_value = "credvault-proxy-ca"
+    )]
+    ca_dir: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(*args),
+        Command::Check(args) => check(&args),
+        Command::Ca(args) => Authority::load_or_create(&args.ca_dir)
+            .map(|ca| print!("{}", ca.ca_pem()))
+            .map_err(|e| e.to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("credvault-proxy: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(args: &CheckArgs) -> Result<(), String> {
+    let routes = Routes::read(&args.routes_file).map_err(|e| e.to_string())?;
+    for r in routes.iter() {
+        println!(
+            "{}{}{} -> {}",
+            r.host,
+            r.port.map(|p| format!(":{p}")).unwrap_or_default(),
+            if r.path_prefix.is_empty() {
+                "/*".to_owned()
+            } else {
+                format!("{}/*", r.path_prefix)
+            },
+            r.credential
+        );
+    }
+    println!(
+        "{}: {} route(s)",
+        args.routes_file.display(),
+        routes.iter().count()
+    );
+    Ok(())
+}
+
+fn serve(args: ServeArgs) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .map_err(|e| format!("invalid log level {:?}: {e}", args.log_level))?;
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if args.log_format == "json" {
+        subscriber.json().init();
+    } else {
+        subscriber.init();
+    }
+    if !args.listen.ip().is_loopback() {
+        return Err(format!(
+            "--listen {} is not a loopback address: the proxy serves the workers beside it (per-worker tokens for a shared proxy are not built yet)",
+            args.listen
+        ));
+    }
+    let routes = match &args.routes_file {
+        Some(path) => Routes::read(path).map_err(|e| e.to_string())?,
+        None => Routes::default(),
+    };
+    let authority =
+        Arc::new(Authority::load_or_create(&args.ca.ca_dir).map_err(|e| e.to_string())?);
+    let mut upstream = reqwest::Client::builder()
+        .use_rustls_tls()
+        // A redirect is the worker's to follow (through the proxy again), never the proxy's.
+        .redirect(reqwest::redirect::Policy::none())
+        // The proxy's own environment may name a proxy: never loop through it.
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(10))
+        .pool_idle_timeout(Duration::from_secs(60));
+    if let Some(path) = &args.upstream_ca_file {
+        let pem =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("{}: not a PEM CA bundle: {e}", path.display()))?
+        {
+            upstream = upstream.add_root_certificate(cert);
+        }
+    }
+    let upstream = upstream
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    let runtime =
+        tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async move {
+        let mut vault = credvault_client::Client::builder(&args.vault).token(args.token.clone());
+        if let Some(path) = &args.vault_ca_file {
+            let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            vault = vault.tls(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+            );
+        }
+        let vault = vault.build().map_err(|e| e.to_string())?;
+        let settings = Settings {
+            routes,
+            max_wait: args.max_wait,
+            max_connections: args.max_connections,
+            ..Settings::default()
+        };
+        let proxy = Arc::new(Proxy::new(vault, settings, authority, upstream));
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        // Hold every routed credential before saying so.
+        let warm = Arc::clone(&proxy);
+        tokio::spawn(async move {
+            match warm.ready().await {
+                Ok(()) => tracing::info!("every routed credential is held"),
+                Err(e) => tracing::warn!(error = %e, "a routed credential is not held yet; readiness is NOT_SERVING"),
+            }
+        });
+        tracing::info!(listen = %addr, vault = %args.vault, "credvault-proxy serving");
+        println!("credvault-proxy listening on {addr}");
+        credvault_proxy::run(listener, proxy, shutdown()).await.map_err(|e| e.to_string())?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
