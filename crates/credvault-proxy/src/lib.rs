@@ -688,12 +688,33 @@ impl Proxy {
             .max_header_list_size(u32::try_from(self.settings.max_header_bytes).unwrap_or(u32::MAX))
             .max_concurrent_streams(256);
         let proxy = Arc::clone(&self);
+        // A connection that sends no request within the header timeout is closed
+        // (hyper's own timeout starts only once it knows HTTP/1 from HTTP/2).
+        let started = Arc::new(tokio::sync::Notify::new());
+        let first = Arc::clone(&started);
         let service = hyper::service::service_fn(move |req| {
+            first.notify_one();
             let proxy = Arc::clone(&proxy);
             let origin = origin.clone();
             async move { Ok::<_, Infallible>(proxy.handle(req, origin).await) }
         });
-        if let Err(e) = builder.serve_connection_with_upgrades(io, service).await {
+        let connection = builder.serve_connection_with_upgrades(io, service);
+        tokio::pin!(connection);
+        let deadline = tokio::time::sleep(self.settings.header_timeout);
+        tokio::select! {
+            result = &mut connection => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "a worker's connection ended with an error");
+                }
+                return;
+            }
+            () = started.notified() => {}
+            () = deadline => {
+                tracing::debug!("a connection sent no request in time; closed");
+                return;
+            }
+        }
+        if let Err(e) = connection.await {
             tracing::debug!(error = %e, "a worker's connection ended with an error");
         }
     }

@@ -59,9 +59,10 @@ struct ServeArgs {
     /// How long a request may wait for a paused account or a spent budget (0s: answered 429 at once).
     #[arg(long, env = "CREDVAULT_PROXY_MAX_WAIT", default_value = "0s", value_parser = humantime::parse_duration)]
     max_wait: Duration,
-    /// Connections from workers open at once at most.
-    #[arg(long, env = "CREDVAULT_PROXY_MAX_CONNECTIONS", default_value_t = 1024)]
-    max_connections: usize,
+    /// Connections from workers open at once at most [default: the descriptor limit,
+    /// raised to its hard value, less 256, at most 65,536].
+    #[arg(long, env = "CREDVAULT_PROXY_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
     /// `text` or `json` log lines (stderr).
     #[arg(long, env = "CREDVAULT_PROXY_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -188,7 +189,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         let settings = Settings {
             routes,
             max_wait: args.max_wait,
-            max_connections: args.max_connections,
+            max_connections: args.max_connections.unwrap_or_else(default_max_connections),
             ..Settings::default()
         };
         let proxy = Arc::new(Proxy::new(vault, settings, authority, upstream));
@@ -210,6 +211,13 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// The connection cap when none is given: what the descriptor limit (raised to
+/// its hard value) leaves, less room for the vault's and providers' connections.
+fn default_max_connections() -> usize {
+    let soft = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
+    usize::try_from(soft.saturating_sub(256).clamp(64, 65_536)).unwrap_or(1024)
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

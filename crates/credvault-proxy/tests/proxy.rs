@@ -291,3 +291,232 @@ async fn check_names_a_bad_route_and_ca_prints_the_certificate() {
         assert_eq!(mode & 0o077, 0, "the CA key is private");
     }
 }
+
+#[tokio::test]
+async fn python_requests_and_httpx_through_https_proxy_without_our_package() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let (fake, _vault, _admin, proxy) = bench(dir.path()).await;
+    let url = format!("https://localhost:{}/api/v1/users/me", fake.addr.port());
+    let script = r#"
+import os, sys
+import requests, httpx
+url, ca = sys.argv[1], sys.argv[2]
+# requests reads HTTPS_PROXY from the environment; the proxy's CA is the trust store.
+r = requests.get(url, verify=ca, headers={"Authorization": "Token WORKER-OWN"})
+assert r.status_code == 200 and r.json() == {"ok": True}, (r.status_code, r.text)
+with httpx.Client(verify=ca, trust_env=True) as c:
+    h = c.get(url)
+    assert h.status_code == 200 and h.json() == {"ok": True}, (h.status_code, h.text)
+print("both ok")
+"#;
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", script, &url, proxy.ca_file().to_str().unwrap()])
+        .env("HTTPS_PROXY", format!("http://{}", proxy.addr))
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .output()
+        .await
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.contains("both ok"),
+        "{text}\n{}",
+        proxy.stderr()
+    );
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 2);
+    for s in seen {
+        assert_eq!(s.values("authorization"), ["Token key-ACME-0000001"]);
+    }
+}
+
+#[tokio::test]
+async fn twenty_workers_through_two_proxies_keep_the_accounts_budget() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let fake = Fake::start().await;
+    let vault = Vault::start(&fake).await;
+    let mut admin = vault.admin().await;
+    admin
+        .create_credential(credvault::api::CreateCredentialRequest {
+            name: "fleetio-acme".into(),
+            secret: Some(credvault::api::create_credential_request::Secret::Fleetio(
+                credvault::api::FleetioSecret {
+                    api_key: "key-ACME-0000001".into(),
+                    account_token: "acct-ACME".into(),
+                    api_version: String::new(),
+                },
+            )),
+            request_budget_per_minute: 25,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let a = ProxyProcess::start(&vault, &fake, &dir.path().join("a"), ROUTES, &[]).await;
+    let b = ProxyProcess::start(&vault, &fake, &dir.path().join("b"), ROUTES, &[]).await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut workers = Vec::new();
+    for i in 0..20 {
+        let url = format!(
+            "http://{}/c/fleetio-acme/v1/vehicles",
+            if i % 2 == 0 { a.addr } else { b.addr }
+        );
+        let http = http.clone();
+        workers.push(tokio::spawn(async move {
+            let (mut ok, mut paced) = (0, 0);
+            for _ in 0..4 {
+                let status = http.get(&url).send().await.unwrap().status().as_u16();
+                match status {
+                    200 => ok += 1,
+                    429 => paced += 1,
+                    other => panic!("status {other}"),
+                }
+            }
+            (ok, paced)
+        }));
+    }
+    let (mut ok, mut paced) = (0, 0);
+    for w in workers {
+        let (o, p) = w.await.unwrap();
+        ok += o;
+        paced += p;
+    }
+    // 80 asks, 25 a minute allowed: the rest answered by the proxies, none reached the provider.
+    assert_eq!(ok + paced, 80);
+    assert!(ok <= 25, "{ok} requests went out on a budget of 25");
+    assert!(ok >= 10, "only {ok} went out");
+    assert_eq!(fake.seen().len(), ok);
+}
+
+/// The resident set of process `pid`, in MB (Linux).
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+#[tokio::test]
+async fn a_large_download_and_upload_stream_through_with_the_proxys_memory_bounded() {
+    const SIZE: u64 = 1 << 30;
+    let dir = tempfile::TempDir::new().unwrap();
+    let (fake, _vault, _admin, proxy) = bench(dir.path()).await;
+    let pid = proxy.child.id().unwrap();
+    let url = format!("http://{}/c/fleetio-acme/v1/export", proxy.addr);
+    fake.answer(Answer {
+        body_bytes: SIZE,
+        ..Answer::default()
+    });
+    // A slow reader: the proxy reads from the provider only as fast as the worker takes it.
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let watch = {
+        let peak = std::sync::Arc::clone(&peak);
+        tokio::spawn(async move {
+            loop {
+                let now = (rss_mb(pid) * 10.0) as u64;
+                peak.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut response = http.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut got = 0u64;
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        got += chunk.len() as u64;
+    }
+    assert_eq!(got, SIZE);
+    // An upload of the same size, streamed from the worker.
+    fake.answer(Answer::default());
+    let chunk = bytes::Bytes::from(vec![b'u'; 64 * 1024]);
+    let body = futures_util::stream::iter(
+        (0..SIZE / (64 * 1024)).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
+    );
+    let status = http
+        .post(&url)
+        .header("content-length", SIZE.to_string())
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    assert_eq!(fake.seen().last().unwrap().body_bytes, SIZE);
+    watch.abort();
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed) as f64 / 10.0;
+    println!(
+        "proxy peak RSS {peak:.1} MB while 2 × {} MB streamed",
+        SIZE >> 20
+    );
+    assert!(peak < 64.0, "the proxy's RSS reached {peak:.1} MB");
+}
+
+#[tokio::test]
+async fn hostile_workers_do_not_starve_an_honest_one() {
+    use tokio::io::AsyncWriteExt as _;
+    let dir = tempfile::TempDir::new().unwrap();
+    let (_fake, _vault, _admin, proxy) = bench(dir.path()).await;
+    let pid = proxy.child.id().unwrap();
+    // 2,000 idle connections (10,000 by hand: CREDVAULT_PROXY_TEST_IDLE=10000), as
+    // many as this process may open.
+    let soft = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
+    let wanted = std::env::var("CREDVAULT_PROXY_TEST_IDLE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000);
+    let n = usize::try_from(soft.saturating_sub(512))
+        .unwrap_or(0)
+        .min(wanted);
+    let mut idle = Vec::with_capacity(n);
+    let began = std::time::Instant::now();
+    while idle.len() < n {
+        let batch = (n - idle.len()).min(500);
+        let opened = futures_util::future::join_all(
+            (0..batch).map(|_| tokio::net::TcpStream::connect(proxy.addr)),
+        )
+        .await;
+        let before = idle.len();
+        idle.extend(opened.into_iter().filter_map(Result::ok));
+        if idle.len() == before {
+            break;
+        }
+    }
+    println!("{} connections opened in {:?}", idle.len(), began.elapsed());
+    // Slowloris: headers a byte at a time; and headers of a megabyte.
+    let mut slow = Vec::new();
+    for _ in 0..50 {
+        let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(b"GET /c/fleetio-acme/v1 HTTP/1.1\r\nX-Slow: ")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    let huge = format!(
+        "GET /c/fleetio-acme/v1 HTTP/1.1\r\nHost: x\r\nX-Huge: {}\r\n\r\n",
+        "h".repeat(1 << 20)
+    );
+    let mut big = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let _ = big.write_all(huge.as_bytes()).await;
+    // The honest worker is served at once.
+    let url = format!("http://{}/c/fleetio-acme/v1/users/me", proxy.addr);
+    let began = std::time::Instant::now();
+    let (ok, body, err) = curl(&["--fail", &url]).await;
+    let took = began.elapsed();
+    assert!(ok && body == "{\"ok\":true}", "{err}");
+    println!(
+        "{} idle + 50 slowloris + 1 MB headers: honest request in {took:?}, proxy RSS {:.1} MB",
+        idle.len(),
+        rss_mb(pid)
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(
+        idle.len() >= 1000,
+        "only {} connections could be opened",
+        idle.len()
+    );
+    // The idle ones are closed once the header timeout passes (10 s): memory is given back.
+    drop(slow);
+}
