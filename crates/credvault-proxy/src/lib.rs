@@ -22,6 +22,7 @@
 pub mod authority;
 pub mod routes;
 pub mod target;
+pub mod workers;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -44,6 +45,7 @@ use credvault_client::{Client, Error as VaultError};
 use crate::authority::Authority;
 use crate::routes::Routes;
 use crate::target::Refusal;
+use crate::workers::{Worker, Workers};
 
 /// A response body: the provider's, streamed, or the proxy's own text.
 pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
@@ -89,6 +91,8 @@ pub struct Proxy {
     authority: Arc<Authority>,
     upstream: reqwest::Client,
     reports: Reports,
+    /// Workers' tokens: `None` serves loopback workers without one.
+    workers: Option<std::sync::RwLock<Workers>>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -197,6 +201,8 @@ struct Target {
 struct Origin {
     peer: SocketAddr,
     tunnel: Option<(String, u16)>,
+    /// The worker the tunnel's CONNECT authenticated.
+    worker: Option<Worker>,
 }
 
 impl Proxy {
@@ -213,7 +219,57 @@ impl Proxy {
             authority,
             upstream,
             reports: Reports::default(),
+            workers: None,
         }
+    }
+
+    /// The same proxy requiring a worker's token on every request (any peer may connect).
+    pub fn with_workers(mut self, workers: Workers) -> Self {
+        self.workers = Some(std::sync::RwLock::new(workers));
+        self
+    }
+
+    /// Replaces the workers' tokens (SIGHUP); tunnels open keep the worker they began with.
+    pub fn reload_workers(&self, workers: Workers) {
+        if let Some(current) = &self.workers {
+            *current
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = workers;
+        }
+    }
+
+    /// The worker a request's `Proxy-Authorization` names: `Ok(None)` when no
+    /// token is required, `Err` (407) when one is and this is not a known one.
+    fn worker_of(&self, req: &Request<Incoming>) -> Result<Option<Worker>, Box<Response<Body>>> {
+        let Some(workers) = &self.workers else {
+            return Ok(None);
+        };
+        let header = req
+            .headers()
+            .get(header::PROXY_AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let workers = workers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match workers.authenticate(header) {
+            Some(w) => Ok(Some(w.clone())),
+            None => {
+                let mut response = text(
+                    407,
+                    "a worker's token is required: Proxy-Authorization: Bearer <token> (or HTTPS_PROXY=http://name:token@host:port)",
+                );
+                response.headers_mut().insert(
+                    header::PROXY_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"credvault-proxy\""),
+                );
+                Err(Box::new(response))
+            }
+        }
+    }
+
+    /// Whether a peer may connect: any, with workers' tokens; else loopback only.
+    pub fn admits(&self, peer: &SocketAddr) -> bool {
+        self.workers.is_some() || peer.ip().is_loopback()
     }
 
     /// The vault's client.
@@ -272,6 +328,14 @@ impl Proxy {
                 }
                 _ => {}
             }
+            // Inside a tunnel the CONNECT said who the worker is; else this request does.
+            let worker = match &origin.tunnel {
+                Some(_) => origin.worker.clone(),
+                None => match self.worker_of(&req) {
+                    Ok(w) => w,
+                    Err(response) => return *response,
+                },
+            };
             let target = match self.target(&req, &origin) {
                 Ok(t) => t,
                 Err(r) => {
@@ -279,6 +343,19 @@ impl Proxy {
                     return refused(&r);
                 }
             };
+            if let Some(w) = &worker {
+                if !w.may_use(&target.credential) {
+                    let r = Refusal {
+                        status: 403,
+                        message: format!(
+                            "worker {} may not use credential {}",
+                            w.name, target.credential
+                        ),
+                    };
+                    log_refused(&req, &origin, &r);
+                    return refused(&r);
+                }
+            }
             self.forward(req, &target, &origin, began).await
         })
     }
@@ -400,6 +477,10 @@ impl Proxy {
         };
         let host = authority.host().to_ascii_lowercase();
         let port = authority.port_u16().unwrap_or(443);
+        let worker = match self.worker_of(&req) {
+            Ok(w) => w,
+            Err(response) => return *response,
+        };
         if !self.settings.routes.routes_host(&host, port) || !self.credential_at(&host, port).await
         {
             tracing::info!(method = "CONNECT", host = %host, port, peer = %origin.peer, status = 403u16, "refused: CONNECT to an unrouted host");
@@ -438,6 +519,7 @@ impl Proxy {
             let inner = Origin {
                 peer: origin.peer,
                 tunnel: Some((host, port)),
+                worker,
             };
             proxy.serve_io(TokioIo::new(tls), inner).await;
         });
@@ -888,8 +970,8 @@ pub async fn run(
                 }
             },
         };
-        if !peer.ip().is_loopback() {
-            tracing::warn!(peer = %peer, "refused a connection from outside this host (the proxy serves loopback workers)");
+        if !proxy.admits(&peer) {
+            tracing::warn!(peer = %peer, "refused a connection from outside this host (without --tokens-file the proxy serves loopback workers only)");
             continue;
         }
         let _ = stream.set_nodelay(true);
@@ -897,7 +979,14 @@ pub async fn run(
         tokio::spawn(async move {
             let _permit = permit;
             proxy
-                .serve_io(TokioIo::new(stream), Origin { peer, tunnel: None })
+                .serve_io(
+                    TokioIo::new(stream),
+                    Origin {
+                        peer,
+                        tunnel: None,
+                        worker: None,
+                    },
+                )
                 .await;
         });
     }

@@ -32,13 +32,30 @@ enum Command {
     Check(CheckArgs),
     /// Prints the proxy's CA certificate (PEM), making the CA first if there is none.
     Ca(CaArgs),
+    /// Mints a worker's token, prints it once, and prints its tokens-file entry.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+struct TokenArgs {
+    /// The worker's name, as the proxy's logs show it.
+    #[arg(long)]
+    name: String,
+    /// Credential names or globs the worker may use (comma-separated), e.g. fleetio-*.
+    #[arg(long, value_delimiter = ',', required = true)]
+    credentials: Vec<String>,
 }
 
 #[derive(Debug, Args)]
 struct ServeArgs {
-    /// Where workers connect: a loopback address (the proxy runs beside its workers).
+    /// Where workers connect: a loopback address (the proxy beside its workers), or
+    /// any with --tokens-file (a shared egress proxy).
     #[arg(long, env = "CREDVAULT_PROXY_LISTEN", default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
+    /// Workers' tokens (TOML; `credvault-proxy token` makes entries): every request
+    /// then needs one, scoped to credential names. Re-read on SIGHUP.
+    #[arg(long, env = "CREDVAULT_PROXY_TOKENS_FILE")]
+    tokens_file: Option<PathBuf>,
     /// The vault: host:port, http://host:port or https://host:port.
     #[arg(long, env = "CREDVAULT_ADDR")]
     vault: String,
@@ -97,6 +114,16 @@ fn main() -> ExitCode {
         Command::Ca(args) => Authority::load_or_create(&args.ca_dir)
             .map(|ca| print!("{}", ca.ca_pem()))
             .map_err(|e| e.to_string()),
+        Command::Token(args) => {
+            let (token, entry) = credvault_proxy::workers::mint(&args.name, &args.credentials);
+            println!(
+                "# token for {:?} (shown once; give it to the worker, store it nowhere else):",
+                args.name
+            );
+            println!("# {token}");
+            print!("{entry}");
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -142,12 +169,18 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     } else {
         subscriber.init();
     }
-    if !args.listen.ip().is_loopback() {
+    if !args.listen.ip().is_loopback() && args.tokens_file.is_none() {
         return Err(format!(
-            "--listen {} is not a loopback address: the proxy serves the workers beside it (per-worker tokens for a shared proxy are not built yet)",
+            "--listen {} is not a loopback address: a proxy shared beyond this host needs --tokens-file (each worker's token, scoped to credentials)",
             args.listen
         ));
     }
+    let workers = match &args.tokens_file {
+        Some(path) => {
+            Some(credvault_proxy::workers::Workers::read(path).map_err(|e| e.to_string())?)
+        }
+        None => None,
+    };
     let routes = match &args.routes_file {
         Some(path) => Routes::read(path).map_err(|e| e.to_string())?,
         None => Routes::default(),
@@ -192,7 +225,15 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             max_connections: args.max_connections.unwrap_or_else(default_max_connections),
             ..Settings::default()
         };
-        let proxy = Arc::new(Proxy::new(vault, settings, authority, upstream));
+        let mut proxy = Proxy::new(vault, settings, authority, upstream);
+        if let Some(workers) = workers {
+            tracing::info!(workers = workers.len(), "workers' tokens required");
+            proxy = proxy.with_workers(workers);
+        }
+        let proxy = Arc::new(proxy);
+        if let Some(path) = args.tokens_file.clone() {
+            tokio::spawn(reload_on_hangup(Arc::clone(&proxy), path));
+        }
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
@@ -218,6 +259,31 @@ fn serve(args: ServeArgs) -> Result<(), String> {
 fn default_max_connections() -> usize {
     let soft = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
     usize::try_from(soft.saturating_sub(256).clamp(64, 65_536)).unwrap_or(1024)
+}
+
+/// Re-reads the tokens file on SIGHUP; a file with a problem leaves the tokens as they were.
+async fn reload_on_hangup(proxy: Arc<Proxy>, path: PathBuf) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hangups) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match credvault_proxy::workers::Workers::read(&path) {
+                Ok(workers) => {
+                    tracing::info!(workers = workers.len(), "workers' tokens reloaded");
+                    proxy.reload_workers(workers);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the tokens file could not be reloaded; the tokens in use stay")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (proxy, path);
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

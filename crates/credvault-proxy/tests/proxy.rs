@@ -520,3 +520,107 @@ async fn hostile_workers_do_not_starve_an_honest_one() {
     // The idle ones are closed once the header timeout passes (10 s): memory is given back.
     drop(slow);
 }
+
+/// Mints a worker's token with the binary: (token, tokens-file entry).
+fn mint(name: &str, credentials: &str) -> (String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_credvault-proxy"))
+        .args(["token", "--name", name, "--credentials", credentials])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let token = text
+        .lines()
+        .nth(1)
+        .unwrap()
+        .trim_start_matches("# ")
+        .to_owned();
+    let entry = text.lines().skip(2).collect::<Vec<_>>().join("\n") + "\n";
+    assert!(!entry.contains(&token));
+    (token, entry)
+}
+
+#[tokio::test]
+async fn with_a_tokens_file_every_worker_needs_its_token_scoped_and_reloaded_on_sighup() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let fake = Fake::start().await;
+    let vault = Vault::start(&fake).await;
+    let mut admin = vault.admin().await;
+    create(&mut admin, "fleetio-acme", "key-ACME-0000001", "acct-ACME").await;
+    let (ingest, ingest_entry) = mint("ingest", "fleetio-*");
+    let (other, other_entry) = mint("other", "stripe-*");
+    let tokens = dir.path().join("tokens.toml");
+    std::fs::write(&tokens, format!("{ingest_entry}\n{other_entry}")).unwrap();
+    let proxy = ProxyProcess::start(
+        &vault,
+        &fake,
+        &dir.path().join("p"),
+        ROUTES,
+        &["--tokens-file", tokens.to_str().unwrap()],
+    )
+    .await;
+    let url = format!("http://{}/c/fleetio-acme/v1/users/me", proxy.addr);
+    let status = |token: Option<String>| {
+        let url = url.clone();
+        async move {
+            let mut args = vec![
+                "-o".to_owned(),
+                "/dev/null".into(),
+                "-w".into(),
+                "%{http_code}".into(),
+            ];
+            if let Some(t) = token {
+                args.extend(["-H".into(), format!("Proxy-Authorization: Bearer {t}")]);
+            }
+            args.push(url);
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            curl(&refs).await.1
+        }
+    };
+    assert_eq!(status(None).await, "407");
+    assert_eq!(status(Some("not-a-token".into())).await, "407");
+    assert_eq!(status(Some(other.clone())).await, "403");
+    assert_eq!(status(Some(ingest.clone())).await, "200");
+    // HTTPS_PROXY with the token as the password.
+    let target = format!("https://localhost:{}/api/v1/vehicles", fake.addr.port());
+    let (ok, body, err) = curl(&[
+        "--proxy",
+        &format!("http://ingest:{ingest}@{}", proxy.addr),
+        "--cacert",
+        proxy.ca_file().to_str().unwrap(),
+        &target,
+    ])
+    .await;
+    assert!(ok && body == "{\"ok\":true}", "{err}");
+    assert_eq!(
+        fake.seen().len(),
+        2,
+        "only the authorized requests went out"
+    );
+    // The ingest worker is removed; SIGHUP reloads the file.
+    std::fs::write(&tokens, &other_entry).unwrap();
+    let pid = proxy.child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while status(Some(ingest.clone())).await != "407" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the removed token still works"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn a_listener_beyond_loopback_needs_a_tokens_file() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_credvault-proxy"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--vault", "127.0.0.1:9"])
+        .env("CREDVAULT_TOKEN", "x")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--tokens-file"));
+}
