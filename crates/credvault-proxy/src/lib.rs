@@ -20,6 +20,7 @@
 //! [`routes`], [`target`], [`authority`], and the per-request log line.
 
 pub mod authority;
+pub mod metrics;
 pub mod routes;
 pub mod target;
 pub mod workers;
@@ -310,6 +311,7 @@ impl Proxy {
                     message: "ambiguous framing: two Host or Content-Length headers, or Content-Length with Transfer-Encoding".into(),
                 };
                 log_refused(&req, &origin, &r);
+                metrics::refused(metrics::Refused::Framing);
                 return refused(&r);
             }
             if req.method() == Method::CONNECT {
@@ -333,13 +335,21 @@ impl Proxy {
                 Some(_) => origin.worker.clone(),
                 None => match self.worker_of(&req) {
                     Ok(w) => w,
-                    Err(response) => return *response,
+                    Err(response) => {
+                        metrics::refused(metrics::Refused::Token);
+                        return *response;
+                    }
                 },
             };
             let target = match self.target(&req, &origin) {
                 Ok(t) => t,
                 Err(r) => {
                     log_refused(&req, &origin, &r);
+                    metrics::refused(if r.message.starts_with("no route") {
+                        metrics::Refused::Route
+                    } else {
+                        metrics::Refused::Target
+                    });
                     return refused(&r);
                 }
             };
@@ -353,6 +363,7 @@ impl Proxy {
                         ),
                     };
                     log_refused(&req, &origin, &r);
+                    metrics::refused(metrics::Refused::Scope);
                     return refused(&r);
                 }
             }
@@ -479,11 +490,15 @@ impl Proxy {
         let port = authority.port_u16().unwrap_or(443);
         let worker = match self.worker_of(&req) {
             Ok(w) => w,
-            Err(response) => return *response,
+            Err(response) => {
+                metrics::refused(metrics::Refused::Token);
+                return *response;
+            }
         };
         if !self.settings.routes.routes_host(&host, port) || !self.credential_at(&host, port).await
         {
             tracing::info!(method = "CONNECT", host = %host, port, peer = %origin.peer, status = 403u16, "refused: CONNECT to an unrouted host");
+            metrics::refused(metrics::Refused::Route);
             return text(
                 403,
                 &format!("CONNECT to {host}:{port}: no route names this host and port"),
@@ -596,6 +611,7 @@ impl Proxy {
                             || (p == 80 && origin.tunnel.is_none())
                     });
                 if !same {
+                    metrics::refused(metrics::Refused::Target);
                     return text(
                         403,
                         &format!(
@@ -608,6 +624,7 @@ impl Proxy {
             }
         };
         let Some(rest) = rest else {
+            metrics::refused(metrics::Refused::Target);
             return text(
                 403,
                 &format!(
@@ -629,6 +646,7 @@ impl Proxy {
                     began,
                     origin,
                 );
+                metrics::refused(metrics::Refused::Target);
                 return refused(&r);
             }
         };
@@ -658,6 +676,7 @@ impl Proxy {
             Err(e) => {
                 let e = e.without_url();
                 tracing::warn!(credential = %name, host = %host, error = %e, "the provider could not be reached");
+                metrics::refused(metrics::Refused::Upstream);
                 log_parts(
                     &parts.method,
                     name,
@@ -675,13 +694,22 @@ impl Proxy {
             }
         };
         let status = upstream.status().as_u16();
+        let form = match (&origin.tunnel, &target.addressed) {
+            (Some(_), _) => "tunnel",
+            (None, Some(_)) => "proxy",
+            (None, None) => "base",
+        };
+        metrics::request(form, name, status, began.elapsed());
         if matches!(status, 401 | 403 | 429) && self.reports.due(name, status) {
             let retry_after = credvault_client::budget::retry_after(upstream.headers());
             let vault = self.vault.clone();
             let name = name.clone();
             tokio::spawn(async move {
-                if let Err(e) = vault.report(&name, status, retry_after).await {
-                    tracing::warn!(credential = %name, status, error = %e, "the provider's answer could not be reported to the vault");
+                match vault.report(&name, status, retry_after).await {
+                    Ok(_) => metrics::reported(status),
+                    Err(e) => {
+                        tracing::warn!(credential = %name, status, error = %e, "the provider's answer could not be reported to the vault")
+                    }
                 }
             });
         }
@@ -731,6 +759,7 @@ impl Proxy {
                 Err(VaultError::Paused { until }) => {
                     let wait = until.duration_since(SystemTime::now()).unwrap_or_default();
                     if Instant::now() + wait > deadline {
+                        metrics::refused(metrics::Refused::Paused);
                         return Err(too_many(
                             &format!("the provider account of credential {name} is paused (the provider answered 429); retry after the pause"),
                             wait,
@@ -740,6 +769,7 @@ impl Proxy {
                 }
                 Err(VaultError::BudgetSpent { retry_after }) => {
                     if Instant::now() + retry_after > deadline {
+                        metrics::refused(metrics::Refused::Budget);
                         return Err(too_many(
                             &format!("credential {name}'s request budget for this minute is spent"),
                             retry_after,
@@ -747,7 +777,10 @@ impl Proxy {
                     }
                     retry_after
                 }
-                Err(e) => return Err(vault_refusal(name, &e)),
+                Err(e) => {
+                    metrics::refused(metrics::Refused::Vault);
+                    return Err(vault_refusal(name, &e));
+                }
             };
             tokio::time::sleep(wait + Duration::from_millis(2)).await;
         }
@@ -928,6 +961,7 @@ struct LogOnEnd {
 
 impl Drop for LogOnEnd {
     fn drop(&mut self) {
+        metrics::response_bytes(self.bytes.load(Ordering::Relaxed));
         tracing::info!(
             method = %self.method,
             credential = %self.credential,
@@ -939,6 +973,15 @@ impl Drop for LogOnEnd {
             peer = %self.peer,
             "request"
         );
+    }
+}
+
+/// Runs a closure when dropped.
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)();
     }
 }
 
@@ -976,8 +1019,10 @@ pub async fn run(
         }
         let _ = stream.set_nodelay(true);
         let proxy = Arc::clone(&proxy);
+        metrics::connection(1.0);
         tokio::spawn(async move {
             let _permit = permit;
+            let _closed = OnDrop(|| metrics::connection(-1.0));
             proxy
                 .serve_io(
                     TokioIo::new(stream),

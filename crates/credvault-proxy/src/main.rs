@@ -80,6 +80,9 @@ struct ServeArgs {
     /// raised to its hard value, less 256, at most 65,536].
     #[arg(long, env = "CREDVAULT_PROXY_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    /// Serve Prometheus metrics at /metrics on this address (off when not given).
+    #[arg(long, env = "CREDVAULT_PROXY_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// `text` or `json` log lines (stderr).
     #[arg(long, env = "CREDVAULT_PROXY_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -219,6 +222,13 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             );
         }
         let vault = vault.build().map_err(|e| e.to_string())?;
+        if let Some(addr) = args.metrics_listen {
+            let bound = credvault_proxy::metrics::install(addr)
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(metrics = %bound, "metrics at /metrics");
+            eprintln!("credvault-proxy metrics on {bound}");
+        }
         let settings = Settings {
             routes,
             max_wait: args.max_wait,

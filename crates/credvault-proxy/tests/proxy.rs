@@ -624,3 +624,66 @@ fn a_listener_beyond_loopback_needs_a_tokens_file() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--tokens-file"));
 }
+
+#[tokio::test]
+async fn metrics_count_requests_and_refusals_with_bounded_labels() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let fake = Fake::start().await;
+    let vault = Vault::start(&fake).await;
+    let mut admin = vault.admin().await;
+    create(&mut admin, "fleetio-acme", "key-ACME-0000001", "acct-ACME").await;
+    let proxy = ProxyProcess::start(
+        &vault,
+        &fake,
+        &dir.path().join("p"),
+        ROUTES,
+        &["--metrics-listen", "127.0.0.1:0"],
+    )
+    .await;
+    let metrics = {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(addr) = proxy
+                .stderr()
+                .lines()
+                .find_map(|l| l.strip_prefix("credvault-proxy metrics on "))
+            {
+                break format!("http://{addr}/metrics");
+            }
+            assert!(std::time::Instant::now() < deadline, "{}", proxy.stderr());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let base = format!("http://{}", proxy.addr);
+    assert!(
+        curl(&["--fail", &format!("{base}/c/fleetio-acme/v1/users/me")])
+            .await
+            .0
+    );
+    // Refused: a way out, and a credential the vault does not have (no label of its name).
+    curl(&[&format!("{base}/c/fleetio-acme/%2e%2e/x")]).await;
+    curl(&[&format!("{base}/c/no-such-credential-{}/x", "z".repeat(40))]).await;
+    let (ok, text, err) = curl(&["--fail", &metrics]).await;
+    assert!(ok, "{err}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("credvault_proxy_requests_total")
+                && l.contains("credential=\"fleetio-acme\"")
+                && l.contains("code=\"2xx\"")
+                && l.contains("form=\"base\"")),
+        "{text}"
+    );
+    assert!(
+        text.contains("credvault_proxy_refused_total{reason=\"target\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("credvault_proxy_refused_total{reason=\"vault\"} 1"),
+        "{text}"
+    );
+    assert!(!text.contains("no-such-credential"), "{text}");
+    assert!(
+        text.contains("credvault_proxy_response_bytes_total 11"),
+        "{text}"
+    );
+}
