@@ -51,6 +51,8 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{watch, Notify};
@@ -227,6 +229,7 @@ impl ClientBuilder {
             lease_size: self.lease_size,
             acquire_timeout: self.acquire_timeout,
             state: Mutex::new(State::default()),
+            views: ArcSwap::from_pointee(HashMap::new()),
             changed: Notify::new(),
             stats: Counters::default(),
         });
@@ -294,9 +297,38 @@ struct Inner {
     lease_size: u32,
     acquire_timeout: Duration,
     state: Mutex<State>,
+    /// What a hit reads, without the lock: each held name's servable view,
+    /// published under the lock after every change of its entry.
+    views: ArcSwap<HashMap<String, Arc<ArcSwapOption<View>>>>,
     /// Rung when a credential is added to the watch.
     changed: Notify,
     stats: Counters,
+}
+
+/// A held credential as a hit serves it: the headers in one copy per stripe
+/// (each its own allocation, so readers on different cores do not share the
+/// reference count's cache line), and what decides whether they may be served.
+struct View {
+    stripes: Vec<Arc<CredentialHeaders>>,
+    live: bool,
+    good_at: Instant,
+    suspended: bool,
+    rejected: Option<Error>,
+}
+
+/// Copies of a view's headers: one per core, at most 16.
+fn stripes() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(16)))
+}
+
+/// This thread's stripe.
+fn stripe() -> usize {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        static MINE: usize = NEXT.fetch_add(1, Ordering::Relaxed) as usize;
+    }
+    MINE.with(|m| *m) % stripes()
 }
 
 #[derive(Default)]
@@ -360,6 +392,66 @@ impl Held {
 impl Inner {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Publishes `name`'s entry to the hit path (called under the lock after it changed).
+    fn publish(&self, state: &State, name: &str) {
+        let view = match state.entries.get(name) {
+            Some(Entry::Held(held)) => {
+                let n = stripes();
+                let mut copies = Vec::with_capacity(n);
+                copies.push(Arc::clone(&held.headers));
+                while copies.len() < n {
+                    copies.push(Arc::new(CredentialHeaders::clone(&held.headers)));
+                }
+                Some(Arc::new(View {
+                    stripes: copies,
+                    live: held.live,
+                    good_at: held.good_at,
+                    suspended: held.suspended,
+                    rejected: budget::rejection(&held.headers),
+                }))
+            }
+            _ => None,
+        };
+        let views = self.views.load();
+        match views.get(name) {
+            Some(slot) => slot.store(view),
+            None if view.is_some() => {
+                let mut next = HashMap::clone(&views);
+                next.insert(name.to_owned(), Arc::new(ArcSwapOption::new(view)));
+                self.views.store(Arc::new(next));
+            }
+            None => {}
+        }
+    }
+
+    /// Publishes every entry (after a change to all of them).
+    fn publish_all(&self, state: &State) {
+        for name in state.entries.keys() {
+            self.publish(state, name);
+        }
+    }
+
+    /// Serves a published view: as [`Inner::serve`], without the lock.
+    fn serve_view(&self, view: &View) -> Result<Arc<CredentialHeaders>, Error> {
+        if view.suspended {
+            return Err(Error::PermissionDenied(
+                "the vault narrowed this caller's access; the credential is re-checked before its headers are served again".into(),
+            ));
+        }
+        if let Some(rejected) = &view.rejected {
+            return Err(rejected.clone());
+        }
+        let age = view.good_at.elapsed();
+        if view.live || age <= self.max_staleness {
+            Ok(Arc::clone(&view.stripes[stripe() % view.stripes.len()]))
+        } else {
+            Err(Error::Stale {
+                age,
+                max: self.max_staleness,
+            })
+        }
     }
 
     /// Serves held headers within the staleness bound, unless the provider rejects them.
@@ -447,6 +539,12 @@ impl Client {
     /// fetched once (concurrent first asks share that fetch) and then watched.
     pub async fn headers(&self, name: &str) -> Result<Arc<CredentialHeaders>, Error> {
         let inner = &self.inner;
+        // A hit: no lock, no shared write.
+        if let Some(slot) = inner.views.load().get(name) {
+            if let Some(view) = &*slot.load() {
+                return inner.serve_view(view);
+            }
+        }
         let mut rx = {
             let mut state = inner.lock();
             match state.entries.get(name) {
@@ -546,6 +644,7 @@ async fn fetch(inner: Arc<Inner>, name: String, tx: watch::Sender<Fetched>) {
             false
         }
     };
+    inner.publish(&state, &name);
     if watch && !state.watched.contains(&name) {
         state.watched.push(name);
         drop(state);
@@ -718,6 +817,7 @@ fn apply(inner: &Inner, names: &[String], m: proto::WatchCredentialHeadersRespon
             }
             // The vault thinks the client holds headers it does not: ask again.
             _ => {
+                inner.publish(&state, name);
                 drop(state);
                 inner.changed.notify_one();
                 return;
@@ -747,6 +847,7 @@ fn apply(inner: &Inner, names: &[String], m: proto::WatchCredentialHeadersRespon
         }
     };
     state.entries.insert(name.clone(), next);
+    inner.publish(&state, name);
 }
 
 /// The stream is gone: headers confirmed by it start aging (or, for a caller the
@@ -774,6 +875,7 @@ fn lost(inner: &Inner, status: &tonic::Status) {
             }
         }
     }
+    inner.publish_all(&state);
 }
 
 #[cfg(test)]
