@@ -34,6 +34,15 @@ enum Command {
     Ca(CaArgs),
     /// Mints a worker's token, prints it once, and prints its tokens-file entry.
     Token(TokenArgs),
+    /// Asks a running proxy whether it is ready (every routed credential held); exits 0 only then.
+    Ready(ReadyArgs),
+}
+
+#[derive(Debug, Args)]
+struct ReadyArgs {
+    /// The proxy's address.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    addr: SocketAddr,
 }
 
 #[derive(Debug, Args)]
@@ -60,8 +69,16 @@ struct ServeArgs {
     #[arg(long, env = "CREDVAULT_ADDR")]
     vault: String,
     /// The proxy's token for the vault (headers.read on the routed credentials).
-    #[arg(long, env = "CREDVAULT_TOKEN", hide_env_values = true)]
-    token: String,
+    #[arg(
+        long,
+        env = "CREDVAULT_TOKEN",
+        hide_env_values = true,
+        required_unless_present = "token_file"
+    )]
+    token: Option<String>,
+    /// A file holding that token (e.g. a mounted Secret); instead of --token.
+    #[arg(long, env = "CREDVAULT_TOKEN_FILE", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
     /// PEM CA of the vault's TLS certificate (https:// vault addresses; default: the web roots).
     #[arg(long, env = "CREDVAULT_PROXY_VAULT_CA_FILE")]
     vault_ca_file: Option<PathBuf>,
@@ -70,6 +87,10 @@ struct ServeArgs {
     routes_file: Option<PathBuf>,
     #[command(flatten)]
     ca: CaArgs,
+    /// Also write the CA certificate (PEM, no key) here at start, for the workers'
+    /// trust store (e.g. a volume the worker's container mounts).
+    #[arg(long, env = "CREDVAULT_PROXY_EXPORT_CA")]
+    export_ca: Option<PathBuf>,
     /// More PEM CAs to trust for the providers (a private provider, a test); the web roots stay trusted.
     #[arg(long, env = "CREDVAULT_PROXY_UPSTREAM_CA_FILE")]
     upstream_ca_file: Option<PathBuf>,
@@ -117,6 +138,7 @@ fn main() -> ExitCode {
         Command::Ca(args) => Authority::load_or_create(&args.ca_dir)
             .map(|ca| print!("{}", ca.ca_pem()))
             .map_err(|e| e.to_string()),
+        Command::Ready(args) => ready(args.addr),
         Command::Token(args) => {
             let (token, entry) = credvault_proxy::workers::mint(&args.name, &args.credentials);
             println!(
@@ -190,6 +212,10 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     };
     let authority =
         Arc::new(Authority::load_or_create(&args.ca.ca_dir).map_err(|e| e.to_string())?);
+    if let Some(path) = &args.export_ca {
+        std::fs::write(path, authority.ca_pem())
+            .map_err(|e| format!("cannot write the CA certificate to {}: {e}", path.display()))?;
+    }
     let mut upstream = reqwest::Client::builder()
         .use_rustls_tls()
         // A redirect is the worker's to follow (through the proxy again), never the proxy's.
@@ -213,7 +239,15 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let runtime =
         tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async move {
-        let mut vault = credvault_client::Client::builder(&args.vault).token(args.token.clone());
+        let token = match (&args.token, &args.token_file) {
+            (Some(t), _) => t.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?
+                .trim()
+                .to_owned(),
+            (None, None) => return Err("give --token or --token-file".into()),
+        };
+        let mut vault = credvault_client::Client::builder(&args.vault).token(token);
         if let Some(path) = &args.vault_ca_file {
             let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             vault = vault.tls(
@@ -269,6 +303,36 @@ fn serve(args: ServeArgs) -> Result<(), String> {
 fn default_max_connections() -> usize {
     let soft = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
     usize::try_from(soft.saturating_sub(256).clamp(64, 65_536)).unwrap_or(1024)
+}
+
+/// `credvault-proxy ready`: GET /_credvault/readyz, exit 0 on 200.
+fn ready(addr: SocketAddr) -> Result<(), String> {
+    use std::io::{Read as _, Write as _};
+    let timeout = Duration::from_secs(3);
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| format!("cannot reach the proxy at {addr}: {e}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(
+            format!(
+                "GET {} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n",
+                credvault_proxy::READY_PATH
+            )
+            .as_bytes(),
+        )
+        .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    let _ = stream.take(4096).read_to_string(&mut answer);
+    let status = answer.lines().next().unwrap_or("");
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("").trim();
+    if status.starts_with("HTTP/1.1 200") {
+        println!("{body}");
+        Ok(())
+    } else {
+        Err(format!("not ready: {body}"))
+    }
 }
 
 /// Re-reads the tokens file on SIGHUP; a file with a problem leaves the tokens as they were.

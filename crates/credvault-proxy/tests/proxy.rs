@@ -687,3 +687,48 @@ async fn metrics_count_requests_and_refusals_with_bounded_labels() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn readiness_waits_for_every_routed_credential_and_the_ca_is_exported() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let fake = Fake::start().await;
+    let vault = Vault::start(&fake).await;
+    let mut admin = vault.admin().await;
+    let exported = dir.path().join("exported-ca.pem");
+    let proxy = ProxyProcess::start(
+        &vault,
+        &fake,
+        &dir.path().join("p"),
+        ROUTES,
+        &["--export-ca", exported.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(&exported).unwrap(),
+        std::fs::read_to_string(proxy.ca_file()).unwrap()
+    );
+    let ready = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_credvault-proxy"))
+            .args(["ready", "--addr", &proxy.addr.to_string()])
+            .output()
+            .unwrap()
+    };
+    // The routed credential does not exist yet: NOT_SERVING, naming it.
+    let out = ready();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("NOT_SERVING: fleetio-acme"),
+        "{out:?}"
+    );
+    create(&mut admin, "fleetio-acme", "key-ACME-0000001", "acct-ACME").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = ready();
+        if out.status.success() {
+            assert!(String::from_utf8_lossy(&out.stdout).contains("SERVING"));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{out:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
