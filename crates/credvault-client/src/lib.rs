@@ -322,13 +322,13 @@ fn stripes() -> usize {
     *N.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(16)))
 }
 
-/// This thread's stripe.
+/// This thread's stripe (below [`stripes`]).
 fn stripe() -> usize {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     thread_local! {
-        static MINE: usize = NEXT.fetch_add(1, Ordering::Relaxed) as usize;
+        static MINE: usize = NEXT.fetch_add(1, Ordering::Relaxed) as usize % stripes();
     }
-    MINE.with(|m| *m) % stripes()
+    MINE.with(|m| *m)
 }
 
 #[derive(Default)]
@@ -443,9 +443,14 @@ impl Inner {
         if let Some(rejected) = &view.rejected {
             return Err(rejected.clone());
         }
+        let copy = || Arc::clone(view.stripes.get(stripe()).unwrap_or(&view.stripes[0]));
+        // Confirmed by the stream that is up: no clock to read.
+        if view.live {
+            return Ok(copy());
+        }
         let age = view.good_at.elapsed();
-        if view.live || age <= self.max_staleness {
-            Ok(Arc::clone(&view.stripes[stripe() % view.stripes.len()]))
+        if age <= self.max_staleness {
+            Ok(copy())
         } else {
             Err(Error::Stale {
                 age,

@@ -92,6 +92,9 @@ class AsyncClient(ClientCore):
         """The headers of `name`: from memory once held, else fetched once and then watched."""
         if self._forked():
             self._after_fork()
+        hit = self._state.hit(name)
+        if hit is not None:
+            return hit
         loop = asyncio.get_running_loop()
         with self._state.lock:
             held, fetching, run = self._state.begin(name, loop.create_future)

@@ -195,6 +195,10 @@ class Client(ClientCore):
         once (concurrent first asks share that fetch) and then watched."""
         if self._forked():
             self._after_fork()
+        # A hit takes no lock: threads reading held headers do not queue behind one another.
+        hit = self._state.hit(name)
+        if hit is not None:
+            return hit
         with self._state.lock:
             held, fetching, run = self._state.begin(name, threading.Event)
         if held is not None:

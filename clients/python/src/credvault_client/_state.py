@@ -112,6 +112,15 @@ class State:
             return held.headers
         raise errors.Stale(age, self.max_staleness)
 
+    def hit(self, name: str) -> CredentialHeaders | None:
+        """Without the lock: the headers held for `name`, served as `begin` would serve
+        them, or None for the locked path. Reading a dict entry is atomic, and writers
+        replace or update a `Held` in an order that keeps what a reader sees consistent."""
+        entry = self.entries.get(name)
+        if isinstance(entry, Held):
+            return self.serve(entry)
+        return None
+
     def begin(self, name: str, make_waiter: Any) -> tuple[CredentialHeaders | None, Fetching | None, bool]:
         """Under the lock: the headers held, or the fetch to wait for (and whether to run it)."""
         entry = self.entries.get(name)
