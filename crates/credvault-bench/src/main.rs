@@ -23,6 +23,7 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
+mod proxy;
 mod watch;
 
 type Vault = CredentialVaultServiceClient<InterceptedService<Channel, Auth>>;
@@ -107,6 +108,12 @@ struct Args {
     /// versions beside ones with none, and the disk used per version).
     #[arg(long)]
     skip_history: bool,
+    /// The credvault-proxy binary for the proxy step (build it with --release).
+    #[arg(long, default_value = "target/release/credvault-proxy")]
+    proxy_bin: PathBuf,
+    /// Skip the proxy step (requests direct and through credvault-proxy, side by side).
+    #[arg(long)]
+    skip_proxy: bool,
     /// A providers file for the measured server that declares `fleetio-declared`
     /// (deploy/providers.example.toml): adds the hot path for as many credentials
     /// of the declared Fleetio on the same server, beside the built-in one's.
@@ -863,7 +870,13 @@ async fn main() {
         pg.server.stop().await;
     }
 
-    // 5. Scale: many credentials; cold start to SERVING, RSS, data size, a full listing.
+    // 5. The egress proxy: direct against through credvault-proxy.
+    if !args.skip_proxy {
+        let figures = proxy::figures(&args, &work.join("proxy"), &token, &mut rows).await;
+        watched.insert("proxy".into(), figures);
+    }
+
+    // 6. Scale: many credentials; cold start to SERVING, RSS, data size, a full listing.
     let scale = if args.skip_scale {
         serde_json::Map::new()
     } else {

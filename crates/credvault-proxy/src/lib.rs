@@ -650,43 +650,33 @@ impl Proxy {
                 return refused(&r);
             }
         };
-        let (parts, body) = req.into_parts();
-        let mut headers = parts.headers.clone();
+        let (mut parts, body) = req.into_parts();
+        let mut headers = std::mem::take(&mut parts.headers);
         strip_hop_by_hop(&mut headers);
         headers.remove(header::HOST);
         // What the credential sets is its alone: the worker's own values go.
-        let held_headers = held.to_header_map();
-        for name in held_headers.keys() {
-            headers.remove(name);
-        }
-        for (k, v) in &held_headers {
-            headers.insert(k.clone(), v.clone());
-        }
-        let mut request = self
-            .upstream
-            .request(parts.method.clone(), url.clone())
-            .headers(headers);
-        if !hyper::body::Body::is_end_stream(&body) {
-            let stream = http_body_util::BodyDataStream::new(body);
-            request = request.body(reqwest::Body::wrap_stream(stream));
+        for (k, v) in held.iter() {
+            if let Ok(mut v) = HeaderValue::from_str(v) {
+                // Never indexed by HTTP/2 header compression.
+                v.set_sensitive(true);
+                headers.insert(k.clone(), v);
+            }
         }
         let host = url.host_str().unwrap_or("-").to_owned();
-        let upstream = match request.send().await {
+        let path = url.path().to_owned();
+        let mut request = reqwest::Request::new(parts.method.clone(), url);
+        *request.headers_mut() = headers;
+        if !hyper::body::Body::is_end_stream(&body) {
+            let stream = http_body_util::BodyDataStream::new(body);
+            *request.body_mut() = Some(reqwest::Body::wrap_stream(stream));
+        }
+        let upstream = match self.upstream.execute(request).await {
             Ok(r) => r,
             Err(e) => {
                 let e = e.without_url();
                 tracing::warn!(credential = %name, host = %host, error = %e, "the provider could not be reached");
                 metrics::refused(metrics::Refused::Upstream);
-                log_parts(
-                    &parts.method,
-                    name,
-                    &host,
-                    url.path(),
-                    502,
-                    0,
-                    began,
-                    origin,
-                );
+                log_parts(&parts.method, name, &host, &path, 502, 0, began, origin);
                 return text(
                     502,
                     &format!("the provider at {host} could not be reached: {e}"),
@@ -723,7 +713,7 @@ impl Proxy {
             method: parts.method.to_string(),
             credential: name.clone(),
             host,
-            path: url.path().to_owned(),
+            path,
             status,
             bytes: Arc::new(AtomicU64::new(0)),
             began,

@@ -13,6 +13,9 @@ use credvault_proxy::authority::Authority;
 use credvault_proxy::routes::Routes;
 use credvault_proxy::{Proxy, Settings};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "credvault-proxy",

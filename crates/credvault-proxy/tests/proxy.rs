@@ -732,3 +732,44 @@ async fn readiness_waits_for_every_routed_credential_and_the_ca_is_exported() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn with_max_wait_a_request_waits_out_the_pause_instead_of_answering_429() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let fake = Fake::start().await;
+    let vault = Vault::start(&fake).await;
+    let mut admin = vault.admin().await;
+    create(&mut admin, "fleetio-acme", "key-ACME-0000001", "acct-ACME").await;
+    let proxy = ProxyProcess::start(
+        &vault,
+        &fake,
+        &dir.path().join("p"),
+        ROUTES,
+        &["--max-wait", "10s"],
+    )
+    .await;
+    let url = format!("http://{}/c/fleetio-acme/v1/users/me", proxy.addr);
+    fake.answer(Answer {
+        status: 429,
+        retry_after: Some(2),
+        ..Answer::default()
+    });
+    let (_, out, _) = curl(&["-o", "/dev/null", "-w", "%{http_code}", &url]).await;
+    assert_eq!(out, "429", "the provider's own 429 is passed back");
+    fake.answer(Answer::default());
+    // The report reaches the vault, which pauses the account; the next request waits it out.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let began = std::time::Instant::now();
+    let (_, out, _) = curl(&["-o", "/dev/null", "-w", "%{http_code}", &url]).await;
+    let waited = began.elapsed();
+    assert_eq!(out, "200", "{}", proxy.stderr());
+    assert!(
+        waited >= Duration::from_millis(1000),
+        "it did not wait: {waited:?}"
+    );
+    assert_eq!(
+        fake.seen().len(),
+        2,
+        "one request during the pause, sent after it"
+    );
+}
