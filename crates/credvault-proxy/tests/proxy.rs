@@ -16,11 +16,16 @@ credential = "fleetio-acme"
 
 /// The bench: a fake provider, the vault with `fleetio-acme`, one proxy.
 async fn bench(dir: &std::path::Path) -> (Fake, Vault, Admin, ProxyProcess) {
+    bench_with(dir, &[]).await
+}
+
+/// [`bench`] with more arguments for the proxy.
+async fn bench_with(dir: &std::path::Path, extra: &[&str]) -> (Fake, Vault, Admin, ProxyProcess) {
     let fake = Fake::start().await;
     let vault = Vault::start(&fake).await;
     let mut admin = vault.admin().await;
     create(&mut admin, "fleetio-acme", "key-ACME-0000001", "acct-ACME").await;
-    let proxy = ProxyProcess::start(&vault, &fake, &dir.join("a"), ROUTES, &[]).await;
+    let proxy = ProxyProcess::start(&vault, &fake, &dir.join("a"), ROUTES, extra).await;
     (fake, vault, admin, proxy)
 }
 
@@ -542,22 +547,12 @@ fn mint(name: &str, credentials: &str) -> (String, String) {
 #[tokio::test]
 async fn with_a_tokens_file_every_worker_needs_its_token_scoped_and_reloaded_on_sighup() {
     let dir = tempfile::TempDir::new().unwrap();
-    let fake = Fake::start().await;
-    let vault = Vault::start(&fake).await;
-    let mut admin = vault.admin().await;
-    create(&mut admin, "fleetio-acme", "key-ACME-0000001", "acct-ACME").await;
     let (ingest, ingest_entry) = mint("ingest", "fleetio-*");
     let (other, other_entry) = mint("other", "stripe-*");
     let tokens = dir.path().join("tokens.toml");
     std::fs::write(&tokens, format!("{ingest_entry}\n{other_entry}")).unwrap();
-    let proxy = ProxyProcess::start(
-        &vault,
-        &fake,
-        &dir.path().join("p"),
-        ROUTES,
-        &["--tokens-file", tokens.to_str().unwrap()],
-    )
-    .await;
+    let (fake, _vault, _admin, proxy) =
+        bench_with(dir.path(), &["--tokens-file", tokens.to_str().unwrap()]).await;
     let url = format!("http://{}/c/fleetio-acme/v1/users/me", proxy.addr);
     let status = |token: Option<String>| {
         let url = url.clone();
@@ -628,18 +623,8 @@ fn a_listener_beyond_loopback_needs_a_tokens_file() {
 #[tokio::test]
 async fn metrics_count_requests_and_refusals_with_bounded_labels() {
     let dir = tempfile::TempDir::new().unwrap();
-    let fake = Fake::start().await;
-    let vault = Vault::start(&fake).await;
-    let mut admin = vault.admin().await;
-    create(&mut admin, "fleetio-acme", "key-ACME-0000001", "acct-ACME").await;
-    let proxy = ProxyProcess::start(
-        &vault,
-        &fake,
-        &dir.path().join("p"),
-        ROUTES,
-        &["--metrics-listen", "127.0.0.1:0"],
-    )
-    .await;
+    let (_fake, _vault, _admin, proxy) =
+        bench_with(dir.path(), &["--metrics-listen", "127.0.0.1:0"]).await;
     let metrics = {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
@@ -736,18 +721,7 @@ async fn readiness_waits_for_every_routed_credential_and_the_ca_is_exported() {
 #[tokio::test]
 async fn with_max_wait_a_request_waits_out_the_pause_instead_of_answering_429() {
     let dir = tempfile::TempDir::new().unwrap();
-    let fake = Fake::start().await;
-    let vault = Vault::start(&fake).await;
-    let mut admin = vault.admin().await;
-    create(&mut admin, "fleetio-acme", "key-ACME-0000001", "acct-ACME").await;
-    let proxy = ProxyProcess::start(
-        &vault,
-        &fake,
-        &dir.path().join("p"),
-        ROUTES,
-        &["--max-wait", "10s"],
-    )
-    .await;
+    let (fake, _vault, _admin, proxy) = bench_with(dir.path(), &["--max-wait", "10s"]).await;
     let url = format!("http://{}/c/fleetio-acme/v1/users/me", proxy.addr);
     fake.answer(Answer {
         status: 429,
