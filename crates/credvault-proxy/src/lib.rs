@@ -17,12 +17,14 @@
 //! its base path ([`target`]); hop-by-hop headers and any header the credential
 //! sets are stripped from what the worker sent, the held ones attached; bodies
 //! stream both ways. The parts: [`Proxy`] and [`run`] (the accept loop),
-//! [`routes`], [`target`], [`authority`], and the per-request log line.
+//! [`routes`], [`target`], [`authority`], [`workers`] (tokens for a shared
+//! proxy), [`metrics`], [`toml_file`], and the per-request log line.
 
 pub mod authority;
 pub mod metrics;
 pub mod routes;
 pub mod target;
+pub mod toml_file;
 pub mod workers;
 
 use std::convert::Infallible;

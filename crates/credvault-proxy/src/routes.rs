@@ -11,16 +11,13 @@
 
 use std::path::Path;
 
+const WHAT: &str = "the routes file";
+
 /// Why a routes file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RoutesError {
-    #[error("cannot read the routes file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("the routes file {path} is not valid TOML: {message}")]
-    Toml { path: String, message: String },
+    #[error(transparent)]
+    File(#[from] crate::toml_file::FileError),
     #[error("the routes file {path}, route {index}: {message}")]
     Route {
         path: String,
@@ -86,20 +83,13 @@ fn valid_host(host: &str) -> bool {
 impl Routes {
     /// Reads and checks the routes file at `path`.
     pub fn read(path: &Path) -> Result<Self, RoutesError> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| RoutesError::Read {
-            path: shown.clone(),
-            source,
-        })?;
+        let (text, shown) = crate::toml_file::read(path, WHAT)?;
         Self::parse(&text, &shown)
     }
 
     /// Parses routes from `text` (`path` names it in errors).
     pub fn parse(text: &str, path: &str) -> Result<Self, RoutesError> {
-        let file: File = toml::from_str(text).map_err(|e| RoutesError::Toml {
-            path: path.to_owned(),
-            message: e.message().to_owned(),
-        })?;
+        let file: File = crate::toml_file::parse(text, WHAT, path)?;
         let mut routes = Vec::with_capacity(file.route.len());
         for (i, raw) in file.route.into_iter().enumerate() {
             let bad = |message: String| RoutesError::Route {

@@ -18,16 +18,13 @@ use rand::RngCore as _;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
+const WHAT: &str = "the tokens file";
+
 /// Why a tokens file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkersError {
-    #[error("cannot read the tokens file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("the tokens file {path} is not valid TOML: {message}")]
-    Toml { path: String, message: String },
+    #[error(transparent)]
+    File(#[from] crate::toml_file::FileError),
     #[error("the tokens file {path}, worker {index}: {message}")]
     Entry {
         path: String,
@@ -85,20 +82,13 @@ fn digest(token: &str) -> [u8; 32] {
 impl Workers {
     /// Reads and checks the tokens file at `path`.
     pub fn read(path: &Path) -> Result<Self, WorkersError> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| WorkersError::Read {
-            path: shown.clone(),
-            source,
-        })?;
+        let (text, shown) = crate::toml_file::read(path, WHAT)?;
         Self::parse(&text, &shown)
     }
 
     /// Parses the workers of `text` (`path` names it in errors).
     pub fn parse(text: &str, path: &str) -> Result<Self, WorkersError> {
-        let file: File = toml::from_str(text).map_err(|e| WorkersError::Toml {
-            path: path.to_owned(),
-            message: e.message().to_owned(),
-        })?;
+        let file: File = crate::toml_file::parse(text, WHAT, path)?;
         let mut workers = Vec::with_capacity(file.worker.len());
         for (i, raw) in file.worker.into_iter().enumerate() {
             let bad = |message: String| WorkersError::Entry {
