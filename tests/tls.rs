@@ -103,6 +103,26 @@ async fn channel(
         .await
 }
 
+/// Appends `callers` to the setup's callers file, writes each `(flag, file name,
+/// PEM text)` into `dir`, and returns the serve arguments with those flags.
+fn tls_serve_args(
+    dir: &std::path::Path,
+    setup: &Setup,
+    callers: &str,
+    files: &[(&str, &str, &str)],
+) -> Vec<String> {
+    let mut text = std::fs::read_to_string(&setup.callers).unwrap();
+    text.push_str(callers);
+    std::fs::write(&setup.callers, text).unwrap();
+    let mut args = setup.args.clone();
+    for (flag, name, pem) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        args.extend([(*flag).to_owned(), path.to_str().unwrap().to_owned()]);
+    }
+    args
+}
+
 fn client(channel: Channel, token: Option<&str>) -> Client {
     CredentialVaultServiceClient::with_interceptor(
         channel,
@@ -115,26 +135,18 @@ async fn mutual_tls_callers_tokens_and_a_plaintext_health_port() {
     let pki = pki();
     let dir = tempfile::TempDir::new().unwrap();
     let setup = write_config(dir.path());
-    let mut callers = std::fs::read_to_string(&setup.callers).unwrap();
-    callers.push_str("\n[[caller]]\nname = \"mtls-worker\"\ntls_subject = \"worker.internal\"\npermissions = [\"headers.read\"]\n");
-    callers.push_str(&format!("\n[[caller]]\nname = \"mesh-worker\"\ntls_subject = \"{SPIFFE_ID}\"\npermissions = [\"headers.read\"]\n"));
-    std::fs::write(&setup.callers, callers).unwrap();
-    let file = |name: &str, text: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path.to_str().unwrap().to_owned()
-    };
-    let mut args = setup.args.clone();
-    args.extend([
-        "--tls-cert".into(),
-        file("server.pem", &pki.server.0),
-        "--tls-key".into(),
-        file("server.key", &pki.server.1),
-        "--client-ca".into(),
-        file("ca.pem", &pki.ca_pem),
-        "--health-listen".into(),
-        "127.0.0.1:0".into(),
-    ]);
+    let callers = format!("\n[[caller]]\nname = \"mtls-worker\"\ntls_subject = \"worker.internal\"\npermissions = [\"headers.read\"]\n\n[[caller]]\nname = \"mesh-worker\"\ntls_subject = \"{SPIFFE_ID}\"\npermissions = [\"headers.read\"]\n");
+    let mut args = tls_serve_args(
+        dir.path(),
+        &setup,
+        &callers,
+        &[
+            ("--tls-cert", "server.pem", &pki.server.0),
+            ("--tls-key", "server.key", &pki.server.1),
+            ("--client-ca", "ca.pem", &pki.ca_pem),
+        ],
+    );
+    args.extend(["--health-listen".into(), "127.0.0.1:0".into()]);
     let mut process = Process::serve(&args, &[], dir.path()).await.unwrap();
     let addr = process.addr.to_string();
     let logs = process.stderr();
@@ -367,25 +379,17 @@ async fn a_client_certificate_the_crl_revokes_is_refused_at_the_handshake() {
 
     let dir = tempfile::TempDir::new().unwrap();
     let setup = write_config(dir.path());
-    let mut callers = std::fs::read_to_string(&setup.callers).unwrap();
-    callers.push_str("\n[[caller]]\nname = \"mtls-worker\"\ntls_subject = \"cn:worker.internal\"\npermissions = [\"headers.read\"]\n");
-    std::fs::write(&setup.callers, callers).unwrap();
-    let file = |name: &str, text: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path.to_str().unwrap().to_owned()
-    };
-    let mut args = setup.args.clone();
-    args.extend([
-        "--tls-cert".into(),
-        file("server.pem", &server.0),
-        "--tls-key".into(),
-        file("server.key", &server.1),
-        "--client-ca".into(),
-        file("ca.pem", &ours.pem()),
-        "--client-crl".into(),
-        file("ca.crl", &crl.pem().unwrap()),
-    ]);
+    let args = tls_serve_args(
+        dir.path(),
+        &setup,
+        "\n[[caller]]\nname = \"mtls-worker\"\ntls_subject = \"cn:worker.internal\"\npermissions = [\"headers.read\"]\n",
+        &[
+            ("--tls-cert", "server.pem", &server.0),
+            ("--tls-key", "server.key", &server.1),
+            ("--client-ca", "ca.pem", &ours.pem()),
+            ("--client-crl", "ca.crl", &crl.pem().unwrap()),
+        ],
+    );
     let mut process = Process::serve(&args, &[], dir.path()).await.unwrap();
     let addr = process.addr.to_string();
     let mut admin = client(
