@@ -347,7 +347,7 @@ impl Proxy {
                 Ok(t) => t,
                 Err(r) => {
                     log_refused(&req, &origin, &r);
-                    metrics::refused(if r.message.starts_with("no route") {
+                    metrics::refused(if r.message.starts_with(NO_ROUTE) {
                         metrics::Refused::Route
                     } else {
                         metrics::Refused::Target
@@ -408,10 +408,7 @@ impl Proxy {
                 .settings
                 .routes
                 .find(host, *port, path)
-                .ok_or_else(|| Refusal {
-                    status: 403,
-                    message: format!("no route for {host}{path}"),
-                })?;
+                .ok_or_else(|| no_route(host.as_ref(), path))?;
             return Ok(Target {
                 credential: route.credential.clone(),
                 addressed: Some((host.clone(), Some(*port))),
@@ -444,10 +441,7 @@ impl Proxy {
                 .routes
                 .find(&host, port.unwrap_or(80), path)
                 .or_else(|| self.settings.routes.find(&host, port.unwrap_or(443), path))
-                .ok_or_else(|| Refusal {
-                    status: 403,
-                    message: format!("no route for {host}{path}"),
-                })?;
+                .ok_or_else(|| no_route(host.as_ref(), path))?;
             return Ok(Target {
                 credential: route.credential.clone(),
                 addressed: Some((host, port)),
@@ -824,6 +818,17 @@ impl Proxy {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "a worker's connection ended with an error");
         }
+    }
+}
+
+/// How every "no route" refusal begins (the metrics count those as `route`).
+const NO_ROUTE: &str = "no route for ";
+
+/// The refusal of a request no route names.
+fn no_route(host: &str, path: &str) -> Refusal {
+    Refusal {
+        status: 403,
+        message: format!("{NO_ROUTE}{host}{path}"),
     }
 }
 
