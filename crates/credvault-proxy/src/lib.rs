@@ -25,17 +25,16 @@ pub mod metrics;
 pub mod routes;
 pub mod target;
 pub mod toml_file;
+pub mod upstream;
 pub mod workers;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use futures_util::StreamExt as _;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
@@ -47,7 +46,8 @@ use credvault_client::{Client, Error as VaultError};
 
 use crate::authority::Authority;
 use crate::routes::Routes;
-use crate::target::Refusal;
+use crate::target::{Base, Refusal};
+use crate::upstream::Upstream;
 use crate::workers::{Worker, Workers};
 
 /// A response body: the provider's, streamed, or the proxy's own text.
@@ -92,7 +92,7 @@ pub struct Proxy {
     vault: Client,
     settings: Settings,
     authority: Arc<Authority>,
-    upstream: reqwest::Client,
+    upstream: Upstream,
     reports: Reports,
     /// Workers' tokens: `None` serves loopback workers without one.
     workers: Option<std::sync::RwLock<Workers>>,
@@ -214,7 +214,7 @@ impl Proxy {
         vault: Client,
         settings: Settings,
         authority: Arc<Authority>,
-        upstream: reqwest::Client,
+        upstream: Upstream,
     ) -> Self {
         Proxy {
             vault,
@@ -552,12 +552,8 @@ impl Proxy {
             .collect();
         for name in names {
             if let Ok(held) = self.vault.headers(&name).await {
-                if let Ok(base) = reqwest::Url::parse(held.base_url()) {
-                    if base
-                        .host_str()
-                        .is_some_and(|h| h.eq_ignore_ascii_case(host))
-                        && base.port_or_known_default() == Some(port)
-                    {
+                if let Ok(base) = Base::parse(held.base_url()) {
+                    if base.has_host(host) && base.port() == port {
                         return true;
                     }
                 }
@@ -578,45 +574,35 @@ impl Proxy {
         let held = match self.acquire(name).await {
             Ok(h) => h,
             Err(response) => {
-                log_line(
-                    &req,
-                    name,
-                    "-",
-                    target,
-                    response.status().as_u16(),
-                    0,
-                    began,
-                    origin,
-                );
+                log_line(&req, name, "-", response.status().as_u16(), began, origin);
                 return response;
             }
         };
-        let base = match reqwest::Url::parse(held.base_url()) {
+        let base = match Base::parse(held.base_url()) {
             Ok(b) => b,
-            Err(_) => return text(502, &format!("credential {name}'s base_url is not a URL")),
+            Err(r) => {
+                metrics::refused(metrics::Refused::Target);
+                return refused(&r);
+            }
         };
         // Proxy form: the worker's host must be the credential's own.
         let rest = match &target.addressed {
             None => Some(target.path.as_str()),
             Some((host, port)) => {
-                let same = base
-                    .host_str()
-                    .is_some_and(|h| h.eq_ignore_ascii_case(host))
-                    && port.is_none_or(|p| {
-                        Some(p) == base.port_or_known_default()
-                            || (p == 80 && origin.tunnel.is_none())
-                    });
+                let same = base.has_host(host)
+                    && port
+                        .is_none_or(|p| p == base.port() || (p == 80 && origin.tunnel.is_none()));
                 if !same {
                     metrics::refused(metrics::Refused::Target);
                     return text(
                         403,
                         &format!(
                             "credential {name} is for {}, not {host}: the request is not sent",
-                            base.host_str().unwrap_or("?")
+                            base.host()
                         ),
                     );
                 }
-                target::below_base(&base, &target.path)
+                base.below(&target.path)
             }
         };
         let Some(rest) = rest else {
@@ -629,53 +615,49 @@ impl Proxy {
                 ),
             );
         };
-        let url = match target::upstream_url(held.base_url(), rest, target.query.as_deref()) {
+        let uri = match base.uri(rest, target.query.as_deref()) {
             Ok(u) => u,
             Err(r) => {
-                log_line(
-                    &req,
-                    name,
-                    base.host_str().unwrap_or("-"),
-                    target,
-                    r.status,
-                    0,
-                    began,
-                    origin,
-                );
+                log_line(&req, name, base.host(), r.status, began, origin);
                 metrics::refused(metrics::Refused::Target);
                 return refused(&r);
             }
         };
         let (mut parts, body) = req.into_parts();
-        let mut headers = std::mem::take(&mut parts.headers);
-        strip_hop_by_hop(&mut headers);
-        headers.remove(header::HOST);
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(header::HOST);
         // What the credential sets is its alone: the worker's own values go.
         for (k, v) in held.iter() {
             if let Ok(mut v) = HeaderValue::from_str(v) {
                 // Never indexed by HTTP/2 header compression.
                 v.set_sensitive(true);
-                headers.insert(k.clone(), v);
+                parts.headers.insert(k.clone(), v);
             }
         }
-        let host = url.host_str().unwrap_or("-").to_owned();
-        let path = url.path().to_owned();
-        let mut request = reqwest::Request::new(parts.method.clone(), url);
-        *request.headers_mut() = headers;
-        if !hyper::body::Body::is_end_stream(&body) {
-            let stream = http_body_util::BodyDataStream::new(body);
-            *request.body_mut() = Some(reqwest::Body::wrap_stream(stream));
-        }
-        let upstream = match self.upstream.execute(request).await {
+        // The provider's side speaks its own version (HTTP/2 by ALPN, or HTTP/1.1).
+        parts.version = http::Version::HTTP_11;
+        parts.uri = uri;
+        parts.extensions = http::Extensions::new();
+        let method = parts.method.clone();
+        let path_shown = parts.uri.path().to_owned();
+        let upstream = match self.upstream.send(Request::from_parts(parts, body)).await {
             Ok(r) => r,
             Err(e) => {
-                let e = e.without_url();
-                tracing::warn!(credential = %name, host = %host, error = %e, "the provider could not be reached");
+                tracing::warn!(credential = %name, host = %base.host(), error = %e, "the provider could not be reached");
                 metrics::refused(metrics::Refused::Upstream);
-                log_parts(&parts.method, name, &host, &path, 502, 0, began, origin);
+                log_parts(
+                    &method,
+                    name,
+                    base.host(),
+                    &path_shown,
+                    502,
+                    0,
+                    began,
+                    &origin.peer,
+                );
                 return text(
                     502,
-                    &format!("the provider at {host} could not be reached: {e}"),
+                    &format!("the provider at {} could not be reached: {e}", base.host()),
                 );
             }
         };
@@ -699,37 +681,23 @@ impl Proxy {
                 }
             });
         }
-        let mut response = Response::builder().status(status);
-        if let Some(h) = response.headers_mut() {
-            let mut copied = upstream.headers().clone();
-            strip_hop_by_hop(&mut copied);
-            *h = copied;
-        }
-        let log = LogOnEnd {
-            method: parts.method.to_string(),
-            credential: name.clone(),
-            host,
-            path,
-            status,
-            bytes: Arc::new(AtomicU64::new(0)),
-            began,
-            peer: origin.peer,
+        let (mut head, body) = upstream.into_parts();
+        strip_hop_by_hop(&mut head.headers);
+        head.extensions = http::Extensions::new();
+        let body = Counted {
+            body,
+            log: LogOnEnd {
+                method,
+                credential: name.clone(),
+                host: base.host().to_owned(),
+                path: path_shown,
+                status,
+                bytes: 0,
+                began,
+                peer: origin.peer,
+            },
         };
-        let bytes = Arc::clone(&log.bytes);
-        let stream = upstream.bytes_stream().map(move |chunk| {
-            let _keep = &log;
-            match chunk {
-                Ok(data) => {
-                    bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-                    Ok(hyper::body::Frame::data(data))
-                }
-                Err(e) => Err(std::io::Error::other(e.without_url())),
-            }
-        });
-        let body = http_body_util::StreamBody::new(stream).boxed_unsync();
-        response
-            .body(body)
-            .unwrap_or_else(|_| text(502, "the provider's answer could not be passed on"))
+        Response::from_parts(head, body.boxed_unsync())
     }
 
     /// The credential's headers once a request may go: at once, or within
@@ -895,27 +863,24 @@ fn shown_path(path: &str) -> String {
     out
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The log line of a request answered before its body streamed.
 fn log_line(
     req: &Request<Incoming>,
     credential: &str,
     host: &str,
-    target: &Target,
     status: u16,
-    bytes: u64,
     began: Instant,
     origin: &Origin,
 ) {
-    let _ = target;
     log_parts(
         req.method(),
         credential,
         host,
         req.uri().path(),
         status,
-        bytes,
+        0,
         began,
-        origin,
+        &origin.peer,
     );
 }
 
@@ -928,17 +893,17 @@ fn log_parts(
     status: u16,
     bytes: u64,
     began: Instant,
-    origin: &Origin,
+    peer: &SocketAddr,
 ) {
     tracing::info!(
         method = %method,
-        credential,
-        host,
+        credential = %credential,
+        host = %host,
         path = %shown_path(path),
         status,
         bytes,
         latency_ms = began.elapsed().as_secs_f64() * 1000.0,
-        peer = %origin.peer,
+        peer = %peer,
         "request"
     );
 }
@@ -946,30 +911,68 @@ fn log_parts(
 /// Writes a request's log line when its answer's body ends (or is dropped):
 /// method, credential, host, path without query, status, bytes, latency. Never a header value.
 struct LogOnEnd {
-    method: String,
+    method: Method,
     credential: String,
     host: String,
     path: String,
     status: u16,
-    bytes: Arc<AtomicU64>,
+    bytes: u64,
     began: Instant,
     peer: SocketAddr,
 }
 
 impl Drop for LogOnEnd {
     fn drop(&mut self) {
-        metrics::response_bytes(self.bytes.load(Ordering::Relaxed));
-        tracing::info!(
-            method = %self.method,
-            credential = %self.credential,
-            host = %self.host,
-            path = %shown_path(&self.path),
-            status = self.status,
-            bytes = self.bytes.load(Ordering::Relaxed),
-            latency_ms = self.began.elapsed().as_secs_f64() * 1000.0,
-            peer = %self.peer,
-            "request"
+        metrics::response_bytes(self.bytes);
+        log_parts(
+            &self.method,
+            &self.credential,
+            &self.host,
+            &self.path,
+            self.status,
+            self.bytes,
+            self.began,
+            &self.peer,
         );
+    }
+}
+
+/// The provider's answer as it streams to the worker, counted; the log line
+/// is written when it ends.
+struct Counted {
+    body: Incoming,
+    log: LogOnEnd,
+}
+
+impl hyper::body::Body for Counted {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.body).poll_frame(cx) {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.log.bytes += data.len() as u64;
+                }
+                std::task::Poll::Ready(Some(Ok(frame)))
+            }
+            std::task::Poll::Ready(Some(Err(e))) => {
+                std::task::Poll::Ready(Some(Err(std::io::Error::other(e))))
+            }
+            other => other.map(|_| None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -219,26 +219,14 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         std::fs::write(path, authority.ca_pem())
             .map_err(|e| format!("cannot write the CA certificate to {}: {e}", path.display()))?;
     }
-    let mut upstream = reqwest::Client::builder()
-        .use_rustls_tls()
-        // A redirect is the worker's to follow (through the proxy again), never the proxy's.
-        .redirect(reqwest::redirect::Policy::none())
-        // The proxy's own environment may name a proxy: never loop through it.
-        .no_proxy()
-        .connect_timeout(Duration::from_secs(10))
-        .pool_idle_timeout(Duration::from_secs(60));
-    if let Some(path) = &args.upstream_ca_file {
-        let pem =
-            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        for cert in reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| format!("{}: not a PEM CA bundle: {e}", path.display()))?
-        {
-            upstream = upstream.add_root_certificate(cert);
-        }
-    }
-    let upstream = upstream
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    // A redirect is the worker's to follow (through the proxy again), never the proxy's;
+    // the proxy's own environment may name a proxy: it is never read.
+    let upstream = credvault_proxy::upstream::Upstream::new(
+        args.upstream_ca_file.as_deref(),
+        Duration::from_secs(10),
+        Duration::from_secs(60),
+    )
+    .map_err(|e| e.to_string())?;
     let runtime =
         tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async move {

@@ -3,7 +3,7 @@
 //! any encoding, a backslash, an empty segment, an encoded slash, a control
 //! character, another host) is refused before a byte is sent upstream.
 
-use reqwest::Url;
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 
 /// A refused target: the status to answer and why (shown to the worker).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,61 +66,139 @@ fn check_raw(raw: &str, what: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// The URL to send to: `base_url`'s origin and path, then `rest` (the worker's
-/// path below the base, raw, starting with `/` or empty) and `query` (raw).
-pub fn upstream_url(base_url: &str, rest: &str, query: Option<&str>) -> Result<Url, Refusal> {
-    let base = Url::parse(base_url).map_err(|e| Refusal {
-        status: 502,
-        message: format!("the credential's base_url {base_url:?} is not a URL: {e}"),
-    })?;
-    if !rest.is_empty() && !rest.starts_with('/') {
-        return Err(Refusal::bad("the path must begin with /"));
-    }
-    check_raw(rest, "path")?;
-    if let Some(q) = query {
-        check_raw(q, "query")?;
-    }
-    let segments: Vec<&str> = rest.split('/').skip(1).collect();
-    for (i, segment) in segments.iter().enumerate() {
-        if *segment == "." || *segment == ".." {
-            return Err(Refusal::forbidden(
-                "the path holds a . or .. segment: it may not leave the credential's base path",
-            ));
-        }
-        if segment.is_empty() && i + 1 < segments.len() {
-            return Err(Refusal::bad("the path holds an empty segment (//)"));
-        }
-    }
-    let base_path = base.path().trim_end_matches('/');
-    let mut url = base.clone();
-    url.set_path(&format!("{base_path}{rest}"));
-    url.set_query(query.filter(|q| !q.is_empty()));
-    url.set_fragment(None);
-    // What the parser made of it must still be the credential's own place.
-    let same_origin = url.scheme() == base.scheme()
-        && url.host_str() == base.host_str()
-        && url.port_or_known_default() == base.port_or_known_default();
-    let under_base = url.path() == base_path
-        || url.path().starts_with(&format!("{base_path}/"))
-        || base_path.is_empty();
-    if !same_origin || !under_base {
-        return Err(Refusal::forbidden(
-            "the request would leave the credential's base URL",
-        ));
-    }
-    Ok(url)
+/// A credential's base URL, read into what a request is built from: the
+/// scheme, the authority, the host in lower case, the port (or the scheme's)
+/// and the path without its trailing `/`.
+#[derive(Clone, Debug)]
+pub struct Base {
+    scheme: Scheme,
+    authority: Authority,
+    host: String,
+    port: u16,
+    path: String,
 }
 
-/// The part of `path` below `base_url`'s path, for a request in proxy form
-/// (its own host already checked against the credential's): `None` when the
-/// path is not under it.
-pub fn below_base<'a>(base_url: &Url, path: &'a str) -> Option<&'a str> {
-    let base_path = base_url.path().trim_end_matches('/');
-    if base_path.is_empty() {
-        return Some(path);
+impl Base {
+    /// Reads `base_url`: `http` or `https`, a host, no user, query or fragment.
+    pub fn parse(base_url: &str) -> Result<Base, Refusal> {
+        let bad = |why: &str| Refusal {
+            status: 502,
+            message: format!("the credential's base_url {base_url:?} is not one to send to: {why}"),
+        };
+        let uri: Uri = base_url.parse().map_err(|_| bad("not a URL"))?;
+        let scheme = uri.scheme().cloned().ok_or_else(|| bad("no scheme"))?;
+        let default_port = match scheme.as_str() {
+            "https" => 443,
+            "http" => 80,
+            _ => return Err(bad("the scheme is neither http nor https")),
+        };
+        let authority = uri.authority().cloned().ok_or_else(|| bad("no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(bad("it names a user"));
+        }
+        if authority.host().is_empty() {
+            return Err(bad("no host"));
+        }
+        if uri.query().is_some() || base_url.contains('#') {
+            return Err(bad("it holds a query or a fragment"));
+        }
+        Ok(Base {
+            host: authority.host().to_ascii_lowercase(),
+            port: authority.port_u16().unwrap_or(default_port),
+            path: uri.path().trim_end_matches('/').to_owned(),
+            scheme,
+            authority,
+        })
     }
-    let rest = path.strip_prefix(base_path)?;
-    (rest.is_empty() || rest.starts_with('/')).then_some(rest)
+
+    /// The host, in lower case (an IPv6 address in brackets).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The port, or the scheme's.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The path, without its trailing `/` (empty for the root).
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Whether `host` (as a worker wrote it, any case, IPv6 with or without
+    /// brackets) is this base's host.
+    pub fn has_host(&self, host: &str) -> bool {
+        let bare = |h: &str| h.trim_start_matches('[').trim_end_matches(']').to_owned();
+        bare(&self.host).eq_ignore_ascii_case(&bare(host))
+    }
+
+    /// The URI to send to: this base's origin and path, then `rest` (the
+    /// worker's path below the base, raw, starting with `/` or empty) and
+    /// `query` (raw). Anything that could lead elsewhere is refused.
+    pub fn uri(&self, rest: &str, query: Option<&str>) -> Result<Uri, Refusal> {
+        if !rest.is_empty() && !rest.starts_with('/') {
+            return Err(Refusal::bad("the path must begin with /"));
+        }
+        check_raw(rest, "path")?;
+        if let Some(q) = query {
+            check_raw(q, "query")?;
+        }
+        let segments: Vec<&str> = rest.split('/').skip(1).collect();
+        for (i, segment) in segments.iter().enumerate() {
+            if *segment == "." || *segment == ".." {
+                return Err(Refusal::forbidden(
+                    "the path holds a . or .. segment: it may not leave the credential's base path",
+                ));
+            }
+            if segment.is_empty() && i + 1 < segments.len() {
+                return Err(Refusal::bad("the path holds an empty segment (//)"));
+            }
+        }
+        let mut path_and_query = String::with_capacity(
+            self.path.len() + rest.len() + query.map_or(0, |q| q.len() + 1) + 1,
+        );
+        path_and_query.push_str(&self.path);
+        path_and_query.push_str(rest);
+        if path_and_query.is_empty() {
+            path_and_query.push('/');
+        }
+        if let Some(q) = query.filter(|q| !q.is_empty()) {
+            path_and_query.push('?');
+            path_and_query.push_str(q);
+        }
+        let path_and_query = PathAndQuery::try_from(path_and_query)
+            .map_err(|_| Refusal::bad("the path or query is not one a URI may hold"))?;
+        // What the parser made of it must still be the credential's own place.
+        let under_base = self.path.is_empty()
+            || path_and_query.path() == self.path
+            || path_and_query
+                .path()
+                .strip_prefix(self.path.as_str())
+                .is_some_and(|below| below.starts_with('/'));
+        if !under_base || path_and_query.query() != query.filter(|q| !q.is_empty()) {
+            return Err(Refusal::forbidden(
+                "the request would leave the credential's base URL",
+            ));
+        }
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| Refusal::bad("the path or query is not one a URI may hold"))
+    }
+
+    /// The part of `path` below this base's path, for a request in proxy form
+    /// (its own host already checked against the credential's): `None` when the
+    /// path is not under it.
+    pub fn below<'a>(&self, path: &'a str) -> Option<&'a str> {
+        if self.path.is_empty() {
+            return Some(path);
+        }
+        let rest = path.strip_prefix(self.path.as_str())?;
+        (rest.is_empty() || rest.starts_with('/')).then_some(rest)
+    }
 }
 
 #[cfg(test)]
@@ -131,15 +209,28 @@ mod tests {
 
     #[test]
     fn a_plain_path_and_query_go_under_the_base() {
-        let url = upstream_url(BASE, "/v1/users/me", Some("page=2&per_page=50")).unwrap();
+        let base = Base::parse(BASE).unwrap();
+        let uri = base
+            .uri("/v1/users/me", Some("page=2&per_page=50"))
+            .unwrap();
         assert_eq!(
-            url.as_str(),
+            uri.to_string(),
             "https://secure.fleetio.com/api/v1/users/me?page=2&per_page=50"
         );
-        assert_eq!(upstream_url(BASE, "", None).unwrap().path(), "/api");
+        assert_eq!(base.uri("", None).unwrap().path(), "/api");
         assert_eq!(
-            upstream_url(BASE, "/v1/a%20b", None).unwrap().path(),
-            "/api/v1/a%20b"
+            base.uri("/", Some("")).unwrap().to_string(),
+            "https://secure.fleetio.com/api/"
+        );
+        assert_eq!(base.uri("/v1/a%20b", None).unwrap().path(), "/api/v1/a%20b");
+        let root = Base::parse("http://127.0.0.1:8080/").unwrap();
+        assert_eq!(
+            root.uri("", None).unwrap().to_string(),
+            "http://127.0.0.1:8080/"
+        );
+        assert_eq!(
+            (root.host(), root.port(), root.path()),
+            ("127.0.0.1", 8080, "")
         );
     }
 
@@ -165,20 +256,46 @@ mod tests {
             "/x%zz",
         ] {
             assert!(
-                upstream_url(BASE, rest, None).is_err(),
+                Base::parse(BASE).unwrap().uri(rest, None).is_err(),
                 "{rest:?} was let through"
             );
         }
-        assert!(upstream_url(BASE, "/v1", Some("a=1\r\nX: y")).is_err());
-        assert!(upstream_url(BASE, "/v1", Some("a=%00")).is_err());
+        let base = Base::parse(BASE).unwrap();
+        assert!(base.uri("/v1", Some("a=1\r\nX: y")).is_err());
+        assert!(base.uri("/v1", Some("a=%00")).is_err());
+        assert!(base.uri("/v1", Some("a=1#frag")).is_err());
     }
 
     #[test]
     fn below_base_strips_the_base_path_at_a_boundary() {
-        let base = Url::parse(BASE).unwrap();
-        assert_eq!(below_base(&base, "/api/v1/users"), Some("/v1/users"));
-        assert_eq!(below_base(&base, "/api"), Some(""));
-        assert_eq!(below_base(&base, "/apix"), None);
-        assert_eq!(below_base(&base, "/other"), None);
+        let base = Base::parse(BASE).unwrap();
+        assert_eq!(base.below("/api/v1/users"), Some("/v1/users"));
+        assert_eq!(base.below("/api"), Some(""));
+        assert_eq!(base.below("/apix"), None);
+        assert_eq!(base.below("/other"), None);
+    }
+
+    #[test]
+    fn a_base_url_must_be_an_origin_and_a_path() {
+        let base = Base::parse("https://Secure.Fleetio.com:8443/api/").unwrap();
+        assert_eq!(
+            (base.host(), base.port(), base.path()),
+            ("secure.fleetio.com", 8443, "/api")
+        );
+        assert!(base.has_host("SECURE.fleetio.COM"));
+        assert!(!base.has_host("fleetio.com"));
+        let v6 = Base::parse("http://[::1]:9000/x").unwrap();
+        assert!(v6.has_host("::1") && v6.has_host("[::1]"));
+        for bad in [
+            "",
+            "secure.fleetio.com/api",
+            "ftp://secure.fleetio.com/api",
+            "https://user:pw@secure.fleetio.com/api",
+            "https://secure.fleetio.com/api?x=1",
+            "https://secure.fleetio.com/api#x",
+            "https:///api",
+        ] {
+            assert!(Base::parse(bad).is_err(), "{bad:?} was taken");
+        }
     }
 }
