@@ -73,6 +73,9 @@ pub struct Settings {
     pub header_timeout: Duration,
     /// The most bytes of request headers.
     pub max_header_bytes: usize,
+    /// Threads serving workers, each with its own runtime and its own
+    /// connections to the providers (a connection is served on one thread).
+    pub threads: usize,
 }
 
 impl Default for Settings {
@@ -83,6 +86,7 @@ impl Default for Settings {
             max_connections: 1024,
             header_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
+            threads: std::thread::available_parallelism().map_or(1, usize::from),
         }
     }
 }
@@ -93,9 +97,11 @@ pub struct Proxy {
     settings: Settings,
     authority: Arc<Authority>,
     upstream: Upstream,
-    reports: Reports,
+    reports: Arc<Reports>,
     /// Workers' tokens: `None` serves loopback workers without one.
-    workers: Option<std::sync::RwLock<Workers>>,
+    workers: Option<Arc<std::sync::RwLock<Workers>>>,
+    /// Base URLs already read (this thread's; a few hundred at most).
+    bases: Mutex<std::collections::HashMap<String, Arc<Base>>>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -132,20 +138,24 @@ impl Reports {
 }
 
 /// The headers a hop removes (RFC 9110 §7.6.1), and the proxy's own.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Removes hop-by-hop headers, and those `Connection` names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most requests and answers hold none: one pass over the names says so.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -156,7 +166,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
@@ -221,15 +231,30 @@ impl Proxy {
             settings,
             authority,
             upstream,
-            reports: Reports::default(),
+            reports: Arc::default(),
             workers: None,
+            bases: Mutex::default(),
         }
     }
 
     /// The same proxy requiring a worker's token on every request (any peer may connect).
     pub fn with_workers(mut self, workers: Workers) -> Self {
-        self.workers = Some(std::sync::RwLock::new(workers));
+        self.workers = Some(Arc::new(std::sync::RwLock::new(workers)));
         self
+    }
+
+    /// The same proxy (the vault's client, the tokens, the reports shared)
+    /// with connections to the providers of its own, for another thread.
+    fn for_thread(&self) -> Proxy {
+        Proxy {
+            vault: self.vault.clone(),
+            settings: self.settings.clone(),
+            authority: Arc::clone(&self.authority),
+            upstream: self.upstream.fresh(),
+            reports: Arc::clone(&self.reports),
+            workers: self.workers.clone(),
+            bases: Mutex::default(),
+        }
     }
 
     /// Replaces the workers' tokens (SIGHUP); tunnels open keep the worker they began with.
@@ -278,6 +303,23 @@ impl Proxy {
     /// The vault's client.
     pub fn vault(&self) -> &Client {
         &self.vault
+    }
+
+    /// A base URL, read once (the credential's held headers name it on every request).
+    fn base(&self, base_url: &str) -> Result<Arc<Base>, Refusal> {
+        let mut bases = self
+            .bases
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(base) = bases.get(base_url) {
+            return Ok(Arc::clone(base));
+        }
+        let base = Arc::new(Base::parse(base_url)?);
+        if bases.len() >= 4096 {
+            bases.clear();
+        }
+        bases.insert(base_url.to_owned(), Arc::clone(&base));
+        Ok(base)
     }
 
     /// Whether every routed credential's headers are held (asked of the vault once).
@@ -578,7 +620,7 @@ impl Proxy {
                 return response;
             }
         };
-        let base = match Base::parse(held.base_url()) {
+        let base = match self.base(held.base_url()) {
             Ok(b) => b,
             Err(r) => {
                 metrics::refused(metrics::Refused::Target);
@@ -985,8 +1027,26 @@ impl<F: FnMut()> Drop for OnDrop<F> {
     }
 }
 
+/// A connection accepted (its peer, its slot), on its way to a thread.
+type Accepted = (
+    std::net::TcpStream,
+    SocketAddr,
+    tokio::sync::OwnedSemaphorePermit,
+);
+
+/// One of the threads serving workers: a single-threaded runtime with its own
+/// connections to the providers, as Envoy's workers, so that a request is
+/// served start to end on one thread, without a lock or a wake-up shared
+/// with another (on two cores: a third less CPU per request over HTTP/2,
+/// BENCHMARKS.md).
+struct Lane {
+    accepted: tokio::sync::mpsc::UnboundedSender<Accepted>,
+    open: Arc<std::sync::atomic::AtomicUsize>,
+}
+
 /// Serves workers on `listener` until `shutdown` resolves: each connection in
-/// its own task, at most `max_connections` at once. Only loopback peers are
+/// its own task on the least busy of `threads` threads, at most
+/// `max_connections` at once. Without workers' tokens only loopback peers are
 /// served (a worker beside the proxy).
 pub async fn run(
     listener: tokio::net::TcpListener,
@@ -996,6 +1056,10 @@ pub async fn run(
     let slots = Arc::new(tokio::sync::Semaphore::new(
         proxy.settings.max_connections.max(1),
     ));
+    let mut lanes = Vec::new();
+    for i in 0..proxy.settings.threads.max(1) {
+        lanes.push(lane(i, Arc::new(proxy.for_thread()))?);
+    }
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -1018,21 +1082,67 @@ pub async fn run(
             continue;
         }
         let _ = stream.set_nodelay(true);
-        let proxy = Arc::clone(&proxy);
-        metrics::connection(1.0);
-        tokio::spawn(async move {
-            let _permit = permit;
-            let _closed = OnDrop(|| metrics::connection(-1.0));
-            proxy
-                .serve_io(
-                    TokioIo::new(stream),
-                    Origin {
-                        peer,
-                        tunnel: None,
-                        worker: None,
-                    },
-                )
-                .await;
-        });
+        let Some(lane) = lanes
+            .iter()
+            .min_by_key(|l| l.open.load(std::sync::atomic::Ordering::Relaxed))
+        else {
+            continue;
+        };
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "an accepted connection could not be handed to a thread");
+                continue;
+            }
+        };
+        lane.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _ = lane.accepted.send((stream, peer, permit));
     }
+}
+
+/// Starts thread `i`: it serves the connections sent to it until the sender is dropped.
+fn lane(i: usize, proxy: Arc<Proxy>) -> std::io::Result<Lane> {
+    let (accepted, mut arriving) = tokio::sync::mpsc::unbounded_channel::<Accepted>();
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = Arc::clone(&open);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name(format!("credvault-proxy-{i}"))
+        .spawn(move || {
+            runtime.block_on(async move {
+                while let Some((stream, peer, permit)) = arriving.recv().await {
+                    let stream = match tokio::net::TcpStream::from_std(stream) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                            tracing::warn!(error = %e, "a connection could not join its thread");
+                            continue;
+                        }
+                    };
+                    let proxy = Arc::clone(&proxy);
+                    let count = Arc::clone(&count);
+                    metrics::connection(1.0);
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        let _closed = OnDrop(|| {
+                            count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                            metrics::connection(-1.0);
+                        });
+                        proxy
+                            .serve_io(
+                                TokioIo::new(stream),
+                                Origin {
+                                    peer,
+                                    tunnel: None,
+                                    worker: None,
+                                },
+                            )
+                            .await;
+                    });
+                }
+            });
+        })?;
+    Ok(Lane { accepted, open })
 }

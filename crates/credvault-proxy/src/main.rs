@@ -104,6 +104,10 @@ struct ServeArgs {
     /// raised to its hard value, less 256, at most 65,536].
     #[arg(long, env = "CREDVAULT_PROXY_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    /// Threads serving workers, each with its own connections to the providers
+    /// [default: the CPUs this process may use].
+    #[arg(long, env = "CREDVAULT_PROXY_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: Option<u16>,
     /// Serve Prometheus metrics at /metrics on this address (off when not given).
     #[arg(long, env = "CREDVAULT_PROXY_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -227,8 +231,12 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         Duration::from_secs(60),
     )
     .map_err(|e| e.to_string())?;
-    let runtime =
-        tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
+    // This runtime accepts, talks to the vault and serves metrics; the workers'
+    // connections are served on --threads threads of their own (`run`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async move {
         let token = match (&args.token, &args.token_file) {
             (Some(t), _) => t.clone(),
@@ -258,6 +266,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             routes,
             max_wait: args.max_wait,
             max_connections: args.max_connections.unwrap_or_else(default_max_connections),
+            threads: args.threads.map_or(Settings::default().threads, usize::from),
             ..Settings::default()
         };
         let mut proxy = Proxy::new(vault, settings, authority, upstream);

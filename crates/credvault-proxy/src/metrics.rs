@@ -74,8 +74,19 @@ fn class(status: u16) -> &'static str {
     }
 }
 
+/// Whether a recorder is installed (`--metrics-listen`): without one the
+/// request path builds no labels at all.
+static INSTALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn installed() -> bool {
+    INSTALLED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A request the provider answered.
 pub fn request(form: &'static str, credential: &str, status: u16, latency: Duration) {
+    if !installed() {
+        return;
+    }
     counter!(REQUESTS, "form" => form, "credential" => credential.to_owned(), "code" => class(status))
         .increment(1);
     histogram!(LATENCY, "form" => form).record(latency.as_secs_f64());
@@ -83,6 +94,9 @@ pub fn request(form: &'static str, credential: &str, status: u16, latency: Durat
 
 /// Bytes of a provider's answer passed on.
 pub fn response_bytes(n: u64) {
+    if !installed() {
+        return;
+    }
     counter!(BYTES).increment(n);
 }
 
@@ -127,6 +141,7 @@ pub async fn install(addr: SocketAddr) -> Result<SocketAddr, MetricsError> {
         )
         .and_then(|b| b.install_recorder())
         .map_err(|e| MetricsError::Recorder(e.to_string()))?;
+    INSTALLED.store(true, std::sync::atomic::Ordering::Relaxed);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| MetricsError::Bind { addr, source })?;

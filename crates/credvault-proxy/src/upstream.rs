@@ -39,6 +39,9 @@ type Connector = Timed<HttpsConnector<HttpConnector>>;
 #[derive(Clone, Debug)]
 pub struct Upstream {
     client: hyper_util::client::legacy::Client<Connector, Incoming>,
+    tls: Arc<rustls::ClientConfig>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
 }
 
 impl Upstream {
@@ -83,12 +86,34 @@ impl Upstream {
             .map_err(|e| UpstreamError::Tls(e.to_string()))?
             .with_root_certificates(roots)
             .with_no_client_auth();
+        Ok(Upstream::with_tls(
+            Arc::new(tls),
+            connect_timeout,
+            idle_timeout,
+        ))
+    }
+
+    /// The same client with a pool of its own (for another of the proxy's
+    /// threads: a connection is used by the thread that made it).
+    pub fn fresh(&self) -> Upstream {
+        Upstream::with_tls(
+            Arc::clone(&self.tls),
+            self.connect_timeout,
+            self.idle_timeout,
+        )
+    }
+
+    fn with_tls(
+        tls: Arc<rustls::ClientConfig>,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Upstream {
         let mut tcp = HttpConnector::new();
         tcp.enforce_http(false);
         tcp.set_nodelay(true);
         tcp.set_connect_timeout(Some(connect_timeout));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
+            .with_tls_config((*tls).clone())
             .https_or_http()
             .enable_all_versions()
             .wrap_connector(tcp);
@@ -100,7 +125,12 @@ impl Upstream {
                 inner: https,
                 limit: connect_timeout,
             });
-        Ok(Upstream { client })
+        Upstream {
+            client,
+            tls,
+            connect_timeout,
+            idle_timeout,
+        }
     }
 
     /// Sends `request` (its URI absolute) and answers the provider's response

@@ -248,6 +248,55 @@ async fn a_rotation_applies_to_the_next_request_and_a_deletion_refuses_it() {
 }
 
 #[tokio::test]
+async fn a_provider_the_proxy_cannot_verify_or_reach_is_a_502_that_says_why() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let fake = Fake::start().await;
+    let vault = Vault::start(&fake).await;
+    let mut admin = vault.admin().await;
+    create(&mut admin, "fleetio-acme", "key-ACME-0000001", "acct-ACME").await;
+    // This proxy trusts another CA than the one that signed the fake's certificate.
+    let stranger = Fake::start().await;
+    let proxy = ProxyProcess::start(
+        &vault,
+        &stranger,
+        &dir.path().join("a"),
+        ROUTES,
+        &["--threads", "1"],
+    )
+    .await;
+    let url = format!("http://{}/c/fleetio-acme/v1/users/me", proxy.addr);
+    let (_, out, _) = curl(&["-sS", "-w", "\n%{http_code}", &url]).await;
+    assert!(out.ends_with("\n502"), "{out}");
+    assert!(
+        out.contains("could not be reached") && out.contains("certificate"),
+        "{out}"
+    );
+    assert!(
+        fake.seen().is_empty(),
+        "a request went to an unverified provider"
+    );
+    // A provider that is not listening: refused at once, the same way.
+    drop(fake);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let unreachable = Fake::start().await;
+    let vault = Vault::start_with_base_url(&format!("http://127.0.0.1:{port}/api")).await;
+    let mut admin = vault.admin().await;
+    create(&mut admin, "fleetio-acme", "key-ACME-0000001", "acct-ACME").await;
+    let proxy = ProxyProcess::start(&vault, &unreachable, &dir.path().join("b"), ROUTES, &[]).await;
+    let url = format!("http://{}/c/fleetio-acme/v1/users/me", proxy.addr);
+    let (_, out, _) = curl(&["-sS", "-w", "\n%{http_code}", &url]).await;
+    assert!(out.ends_with("\n502"), "{out}");
+    assert!(
+        out.contains("could not be reached") && out.contains("refused"),
+        "{out}"
+    );
+    let logs = proxy.stderr();
+    assert!(!logs.contains("key-ACME"), "{logs}");
+}
+
+#[tokio::test]
 async fn check_names_a_bad_route_and_ca_prints_the_certificate() {
     let dir = tempfile::TempDir::new().unwrap();
     std::fs::write(dir.path().join("good.toml"), ROUTES).unwrap();

@@ -232,6 +232,11 @@ pub struct Vault {
 impl Vault {
     /// A vault whose Fleetio credentials point at `fake`.
     pub async fn start(fake: &Fake) -> Vault {
+        Vault::start_with_base_url(&fake.base_url()).await
+    }
+
+    /// A vault whose Fleetio credentials point at `base_url`.
+    pub async fn start_with_base_url(base_url: &str) -> Vault {
         let dir = tempfile::TempDir::new().unwrap();
         let (admin, proxy) = (mint_token(), mint_token());
         let callers = [
@@ -261,7 +266,7 @@ impl Vault {
             tls: None,
             health_listen: None,
             providers: credvault::provider::ProviderSettings {
-                base_urls: [("fleetio".to_owned(), fake.base_url())].into(),
+                base_urls: [("fleetio".to_owned(), base_url.to_owned())].into(),
                 ..Default::default()
             },
             reverify: Default::default(),
