@@ -114,6 +114,10 @@ struct Args {
     /// Skip the proxy step (requests direct and through credvault-proxy, side by side).
     #[arg(long)]
     skip_proxy: bool,
+    /// Rounds of the proxy step: direct then through the proxy, again and again;
+    /// the median of the rounds' ratios is reported (a shared machine is noisy).
+    #[arg(long, default_value_t = 3)]
+    proxy_rounds: usize,
     /// A providers file for the measured server that declares `fleetio-declared`
     /// (deploy/providers.example.toml): adds the hot path for as many credentials
     /// of the declared Fleetio on the same server, beside the built-in one's.
@@ -655,6 +659,7 @@ async fn main() {
         args.scale_credentials = args.scale_credentials.min(1000);
         args.watchers = args.watchers.min(20);
         args.idle_streams = args.idle_streams.min(200);
+        args.proxy_rounds = 1;
     }
     // A thousand watching clients hold a connection each.
     let _ = rlimit::increase_nofile_limit(u64::MAX);

@@ -2,7 +2,10 @@
 //! directly (the worker holding the key and attaching the headers itself) and
 //! through the proxy's base-URL form, side by side at each concurrency, for an
 //! upstream over TLS (HTTP/2 by ALPN) and one over plain HTTP/1.1. Reports the
-//! added p50/p99 latency, the throughput ratio and the proxy's CPU per request.
+//! added p50/p99 latency, the throughput ratio and the proxy's CPU per request,
+//! in two layouts: every process on every core, and (with two cores or more)
+//! the proxy on a core of its own, as a sidecar with its own CPU, the bench
+//! (the worker and the upstream, which in production runs elsewhere) on the rest.
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -114,11 +117,28 @@ struct ProxyProcess {
 }
 
 impl ProxyProcess {
-    async fn start(bin: &Path, dir: &Path, vault: &str, token: &str) -> ProxyProcess {
+    /// Starts the proxy; on `cpus` (and as many threads) when given.
+    async fn start(
+        bin: &Path,
+        dir: &Path,
+        vault: &str,
+        token: &str,
+        cpus: Option<&[usize]>,
+    ) -> ProxyProcess {
         use tokio::io::AsyncBufReadExt as _;
-        let mut child = tokio::process::Command::new(bin)
+        let mut command = tokio::process::Command::new(bin);
+        command.arg("serve");
+        if let Some(cpus) = cpus {
+            command.arg("--threads").arg(cpus.len().to_string());
+            let set = affinity::cpu_set(cpus);
+            // SAFETY: between fork and exec the closure only makes the
+            // sched_setaffinity system call (async-signal-safe) on a set built before.
+            unsafe {
+                command.pre_exec(move || affinity::set(0, &set));
+            }
+        }
+        let mut child = command
             .args([
-                "serve",
                 "--listen",
                 "127.0.0.1:0",
                 "--log-level",
@@ -220,81 +240,240 @@ pub async fn figures(args: &Args, work: &Path, token: &str, rows: &mut Vec<Row>)
             })
             .await
             .expect("the bench credential");
-        let proxy = ProxyProcess::start(&args.proxy_bin, work, &server.addr, token).await;
-        let worker = reqwest::Client::builder()
-            .no_proxy()
-            .add_root_certificate(ca.clone())
-            .pool_max_idle_per_host(256)
-            .build()
-            .expect("a client");
-        let direct = get_op(
-            worker.clone(),
-            format!("{base}/v1/users/me"),
-            held_headers(),
-        );
-        let via = get_op(
-            worker.clone(),
-            format!("http://{}/c/bench-proxy/v1/users/me", proxy.addr),
-            reqwest::header::HeaderMap::new(),
-        );
-        // The proxy holds the headers before it is measured.
-        let began = Instant::now();
-        while !via(0).await {
-            assert!(
-                began.elapsed() < Duration::from_secs(30),
-                "the proxy never answered"
+        for layout in Layout::all() {
+            let proxy = ProxyProcess::start(
+                &args.proxy_bin,
+                work,
+                &server.addr,
+                token,
+                layout.proxy_cpus(),
+            )
+            .await;
+            layout.enter();
+            let worker = reqwest::Client::builder()
+                .no_proxy()
+                .add_root_certificate(ca.clone())
+                .pool_max_idle_per_host(256)
+                .build()
+                .expect("a client");
+            let direct = get_op(
+                worker.clone(),
+                format!("{base}/v1/users/me"),
+                held_headers(),
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            let via = get_op(
+                worker.clone(),
+                format!("http://{}/c/bench-proxy/v1/users/me", proxy.addr),
+                reqwest::header::HeaderMap::new(),
+            );
+            // The proxy holds the headers before it is measured.
+            let began = Instant::now();
+            while !via(0).await {
+                assert!(
+                    began.elapsed() < Duration::from_secs(30),
+                    "the proxy never answered"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            for &c in &args.concurrency {
+                // Rounds of direct then via, side by side; the medians are reported.
+                let mut rounds = Vec::new();
+                for _ in 0..args.proxy_rounds.max(1) {
+                    let d = load(
+                        &format!("direct {kind}{}", layout.suffix()),
+                        c,
+                        args.warmup,
+                        args.duration,
+                        Arc::clone(&direct),
+                        None,
+                    )
+                    .await;
+                    let p = load(
+                        &format!("via credvault-proxy {kind}{}", layout.suffix()),
+                        c,
+                        args.warmup,
+                        args.duration,
+                        Arc::clone(&via),
+                        proxy.child.id(),
+                    )
+                    .await;
+                    rounds.push(json!({
+                        "added_p50_us": p.p50_us as i64 - d.p50_us as i64,
+                        "added_p99_us": p.p99_us as i64 - d.p99_us as i64,
+                        "rps_ratio": p.rps / d.rps.max(1.0),
+                        "proxy_cpu_us_per_request": p.server_cpu_us_per_request,
+                        "errors": d.errors + p.errors,
+                    }));
+                    rows.push(d);
+                    rows.push(p);
+                }
+                let median = |field: &str| {
+                    let mut v: Vec<f64> = rounds.iter().filter_map(|r| r[field].as_f64()).collect();
+                    v.sort_by(f64::total_cmp);
+                    v.get(v.len() / 2).copied()
+                };
+                out.push(json!({
+                    "upstream": kind,
+                    "layout": layout.name(),
+                    "concurrency": c,
+                    "added_p50_us": median("added_p50_us"),
+                    "added_p99_us": median("added_p99_us"),
+                    "rps_ratio": median("rps_ratio"),
+                    "proxy_cpu_us_per_request": median("proxy_cpu_us_per_request"),
+                    "errors": rounds.iter().filter_map(|r| r["errors"].as_u64()).sum::<u64>(),
+                    "rounds": rounds,
+                }));
+            }
+            layout.leave();
+            drop(proxy);
         }
-        for &c in &args.concurrency {
-            let d = load(
-                &format!("direct {kind}"),
-                c,
-                args.warmup,
-                args.duration,
-                Arc::clone(&direct),
-                None,
-            )
-            .await;
-            let p = load(
-                &format!("via credvault-proxy {kind}"),
-                c,
-                args.warmup,
-                args.duration,
-                Arc::clone(&via),
-                proxy.child.id(),
-            )
-            .await;
-            out.push(json!({
-                "upstream": kind,
-                "concurrency": c,
-                "added_p50_us": p.p50_us as i64 - d.p50_us as i64,
-                "added_p99_us": p.p99_us as i64 - d.p99_us as i64,
-                "rps_ratio": p.rps / d.rps.max(1.0),
-                "proxy_cpu_us_per_request": p.server_cpu_us_per_request,
-                "errors": d.errors + p.errors,
-            }));
-            rows.push(d);
-            rows.push(p);
-        }
-        drop(proxy);
         server.stop().await;
     }
     println!();
-    println!("| upstream | concurrency | added p50 µs | added p99 µs | req/s via proxy / direct | proxy CPU µs/req |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("| upstream | layout | concurrency | added p50 µs | added p99 µs | req/s via proxy / direct (rounds) | proxy CPU µs/req |");
+    println!("|---|---|---:|---:|---:|---|---:|");
+    let shown =
+        |v: &Value, digits: usize| v.as_f64().map_or("-".into(), |x| format!("{x:.digits$}"));
     for r in &out {
+        let rounds: Vec<String> = r["rounds"]
+            .as_array()
+            .map(|a| a.iter().map(|x| shown(&x["rps_ratio"], 2)).collect())
+            .unwrap_or_default();
         println!(
-            "| {} | {} | {} | {} | {:.2} | {} |",
+            "| {} | {} | {} | {} | {} | {} ({}) | {} |",
             r["upstream"].as_str().unwrap_or(""),
+            r["layout"].as_str().unwrap_or(""),
             r["concurrency"],
-            r["added_p50_us"],
-            r["added_p99_us"],
-            r["rps_ratio"].as_f64().unwrap_or(0.0),
-            r["proxy_cpu_us_per_request"]
-                .as_f64()
-                .map_or("-".into(), |c| format!("{c:.1}")),
+            shown(&r["added_p50_us"], 0),
+            shown(&r["added_p99_us"], 0),
+            shown(&r["rps_ratio"], 2),
+            rounds.join(", "),
+            shown(&r["proxy_cpu_us_per_request"], 1),
         );
     }
     Value::Array(out)
+}
+
+/// Where the processes run during a proxy measurement.
+#[derive(Clone, Debug)]
+enum Layout {
+    /// Every process on every core this one may use.
+    Shared,
+    /// The proxy (one thread) on the last core, the bench on the others.
+    OwnCore {
+        proxy: Vec<usize>,
+        bench: Vec<usize>,
+        all: Vec<usize>,
+    },
+}
+
+impl Layout {
+    /// Both layouts, the second only with two cores or more to split.
+    fn all() -> Vec<Layout> {
+        let mut layouts = vec![Layout::Shared];
+        if let Ok(all) = affinity::allowed() {
+            if let Some((last, rest)) = all.split_last() {
+                if !rest.is_empty() {
+                    layouts.push(Layout::OwnCore {
+                        proxy: vec![*last],
+                        bench: rest.to_vec(),
+                        all: all.clone(),
+                    });
+                }
+            }
+        }
+        layouts
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Layout::Shared => "shared cores",
+            Layout::OwnCore { .. } => "proxy on its own core",
+        }
+    }
+
+    fn suffix(&self) -> &'static str {
+        match self {
+            Layout::Shared => "",
+            Layout::OwnCore { .. } => " (own core)",
+        }
+    }
+
+    fn proxy_cpus(&self) -> Option<&[usize]> {
+        match self {
+            Layout::Shared => None,
+            Layout::OwnCore { proxy, .. } => Some(proxy),
+        }
+    }
+
+    /// Moves this process's threads to its cores.
+    fn enter(&self) {
+        if let Layout::OwnCore { bench, .. } = self {
+            if let Err(e) = affinity::pin_this_process(bench) {
+                eprintln!("cannot pin the bench to cores {bench:?}: {e}");
+            }
+        }
+    }
+
+    /// Gives this process every core back.
+    fn leave(&self) {
+        if let Layout::OwnCore { all, .. } = self {
+            let _ = affinity::pin_this_process(all);
+        }
+    }
+}
+
+/// CPU affinity (Linux): which cores a thread may run on.
+mod affinity {
+    /// A set of cores.
+    pub fn cpu_set(cpus: &[usize]) -> libc::cpu_set_t {
+        // SAFETY: cpu_set_t is a plain bit array; all zeroes is the empty set.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        for &cpu in cpus {
+            // SAFETY: CPU_SET bounds-checks `cpu` against the set's size.
+            unsafe { libc::CPU_SET(cpu, &mut set) };
+        }
+        set
+    }
+
+    /// Puts thread `tid` (0: the calling one) on `set`.
+    pub fn set(tid: libc::pid_t, set: &libc::cpu_set_t) -> std::io::Result<()> {
+        // SAFETY: `set` is a valid cpu_set_t of the size given.
+        let rc =
+            unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), set) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+
+    /// The cores this process may run on.
+    pub fn allowed() -> std::io::Result<Vec<usize>> {
+        let mut set = cpu_set(&[]);
+        // SAFETY: `set` is a valid cpu_set_t of the size given.
+        let rc =
+            unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok((0..libc::CPU_SETSIZE as usize)
+            // SAFETY: `cpu` is below CPU_SETSIZE.
+            .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+            .collect())
+    }
+
+    /// Puts every thread of this process on `cpus` (threads made later inherit it).
+    pub fn pin_this_process(cpus: &[usize]) -> std::io::Result<()> {
+        let set = cpu_set(cpus);
+        for entry in std::fs::read_dir("/proc/self/task")? {
+            let tid = entry?
+                .file_name()
+                .to_string_lossy()
+                .parse::<libc::pid_t>()
+                .map_err(std::io::Error::other)?;
+            self::set(tid, &set)?;
+        }
+        Ok(())
+    }
 }
