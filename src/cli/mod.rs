@@ -370,7 +370,7 @@ struct ServeArgs {
     dev: bool,
 }
 
-/// Limits and timing of WatchCredentialHeaders streams (README: Workers).
+/// Limits and timing of WatchCredentialHeaders streams (docs/workers.md).
 #[derive(Clone, Debug, Args)]
 struct WatchArgs {
     /// Credentials one watch stream may name.
@@ -391,7 +391,7 @@ struct WatchArgs {
     watch_resync_interval: Duration,
 }
 
-/// Workers' reports of the providers' answers and shared request budgets (README: Workers).
+/// Workers' reports of the providers' answers and shared request budgets (docs/workers.md).
 #[derive(Clone, Debug, Args)]
 struct FeedbackArgs {
     /// A credential that workers report rejected (401 / 403) is verified again at
@@ -413,7 +413,7 @@ fn parse_budget_window(value: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// The limits that protect the server from its clients (README: Hardening).
+/// The limits that protect the server from its clients (docs/platform.md: Hardening).
 #[derive(Clone, Debug, Args)]
 struct TransportArgs {
     /// HTTP/2 streams one connection may hold open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
