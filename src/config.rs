@@ -127,18 +127,8 @@ pub struct Config {
     pub feedback: crate::feedback::FeedbackSettings,
 }
 
-/// TLS settings of the gRPC port.
-#[derive(Clone, Debug)]
-pub struct TlsSettings {
-    /// PEM certificate chain of the server.
-    pub cert: PathBuf,
-    /// PEM private key of the server.
-    pub key: PathBuf,
-    /// PEM CA bundle for client certificates (mutual TLS); optional for clients.
-    pub client_ca: Option<PathBuf>,
-    /// PEM certificate revocation lists of those CAs: a revoked client certificate is refused.
-    pub client_crl: Option<PathBuf>,
-}
+/// TLS settings of the gRPC port (the transport's own type).
+pub use crate::transport::TlsSettings;
 
 /// Where a keyring is read from, and which of its keys is active.
 #[derive(Clone, Debug)]

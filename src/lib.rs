@@ -37,15 +37,18 @@
 //! - [`reverify`]: the background re-verifier;
 //! - [`feedback`]: workers' reports of the providers' answers: paused accounts,
 //!   debounced re-verification, request budgets shared through leases;
-//! - [`watch`]: watch streams: who watches which credential, the one reader that
-//!   hears of every change (local writes, other replicas', resyncs) and the streams
-//!   that push each change to workers holding headers in memory;
+//! - [`feed`]: the change feed the vault publishes to: who watches which credential
+//!   and which changes (local writes, other replicas', resyncs) are not yet read;
+//! - [`watch`]: watch streams: the one reader of the feed and the streams that push
+//!   each change to workers holding headers in memory;
+//! - [`convert`]: domain types as the API shows them, for the service and the streams;
 //! - [`service`]: the gRPC service itself;
 //! - [`console`]: the operator console, a web page on its own listener whose every action is
 //!   an RPC of [`service`] called as the signed-in caller (sessions, CSRF, the HTML);
 //! - [`server`]: [`run`], which serves the vault, health and reflection until shutdown;
 //! - [`error`]: the error enum and its mapping onto gRPC status codes;
-//! - [`telemetry`] and [`metrics`]: logging and Prometheus metrics.
+//! - [`telemetry`] and [`metrics`]: logging and Prometheus metrics, served on their own
+//!   port by [`metrics_endpoint`].
 //!
 //! The command line lives in the binary (`src/main.rs`, `src/cli/`).
 
@@ -55,13 +58,16 @@ pub mod auth;
 pub mod backup;
 pub mod config;
 pub mod console;
+pub mod convert;
 pub mod crypto;
 pub mod error;
 pub mod escape;
+pub mod feed;
 pub mod feedback;
 pub mod gate;
 pub mod keys;
 pub mod metrics;
+pub mod metrics_endpoint;
 pub mod page_token;
 pub mod provider;
 pub mod record;

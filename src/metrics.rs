@@ -94,10 +94,9 @@ pub enum MetricsError {
     },
 }
 
-/// Installs the global recorder and serves `/metrics` (Prometheus text) on `addr`,
-/// with the accept loop and connection cap of [`crate::transport`].
-/// Must run inside the tokio runtime.
-pub fn install(addr: SocketAddr) -> Result<(), MetricsError> {
+/// Installs the global recorder (`addr` names the endpoint that will serve it,
+/// for the error); the endpoint itself is [`crate::metrics_endpoint`].
+pub fn install_recorder(addr: SocketAddr) -> Result<PrometheusHandle, MetricsError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Full(LATENCY.into()),
@@ -108,9 +107,6 @@ pub fn install(addr: SocketAddr) -> Result<(), MetricsError> {
             addr,
             why: e.to_string(),
         })?;
-    let listener =
-        crate::transport::bind(addr, 128).map_err(|source| MetricsError::Bind { addr, source })?;
-    tokio::spawn(serve(listener, handle));
     describe_counter!(REQUESTS, "gRPC requests handled, by method and status code");
     describe_histogram!(LATENCY, Unit::Seconds, "gRPC request latency, by method");
     describe_gauge!(CREDENTIALS, "credentials stored");
@@ -218,7 +214,7 @@ pub fn install(addr: SocketAddr) -> Result<(), MetricsError> {
         BUDGET_REFUSED,
         "requests asked for through AcquireRequestTokens and not granted (the window's budget was spent)"
     );
-    Ok(())
+    Ok(handle)
 }
 
 /// Sets the number of open watch streams.
@@ -249,52 +245,6 @@ pub fn reload_checked(file: &'static str) {
 /// A reloadable file was read again: `reloaded`, `unchanged` or `failed`.
 pub fn reloaded(file: &'static str, outcome: &'static str) {
     counter!(RELOADS, "file" => file, "outcome" => outcome).increment(1);
-}
-
-/// Serves `GET /metrics` over HTTP/1.1, one request per connection, each
-/// connection bounded in time; histograms are drained every few seconds.
-async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
-    let upkeep = handle.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            upkeep.run_upkeep();
-        }
-    });
-    let listening = crate::transport::Listening {
-        name: "metrics",
-        max_connections: METRICS_CONNECTIONS,
-        max_per_peer: METRICS_CONNECTIONS_PER_PEER,
-        handshake_timeout: Duration::from_secs(10),
-    };
-    let forever = std::future::pending::<()>();
-    crate::transport::accept(listener, listening, forever, move |stream, _peer, slot| {
-        let handle = handle.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(
-                move |request: hyper::Request<hyper::body::Incoming>| {
-                    let response = if request.uri().path() == "/metrics" {
-                        hyper::Response::builder()
-                            .header("content-type", "text/plain; version=0.0.4")
-                            .body(handle.render())
-                    } else {
-                        hyper::Response::builder()
-                            .status(404)
-                            .body("metrics are at /metrics\n".to_owned())
-                    };
-                    std::future::ready(response)
-                },
-            );
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(METRICS_HEADER_TIMEOUT)
-                .keep_alive(false)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(Duration::from_secs(30), connection).await;
-            drop(slot);
-        });
-    })
-    .await;
 }
 
 /// Records one answered console request.

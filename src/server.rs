@@ -86,7 +86,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     if let Some(addr) = config.metrics_listen {
-        metrics::install(addr)?;
+        crate::metrics_endpoint::install(addr)?;
     }
     let store = open_store(&config.store, &config.keyring).await?;
     serve(store, listener, config, shutdown).await

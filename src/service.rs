@@ -14,6 +14,7 @@ use tonic::{Code, Request, Response, Status};
 use crate::api::{self, credential_vault_service_server::CredentialVaultService};
 use crate::audit::{AuditEntry, AuditLog, AuditQuery};
 use crate::auth::{Caller, Identity, Permission};
+use crate::convert::verification_to_api;
 use crate::error::Error;
 use crate::feedback::{
     self, MAX_BUDGET_PER_MINUTE, MAX_LEASE_REQUEST, MAX_REPORTED_RETRY_AFTER_SECS,
@@ -1114,31 +1115,6 @@ fn version_to_api(v: &record::SecretVersion) -> api::CredentialVersion {
         destroyed: v.destroyed(),
         destroy_time: v.destroy_time,
         destroyed_by: v.destroyed_by.clone(),
-    }
-}
-
-/// A verification as the API shows it.
-pub(crate) fn verification_to_api(v: &Verification) -> api::Verification {
-    use api::VerificationStatus as A;
-    let status =
-        match VerificationStatus::try_from(v.status).unwrap_or(VerificationStatus::Unspecified) {
-            VerificationStatus::Unspecified => A::Unspecified,
-            VerificationStatus::Valid => A::Valid,
-            VerificationStatus::ApiKeyRejected => A::ApiKeyRejected,
-            VerificationStatus::AccountTokenRejected => A::AccountTokenRejected,
-            VerificationStatus::Forbidden => A::Forbidden,
-            VerificationStatus::RateLimited => A::RateLimited,
-            VerificationStatus::ProviderError => A::ProviderError,
-            VerificationStatus::Unreachable => A::Unreachable,
-            VerificationStatus::SecretRejected => A::SecretRejected,
-        };
-    api::Verification {
-        status: status as i32,
-        http_status: v.http_status,
-        message: v.message.clone(),
-        retry_after_seconds: v.retry_after_seconds,
-        check_time: v.check_time,
-        rejected_field: v.rejected_field.clone(),
     }
 }
 

@@ -9,6 +9,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -21,7 +22,6 @@ use tokio_rustls::rustls;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use crate::config::TlsSettings;
 use crate::metrics;
 
 /// The client connection preface of HTTP/2 (RFC 9113, 3.4): the first bytes of every connection.
@@ -599,6 +599,19 @@ pub fn http2_error_name(code: u32) -> &'static str {
         0xd => "HTTP_1_1_REQUIRED",
         _ => "UNKNOWN",
     }
+}
+
+/// TLS settings of the gRPC port.
+#[derive(Clone, Debug)]
+pub struct TlsSettings {
+    /// PEM certificate chain of the server.
+    pub cert: PathBuf,
+    /// PEM private key of the server.
+    pub key: PathBuf,
+    /// PEM CA bundle for client certificates (mutual TLS); optional for clients.
+    pub client_ca: Option<PathBuf>,
+    /// PEM certificate revocation lists of those CAs: a revoked client certificate is refused.
+    pub client_crl: Option<PathBuf>,
 }
 
 /// The TLS acceptor of the gRPC port: the server's certificate, and with a client

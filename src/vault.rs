@@ -16,6 +16,7 @@ use zeroize::Zeroizing;
 use crate::auth::Caller;
 use crate::crypto::{Keyring, OpenError};
 use crate::error::Error;
+use crate::feed::Hub;
 use crate::feedback::{self, Account, Feedback, FeedbackSettings};
 use crate::keys::{self, KeyringError, RewrapProgress, RewrapReport, SealCounter};
 use crate::metrics::{self, Source};
@@ -25,7 +26,6 @@ use crate::record::{
 };
 use crate::sealing::{SealError, Sealer};
 use crate::store::{Deletion, Store, StoreError};
-use crate::watch::Hub;
 
 /// How far a reported pause must move its account's end to be written and pushed (ms).
 pub const PAUSE_MOVES_MS: i64 = 1000;

@@ -24,6 +24,7 @@ mod history;
 mod hygiene;
 mod integrity;
 mod keys;
+mod layers;
 mod metrics;
 mod model;
 mod poison;
