@@ -27,6 +27,7 @@ mod keys;
 mod layers;
 mod metrics;
 mod model;
+mod parsers;
 mod poison;
 mod postgres;
 mod providers;
