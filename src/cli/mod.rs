@@ -26,7 +26,7 @@ use secrecy::ExposeSecret;
 /// credvault: the encrypted credential vault for data-ingestion workers.
 #[derive(Debug, Parser)]
 #[command(name = "credvault", version, about)]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -608,7 +608,7 @@ struct TokenArgs {
 }
 
 /// Parses the command line and runs it.
-pub fn main() -> ExitCode {
+pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(*args),

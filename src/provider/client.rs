@@ -134,7 +134,7 @@ impl Client {
 }
 
 /// Reads a response body of at most `limit` bytes into wiped memory.
-pub async fn read_body(
+pub(super) async fn read_body(
     mut resp: reqwest::Response,
     limit: usize,
 ) -> Result<Zeroizing<Vec<u8>>, String> {

@@ -19,11 +19,11 @@ use crate::record::ErasableKey;
 const ENTRY: usize = 8 + 32;
 
 /// One credential's keys: (seal id, key).
-pub type Keys = Vec<(u64, Zeroizing<[u8; 32]>)>;
+pub(super) type Keys = Vec<(u64, Zeroizing<[u8; 32]>)>;
 
 /// The keys of every credential, on disk and in memory.
 #[derive(Clone)]
-pub struct Keystore {
+pub(super) struct Keystore {
     dir: PathBuf,
     keys: Arc<Mutex<HashMap<String, Keys>>>,
     /// One lock per credential, held while its file is written: writes of
@@ -57,7 +57,7 @@ fn file_name(id: &str) -> Result<&str, StoreError> {
 
 impl Keystore {
     /// Opens (or creates) the keystore in `dir`, reading every key. Blocking.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+    pub(super) fn open(dir: &Path) -> Result<Self, StoreError> {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::create_dir_all(dir).map_err(|e| io(&e))?;
         // Only this user may list or read the keys (an older directory is narrowed too).
@@ -99,7 +99,7 @@ impl Keystore {
     }
 
     /// The keys of credential `id`, for its record.
-    pub fn of(&self, id: &str) -> Vec<ErasableKey> {
+    pub(super) fn of(&self, id: &str) -> Vec<ErasableKey> {
         self.keys
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -116,7 +116,7 @@ impl Keystore {
     }
 
     /// Every credential id that has keys.
-    pub fn ids(&self) -> Vec<String> {
+    pub(super) fn ids(&self) -> Vec<String> {
         self.keys
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -126,7 +126,7 @@ impl Keystore {
     }
 
     /// Every key, as snapshot entries.
-    pub fn entries(&self) -> super::Entries {
+    pub(super) fn entries(&self) -> super::Entries {
         let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
         let mut out: super::Entries = keys
             .iter()
@@ -140,7 +140,11 @@ impl Keystore {
     }
 
     /// Changes the keys of `id` and writes its file (removed when none are left). Blocking.
-    pub fn update(&self, id: &str, change: impl FnOnce(&mut Keys)) -> Result<(), StoreError> {
+    pub(super) fn update(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut Keys),
+    ) -> Result<(), StoreError> {
         let name = file_name(id)?;
         let result = self.update_file(id, name, change);
         // Forget this credential's lock unless another update holds it: the map

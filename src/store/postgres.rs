@@ -159,7 +159,7 @@ const PAUSE_NOTICE: &str = "!pause ";
 
 /// The channel credential writes are announced on (`LISTEN credvault_changes`):
 /// the payload is the record's id and name, separated by a space.
-pub const CHANGES_CHANNEL: &str = "credvault_changes";
+pub(super) const CHANGES_CHANNEL: &str = "credvault_changes";
 
 /// An arbitrary constant that names credvault's migration lock.
 const MIGRATION_LOCK: i64 = 0x6372_6564_7661_756c;

@@ -215,7 +215,7 @@ fn cpu_time(pid: u32) -> Option<Duration> {
 type Op = Arc<dyn Fn(usize) -> futures_lite::BoxedOp + Send + Sync>;
 
 mod futures_lite {
-    pub type BoxedOp = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
+    pub(crate) type BoxedOp = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
 }
 
 /// Runs `op` from `concurrency` tasks: a warm-up, then `duration` measured.
@@ -267,8 +267,8 @@ async fn load(
     let mut hist = histogram();
     let (mut ok, mut errors) = (0, 0);
     for t in tasks {
-        let (h, o, e) = t.await.unwrap();
-        hist.add(h).unwrap();
+        let (h, o, e) = t.await.expect("a load task");
+        hist.add(h).expect("histograms of one shape");
         ok += o;
         errors += e;
     }
@@ -343,16 +343,16 @@ impl Server {
         database_url: Option<&str>,
         extra: &[String],
     ) -> Server {
-        std::fs::create_dir_all(dir).unwrap();
+        std::fs::create_dir_all(dir).expect("the server's work dir");
         let key = dir.join("master.key");
         if !key.exists() {
             credvault::config::write_private_file(&key, MasterKey::generate_base64().as_bytes())
-                .unwrap();
+                .expect("the server's key file");
             std::fs::write(
                 dir.join("callers.toml"),
                 callers_entry("bench", token, &Permission::ALL),
             )
-            .unwrap();
+            .expect("the server's callers file");
         }
         let log = dir.join("server.log");
         let _ = std::fs::remove_file(&log);
@@ -388,7 +388,7 @@ impl Server {
             )
             .envs(database_url.map(|url| ("CREDVAULT_DATABASE_URL", url)))
             .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(&log).expect("the server's log file"))
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| {
@@ -449,11 +449,11 @@ impl Server {
 
 async fn connect(addr: &str) -> Channel {
     Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
+        .expect("a channel to the server")
         .tcp_nodelay(true)
         .connect()
         .await
-        .unwrap()
+        .expect("a connection to the server")
 }
 
 async fn channels(addr: &str, n: usize) -> Vec<Channel> {
@@ -465,7 +465,11 @@ async fn channels(addr: &str, n: usize) -> Vec<Channel> {
 }
 
 fn vault_clients(chans: &[Channel], token: &str) -> Vec<Vault> {
-    let auth = Auth(format!("Bearer {token}").parse().unwrap());
+    let auth = Auth(
+        format!("Bearer {token}")
+            .parse()
+            .expect("a token is a header value"),
+    );
     chans
         .iter()
         .map(|c| CredentialVaultServiceClient::with_interceptor(c.clone(), auth.clone()))
@@ -502,8 +506,8 @@ async fn each_once(step: &str, n: usize, op: Op, rss_of: Option<u32>) -> Row {
     }
     let (mut hist, mut failed) = (histogram(), 0);
     for t in tasks {
-        let (h, f) = t.await.unwrap();
-        hist.add(h).unwrap();
+        let (h, f) = t.await.expect("a load task");
+        hist.add(h).expect("histograms of one shape");
         failed += f;
     }
     assert_eq!(failed, 0, "{step}: {failed} of {n} calls failed");
@@ -570,9 +574,12 @@ async fn seed_as(
         Box::pin(async move {
             match c.create_credential(request).await {
                 Ok(r) => {
-                    sink.lock()
-                        .unwrap()
-                        .push(r.into_inner().credential.unwrap().id);
+                    sink.lock().expect("the ids lock").push(
+                        r.into_inner()
+                            .credential
+                            .expect("a created credential has its record")
+                            .id,
+                    );
                     true
                 }
                 Err(_) => false,
@@ -580,7 +587,7 @@ async fn seed_as(
         })
     });
     let row = each_once(step, n, op, None).await;
-    let ids = std::mem::take(&mut *ids.lock().unwrap());
+    let ids = std::mem::take(&mut *ids.lock().expect("the ids lock"));
     (ids, row)
 }
 
@@ -1196,7 +1203,7 @@ fn hot_op(vaults: &[Vault], ids: &Arc<Vec<String>>) -> Op {
 
 fn tempfile_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("credvault-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&dir).expect("the work dir");
     dir
 }
 
@@ -1358,6 +1365,10 @@ fn report(
     if let Some(parent) = args.json.parent() {
         let _ = std::fs::create_dir_all(parent);
     }
-    std::fs::write(&args.json, serde_json::to_string_pretty(&out).unwrap()).unwrap();
+    std::fs::write(
+        &args.json,
+        serde_json::to_string_pretty(&out).expect("the figures as JSON"),
+    )
+    .expect("the JSON file");
     eprintln!("wrote {}", args.json.display());
 }

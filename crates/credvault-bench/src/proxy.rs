@@ -204,7 +204,7 @@ fn get_op(client: reqwest::Client, url: String, headers: reqwest::header::Header
 }
 
 /// The proxy rows beside the direct ones, and the table of what the proxy adds.
-pub async fn figures(args: &Args, work: &Path, token: &str, rows: &mut Vec<Row>) -> Value {
+pub(crate) async fn figures(args: &Args, work: &Path, token: &str, rows: &mut Vec<Row>) -> Value {
     let upstream = Upstream::start().await;
     std::fs::create_dir_all(work).expect("a work dir");
     std::fs::write(work.join("upstream-ca.pem"), &upstream.ca_pem).expect("the CA file");
@@ -426,7 +426,7 @@ impl Layout {
 /// CPU affinity (Linux): which cores a thread may run on.
 mod affinity {
     /// A set of cores.
-    pub fn cpu_set(cpus: &[usize]) -> libc::cpu_set_t {
+    pub(super) fn cpu_set(cpus: &[usize]) -> libc::cpu_set_t {
         // SAFETY: cpu_set_t is a plain bit array; all zeroes is the empty set.
         let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
         for &cpu in cpus {
@@ -437,7 +437,7 @@ mod affinity {
     }
 
     /// Puts thread `tid` (0: the calling one) on `set`.
-    pub fn set(tid: libc::pid_t, set: &libc::cpu_set_t) -> std::io::Result<()> {
+    pub(super) fn set(tid: libc::pid_t, set: &libc::cpu_set_t) -> std::io::Result<()> {
         // SAFETY: `set` is a valid cpu_set_t of the size given.
         let rc =
             unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), set) };
@@ -449,7 +449,7 @@ mod affinity {
     }
 
     /// The cores this process may run on.
-    pub fn allowed() -> std::io::Result<Vec<usize>> {
+    pub(super) fn allowed() -> std::io::Result<Vec<usize>> {
         let mut set = cpu_set(&[]);
         // SAFETY: `set` is a valid cpu_set_t of the size given.
         let rc =
@@ -464,7 +464,7 @@ mod affinity {
     }
 
     /// Puts every thread of this process on `cpus` (threads made later inherit it).
-    pub fn pin_this_process(cpus: &[usize]) -> std::io::Result<()> {
+    pub(super) fn pin_this_process(cpus: &[usize]) -> std::io::Result<()> {
         let set = cpu_set(cpus);
         for entry in std::fs::read_dir("/proc/self/task")? {
             let tid = entry?

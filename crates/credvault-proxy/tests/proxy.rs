@@ -1,6 +1,9 @@
 //! credvault-proxy end to end: the real vault, the real proxy binary, curl (the
 //! real binary) and raw TCP as workers, a fake provider over HTTPS.
 
+// A test fails by panicking (unwrap is how it says so); its helpers are one crate's (pub is pub(crate)).
+#![allow(clippy::unwrap_used, unreachable_pub)]
+
 mod common;
 
 use std::time::Duration;
