@@ -19,13 +19,22 @@ use rustls::sign::CertifiedKey;
 /// Why the CA could not be loaded or made.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthorityError {
+    /// The directory or a file in it could not be read or written.
     #[error("cannot use the CA directory {path}: {source}")]
     Io {
+        /// The path.
         path: String,
+        /// Why.
         source: std::io::Error,
     },
+    /// A file there is not a CA certificate or key this proxy can use.
     #[error("the CA in {path} cannot be read: {message}")]
-    Invalid { path: String, message: String },
+    Invalid {
+        /// The path.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 /// The CA and the leaves minted so far.

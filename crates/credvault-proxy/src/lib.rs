@@ -18,7 +18,10 @@
 //! sets are stripped from what the worker sent, the held ones attached; bodies
 //! stream both ways. The parts: [`Proxy`] and [`run`] (the accept loop),
 //! [`routes`], [`target`], [`authority`], [`workers`] (tokens for a shared
-//! proxy), [`metrics`], [`toml_file`], and the per-request log line.
+//! proxy), [`metrics`], [`toml_file`], [`upstream`] (the client toward the
+//! providers), and the per-request log line.
+
+#![warn(missing_docs)]
 
 pub mod authority;
 pub mod metrics;
@@ -57,6 +60,7 @@ pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 pub const BASE_PREFIX: &str = "/c/";
 /// The proxy's own endpoints (never a credential's path).
 pub const HEALTH_PATH: &str = "/_credvault/healthz";
+/// The proxy's own readiness endpoint (503 until every routed credential is held).
 pub const READY_PATH: &str = "/_credvault/readyz";
 
 /// How the proxy behaves.

@@ -123,11 +123,15 @@ pub fn connection(delta: f64) {
 /// Why metrics could not be served.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
+    /// The global recorder could not be installed (one was already).
     #[error("cannot install the metrics recorder: {0}")]
     Recorder(String),
+    /// The metrics address could not be bound.
     #[error("cannot listen for metrics on {addr}: {source}")]
     Bind {
+        /// The address.
         addr: SocketAddr,
+        /// Why.
         source: std::io::Error,
     },
 }

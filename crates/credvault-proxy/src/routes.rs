@@ -16,12 +16,17 @@ const WHAT: &str = "the routes file";
 /// Why a routes file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RoutesError {
+    /// The file could not be read or is not TOML.
     #[error(transparent)]
     File(#[from] crate::toml_file::FileError),
+    /// A route is not one (its host, prefix or credential name).
     #[error("the routes file {path}, route {index}: {message}")]
     Route {
+        /// The routes file.
         path: String,
+        /// The route's place in the file, from 1.
         index: usize,
+        /// What is wrong with it.
         message: String,
     },
 }

@@ -8,7 +8,9 @@ use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 /// A refused target: the status to answer and why (shown to the worker).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refusal {
+    /// The HTTP status to answer.
     pub status: u16,
+    /// Why, for the worker (never a header value).
     pub message: String,
 }
 

@@ -6,16 +6,24 @@ use std::path::Path;
 /// Why a TOML file could not be read or parsed.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
+    /// The file could not be read.
     #[error("cannot read {what} {path}: {source}")]
     Read {
+        /// What the file is ("the routes file").
         what: &'static str,
+        /// The path.
         path: String,
+        /// Why.
         source: std::io::Error,
     },
+    /// The file is not valid TOML, or not of the expected shape.
     #[error("{what} {path} is not valid TOML: {message}")]
     Toml {
+        /// What the file is.
         what: &'static str,
+        /// The path.
         path: String,
+        /// The parser's message.
         message: String,
     },
 }

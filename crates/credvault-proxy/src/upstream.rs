@@ -19,15 +19,31 @@ use rustls::pki_types::CertificateDer;
 /// Why the upstream client could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
+    /// The CA file could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
+        /// The path.
         path: String,
+        /// Why.
         source: std::io::Error,
     },
+    /// The CA file is not PEM certificates.
     #[error("{path}: not a PEM CA bundle: {reason}")]
-    Pem { path: String, reason: String },
+    Pem {
+        /// The path.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A certificate in it is not one rustls takes as a root.
     #[error("{path}: a certificate the TLS library refuses as a root: {reason}")]
-    Root { path: String, reason: String },
+    Root {
+        /// The path.
+        path: String,
+        /// Why rustls refused it.
+        reason: String,
+    },
+    /// The TLS configuration could not be built.
     #[error("cannot set up TLS: {0}")]
     Tls(String),
 }

@@ -23,12 +23,17 @@ const WHAT: &str = "the tokens file";
 /// Why a tokens file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkersError {
+    /// The file could not be read or is not TOML.
     #[error(transparent)]
     File(#[from] crate::toml_file::FileError),
+    /// A worker's entry is not one (its name, digest or credential globs).
     #[error("the tokens file {path}, worker {index}: {message}")]
     Entry {
+        /// The tokens file.
         path: String,
+        /// The entry's place in the file, from 1.
         index: usize,
+        /// What is wrong with it.
         message: String,
     },
 }
@@ -51,6 +56,7 @@ struct RawWorker {
 /// One worker: its name (for logs), its token's digest, the credentials it may use.
 #[derive(Clone, Debug)]
 pub struct Worker {
+    /// The worker's name, for logs and refusals.
     pub name: String,
     digest: [u8; 32],
     credentials: globset::GlobSet,
