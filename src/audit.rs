@@ -43,8 +43,10 @@ pub struct AuditEvent {
     pub peer: String,
     /// The RPC, e.g. `GetCredentialHeaders`.
     pub method: String,
+    /// The credential's id (empty when the call named none).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub credential_id: String,
+    /// The credential's name, when known.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub credential_name: String,
     /// The gRPC outcome, e.g. `OK`, `PERMISSION_DENIED`.
@@ -71,21 +73,30 @@ fn is_zero(n: &u64) -> bool {
 /// copies (the same JSON as [`AuditEvent`]).
 #[derive(Debug, Serialize)]
 pub struct AuditEntry<'a> {
+    /// When the call was answered.
     #[serde(serialize_with = "rfc3339_micros")]
     pub time: SystemTime,
+    /// The caller's name.
     pub caller: &'a str,
     /// `unknown` when not known.
     pub peer: Peer<'a>,
+    /// The RPC's name.
     pub method: &'a str,
+    /// The credential's id, when the call named one.
     #[serde(skip_serializing_if = "is_empty")]
     pub credential_id: &'a str,
+    /// The credential's name, when known.
     #[serde(skip_serializing_if = "is_empty")]
     pub credential_name: &'a str,
+    /// The gRPC status code, by name.
     pub code: &'a str,
+    /// The fingerprint of the secret read or written (never the secret).
     #[serde(skip_serializing_if = "is_empty")]
     pub secret_fingerprint: &'a str,
+    /// Why it was refused, when it was.
     #[serde(skip_serializing_if = "is_empty")]
     pub reason: &'a str,
+    /// How many calls the event stands for (a summary of refusals: more than 1).
     #[serde(skip_serializing_if = "is_zero")]
     pub count: u64,
     /// `console` for a call made through the web console; empty for gRPC.
@@ -115,7 +126,9 @@ impl<'a> AuditEntry<'a> {
 /// Where a call came from: its address, or for a summary, the peer it stands for.
 #[derive(Clone, Copy, Debug)]
 pub enum Peer<'a> {
+    /// The peer's address, when known.
     Addr(Option<std::net::SocketAddr>),
+    /// A label for the peers a summary stands for.
     Label(&'a str),
 }
 
@@ -147,10 +160,15 @@ impl AuditEvent {
 /// What a listing asks for.
 #[derive(Debug, Default)]
 pub struct AuditQuery {
+    /// Only events of this credential id.
     pub credential_id: Option<String>,
+    /// Only events of this credential name.
     pub credential_name: Option<String>,
+    /// Only events of this caller.
     pub caller: Option<String>,
+    /// Only events at or after this time.
     pub start: Option<SystemTime>,
+    /// Only events before this time.
     pub end: Option<SystemTime>,
 }
 
@@ -391,19 +409,25 @@ pub enum AuditOpenError {
     /// The log's directory could not be made.
     #[error("cannot make the audit log's directory {}: {source}", path.display())]
     Directory {
+        /// The audit file.
         path: std::path::PathBuf,
+        /// Why.
         source: std::io::Error,
     },
     /// The log file could not be opened for appending.
     #[error("cannot open the audit log {}: {source}", path.display())]
     File {
+        /// The audit file.
         path: std::path::PathBuf,
+        /// Why.
         source: std::io::Error,
     },
     /// A writer thread could not start.
     #[error("cannot start the audit {what}: {source}")]
     Thread {
+        /// What was being done.
         what: &'static str,
+        /// Why.
         source: std::io::Error,
     },
     /// Neither a file nor a database was given.
@@ -1228,7 +1252,12 @@ impl AuditLog {
 pub enum Position {
     /// A file (by [`file_id`], which a rename keeps; `None` for the current file, a
     /// token from before rotation existed) and a byte in it.
-    File { file: Option<u64>, offset: u64 },
+    File {
+        /// The file's id (`None`: the current file).
+        file: Option<u64>,
+        /// The byte offset in it.
+        offset: u64,
+    },
     /// After this sequence number of the database's trail.
     Database(i64),
 }

@@ -253,21 +253,31 @@ pub fn callers_entry(name: &str, token: &str, permissions: &[Permission]) -> Str
 #[derive(Debug, thiserror::Error)]
 pub enum CallersError {
     /// A permission name no version knows.
+    /// A permission name no permission has.
     #[error("unknown permission {name:?} (known: {known})")]
-    UnknownPermission { name: String, known: String },
+    UnknownPermission {
+        /// The name given.
+        name: String,
+        /// The names there are.
+        known: String,
+    },
     /// The callers text is not a valid callers file (the message says where).
     #[error("{0}")]
     Invalid(String),
     /// The callers file could not be read.
     #[error("cannot read callers file {}: {source}", path.display())]
     Read {
+        /// The callers file.
         path: std::path::PathBuf,
+        /// Why.
         source: std::io::Error,
     },
     /// The callers file was read but is not valid.
     #[error("callers file {}: {why}", path.display())]
     InFile {
+        /// The callers file.
         path: std::path::PathBuf,
+        /// What is wrong with it.
         why: Box<CallersError>,
     },
     /// A reload was asked for, but callers were not read from a file.

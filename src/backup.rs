@@ -44,17 +44,22 @@ const MAX_FRAME: usize = 64 * 1024 * 1024;
 /// A format 1 backup file's body.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct BackupFile {
+    /// The backup format version.
     #[prost(uint32, tag = "1")]
     pub format: u32,
+    /// When the backup was taken.
     #[prost(message, optional, tag = "2")]
     pub create_time: Option<Timestamp>,
     /// The credvault version that wrote it.
     #[prost(string, tag = "3")]
     pub writer: String,
+    /// The credential records, still sealed.
     #[prost(message, repeated, tag = "4")]
     pub records: Vec<Entry>,
+    /// The store's metadata (key checks, seal counts).
     #[prost(message, repeated, tag = "5")]
     pub meta: Vec<Entry>,
+    /// The credentials' last uses.
     #[prost(message, repeated, tag = "6")]
     pub usage: Vec<Entry>,
     /// Deleted credentials, recoverable until purged.
@@ -68,8 +73,10 @@ pub struct BackupFile {
 /// One stored key and value.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Entry {
+    /// The store's key.
     #[prost(string, tag = "1")]
     pub key: String,
+    /// The stored bytes.
     #[prost(bytes = "vec", tag = "2")]
     pub value: Vec<u8>,
 }
@@ -77,10 +84,13 @@ pub struct Entry {
 /// The first frame of a format 2 backup.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct BackupHead {
+    /// The backup format version.
     #[prost(uint32, tag = "1")]
     pub format: u32,
+    /// When the backup was taken.
     #[prost(message, optional, tag = "2")]
     pub create_time: Option<Timestamp>,
+    /// The program and version that wrote it.
     #[prost(string, tag = "3")]
     pub writer: String,
     /// Random: a section of another backup does not verify in this one.
@@ -97,8 +107,10 @@ pub struct Section {
     /// `records`, `meta`, `usage`, `deleted` or `erasable`.
     #[prost(string, tag = "1")]
     pub part: String,
+    /// The store's key.
     #[prost(string, tag = "2")]
     pub key: String,
+    /// The stored bytes.
     #[prost(bytes = "vec", tag = "3")]
     pub value: Vec<u8>,
 }
@@ -106,6 +118,7 @@ pub struct Section {
 /// The last frame of a format 2 backup: how many sections came before it.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct BackupTail {
+    /// How many sections the file holds (a cut file is told from a whole one).
     #[prost(uint64, tag = "1")]
     pub sections: u64,
 }

@@ -22,13 +22,22 @@ pub enum ConfigError {
     /// A key file or directory could not be read.
     #[error("cannot read {what} {}: {source}", path.display())]
     Read {
+        /// What the file is.
         what: &'static str,
+        /// The path.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
     /// A keyring's text is not valid; `source` says where it came from.
+    /// A keyring that cannot be used.
     #[error("{origin}: {why}")]
-    Keyring { origin: String, why: String },
+    Keyring {
+        /// Where it came from (a file, a directory, the environment).
+        origin: String,
+        /// What is wrong with it.
+        why: String,
+    },
     /// The environment's keyring is not valid unicode.
     #[error("{MASTER_KEY_ENV} is not valid unicode")]
     NotUnicode,
@@ -53,8 +62,11 @@ pub enum ConfigError {
     /// A `--dev` file could not be made.
     #[error("--dev: cannot create {what} {}: {source}", path.display())]
     Dev {
+        /// What the file is.
         what: &'static str,
+        /// The path.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
 }

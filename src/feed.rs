@@ -53,7 +53,9 @@ pub(crate) const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 /// What a watch names: a credential id, or a name that may come to name another.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Key {
+    /// A credential id.
     Id(String),
+    /// A credential name (which may come to name another credential).
     Name(String),
 }
 

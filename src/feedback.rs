@@ -57,7 +57,9 @@ impl Default for FeedbackSettings {
 /// The current window of a budget, in milliseconds since the epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Window {
+    /// The window's start (Unix milliseconds).
     pub start_ms: i64,
+    /// Its end (Unix milliseconds).
     pub end_ms: i64,
 }
 

@@ -69,7 +69,9 @@ pub struct Authenticated(pub Arc<Caller>, pub Identity);
 /// the browser's address.
 #[derive(Clone, Copy, Debug)]
 pub struct Via {
+    /// The listener the call came on.
     pub channel: &'static str,
+    /// The peer's address, when known.
     pub peer: Option<SocketAddr>,
 }
 

@@ -27,10 +27,18 @@ pub const SEAL_WARNING: u64 = 1 << 31;
 pub enum KeyringError {
     /// The data depends on a key the keyring lacks.
     #[error("the master key does not open this data directory: its data needs key id {needed}, which the keyring (key ids: {held}) lacks; add that key to the keyring")]
-    MissingKey { needed: String, held: String },
+    MissingKey {
+        /// The key id the data needs.
+        needed: String,
+        /// The key ids the keyring holds.
+        held: String,
+    },
     /// A key of the keyring has the id of a key the data knows, but other bytes.
     #[error("the master key does not open this data directory: the keyring's key {id} is not the key the data knows by that id")]
-    WrongKey { id: String },
+    WrongKey {
+        /// The key id.
+        id: String,
+    },
     /// Records exist but no key check does: the directory is not one credvault made whole.
     #[error("the data directory holds credentials but no key-check value; it was not made by credvault or is damaged")]
     MissingKeyCheck,

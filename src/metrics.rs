@@ -84,12 +84,20 @@ pub const METRICS_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
     /// The global recorder could not be installed.
+    /// The recorder could not be installed.
     #[error("cannot serve metrics on {addr}: {why}")]
-    Recorder { addr: SocketAddr, why: String },
+    Recorder {
+        /// The metrics address.
+        addr: SocketAddr,
+        /// Why.
+        why: String,
+    },
     /// The metrics address could not be bound.
     #[error("cannot serve metrics on {addr}: {source}")]
     Bind {
+        /// The metrics address.
         addr: SocketAddr,
+        /// Why.
         source: std::io::Error,
     },
 }

@@ -27,9 +27,13 @@ const NONCE_LEN: usize = 12;
 
 /// Who asked for a listing, and what: what a token is bound to.
 pub struct Query<'a> {
+    /// The caller the token was given to.
     pub caller: &'a str,
+    /// Whether the listing shows deleted credentials.
     pub deleted: bool,
+    /// The verification statuses it filters on.
     pub statuses: &'a [i32],
+    /// The expiry bound it filters on (seconds, nanoseconds).
     pub expire_before: Option<(i64, i32)>,
 }
 

@@ -38,10 +38,13 @@ pub struct CredentialRecord {
     /// Always [`RECORD_FORMAT`] for records this version writes.
     #[prost(uint32, tag = "1")]
     pub format: u32,
+    /// A random id, never reused.
     #[prost(string, tag = "2")]
     pub id: String,
+    /// The unique name callers use.
     #[prost(string, tag = "3")]
     pub name: String,
+    /// Free text for operators (at most 1 KiB).
     #[prost(string, tag = "4")]
     pub description: String,
     /// The provider name, e.g. `fleetio`.
@@ -50,13 +53,16 @@ pub struct CredentialRecord {
     /// The last 4 characters of the provider's key (its hint field), to tell keys apart.
     #[prost(string, tag = "6")]
     pub api_key_hint: String,
+    /// When the credential was created.
     #[prost(message, optional, tag = "7")]
     pub create_time: Option<Timestamp>,
+    /// When it last changed.
     #[prost(message, optional, tag = "8")]
     pub update_time: Option<Timestamp>,
     /// Starts at 1; grows by one on every change of description, secret or expiry.
     #[prost(uint64, tag = "9")]
     pub version: u64,
+    /// The last check against the provider's API, if any.
     #[prost(message, optional, tag = "10")]
     pub last_verification: Option<Verification>,
     /// The provider secret, sealed with AES-256-GCM by the data key (format 1: by the master key).
@@ -88,6 +94,7 @@ pub struct CredentialRecord {
     /// When, and by which caller, the current secret was written.
     #[prost(message, optional, tag = "19")]
     pub secret_create_time: Option<Timestamp>,
+    /// The caller that wrote the current secret.
     #[prost(string, tag = "20")]
     pub secret_created_by: String,
     /// Format 3: names the erasable key mixed into the current secret's sealing key.
@@ -96,8 +103,10 @@ pub struct CredentialRecord {
     /// A deleted record: when it was deleted, by whom, and when it is purged for good.
     #[prost(message, optional, tag = "22")]
     pub delete_time: Option<Timestamp>,
+    /// When a deleted record is purged for good.
     #[prost(message, optional, tag = "23")]
     pub purge_time: Option<Timestamp>,
+    /// The caller that deleted it.
     #[prost(string, tag = "24")]
     pub deleted_by: String,
     /// HMAC-SHA256 over every other field ([`CredentialRecord::mac_input`]) under a
@@ -106,6 +115,7 @@ pub struct CredentialRecord {
     /// expiry, a revision) unnoticed.
     #[prost(bytes = "vec", tag = "25")]
     pub mac: Vec<u8>,
+    /// The id of the master key whose subkey made [`CredentialRecord::mac`].
     #[prost(string, tag = "26")]
     pub mac_key_id: String,
     /// The erasable keys of this record's versions, as the store read them (never
@@ -120,10 +130,13 @@ pub struct SecretVersion {
     /// The record version that made this secret current.
     #[prost(uint64, tag = "1")]
     pub version: u64,
+    /// When this secret was written.
     #[prost(message, optional, tag = "2")]
     pub create_time: Option<Timestamp>,
+    /// The caller that wrote it.
     #[prost(string, tag = "3")]
     pub created_by: String,
+    /// The hint of its key (the last 4 characters).
     #[prost(string, tag = "4")]
     pub api_key_hint: String,
     /// The last verification recorded while it was current.
@@ -132,16 +145,19 @@ pub struct SecretVersion {
     /// The sealed secret and its wrapped data key; both gone once destroyed.
     #[prost(message, optional, tag = "6")]
     pub secret: Option<Sealed>,
+    /// The data key that seals `secret`, wrapped by a master key.
     #[prost(message, optional, tag = "7")]
     pub data_key: Option<Sealed>,
     /// Names its erasable key.
     #[prost(uint64, tag = "8")]
     pub seal_id: u64,
+    /// The names of the secret's fields (for a declared provider's drift report).
     #[prost(string, repeated, tag = "9")]
     pub secret_fields: Vec<String>,
     /// When, and by whom, it was destroyed (its secret and key are gone).
     #[prost(message, optional, tag = "10")]
     pub destroy_time: Option<Timestamp>,
+    /// The caller that destroyed it.
     #[prost(string, tag = "11")]
     pub destroyed_by: String,
     /// How its secret is bound: [`RECORD_FORMAT`] (to the name too), or 0 for
@@ -160,8 +176,10 @@ impl SecretVersion {
 /// One erasable key: 32 random bytes, named by the seal they belong to.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ErasableKey {
+    /// The seal this key belongs to ([`SecretVersion::seal_id`]).
     #[prost(uint64, tag = "1")]
     pub seal_id: u64,
+    /// The key's 32 bytes (wiped on drop).
     #[prost(bytes = "vec", tag = "2")]
     pub key: Vec<u8>,
 }
@@ -175,6 +193,7 @@ impl Drop for ErasableKey {
 /// The last read of a credential's secret.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Usage {
+    /// When the secret was last read.
     #[prost(message, optional, tag = "1")]
     pub time: Option<Timestamp>,
     /// The caller's name.
@@ -191,14 +210,23 @@ pub struct Usage {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
 #[repr(i32)]
 pub enum VerificationStatus {
+    /// Not recorded.
     Unspecified = 0,
+    /// The provider accepted the credential.
     Valid = 1,
+    /// The provider rejected the API key.
     ApiKeyRejected = 2,
+    /// The provider rejected the account token.
     AccountTokenRejected = 3,
+    /// The key is valid but may not read the checked resource.
     Forbidden = 4,
+    /// The provider answered 429.
     RateLimited = 5,
+    /// The provider answered with an error of its own (5xx, an unexpected status).
     ProviderError = 6,
+    /// The provider could not be reached.
     Unreachable = 7,
+    /// The provider rejected a secret field (declared providers).
     SecretRejected = 8,
 }
 
@@ -234,6 +262,7 @@ impl VerificationStatus {
 /// The outcome of one check of a credential against its provider.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Verification {
+    /// A [`VerificationStatus`], as its number.
     #[prost(enumeration = "VerificationStatus", tag = "1")]
     pub status: i32,
     /// The HTTP status that decided; 0 when the provider was not reached.
@@ -242,8 +271,10 @@ pub struct Verification {
     /// Human-readable, never a secret.
     #[prost(string, tag = "3")]
     pub message: String,
+    /// The provider's `Retry-After`, in seconds (0: none).
     #[prost(uint32, tag = "4")]
     pub retry_after_seconds: u32,
+    /// When the check was made.
     #[prost(message, optional, tag = "5")]
     pub check_time: Option<Timestamp>,
     /// With a rejection: the secret field the provider refused (e.g. `api_key`).
@@ -287,14 +318,24 @@ impl Verification {
 /// Why stored bytes could not be read as a record.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
+    /// The bytes are not a record.
     #[error("not a valid record encoding")]
     Malformed,
+    /// A record format this version does not know.
     #[error("record format {0} is not known to this version of credvault")]
     UnknownFormat(u32),
+    /// The record stored under `key` says it is `found`.
     #[error("record holds id {found} under key {key}")]
-    WrongId { key: String, found: String },
+    WrongId {
+        /// The store's key.
+        key: String,
+        /// The id the record holds.
+        found: String,
+    },
+    /// A record without its sealed secret.
     #[error("record has no sealed secret")]
     NoSecret,
+    /// A record without its wrapped data key.
     #[error("record has no wrapped data key")]
     NoDataKey,
 }

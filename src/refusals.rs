@@ -24,8 +24,11 @@ pub const MAX_SUMMARIES: usize = 20;
 /// whole /64 as easily as one address).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PeerKey {
+    /// An IPv4 address.
     V4(std::net::Ipv4Addr),
+    /// The first 64 bits of an IPv6 address.
     V6Prefix([u8; 8]),
+    /// No address (an in-process call).
     Unknown,
 }
 

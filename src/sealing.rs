@@ -33,10 +33,13 @@ const RECORD_MAC_LABEL: &[u8] = b"credvault/record-mac/v1";
 /// Why a record's MAC does not verify.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum MacError {
+    /// The record has no MAC.
     #[error("it carries no MAC")]
     Missing,
+    /// The MAC's master key is not in the keyring.
     #[error("its MAC was made by master key {0}, which the keyring lacks")]
     UnknownKey(String),
+    /// The MAC does not match the record.
     #[error("its MAC does not verify: a field was changed in the store")]
     Mismatch,
 }

@@ -37,8 +37,14 @@ pub use crate::gate::MAX_REQUEST_BYTES;
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// The data directory could not be opened.
+    /// The store could not be opened.
     #[error("cannot open the data directory {dir}: {source}")]
-    Open { dir: String, source: StoreError },
+    Open {
+        /// The data directory or database.
+        dir: String,
+        /// Why.
+        source: StoreError,
+    },
     /// The store failed while checking or flushing.
     #[error("the credential store failed: {0}")]
     Store(#[from] StoreError),

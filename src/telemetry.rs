@@ -60,8 +60,14 @@ pub fn init(format: LogFormat, filter: &str) -> Result<LogGuard, LogError> {
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     /// The level directives do not parse.
+    /// The log filter is not one.
     #[error("invalid log level {filter:?}: {why}")]
-    Filter { filter: String, why: String },
+    Filter {
+        /// The filter given.
+        filter: String,
+        /// Why.
+        why: String,
+    },
     /// A global logger was already installed.
     #[error("cannot install the logger: {0}")]
     Install(String),

@@ -599,6 +599,7 @@ pub struct ChainReport {
     pub id: String,
     /// Its first and last sequence numbers seen.
     pub first_seq: u64,
+    /// The last sequence number seen.
     pub last_seq: u64,
     /// Events (lines that are not digests or marks) seen.
     pub events: u64,
@@ -606,6 +607,7 @@ pub struct ChainReport {
     pub digests: u64,
     /// The last line a valid digest covers, and where that digest is.
     pub signed_seq: u64,
+    /// Where that digest is (file and line, or row).
     pub signed_place: String,
     /// Lines after the last valid digest (not covered by a signature).
     pub unsigned_tail: u64,

@@ -700,13 +700,17 @@ pub enum TlsError {
     /// A PEM file could not be read.
     #[error("cannot read {}: {source}", path.display())]
     Read {
+        /// The file.
         path: std::path::PathBuf,
+        /// Why.
         source: std::io::Error,
     },
     /// A PEM file does not hold what it should.
     #[error("{}: {why}", path.display())]
     Invalid {
+        /// The file.
         path: std::path::PathBuf,
+        /// What is wrong with it.
         why: String,
     },
     /// rustls refused the configuration.

@@ -38,7 +38,9 @@ const LIST_SCAN_BATCH: usize = 256;
 /// A credential addressed by id or by name.
 #[derive(Clone, Debug)]
 pub enum CredentialRef {
+    /// By id.
     Id(String),
+    /// By name.
     Name(String),
 }
 
@@ -81,10 +83,15 @@ impl CheckOnWrite {
 
 /// A credential to create.
 pub struct NewCredential {
+    /// The unique name.
     pub name: String,
+    /// Free text.
     pub description: String,
+    /// When it expires, if it does.
     pub expire_time: Option<Timestamp>,
+    /// The provider's secret.
     pub secret: ProviderSecret,
+    /// Whether to check it with the provider first.
     pub check: CheckOnWrite,
     /// The account's request budget per minute (0: none).
     pub request_budget_per_minute: u32,
@@ -93,16 +100,23 @@ pub struct NewCredential {
 /// What an update does to the expiry.
 #[derive(Clone, Copy, Debug)]
 pub enum Expiry {
+    /// Leave the expiry as it is.
     Keep,
+    /// Set it.
     Set(Timestamp),
+    /// Remove it.
     Clear,
 }
 
 /// An update of a credential: each field left `None` (or `Keep`) stays as it is.
 pub struct Change {
+    /// A new description, if any.
     pub description: Option<String>,
+    /// What to do with the expiry.
     pub expiry: Expiry,
+    /// A new secret, if any.
     pub secret: Option<ProviderSecret>,
+    /// Whether to check a new secret with the provider first.
     pub check: CheckOnWrite,
     /// Refuse the update unless the credential is at this version.
     pub expected_version: Option<u64>,
@@ -120,6 +134,7 @@ pub const DEFAULT_RECOVERY_WINDOW: std::time::Duration =
 
 /// A credential's headers as read for a worker.
 pub struct HeadersRead {
+    /// The headers to send, and where.
     pub headers: ProviderHeaders,
     /// The opened secret's bytes, to fingerprint for the audit trail.
     pub plaintext: Zeroizing<Vec<u8>>,
@@ -130,11 +145,13 @@ pub struct HeadersRead {
 /// What a lease request got.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Grant {
+    /// Requests granted (at most those asked for).
     pub granted: u32,
     /// How long the granted requests stay good, in ms.
     pub valid_for_ms: u32,
     /// With nothing granted: when to ask again, in ms.
     pub retry_after_ms: u32,
+    /// The account's pause, if one holds (Unix milliseconds).
     pub paused_until_ms: Option<i64>,
 }
 
@@ -165,6 +182,7 @@ impl ListFilter {
 
 /// One page of a listing.
 pub struct Page {
+    /// The records of the page.
     pub records: Vec<CredentialRecord>,
     /// The last use of each record on the page that has one.
     pub usages: HashMap<String, Usage>,

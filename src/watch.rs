@@ -167,8 +167,11 @@ async fn read_and_offer<S: Store>(vault: &Vault<S>, hub: &Hub, work: &Work) -> R
 /// re-check its own on reload), its limits and the shutdown signal.
 #[derive(Clone)]
 pub struct WatchContext {
+    /// Where deliveries of headers are audited.
     pub audit: Arc<AuditLog>,
+    /// The callers, to re-check the stream's caller on reload.
     pub callers: Arc<CallerRegistry>,
+    /// The streams' limits.
     pub settings: WatchSettings,
     /// Turns true when shutdown begins: streams end with UNAVAILABLE.
     pub stopping: watch::Receiver<bool>,
@@ -183,8 +186,11 @@ pub type WatchStream = std::pin::Pin<
 
 /// The caller of a watch, as authenticated at its start.
 pub struct Watcher {
+    /// The stream's caller.
     pub caller: Arc<Caller>,
+    /// How it authenticated.
     pub identity: Identity,
+    /// Its address, when known.
     pub peer: Option<SocketAddr>,
 }
 

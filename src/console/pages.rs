@@ -13,10 +13,15 @@ use crate::record::VerificationStatus;
 
 /// Who is signed in, and what the page may offer them.
 pub struct Viewer<'a> {
+    /// The signed-in caller's name.
     pub caller: &'a str,
+    /// The session's CSRF token, for the forms.
     pub csrf: &'a str,
+    /// Whether the caller may create, change and delete.
     pub may_write: bool,
+    /// Whether the caller may verify.
     pub may_verify: bool,
+    /// Whether the caller may read the audit trail.
     pub may_audit: bool,
 }
 
@@ -299,7 +304,9 @@ fn verification_cell(c: &api::Credential) -> Markup {
 
 /// The filters a list shows and keeps in its links.
 pub struct ListQuery {
+    /// The last verification's status, in words.
     pub status: String,
+    /// Whether it expires within the warning window.
     pub expiring: bool,
 }
 
@@ -395,13 +402,21 @@ pub fn credentials(
 
 /// The provider picker and add form.
 pub struct AddForm<'a> {
+    /// Each provider and its fields.
     pub providers: &'a [(String, Vec<Field>)],
+    /// The provider chosen.
     pub provider: &'a str,
+    /// The name typed.
     pub name: &'a str,
+    /// The description typed.
     pub description: &'a str,
+    /// The expiry date typed (`YYYY-MM-DD`).
     pub expire_date: &'a str,
+    /// The plain (non-secret) fields typed, shown again.
     pub plain: HashMap<String, String>,
+    /// Whether to check with the provider before storing.
     pub verify: bool,
+    /// Errors to show by their fields.
     pub errors: FieldErrors,
 }
 
@@ -458,14 +473,19 @@ pub fn add(viewer: &Viewer<'_>, form: &AddForm<'_>) -> Markup {
 
 /// What a credential page shows besides the credential.
 pub struct CredentialPage<'a> {
+    /// The credential shown.
     pub credential: &'a api::Credential,
+    /// Its provider's fields.
     pub fields: &'a [Field],
+    /// Its audit events, when the caller may read them.
     pub events: Option<&'a [api::AuditEvent]>,
     /// The secret versions it keeps, newest first.
     pub versions: &'a [api::CredentialVersion],
+    /// What was just done, to say so.
     pub done: Option<&'a str>,
     /// Errors by form: `edit`, `rotate`, `verify` or `delete`, then by field.
     pub errors: HashMap<&'static str, FieldErrors>,
+    /// Its plain (non-secret) fields.
     pub plain: HashMap<String, String>,
 }
 

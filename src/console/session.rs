@@ -47,6 +47,7 @@ pub struct Session {
     pub caller: String,
     /// The token every form of this session carries.
     pub csrf: String,
+    /// When it ends.
     pub expires: Instant,
     created: Instant,
 }
@@ -54,6 +55,7 @@ pub struct Session {
 /// Why a session was not made.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
+    /// Every session slot is taken.
     #[error("too many console sessions are open on this server; try again later")]
     Full,
 }

@@ -234,10 +234,13 @@ impl Values {
 /// Why opened bytes are not a provider's secret.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretFormatError {
+    /// No provider has that name.
     #[error("no provider is named {0:?}")]
     UnknownProvider(String),
+    /// The bytes are not the provider's secret.
     #[error("the opened secret is not in the provider's format")]
     Malformed,
+    /// A field the provider needs is absent.
     #[error("the opened secret lacks its {0}")]
     Missing(String),
 }
@@ -463,18 +466,31 @@ impl Default for ProviderSettings {
 /// Why the providers could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
+    /// A `--provider-base-url` names no provider.
     #[error("no provider is named {name:?} (known: {known})")]
-    Unknown { name: String, known: String },
+    Unknown {
+        /// The name given.
+        name: String,
+        /// The providers there are.
+        known: String,
+    },
+    /// A base URL that is not one to send secrets to.
     #[error("{provider} base url {url:?} {why}")]
     BaseUrl {
+        /// The provider.
         provider: String,
+        /// The URL given.
         url: String,
+        /// What is wrong with it.
         why: String,
     },
+    /// The HTTP client could not be built.
     #[error("cannot build the provider http client: {0}")]
     Http(String),
+    /// The providers file is not valid.
     #[error(transparent)]
     File(#[from] declared::DeclarationError),
+    /// A reload was asked for, but no providers file was given.
     #[error("no providers file to reload")]
     NoFile,
 }

@@ -43,8 +43,11 @@ pub enum StoreError {
     /// A caller's expected version is not the stored one.
     #[error("record {id} is at version {actual}, expected {expected}")]
     VersionMismatch {
+        /// The credential.
         id: String,
+        /// The version the write expected.
         expected: u64,
+        /// The version stored.
         actual: u64,
     },
     /// A check-and-set saw another revision: the record was written meanwhile.
@@ -54,8 +57,14 @@ pub enum StoreError {
     #[error("the store is not empty")]
     NotEmpty,
     /// Stored bytes could not be decoded.
+    /// A stored record that cannot be read.
     #[error("record {id} is corrupt: {reason}")]
-    Corrupt { id: String, reason: String },
+    Corrupt {
+        /// Its id.
+        id: String,
+        /// Why.
+        reason: String,
+    },
     /// The engine failed (I/O, disk full, read-only).
     #[error("{0}")]
     Io(String),
@@ -120,14 +129,19 @@ where
 /// One audit event as a database stores it: its JSON line and the fields listings filter on.
 #[derive(Clone, Debug)]
 pub struct AuditRow {
+    /// When the call was answered.
     pub time: std::time::SystemTime,
+    /// The caller's name.
     pub caller: String,
+    /// The credential's id.
     pub credential_id: String,
+    /// The credential's name.
     pub credential_name: String,
     /// The event's JSON line with its chain fields (see [`crate::trail`]).
     pub line: String,
     /// The writer's chain and the line's place in it.
     pub chain: String,
+    /// Its place in its chain.
     pub chain_seq: i64,
     /// A line of the chain's own (a digest or marks), not an event: listings skip it.
     pub proof: bool,
@@ -136,10 +150,15 @@ pub struct AuditRow {
 /// What a listing of the database's audit trail asks for (empty: any).
 #[derive(Clone, Debug, Default)]
 pub struct AuditFilter {
+    /// Only events of this credential id.
     pub credential_id: Option<String>,
+    /// Only events of this credential name.
     pub credential_name: Option<String>,
+    /// Only events of this caller.
     pub caller: Option<String>,
+    /// Only events at or after this time.
     pub start: Option<std::time::SystemTime>,
+    /// Only events before this time.
     pub end: Option<std::time::SystemTime>,
     /// Also the chain's own lines (digests, marks): for `credvault audit verify`.
     pub proofs: bool,
@@ -210,8 +229,11 @@ pub type Stamp = std::sync::Arc<dyn Fn(&mut CredentialRecord) + Send + Sync>;
 /// How a deleted record is kept: when it was deleted, by whom, and when it is purged.
 #[derive(Clone, Debug)]
 pub struct Deletion {
+    /// When it was deleted.
     pub delete_time: prost_types::Timestamp,
+    /// When it is purged for good.
     pub purge_time: prost_types::Timestamp,
+    /// The caller that deleted it.
     pub deleted_by: String,
 }
 
@@ -219,12 +241,22 @@ pub struct Deletion {
 #[derive(Clone, Copy, Debug)]
 pub enum StoreChange<'a> {
     /// A record was created, changed or deleted (by any server).
-    Record { id: &'a str, name: &'a str },
+    Record {
+        /// The credential's id.
+        id: &'a str,
+        /// Its name.
+        name: &'a str,
+    },
     /// Changes may have been missed (the listening connection was re-made): read
     /// every watched record again.
     Resync,
     /// A provider account was paused (by any server) until `until_ms`.
-    Pause { account: [u8; 32], until_ms: i64 },
+    Pause {
+        /// The account's fingerprint.
+        account: [u8; 32],
+        /// The pause's end (Unix milliseconds).
+        until_ms: i64,
+    },
 }
 
 /// Where a store reports the changes it hears of.

@@ -47,8 +47,6 @@
 //! reports and leases of [`budget`], and [`proto`], the generated
 //! `credvault.v1` types for anything else.
 
-#![warn(missing_docs)]
-
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -21,8 +21,6 @@
 //! proxy), [`metrics`], [`toml_file`], [`upstream`] (the client toward the
 //! providers), and the per-request log line.
 
-#![warn(missing_docs)]
-
 pub mod authority;
 pub mod metrics;
 pub mod routes;

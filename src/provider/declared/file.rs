@@ -35,17 +35,28 @@ const RESERVED_HEADERS: &[&str] = &[
 /// Why a providers file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum DeclarationError {
+    /// The file could not be read.
     #[error("cannot read providers file {}: {source}", path.display())]
     Read {
+        /// The path.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
+    /// The file is larger than the most a providers file may be.
     #[error("providers file {} is larger than {MAX_FILE_SIZE} bytes", path.display())]
-    TooLarge { path: PathBuf },
+    TooLarge {
+        /// The path.
+        path: PathBuf,
+    },
+    /// A problem at a line of the file.
     #[error("providers file {} line {line}: {why}", path.display())]
     At {
+        /// The path.
         path: PathBuf,
+        /// The line, from 1.
         line: usize,
+        /// What is wrong.
         why: String,
     },
 }
