@@ -4,26 +4,26 @@
 use super::*;
 
 /// The database device.
-pub(crate) struct DbSink {
-    pub(crate) tx: tokio::sync::mpsc::Sender<DbCommand>,
-    pub(crate) healthy: Arc<DbHealth>,
-    pub(crate) table: Arc<dyn AuditTable>,
+pub(super) struct DbSink {
+    pub(super) tx: tokio::sync::mpsc::Sender<DbCommand>,
+    pub(super) healthy: Arc<DbHealth>,
+    pub(super) table: Arc<dyn AuditTable>,
 }
 
 /// Whether the database device took its last group, and whether a write hangs.
 #[derive(Debug)]
-pub(crate) struct DbHealth {
-    pub(crate) ok: AtomicBool,
+pub(super) struct DbHealth {
+    pub(super) ok: AtomicBool,
     /// When the write under way began (ms after `epoch`, plus one); 0: none.
-    pub(crate) writing_since: std::sync::atomic::AtomicU64,
-    pub(crate) epoch: Instant,
+    pub(super) writing_since: std::sync::atomic::AtomicU64,
+    pub(super) epoch: Instant,
 }
 
 /// A write to the database trail that has not come back in this long counts as stuck.
-pub(crate) const DB_WRITE_STUCK: Duration = Duration::from_secs(10);
+pub(super) const DB_WRITE_STUCK: Duration = Duration::from_secs(10);
 
 impl DbHealth {
-    pub(crate) fn new() -> Self {
+    pub(super) fn new() -> Self {
         DbHealth {
             ok: AtomicBool::new(true),
             writing_since: Default::default(),
@@ -31,18 +31,18 @@ impl DbHealth {
         }
     }
 
-    pub(crate) fn swap(&self, ok: bool, order: Ordering) -> bool {
+    pub(super) fn swap(&self, ok: bool, order: Ordering) -> bool {
         self.ok.swap(ok, order)
     }
 
-    pub(crate) fn writing(&self, yes: bool) {
+    pub(super) fn writing(&self, yes: bool) {
         let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1;
         self.writing_since
             .store(if yes { now } else { 0 }, Ordering::Release);
     }
 
     /// Took its last group, and no write has hung for [`DB_WRITE_STUCK`].
-    pub(crate) fn load(&self, order: Ordering) -> bool {
+    pub(super) fn load(&self, order: Ordering) -> bool {
         let since = self.writing_since.load(Ordering::Acquire);
         let hung = since != 0
             && self.epoch.elapsed().as_millis() > u128::from(since) + DB_WRITE_STUCK.as_millis();
@@ -50,7 +50,7 @@ impl DbHealth {
     }
 }
 
-pub(crate) enum DbCommand {
+pub(super) enum DbCommand {
     Row {
         row: AuditRow,
         done: Option<tokio::sync::oneshot::Sender<bool>>,
@@ -65,13 +65,13 @@ pub(crate) enum DbCommand {
 /// A row on its way to the database: an event, or the chain's own (marks; a
 /// digest, signed when it is linked).
 #[derive(Clone, Debug)]
-pub(crate) struct DbItem {
-    pub(crate) row: AuditRow,
-    pub(crate) digest: Option<DigestReason>,
+pub(super) struct DbItem {
+    pub(super) row: AuditRow,
+    pub(super) digest: Option<DigestReason>,
 }
 
 impl DbItem {
-    pub(crate) fn proof(body: String, digest: Option<DigestReason>) -> Self {
+    pub(super) fn proof(body: String, digest: Option<DigestReason>) -> Self {
         DbItem {
             row: AuditRow {
                 time: SystemTime::now(),
@@ -89,17 +89,17 @@ impl DbItem {
 }
 
 /// A device's chain, and what it needs to write digests.
-pub(crate) struct Proof {
-    pub(crate) chain: Chain,
-    pub(crate) signer: Arc<Signer>,
-    pub(crate) policy: DigestPolicy,
-    pub(crate) marks: Option<Arc<Marks>>,
+pub(super) struct Proof {
+    pub(super) chain: Chain,
+    pub(super) signer: Arc<Signer>,
+    pub(super) policy: DigestPolicy,
+    pub(super) marks: Option<Arc<Marks>>,
     /// The marks' generation this device's trail has recorded up to.
-    pub(crate) marks_recorded: u64,
+    pub(super) marks_recorded: u64,
 }
 
 impl Proof {
-    pub(crate) fn new(chain: Chain, signer: Arc<Signer>, settings: &AuditSettings) -> Self {
+    pub(super) fn new(chain: Chain, signer: Arc<Signer>, settings: &AuditSettings) -> Self {
         Proof {
             chain,
             signer,
@@ -111,7 +111,7 @@ impl Proof {
 
     /// The `marks` lines due before a digest (every mark with `full`, else those
     /// changed since this device last recorded them) and the generation they reach.
-    pub(crate) fn marks_bodies(&self, full: bool) -> (Vec<String>, u64) {
+    pub(super) fn marks_bodies(&self, full: bool) -> (Vec<String>, u64) {
         let Some(marks) = &self.marks else {
             return (Vec::new(), self.marks_recorded);
         };
@@ -121,7 +121,7 @@ impl Proof {
 }
 
 impl DbSink {
-    pub(crate) fn start(
+    pub(super) fn start(
         table: Arc<dyn AuditTable>,
         settings: &AuditSettings,
         signer: Arc<Signer>,
@@ -139,7 +139,7 @@ impl DbSink {
         DbSink { tx, healthy, table }
     }
 
-    pub(crate) async fn send(
+    pub(super) async fn send(
         &self,
         row: AuditRow,
         done: Option<tokio::sync::oneshot::Sender<bool>>,
@@ -148,7 +148,7 @@ impl DbSink {
         self.tx.send(DbCommand::Row { row, done }).await.is_ok()
     }
 
-    pub(crate) async fn flush(&self) -> bool {
+    pub(super) async fn flush(&self) -> bool {
         let (done, wait) = tokio::sync::oneshot::channel();
         if self.tx.send(DbCommand::Flush(done)).await.is_err() {
             return false;
@@ -156,7 +156,7 @@ impl DbSink {
         wait.await.unwrap_or(false)
     }
 
-    pub(crate) async fn close(&self) -> bool {
+    pub(super) async fn close(&self) -> bool {
         let (done, wait) = tokio::sync::oneshot::channel();
         if self.tx.send(DbCommand::Close(done)).await.is_err() {
             return false;
@@ -166,7 +166,7 @@ impl DbSink {
 }
 
 /// Rows inserted per statement at most.
-pub(crate) const DB_GROUP: usize = 1000;
+pub(super) const DB_GROUP: usize = 1000;
 
 /// Inserts the queued rows in groups, and tells each secret read's waiter whether
 /// its row was committed. A row the database refuses for its own values (see
@@ -175,7 +175,7 @@ pub(crate) const DB_GROUP: usize = 1000;
 /// failed for the database (an outage) keeps its other rows (up to the queue's
 /// size) to try again with the next group, or every half second; the rows of
 /// secret reads that were refused for it are not (their secret never went out).
-pub(crate) async fn db_writer(
+pub(super) async fn db_writer(
     table: Arc<dyn AuditTable>,
     mut rx: tokio::sync::mpsc::Receiver<DbCommand>,
     healthy: Arc<DbHealth>,
@@ -314,14 +314,14 @@ pub(crate) async fn db_writer(
     }
 }
 
-pub(crate) fn lock_proof(proof: &Mutex<Proof>) -> std::sync::MutexGuard<'_, Proof> {
+pub(super) fn lock_proof(proof: &Mutex<Proof>) -> std::sync::MutexGuard<'_, Proof> {
     proof
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The marks lines due (changed ones, or every mark with `full`) and a digest, as rows.
-pub(crate) fn digest_items(proof: &Mutex<Proof>, reason: DigestReason, full: bool) -> Vec<DbItem> {
+pub(super) fn digest_items(proof: &Mutex<Proof>, reason: DigestReason, full: bool) -> Vec<DbItem> {
     // Rows not written stay queued to be tried again: the marks are as good as recorded.
     let mut p = lock_proof(proof);
     let (bodies, reached) = p.marks_bodies(full);
@@ -338,7 +338,7 @@ pub(crate) fn digest_items(proof: &Mutex<Proof>, reason: DigestReason, full: boo
 /// digest signed then), so the rows written form one unbroken chain whatever
 /// is set aside or fails; sets aside (log line, metric) each row the database
 /// refuses for its own values.
-pub(crate) async fn write_rows(
+pub(super) async fn write_rows(
     table: &dyn AuditTable,
     items: &[DbItem],
     proof: &Mutex<Proof>,

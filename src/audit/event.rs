@@ -41,7 +41,7 @@ pub struct AuditEvent {
     pub channel: String,
 }
 
-pub(crate) fn is_zero(n: &u64) -> bool {
+pub(super) fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
@@ -118,14 +118,14 @@ impl Serialize for Peer<'_> {
     }
 }
 
-pub(crate) fn rfc3339_micros<S: serde::Serializer>(
+pub(super) fn rfc3339_micros<S: serde::Serializer>(
     time: &SystemTime,
     s: S,
 ) -> Result<S::Ok, S::Error> {
     s.collect_str(&humantime::format_rfc3339_micros(*time))
 }
 
-pub(crate) fn is_empty(s: &&str) -> bool {
+pub(super) fn is_empty(s: &&str) -> bool {
     s.is_empty()
 }
 
@@ -152,7 +152,7 @@ pub struct AuditQuery {
 }
 
 impl AuditQuery {
-    pub(crate) fn matches(&self, e: &AuditEvent) -> bool {
+    pub(super) fn matches(&self, e: &AuditEvent) -> bool {
         let eq = |want: &Option<String>, got: &str| want.as_deref().is_none_or(|w| w == got);
         let time = e.system_time();
         eq(&self.credential_id, &e.credential_id)

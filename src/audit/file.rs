@@ -4,21 +4,21 @@
 use super::*;
 
 /// The file device.
-pub(crate) struct FileSink {
-    pub(crate) path: PathBuf,
+pub(super) struct FileSink {
+    pub(super) path: PathBuf,
     /// The open file and its buffer: the writer thread's, and a secret read's
     /// for a moment when it writes its own event (see [`FileSink::write_now`]).
-    pub(crate) writer: Arc<Mutex<Writer>>,
-    pub(crate) tx: mpsc::Sender<Command>,
-    pub(crate) places: Arc<tokio::sync::Semaphore>,
+    pub(super) writer: Arc<Mutex<Writer>>,
+    pub(super) tx: mpsc::Sender<Command>,
+    pub(super) places: Arc<tokio::sync::Semaphore>,
     /// The queue's size: every place free means no event is on its way to the file.
-    pub(crate) queue: usize,
-    pub(crate) health: Arc<Health>,
+    pub(super) queue: usize,
+    pub(super) health: Arc<Health>,
     /// Held while files are renamed, so a listing sees a whole set of them.
-    pub(crate) rotation: Arc<Mutex<()>>,
+    pub(super) rotation: Arc<Mutex<()>>,
 }
 
-pub(crate) fn open_append(path: &Path) -> std::io::Result<File> {
+pub(super) fn open_append(path: &Path) -> std::io::Result<File> {
     let mut options = OpenOptions::new();
     options.create(true).append(true);
     #[cfg(unix)]
@@ -30,7 +30,7 @@ pub(crate) fn open_append(path: &Path) -> std::io::Result<File> {
 }
 
 impl FileSink {
-    pub(crate) fn open(
+    pub(super) fn open(
         settings: &AuditSettings,
         path: &Path,
         signer: Arc<Signer>,
@@ -116,7 +116,7 @@ impl FileSink {
     /// thread, which groups it with the others waiting. A slow write (a stalling
     /// disk) sends later events to the thread until it writes quickly again, so
     /// a stall holds up at most one runtime thread.
-    pub(crate) fn write_now(&self, line: &str) -> Option<bool> {
+    pub(super) fn write_now(&self, line: &str) -> Option<bool> {
         let health = &self.health;
         if !health.inline.load(Ordering::Acquire) || !health.written.load(Ordering::Acquire) {
             return None;
@@ -140,7 +140,7 @@ impl FileSink {
         Some(written)
     }
 
-    pub(crate) async fn send(
+    pub(super) async fn send(
         &self,
         line: String,
         done: Option<tokio::sync::oneshot::Sender<bool>>,
@@ -160,7 +160,7 @@ impl FileSink {
         sent.is_ok()
     }
 
-    pub(crate) async fn flush(&self) -> bool {
+    pub(super) async fn flush(&self) -> bool {
         let (done, wait) = tokio::sync::oneshot::channel();
         if self.tx.send(Command::Flush(done)).is_err() {
             return false;
@@ -168,7 +168,7 @@ impl FileSink {
         wait.await.unwrap_or(false)
     }
 
-    pub(crate) async fn close(&self) -> bool {
+    pub(super) async fn close(&self) -> bool {
         let (done, wait) = tokio::sync::oneshot::channel();
         if self.tx.send(Command::Close(done)).is_err() {
             return false;
@@ -179,7 +179,7 @@ impl FileSink {
 
 /// The last whole line of the file at `path` (`None`: no such file, or empty),
 /// read from its last 4 MiB at most.
-pub(crate) fn last_line(path: &Path) -> std::io::Result<Option<String>> {
+pub(super) fn last_line(path: &Path) -> std::io::Result<Option<String>> {
     use std::io::Read;
     let mut file = match File::open(path) {
         Ok(f) => f,
@@ -203,7 +203,7 @@ pub(crate) fn last_line(path: &Path) -> std::io::Result<Option<String>> {
 }
 
 /// The log's files, oldest first (`<path>.N` … `<path>.1`, then `<path>`), opened.
-pub(crate) fn log_files(path: &Path) -> std::io::Result<Vec<(u64, File)>> {
+pub(super) fn log_files(path: &Path) -> std::io::Result<Vec<(u64, File)>> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -238,7 +238,7 @@ pub(crate) fn log_files(path: &Path) -> std::io::Result<Vec<(u64, File)>> {
     Ok(files)
 }
 
-pub(crate) fn rotated_path(path: &Path, n: u64) -> PathBuf {
+pub(super) fn rotated_path(path: &Path, n: u64) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(format!(".{n}"));
     PathBuf::from(name)
@@ -247,7 +247,7 @@ pub(crate) fn rotated_path(path: &Path, n: u64) -> PathBuf {
 /// A file's identity across renames: its inode and its first bytes (the first
 /// event's time, to the microsecond), hashed (FNV-1a). An inode alone would not
 /// do: a deleted file's inode is soon reused by a new one.
-pub(crate) fn file_id(file: &File) -> std::io::Result<u64> {
+pub(super) fn file_id(file: &File) -> std::io::Result<u64> {
     let mut head = [0u8; 64];
     let mut read = 0;
     #[cfg(unix)]
@@ -272,15 +272,15 @@ pub(crate) fn file_id(file: &File) -> std::io::Result<u64> {
 
 /// Whether the log can be written: the writer's last write and the last fsync.
 #[derive(Debug)]
-pub(crate) struct Health {
+pub(super) struct Health {
     /// A secret read may write its own event (see [`FileSink::write_now`]).
-    pub(crate) inline: AtomicBool,
-    pub(crate) written: AtomicBool,
-    pub(crate) synced: AtomicBool,
+    pub(super) inline: AtomicBool,
+    pub(super) written: AtomicBool,
+    pub(super) synced: AtomicBool,
     /// Written since the last fsync.
-    pub(crate) dirty: AtomicBool,
+    pub(super) dirty: AtomicBool,
     /// The writer has stopped.
-    pub(crate) closed: AtomicBool,
+    pub(super) closed: AtomicBool,
 }
 
 impl Default for Health {
@@ -296,17 +296,17 @@ impl Default for Health {
 }
 
 impl Health {
-    pub(crate) fn ok(&self) -> bool {
+    pub(super) fn ok(&self) -> bool {
         self.written.load(Ordering::Acquire) && self.synced.load(Ordering::Acquire)
     }
 
-    pub(crate) fn write_failed(&self) {
+    pub(super) fn write_failed(&self) {
         self.written.store(false, Ordering::Release);
     }
 }
 
 /// The log file, shared by the writer (which writes through it) and the syncer.
-pub(crate) struct Shared(pub(crate) Arc<File>);
+pub(super) struct Shared(pub(super) Arc<File>);
 
 impl Write for Shared {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -323,7 +323,7 @@ impl Write for Shared {
 }
 
 /// Fsyncs the current file every [`SYNC_INTERVAL`] when something was written.
-pub(crate) fn sync_loop(current: &Mutex<Arc<File>>, health: &Health, path: &str) {
+pub(super) fn sync_loop(current: &Mutex<Arc<File>>, health: &Health, path: &str) {
     let mut failing = false;
     loop {
         std::thread::sleep(SYNC_INTERVAL);

@@ -18,7 +18,7 @@ pub enum Position {
     Database(i64),
 }
 
-pub(crate) fn read_events(
+pub(super) fn read_events(
     files: Vec<(u64, File)>,
     query: &AuditQuery,
     from: Option<Position>,

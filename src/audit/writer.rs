@@ -3,33 +3,33 @@
 use super::*;
 
 /// The writer thread's state: the open file, its size, and how to rotate it.
-pub(crate) struct Writer {
-    pub(crate) out: std::io::BufWriter<Shared>,
+pub(super) struct Writer {
+    pub(super) out: std::io::BufWriter<Shared>,
     /// The file the syncer fsyncs (replaced on rotation and reopen).
-    pub(crate) current: Arc<Mutex<Arc<File>>>,
-    pub(crate) size: u64,
-    pub(crate) path: PathBuf,
-    pub(crate) max_file_size: u64,
-    pub(crate) max_files: usize,
-    pub(crate) sync: AuditSync,
-    pub(crate) rotation: Arc<Mutex<()>>,
-    pub(crate) health: Arc<Health>,
+    pub(super) current: Arc<Mutex<Arc<File>>>,
+    pub(super) size: u64,
+    pub(super) path: PathBuf,
+    pub(super) max_file_size: u64,
+    pub(super) max_files: usize,
+    pub(super) sync: AuditSync,
+    pub(super) rotation: Arc<Mutex<()>>,
+    pub(super) health: Arc<Health>,
     /// Events that could not be taken while the log was failing, since the last report.
-    pub(crate) dropped: u64,
+    pub(super) dropped: u64,
     /// The file's chain: every line linked, a signed digest every N lines or T seconds.
-    pub(crate) proof: Proof,
+    pub(super) proof: Proof,
 }
 
 /// What the chain fields add to a line at most (`"chain"`, `"seq"`, `"prev"`).
-pub(crate) const CHAIN_OVERHEAD: u64 = 140;
+pub(super) const CHAIN_OVERHEAD: u64 = 140;
 /// A digest line's size at most (without marks): room kept for the one that ends a file.
-pub(crate) const DIGEST_BYTES: u64 = 480;
+pub(super) const DIGEST_BYTES: u64 = 480;
 
 /// An inline write slower than this sends events back to the writer thread.
-pub(crate) const INLINE_WRITE_SLOW: Duration = Duration::from_millis(20);
+pub(super) const INLINE_WRITE_SLOW: Duration = Duration::from_millis(20);
 
 impl Writer {
-    pub(crate) fn run(writer: &Mutex<Writer>, health: &Health, rx: &mpsc::Receiver<Command>) {
+    pub(super) fn run(writer: &Mutex<Writer>, health: &Health, rx: &mpsc::Receiver<Command>) {
         let lock = || {
             writer
                 .lock()
@@ -92,7 +92,7 @@ impl Writer {
     }
 
     /// Whether writing `line` would rotate the file first (left to the writer thread).
-    pub(crate) fn rotation_due(&self, line: &str) -> bool {
+    pub(super) fn rotation_due(&self, line: &str) -> bool {
         self.max_file_size > 0
             && self.size > 0
             && self.size + line.len() as u64 + CHAIN_OVERHEAD + DIGEST_BYTES + 2
@@ -101,7 +101,7 @@ impl Writer {
 
     /// Writes one event now, without fsync (the syncer thread's job): whether it
     /// reached the operating system.
-    pub(crate) fn write_one(&mut self, line: &str) -> bool {
+    pub(super) fn write_one(&mut self, line: &str) -> bool {
         let buffered = self.write_line(line);
         if buffered.is_err() {
             self.dropped += 1;
@@ -117,7 +117,7 @@ impl Writer {
     }
 
     /// Writes a group, fsyncs when it must, and tells its waiters how it went.
-    pub(crate) fn commit(&mut self, group: &mut Vec<Command>, last: bool) {
+    pub(super) fn commit(&mut self, group: &mut Vec<Command>, last: bool) {
         let mut result = Ok(());
         let mut must_sync = last || self.sync == AuditSync::Fsync;
         for command in group.iter() {
@@ -183,7 +183,7 @@ impl Writer {
     }
 
     /// Records the outcome of a write: health, metrics, a log line on each change.
-    pub(crate) fn note(&mut self, written: std::io::Result<()>) {
+    pub(super) fn note(&mut self, written: std::io::Result<()>) {
         let was_ok = self.health.written.load(Ordering::Acquire);
         let path = self.path.display();
         match written {
@@ -206,7 +206,7 @@ impl Writer {
 
     /// Writes an event (its JSON, `body`) as the chain's next line, rotating
     /// first when due, and a digest after it when one is due.
-    pub(crate) fn write_line(&mut self, body: &str) -> std::io::Result<()> {
+    pub(super) fn write_line(&mut self, body: &str) -> std::io::Result<()> {
         if self.rotation_due(body) {
             if let Err(e) = self.rotate() {
                 tracing::error!(path = %self.path.display(), error = %e, "the audit log could not be rotated; writing on");
@@ -223,7 +223,7 @@ impl Writer {
     }
 
     /// Writes a linked line (the chain commits it once this returns Ok).
-    pub(crate) fn write_link(&mut self, link: &Link) -> std::io::Result<()> {
+    pub(super) fn write_link(&mut self, link: &Link) -> std::io::Result<()> {
         let line = &link.line;
         // A line the buffer cannot take whole is refused whole: the file never
         // holds half an event, and what was buffered goes out once the disk allows.
@@ -238,7 +238,7 @@ impl Writer {
 
     /// Writes the marks changed since the last digest (every mark with `full`),
     /// then a signed digest of the chain so far.
-    pub(crate) fn write_digest(&mut self, reason: DigestReason, full: bool) -> std::io::Result<()> {
+    pub(super) fn write_digest(&mut self, reason: DigestReason, full: bool) -> std::io::Result<()> {
         let (bodies, reached) = self.proof.marks_bodies(full);
         for body in bodies {
             let link = self.proof.chain.link(&body);
@@ -255,7 +255,7 @@ impl Writer {
     }
 
     /// [`Writer::write_digest`] and its flush now, a failure logged (the next digest covers it).
-    pub(crate) fn digest_now(&mut self, reason: DigestReason, full: bool) {
+    pub(super) fn digest_now(&mut self, reason: DigestReason, full: bool) {
         let written = self
             .write_digest(reason, full)
             .and_then(|()| self.out.flush());
@@ -266,7 +266,7 @@ impl Writer {
     }
 
     /// Writes to `file` from now on (the old one's buffer already flushed).
-    pub(crate) fn swap_file(&mut self, file: File) {
+    pub(super) fn swap_file(&mut self, file: File) {
         let file = Arc::new(file);
         *self
             .current
@@ -276,7 +276,7 @@ impl Writer {
     }
 
     /// Flushes the file, then `<path>.N-1` → `<path>.N` … `<path>` → `<path>.1`, and a new `<path>`.
-    pub(crate) fn rotate(&mut self) -> std::io::Result<()> {
+    pub(super) fn rotate(&mut self) -> std::io::Result<()> {
         // The old file ends signed; the new one begins with a signed checkpoint
         // (every mark, then a digest), so it verifies once older files are gone.
         if self.proof.chain.uncovered() {
@@ -326,7 +326,7 @@ impl Writer {
     }
 
     /// Opens the path again: an outside tool (logrotate) moved the file away.
-    pub(crate) fn reopen(&mut self) -> std::io::Result<()> {
+    pub(super) fn reopen(&mut self) -> std::io::Result<()> {
         self.out.flush()?;
         self.out.get_ref().0.sync_data()?;
         let file = open_append(&self.path)?;
@@ -338,4 +338,4 @@ impl Writer {
 }
 
 /// While the log cannot be written, how often the writer tries again by itself.
-pub(crate) const RETRY_INTERVAL: Duration = Duration::from_millis(500);
+pub(super) const RETRY_INTERVAL: Duration = Duration::from_millis(500);
