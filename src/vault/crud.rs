@@ -46,8 +46,7 @@ impl<S: Store> Vault<S> {
             self.erase_quietly(&record.id, &[record.seal_id]).await;
             return Err(e.into());
         }
-        self.mark(&record.id, record.revision, false);
-        self.hub.changed(&record.id, &record.name);
+        self.published(&record, false);
         metrics::credentials_changed(1.0);
         Ok(record)
     }

@@ -168,8 +168,7 @@ impl<S: Store> Vault<S> {
             Err(StoreError::NotFound(_)) => return Err(gone()),
             Err(e) => return Err(e.into()),
         };
-        self.mark(&back.id, back.revision, true);
-        self.hub.changed(&back.id, &back.name);
+        self.published(&back, true);
         metrics::credentials_changed(1.0);
         Ok(back)
     }

@@ -325,6 +325,13 @@ impl<S: Store> Vault<S> {
         self.marks.note(id, revision, reset);
     }
 
+    /// A record this server wrote: its revision marked (see [`Vault::mark`]) and
+    /// the change published to the feed, for the watchers.
+    fn published(&self, record: &CredentialRecord, reset: bool) {
+        self.mark(&record.id, record.revision, reset);
+        self.hub.changed(&record.id, &record.name);
+    }
+
     /// The high-water marks this vault keeps, shared with the audit trail.
     pub fn marks(&self) -> Arc<crate::trail::Marks> {
         Arc::clone(&self.marks)
@@ -452,8 +459,7 @@ impl<S: Store> Vault<S> {
             crate::sealing::authenticate(&self.keyring(), &mut next);
             match self.store.replace(&next, current.revision).await {
                 Ok(()) => {
-                    self.mark(&next.id, next.revision, false);
-                    self.hub.changed(&next.id, &next.name);
+                    self.published(&next, false);
                     return Ok(Changed::Written(Box::new(next)));
                 }
                 // Written meanwhile: read it again (and decide again).
