@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub use credvault_core::metrics::*;
 use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
 };
@@ -11,10 +12,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 const REQUESTS: &str = "credvault_requests_total";
 const LATENCY: &str = "credvault_request_duration_seconds";
-const CREDENTIALS: &str = "credvault_credentials";
-const VERIFICATIONS: &str = "credvault_verifications_total";
 const AUDIT_FAILURES: &str = "credvault_audit_write_failures_total";
-const SEALS: &str = "credvault_master_key_seals";
 const CONNECTIONS_OPEN: &str = "credvault_connections_open";
 const CONNECTIONS: &str = "credvault_connections_total";
 const CONNECTIONS_REFUSED: &str = "credvault_connections_refused_total";
@@ -28,50 +26,17 @@ const STREAMS_REFUSED: &str = "credvault_unauthenticated_streams_refused_total";
 const UNREADY: &str = "credvault_unready";
 const RELOAD_CHECKS: &str = "credvault_reload_checks_total";
 const RELOADS: &str = "credvault_reloads_total";
-const WATCH_STREAMS: &str = "credvault_watch_streams";
 const WATCH_MESSAGES: &str = "credvault_watch_messages_total";
 const WATCH_READS: &str = "credvault_watch_reads_total";
 const WATCH_ENDED: &str = "credvault_watch_streams_ended_total";
-const REPORTS: &str = "credvault_provider_reports_total";
-const PAUSES: &str = "credvault_account_pauses_total";
-const BUDGET_GRANTED: &str = "credvault_budget_requests_granted_total";
-const BUDGET_REFUSED: &str = "credvault_budget_requests_refused_total";
 const CONSOLE_REQUESTS: &str = "credvault_console_requests_total";
 const CONSOLE_SESSIONS: &str = "credvault_console_sessions";
-const SET_ASIDE: &str = "credvault_rows_set_aside_total";
-const WATCH_KEYS: &str = "credvault_watch_keys";
-const PAUSES_UNCHANGED: &str = "credvault_account_pause_reports_unchanged_total";
-const RECORDS_REFUSED: &str = "credvault_records_refused_total";
 
 /// Latency buckets from 100 µs to 10 s.
 const BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     10.0,
 ];
-
-/// Where a verification was asked for.
-#[derive(Clone, Copy, Debug)]
-pub enum Source {
-    /// `VerifyCredential`.
-    Rpc,
-    /// `verify: true` on a create or update.
-    Write,
-    /// The background re-verifier.
-    Background,
-    /// A worker reported a 401 or 403 (`ReportProviderResponse`).
-    Report,
-}
-
-impl Source {
-    fn as_str(self) -> &'static str {
-        match self {
-            Source::Rpc => "rpc",
-            Source::Write => "write",
-            Source::Background => "background",
-            Source::Report => "report",
-        }
-    }
-}
 
 /// Connections the metrics port holds at once (a scraper needs one).
 pub const METRICS_CONNECTIONS: usize = 16;
@@ -115,38 +80,14 @@ pub fn install_recorder(addr: SocketAddr) -> Result<PrometheusHandle, MetricsErr
             addr,
             why: e.to_string(),
         })?;
+    credvault_core::metrics::describe();
     describe_counter!(REQUESTS, "gRPC requests handled, by method and status code");
     describe_histogram!(LATENCY, Unit::Seconds, "gRPC request latency, by method");
-    describe_gauge!(CREDENTIALS, "credentials stored");
     describe_counter!(
         CONSOLE_REQUESTS,
         "web console requests answered, by HTTP status"
     );
     describe_gauge!(CONSOLE_SESSIONS, "web console sessions open");
-    describe_counter!(
-        SET_ASIDE,
-        "rows a batched database writer set aside because the database refused their values (SQLSTATE 22/54), by writer; the rest of each batch was written"
-    );
-    describe_gauge!(
-        WATCH_KEYS,
-        "credentials watched, summed over every open watch stream"
-    );
-    describe_counter!(
-        RECORDS_REFUSED,
-        "stored records refused and not served, by reason (replayed: older than one this server has seen)"
-    );
-    describe_counter!(
-        PAUSES_UNCHANGED,
-        "reported 429s that moved no pause's end by a second or more: nothing written, nothing pushed"
-    );
-    describe_gauge!(
-        SEALS,
-        "data keys sealed by each master key (rotate well before 2^32)"
-    );
-    describe_counter!(
-        VERIFICATIONS,
-        "provider checks, by provider, status and source"
-    );
     describe_gauge!(CONNECTIONS_OPEN, "open client connections, by listener");
     describe_counter!(CONNECTIONS, "client connections accepted, by listener");
     describe_counter!(
@@ -193,7 +134,6 @@ pub fn install_recorder(addr: SocketAddr) -> Result<PrometheusHandle, MetricsErr
         RELOADS,
         "reads of a reloadable file (callers, keyring), by outcome: reloaded, unchanged, failed (the previous one is kept)"
     );
-    describe_gauge!(WATCH_STREAMS, "WatchCredentialHeaders streams open");
     describe_counter!(
         WATCH_MESSAGES,
         "watch stream messages sent, by state (present, not_found, deleted, permission_denied, unavailable)"
@@ -206,28 +146,7 @@ pub fn install_recorder(addr: SocketAddr) -> Result<PrometheusHandle, MetricsErr
         WATCH_ENDED,
         "watch streams ended, by reason: client, unavailable (shutdown), unauthenticated, permission_denied, error"
     );
-    describe_counter!(
-        REPORTS,
-        "provider answers reported by workers, by status class (2xx, 401, 403, 429, 4xx, 5xx) and action (ignored, paused, verifying, already_verified, stale)"
-    );
-    describe_counter!(
-        PAUSES,
-        "provider account pauses started or extended by this server's reports"
-    );
-    describe_counter!(
-        BUDGET_GRANTED,
-        "requests granted from request budgets through AcquireRequestTokens"
-    );
-    describe_counter!(
-        BUDGET_REFUSED,
-        "requests asked for through AcquireRequestTokens and not granted (the window's budget was spent)"
-    );
     Ok(handle)
-}
-
-/// Sets the number of open watch streams.
-pub fn watch_streams(open: usize) {
-    gauge!(WATCH_STREAMS).set(open as f64);
 }
 
 /// A watch stream sent a message reporting `state`.
@@ -282,41 +201,6 @@ pub fn console_sessions(open: usize) {
 pub fn rpc(method: &'static str, code: tonic::Code, elapsed: Duration) {
     counter!(REQUESTS, "method" => method, "code" => code_name(code)).increment(1);
     histogram!(LATENCY, "method" => method).record(elapsed.as_secs_f64());
-}
-
-/// Sets the number of stored credentials.
-pub fn set_credentials(count: usize) {
-    gauge!(CREDENTIALS).set(count as f64);
-}
-
-/// Adds `delta` to the number of stored credentials.
-pub fn credentials_changed(delta: f64) {
-    gauge!(CREDENTIALS).increment(delta);
-}
-
-/// Sets how many data keys a master key has sealed.
-pub fn set_seals(key_id: &str, seals: u64) {
-    gauge!(SEALS, "key_id" => key_id.to_owned()).set(seals as f64);
-}
-
-/// Counts a row a batched writer (`audit`, `usage`) set aside for its values.
-pub fn row_set_aside(writer: &'static str) {
-    counter!(SET_ASIDE, "writer" => writer).increment(1);
-}
-
-/// The credentials watched over all open streams.
-pub fn watch_keys(n: usize) {
-    gauge!(WATCH_KEYS).set(n as f64);
-}
-
-/// Counts a stored record refused (`replayed`).
-pub fn record_refused(reason: &'static str) {
-    counter!(RECORDS_REFUSED, "reason" => reason).increment(1);
-}
-
-/// Counts a reported 429 that did not move its account's pause.
-pub fn pause_unchanged() {
-    counter!(PAUSES_UNCHANGED).increment(1);
 }
 
 /// Counts an audit batch that could not be written.
@@ -384,11 +268,6 @@ pub fn unauthenticated_stream_refused() {
     counter!(STREAMS_REFUSED).increment(1);
 }
 
-/// Records one provider check.
-pub fn verification(provider: &str, status: &'static str, source: Source) {
-    counter!(VERIFICATIONS, "provider" => provider.to_owned(), "status" => status, "source" => source.as_str()).increment(1);
-}
-
 /// The canonical upper-case name of a gRPC code, e.g. `PERMISSION_DENIED`.
 pub fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code::*;
@@ -411,20 +290,4 @@ pub fn code_name(code: tonic::Code) -> &'static str {
         DataLoss => "DATA_LOSS",
         Unauthenticated => "UNAUTHENTICATED",
     }
-}
-
-/// A worker reported a provider's answer: its status class and what was done.
-pub fn report(status_class: &'static str, action: &'static str) {
-    counter!(REPORTS, "status" => status_class, "action" => action).increment(1);
-}
-
-/// A report paused (or extended the pause of) a provider account.
-pub fn pause() {
-    counter!(PAUSES).increment(1);
-}
-
-/// A lease asked for `want` budgeted requests and got `granted`.
-pub fn budget_tokens(granted: u32, want: u32) {
-    counter!(BUDGET_GRANTED).increment(u64::from(granted));
-    counter!(BUDGET_REFUSED).increment(u64::from(want.saturating_sub(granted)));
 }

@@ -25,6 +25,7 @@ use tonic::Status;
 use crate::api;
 use crate::audit::{AuditEntry, AuditLog};
 use crate::auth::{Caller, CallerRegistry, Identity, Permission};
+use crate::convert;
 use crate::error::Error;
 use crate::metrics;
 use crate::record::CredentialRecord;
@@ -399,14 +400,14 @@ enum Woken {
 impl<S: Store> Stream<S> {
     /// The status the stream ends with, logged.
     fn end(&mut self, e: Error) -> Status {
-        self.ended = Some(match e.code() {
+        self.ended = Some(match convert::code(&e) {
             tonic::Code::Unavailable => "unavailable",
             tonic::Code::Unauthenticated => "unauthenticated",
             tonic::Code::PermissionDenied => "permission_denied",
             _ => "error",
         });
         tracing::info!(caller = %self.watcher.caller.name, error = %e, "watch stream ended by the server");
-        Status::from(e)
+        convert::status(e)
     }
 
     /// The next message: the newest state of the next credential with news,
@@ -606,7 +607,7 @@ impl<S: Store> Stream<S> {
             last_verification: record
                 .last_verification
                 .as_ref()
-                .map(crate::convert::verification_to_api),
+                .map(convert::verification_to_api),
             paused_until: paused_until_ms
                 .map(|ms| crate::record::timestamp(crate::feedback::from_ms(ms))),
             request_budget_per_minute: record.request_budget_per_minute,

@@ -233,10 +233,12 @@ async fn records_sealed_directly_by_the_master_key_still_open_and_are_upgraded()
         let mut record =
             CredentialRecord::from_bytes(&id, &tree.get(&id).unwrap().unwrap()).unwrap();
         let master = MasterKey::from_base64(&k).unwrap();
-        let plaintext = credvault::provider::Catalog::builtin()
-            .create_secret(fleetio("key-0000old1", "acct", ""))
-            .unwrap()
-            .to_plaintext();
+        let plaintext = credvault::convert::create_secret(
+            &credvault::provider::Catalog::builtin(),
+            fleetio("key-0000old1", "acct", ""),
+        )
+        .unwrap()
+        .to_plaintext();
         record.format = RECORD_FORMAT_DIRECT;
         record.data_key = None;
         // Format 1 records carried no MAC (the server authenticates them at start).

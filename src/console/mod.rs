@@ -743,7 +743,10 @@ impl<T: CredentialVaultService> Console<T> {
         let request = api::CreateCredentialRequest {
             name: form.get("name").cloned().unwrap_or_default(),
             description: form.get("description").cloned().unwrap_or_default(),
-            secret: Some(catalog.create_secret_from_fields(&provider, secret_fields)),
+            secret: Some(crate::convert::create_secret_from_fields(
+                &provider,
+                secret_fields,
+            )),
             expire_time,
             verify: form.contains_key("verify"),
             verify_best_effort: false,
@@ -983,7 +986,8 @@ impl<T: CredentialVaultService> Console<T> {
                     .map(|(_, f)| f.clone())
                     .unwrap_or_default();
                 let plain = plain_values(&forms, &current, &form);
-                let secret = catalog.update_secret_from_fields(&current, form.take_fields(&fields));
+                let secret =
+                    crate::convert::update_secret_from_fields(&current, form.take_fields(&fields));
                 let request = api::UpdateCredentialRequest {
                     r#ref: Some(api::update_credential_request::Ref::Id(id.to_owned())),
                     expected_version: version,

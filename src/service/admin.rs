@@ -54,7 +54,7 @@ impl<S: Store> VaultService<S> {
                 }
                 Err(e) => {
                     tracing::warn!(caller, error = %e, "rewrap stopped");
-                    Err(Status::from(e))
+                    Err(convert::status(e))
                 }
             };
             let _ = tx.send(last).await;

@@ -16,7 +16,7 @@ impl<S: Store> VaultService<S> {
         let providers = self.vault.providers().current();
         let secret = req
             .secret
-            .map(|s| providers.create_secret(s))
+            .map(|s| convert::create_secret(&providers, s))
             .transpose()?
             .ok_or_else(|| {
                 Error::invalid(format!(
@@ -111,7 +111,10 @@ impl<S: Store> VaultService<S> {
             (None, false) => Expiry::Keep,
         };
         let providers = self.vault.providers().current();
-        let secret = req.secret.map(|s| providers.update_secret(s)).transpose()?;
+        let secret = req
+            .secret
+            .map(|s| convert::update_secret(&providers, s))
+            .transpose()?;
         let request_budget_per_minute = req.request_budget_per_minute.map(budget).transpose()?;
         if req.description.is_none()
             && secret.is_none()

@@ -27,7 +27,8 @@ use crate::api::{self, credential_vault_service_server::CredentialVaultService};
 use crate::audit::{AuditEntry, AuditLog, AuditQuery};
 use crate::auth::{Caller, Identity, Permission};
 use crate::convert::{
-    audit_to_api, rfc3339, status_name, timestamp_ms, to_api, verification_to_api, version_to_api,
+    self, audit_to_api, rfc3339, status_name, timestamp_ms, to_api, verification_to_api,
+    version_to_api,
 };
 use crate::error::Error;
 use crate::feedback::{
@@ -203,15 +204,15 @@ impl<S: Store> VaultService<S> {
         // A known caller's refusals are recorded one by one only a few per interval;
         // the rest are counted into the interval's summary (one line, one event).
         if let (Some(_), Err(e)) = (&call, &result) {
-            if summarized_refusal(e.code())
+            if summarized_refusal(convert::code(e))
                 && !self
                     .refusals
-                    .admit_caller(caller, method, metrics::code_name(e.code()))
+                    .admit_caller(caller, method, metrics::code_name(convert::code(e)))
             {
-                let code = e.code();
+                let code = convert::code(e);
                 metrics::rpc(method, code, start.elapsed());
                 metrics::refusal_summarized();
-                return Err(Status::from(result.err().unwrap_or_else(|| {
+                return Err(convert::status(result.err().unwrap_or_else(|| {
                     Error::Internal("a refusal without an error".into())
                 })));
             }
@@ -220,7 +221,7 @@ impl<S: Store> VaultService<S> {
             method,
             credential_id: &target.id,
             credential_name: &target.name,
-            code: metrics::code_name(result.as_ref().err().map_or(Code::Ok, Error::code)),
+            code: metrics::code_name(result.as_ref().err().map_or(Code::Ok, convert::code)),
             secret_fingerprint: &target.fingerprint,
             reason: &target.note,
             channel,
@@ -239,7 +240,7 @@ impl<S: Store> VaultService<S> {
             result
         };
         let elapsed = start.elapsed();
-        let code = result.as_ref().err().map_or(Code::Ok, Error::code);
+        let code = result.as_ref().err().map_or(Code::Ok, convert::code);
         metrics::rpc(method, code, elapsed);
         let latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         let (verification, credential_id) = (target.verification, target.id.as_str());
@@ -272,7 +273,7 @@ impl<S: Store> VaultService<S> {
                 rpc_event!(info, "rpc rejected", error)
             }
         }
-        result.map(Response::new).map_err(Status::from)
+        result.map(Response::new).map_err(convert::status)
     }
 
     /// Finds the credential a reference points at, within the caller's scope

@@ -34,7 +34,7 @@ impl<S: Store> VaultService<S> {
             0 => 100,
             n => (n as usize).min(1000),
         };
-        let from = validate::parse_audit_token(&req.page_token)?;
+        let from = crate::audit::parse_audit_token(&req.page_token)?;
         let time = |t: Option<prost_types::Timestamp>| -> Result<Option<SystemTime>, Error> {
             t.map(validate::timestamp).transpose().map(|t| {
                 t.and_then(|t| {
@@ -77,7 +77,7 @@ impl<S: Store> VaultService<S> {
         };
         Ok(api::ListAuditEventsResponse {
             events,
-            next_page_token: next.map(validate::audit_token).unwrap_or_default(),
+            next_page_token: next.map(crate::audit::audit_token).unwrap_or_default(),
             audit_public_key: self.audit.public_key().to_string(),
         })
     }

@@ -48,7 +48,7 @@ impl Default for WatchSettings {
 const READ_CHUNK: usize = 128;
 
 /// How soon a credential the store could not read is read again.
-pub(crate) const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 /// What a watch names: a credential id, or a name that may come to name another.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -61,7 +61,7 @@ pub enum Key {
 
 /// What the hub read of a watched credential.
 #[derive(Clone)]
-pub(crate) enum Seen {
+pub enum Seen {
     /// The credential as stored.
     Present(Arc<CredentialRecord>),
     /// Reading this id found nothing: the credential is gone (ids are never reused).
@@ -74,7 +74,7 @@ pub(crate) enum Seen {
 
 /// A piece of work for the hub's reader.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Work {
+pub enum Work {
     /// A write to this credential (id and name).
     Changed(String, String),
     /// Read a watched key again (a new watcher, a resync).
@@ -84,13 +84,16 @@ pub(crate) enum Work {
 }
 
 /// The offers waiting for one stream, one place per watched credential (the latest wins).
-pub(crate) struct Inbox {
-    pub(crate) offers: Mutex<Vec<Option<Seen>>>,
-    pub(crate) notify: Notify,
+pub struct Inbox {
+    /// The latest offer per watched credential (by the stream's slot for it).
+    pub offers: Mutex<Vec<Option<Seen>>>,
+    /// Wakes the stream when an offer arrives.
+    pub notify: Notify,
 }
 
 impl Inbox {
-    pub(crate) fn offer(&self, slot: usize, seen: &Seen) {
+    /// Puts `seen` in the stream's place `slot` (replacing an older offer) and wakes it.
+    pub fn offer(&self, slot: usize, seen: &Seen) {
         if let Some(place) = self
             .offers
             .lock()
@@ -104,7 +107,7 @@ impl Inbox {
 
     /// Takes one waiting offer, the first at or after `cursor` (then moved past
     /// it), so that a busy credential cannot starve the others.
-    pub(crate) fn take_one(&self, cursor: &mut usize) -> Option<(usize, Seen)> {
+    pub fn take_one(&self, cursor: &mut usize) -> Option<(usize, Seen)> {
         let mut offers = self.offers.lock().unwrap_or_else(PoisonError::into_inner);
         let n = offers.len();
         for k in 0..n {
@@ -118,42 +121,52 @@ impl Inbox {
     }
 }
 
-pub(crate) struct Subscriber {
-    pub(crate) stream: u64,
-    pub(crate) slot: usize,
-    pub(crate) inbox: Arc<Inbox>,
+/// One stream's subscription to one key.
+pub struct Subscriber {
+    /// The stream's number.
+    pub stream: u64,
+    /// The key's place in the stream's inbox.
+    pub slot: usize,
+    /// Where the stream's offers go.
+    pub inbox: Arc<Inbox>,
 }
 
+/// The hub's state, under its lock.
 #[derive(Default)]
-pub(crate) struct HubState {
-    pub(crate) subscribers: HashMap<Key, Vec<Subscriber>>,
+pub struct HubState {
+    /// The streams watching each key.
+    pub subscribers: HashMap<Key, Vec<Subscriber>>,
     /// The provider account of the credential each watched key last read as,
     /// so that a pause re-reads only the keys of its account.
-    pub(crate) accounts: HashMap<Key, crate::feedback::Account>,
+    pub accounts: HashMap<Key, crate::feedback::Account>,
     /// Changes to push (writes, pauses): read before any other work.
-    pub(crate) pending: HashSet<Work>,
+    pub pending: HashSet<Work>,
     /// Keys of new watches to read for their first message, in chunks.
-    pub(crate) fresh: std::collections::VecDeque<Key>,
+    pub fresh: std::collections::VecDeque<Key>,
     /// Keys of the resync under way, read in chunks after everything else.
-    pub(crate) resync: std::collections::VecDeque<Key>,
+    pub resync: std::collections::VecDeque<Key>,
     /// Streams and watched keys each caller holds.
-    pub(crate) held: HashMap<String, Held>,
-    pub(crate) next_stream: u64,
-    pub(crate) streams: usize,
+    pub held: HashMap<String, Held>,
+    /// The number the next stream gets.
+    pub next_stream: u64,
+    /// Streams open.
+    pub streams: usize,
     /// Keys watched over every stream.
-    pub(crate) keys: usize,
+    pub keys: usize,
 }
 
 /// What one caller holds on this server.
 #[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Held {
-    pub(crate) streams: usize,
-    pub(crate) keys: usize,
+pub struct Held {
+    /// Streams open.
+    pub streams: usize,
+    /// Keys watched over them.
+    pub keys: usize,
 }
 
 impl HubState {
     /// Gives memory back after a flood of watches closed (a map keeps its capacity).
-    pub(crate) fn shrink(&mut self) {
+    pub fn shrink(&mut self) {
         fn shrunk<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
             if map.capacity() > 1024 && map.len() * 4 < map.capacity() {
                 map.shrink_to_fit();
@@ -176,8 +189,10 @@ impl HubState {
 /// Who watches what, and the changes not yet read.
 #[derive(Default)]
 pub struct Hub {
-    pub(crate) state: Mutex<HubState>,
-    pub(crate) wake: Notify,
+    /// Who watches what, and the work pending.
+    pub state: Mutex<HubState>,
+    /// Wakes the reader when work arrives.
+    pub wake: Notify,
 }
 
 impl std::fmt::Debug for Hub {
@@ -192,11 +207,15 @@ impl std::fmt::Debug for Hub {
 }
 
 /// A stream's place in the hub; dropping it unsubscribes and frees the caller's slot.
-pub(crate) struct Subscription {
-    pub(crate) hub: Arc<Hub>,
-    pub(crate) stream: u64,
-    pub(crate) keys: Vec<Key>,
-    pub(crate) caller: String,
+pub struct Subscription {
+    /// The hub subscribed to.
+    pub hub: Arc<Hub>,
+    /// The stream's number.
+    pub stream: u64,
+    /// The keys it watches.
+    pub keys: Vec<Key>,
+    /// The caller holding it.
+    pub caller: String,
 }
 
 impl Drop for Subscription {
@@ -227,7 +246,8 @@ impl Drop for Subscription {
 }
 
 impl Hub {
-    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, HubState> {
+    /// The hub's state, locked (a poisoned lock is taken over, not propagated).
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, HubState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -258,7 +278,7 @@ impl Hub {
     }
 
     /// The watched keys whose credential speaks for `account`.
-    pub(crate) fn keys_of(&self, account: &crate::feedback::Account) -> Vec<Key> {
+    pub fn keys_of(&self, account: &crate::feedback::Account) -> Vec<Key> {
         let state = self.lock();
         state
             .accounts
@@ -269,7 +289,7 @@ impl Hub {
     }
 
     /// Notes the account `key`'s credential speaks for now (`None`: no credential).
-    pub(crate) fn note_account(&self, key: &Key, account: Option<crate::feedback::Account>) {
+    pub fn note_account(&self, key: &Key, account: Option<crate::feedback::Account>) {
         let mut state = self.lock();
         match account {
             Some(a) if state.subscribers.contains_key(key) => {
@@ -307,7 +327,7 @@ impl Hub {
 
     /// Registers a stream's keys (and asks for their current state), within the
     /// caller's stream limit.
-    pub(crate) fn subscribe(
+    pub fn subscribe(
         self: &Arc<Self>,
         caller: &str,
         keys: &[Option<Key>],
@@ -370,7 +390,7 @@ impl Hub {
     }
 
     /// Offers what was read of `key` to everyone watching it.
-    pub(crate) fn deliver(&self, key: &Key, seen: &Seen) {
+    pub fn deliver(&self, key: &Key, seen: &Seen) {
         let state = self.lock();
         if let Some(subs) = state.subscribers.get(key) {
             for s in subs {
@@ -381,7 +401,7 @@ impl Hub {
 
     /// The next work: every change to push first; else a chunk of new watches'
     /// first reads; else a chunk of the resync under way.
-    pub(crate) fn take_pending(&self) -> Vec<Work> {
+    pub fn take_pending(&self) -> Vec<Work> {
         let mut state = self.lock();
         if !state.pending.is_empty() {
             return state.pending.drain().collect();
@@ -399,7 +419,8 @@ impl Hub {
         chunk
     }
 
-    pub(crate) fn requeue(&self, work: Vec<Work>) {
+    /// Puts work the reader could not finish back in the queue and wakes it.
+    pub fn requeue(&self, work: Vec<Work>) {
         self.lock().pending.extend(work);
         self.wake.notify_one();
     }

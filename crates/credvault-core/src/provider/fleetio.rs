@@ -6,7 +6,6 @@
 //! account token.
 
 use std::borrow::Cow;
-use std::fmt;
 use std::mem;
 
 use futures_util::future::BoxFuture;
@@ -19,7 +18,6 @@ use super::client::read_body;
 use super::{
     check_token, fingerprint, Client, Field, Provider, ProviderRef, ProviderSecret, Values,
 };
-use crate::api;
 use crate::error::Error;
 use crate::record::{Verification, VerificationStatus as Status};
 
@@ -34,7 +32,7 @@ pub static PROVIDER: Fleetio = Fleetio;
 const API_KEY: usize = 0;
 const ACCOUNT_TOKEN: usize = 1;
 const API_VERSION: usize = 2;
-/// The fields of [`api::FleetioSecret`], in its order.
+/// The fields of the API's `FleetioSecret`, in its order.
 const FIELDS: &[Field] = &[
     Field {
         name: Cow::Borrowed("api_key"),
@@ -83,52 +81,31 @@ fn check_api_version(value: &str) -> Result<(), Error> {
     }
 }
 
-/// A create or update request's Fleetio key pair, validated.
-impl TryFrom<api::FleetioSecret> for ProviderSecret {
-    type Error = Error;
-
-    fn try_from(mut value: api::FleetioSecret) -> Result<Self, Error> {
-        let checked = check_token(NAME, "api_key", &value.api_key, MIN_API_KEY_LEN)
-            .and_then(|()| check_token(NAME, "account_token", &value.account_token, 1))
-            .and_then(|()| match value.api_version.as_str() {
-                "" => Ok(()),
-                v => check_api_version(v),
-            });
-        let result = checked.map(|()| {
-            let values = Values::new(vec![
-                mem::take(&mut value.api_key),
-                mem::take(&mut value.account_token),
-                mem::take(&mut value.api_version),
-            ]);
-            ProviderSecret::new(ProviderRef::Builtin(&PROVIDER), values)
+/// A create or update request's Fleetio key pair, validated. The values are moved
+/// into the secret, or wiped when they are refused.
+pub fn secret(
+    mut api_key: String,
+    mut account_token: String,
+    mut api_version: String,
+) -> Result<ProviderSecret, Error> {
+    let checked = check_token(NAME, "api_key", &api_key, MIN_API_KEY_LEN)
+        .and_then(|()| check_token(NAME, "account_token", &account_token, 1))
+        .and_then(|()| match api_version.as_str() {
+            "" => Ok(()),
+            v => check_api_version(v),
         });
-        // Whatever was not moved out (on error) is wiped here.
-        value.api_key.zeroize();
-        value.account_token.zeroize();
-        result
-    }
-}
-
-/// The request message of a secret given field by field (the web console's
-/// form); fields it does not name are left out, and validated by the RPC.
-pub fn from_fields(fields: &mut std::collections::HashMap<String, String>) -> api::FleetioSecret {
-    let mut take = |name: &str| fields.remove(name).unwrap_or_default();
-    api::FleetioSecret {
-        api_key: take("api_key"),
-        account_token: take("account_token"),
-        api_version: take("api_version"),
-    }
-}
-
-/// The request message redacts its secret values (build.rs derives no Debug for it).
-impl fmt::Debug for api::FleetioSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FleetioSecret")
-            .field("api_key", &"[REDACTED]")
-            .field("account_token", &"[REDACTED]")
-            .field("api_version", &self.api_version)
-            .finish()
-    }
+    let result = checked.map(|()| {
+        let values = Values::new(vec![
+            mem::take(&mut api_key),
+            mem::take(&mut account_token),
+            mem::take(&mut api_version),
+        ]);
+        ProviderSecret::new(ProviderRef::Builtin(&PROVIDER), values)
+    });
+    // Whatever was not moved out (on error) is wiped here.
+    api_key.zeroize();
+    account_token.zeroize();
+    result
 }
 
 /// Fleetio: `GET /v1/users/me` checks a key pair; `/v1/accounts` tells which half failed.
@@ -323,26 +300,22 @@ fn parse_account_tokens(body: &[u8]) -> Result<Vec<Zeroizing<String>>, String> {
 mod tests {
     use super::*;
 
-    fn api(key: &str, token: &str, version: &str) -> api::FleetioSecret {
-        api::FleetioSecret {
-            api_key: key.into(),
-            account_token: token.into(),
-            api_version: version.into(),
-        }
+    fn checked(key: &str, token: &str, version: &str) -> Result<ProviderSecret, Error> {
+        secret(key.into(), token.into(), version.into())
     }
 
     #[test]
     fn validation_rejects_without_echoing() {
         for (s, field) in [
-            (api("", "t", ""), "api_key"),
-            (api("short", "t", ""), "api_key"),
-            (api("has space in key", "t", ""), "api_key"),
-            (api("key-12345678", "", ""), "account_token"),
-            (api("key-12345678", "tok\r\nX: y", ""), "account_token"),
-            (api("key-12345678", "tok", "2024-13-01"), "api_version"),
-            (api("key-12345678", "tok", "latest"), "api_version"),
+            (checked("", "t", ""), "api_key"),
+            (checked("short", "t", ""), "api_key"),
+            (checked("has space in key", "t", ""), "api_key"),
+            (checked("key-12345678", "", ""), "account_token"),
+            (checked("key-12345678", "tok\r\nX: y", ""), "account_token"),
+            (checked("key-12345678", "tok", "2024-13-01"), "api_version"),
+            (checked("key-12345678", "tok", "latest"), "api_version"),
         ] {
-            let err = ProviderSecret::try_from(s).unwrap_err().to_string();
+            let err = s.unwrap_err().to_string();
             assert!(err.contains(field), "{err}");
             assert!(
                 !err.contains("tok\r\n") && !err.contains("has space"),
@@ -366,7 +339,7 @@ mod tests {
     #[test]
     fn headers_hint_and_round_trip() {
         use prost::Message;
-        let s = ProviderSecret::try_from(api("key-1234abcd", "acct-9", "2024-03-15")).unwrap();
+        let s = (checked("key-1234abcd", "acct-9", "2024-03-15")).unwrap();
         assert_eq!(s.hint(), "abcd");
         let legacy = LegacyPayload {
             api_key: "key-1234abcd".into(),
@@ -392,12 +365,7 @@ mod tests {
             "{debug}"
         );
         assert!(debug.contains("2024-03-15"), "{debug}");
-        let request = format!("{:?}", api("key-1234abcd", "acct-9", ""));
-        assert!(
-            !request.contains("key-1234abcd") && !request.contains("acct-9"),
-            "{request}"
-        );
-        let plain = ProviderSecret::try_from(api("key-1234abcd", "acct-9", "")).unwrap();
+        let plain = (checked("key-1234abcd", "acct-9", "")).unwrap();
         assert_eq!(plain.headers().len(), 2);
         let incomplete = LegacyPayload {
             api_key: "key-1234abcd".into(),

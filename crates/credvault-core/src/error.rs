@@ -1,9 +1,8 @@
-//! The one error type of the vault and its single mapping onto gRPC status codes.
+//! The one error type of the vault. Its variants follow gRPC's status codes by
+//! meaning, but it knows nothing of gRPC: the server maps each onto its code.
 //!
 //! Messages are lowercase, name what was wrong and what to do, and never carry a
 //! secret value or a token.
-
-use tonic::{Code, Status};
 
 use crate::store::StoreError;
 
@@ -49,43 +48,6 @@ impl Error {
     /// Shorthand for [`Error::InvalidArgument`].
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::InvalidArgument(msg.into())
-    }
-
-    /// The gRPC code this error answers with.
-    pub fn code(&self) -> Code {
-        match self {
-            Error::InvalidArgument(_) => Code::InvalidArgument,
-            Error::Unauthenticated(_) => Code::Unauthenticated,
-            Error::PermissionDenied(_) => Code::PermissionDenied,
-            Error::NotFound(_) => Code::NotFound,
-            Error::AlreadyExists(_) => Code::AlreadyExists,
-            Error::Aborted(_) => Code::Aborted,
-            Error::FailedPrecondition(_) => Code::FailedPrecondition,
-            Error::DataLoss(_) => Code::DataLoss,
-            Error::Unavailable(_) => Code::Unavailable,
-            Error::ResourceExhausted(_) => Code::ResourceExhausted,
-            Error::Internal(_) => Code::Internal,
-        }
-    }
-}
-
-impl From<Error> for Status {
-    fn from(err: Error) -> Self {
-        let code = err.code();
-        match err {
-            // Internal details stay in the log; the caller gets a generic message.
-            Error::Internal(_) => Status::new(code, "internal error; see the server log"),
-            Error::InvalidArgument(m)
-            | Error::PermissionDenied(m)
-            | Error::NotFound(m)
-            | Error::AlreadyExists(m)
-            | Error::Aborted(m)
-            | Error::FailedPrecondition(m)
-            | Error::DataLoss(m)
-            | Error::Unavailable(m)
-            | Error::ResourceExhausted(m) => Status::new(code, m),
-            Error::Unauthenticated(m) => Status::new(code, m),
-        }
     }
 }
 

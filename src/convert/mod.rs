@@ -1,6 +1,14 @@
 //! Conversions from domain types to the API's, in one place at the edge: a
 //! credential, a version, a verification, an audit event, times. Shared by the
-//! service and the watch stream (neither imports the other for them).
+//! service and the watch stream (neither imports the other for them). The parts:
+//! `status` (the domain's error onto gRPC status codes) and `secret` (a request's
+//! secret oneof onto a provider's secret).
+
+mod secret;
+mod status;
+
+pub use secret::*;
+pub use status::*;
 
 use crate::api;
 use crate::feedback;

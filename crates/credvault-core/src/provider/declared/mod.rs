@@ -24,7 +24,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fmt;
 
 use futures_util::future::BoxFuture;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT};
@@ -34,7 +33,6 @@ use zeroize::{Zeroize, Zeroizing};
 use super::{
     fingerprint, Client, Field, Provider, ProviderRef, ProviderSecret, SecretFormatError, Values,
 };
-use crate::api;
 use crate::error::Error;
 use crate::record::{Verification, VerificationStatus as Status};
 
@@ -510,19 +508,6 @@ impl Provider for Declared {
             Some((_, f)) => Err(SecretFormatError::Missing(f.name.to_string())),
             None => Ok(values),
         }
-    }
-}
-
-/// The request message redacts every value (build.rs derives no Debug for it):
-/// which of a declared provider's fields are secret is the file's to say.
-impl fmt::Debug for api::GenericSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut names: Vec<&String> = self.fields.keys().collect();
-        names.sort();
-        f.debug_struct("GenericSecret")
-            .field("provider", &self.provider)
-            .field("fields", &names)
-            .finish_non_exhaustive()
     }
 }
 

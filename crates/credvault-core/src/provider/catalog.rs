@@ -178,13 +178,14 @@ impl Catalog {
             .count()
     }
 
-    /// A `GenericSecret`: the fields of a declared provider, by name, validated.
-    pub(super) fn generic_secret(
+    /// A generic secret: the fields of the declared provider named `provider`, by
+    /// name, validated (wiped when refused).
+    pub fn generic_secret(
         &self,
-        mut value: api::GenericSecret,
+        provider: &str,
+        fields: HashMap<String, String>,
     ) -> Result<ProviderSecret, Error> {
-        let fields = std::mem::take(&mut value.fields);
-        match self.find(&value.provider) {
+        match self.find(provider) {
             Some(ProviderRef::Declared(p)) => p.secret_from(fields),
             Some(ProviderRef::Builtin(p)) => {
                 declared::wipe(fields);
@@ -194,7 +195,7 @@ impl Catalog {
                     p.name()
                 )))
             }
-            None if value.provider.is_empty() => {
+            None if provider.is_empty() => {
                 declared::wipe(fields);
                 Err(Error::invalid("generic.provider is required"))
             }
@@ -202,7 +203,7 @@ impl Catalog {
                 declared::wipe(fields);
                 Err(Error::invalid(format!(
                     "no provider is named \"{}\" (known: {})",
-                    crate::escape::capped(&value.provider, 64),
+                    crate::escape::capped(provider, 64),
                     self.names()
                 )))
             }

@@ -5,10 +5,11 @@
 //! (which of them are secret), its default base URL, the headers it sends, how
 //! it verifies a secret and how it names a rejected value. The vault, the
 //! service and the record format know providers only through this trait, the
-//! `registry!` below and the [`Catalog`] of the providers in use.
+//! registry ([`BUILTIN`]) and the [`Catalog`] of the providers in use.
 //!
 //! Built-in providers are modules ([`fleetio`]): one module, one line in the
-//! registry, and a `<Provider>Secret` message in the proto. Declared providers
+//! registry, a `<Provider>Secret` message in the proto and its line in the
+//! server's request registry (`src/convert/secret.rs`). Declared providers
 //! ([`declared`]) come from the providers file and need no code: their secrets
 //! arrive as a `GenericSecret` (provider name plus named fields).
 //!
@@ -28,7 +29,6 @@ use futures_util::future::BoxFuture;
 use secrecy::{ExposeSecret, SecretBox};
 use zeroize::Zeroizing;
 
-use crate::api;
 use crate::error::Error;
 use crate::record::{Verification, VerificationStatus};
 

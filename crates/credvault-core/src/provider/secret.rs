@@ -206,70 +206,8 @@ impl ProviderSecret {
     }
 }
 
-/// The registry: the built-in providers and the arms of the requests' `secret`
-/// oneofs. Each line is `OneofArm => module`, the module exposing `PROVIDER`
-/// (its [`Provider`]) and `TryFrom<api::<Provider>Secret> for ProviderSecret`.
-/// The `generic` arm goes to the catalog's declared providers.
-macro_rules! registry {
-    ($($arm:ident => $module:ident),+ $(,)?) => {
-        /// Every built-in provider.
-        pub static BUILTIN: &[&'static dyn Provider] = &[$(&$module::PROVIDER),+];
-
-        impl Catalog {
-            /// The secret oneof of a create request, validated by its provider.
-            pub fn create_secret(
-                &self,
-                value: api::create_credential_request::Secret,
-            ) -> Result<ProviderSecret, Error> {
-                use api::create_credential_request::Secret;
-                match value {
-                    $(Secret::$arm(s) => s.try_into(),)+
-                    Secret::Generic(s) => self.generic_secret(s),
-                }
-            }
-
-            /// A create request's secret oneof from a form's fields by name (the
-            /// web console), for the provider named `provider`; left unvalidated.
-            pub fn create_secret_from_fields(
-                &self,
-                provider: &str,
-                mut fields: HashMap<String, String>,
-            ) -> api::create_credential_request::Secret {
-                use api::create_credential_request::Secret;
-                $(if provider == $module::PROVIDER.name() {
-                    return Secret::$arm($module::from_fields(&mut fields));
-                })+
-                Secret::Generic(api::GenericSecret { provider: provider.to_owned(), fields })
-            }
-
-            /// An update request's secret oneof from a form's fields by name.
-            pub fn update_secret_from_fields(
-                &self,
-                provider: &str,
-                mut fields: HashMap<String, String>,
-            ) -> api::update_credential_request::Secret {
-                use api::update_credential_request::Secret;
-                $(if provider == $module::PROVIDER.name() {
-                    return Secret::$arm($module::from_fields(&mut fields));
-                })+
-                Secret::Generic(api::GenericSecret { provider: provider.to_owned(), fields })
-            }
-
-            /// The secret oneof of an update request, validated by its provider.
-            pub fn update_secret(
-                &self,
-                value: api::update_credential_request::Secret,
-            ) -> Result<ProviderSecret, Error> {
-                use api::update_credential_request::Secret;
-                match value {
-                    $(Secret::$arm(s) => s.try_into(),)+
-                    Secret::Generic(s) => self.generic_secret(s),
-                }
-            }
-        }
-    };
-}
-
-registry! {
-    Fleetio => fleetio,
-}
+/// The registry: every built-in provider, each a module exposing `PROVIDER` (its
+/// [`Provider`]) and a `secret(...)` constructor that validates its fields. The
+/// server maps each provider's `<Provider>Secret` message onto that constructor
+/// (`src/convert/secret.rs`); declared providers need neither.
+pub static BUILTIN: &[&'static dyn Provider] = &[&fleetio::PROVIDER];
