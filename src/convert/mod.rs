@@ -61,11 +61,6 @@ pub(crate) fn timestamp_ms(ms: i64) -> prost_types::Timestamp {
     record::timestamp(feedback::from_ms(ms))
 }
 
-/// Milliseconds since the epoch as RFC 3339, for messages.
-pub(crate) fn rfc3339(ms: i64) -> String {
-    timestamp_ms(ms).to_string()
-}
-
 /// The API name of a verification's status, for logs.
 pub(crate) fn status_name(v: &Verification) -> &'static str {
     v.status().name()

@@ -27,13 +27,10 @@ use crate::api::{self, credential_vault_service_server::CredentialVaultService};
 use crate::audit::{AuditEntry, AuditLog, AuditQuery};
 use crate::auth::{Caller, Identity, Permission};
 use crate::convert::{
-    self, audit_to_api, rfc3339, status_name, timestamp_ms, to_api, verification_to_api,
-    version_to_api,
+    self, audit_to_api, status_name, timestamp_ms, to_api, verification_to_api, version_to_api,
 };
 use crate::error::Error;
-use crate::feedback::{
-    self, MAX_BUDGET_PER_MINUTE, MAX_LEASE_REQUEST, MAX_REPORTED_RETRY_AFTER_SECS,
-};
+use crate::feedback::MAX_BUDGET_PER_MINUTE;
 use crate::gate::{Authenticated, Via};
 use crate::metrics;
 use crate::page_token;
@@ -42,8 +39,8 @@ use crate::refusals::Refusals;
 use crate::store::Store;
 use crate::validate;
 use crate::vault::{
-    Change, CheckOnWrite, CredentialRef, Expiry, HeadersRead, ListFilter, Located, NewCredential,
-    Vault,
+    self, Change, CheckOnWrite, CredentialRef, Expiry, HeadersRead, ListFilter, Located,
+    NewCredential, Report, ReportAction, Vault,
 };
 use crate::watch::{self, WatchContext, WatchStream, Watcher};
 

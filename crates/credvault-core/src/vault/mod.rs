@@ -17,11 +17,13 @@ mod accounts;
 mod crud;
 mod history;
 mod model;
+mod report;
 mod rewrap;
 mod usage;
 mod verify;
 
 pub use model::*;
+pub use report::*;
 
 use crate::auth::Caller;
 use crate::crypto::{Keyring, OpenError};
