@@ -916,8 +916,17 @@ async fn postgres_sweeps_erasable_keys_no_record_refers_to() {
         ))
         .await
         .unwrap();
-    let store = credvault::store::PgStore::connect(&url, &Default::default()).unwrap();
-    use credvault::store::Store;
+    // The store as the server opens it (`AnyStore`, which must pass the sweep on).
+    let store = credvault::store::open(&credvault::store::StoreConfig::Postgres(
+        credvault::store::PostgresSettings {
+            url: secrecy::SecretString::from(url.clone()),
+            pool: Default::default(),
+            startup_wait: Duration::from_secs(5),
+        },
+    ))
+    .await
+    .unwrap();
+    use credvault::store::prelude::*;
     let erased = store
         .sweep_erasable(Duration::from_secs(600))
         .await

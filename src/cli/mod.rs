@@ -20,7 +20,7 @@ use credvault::config::{self, Config, TlsSettings};
 use credvault::crypto::{Keyring, MasterKey};
 use credvault::provider::{fleetio, ProviderSettings};
 use credvault::reverify::ReverifySettings;
-use credvault::store::Store;
+use credvault::store::prelude::*;
 use credvault::telemetry::{self, LogFormat};
 use secrecy::ExposeSecret;
 

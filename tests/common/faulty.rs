@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use credvault::record::{CredentialRecord, Usage};
-use credvault::store::{AuditTable, Entries, ListItem, Snapshot, Store, StoreError};
+use credvault::store::{
+    Accounts, AuditTable, Backups, Entries, Health, History, ListItem, Meta, Records, Replicas,
+    Snapshot, Store, StoreError, Usages,
+};
 
 /// When to fail: one call in `every`, while `on`.
 #[derive(Debug, Default)]
@@ -40,16 +43,7 @@ pub struct FaultyStore<S> {
     pub faults: Arc<Faults>,
 }
 
-impl<S: Store> Store for FaultyStore<S> {
-    async fn meta(&self, prefix: &str) -> Result<Entries, StoreError> {
-        self.inner.meta(prefix).await
-    }
-    async fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.inner.put_meta(key, value).await
-    }
-    async fn remove_meta(&self, key: &str) -> Result<(), StoreError> {
-        self.inner.remove_meta(key).await
-    }
+impl<S: Store> Records for FaultyStore<S> {
     async fn get(&self, id: &str) -> Result<Option<CredentialRecord>, StoreError> {
         self.faults.check()?;
         self.inner.get(id).await
@@ -81,6 +75,9 @@ impl<S: Store> Store for FaultyStore<S> {
         self.faults.check()?;
         self.inner.delete(id, expected_version).await
     }
+}
+
+impl<S: Store> History for FaultyStore<S> {
     async fn delete_keeping(
         &self,
         id: &str,
@@ -131,6 +128,13 @@ impl<S: Store> Store for FaultyStore<S> {
         self.faults.check()?;
         self.inner.erase(id, seal_ids).await
     }
+    async fn sweep_erasable(&self, grace: std::time::Duration) -> Result<u64, StoreError> {
+        self.faults.check()?;
+        self.inner.sweep_erasable(grace).await
+    }
+}
+
+impl<S: Store> Usages for FaultyStore<S> {
     async fn usage(&self, id: &str) -> Result<Option<Usage>, StoreError> {
         self.inner.usage(id).await
     }
@@ -143,34 +147,9 @@ impl<S: Store> Store for FaultyStore<S> {
     async fn record_usage(&self, batch: &[(String, Usage)]) -> Result<(), StoreError> {
         self.inner.record_usage(batch).await
     }
-    async fn reserve_seals(&self, key_id: &str, count: u64) -> Result<u64, StoreError> {
-        self.faults.check()?;
-        self.inner.reserve_seals(key_id, count).await
-    }
-    async fn seal_reservations(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        self.inner.seal_reservations().await
-    }
-    async fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        self.inner.snapshot().await
-    }
-    async fn restore(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
-        self.inner.restore(snapshot).await
-    }
-    async fn flush(&self) -> Result<(), StoreError> {
-        self.inner.flush().await
-    }
-    fn write_error(&self) -> Option<String> {
-        self.inner.write_error()
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
-    }
-    async fn probe_write(&self, instance: &str) -> Result<(), StoreError> {
-        self.inner.probe_write(instance).await
-    }
-    fn audit_table(self: &Arc<Self>) -> Option<Arc<dyn AuditTable>> {
-        self.inner.audit_table()
-    }
+}
+
+impl<S: Store> Accounts for FaultyStore<S> {
     async fn put_pause(
         &self,
         account: &[u8; 32],
@@ -194,5 +173,54 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner
             .take_budget(account, window_start_ms, want, limit)
             .await
+    }
+}
+
+impl<S: Store> Meta for FaultyStore<S> {
+    async fn meta(&self, prefix: &str) -> Result<Entries, StoreError> {
+        self.inner.meta(prefix).await
+    }
+    async fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.inner.put_meta(key, value).await
+    }
+    async fn remove_meta(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.remove_meta(key).await
+    }
+    async fn reserve_seals(&self, key_id: &str, count: u64) -> Result<u64, StoreError> {
+        self.faults.check()?;
+        self.inner.reserve_seals(key_id, count).await
+    }
+    async fn seal_reservations(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.inner.seal_reservations().await
+    }
+}
+
+impl<S: Store> Backups for FaultyStore<S> {
+    async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        self.inner.snapshot().await
+    }
+    async fn restore(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        self.inner.restore(snapshot).await
+    }
+}
+
+impl<S: Store> Health for FaultyStore<S> {
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.inner.flush().await
+    }
+    fn write_error(&self) -> Option<String> {
+        self.inner.write_error()
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+    async fn probe_write(&self, instance: &str) -> Result<(), StoreError> {
+        self.inner.probe_write(instance).await
+    }
+}
+
+impl<S: Store> Replicas for FaultyStore<S> {
+    fn audit_table(self: &Arc<Self>) -> Option<Arc<dyn AuditTable>> {
+        self.inner.audit_table()
     }
 }

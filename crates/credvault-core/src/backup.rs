@@ -27,7 +27,8 @@ use crate::keys::{self, KeyringError, KEY_CHECK_PREFIX};
 use crate::provider::{ProviderSecret, SecretFormatError};
 use crate::record;
 use crate::sealing;
-use crate::store::{Entries, Snapshot, Store, StoreError};
+use crate::store::prelude::*;
+use crate::store::{Entries, Snapshot, StoreError};
 
 const MAGIC: &[u8] = b"credvault-backup\n";
 const CHECKSUM_LEN: usize = 32;

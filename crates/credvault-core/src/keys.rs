@@ -293,6 +293,7 @@ pub struct RewrapReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::prelude::*;
     use crate::store::SledStore;
 
     fn store(dir: &std::path::Path) -> SledStore {

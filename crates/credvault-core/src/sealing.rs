@@ -358,6 +358,7 @@ impl Sealer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::prelude::*;
 
     #[test]
     fn aad_parts_cannot_run_together() {

@@ -8,7 +8,8 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 
 use super::{
-    AuditTable, Entries, ListItem, PgSettings, PgStore, SledStore, Snapshot, Store, StoreError,
+    Accounts, AuditTable, Backups, Entries, Health, History, ListItem, Meta, PgSettings, PgStore,
+    Records, Replicas, SledStore, Snapshot, StoreError, Usages,
 };
 use crate::record::{CredentialRecord, Usage};
 
@@ -87,16 +88,7 @@ macro_rules! each {
     };
 }
 
-impl Store for AnyStore {
-    async fn meta(&self, prefix: &str) -> Result<Entries, StoreError> {
-        each!(self, s => s.meta(prefix).await)
-    }
-    async fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        each!(self, s => s.put_meta(key, value).await)
-    }
-    async fn remove_meta(&self, key: &str) -> Result<(), StoreError> {
-        each!(self, s => s.remove_meta(key).await)
-    }
+impl Records for AnyStore {
     async fn get(&self, id: &str) -> Result<Option<CredentialRecord>, StoreError> {
         each!(self, s => s.get(id).await)
     }
@@ -121,6 +113,9 @@ impl Store for AnyStore {
     async fn delete(&self, id: &str, expected_version: Option<u64>) -> Result<(), StoreError> {
         each!(self, s => s.delete(id, expected_version).await)
     }
+}
+
+impl History for AnyStore {
     async fn delete_keeping(
         &self,
         id: &str,
@@ -163,6 +158,12 @@ impl Store for AnyStore {
     async fn erase(&self, id: &str, seal_ids: &[u64]) -> Result<(), StoreError> {
         each!(self, s => s.erase(id, seal_ids).await)
     }
+    async fn sweep_erasable(&self, grace: Duration) -> Result<u64, StoreError> {
+        each!(self, s => s.sweep_erasable(grace).await)
+    }
+}
+
+impl Usages for AnyStore {
     async fn usage(&self, id: &str) -> Result<Option<Usage>, StoreError> {
         each!(self, s => s.usage(id).await)
     }
@@ -175,39 +176,9 @@ impl Store for AnyStore {
     async fn record_usage(&self, batch: &[(String, Usage)]) -> Result<(), StoreError> {
         each!(self, s => s.record_usage(batch).await)
     }
-    async fn reserve_seals(&self, key_id: &str, count: u64) -> Result<u64, StoreError> {
-        each!(self, s => s.reserve_seals(key_id, count).await)
-    }
-    async fn seal_reservations(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        each!(self, s => s.seal_reservations().await)
-    }
-    async fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        each!(self, s => s.snapshot().await)
-    }
-    async fn restore(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
-        each!(self, s => s.restore(snapshot).await)
-    }
-    async fn flush(&self) -> Result<(), StoreError> {
-        each!(self, s => s.flush().await)
-    }
-    fn write_error(&self) -> Option<String> {
-        each!(self, s => s.write_error())
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        each!(self, s => s.ping().await)
-    }
-    async fn probe_write(&self, instance: &str) -> Result<(), StoreError> {
-        each!(self, s => s.probe_write(instance).await)
-    }
-    fn audit_table(self: &Arc<Self>) -> Option<Arc<dyn AuditTable>> {
-        match &**self {
-            AnyStore::Sled(_) => None,
-            AnyStore::Postgres(pg) => pg.audit_table(),
-        }
-    }
-    async fn needs_restart(&self) -> bool {
-        each!(self, s => s.needs_restart().await)
-    }
+}
+
+impl Accounts for AnyStore {
     async fn put_pause(
         &self,
         account: &[u8; 32],
@@ -227,6 +198,60 @@ impl Store for AnyStore {
     ) -> Result<Option<u32>, StoreError> {
         each!(self, s => s.take_budget(account, window_start_ms, want, limit).await)
     }
+}
+
+impl Meta for AnyStore {
+    async fn meta(&self, prefix: &str) -> Result<Entries, StoreError> {
+        each!(self, s => s.meta(prefix).await)
+    }
+    async fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        each!(self, s => s.put_meta(key, value).await)
+    }
+    async fn remove_meta(&self, key: &str) -> Result<(), StoreError> {
+        each!(self, s => s.remove_meta(key).await)
+    }
+    async fn reserve_seals(&self, key_id: &str, count: u64) -> Result<u64, StoreError> {
+        each!(self, s => s.reserve_seals(key_id, count).await)
+    }
+    async fn seal_reservations(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        each!(self, s => s.seal_reservations().await)
+    }
+}
+
+impl Backups for AnyStore {
+    async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        each!(self, s => s.snapshot().await)
+    }
+    async fn restore(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        each!(self, s => s.restore(snapshot).await)
+    }
+}
+
+impl Health for AnyStore {
+    async fn flush(&self) -> Result<(), StoreError> {
+        each!(self, s => s.flush().await)
+    }
+    fn write_error(&self) -> Option<String> {
+        each!(self, s => s.write_error())
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        each!(self, s => s.ping().await)
+    }
+    async fn probe_write(&self, instance: &str) -> Result<(), StoreError> {
+        each!(self, s => s.probe_write(instance).await)
+    }
+    async fn needs_restart(&self) -> bool {
+        each!(self, s => s.needs_restart().await)
+    }
+}
+
+impl Replicas for AnyStore {
+    fn audit_table(self: &Arc<Self>) -> Option<Arc<dyn AuditTable>> {
+        match &**self {
+            AnyStore::Sled(_) => None,
+            AnyStore::Postgres(pg) => pg.audit_table(),
+        }
+    }
     fn listen_changes(
         self: &Arc<Self>,
         sink: super::ChangeSink,
@@ -236,5 +261,36 @@ impl Store for AnyStore {
             AnyStore::Sled(_) => None,
             AnyStore::Postgres(pg) => pg.listen_changes(sink, stop),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// The names of the `fn`s declared in `text` (at one level of indentation).
+    fn methods(text: &str) -> BTreeSet<&str> {
+        text.lines()
+            .filter_map(|l| {
+                let l = l.strip_prefix("    ")?;
+                let l = l.strip_prefix("async ").unwrap_or(l);
+                let name = l.strip_prefix("fn ")?;
+                name.split(['(', '<']).next()
+            })
+            .collect()
+    }
+
+    /// A method `AnyStore` left to the trait's default would answer for the default
+    /// (PostgreSQL's sweep of erasable keys once went missing that way).
+    #[test]
+    fn any_store_passes_every_store_method_on() {
+        let declared = methods(include_str!("traits.rs"));
+        let any = include_str!("open.rs");
+        let start = any.find("impl Records for AnyStore").expect("the impls");
+        let end = any.find("#[cfg(test)]").expect("the tests");
+        let forwarded = methods(&any[start..end]);
+        let missing: Vec<_> = declared.difference(&forwarded).collect();
+        assert!(declared.len() > 30, "{declared:?}");
+        assert!(missing.is_empty(), "AnyStore does not forward {missing:?}");
     }
 }
