@@ -1,0 +1,66 @@
+//! The console's answers: HTML, plain text, redirects, cookies, and a gRPC code as
+//! an HTTP status.
+
+use super::*;
+
+/// The text of a `done` query value (fixed words only: nothing from the request is echoed).
+pub(super) fn done_text(done: &str) -> Option<&'static str> {
+    Some(match done {
+        "created" => "Credential saved.",
+        "updated" => "Changes saved.",
+        "rotated" => "Secret rotated.",
+        "rolled-back" => "Rolled back: the older secret is current again, as a new version.",
+        "verified" => "Verified with the provider: the result is below.",
+        "deleted" => "Credential deleted.",
+        "unchanged" => "Nothing was changed.",
+        _ => return None,
+    })
+}
+
+/// The HTTP status a gRPC code shows as.
+pub(super) fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::FailedPrecondition => StatusCode::UNPROCESSABLE_ENTITY,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unavailable | Code::DeadlineExceeded => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+pub(super) fn html(status: StatusCode, markup: &maud::Markup) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::from(markup.0.clone())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    r
+}
+
+pub(super) fn plain(status: StatusCode, text: &'static str) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+pub(super) fn redirect(to: &str) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SEE_OTHER;
+    if let Ok(v) = HeaderValue::from_str(to) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+pub(super) fn cookie_header(value: &str) -> HeaderValue {
+    HeaderValue::from_str(value).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
