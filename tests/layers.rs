@@ -2,6 +2,8 @@
 //! that imports it back, however long the way round. Each `.rs` file is a module;
 //! an edge is a `crate::a::b` or `super::` path in its non-test code, resolved to
 //! the longest module that exists. A circle fails the test with its members.
+//! Beside it: no source file over 600 lines, and the domain crate
+//! (`credvault-core`) free of gRPC, HTTP servers and the metrics exporter.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -268,4 +270,141 @@ fn the_circle_finder_finds_a_circle() {
     let code = "use crate::x::Y;\n// use crate::z;\n#[cfg(test)]\nmod tests { use crate::w; }\n";
     let text = non_test_code(code);
     assert!(text.contains("crate::x") && !text.contains("crate::z") && !text.contains("crate::w"));
+}
+
+/// Every `.rs` file under `src` of the server and of each crate of the workspace.
+fn source_files() -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir)
+            .expect("a source directory")
+            .flatten()
+        {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    walk(&root.join("src"), &mut files);
+    for entry in std::fs::read_dir(root.join("crates"))
+        .expect("crates/")
+        .flatten()
+    {
+        if entry.path().join("src").is_dir() {
+            walk(&entry.path().join("src"), &mut files);
+        }
+    }
+    files
+}
+
+/// One job per file: none grows past 600 lines (generated code lives in `OUT_DIR`).
+#[test]
+fn no_source_file_is_over_600_lines() {
+    let files = source_files();
+    assert!(files.len() > 100, "only {} files found", files.len());
+    let long: Vec<String> = files
+        .iter()
+        .filter_map(|f| {
+            let lines = std::fs::read_to_string(f).ok()?.lines().count();
+            (lines > 600).then(|| format!("{} ({lines} lines)", f.display()))
+        })
+        .collect();
+    assert!(long.is_empty(), "split by concern: {long:?}");
+}
+
+/// The domain crate depends on no gRPC, no HTTP server and no metrics exporter, so
+/// nothing in it can reach the server: read from Cargo's own resolution of the
+/// workspace (normal dependencies, however deep). Its one HTTP stack is reqwest's
+/// client, for the providers' checks, so hyper is there only beneath reqwest.
+#[test]
+fn the_core_crate_depends_on_no_grpc_server_or_exporter() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // This machine's platform only: the others' packages need not be downloaded.
+    let rustc = std::process::Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .expect("rustc runs");
+    let rustc = String::from_utf8_lossy(&rustc.stdout).into_owned();
+    let host = rustc
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .expect("rustc names its host");
+    let output = std::process::Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--offline"])
+        .args(["--filter-platform", host, "--manifest-path"])
+        .arg(root.join("Cargo.toml"))
+        .output()
+        .expect("cargo metadata runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    let nodes = meta["resolve"]["nodes"]
+        .as_array()
+        .expect("a resolved graph");
+    let name_of = |id: &str| -> String {
+        meta["packages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["id"] == id)
+            .and_then(|p| p["name"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let node = |id: &str| nodes.iter().find(|n| n["id"] == id);
+    let core = nodes
+        .iter()
+        .find(|n| name_of(n["id"].as_str().unwrap_or_default()) == "credvault-core")
+        .expect("credvault-core in the workspace");
+    let normal = |n: &serde_json::Value| -> Vec<String> {
+        n["deps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|d| {
+                d["dep_kinds"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|k| k["kind"].is_null())
+            })
+            .filter_map(|d| d["pkg"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let direct: Vec<String> = normal(core).iter().map(|id| name_of(id)).collect();
+    let mut seen = BTreeSet::new();
+    let mut queue = normal(core);
+    while let Some(id) = queue.pop() {
+        if seen.insert(id.clone()) {
+            if let Some(n) = node(&id) {
+                queue.extend(normal(n));
+            }
+        }
+    }
+    let all: BTreeSet<String> = seen.iter().map(|id| name_of(id)).collect();
+    assert!(all.contains("sled") && all.contains("aes-gcm"), "{all:?}");
+    for banned in [
+        "credvault",
+        "tonic",
+        "tonic-health",
+        "tonic-reflection",
+        "axum",
+        "metrics-exporter-prometheus",
+        "maud",
+    ] {
+        assert!(!all.contains(banned), "credvault-core depends on {banned}");
+    }
+    for banned in ["hyper", "hyper-util", "tower", "h2"] {
+        assert!(
+            !direct.contains(&banned.to_owned()),
+            "credvault-core depends on {banned} itself"
+        );
+    }
 }
