@@ -84,11 +84,11 @@ pub struct Config {
     /// Where the sled store lives (under `db/` inside it), and the default audit log.
     pub data_dir: PathBuf,
     /// The master keys: the active one wraps new data keys, the others open older ones.
-    pub keyring: Keyring,
+    pub keyring: std::sync::Arc<Keyring>,
     /// Where the keyring was read from, to read it again on SIGHUP (none: from the environment).
     pub keyring_source: Option<KeyringSource>,
     /// Who may call, with which permissions.
-    pub callers: Callers,
+    pub callers: std::sync::Arc<Callers>,
     /// The callers file, re-read on SIGHUP and when it changes.
     pub callers_file: Option<PathBuf>,
     /// Where audit events are appended (default `<data_dir>/audit.jsonl` on sled;

@@ -11,24 +11,48 @@ use crate::metrics::{
     self, MetricsError, METRICS_CONNECTIONS, METRICS_CONNECTIONS_PER_PEER, METRICS_HEADER_TIMEOUT,
 };
 
-/// Installs the global recorder and serves `/metrics` (Prometheus text) on `addr`.
-/// Must run inside the tokio runtime.
-pub fn install(addr: SocketAddr) -> Result<(), MetricsError> {
+/// The running `/metrics` endpoint; [`Endpoint::stop`] closes its port.
+#[derive(Debug)]
+pub struct Endpoint {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Endpoint {
+    /// Stops accepting and returns once the port is closed (a scrape being answered
+    /// finishes on its own). The recorder stays installed: it is the process's.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Installs the global recorder and serves `/metrics` (Prometheus text) on `addr`
+/// until [`Endpoint::stop`]. Must run inside the tokio runtime.
+pub fn install(addr: SocketAddr) -> Result<Endpoint, MetricsError> {
     let handle = metrics::install_recorder(addr)?;
     let listener =
         crate::transport::bind(addr, 128).map_err(|source| MetricsError::Bind { addr, source })?;
-    tokio::spawn(serve(listener, handle));
-    Ok(())
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(serve(listener, handle, stopped));
+    Ok(Endpoint { stop, task })
 }
 
 /// Serves `GET /metrics` over HTTP/1.1, one request per connection, each
 /// connection bounded in time; histograms are drained every few seconds.
-async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
+async fn serve(
+    listener: tokio::net::TcpListener,
+    handle: PrometheusHandle,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
     let upkeep = handle.clone();
-    tokio::spawn(async move {
+    let mut upkeep_stop = stop.clone();
+    let upkeep = tokio::spawn(async move {
         loop {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            upkeep.run_upkeep();
+            tokio::select! {
+                _ = upkeep_stop.wait_for(|s| *s) => return,
+                () = tokio::time::sleep(Duration::from_secs(5)) => upkeep.run_upkeep(),
+            }
         }
     });
     let listening = crate::transport::Listening {
@@ -37,8 +61,11 @@ async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
         max_per_peer: METRICS_CONNECTIONS_PER_PEER,
         handshake_timeout: Duration::from_secs(10),
     };
-    let forever = std::future::pending::<()>();
-    crate::transport::accept(listener, listening, forever, move |stream, _peer, slot| {
+    let mut stop = stop;
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    crate::transport::accept(listener, listening, stopped, move |stream, _peer, slot| {
         let handle = handle.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(
@@ -65,4 +92,5 @@ async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
         });
     })
     .await;
+    let _ = upkeep.await;
 }

@@ -205,3 +205,41 @@ async fn audit_write_failures_are_counted() {
         .await;
     process.terminate().await;
 }
+
+/// `/metrics` has a real shutdown: `run` returns only once the metrics port is
+/// closed, so a server stopped in process leaves no listener behind. (In process,
+/// unlike the tests above: the recorder is installed into this test binary once.)
+#[tokio::test]
+async fn the_metrics_port_closes_with_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = credvault::crypto::MasterKey::generate_base64();
+    let mut config = bare_config(dir.path(), &key);
+    let metrics_addr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    config.metrics_listen = Some(metrics_addr);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(credvault::run(listener, config, async {
+        let _ = stopped.await;
+    }));
+    let url = format!("http://{metrics_addr}/metrics");
+    let mut scraped = None;
+    for _ in 0..100 {
+        if let Ok(response) = reqwest::get(&url).await {
+            scraped = Some(response.text().await.unwrap());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let scraped = scraped.expect("/metrics answers while the server runs");
+    assert!(scraped.contains("credvault_credentials"), "{scraped}");
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    let after = tokio::net::TcpStream::connect(metrics_addr).await;
+    assert!(
+        after.is_err(),
+        "the metrics port is still open after run returned"
+    );
+}

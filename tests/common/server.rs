@@ -240,14 +240,15 @@ impl TestServer {
         let config = Config {
             store,
             data_dir: data_dir.clone(),
-            keyring,
+            keyring: keyring.into(),
             keyring_source,
             callers: Callers::from_toml(&format!(
                 "{}\n{}",
                 tokens.callers_toml(),
                 opts.extra_callers
             ))
-            .unwrap(),
+            .unwrap()
+            .into(),
             callers_file: None,
             audit_log: opts.audit_log.clone(),
             audit_retention: opts.audit_retention,
@@ -404,9 +405,9 @@ pub fn bare_config(dir: &Path, keys: &str) -> Config {
             dir: dir.to_owned(),
         },
         data_dir: dir.to_owned(),
-        keyring: credvault::config::parse_keyring(keys, None).unwrap(),
+        keyring: credvault::config::parse_keyring(keys, None).unwrap().into(),
         keyring_source: None,
-        callers: Callers::from_toml("").unwrap(),
+        callers: Callers::from_toml("").unwrap().into(),
         callers_file: None,
         audit_log: None,
         audit_retention: Duration::ZERO,

@@ -215,9 +215,9 @@ pub struct Sealer {
 
 impl Sealer {
     /// A sealer over a keyring whose check against the store has passed.
-    pub fn new(keyring: Keyring, seals: SealCounter) -> Self {
+    pub fn new(keyring: impl Into<Arc<Keyring>>, seals: SealCounter) -> Self {
         Sealer {
-            keyring: RwLock::new(Arc::new(keyring)),
+            keyring: RwLock::new(keyring.into()),
             seals,
         }
     }

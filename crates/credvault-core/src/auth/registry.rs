@@ -13,12 +13,13 @@ pub struct CallerRegistry {
 
 impl CallerRegistry {
     /// A registry that reloads from `path` (or never, without one).
-    pub fn new(callers: Callers, path: Option<std::path::PathBuf>) -> Self {
+    pub fn new(callers: impl Into<Arc<Callers>>, path: Option<std::path::PathBuf>) -> Self {
+        let callers = callers.into();
         for w in callers.warnings() {
             tracing::warn!("{w}");
         }
         CallerRegistry {
-            current: std::sync::RwLock::new(Arc::new(callers)),
+            current: std::sync::RwLock::new(callers),
             path,
             reloads: tokio::sync::watch::channel(0).0,
         }

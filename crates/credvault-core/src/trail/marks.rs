@@ -35,12 +35,23 @@ impl Marks {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Notes `revision` of `id` unless a higher one was seen: `Err(seen)` then.
-    pub fn check(&self, id: &str, revision: u64) -> Result<(), u64> {
+    /// The highest revision of `id` seen so far.
+    pub fn seen(&self, id: &str) -> Option<u64> {
+        self.lock().seen.get(id).map(|&(revision, _)| revision)
+    }
+
+    /// A read `revision` of `id`: `Err(floor)` when it is below `floor`, the mark
+    /// taken (with [`Marks::seen`]) before the read began, since every revision up
+    /// to it was written or read before then; else noted, unless a higher one was
+    /// seen. A read that raced a write may return the revision before it: that is
+    /// no replay, so a mark set during the read does not refuse it.
+    pub fn check(&self, id: &str, revision: u64, floor: Option<u64>) -> Result<(), u64> {
+        if let Some(floor) = floor.filter(|&floor| revision < floor) {
+            return Err(floor);
+        }
         let mut inner = self.lock();
         match inner.seen.get(id) {
-            Some(&(seen, _)) if revision < seen => Err(seen),
-            Some(&(seen, _)) if revision == seen => Ok(()),
+            Some(&(seen, _)) if revision <= seen => Ok(()),
             _ => {
                 inner.generation += 1;
                 let generation = inner.generation;
@@ -91,4 +102,25 @@ pub fn marks_bodies(marks: &[(String, u64)], full: bool) -> Vec<String> {
         .chunks(MARKS_PER_LINE)
         .map(|chunk| marks_body(chunk, full))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_that_raced_a_write_is_no_replay_and_one_after_it_is() {
+        let marks = Marks::default();
+        marks.note("c", 3, false);
+        // A read begins with 3 seen; a write of 4 ends while it is under way.
+        let floor = marks.seen("c");
+        marks.note("c", 4, false);
+        assert_eq!(marks.check("c", 3, floor), Ok(()));
+        assert_eq!(marks.seen("c"), Some(4));
+        // A read that begins after the write and finds 3: put back behind the vault's back.
+        assert_eq!(marks.check("c", 3, marks.seen("c")), Err(4));
+        // A newer revision (another replica's write) is noted.
+        assert_eq!(marks.check("c", 6, marks.seen("c")), Ok(()));
+        assert_eq!(marks.seen("c"), Some(6));
+    }
 }

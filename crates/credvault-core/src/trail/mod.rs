@@ -511,15 +511,15 @@ mod tests {
     #[test]
     fn marks_refuse_a_lower_revision_and_track_changes() {
         let m = Marks::default();
-        assert!(m.check("a", 2).is_ok());
-        assert_eq!(m.check("a", 1), Err(2));
+        assert!(m.check("a", 2, m.seen("a")).is_ok());
+        assert_eq!(m.check("a", 1, m.seen("a")), Err(2));
         m.note("a", 5, false);
         m.note("a", 3, false);
         let (changed, seen) = m.changed_since(0);
         assert_eq!(changed, vec![("a".to_owned(), 5)]);
         // Each device asks after its own generation.
         assert!(m.changed_since(seen).0.is_empty());
-        assert!(m.check("b", 1).is_ok());
+        assert!(m.check("b", 1, m.seen("b")).is_ok());
         assert_eq!(m.changed_since(seen).0, vec![("b".to_owned(), 1)]);
         assert_eq!(m.changed_since(0).0.len(), 2);
         m.note("a", 1, true);

@@ -109,7 +109,13 @@ pub struct Vault<S> {
 
 impl<S: Store> Vault<S> {
     /// A vault over an opened store whose keyring check has passed.
-    pub fn new(store: Arc<S>, keyring: Keyring, seals: SealCounter, providers: Providers) -> Self {
+    pub fn new(
+        store: Arc<S>,
+        keyring: impl Into<Arc<Keyring>>,
+        seals: SealCounter,
+        providers: Providers,
+    ) -> Self {
+        let keyring = keyring.into();
         let feedback = Feedback::new(FeedbackSettings::default(), keyring.active());
         Vault {
             store,
@@ -168,10 +174,13 @@ impl<S: Store> Vault<S> {
     /// The stored record of `id`, refused when it is older than one this server
     /// has seen (see [`Vault::check_fresh`]).
     async fn fetch(&self, id: &str) -> Result<Option<Arc<CredentialRecord>>, Error> {
+        // The mark before the read: a write that ends while the read is under way
+        // may mark a revision the read did not see (a race, not a replay).
+        let floor = self.marks.seen(id);
         let record = self.store.get_shared(id).await?;
         if let Some(record) = &record {
             self.check_mac_shared(record)?;
-            self.check_fresh(record)?;
+            self.check_fresh(record, floor)?;
         }
         Ok(record)
     }
@@ -235,7 +244,10 @@ impl<S: Store> Vault<S> {
             for (id, item) in items {
                 // Every live record's revision starts the marks the audit trail records.
                 if let Ok(record) = &item {
-                    if self.check_fresh(record).is_err() {
+                    if self
+                        .check_fresh(record, self.marks.seen(&record.id))
+                        .is_err()
+                    {
                         after = Some(id);
                         continue;
                     }
@@ -299,11 +311,12 @@ impl<S: Store> Vault<S> {
         Ok(done)
     }
 
-    /// Refuses a record whose revision is below the highest this server has seen
-    /// of it (`DATA_LOSS`, counted and logged): revisions only grow, so a lower
-    /// one was written back from a snapshot, a backup or an old row. Else notes it.
-    fn check_fresh(&self, record: &CredentialRecord) -> Result<(), Error> {
-        match self.marks.check(&record.id, record.revision) {
+    /// Refuses a record whose revision is below `floor`, the highest this server
+    /// had seen of it when the read began (`DATA_LOSS`, counted and logged):
+    /// revisions only grow, so a lower one was written back from a snapshot, a
+    /// backup or an old row. Else notes it.
+    fn check_fresh(&self, record: &CredentialRecord, floor: Option<u64>) -> Result<(), Error> {
+        match self.marks.check(&record.id, record.revision, floor) {
             Ok(()) => Ok(()),
             Err(seen) => {
                 metrics::record_refused("replayed");

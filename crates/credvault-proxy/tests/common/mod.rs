@@ -250,9 +250,11 @@ impl Vault {
                 dir: dir.path().to_owned(),
             },
             data_dir: dir.path().to_owned(),
-            keyring: credvault::config::parse_keyring(&key, None).unwrap(),
+            keyring: credvault::config::parse_keyring(&key, None).unwrap().into(),
             keyring_source: None,
-            callers: credvault::auth::Callers::from_toml(&callers).unwrap(),
+            callers: credvault::auth::Callers::from_toml(&callers)
+                .unwrap()
+                .into(),
             callers_file: None,
             audit_log: None,
             audit_retention: Duration::ZERO,
