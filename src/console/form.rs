@@ -71,12 +71,13 @@ pub(super) fn plain_values(
         .unwrap_or_default()
 }
 
+/// A urlencoded body or query as values by name (the last of a repeated name wins).
 pub(super) fn parse(bytes: &[u8]) -> HashMap<String, String> {
     form_urlencoded::parse(bytes).into_owned().collect()
 }
 
 /// Reads a urlencoded form body of at most [`MAX_FORM_BYTES`], within ten seconds.
-pub(super) async fn read_form(body: Incoming) -> Result<Form, Reply> {
+pub(super) async fn read_form(body: axum::body::Body) -> Result<Form, Reply> {
     let limited = Limited::new(body, MAX_FORM_BYTES);
     let collected = tokio::time::timeout(Duration::from_secs(10), limited.collect()).await;
     let bytes = match collected {
@@ -128,4 +129,51 @@ pub(super) fn field_errors(
         })
         .unwrap_or("");
     HashMap::from([(field.to_owned(), message.to_owned())])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any bytes a browser (or anyone) sends read as some form, never a panic;
+        /// what a form encoder wrote reads back as written.
+        #[test]
+        fn any_body_parses_and_encoded_pairs_read_back(
+            bytes in proptest::collection::vec(any::<u8>(), 0..512),
+            pairs in proptest::collection::btree_map("[a-z_]{1,12}", ".{0,40}", 0..8),
+        ) {
+            let _ = parse(&bytes);
+            let encoded = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(&pairs)
+                .finish();
+            let read = parse(encoded.as_bytes());
+            prop_assert_eq!(read.len(), pairs.len());
+            for (name, value) in &pairs {
+                prop_assert_eq!(read.get(name), Some(value));
+            }
+        }
+
+        /// A date field: empty is no expiry, a real date is the end of that day,
+        /// anything else a message naming the form expected (never the value sent).
+        #[test]
+        fn any_date_field_is_an_expiry_or_a_fixed_message(text in ".{0,40}") {
+            match expiry(&text) {
+                Ok(None) => prop_assert!(text.trim().is_empty()),
+                Ok(Some(t)) => prop_assert_eq!(t.seconds.rem_euclid(86_400), 86_399),
+                Err(message) => prop_assert_eq!(message, "a date such as 2027-01-31"),
+            }
+        }
+
+        #[test]
+        fn real_dates_end_on_their_day(y in 1971i32..2200, m in 1u32..=12, d in 1u32..=28) {
+            let t = expiry(&format!("{y:04}-{m:02}-{d:02}")).unwrap().unwrap();
+            let day = humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.seconds as u64),
+            )
+            .to_string();
+            prop_assert_eq!(day, format!("{y:04}-{m:02}-{d:02}T23:59:59Z"));
+        }
+    }
 }

@@ -9,7 +9,8 @@
 //! `console`). Sessions live in memory ([`session`]); every form carries the
 //! session's CSRF token, and a POST from another origin is refused.
 //!
-//! Here the listener, the connection and the routes; `signin` (signing in and out),
+//! Here the listener and the connection; `routes` (axum's router: the pages, the
+//! session layer, the checks in front), `signin` (signing in and out),
 //! `credentials` (the list, add and credential pages), `actions` (a credential's
 //! actions), `form` (form bodies), `reply` (the answers), `pages` (the HTML) and
 //! `session` (sessions and CSRF).
@@ -18,16 +19,16 @@ pub mod pages;
 pub mod session;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt as _, Full, Limited};
-use hyper::body::{Bytes, Incoming};
+use http::{header, HeaderValue, Method, Request, StatusCode};
+use http_body_util::{BodyExt as _, Limited};
+use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tonic::Code;
+use tower::Service as _;
 use zeroize::Zeroizing;
 
 use crate::api;
@@ -47,6 +48,7 @@ mod actions;
 mod credentials;
 mod form;
 mod reply;
+mod routes;
 mod signin;
 
 use form::*;
@@ -123,7 +125,8 @@ impl Signed {
     }
 }
 
-type Reply = Response<Full<Bytes>>;
+/// An answer of the console.
+type Reply = axum::response::Response;
 
 impl<T: CredentialVaultService> Console<T> {
     /// A console over `service`, signing in `callers`.
@@ -167,8 +170,9 @@ impl<T: CredentialVaultService> Console<T> {
         let stopped = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
+        let router = self.router();
         transport::accept(listener, listening, stopped, move |stream, peer, slot| {
-            let console = Arc::clone(&self);
+            let router = router.clone();
             let tls = tls.clone();
             tokio::spawn(async move {
                 match tls {
@@ -177,7 +181,7 @@ impl<T: CredentialVaultService> Console<T> {
                             peer,
                             subjects: Arc::default(),
                         };
-                        console.connection(stream, conn).await;
+                        Self::connection(router, stream, conn).await;
                     }
                     Some(acceptor) => {
                         let Ok(Ok(stream)) =
@@ -197,7 +201,7 @@ impl<T: CredentialVaultService> Console<T> {
                             peer,
                             subjects: Arc::new(subjects),
                         };
-                        console.connection(stream, conn).await;
+                        Self::connection(router, stream, conn).await;
                     }
                 }
                 drop(slot);
@@ -206,14 +210,14 @@ impl<T: CredentialVaultService> Console<T> {
         .await;
     }
 
-    async fn connection<IO>(self: Arc<Self>, io: IO, conn: Conn)
+    async fn connection<IO>(router: axum::Router, io: IO, conn: Conn)
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let service = hyper::service::service_fn(move |request| {
-            let console = Arc::clone(&self);
-            let conn = conn.clone();
-            async move { Ok::<_, Infallible>(console.handle(request, &conn).await) }
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(conn.clone());
+            let mut router = router.clone();
+            async move { router.call(request).await }
         });
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
@@ -221,183 +225,6 @@ impl<T: CredentialVaultService> Console<T> {
             .max_buf_size(64 * 1024)
             .serve_connection(hyper_util::rt::TokioIo::new(io), service);
         let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
-    }
-
-    /// Answers one request, with the security headers every answer carries.
-    async fn handle(&self, request: Request<Incoming>, conn: &Conn) -> Reply {
-        let start = Instant::now();
-        let method = request.method().clone();
-        let path = request.uri().path().to_owned();
-        let (mut reply, caller) = self.route(request, conn).await;
-        let headers = reply.headers_mut();
-        let fixed = [
-            (header::CONTENT_SECURITY_POLICY, CSP),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-            (header::X_FRAME_OPTIONS, "DENY"),
-            // Not no-referrer: with it a browser sends `Origin: null` on its own forms.
-            (header::REFERRER_POLICY, "same-origin"),
-            (header::CACHE_CONTROL, "no-store"),
-        ];
-        for (name, value) in fixed {
-            headers.insert(name, HeaderValue::from_static(value));
-        }
-        if self.tls {
-            headers.insert(
-                header::STRICT_TRANSPORT_SECURITY,
-                HeaderValue::from_static("max-age=31536000"),
-            );
-        }
-        crate::metrics::console_request(reply.status().as_u16());
-        crate::metrics::console_sessions(self.sessions.len());
-        // A request's path is the sender's text: escaped and capped. Requests of no
-        // signed-in caller (sign-in pages, unknown cookies, probes) are counted in
-        // the metrics and logged at debug only, so a flood of them writes no log.
-        let path = crate::escape::shown(&path);
-        let latency_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
-        match caller.as_deref() {
-            Some(caller) => tracing::info!(
-                method = %method,
-                path = %path,
-                status = reply.status().as_u16(),
-                caller,
-                peer = %conn.peer,
-                latency_us,
-                "console request"
-            ),
-            None => tracing::debug!(
-                method = %method,
-                path = %path,
-                status = reply.status().as_u16(),
-                caller = "anonymous",
-                peer = %conn.peer,
-                latency_us,
-                "console request"
-            ),
-        }
-        reply
-    }
-
-    async fn route(&self, request: Request<Incoming>, conn: &Conn) -> (Reply, Option<String>) {
-        let (parts, body) = request.into_parts();
-        let segments: Vec<&str> = parts
-            .uri
-            .path()
-            .trim_matches('/')
-            .split('/')
-            .filter(|s| !s.is_empty())
-            .collect();
-        let query = parse(parts.uri.query().unwrap_or("").as_bytes());
-        let post = parts.method == Method::POST;
-        if !post && parts.method != Method::GET && parts.method != Method::HEAD {
-            return (
-                plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
-                None,
-            );
-        }
-        // Before any body is read: a POST must come from this console's own pages.
-        if post {
-            if let Err(why) = self.same_origin(&parts.headers) {
-                return (self.refused(None, StatusCode::FORBIDDEN, why), None);
-            }
-        }
-        match (post, segments.as_slice()) {
-            (false, ["static", "console.css"]) => {
-                let mut r = Response::new(Full::new(Bytes::from_static(STYLE.as_bytes())));
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/css; charset=utf-8"),
-                );
-                return (r, None);
-            }
-            (false, ["favicon.ico"]) => return (plain(StatusCode::NOT_FOUND, "no icon"), None),
-            (false, ["sign-in"]) => {
-                let held = session::cookie(&parts.headers, SIGN_IN_COOKIE);
-                return (self.sign_in_page(&query, conn, held, None), None);
-            }
-            (true, ["sign-in"]) => {
-                let form = match read_form(body).await {
-                    Ok(form) => form,
-                    Err(reply) => return (reply, None),
-                };
-                return self.sign_in(&parts.headers, &form, conn).await;
-            }
-            _ => {}
-        }
-        // Everything else needs a session.
-        let Some(signed) = self.signed(&parts.headers) else {
-            let expired = session::cookie(&parts.headers, SESSION_COOKIE).is_some();
-            let to = if expired {
-                "/sign-in?expired=1"
-            } else {
-                "/sign-in"
-            };
-            let mut r = redirect(to);
-            if expired {
-                r.headers_mut().append(
-                    header::SET_COOKIE,
-                    cookie_header(&session::set_cookie(
-                        SESSION_COOKIE,
-                        "",
-                        Duration::ZERO,
-                        self.tls,
-                    )),
-                );
-            }
-            return (r, None);
-        };
-        let name = Some(signed.caller.name.clone());
-        let form = if post {
-            match read_form(body).await {
-                Ok(form) => {
-                    let token = form.get("csrf").map_or("", |v| v.as_str());
-                    if !session::same_token(token, &signed.session.csrf) {
-                        return (
-                            self.refused(
-                                Some(&signed),
-                                StatusCode::FORBIDDEN,
-                                "the form's CSRF token is missing or stale; reload the page and try again",
-                            ),
-                            name,
-                        );
-                    }
-                    form
-                }
-                Err(reply) => return (reply, name),
-            }
-        } else {
-            Form::default()
-        };
-        let reply = match (post, segments.as_slice()) {
-            (false, []) => redirect("/credentials"),
-            (true, ["sign-out"]) => self.sign_out(&signed, conn).await,
-            (false, ["credentials"]) => self.list(&signed, conn, &query).await,
-            (false, ["credentials", "new"]) if !signed.caller.may(Permission::CredentialsWrite) => {
-                self.refused(
-                    Some(&signed),
-                    StatusCode::FORBIDDEN,
-                    "your caller may not create credentials (it lacks credentials.write)",
-                )
-            }
-            (false, ["credentials", "new"]) => {
-                let provider = query.get("provider").map_or("fleetio", |p| p.as_str());
-                self.add_page(
-                    &signed,
-                    provider,
-                    &Form::default(),
-                    FieldErrors::new(),
-                    StatusCode::OK,
-                )
-            }
-            (true, ["credentials", "new"]) => self.create(&signed, conn, form).await,
-            (false, ["credentials", id]) => {
-                let done = query.get("done").and_then(|d| done_text(d));
-                self.show(&signed, conn, id, done, HashMap::new(), StatusCode::OK)
-                    .await
-            }
-            (true, ["credentials", id, action]) => self.act(&signed, conn, id, action, form).await,
-            _ => self.refused(Some(&signed), StatusCode::NOT_FOUND, "no such page"),
-        };
-        (reply, name)
     }
 
     /// A vault RPC's request, as the signed-in caller, through the console.

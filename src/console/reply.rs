@@ -32,8 +32,9 @@ pub(super) fn http_status(code: Code) -> StatusCode {
     }
 }
 
+/// An HTML page.
 pub(super) fn html(status: StatusCode, markup: &maud::Markup) -> Reply {
-    let mut r = Response::new(Full::new(Bytes::from(markup.0.clone())));
+    let mut r = Reply::new(axum::body::Body::from(markup.0.clone()));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -42,8 +43,9 @@ pub(super) fn html(status: StatusCode, markup: &maud::Markup) -> Reply {
     r
 }
 
+/// A line of plain text.
 pub(super) fn plain(status: StatusCode, text: &'static str) -> Reply {
-    let mut r = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    let mut r = Reply::new(axum::body::Body::from(text));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -52,8 +54,9 @@ pub(super) fn plain(status: StatusCode, text: &'static str) -> Reply {
     r
 }
 
+/// A redirect to `to` (see other).
 pub(super) fn redirect(to: &str) -> Reply {
-    let mut r = Response::new(Full::new(Bytes::new()));
+    let mut r = Reply::new(axum::body::Body::empty());
     *r.status_mut() = StatusCode::SEE_OTHER;
     if let Ok(v) = HeaderValue::from_str(to) {
         r.headers_mut().insert(header::LOCATION, v);
@@ -61,6 +64,7 @@ pub(super) fn redirect(to: &str) -> Reply {
     r
 }
 
+/// A Set-Cookie value (one that cannot be a header value is sent empty).
 pub(super) fn cookie_header(value: &str) -> HeaderValue {
     HeaderValue::from_str(value).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
