@@ -13,7 +13,7 @@ use crate::metrics::{
 
 /// The running `/metrics` endpoint; [`Endpoint::stop`] closes its port.
 #[derive(Debug)]
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -21,7 +21,7 @@ pub struct Endpoint {
 impl Endpoint {
     /// Stops accepting and returns once the port is closed (a scrape being answered
     /// finishes on its own). The recorder stays installed: it is the process's.
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
     }
@@ -29,7 +29,7 @@ impl Endpoint {
 
 /// Installs the global recorder and serves `/metrics` (Prometheus text) on `addr`
 /// until [`Endpoint::stop`]. Must run inside the tokio runtime.
-pub fn install(addr: SocketAddr) -> Result<Endpoint, MetricsError> {
+pub(crate) fn install(addr: SocketAddr) -> Result<Endpoint, MetricsError> {
     let handle = metrics::install_recorder(addr)?;
     let listener =
         crate::transport::bind(addr, 128).map_err(|source| MetricsError::Bind { addr, source })?;

@@ -77,7 +77,7 @@ fn required_ref(r: Option<impl Into<CredentialRef>>) -> Result<CredentialRef, Er
 }
 
 /// The vault's gRPC service over a store `S`.
-pub struct VaultService<S> {
+pub(crate) struct VaultService<S> {
     vault: Arc<Vault<S>>,
     audit: Arc<AuditLog>,
     watch: WatchContext,
@@ -138,7 +138,7 @@ impl Call {
 impl<S: Store> VaultService<S> {
     /// A service over the vault core, auditing to `watch.audit`; its callers come
     /// authenticated by the [`crate::gate`] in front of it.
-    pub fn new(vault: Arc<Vault<S>>, watch: WatchContext) -> Self {
+    pub(crate) fn new(vault: Arc<Vault<S>>, watch: WatchContext) -> Self {
         VaultService {
             vault,
             audit: Arc::clone(&watch.audit),
@@ -148,7 +148,7 @@ impl<S: Store> VaultService<S> {
     }
 
     /// Counts refused calls of known callers in `refusals` (the server's own, summarized there).
-    pub fn with_refusals(mut self, refusals: Arc<Refusals>) -> Self {
+    pub(crate) fn with_refusals(mut self, refusals: Arc<Refusals>) -> Self {
         self.refusals = refusals;
         self
     }
