@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 /// A module's path inside its crate (`["provider", "fleetio"]`; the root is `[]`).
 type Module = Vec<String>;
 
-/// Every module of the crate whose sources are under `src`, with its file.
-fn modules(src: &Path) -> BTreeMap<Module, PathBuf> {
+/// Every `.rs` file under `dir`, however deep.
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         for entry in std::fs::read_dir(dir)
             .expect("a source directory")
@@ -27,8 +27,28 @@ fn modules(src: &Path) -> BTreeMap<Module, PathBuf> {
         }
     }
     let mut files = Vec::new();
-    walk(src, &mut files);
+    walk(dir, &mut files);
     files
+}
+
+/// The `src` of the server and of each crate of the workspace.
+fn source_dirs() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut dirs = vec![root.join("src")];
+    for entry in std::fs::read_dir(root.join("crates"))
+        .expect("crates/")
+        .flatten()
+    {
+        if entry.path().join("src").is_dir() {
+            dirs.push(entry.path().join("src"));
+        }
+    }
+    dirs
+}
+
+/// Every module of the crate whose sources are under `src`, with its file.
+fn modules(src: &Path) -> BTreeMap<Module, PathBuf> {
+    rust_files(src)
         .into_iter()
         .map(|file| {
             let rel = file
@@ -224,16 +244,7 @@ fn circles(graph: &BTreeMap<Module, BTreeSet<Module>>) -> Vec<Vec<Module>> {
 
 #[test]
 fn no_module_imports_one_that_imports_it_back() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut sources = vec![root.join("src")];
-    for entry in std::fs::read_dir(root.join("crates"))
-        .expect("crates/")
-        .flatten()
-    {
-        if entry.path().join("src").is_dir() {
-            sources.push(entry.path().join("src"));
-        }
-    }
+    let sources = source_dirs();
     let mut report = Vec::new();
     let mut counted = 0;
     for src in &sources {
@@ -272,39 +283,10 @@ fn the_circle_finder_finds_a_circle() {
     assert!(text.contains("crate::x") && !text.contains("crate::z") && !text.contains("crate::w"));
 }
 
-/// Every `.rs` file under `src` of the server and of each crate of the workspace.
-fn source_files() -> Vec<PathBuf> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        for entry in std::fs::read_dir(dir)
-            .expect("a source directory")
-            .flatten()
-        {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(&path, out);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                out.push(path);
-            }
-        }
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files = Vec::new();
-    walk(&root.join("src"), &mut files);
-    for entry in std::fs::read_dir(root.join("crates"))
-        .expect("crates/")
-        .flatten()
-    {
-        if entry.path().join("src").is_dir() {
-            walk(&entry.path().join("src"), &mut files);
-        }
-    }
-    files
-}
-
 /// One job per file: none grows past 600 lines (generated code lives in `OUT_DIR`).
 #[test]
 fn no_source_file_is_over_600_lines() {
-    let files = source_files();
+    let files: Vec<PathBuf> = source_dirs().iter().flat_map(|d| rust_files(d)).collect();
     assert!(files.len() > 100, "only {} files found", files.len());
     let long: Vec<String> = files
         .iter()

@@ -68,3 +68,18 @@ pub(super) fn redirect(to: &str) -> Reply {
 pub(super) fn cookie_header(value: &str) -> HeaderValue {
     HeaderValue::from_str(value).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
+
+/// A redirect to the sign-in page `to` that also clears the session cookie.
+pub(super) fn to_sign_in(to: &str, tls: bool) -> Reply {
+    let mut r = redirect(to);
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        cookie_header(&session::set_cookie(
+            SESSION_COOKIE,
+            "",
+            Duration::ZERO,
+            tls,
+        )),
+    );
+    r
+}

@@ -185,17 +185,7 @@ async fn session<T: CredentialVaultService>(
         if !expired {
             return redirect("/sign-in");
         }
-        let mut reply = redirect("/sign-in?expired=1");
-        reply.headers_mut().append(
-            header::SET_COOKIE,
-            cookie_header(&session::set_cookie(
-                SESSION_COOKIE,
-                "",
-                Duration::ZERO,
-                console.tls,
-            )),
-        );
-        return reply;
+        return to_sign_in("/sign-in?expired=1", console.tls);
     };
     let name = signed.caller.name.clone();
     request.extensions_mut().insert(Arc::new(signed));

@@ -199,16 +199,6 @@ impl<T: CredentialVaultService> Console<T> {
                 ..AuditEntry::new(SystemTime::now(), &signed.caller.name, Some(conn.peer))
             })
             .await;
-        let mut r = redirect("/sign-in?signed-out=1");
-        r.headers_mut().append(
-            header::SET_COOKIE,
-            cookie_header(&session::set_cookie(
-                SESSION_COOKIE,
-                "",
-                Duration::ZERO,
-                self.tls,
-            )),
-        );
-        r
+        to_sign_in("/sign-in?signed-out=1", self.tls)
     }
 }
