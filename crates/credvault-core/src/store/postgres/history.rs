@@ -12,15 +12,12 @@ impl History for PgStore {
     ) -> Result<CredentialRecord, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
-        let row = tx
-            .query_opt(
-                "SELECT record FROM credvault_credentials WHERE id = $1 FOR UPDATE",
-                &[&id],
-            )
-            .await
-            .map_err(db)?
-            .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
-        let mut record = decode(id, row.get(0))?;
+        let mut record = locked_record(
+            &tx,
+            "SELECT record FROM credvault_credentials WHERE id = $1 FOR UPDATE",
+            id,
+        )
+        .await?;
         if let Some(expected) = expected_version {
             if record.version != expected {
                 return Err(StoreError::VersionMismatch {
@@ -95,15 +92,12 @@ impl History for PgStore {
     ) -> Result<CredentialRecord, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
-        let row = tx
-            .query_opt(
-                "SELECT record FROM credvault_deleted WHERE id = $1 FOR UPDATE",
-                &[&id],
-            )
-            .await
-            .map_err(db)?
-            .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
-        let mut record = decode(id, row.get(0))?;
+        let mut record = locked_record(
+            &tx,
+            "SELECT record FROM credvault_deleted WHERE id = $1 FOR UPDATE",
+            id,
+        )
+        .await?;
         record.mark_undeleted();
         stamp(&mut record);
         let inserted = tx

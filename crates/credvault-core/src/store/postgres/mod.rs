@@ -172,6 +172,21 @@ fn keys_by_id(
     out
 }
 
+/// The record `sql` (a `SELECT record … WHERE id = $1 FOR UPDATE`) finds for `id`,
+/// locked until the transaction ends; `NotFound` when there is none.
+async fn locked_record(
+    tx: &tokio_postgres::Transaction<'_>,
+    sql: &str,
+    id: &str,
+) -> Result<CredentialRecord, StoreError> {
+    let row = tx
+        .query_opt(sql, &[&id])
+        .await
+        .map_err(db)?
+        .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
+    decode(id, row.get(0))
+}
+
 impl PgStore {
     /// A pool for the database at `url` (a libpq URL or key=value string). Connects lazily.
     pub fn connect(url: &str, settings: &PgSettings) -> Result<Self, StoreError> {
