@@ -285,6 +285,9 @@ async fn serve<S: Store>(
         }
     };
     let grace = config.shutdown_grace;
+    // The configuration's hold on the keyring it started with ends here: a master
+    // key a reload removes is dropped (and wiped) with the vault's last reference.
+    drop(config);
     tokio::select! {
         served = serve => served.map_err(|e| transport_error(&e))?,
         () = drain_deadline(began_rx, grace) => {
