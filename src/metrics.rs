@@ -1,5 +1,8 @@
-//! Prometheus metrics: requests by method and code, latency histograms, the
-//! number of credentials, and verification outcomes, served on `--metrics-listen`.
+//! The server's metrics (requests by method and code, latency, connections,
+//! refusals, watch streams, reloads, the console, readiness) and the Prometheus
+//! recorder that holds them with the core's (credentials, seals, verifications,
+//! reports, pauses, budgets: `credvault_core::metrics`, re-exported here), served
+//! on `--metrics-listen` by [`crate::metrics_endpoint`].
 
 use std::net::SocketAddr;
 use std::time::Duration;
