@@ -2,7 +2,7 @@
 //! refusals, watch streams, reloads, the console, readiness) and the Prometheus
 //! recorder that holds them with the core's (credentials, seals, verifications,
 //! reports, pauses, budgets: `credvault_core::metrics`, re-exported here), served
-//! on `--metrics-listen` by [`crate::metrics_endpoint`].
+//! on `--metrics-listen` by `metrics_endpoint`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -71,7 +71,7 @@ pub enum MetricsError {
 }
 
 /// Installs the global recorder (`addr` names the endpoint that will serve it,
-/// for the error); the endpoint itself is [`crate::metrics_endpoint`].
+/// for the error); the endpoint itself is `metrics_endpoint`.
 pub fn install_recorder(addr: SocketAddr) -> Result<PrometheusHandle, MetricsError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
