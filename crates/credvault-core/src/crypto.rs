@@ -71,7 +71,9 @@ pub struct Sealed {
     pub ciphertext: Vec<u8>,
 }
 
-/// The master key: seals and opens secrets. Its Debug shows the key id only.
+/// The master key: seals and opens secrets. Its Debug shows the key id only; a
+/// clone is wiped on drop like the original.
+#[derive(Clone)]
 pub struct MasterKey {
     id: String,
     cipher: Aes256Gcm,
@@ -300,6 +302,11 @@ impl Keyring {
     /// The key with this id, if held.
     pub fn get(&self, id: &str) -> Option<&MasterKey> {
         self.keys.iter().find(|k| k.id == id)
+    }
+
+    /// Every key held, in keyring order.
+    pub fn keys(&self) -> impl Iterator<Item = &MasterKey> {
+        self.keys.iter()
     }
 
     /// The ids of every key held, in keyring order.

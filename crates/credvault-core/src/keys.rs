@@ -15,6 +15,9 @@ use crate::store::{Store, StoreError};
 /// Prefix of the metadata entries that hold key checks (`key_check/<id>`; a
 /// lone `key_check` entry is the one check of a store made before keyrings).
 pub const KEY_CHECK_PREFIX: &str = "key_check";
+/// Prefix of the metadata entries that hold master keys sealed by a key root
+/// (`sealed_key/<id>`): dropped with their key check when no record uses the key.
+pub const SEALED_KEY_PREFIX: &str = "sealed_key/";
 /// How many seals one durable reservation covers.
 const SEAL_RESERVATION: u64 = 1 << 16;
 /// Random 96-bit nonces are safe for 2^32 seals per key (NIST SP 800-38D, 8.3).
@@ -174,6 +177,9 @@ pub async fn retire_unused<S: Store>(
         let id = &check.key_id;
         if id != active && !referenced.contains_key(id) && !in_use.contains(id) {
             store.remove_meta(&meta_key).await?;
+            store
+                .remove_meta(&format!("{SEALED_KEY_PREFIX}{id}"))
+                .await?;
             retired.push(check.key_id);
         }
     }
