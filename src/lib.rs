@@ -27,6 +27,8 @@
 //! - [`console`]: the operator console, a web page on its own listener whose every action is
 //!   an RPC of `service` called as the signed-in caller (sessions, CSRF, the HTML);
 //! - [`config`]: resolved server settings, keyring and callers loading, `--dev`;
+//! - [`keyroot`]: key roots that keep the master keys off the host: OpenBao/Vault
+//!   Transit or a PKCS#11 HSM seals them, the store keeps them sealed;
 //! - [`server`]: [`run`], which serves the vault, health and reflection until shutdown;
 //! - [`telemetry`] and [`metrics`]: logging and Prometheus metrics (the server's own, and
 //!   the core's re-exported), served on their own port by `metrics_endpoint`.
@@ -39,6 +41,7 @@ pub mod config;
 pub mod console;
 pub mod convert;
 pub mod gate;
+pub mod keyroot;
 pub mod metrics;
 pub(crate) mod metrics_endpoint;
 pub mod refusals;
