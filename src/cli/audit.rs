@@ -65,7 +65,7 @@ pub(super) fn run(command: &AuditCommand) -> anyhow::Result<()> {
 }
 
 fn public_key(args: &PublicKeyArgs) -> anyhow::Result<()> {
-    let (keyring, _) = args.keys.keyring(None)?;
+    let keyring = args.keys.file_keyring()?;
     let active = keyring.active().id().to_owned();
     println!("# credvault audit public keys (key id, Ed25519 public key); active: {active}");
     for id in keyring.ids() {

@@ -1,9 +1,10 @@
 //! The command line, part of the binary (not of the library): `serve`, `keygen`, `token`,
-//! `healthcheck`, `rewrap`, `backup`, `restore`, `migrate`, `migrate-store` and `audit`, each flag also
-//! read from `CREDVAULT_<FLAG>`.
+//! `healthcheck`, `rewrap`, `backup`, `restore`, `migrate`, `migrate-store`, `pkcs11-keygen`
+//! and `audit`, each flag also read from `CREDVAULT_<FLAG>`.
 //!
 //! Here the commands and their dispatch; `serve` (its flags and how they resolve),
-//! `offline` (the store commands), `tools` (tokens, the health probe), `audit`.
+//! `keys` (the key file and the key roots), `offline` (the store commands), `tools`
+//! (tokens, the health probe, the HSM's key), `audit`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use credvault::auth::{self, Permission};
 use credvault::config::KeyringSource;
 use credvault::config::{self, Config, TlsSettings};
 use credvault::crypto::{Keyring, MasterKey};
+use credvault::keyroot;
 use credvault::provider::{fleetio, ProviderSettings};
 use credvault::reverify::ReverifySettings;
 use credvault::store::prelude::*;
@@ -25,10 +27,12 @@ use credvault::telemetry::{self, LogFormat};
 use secrecy::ExposeSecret;
 
 mod audit;
+mod keys;
 mod offline;
 mod serve;
 mod tools;
 
+use keys::*;
 use offline::*;
 use serve::*;
 use tools::*;
@@ -67,6 +71,9 @@ enum Command {
     /// Copies every record, still encrypted, from one store to another (which must be
     /// empty) and verifies the copy, e.g. --from sled:/var/lib/credvault --to postgres.
     MigrateStore(MigrateStoreArgs),
+    /// Makes the AES-256 key that seals master keys in a PKCS#11 token (non-extractable,
+    /// sensitive, encrypt/decrypt only), for `serve --key-provider pkcs11`.
+    Pkcs11Keygen(Pkcs11KeygenArgs),
     /// The auditor's commands: the digests' public keys, and verifying a trail.
     Audit {
         #[command(subcommand)]
@@ -91,6 +98,7 @@ pub(crate) fn main() -> ExitCode {
         Command::CheckProviders(args) => check_providers(&args),
         Command::Migrate(args) => migrate(&args),
         Command::MigrateStore(args) => migrate_store(&args),
+        Command::Pkcs11Keygen(args) => pkcs11_keygen(&args),
         Command::Audit { command } => audit::run(&command),
     };
     match result {

@@ -170,10 +170,11 @@ pub(super) async fn open_offline(
 }
 
 pub(super) fn rewrap(args: &RewrapArgs) -> anyhow::Result<()> {
-    let (keyring, _) = args.keys.keyring(None)?;
     let batch = usize::try_from(args.batch_size).unwrap_or(100);
     runtime()?.block_on(async {
-        let store = open_offline(&args.data_dir, Some(&keyring)).await?;
+        let store = open_offline(&args.data_dir, None).await?;
+        let keyring = args.keys.keyring_for(&store).await?;
+        credvault::keys::check_keyring(&store, &keyring).await?;
         let seals = credvault::keys::SealCounter::load(&store).await?;
         let providers = credvault::provider::Providers::new(&ProviderSettings::default())?;
         let vault =
@@ -217,7 +218,7 @@ pub(super) fn backup(args: &BackupArgs) -> anyhow::Result<()> {
     let bytes = runtime()?.block_on(async {
         match (&args.data_dir, &args.server) {
             (Some(dir), None) => {
-                let (keyring, _) = args.keys.keyring(None)?;
+                let keyring = args.keys.file_keyring()?;
                 let store = open_offline(dir, None).await?;
                 credvault::keys::check_keyring(&store, &keyring).await?;
                 let snapshot = store.snapshot().await?;
@@ -285,7 +286,7 @@ pub(super) async fn backup_from_server(args: &BackupArgs, addr: &str) -> anyhow:
 }
 
 pub(super) fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
-    let (keyring, _) = args.keys.keyring(None)?;
+    let keyring = args.keys.file_keyring()?;
     let bytes = std::fs::read(&args.from)
         .map_err(|e| anyhow!("cannot read {}: {e}", args.from.display()))?;
     std::fs::create_dir_all(&args.data_dir)

@@ -347,34 +347,6 @@ impl StoreArgs {
     }
 }
 
-/// Where the master keys come from.
-#[derive(Clone, Debug, Args)]
-pub(super) struct KeyArgs {
-    /// The keyring: a file with one base64 master key or `id = base64` lines, or a
-    /// directory of key files named `<id>` or `<id>.key` (or set CREDVAULT_MASTER_KEY
-    /// to a key file's text). Re-read on SIGHUP and when it changes.
-    #[arg(long, env = "CREDVAULT_MASTER_KEY_FILE")]
-    pub(super) master_key_file: Option<PathBuf>,
-    /// The key id that wraps new data keys [default: the last key of the file, or
-    /// the last file name of the directory].
-    #[arg(long, env = "CREDVAULT_ACTIVE_KEY_ID")]
-    pub(super) active_key_id: Option<String>,
-}
-
-impl KeyArgs {
-    /// Reads the keyring from the environment or the key file (`fallback` when neither is given).
-    pub(super) fn keyring(
-        &self,
-        fallback: Option<PathBuf>,
-    ) -> anyhow::Result<(Keyring, Option<KeyringSource>)> {
-        Ok(config::resolve_keyring(
-            self.master_key_file.as_deref(),
-            self.active_key_id.as_deref(),
-            fallback.as_deref(),
-        )?)
-    }
-}
-
 pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let _log = telemetry::init(args.log_format, &args.log_level)?;
     let config = resolve(args.dev, &args)?;
@@ -408,6 +380,7 @@ pub(super) fn resolve(dev: bool, args: &ServeArgs) -> anyhow::Result<Config> {
         ..
     } = layout;
     let (keyring, keyring_source) = args.keys.keyring(key_file)?;
+    let key_roots = args.keys.roots.settings()?;
     let callers = config::load_callers(callers_file.as_deref())?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(TlsSettings {
@@ -432,8 +405,9 @@ pub(super) fn resolve(dev: bool, args: &ServeArgs) -> anyhow::Result<Config> {
         audit_log: args.audit_log.clone(),
         audit_retention: args.audit_retention,
         data_dir,
-        keyring: keyring.into(),
+        keyring: keyring.map(std::sync::Arc::new),
         keyring_source,
+        key_roots,
         callers: callers.into(),
         callers_file,
         audit_fail_open: args.audit_fail_open,

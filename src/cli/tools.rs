@@ -130,3 +130,52 @@ impl ClientTls {
         Ok(endpoint)
     }
 }
+
+/// `pkcs11-keygen`: which token, which label, and the PIN.
+#[derive(Debug, Args)]
+pub(super) struct Pkcs11KeygenArgs {
+    /// The PKCS#11 module, e.g. /usr/lib/softhsm/libsofthsm2.so.
+    #[arg(long, env = "CREDVAULT_PKCS11_MODULE")]
+    module: PathBuf,
+    /// The label of the token to make the key in.
+    #[arg(
+        long,
+        env = "CREDVAULT_PKCS11_TOKEN_LABEL",
+        default_value = "credvault"
+    )]
+    token_label: String,
+    /// The new key's label.
+    #[arg(
+        long,
+        env = "CREDVAULT_PKCS11_KEY_LABEL",
+        default_value = "credvault-root"
+    )]
+    key_label: String,
+    /// A file holding the token's user PIN (or set CREDVAULT_PKCS11_PIN).
+    #[arg(long, env = "CREDVAULT_PKCS11_PIN_FILE")]
+    pin_file: Option<PathBuf>,
+}
+
+/// Makes the HSM's sealing key; refuses when one has that label already.
+pub(super) fn pkcs11_keygen(args: &Pkcs11KeygenArgs) -> anyhow::Result<()> {
+    let pin = match &args.pin_file {
+        Some(file) => std::fs::read_to_string(file)
+            .map_err(|e| anyhow!("cannot read the PIN file {}: {e}", file.display()))?
+            .trim()
+            .to_owned(),
+        None => std::env::var("CREDVAULT_PKCS11_PIN")
+            .map_err(|_| anyhow!("the token's PIN: --pin-file or CREDVAULT_PKCS11_PIN"))?,
+    };
+    let hsm = keyroot::Hsm::new(keyroot::Pkcs11Settings {
+        module: args.module.clone(),
+        token_label: args.token_label.clone(),
+        key_label: args.key_label.clone(),
+        pin: std::sync::Arc::new(zeroize::Zeroizing::new(pin)),
+    });
+    hsm.generate()?;
+    println!(
+        "made AES-256 key {:?} in token {:?} (sensitive, not extractable)",
+        args.key_label, args.token_label
+    );
+    Ok(())
+}

@@ -20,11 +20,46 @@ pub struct KeyringSource {
     /// The id of the key that seals new data; by default the last entry (file) or
     /// the last file name in sort order (directory).
     pub active: Option<String>,
+    /// The master keys key roots unsealed at start, kept across re-reads of the file.
+    pub joined: Option<Joined>,
+}
+
+/// Master keys from key roots, joined to a key file's on every read.
+#[derive(Clone, Debug)]
+pub struct Joined {
+    /// The keys (their Debug shows ids only).
+    pub keys: Vec<MasterKey>,
+    /// The active key when a root seals it (else the file's active key).
+    pub active: Option<String>,
 }
 
 impl KeyringSource {
-    /// Reads the keyring, warning if others may read a key file.
+    /// Reads the keyring, warning if others may read a key file; joined to the
+    /// keys that key roots unsealed, if any.
     pub fn read(&self) -> Result<Keyring, ConfigError> {
+        let file = self.read_file()?;
+        let Some(joined) = &self.joined else {
+            return Ok(file);
+        };
+        let mut keys: Vec<MasterKey> = file.keys().cloned().collect();
+        for key in &joined.keys {
+            if !keys.iter().any(|k| k.id() == key.id()) {
+                keys.push(key.clone());
+            }
+        }
+        let active = joined
+            .active
+            .clone()
+            .unwrap_or_else(|| file.active().id().to_owned());
+        Keyring::new(keys, Some(&active))
+            .map_err(|e| e.to_string())
+            .map_err(keyring_error(format_args!(
+                "master key file {} with the key roots' keys",
+                self.path.display()
+            )))
+    }
+
+    fn read_file(&self) -> Result<Keyring, ConfigError> {
         let path = &self.path;
         let active = self.active.as_deref();
         if path.is_dir() {
@@ -160,6 +195,7 @@ pub fn resolve_keyring(
     let source = KeyringSource {
         path: path.to_owned(),
         active: active.map(str::to_owned),
+        joined: None,
     };
     Ok((source.read()?, Some(source)))
 }

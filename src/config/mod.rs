@@ -45,7 +45,9 @@ pub enum ConfigError {
     /// No keyring is given.
     #[error(
         "no master key: set {MASTER_KEY_ENV} or --master-key-file; make one with \
-         `credvault keygen > master.key && chmod 600 master.key`, or start with --dev"
+         `credvault keygen > master.key && chmod 600 master.key`, or start with --dev; \
+         or keep the master keys sealed by OpenBao/Vault Transit or an HSM \
+         (--key-provider transit|pkcs11, docs/key-roots.md)"
     )]
     NoKeyring,
     /// No callers file is given.
@@ -76,8 +78,12 @@ pub struct Config {
     pub store: StoreConfig,
     /// Where the sled store lives (under `db/` inside it), and the default audit log.
     pub data_dir: PathBuf,
-    /// The master keys: the active one wraps new data keys, the others open older ones.
-    pub keyring: std::sync::Arc<Keyring>,
+    /// The master keys read from a key file or the environment: the active one wraps
+    /// new data keys, the others open older ones. None when key roots hold them all.
+    pub keyring: Option<std::sync::Arc<Keyring>>,
+    /// Key roots (OpenBao/Vault Transit, a PKCS#11 HSM) that seal master keys kept
+    /// in the store; unsealed at start, joined to `keyring`.
+    pub key_roots: Option<KeyRootSettings>,
     /// Where the keyring was read from, to read it again on SIGHUP (none: from the environment).
     pub keyring_source: Option<KeyringSource>,
     /// Who may call, with which permissions.
@@ -130,6 +136,18 @@ pub struct Config {
     pub watch: crate::watch::WatchSettings,
     /// Workers' reports and request budgets.
     pub feedback: crate::feedback::FeedbackSettings,
+}
+
+/// The key roots of a server, and how it watches them.
+#[derive(Debug, Clone)]
+pub struct KeyRootSettings {
+    /// The configured roots and which seals the active key.
+    pub roots: std::sync::Arc<crate::keyroot::Roots>,
+    /// How often the roots are checked (token renewed, Transit versions followed).
+    pub check_interval: Duration,
+    /// Readiness (and liveness) turn NOT_SERVING when the roots have not confirmed
+    /// for this long (zero: keys held in memory serve for as long as the process lives).
+    pub max_unconfirmed: Duration,
 }
 
 /// TLS settings of the gRPC port (the transport's own type).
@@ -203,9 +221,36 @@ mod tests {
         let source = KeyringSource {
             path: dir.path().to_owned(),
             active: None,
+            joined: None,
         };
         let ring = source.read().unwrap();
         assert_eq!(ring.ids().collect::<Vec<_>>(), ["2026-01", "2026-11"]);
         assert_eq!(ring.active().id(), "2026-11");
+    }
+
+    #[test]
+    fn a_reread_key_file_keeps_the_keys_of_the_roots_and_their_active_key() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let file = dir.path().join("keys");
+        std::fs::write(
+            &file,
+            format!("old = {}\n", MasterKey::generate_base64().as_str()),
+        )
+        .unwrap();
+        let sealed = MasterKey::from_base64(&MasterKey::generate_base64()).unwrap();
+        let mut source = KeyringSource {
+            path: file.clone(),
+            active: None,
+            joined: Some(Joined {
+                keys: vec![sealed.clone()],
+                active: Some(sealed.id().to_owned()),
+            }),
+        };
+        let ring = source.read().unwrap();
+        assert_eq!(ring.ids().collect::<Vec<_>>(), ["old", sealed.id()]);
+        assert_eq!(ring.active().id(), sealed.id());
+        // With the file's key active (--key-provider file), the roots' keys only open.
+        source.joined.as_mut().unwrap().active = None;
+        assert_eq!(source.read().unwrap().active().id(), "old");
     }
 }

@@ -37,6 +37,7 @@ mod readiness;
 mod services;
 mod shutdown;
 mod tasks;
+mod unseal;
 
 use readiness::*;
 use services::*;
@@ -81,6 +82,12 @@ pub enum ServeError {
     /// A provider client could not be built.
     #[error(transparent)]
     Provider(#[from] crate::provider::ProviderError),
+    /// The configuration lacks something (a master key).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A key root refused to unseal the master keys (a wrong key name, PIN...).
+    #[error("the key root cannot unseal the master keys: {0}")]
+    KeyRoot(#[from] crate::keyroot::RootError),
     /// gRPC transport or reflection setup failed.
     #[error("grpc server error: {0}")]
     Transport(String),
@@ -104,6 +111,8 @@ pub async fn open_store(config: &StoreConfig, keyring: &Keyring) -> Result<AnySt
 ///
 /// Health answers SERVING for `""` and the vault service once the store is open
 /// and the master key checked, and NOT_SERVING from the moment shutdown begins.
+/// With key roots, the vault service is NOT_SERVING (and its RPCs UNAVAILABLE)
+/// while they are asked for the master keys, until they answer (see `unseal`).
 pub async fn run(
     listener: TcpListener,
     config: Config,
@@ -113,10 +122,19 @@ pub async fn run(
         Some(addr) => Some(crate::metrics_endpoint::install(addr)?),
         None => None,
     };
-    let served = match open_store(&config.store, &config.keyring).await {
-        Ok(store) => serve(store, listener, config, shutdown).await,
-        Err(e) => Err(e),
-    };
+    let served = async {
+        let store = store::open(&config.store)
+            .await
+            .map_err(|source| match &config.store {
+                StoreConfig::Sled { dir } => ServeError::Open {
+                    dir: dir.display().to_string(),
+                    source,
+                },
+                StoreConfig::Postgres(_) => ServeError::Store(source),
+            })?;
+        run_with_store(store, listener, config, shutdown).await
+    }
+    .await;
     // The metrics port closes with the server (after the last writes were counted).
     if let Some(endpoint) = endpoint {
         endpoint.stop().await;
@@ -129,17 +147,39 @@ pub async fn run(
 pub async fn run_with_store<S: Store>(
     store: S,
     listener: TcpListener,
-    config: Config,
+    mut config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    keys::check_keyring(&store, &config.keyring).await?;
-    serve(store, listener, config, shutdown).await
+    let mut shutdown = std::pin::pin!(shutdown);
+    let keyring = match &config.key_roots {
+        Some(roots) => {
+            let Some(keyring) =
+                unseal::wait_for_roots(&store, &config, roots, &listener, shutdown.as_mut())
+                    .await?
+            else {
+                return Ok(());
+            };
+            let joined = unseal::joined(&keyring, &config);
+            if let Some(source) = &mut config.keyring_source {
+                source.joined = Some(joined);
+            }
+            Arc::new(keyring)
+        }
+        None => config
+            .keyring
+            .clone()
+            .ok_or(crate::config::ConfigError::NoKeyring)?,
+    };
+    keys::check_keyring(&store, &keyring).await?;
+    config.keyring = Some(Arc::clone(&keyring));
+    serve(store, listener, config, keyring, shutdown).await
 }
 
 async fn serve<S: Store>(
     store: S,
     listener: TcpListener,
     config: Config,
+    keyring: Arc<Keyring>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -147,7 +187,7 @@ async fn serve<S: Store>(
     // `stop` ends background work at SIGTERM; `drained` closes the health-only port after the drain delay.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (drained_tx, drained_rx) = tokio::sync::watch::channel(false);
-    let services = Services::wire(store, &config, &stop_rx).await?;
+    let services = Services::wire(store, &config, keyring, &stop_rx).await?;
     let tasks = services.spawn_tasks(&config, &reporter, &stop_rx);
     let console = services.start_console(&config, &stop_rx)?;
 
@@ -228,7 +268,8 @@ async fn serve<S: Store>(
         data_dir = %config.data_dir.display(),
         credentials = services.count,
         key_id = vault.keyring().active().id(),
-        key_ids = %config.keyring.ids().collect::<Vec<_>>().join(","),
+        key_ids = %vault.keyring().ids().collect::<Vec<_>>().join(","),
+        key_roots = %config.key_roots.as_ref().map_or_else(|| "none".to_owned(), |r| r.roots.names()),
         tls = config.tls.is_some(),
         mutual_tls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         audit = %audit.devices(),

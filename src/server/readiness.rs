@@ -12,13 +12,17 @@ pub(super) enum Unready {
     StoreUnreachable,
     /// The store does not take writes (a full disk, a read-only database).
     StoreUnwritable,
+    /// The key root refuses this vault (a revoked token) or has not confirmed the
+    /// master keys for longer than `--key-root-max-unconfirmed`.
+    KeyRoot,
 }
 
 impl Unready {
-    pub(super) const ALL: [Unready; 3] = [
+    pub(super) const ALL: [Unready; 4] = [
         Unready::Audit,
         Unready::StoreUnreachable,
         Unready::StoreUnwritable,
+        Unready::KeyRoot,
     ];
 
     pub(super) fn as_str(self) -> &'static str {
@@ -26,6 +30,7 @@ impl Unready {
             Unready::Audit => "audit",
             Unready::StoreUnreachable => "store_unreachable",
             Unready::StoreUnwritable => "store_unwritable",
+            Unready::KeyRoot => "key_root",
         }
     }
 }
@@ -42,6 +47,7 @@ pub(super) async fn watch_readiness<S: Store>(
     audit: Arc<AuditLog>,
     instance: String,
     stuck_after: Duration,
+    roots: Option<crate::config::KeyRootSettings>,
     reporter: tonic_health::server::HealthReporter,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -82,6 +88,15 @@ pub(super) async fn watch_readiness<S: Store>(
         if !audit_ok && !audit.fail_open() {
             causes.push(Unready::Audit);
         }
+        let root_cause = roots
+            .as_ref()
+            .and_then(|r| r.roots.state.unready(r.max_unconfirmed));
+        let root_stale = roots
+            .as_ref()
+            .is_some_and(|r| r.roots.state.stale(r.max_unconfirmed));
+        if root_cause.is_some() {
+            causes.push(Unready::KeyRoot);
+        }
         if reachable.is_err() {
             causes.push(Unready::StoreUnreachable);
         } else if writable.is_err() {
@@ -96,7 +111,7 @@ pub(super) async fn watch_readiness<S: Store>(
             stuck_since = None;
         }
         let stuck = stuck_since.is_some_and(|t| t.elapsed() >= stuck_after);
-        let restart = !causes.is_empty() && (stuck || store.needs_restart().await);
+        let restart = root_stale || (!causes.is_empty() && (stuck || store.needs_restart().await));
         let now = (
             causes.clone(),
             audit_ok,
@@ -116,12 +131,17 @@ pub(super) async fn watch_readiness<S: Store>(
                 tracing::error!(
                     causes = %names.join(","),
                     store_error = %error,
+                    key_root = %root_cause.as_deref().unwrap_or(""),
                     audit_writable = audit_ok,
                     "the vault service is NOT_SERVING: readiness takes this replica out until the cause is gone"
                 );
             }
             if restart && shown.as_ref().is_none_or(|s| !s.3) {
-                if stuck {
+                if root_stale {
+                    tracing::error!(
+                        "the key root has not confirmed the master keys for longer than --key-root-max-unconfirmed: liveness is NOT_SERVING so that a restart drops the keys held in memory"
+                    );
+                } else if stuck {
                     tracing::error!(
                         stuck_after = ?stuck_after,
                         "the audit trail has refused every secret read for this long while the store takes writes: liveness is NOT_SERVING so that a supervisor restarts the server"

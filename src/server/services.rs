@@ -33,6 +33,7 @@ impl<S: Store> Services<S> {
     pub(super) async fn wire(
         store: S,
         config: &Config,
+        keyring: Arc<Keyring>,
         stop: &tokio::sync::watch::Receiver<bool>,
     ) -> Result<Self, ServeError> {
         let store = Arc::new(store);
@@ -62,18 +63,13 @@ impl<S: Store> Services<S> {
                 marks: Some(Arc::clone(&marks)),
             },
             table,
-            config.keyring.active(),
+            keyring.active(),
         )?);
         let vault = Arc::new(
-            Vault::new(
-                Arc::clone(&store),
-                Arc::clone(&config.keyring),
-                seals,
-                providers,
-            )
-            .with_feedback(config.feedback.clone())
-            .with_history(config.keep_versions, config.recovery_window)
-            .with_marks(marks),
+            Vault::new(Arc::clone(&store), keyring, seals, providers)
+                .with_feedback(config.feedback.clone())
+                .with_history(config.keep_versions, config.recovery_window)
+                .with_marks(marks),
         );
         // Pauses of provider accounts reported before this start (they outlive a restart).
         if let Err(e) = vault.resync_pauses().await {
@@ -162,10 +158,19 @@ impl<S: Store> Services<S> {
                 Arc::clone(&self.audit),
                 vault.instance().to_owned(),
                 config.liveness_stuck_after,
+                config.key_roots.clone(),
                 reporter.clone(),
                 stop.clone(),
             )),
         ];
+        if let Some(roots) = &config.key_roots {
+            tasks.push(tokio::spawn(crate::keyroot::watch(
+                Arc::clone(&roots.roots),
+                Arc::clone(&self.store),
+                roots.check_interval,
+                stop.clone(),
+            )));
+        }
         tasks.extend(self.listen_to_replicas(stop));
         tasks
     }

@@ -207,6 +207,7 @@ impl TestServer {
                 let source = credvault::config::KeyringSource {
                     path: path.clone(),
                     active: None,
+                    joined: None,
                 };
                 (source.read().unwrap(), Some(source))
             }
@@ -240,8 +241,9 @@ impl TestServer {
         let config = Config {
             store,
             data_dir: data_dir.clone(),
-            keyring: keyring.into(),
+            keyring: Some(keyring.into()),
             keyring_source,
+            key_roots: None,
             callers: Callers::from_toml(&format!(
                 "{}\n{}",
                 tokens.callers_toml(),
@@ -405,8 +407,9 @@ pub fn bare_config(dir: &Path, keys: &str) -> Config {
             dir: dir.to_owned(),
         },
         data_dir: dir.to_owned(),
-        keyring: credvault::config::parse_keyring(keys, None).unwrap().into(),
+        keyring: Some(credvault::config::parse_keyring(keys, None).unwrap().into()),
         keyring_source: None,
+        key_roots: None,
         callers: Callers::from_toml("").unwrap().into(),
         callers_file: None,
         audit_log: None,

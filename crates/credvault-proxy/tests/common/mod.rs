@@ -250,8 +250,9 @@ impl Vault {
                 dir: dir.path().to_owned(),
             },
             data_dir: dir.path().to_owned(),
-            keyring: credvault::config::parse_keyring(&key, None).unwrap().into(),
+            keyring: Some(credvault::config::parse_keyring(&key, None).unwrap().into()),
             keyring_source: None,
+            key_roots: None,
             callers: credvault::auth::Callers::from_toml(&callers)
                 .unwrap()
                 .into(),
