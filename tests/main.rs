@@ -26,6 +26,7 @@ mod healthcheck;
 mod history;
 mod hygiene;
 mod integrity;
+mod key_roots;
 mod keys;
 mod layers;
 mod metrics;

@@ -2,7 +2,7 @@
 //! (`server`), request builders (`requests`), the real binary and grpcurl
 //! (`process`), a fake Fleetio over real HTTP (`fleetio`), a fake API of any
 //! other provider (`fake_api`), file scans (`files`), raw HTTP/2 frames
-//! (`h2raw`), PostgreSQL clusters (`postgres`), a store that fails on demand
+//! (`h2raw`), PostgreSQL clusters (`postgres`), OpenBao and SoftHSM2 (`kms`), a store that fails on demand
 //! (`faulty`) and the client crate as workers use it (`workers`). Everything is
 //! re-exported here, so tests `use crate::common::*`.
 
@@ -37,6 +37,7 @@ pub mod postgres;
 mod fake_api;
 mod files;
 mod fleetio;
+mod kms;
 mod process;
 mod requests;
 mod server;
@@ -73,6 +74,7 @@ macro_rules! on_every_store {
 pub use fake_api::*;
 pub use files::*;
 pub use fleetio::*;
+pub use kms::*;
 pub use process::*;
 pub use requests::*;
 pub use server::*;

@@ -1,0 +1,574 @@
+//! Key roots against real key services: OpenBao's Transit (`bao server -dev`) and
+//! a SoftHSM2 token. The master keys move file → Transit → HSM → file with
+//! nothing lost; Transit that is late, dies or revokes the vault; a wrong key
+//! name or PIN refuses the start; no master key reaches the data directory.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::common::*;
+use credvault::api;
+use credvault::crypto::MasterKey;
+use tempfile::TempDir;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+/// The health of `service` at `addr`, or the error of the call.
+async fn health(addr: std::net::SocketAddr, service: &str) -> Result<ServingStatus, String> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let answer = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .map_err(|s| s.to_string())?;
+    Ok(answer.into_inner().status())
+}
+
+/// Waits (up to 15 s) until `service` at `addr` answers `want`.
+async fn wait_for_health(addr: std::net::SocketAddr, service: &str, want: ServingStatus) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = health(addr, service).await;
+        if now == Ok(want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "health of {service:?} stayed {now:?}, not {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The flags that configure `bao` as the Transit root with `token_file`.
+fn transit_args(bao: &Bao, token_file: &Path) -> Vec<String> {
+    vec![
+        "--transit-address".into(),
+        bao.address.clone(),
+        "--transit-token-file".into(),
+        token_file.to_str().unwrap().into(),
+    ]
+}
+
+/// `--data-dir` and `--callers-file` of `setup`, without its key file.
+fn without_key(setup: &Setup) -> Vec<String> {
+    let mut args = Vec::new();
+    let mut it = setup.args.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().unwrap();
+        if flag != "--master-key-file" {
+            args.extend([flag.clone(), value.clone()]);
+        }
+    }
+    args
+}
+
+fn flags(parts: &[&[String]], extra: &[&str]) -> Vec<String> {
+    let mut all: Vec<String> = parts.iter().flat_map(|p| p.iter().cloned()).collect();
+    all.extend(extra.iter().map(|s| (*s).to_owned()));
+    all
+}
+
+/// Every credential `names` gives exactly the header it was created with.
+async fn all_readable(client: &mut Client, names: &[String]) {
+    for name in names {
+        assert_eq!(
+            authorization(client, name).await,
+            format!("Token key-of-{name}"),
+            "{name}"
+        );
+    }
+}
+
+/// Rewraps everything under the active key: the report of the last batch.
+async fn rewrap(client: &mut Client) -> api::RewrapCredentialsResponse {
+    rewrap_all(client, 100).await.pop().unwrap()
+}
+
+#[tokio::test]
+async fn master_keys_move_from_a_file_to_transit_to_an_hsm_and_back_with_nothing_lost() {
+    let tmp = TempDir::new().unwrap();
+    let setup = write_config(tmp.path());
+    let bao = Bao::start().await;
+    let hsm = SoftHsm::start().await;
+    let (_, token_file) = bao.token_file(tmp.path()).await;
+    let transit = transit_args(&bao, &token_file);
+    let env = hsm.env();
+    let envs = [(env.0, env.1.as_str())];
+    let mut names: Vec<String> = Vec::new();
+    let add = |names: &mut Vec<String>, n: usize| {
+        let name = format!("c{n:02}");
+        names.push(name.clone());
+        name
+    };
+
+    // 1. The key file, as before.
+    let mut server = Process::serve(&setup.args, &envs, tmp.path())
+        .await
+        .unwrap();
+    let mut client = server.client(&setup.tokens.admin).await;
+    for n in 0..3 {
+        let name = add(&mut names, n);
+        create(&mut client, &name, &format!("key-of-{name}"), "acct").await;
+    }
+    let file_key = rewrap(&mut client).await.active_key_id;
+    server.terminate().await;
+
+    // 2. File -> Transit: the first start makes a master key sealed by Transit; the
+    // file's key opens the older data until the rewrap moves it, then retires.
+    let args = flags(
+        &[&setup.args, &transit],
+        &[
+            "--key-provider",
+            "transit",
+            "--log-level",
+            "info,credvault=debug",
+        ],
+    );
+    let mut server = Process::serve(&args, &envs, tmp.path()).await.unwrap();
+    server
+        .wait_for_log(&["made a new master key", "transit"])
+        .await;
+    // A re-read of the key file (SIGHUP) keeps the keys the root unsealed, and its active key.
+    server.signal("HUP");
+    server
+        .wait_for_log(&["keyring read again; unchanged"])
+        .await;
+    let mut client = server.client(&setup.tokens.admin).await;
+    all_readable(&mut client, &names).await;
+    let report = rewrap(&mut client).await;
+    let transit_key = report.active_key_id.clone();
+    assert_ne!(transit_key, file_key);
+    assert_eq!(
+        report.retired_key_ids,
+        std::slice::from_ref(&file_key),
+        "{report:?}"
+    );
+    server.terminate().await;
+
+    // 3. Transit alone: no key file at all.
+    let args = flags(
+        &[&without_key(&setup), &transit],
+        &[
+            "--key-provider",
+            "transit",
+            "--key-root-check-interval",
+            "200ms",
+        ],
+    );
+    let mut server = Process::serve(&args, &envs, tmp.path()).await.unwrap();
+    let mut client = server.client(&setup.tokens.admin).await;
+    all_readable(&mut client, &names).await;
+    let name = add(&mut names, 3);
+    create(&mut client, &name, &format!("key-of-{name}"), "acct").await;
+    // The Transit key is rotated: the vault rewraps its sealed key to the new version...
+    bao.rotate().await;
+    server
+        .wait_for_log(&["follows the Transit key's new version", "version"])
+        .await;
+    server.terminate().await;
+    // ...so that the old version may be retired, and a restart still opens.
+    bao.call(
+        "POST",
+        "transit/keys/credvault/config",
+        serde_json::json!({"min_decryption_version": 2}),
+    )
+    .await;
+    let mut server = Process::serve(&args, &envs, tmp.path()).await.unwrap();
+    let mut client = server.client(&setup.tokens.admin).await;
+    all_readable(&mut client, &names).await;
+    server.terminate().await;
+
+    // 4. Transit -> PKCS#11: both roots configured, the HSM seals the new active key.
+    let args = flags(
+        &[&without_key(&setup), &transit, &hsm.args()],
+        &["--key-provider", "pkcs11"],
+    );
+    let mut server = Process::serve(&args, &envs, tmp.path()).await.unwrap();
+    server
+        .wait_for_log(&["made a new master key", "pkcs11"])
+        .await;
+    let mut client = server.client(&setup.tokens.admin).await;
+    all_readable(&mut client, &names).await;
+    let report = rewrap(&mut client).await;
+    let hsm_key = report.active_key_id.clone();
+    assert_eq!(
+        report.retired_key_ids,
+        std::slice::from_ref(&transit_key),
+        "{report:?}"
+    );
+    let name = add(&mut names, 4);
+    create(&mut client, &name, &format!("key-of-{name}"), "acct").await;
+    server.terminate().await;
+
+    // The HSM alone opens everything; Transit is no longer needed.
+    let args = flags(
+        &[&without_key(&setup), &hsm.args()],
+        &["--key-provider", "pkcs11"],
+    );
+    let mut server = Process::serve(&args, &envs, tmp.path()).await.unwrap();
+    let mut client = server.client(&setup.tokens.admin).await;
+    all_readable(&mut client, &names).await;
+    assert_eq!(rewrap(&mut client).await.active_key_id, hsm_key);
+    server.terminate().await;
+
+    // 5. PKCS#11 -> a new key file, and the HSM retired.
+    let new_key = tmp.path().join("new.key");
+    std::fs::write(&new_key, MasterKey::generate_base64().as_str()).unwrap();
+    let file_args = flags(
+        &[&without_key(&setup)],
+        &["--master-key-file", new_key.to_str().unwrap()],
+    );
+    let args = flags(&[&file_args, &hsm.args()], &[]);
+    let mut server = Process::serve(&args, &envs, tmp.path()).await.unwrap();
+    let mut client = server.client(&setup.tokens.admin).await;
+    let report = rewrap(&mut client).await;
+    assert_eq!(
+        report.retired_key_ids,
+        std::slice::from_ref(&hsm_key),
+        "{report:?}"
+    );
+    server.terminate().await;
+    let mut server = Process::serve(&file_args, &envs, tmp.path()).await.unwrap();
+    let mut client = server.client(&setup.tokens.admin).await;
+    all_readable(&mut client, &names).await;
+    server.terminate().await;
+
+    // The old key file alone no longer opens the data: it was retired.
+    let err = Process::serve(&setup.args, &envs, tmp.path())
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        err.contains("the master key does not open this data directory"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_transit_at_start_keeps_the_vault_not_serving_until_it_answers() {
+    let tmp = TempDir::new().unwrap();
+    let setup = write_config(tmp.path());
+    let bao_port = free_port();
+    let token_file = tmp.path().join("bao-token");
+    std::fs::write(&token_file, BAO_ROOT_TOKEN).unwrap();
+    let args = vec![
+        "--transit-address".to_owned(),
+        format!("http://127.0.0.1:{bao_port}"),
+        "--transit-token-file".into(),
+        token_file.to_str().unwrap().into(),
+        "--key-provider".into(),
+        "transit".into(),
+    ];
+    let args = flags(&[&without_key(&setup), &args], &[]);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = tmp.path().to_owned();
+    let starting = tokio::spawn(async move { Process::serve_on(addr, &args, &[], &dir).await });
+
+    // Nothing answers on the Transit port: the process lives (liveness SERVING),
+    // the vault service is NOT_SERVING and its calls are UNAVAILABLE.
+    wait_for_health(addr, "", ServingStatus::Serving).await;
+    wait_for_health(addr, api::SERVICE_NAME, ServingStatus::NotServing).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let status = api::credential_vault_service_client::CredentialVaultServiceClient::new(channel)
+        .list_credentials(api::ListCredentialsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("key root"), "{status:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // OpenBao comes up: the next try unseals, and the vault serves.
+    let _bao = Bao::start_on(bao_port).await;
+    let server = starting.await.unwrap().unwrap();
+    assert!(
+        server.stderr().contains("waiting for the key root"),
+        "{}",
+        server.stderr()
+    );
+    wait_for_health(addr, api::SERVICE_NAME, ServingStatus::Serving).await;
+    let mut client = server.client(&setup.tokens.admin).await;
+    create(&mut client, "late", "key-of-late", "acct").await;
+    assert_eq!(
+        authorization(&mut client, "late").await,
+        "Token key-of-late"
+    );
+}
+
+#[tokio::test]
+async fn a_transit_that_dies_while_serving_leaves_reads_working_within_the_bound_given() {
+    let tmp = TempDir::new().unwrap();
+    let setup = write_config(tmp.path());
+    let mut bao = Bao::start().await;
+    let (_, token_file) = bao.token_file(tmp.path()).await;
+    let args = flags(
+        &[&without_key(&setup), &transit_args(&bao, &token_file)],
+        &[
+            "--key-provider",
+            "transit",
+            "--key-root-check-interval",
+            "200ms",
+            "--key-root-max-unconfirmed",
+            "2s",
+        ],
+    );
+    let server = Process::serve(&args, &[], tmp.path()).await.unwrap();
+    let mut client = server.client(&setup.tokens.admin).await;
+    create(&mut client, "before", "key-of-before", "acct").await;
+
+    bao.kill().await;
+    server.wait_for_log(&["the key root does not answer"]).await;
+    // Reads and writes go on from the master key held in memory: no call to Transit.
+    assert_eq!(
+        authorization(&mut client, "before").await,
+        "Token key-of-before"
+    );
+    create(&mut client, "during", "key-of-during", "acct").await;
+    assert_eq!(
+        authorization(&mut client, "during").await,
+        "Token key-of-during"
+    );
+    assert_eq!(
+        health(server.addr, api::SERVICE_NAME).await,
+        Ok(ServingStatus::Serving)
+    );
+    // Past --key-root-max-unconfirmed, readiness and liveness turn NOT_SERVING, so a
+    // supervisor restarts the process and the keys held in memory are gone.
+    wait_for_health(server.addr, "", ServingStatus::NotServing).await;
+    wait_for_health(server.addr, api::SERVICE_NAME, ServingStatus::NotServing).await;
+    server
+        .wait_for_log(&["liveness is NOT_SERVING so that a restart drops the keys"])
+        .await;
+}
+
+#[tokio::test]
+async fn a_revoked_token_turns_readiness_off_with_its_cause_and_approle_logs_in() {
+    let tmp = TempDir::new().unwrap();
+    let setup = write_config(tmp.path());
+    let bao = Bao::start().await;
+    let (token, token_file) = bao.token_file(tmp.path()).await;
+    let args = flags(
+        &[&without_key(&setup), &transit_args(&bao, &token_file)],
+        &[
+            "--key-provider",
+            "transit",
+            "--key-root-check-interval",
+            "200ms",
+        ],
+    );
+    let mut server = Process::serve(&args, &[], tmp.path()).await.unwrap();
+    let mut client = server.client(&setup.tokens.admin).await;
+    create(&mut client, "one", "key-of-one", "acct").await;
+    assert_eq!(
+        health(server.addr, api::SERVICE_NAME).await,
+        Ok(ServingStatus::Serving)
+    );
+
+    bao.revoke(&token).await;
+    wait_for_health(server.addr, api::SERVICE_NAME, ServingStatus::NotServing).await;
+    let line = server
+        .wait_for_log(&["the key root refuses this vault", "permission denied"])
+        .await;
+    assert!(!line.contains(&token), "the token is never logged: {line}");
+    assert!(!server.stderr().contains(&token));
+    // A new token in the file (what an operator or an agent does) turns it back on.
+    let (_, _) = bao.token_file(tmp.path()).await;
+    wait_for_health(server.addr, api::SERVICE_NAME, ServingStatus::Serving).await;
+    server.terminate().await;
+
+    // AppRole instead of a token file opens the same sealed key.
+    bao.call(
+        "POST",
+        "sys/auth/approle",
+        serde_json::json!({"type": "approle"}),
+    )
+    .await;
+    bao.call(
+        "POST",
+        "auth/approle/role/credvault",
+        serde_json::json!({"token_policies": ["credvault"], "token_ttl": "1h"}),
+    )
+    .await;
+    let role_id = bao
+        .call(
+            "GET",
+            "auth/approle/role/credvault/role-id",
+            serde_json::json!(null),
+        )
+        .await["data"]["role_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let secret_id = bao
+        .call(
+            "POST",
+            "auth/approle/role/credvault/secret-id",
+            serde_json::json!({}),
+        )
+        .await["data"]["secret_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let secret_file = tmp.path().join("secret-id");
+    std::fs::write(&secret_file, &secret_id).unwrap();
+    let args = flags(
+        &[&without_key(&setup)],
+        &[
+            "--key-provider",
+            "transit",
+            "--transit-address",
+            &bao.address,
+            "--transit-approle-role-id",
+            &role_id,
+            "--transit-approle-secret-id-file",
+            secret_file.to_str().unwrap(),
+        ],
+    );
+    let mut server = Process::serve(&args, &[], tmp.path()).await.unwrap();
+    let mut client = server.client(&setup.tokens.admin).await;
+    assert_eq!(authorization(&mut client, "one").await, "Token key-of-one");
+    assert!(!server.stderr().contains(&secret_id));
+    server.terminate().await;
+}
+
+#[tokio::test]
+async fn a_wrong_transit_key_name_or_a_wrong_pin_refuses_to_start() {
+    let tmp = TempDir::new().unwrap();
+    let setup = write_config(tmp.path());
+    let bao = Bao::start().await;
+    let (_, token_file) = bao.token_file(tmp.path()).await;
+    let args = flags(
+        &[&without_key(&setup), &transit_args(&bao, &token_file)],
+        &["--key-provider", "transit", "--transit-key", "no-such-key"],
+    );
+    let err = Process::serve(&args, &[], tmp.path()).await.err().unwrap();
+    assert!(err.contains("exited"), "{err}");
+    assert!(err.contains("no-such-key"), "{err}");
+
+    let hsm = SoftHsm::start().await;
+    std::fs::write(&hsm.pin_file, "9999").unwrap();
+    let env = hsm.env();
+    let args = flags(
+        &[&without_key(&setup), &hsm.args()],
+        &["--key-provider", "pkcs11"],
+    );
+    let err = Process::serve(&args, &[(env.0, env.1.as_str())], tmp.path())
+        .await
+        .err()
+        .unwrap();
+    assert!(err.contains("exited"), "{err}");
+    assert!(err.contains("PIN is wrong"), "{err}");
+    assert!(!err.contains("9999"), "the PIN is never shown: {err}");
+}
+
+#[tokio::test]
+async fn no_master_key_of_a_root_reaches_the_data_directory_in_plain_text() {
+    let tmp = TempDir::new().unwrap();
+    let setup = write_config(tmp.path());
+    let bao = Bao::start().await;
+    let (_, token_file) = bao.token_file(tmp.path()).await;
+    let args = flags(
+        &[&without_key(&setup), &transit_args(&bao, &token_file)],
+        &["--key-provider", "transit"],
+    );
+    let mut server = Process::serve(&args, &[], tmp.path()).await.unwrap();
+    let mut client = server.client(&setup.tokens.admin).await;
+    create(&mut client, "one", "key-of-one", "acct").await;
+    server.terminate().await;
+
+    // The sealed key as the store keeps it, opened with OpenBao's root token.
+    let store = credvault::store::open(&credvault::config::StoreConfig::Sled {
+        dir: tmp.path().join("data"),
+    })
+    .await
+    .unwrap();
+    use credvault::store::prelude::*;
+    let sealed = store
+        .meta(credvault::keys::SEALED_KEY_PREFIX)
+        .await
+        .unwrap();
+    assert_eq!(sealed.len(), 1);
+    let entry =
+        <credvault::keyroot::SealedKey as prost::Message>::decode(sealed[0].1.as_slice()).unwrap();
+    let ciphertext = String::from_utf8(entry.blob).unwrap();
+    assert!(ciphertext.starts_with("vault:v1:"), "{ciphertext}");
+    drop(store);
+    let opened = bao
+        .call(
+            "POST",
+            "transit/decrypt/credvault",
+            serde_json::json!({ "ciphertext": ciphertext }),
+        )
+        .await;
+    let b64 = opened["data"]["plaintext"].as_str().unwrap().to_owned();
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(&b64)
+        .unwrap();
+    assert_eq!(raw.len(), 32);
+    for (path, bytes) in all_files(tmp.path()) {
+        assert!(
+            !contains(&bytes, &raw),
+            "raw master key in {}",
+            path.display()
+        );
+        assert!(
+            !contains(&bytes, b64.as_bytes()),
+            "base64 master key in {}",
+            path.display()
+        );
+    }
+}
+
+#[tokio::test]
+async fn replicas_on_postgresql_share_the_master_key_sealed_by_transit() {
+    let tmp = TempDir::new().unwrap();
+    let setup = write_config(tmp.path());
+    let bao = Bao::start().await;
+    let (_, token_file) = bao.token_file(tmp.path()).await;
+    let url = postgres::PgCluster::shared().new_database().await;
+    let args = flags(
+        &[&without_key(&setup), &transit_args(&bao, &token_file)],
+        &[
+            "--key-provider",
+            "transit",
+            "--store",
+            "postgres",
+            "--database-url",
+            &url,
+        ],
+    );
+    let first = Process::serve(&args, &[], tmp.path()).await.unwrap();
+    first.wait_for_log(&["made a new master key"]).await;
+    let mut client = first.client(&setup.tokens.admin).await;
+    create(&mut client, "shared", "key-of-shared", "acct").await;
+
+    // The second replica finds the sealed key in the database: no key of its own.
+    let second = Process::serve(&args, &[], tmp.path()).await.unwrap();
+    assert!(
+        !second.stderr().contains("made a new master key"),
+        "{}",
+        second.stderr()
+    );
+    let mut other = second.client(&setup.tokens.admin).await;
+    assert_eq!(
+        authorization(&mut other, "shared").await,
+        "Token key-of-shared"
+    );
+    create(&mut other, "from-b", "key-of-from-b", "acct").await;
+    assert_eq!(
+        authorization(&mut client, "from-b").await,
+        "Token key-of-from-b"
+    );
+    let a = rewrap(&mut client).await;
+    assert_eq!(a.active_key_id, rewrap(&mut other).await.active_key_id);
+    assert!(a.retired_key_ids.is_empty(), "{a:?}");
+}
