@@ -7,7 +7,8 @@
 //!
 //! Here the arguments and the run; `measure` (rows, CPU, memory, the report),
 //! `servers` (the processes measured), `steps` (seeding and each step's
-//! operation), `watch` (watch streams at scale) and `proxy` (through the proxy).
+//! operation), `watch` (watch streams at scale), `proxy` (through the proxy) and
+//! `roots` (the master key in a file, in OpenBao's Transit, in an HSM).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use tonic_health::pb::HealthCheckRequest;
 
 mod measure;
 mod proxy;
+mod roots;
 mod servers;
 mod steps;
 mod watch;
@@ -122,6 +124,10 @@ struct Args {
     /// of the declared Fleetio on the same server, beside the built-in one's.
     #[arg(long)]
     declared_file: Option<PathBuf>,
+    /// Skip the key-roots step (start-up and hot path with the master key in a
+    /// file, sealed by OpenBao's Transit, sealed by a SoftHSM2 token).
+    #[arg(long)]
+    skip_key_roots: bool,
 }
 
 #[tokio::main]
@@ -356,7 +362,13 @@ async fn main() {
         watched.insert("proxy".into(), figures);
     }
 
-    // 6. Scale: many credentials; cold start to SERVING, RSS, data size, a full listing.
+    // 6. Key roots: the master key in a file, in Transit, in an HSM.
+    if !args.skip_key_roots {
+        let figures = roots::figures(&args, &work.join("roots"), &token, &mut rows).await;
+        watched.insert("key_roots".into(), figures);
+    }
+
+    // 7. Scale: many credentials; cold start to SERVING, RSS, data size, a full listing.
     let scale = if args.skip_scale {
         serde_json::Map::new()
     } else {

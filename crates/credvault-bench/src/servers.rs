@@ -61,8 +61,13 @@ impl Server {
             .args(extra)
             .arg("--data-dir")
             .arg(dir.join("data"))
-            .arg("--master-key-file")
-            .arg(&key)
+            // A key root (`--key-provider=transit|pkcs11` in `extra`) holds the master key instead.
+            .args(
+                (!extra.iter().any(|a| a.starts_with("--key-provider")))
+                    .then(|| ["--master-key-file".as_ref(), key.as_os_str()])
+                    .into_iter()
+                    .flatten(),
+            )
             .arg("--callers-file")
             .arg(dir.join("callers.toml"))
             .env_remove("CREDVAULT_MASTER_KEY")
