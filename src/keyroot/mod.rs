@@ -5,13 +5,11 @@
 //! stay in this process's memory, so no secret read or write calls the root.
 //!
 //! Here the roots a server is configured with ([`Roots`]), what the store keeps
-//! ([`SealedKey`]), the keyring they make at start ([`Roots::keyring`]) and the
-//! watch that keeps the root's token alive and follows Transit key versions
-//! ([`watch`]); `transit` and `pkcs11` are the two clients.
+//! ([`SealedKey`]) and the keyring they make at start ([`Roots::keyring`]);
+//! `watch` (what the last check found, and the loop that keeps the token alive
+//! and follows Transit key versions); `transit` and `pkcs11`, the two clients.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
 
 use prost::Message;
 use zeroize::Zeroizing;
@@ -22,9 +20,11 @@ use crate::store::{Store, StoreError};
 
 pub mod pkcs11;
 pub mod transit;
+mod watch;
 
 pub use pkcs11::{Hsm, Pkcs11Settings};
 pub use transit::{Transit, TransitAuth, TransitSettings};
+pub use watch::{watch, RootState};
 
 /// Which root seals the master key that wraps new data keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -215,18 +215,25 @@ impl Roots {
         Ok(Some(key))
     }
 
-    /// The sealed master keys in the store: (id, entry).
-    async fn sealed<S: Store>(store: &S) -> Result<Vec<(String, SealedKey)>, RootError> {
+    /// The sealed master keys among metadata entries: (id, entry).
+    fn sealed_in(meta: Vec<(String, Vec<u8>)>) -> Result<Vec<(String, SealedKey)>, RootError> {
         let mut out = Vec::new();
-        for (meta_key, bytes) in store.meta(SEALED_KEY_PREFIX).await? {
-            let id = meta_key.trim_start_matches(SEALED_KEY_PREFIX).to_owned();
+        for (meta_key, bytes) in meta {
+            let Some(id) = meta_key.strip_prefix(SEALED_KEY_PREFIX) else {
+                continue;
+            };
             let sealed = SealedKey::decode(bytes.as_slice()).map_err(|_| StoreError::Corrupt {
                 id: meta_key.clone(),
                 reason: "the sealed master key is not readable".into(),
             })?;
-            out.push((id, sealed));
+            out.push((id.to_owned(), sealed));
         }
         Ok(out)
+    }
+
+    /// The sealed master keys in the store: (id, entry).
+    async fn sealed<S: Store>(store: &S) -> Result<Vec<(String, SealedKey)>, RootError> {
+        Self::sealed_in(store.meta(SEALED_KEY_PREFIX).await?)
     }
 
     /// The keyring to serve with: `file`'s keys (if any) and every sealed key in
@@ -244,11 +251,72 @@ impl Roots {
             .into_iter()
             .map(|(_, check)| check.key_id)
             .collect();
+        let (mut keys, own) = self
+            .open_all(Self::sealed(store).await?, &needed, file)
+            .await?;
+        let active = match (self.provider, own) {
+            (Provider::File, _) => file.map(|k| k.active().id().to_owned()),
+            (_, Some(id)) => Some(id),
+            (provider, None) => {
+                let mut raw = Zeroizing::new([0u8; KEY_LEN]);
+                rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, raw.as_mut());
+                let sealed = self.seal(provider, &raw).await?;
+                let key = MasterKey::from_bytes(&raw);
+                let id = key.id().to_owned();
+                store
+                    .put_meta(&format!("{SEALED_KEY_PREFIX}{id}"), &sealed.encode_to_vec())
+                    .await?;
+                tracing::info!(key_id = %id, root = provider.as_str(), key_name = %sealed.key_name, "made a new master key, sealed by the key root; it wraps new data keys (run RewrapCredentials to move older ones)");
+                keys.push(key);
+                Some(id)
+            }
+        };
+        self.ring(keys, active)
+    }
+
+    /// The keyring that opens a store's data, for commands on a stopped server or
+    /// a backup: `file`'s keys and every sealed key among `meta` (a store's or a
+    /// backup's metadata) that a configured root opens; nothing is made or stored.
+    pub async fn open_keyring(
+        &self,
+        meta: Vec<(String, Vec<u8>)>,
+        file: Option<&Keyring>,
+    ) -> Result<Keyring, RootError> {
+        self.check().await?;
+        let needed: BTreeSet<String> = meta
+            .iter()
+            .filter(|(k, _)| k.starts_with(keys::KEY_CHECK_PREFIX))
+            .filter_map(|(_, v)| crate::crypto::Sealed::decode(v.as_slice()).ok())
+            .map(|check| check.key_id)
+            .collect();
+        let (keys, own) = self.open_all(Self::sealed_in(meta)?, &needed, file).await?;
+        let active = own
+            .or_else(|| file.map(|k| k.active().id().to_owned()))
+            .or_else(|| keys.last().map(|k| k.id().to_owned()));
+        self.ring(keys, active)
+    }
+
+    fn ring(&self, keys: Vec<MasterKey>, active: Option<String>) -> Result<Keyring, RootError> {
+        Keyring::new(keys, active.as_deref()).map_err(|e| RootError::Fatal {
+            root: self.provider.as_str(),
+            why: e.to_string(),
+        })
+    }
+
+    /// `file`'s keys and the sealed keys the configured roots open, and the id of
+    /// the newest one the active provider sealed. A key in `needed` that no
+    /// configured root opens is an error.
+    async fn open_all(
+        &self,
+        sealed_keys: Vec<(String, SealedKey)>,
+        needed: &BTreeSet<String>,
+        file: Option<&Keyring>,
+    ) -> Result<(Vec<MasterKey>, Option<String>), RootError> {
         let mut keys: Vec<MasterKey> = file
             .map(|k| k.keys().cloned().collect())
             .unwrap_or_default();
         let mut active: Option<(u64, String)> = None;
-        for (id, sealed) in Self::sealed(store).await? {
+        for (id, sealed) in sealed_keys {
             let ours = sealed.root == self.provider.as_str()
                 && self.own_key_name() == Some(sealed.key_name.as_str());
             match self.unseal(&id, &sealed).await? {
@@ -272,27 +340,7 @@ impl Roots {
                 None => {}
             }
         }
-        let active = match (self.provider, active) {
-            (Provider::File, _) => file.map(|k| k.active().id().to_owned()),
-            (_, Some((_, id))) => Some(id),
-            (provider, None) => {
-                let mut raw = Zeroizing::new([0u8; KEY_LEN]);
-                rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, raw.as_mut());
-                let sealed = self.seal(provider, &raw).await?;
-                let key = MasterKey::from_bytes(&raw);
-                let id = key.id().to_owned();
-                store
-                    .put_meta(&format!("{SEALED_KEY_PREFIX}{id}"), &sealed.encode_to_vec())
-                    .await?;
-                tracing::info!(key_id = %id, root = provider.as_str(), key_name = %sealed.key_name, "made a new master key, sealed by the key root; it wraps new data keys (run RewrapCredentials to move older ones)");
-                keys.push(key);
-                Some(id)
-            }
-        };
-        Keyring::new(keys, active.as_deref()).map_err(|e| RootError::Fatal {
-            root: self.provider.as_str(),
-            why: e.to_string(),
-        })
+        Ok((keys, active.map(|(_, id)| id)))
     }
 
     /// The key name the active provider seals with.
@@ -345,124 +393,10 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-/// What the last check of the roots found, for readiness and the log.
-#[derive(Debug, Default)]
-pub struct RootState {
-    inner: Mutex<StateInner>,
-}
-
-#[derive(Debug, Default)]
-struct StateInner {
-    /// The last check's failure, if it failed.
-    failure: Option<String>,
-    /// Whether that failure is a refusal (a revoked token) rather than silence.
-    denied: bool,
-    /// When the roots last confirmed (none: never since start).
-    confirmed: Option<Instant>,
-}
-
-impl RootState {
-    fn lock(&self) -> std::sync::MutexGuard<'_, StateInner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Records a confirmation.
-    pub fn confirmed(&self) {
-        let mut inner = self.lock();
-        inner.failure = None;
-        inner.denied = false;
-        inner.confirmed = Some(Instant::now());
-    }
-
-    /// Records a failed check.
-    pub fn failed(&self, error: &RootError) {
-        let mut inner = self.lock();
-        inner.failure = Some(error.to_string());
-        inner.denied = matches!(error, RootError::Denied { .. } | RootError::Fatal { .. });
-    }
-
-    fn is_stale(inner: &StateInner, max_unconfirmed: Duration) -> bool {
-        !max_unconfirmed.is_zero()
-            && inner
-                .confirmed
-                .is_some_and(|at| at.elapsed() > max_unconfirmed)
-    }
-
-    /// Whether the roots have not confirmed for longer than `max_unconfirmed`
-    /// (zero: never stale): liveness turns NOT_SERVING, so that a restart drops
-    /// the keys held in memory.
-    pub fn stale(&self, max_unconfirmed: Duration) -> bool {
-        Self::is_stale(&self.lock(), max_unconfirmed)
-    }
-
-    /// Why readiness must be NOT_SERVING: the root refused this vault, or has not
-    /// confirmed it for longer than `max_unconfirmed` (zero: no bound).
-    pub fn unready(&self, max_unconfirmed: Duration) -> Option<String> {
-        let inner = self.lock();
-        if inner.denied {
-            return inner.failure.clone();
-        }
-        Self::is_stale(&inner, max_unconfirmed).then(|| {
-            format!(
-                "the key root has not confirmed the master keys for over {}: {}",
-                humantime::format_duration(max_unconfirmed),
-                inner.failure.as_deref().unwrap_or("no answer")
-            )
-        })
-    }
-}
-
-/// Checks the roots every `interval` until `stop`: renews Transit's token, follows
-/// its key versions, and records what it found. A root that does not answer
-/// changes nothing for reads (the keys are in memory); one that refuses is logged
-/// with its cause, and readiness turns NOT_SERVING.
-pub async fn watch<S: Store>(
-    roots: Arc<Roots>,
-    store: Arc<S>,
-    interval: Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut was_ok = true;
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            () = tokio::time::sleep(interval) => {}
-        }
-        let checked = match roots.check().await {
-            Ok(()) => roots.follow(&*store).await.map(|_| ()),
-            Err(e) => Err(e),
-        };
-        match checked {
-            Ok(()) => {
-                if !was_ok {
-                    tracing::info!(roots = %roots.names(), "the key root answers again");
-                }
-                roots.state.confirmed();
-                was_ok = true;
-            }
-            Err(e) => {
-                if was_ok {
-                    match &e {
-                        RootError::Unreachable { .. } | RootError::Store(_) => tracing::warn!(
-                            error = %e,
-                            "the key root does not answer: secrets are still served from the master keys held in memory"
-                        ),
-                        _ => tracing::error!(
-                            error = %e,
-                            "the key root refuses this vault: readiness is NOT_SERVING until it accepts it again"
-                        ),
-                    }
-                }
-                roots.state.failed(&e);
-                was_ok = false;
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn readiness_follows_refusals_at_once_and_silence_only_past_the_bound() {
