@@ -572,3 +572,80 @@ async fn replicas_on_postgresql_share_the_master_key_sealed_by_transit() {
     assert_eq!(a.active_key_id, rewrap(&mut other).await.active_key_id);
     assert!(a.retired_key_ids.is_empty(), "{a:?}");
 }
+
+#[tokio::test]
+async fn a_backup_of_a_transit_vault_restores_and_an_offline_rewrap_moves_it_to_the_hsm() {
+    let tmp = TempDir::new().unwrap();
+    let setup = write_config(tmp.path());
+    let bao = Bao::start().await;
+    let hsm = SoftHsm::start().await;
+    let (_, token_file) = bao.token_file(tmp.path()).await;
+    let transit = transit_args(&bao, &token_file);
+    let env = hsm.env();
+    let envs = [(env.0, env.1.as_str())];
+    let args = flags(
+        &[&without_key(&setup), &transit],
+        &["--key-provider", "transit"],
+    );
+    let mut server = Process::serve(&args, &envs, tmp.path()).await.unwrap();
+    let mut client = server.client(&setup.tokens.admin).await;
+    let names = vec!["a".to_owned(), "b".to_owned()];
+    for name in &names {
+        create(&mut client, name, &format!("key-of-{name}"), "acct").await;
+    }
+    let transit_key = rewrap(&mut client).await.active_key_id;
+    server.terminate().await;
+
+    // The offline backup and restore unseal the key through Transit: no key file.
+    let backup = tmp.path().join("vault.backup");
+    let data = tmp.path().join("data");
+    let restored = tmp.path().join("restored");
+    let cli = |parts: Vec<String>| async move {
+        let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+        let out = run_cli(&parts, &envs).await;
+        assert!(out.status.success(), "{:?}: {}", parts, text(&out));
+        text(&out)
+    };
+    let mut command = vec![
+        "backup".to_owned(),
+        "--data-dir".into(),
+        data.to_str().unwrap().into(),
+    ];
+    command.extend(["--out".into(), backup.to_str().unwrap().into()]);
+    cli(flags(&[&command, &transit], &[])).await;
+    let mut command = vec![
+        "restore".to_owned(),
+        "--from".into(),
+        backup.to_str().unwrap().into(),
+    ];
+    command.extend(["--data-dir".into(), restored.to_str().unwrap().into()]);
+    let said = cli(flags(&[&command, &transit], &[])).await;
+    assert!(said.contains("restored 2 credentials"), "{said}");
+
+    // An offline rewrap of the restored copy moves it to the HSM and retires Transit's key.
+    let mut command = vec![
+        "rewrap".to_owned(),
+        "--data-dir".into(),
+        restored.to_str().unwrap().into(),
+    ];
+    command.extend(["--key-provider".into(), "pkcs11".into()]);
+    let said = cli(flags(&[&command, &transit, &hsm.args()], &[])).await;
+    assert!(
+        said.contains(&format!(
+            "key {transit_key}: no credential depends on it any more"
+        )),
+        "{said}"
+    );
+    let mut restored_args = vec!["--data-dir".to_owned(), restored.to_str().unwrap().into()];
+    restored_args.extend([
+        "--callers-file".into(),
+        setup.callers.to_str().unwrap().into(),
+    ]);
+    let args = flags(
+        &[&restored_args, &hsm.args()],
+        &["--key-provider", "pkcs11"],
+    );
+    let server = Process::serve(&args, &envs, tmp.path()).await.unwrap();
+    let mut client = server.client(&setup.tokens.admin).await;
+    all_readable(&mut client, &names).await;
+}

@@ -213,16 +213,50 @@ impl KeyArgs {
     }
 
     /// The whole keyring for a command run on a stopped server's store: the key
-    /// file's keys and those the key roots unseal.
+    /// file's keys and those the key roots unseal. With `make`, as `serve` does:
+    /// a KMS provider without a key of its own yet makes, seals and stores one (a
+    /// `rewrap` that migrates to it); without, nothing is written.
     pub(super) async fn keyring_for<S: credvault::store::Store>(
         &self,
         store: &S,
+        make: bool,
     ) -> anyhow::Result<Keyring> {
-        let (file, _) = self.keyring(None)?;
+        let file = self.offline_file()?;
         match self.roots.roots()? {
-            Some(roots) => Ok(roots.keyring(store, file.as_ref()).await?),
+            Some(roots) if make => Ok(roots.keyring(store, file.as_ref()).await?),
+            Some(roots) => {
+                let meta = store.meta("").await?;
+                Ok(roots.open_keyring(meta, file.as_ref()).await?)
+            }
             None => file.ok_or_else(|| config::ConfigError::NoKeyring.into()),
         }
+    }
+
+    /// The keyring that opens a backup file: the key file's keys and the sealed
+    /// keys in the backup that the key roots unseal.
+    pub(super) async fn keyring_for_backup(&self, bytes: &[u8]) -> anyhow::Result<Keyring> {
+        let file = self.offline_file()?;
+        match self.roots.roots()? {
+            Some(roots) => {
+                // Unverified here; the restore checks every MAC with the keyring made.
+                let (snapshot, _) = credvault::backup::inspect(bytes)?;
+                Ok(roots.open_keyring(snapshot.meta, file.as_ref()).await?)
+            }
+            None => file.ok_or_else(|| config::ConfigError::NoKeyring.into()),
+        }
+    }
+
+    /// The key file's keyring for an offline command: optional when a key root is
+    /// configured (it may hold every key), whichever root seals the active key.
+    fn offline_file(&self) -> anyhow::Result<Option<Keyring>> {
+        let file_given =
+            self.master_key_file.is_some() || std::env::var_os(config::MASTER_KEY_ENV).is_some();
+        let roots_given =
+            self.roots.transit_address.is_some() || self.roots.pkcs11_module.is_some();
+        if !file_given && roots_given {
+            return Ok(None);
+        }
+        Ok(self.keyring(None)?.0)
     }
 
     /// The key file's keyring, for commands that need one (the key roots do not serve them).

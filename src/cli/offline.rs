@@ -173,7 +173,7 @@ pub(super) fn rewrap(args: &RewrapArgs) -> anyhow::Result<()> {
     let batch = usize::try_from(args.batch_size).unwrap_or(100);
     runtime()?.block_on(async {
         let store = open_offline(&args.data_dir, None).await?;
-        let keyring = args.keys.keyring_for(&store).await?;
+        let keyring = args.keys.keyring_for(&store, true).await?;
         credvault::keys::check_keyring(&store, &keyring).await?;
         let seals = credvault::keys::SealCounter::load(&store).await?;
         let providers = credvault::provider::Providers::new(&ProviderSettings::default())?;
@@ -218,8 +218,8 @@ pub(super) fn backup(args: &BackupArgs) -> anyhow::Result<()> {
     let bytes = runtime()?.block_on(async {
         match (&args.data_dir, &args.server) {
             (Some(dir), None) => {
-                let keyring = args.keys.file_keyring()?;
                 let store = open_offline(dir, None).await?;
+                let keyring = args.keys.keyring_for(&store, false).await?;
                 credvault::keys::check_keyring(&store, &keyring).await?;
                 let snapshot = store.snapshot().await?;
                 Ok(credvault::backup::encode(snapshot, keyring.active()))
@@ -286,12 +286,13 @@ pub(super) async fn backup_from_server(args: &BackupArgs, addr: &str) -> anyhow:
 }
 
 pub(super) fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
-    let keyring = args.keys.file_keyring()?;
     let bytes = std::fs::read(&args.from)
         .map_err(|e| anyhow!("cannot read {}: {e}", args.from.display()))?;
+    let runtime = runtime()?;
+    let keyring = runtime.block_on(args.keys.keyring_for_backup(&bytes))?;
     std::fs::create_dir_all(&args.data_dir)
         .map_err(|e| anyhow!("cannot make {}: {e}", args.data_dir.display()))?;
-    let report = runtime()?
+    let report = runtime
         .block_on(credvault::backup::restore(
             &bytes,
             &args.data_dir,
