@@ -264,15 +264,23 @@ async fn an_unreachable_transit_at_start_keeps_the_vault_not_serving_until_it_an
         "--key-provider".into(),
         "transit".into(),
     ];
-    let args = flags(&[&without_key(&setup), &args], &[]);
+    let health_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let health_flag = health_addr.to_string();
+    let args = flags(
+        &[&without_key(&setup), &args],
+        &["--health-listen", &health_flag],
+    );
     let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let dir = tmp.path().to_owned();
     let starting = tokio::spawn(async move { Process::serve_on(addr, &args, &[], &dir).await });
 
-    // Nothing answers on the Transit port: the process lives (liveness SERVING),
+    // Nothing answers on the Transit port: the process lives (liveness SERVING, on
+    // the health-only port too, which Kubernetes' startup and liveness probes ask),
     // the vault service is NOT_SERVING and its calls are UNAVAILABLE.
     wait_for_health(addr, "", ServingStatus::Serving).await;
+    wait_for_health(health_addr, "", ServingStatus::Serving).await;
     wait_for_health(addr, api::SERVICE_NAME, ServingStatus::NotServing).await;
+    wait_for_health(health_addr, api::SERVICE_NAME, ServingStatus::NotServing).await;
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -295,6 +303,7 @@ async fn an_unreachable_transit_at_start_keeps_the_vault_not_serving_until_it_an
         server.stderr()
     );
     wait_for_health(addr, api::SERVICE_NAME, ServingStatus::Serving).await;
+    wait_for_health(health_addr, api::SERVICE_NAME, ServingStatus::Serving).await;
     let mut client = server.client(&setup.tokens.admin).await;
     create(&mut client, "late", "key-of-late", "acct").await;
     assert_eq!(

@@ -151,11 +151,23 @@ pub async fn run_with_store<S: Store>(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let mut shutdown = std::pin::pin!(shutdown);
+    // The health-only port is bound first: with key roots, probes find it while
+    // the master keys are awaited (Kubernetes' startup and liveness probes ask it).
+    let health_listener = match config.health_listen {
+        Some(addr) => Some(
+            transport::bind(addr, config.transport.listen_backlog)
+                .map_err(|e| ServeError::Transport(format!("cannot listen on {addr}: {e}")))?,
+        ),
+        None => None,
+    };
     let keyring = match &config.key_roots {
         Some(roots) => {
+            let ports = unseal::Ports {
+                grpc: &listener,
+                health: health_listener.as_ref(),
+            };
             let Some(keyring) =
-                unseal::wait_for_roots(&store, &config, roots, &listener, shutdown.as_mut())
-                    .await?
+                unseal::wait_for_roots(&store, &config, roots, ports, shutdown.as_mut()).await?
             else {
                 return Ok(());
             };
@@ -172,12 +184,13 @@ pub async fn run_with_store<S: Store>(
     };
     keys::check_keyring(&store, &keyring).await?;
     config.keyring = Some(Arc::clone(&keyring));
-    serve(store, listener, config, keyring, shutdown).await
+    serve(store, listener, health_listener, config, keyring, shutdown).await
 }
 
 async fn serve<S: Store>(
     store: S,
     listener: TcpListener,
+    health_listener: Option<TcpListener>,
     config: Config,
     keyring: Arc<Keyring>,
     shutdown: impl Future<Output = ()>,
@@ -225,11 +238,8 @@ async fn serve<S: Store>(
             .http2_keepalive_timeout(Some(limits.keepalive_timeout))
     };
     // With TLS, probes that speak plaintext only get a health-only port.
-    let health_only = match config.health_listen {
-        Some(health_addr) => {
-            let listener = transport::bind(health_addr, limits.listen_backlog).map_err(|e| {
-                ServeError::Transport(format!("cannot listen on {health_addr}: {e}"))
-            })?;
+    let health_only = match health_listener {
+        Some(listener) => {
             let bound = listener.local_addr().map_err(|e| transport_error(&e))?;
             let incoming = transport::incoming(
                 listener,

@@ -16,13 +16,21 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Connections the waiting port takes at once (probes and early clients).
 const WAITING_CONNECTIONS: usize = 256;
 
+/// The ports the server will serve on, bound already.
+pub(super) struct Ports<'a> {
+    /// The gRPC port.
+    pub(super) grpc: &'a TcpListener,
+    /// The plaintext health-only port, if configured.
+    pub(super) health: Option<&'a TcpListener>,
+}
+
 /// Asks the roots for the keyring until they give it; `None` when `shutdown`
-/// came first. Meanwhile a health-only server answers on a duplicate of `listener`.
+/// came first. Meanwhile a health-only server answers on duplicates of `ports`.
 pub(super) async fn wait_for_roots<S: Store>(
     store: &S,
     config: &Config,
     settings: &KeyRootSettings,
-    listener: &TcpListener,
+    ports: Ports<'_>,
     mut shutdown: Pin<&mut impl Future<Output = ()>>,
 ) -> Result<Option<Keyring>, ServeError> {
     let roots = &settings.roots;
@@ -37,7 +45,7 @@ pub(super) async fn wait_for_roots<S: Store>(
         Err(e) if e.is_fatal() => return Err(e.into()),
         Err(e) => e,
     };
-    let waiting = WaitingPort::start(config, listener)?;
+    let waiting = WaitingPort::start(config, ports)?;
     let mut backoff = FIRST_BACKOFF;
     let outcome = loop {
         tracing::warn!(
@@ -87,19 +95,18 @@ pub(super) fn joined(keyring: &Keyring, config: &Config) -> Joined {
     }
 }
 
-/// The health-only server on the gRPC port while the roots are asked.
+/// The health-only servers on the ports while the roots are asked.
 struct WaitingPort {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl WaitingPort {
-    fn start(config: &Config, listener: &TcpListener) -> Result<Self, ServeError> {
-        let duplicate = duplicate(listener).map_err(|e| ServeError::Transport(e.to_string()))?;
+    fn start(config: &Config, ports: Ports<'_>) -> Result<Self, ServeError> {
         let (reporter, health) = tonic_health::server::health_reporter();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let listening = transport::Listening {
-            name: "grpc",
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let listening = |name| transport::Listening {
+            name,
             max_connections: WAITING_CONNECTIONS,
             max_per_peer: 0,
             handshake_timeout: config.transport.handshake_timeout,
@@ -110,7 +117,21 @@ impl WaitingPort {
             .map(transport::tls_acceptor)
             .transpose()?;
         let health = health.max_decoding_message_size(MAX_PUBLIC_REQUEST_BYTES);
-        let task = tokio::spawn(async move {
+        let duplicate =
+            |l: &TcpListener| duplicate(l).map_err(|e| ServeError::Transport(e.to_string()));
+        let router = || {
+            Server::builder()
+                .layer(tower::layer::layer_fn(Unavailable))
+                .add_service(health.clone())
+        };
+        let until = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        let mut tasks = Vec::new();
+        let grpc = duplicate(ports.grpc)?;
+        let (router_grpc, stop_grpc) = (router(), until(stopped.clone()));
+        let grpc_listening = listening("grpc");
+        tasks.push(tokio::spawn(async move {
             // The process is alive (liveness SERVING) but serves no secret yet.
             reporter
                 .set_service_status("", ServingStatus::Serving)
@@ -118,46 +139,57 @@ impl WaitingPort {
             reporter
                 .set_service_status(api::SERVICE_NAME, ServingStatus::NotServing)
                 .await;
-            let router = Server::builder()
-                .layer(tower::layer::layer_fn(Unavailable))
-                .add_service(health);
-            let stopped = async {
-                let _ = stopped.await;
-            };
             let served = match tls {
                 None => {
-                    router
+                    router_grpc
                         .serve_with_incoming_shutdown(
-                            transport::incoming(duplicate, listening),
-                            stopped,
+                            transport::incoming(grpc, grpc_listening),
+                            stop_grpc,
                         )
                         .await
                 }
                 Some(acceptor) => {
-                    router
+                    router_grpc
                         .serve_with_incoming_shutdown(
-                            transport::incoming_tls(duplicate, listening, acceptor),
-                            stopped,
+                            transport::incoming_tls(grpc, grpc_listening, acceptor),
+                            stop_grpc,
                         )
                         .await
                 }
             };
             if let Err(e) = served {
-                tracing::warn!(error = %e, "the health port of the wait for the key root failed");
+                tracing::warn!(error = %e, "the gRPC port's wait for the key root failed");
             }
-        });
-        Ok(WaitingPort { stop, task })
+        }));
+        if let Some(health_port) = ports.health {
+            let port = duplicate(health_port)?;
+            let (router_health, stop_health) = (router(), until(stopped));
+            let health_listening = listening("health");
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = router_health
+                    .serve_with_incoming_shutdown(
+                        transport::incoming(port, health_listening),
+                        stop_health,
+                    )
+                    .await
+                {
+                    tracing::warn!(error = %e, "the health port's wait for the key root failed");
+                }
+            }));
+        }
+        Ok(WaitingPort { stop, tasks })
     }
 
-    /// Stops it: GOAWAY to its clients, at most a few seconds for their calls.
+    /// Stops them: GOAWAY to their clients, at most a few seconds for their calls.
     async fn stop(self) {
-        let _ = self.stop.send(());
-        let mut task = self.task;
-        if tokio::time::timeout(Duration::from_secs(5), &mut task)
-            .await
-            .is_err()
-        {
-            task.abort();
+        let _ = self.stop.send(true);
+        for mut task in self.tasks {
+            if tokio::time::timeout(Duration::from_secs(5), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
         }
     }
 }
