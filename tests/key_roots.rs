@@ -658,3 +658,52 @@ async fn a_backup_of_a_transit_vault_restores_and_an_offline_rewrap_moves_it_to_
     let mut client = server.client(&setup.tokens.admin).await;
     all_readable(&mut client, &names).await;
 }
+
+#[tokio::test]
+async fn an_oversized_or_redirecting_transit_answer_is_refused_not_followed() {
+    use credvault::keyroot::{RootError, Transit, TransitAuth, TransitSettings};
+    // A hostile (or misplaced) server where OpenBao should be.
+    let app = axum::Router::new()
+        .route(
+            "/v1/auth/token/lookup-self",
+            axum::routing::get(|| async { " ".repeat(1 << 20) + "{}" }),
+        )
+        .route(
+            "/v1/transit/keys/credvault",
+            axum::routing::get(|| async {
+                (
+                    axum::http::StatusCode::TEMPORARY_REDIRECT,
+                    [(
+                        "location",
+                        "http://attacker.invalid/v1/transit/keys/credvault",
+                    )],
+                )
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let tmp = TempDir::new().unwrap();
+    let token_file = tmp.path().join("token");
+    std::fs::write(&token_file, "s.secret-token").unwrap();
+    let transit = Transit::new(TransitSettings {
+        address,
+        mount: "transit".into(),
+        key: "credvault".into(),
+        auth: TransitAuth::TokenFile(token_file),
+        ca_file: None,
+        timeout: Duration::from_secs(5),
+    })
+    .unwrap();
+    let err = transit.renew().await.unwrap_err();
+    assert!(
+        matches!(&err, RootError::Unreachable { why, .. } if why.contains("over 65536 bytes")),
+        "{err}"
+    );
+    let err = transit.key_version().await.unwrap_err();
+    assert!(
+        matches!(&err, RootError::Unreachable { why, .. } if why.contains("not followed")),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("s.secret-token"));
+}

@@ -16,6 +16,8 @@ use crate::crypto::KEY_LEN;
 
 /// The root's name in sealed entries and messages.
 pub const NAME: &str = "transit";
+/// The largest answer read from OpenBao (its answers here are a few hundred bytes).
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// How credvault authenticates to OpenBao / Vault.
 #[derive(Clone, Debug)]
@@ -103,6 +105,20 @@ fn errors_of(body: &Value) -> String {
         .unwrap_or_else(|| "no reason given".to_owned())
 }
 
+/// An answer's JSON body, read to at most [`MAX_ANSWER_BYTES`] (null when it is not JSON).
+async fn read_json(mut answer: reqwest::Response) -> Result<Value, RootError> {
+    let mut body = Zeroizing::new(Vec::new());
+    while let Some(chunk) = answer.chunk().await.map_err(unreachable)? {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(unreachable(format!(
+                "an answer of over {MAX_ANSWER_BYTES} bytes: not OpenBao's"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
 impl Transit {
     /// A client for `settings` (nothing is called yet).
     pub fn new(settings: TransitSettings) -> Result<Self, RootError> {
@@ -122,6 +138,17 @@ impl Transit {
             }
         }
         let http = http.build().map_err(fatal)?;
+        if let Ok(url) = reqwest::Url::parse(&settings.address) {
+            let loopback = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+            if url.scheme() == "http" && !loopback {
+                tracing::warn!(
+                    address = %settings.address,
+                    "the Transit address is plain http: the token and the master key's plaintext cross the network unencrypted; use https"
+                );
+            }
+        } else {
+            return Err(fatal(format!("{:?} is not a URL", settings.address)));
+        }
         Ok(Transit {
             settings,
             http,
@@ -175,7 +202,7 @@ impl Transit {
                     .await
                     .map_err(unreachable)?;
                 let status = answer.status();
-                let body: Value = answer.json().await.unwrap_or(Value::Null);
+                let body = read_json(answer).await?;
                 if status.is_server_error() {
                     return Err(unreachable(format!(
                         "AppRole login: {status}: {}",
@@ -247,6 +274,13 @@ impl Transit {
                 s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
                     return Err(unreachable(format!("{path}: {s}: {}", errors_of(&answer))))
                 }
+                // A standby of an HA cluster redirects to the active node; redirects
+                // are not followed (the token would go where the answer says).
+                s if s.is_redirection() => {
+                    return Err(unreachable(format!(
+                        "{path}: {s}: a redirect, not followed (a standby node? point --transit-address at the active node or its load balancer)"
+                    )))
+                }
                 s => return Err(fatal(format!("{path}: {s}: {}", errors_of(&answer)))),
             }
         }
@@ -272,7 +306,7 @@ impl Transit {
         }
         let answer = request.send().await.map_err(unreachable)?;
         let status = answer.status();
-        Ok((status, answer.json().await.unwrap_or(Value::Null)))
+        Ok((status, read_json(answer).await?))
     }
 
     /// Checks that the Transit key exists and may be used: its latest version.
