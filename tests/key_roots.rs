@@ -707,3 +707,44 @@ async fn an_oversized_or_redirecting_transit_answer_is_refused_not_followed() {
     );
     assert!(!err.to_string().contains("s.secret-token"));
 }
+
+#[tokio::test]
+async fn a_vault_waiting_for_its_key_root_stops_at_once_on_sigterm() {
+    let tmp = TempDir::new().unwrap();
+    let setup = write_config(tmp.path());
+    let token_file = tmp.path().join("bao-token");
+    std::fs::write(&token_file, BAO_ROOT_TOKEN).unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut child = tokio::process::Command::new(binary())
+        .args([
+            "serve",
+            "--listen",
+            &addr.to_string(),
+            "--key-provider",
+            "transit",
+        ])
+        .args([
+            "--transit-address",
+            &format!("http://127.0.0.1:{}", free_port()),
+        ])
+        .arg("--transit-token-file")
+        .arg(&token_file)
+        .args(without_key(&setup))
+        .env_remove("CREDVAULT_MASTER_KEY")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for_health(addr, api::SERVICE_NAME, ServingStatus::NotServing).await;
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("it stops within 10 s")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}

@@ -58,7 +58,12 @@ pub(super) async fn wait_for_roots<S: Store>(
             () = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
-        match roots.keyring(store, file).await {
+        // A try that hangs (a root timing out) does not hold up a shutdown.
+        let attempt = tokio::select! {
+            () = shutdown.as_mut() => break Ok(None),
+            attempt = roots.keyring(store, file) => attempt,
+        };
+        match attempt {
             Ok(keyring) => {
                 tracing::info!(roots = %roots.names(), "the key root answered: the master keys are unsealed");
                 roots.state.confirmed();
