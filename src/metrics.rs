@@ -27,6 +27,7 @@ const REFUSALS_SUMMARIZED: &str = "credvault_refusals_summarized_total";
 const TIMEOUTS: &str = "credvault_request_timeouts_total";
 const STREAMS_REFUSED: &str = "credvault_unauthenticated_streams_refused_total";
 const UNREADY: &str = "credvault_unready";
+const KEY_ROOT_CONFIRMED: &str = "credvault_key_root_last_confirmed_timestamp_seconds";
 const RELOAD_CHECKS: &str = "credvault_reload_checks_total";
 const RELOADS: &str = "credvault_reloads_total";
 const WATCH_MESSAGES: &str = "credvault_watch_messages_total";
@@ -123,7 +124,12 @@ pub fn install_recorder(addr: SocketAddr) -> Result<PrometheusHandle, MetricsErr
     );
     describe_gauge!(
         UNREADY,
-        "1 while the vault service is NOT_SERVING for this cause: audit, store_unreachable, store_unwritable"
+        "1 while the vault service is NOT_SERVING for this cause: audit, store_unreachable, store_unwritable, key_root"
+    );
+    describe_gauge!(
+        KEY_ROOT_CONFIRMED,
+        Unit::Seconds,
+        "when the key root (Transit, the HSM) last confirmed the master keys, in unix seconds"
     );
     describe_counter!(
         STREAMS_REFUSED,
@@ -264,6 +270,14 @@ pub fn request_timed_out(method: &'static str) {
 /// Sets whether `cause` holds the vault service NOT_SERVING.
 pub fn set_unready(cause: &'static str, holds: bool) {
     gauge!(UNREADY, "cause" => cause).set(if holds { 1.0 } else { 0.0 });
+}
+
+/// Records that the key roots confirmed the master keys now.
+pub fn key_root_confirmed() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    gauge!(KEY_ROOT_CONFIRMED).set(now);
 }
 
 /// Counts an unauthenticated stream refused over the cap.

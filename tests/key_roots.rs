@@ -364,6 +364,7 @@ async fn a_revoked_token_turns_readiness_off_with_its_cause_and_approle_logs_in(
     let setup = write_config(tmp.path());
     let bao = Bao::start().await;
     let (token, token_file) = bao.token_file(tmp.path()).await;
+    let metrics = format!("127.0.0.1:{}", free_port());
     let args = flags(
         &[&without_key(&setup), &transit_args(&bao, &token_file)],
         &[
@@ -371,6 +372,8 @@ async fn a_revoked_token_turns_readiness_off_with_its_cause_and_approle_logs_in(
             "transit",
             "--key-root-check-interval",
             "200ms",
+            "--metrics-listen",
+            &metrics,
         ],
     );
     let mut server = Process::serve(&args, &[], tmp.path()).await.unwrap();
@@ -380,6 +383,10 @@ async fn a_revoked_token_turns_readiness_off_with_its_cause_and_approle_logs_in(
         health(server.addr, api::SERVICE_NAME).await,
         Ok(ServingStatus::Serving)
     );
+    let confirmed = "credvault_key_root_last_confirmed_timestamp_seconds";
+    assert!(metric(&metrics, confirmed).await > 1.7e9);
+    let unready = "credvault_unready{cause=\"key_root\"}";
+    assert_eq!(metric(&metrics, unready).await, 0.0);
 
     bao.revoke(&token).await;
     wait_for_health(server.addr, api::SERVICE_NAME, ServingStatus::NotServing).await;
@@ -387,6 +394,7 @@ async fn a_revoked_token_turns_readiness_off_with_its_cause_and_approle_logs_in(
         .wait_for_log(&["the key root refuses this vault", "permission denied"])
         .await;
     assert!(!line.contains(&token), "the token is never logged: {line}");
+    wait_for_metric(&metrics, unready, 1.0).await;
     assert!(!server.stderr().contains(&token));
     // A new token in the file (what an operator or an agent does) turns it back on.
     let (_, _) = bao.token_file(tmp.path()).await;

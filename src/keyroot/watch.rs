@@ -35,6 +35,7 @@ impl RootState {
         inner.failure = None;
         inner.denied = false;
         inner.confirmed = Some(Instant::now());
+        crate::metrics::key_root_confirmed();
     }
 
     /// Records a failed check.
