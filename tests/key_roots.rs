@@ -469,6 +469,19 @@ async fn a_wrong_transit_key_name_or_a_wrong_pin_refuses_to_start() {
     let err = Process::serve(&args, &[], tmp.path()).await.err().unwrap();
     assert!(err.contains("exited"), "{err}");
     assert!(err.contains("no-such-key"), "{err}");
+    assert!(err.contains("its policy does not allow this path"), "{err}");
+    // A token whose policy reaches every path (here the root token) hears 404.
+    let root_token = tmp.path().join("root-token");
+    std::fs::write(&root_token, BAO_ROOT_TOKEN).unwrap();
+    let args = flags(
+        &[&without_key(&setup), &transit_args(&bao, &root_token)],
+        &["--key-provider", "transit", "--transit-key", "no-such-key"],
+    );
+    let err = Process::serve(&args, &[], tmp.path()).await.err().unwrap();
+    assert!(
+        err.contains("there is no Transit key \"no-such-key\""),
+        "{err}"
+    );
 
     let hsm = SoftHsm::start().await;
     std::fs::write(&hsm.pin_file, "9999").unwrap();
