@@ -769,3 +769,51 @@ async fn a_vault_waiting_for_its_key_root_stops_at_once_on_sigterm() {
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn a_new_transit_key_name_makes_a_new_master_key_and_the_rewrap_retires_the_old() {
+    let tmp = TempDir::new().unwrap();
+    let setup = write_config(tmp.path());
+    let bao = Bao::start().await;
+    let token_file = tmp.path().join("root-token");
+    std::fs::write(&token_file, BAO_ROOT_TOKEN).unwrap();
+    let transit = transit_args(&bao, &token_file);
+    let args = flags(
+        &[&without_key(&setup), &transit],
+        &["--key-provider", "transit"],
+    );
+    let mut server = Process::serve(&args, &[], tmp.path()).await.unwrap();
+    let mut client = server.client(&setup.tokens.admin).await;
+    create(&mut client, "a", "key-of-a", "acct").await;
+    let old = rewrap(&mut client).await.active_key_id;
+    server.terminate().await;
+
+    bao.call("POST", "transit/keys/credvault-2027", serde_json::json!({}))
+        .await;
+    let args = flags(
+        &[&without_key(&setup), &transit],
+        &[
+            "--key-provider",
+            "transit",
+            "--transit-key",
+            "credvault-2027",
+        ],
+    );
+    let mut server = Process::serve(&args, &[], tmp.path()).await.unwrap();
+    server
+        .wait_for_log(&["made a new master key", "credvault-2027"])
+        .await;
+    let mut client = server.client(&setup.tokens.admin).await;
+    all_readable(&mut client, &["a".to_owned()]).await;
+    let report = rewrap(&mut client).await;
+    assert_ne!(report.active_key_id, old);
+    assert_eq!(
+        report.retired_key_ids,
+        std::slice::from_ref(&old),
+        "{report:?}"
+    );
+    server.terminate().await;
+    let server = Process::serve(&args, &[], tmp.path()).await.unwrap();
+    let mut client = server.client(&setup.tokens.admin).await;
+    all_readable(&mut client, &["a".to_owned()]).await;
+}
