@@ -771,7 +771,7 @@ async fn a_vault_waiting_for_its_key_root_stops_at_once_on_sigterm() {
 }
 
 #[tokio::test]
-async fn a_new_transit_key_name_makes_a_new_master_key_and_the_rewrap_retires_the_old() {
+async fn a_new_transit_key_name_or_mount_makes_a_new_master_key_and_the_rewrap_retires_the_old() {
     let tmp = TempDir::new().unwrap();
     let setup = write_config(tmp.path());
     let bao = Bao::start().await;
@@ -812,8 +812,35 @@ async fn a_new_transit_key_name_makes_a_new_master_key_and_the_rewrap_retires_th
         std::slice::from_ref(&old),
         "{report:?}"
     );
+    let second = report.active_key_id;
     server.terminate().await;
-    let server = Process::serve(&args, &[], tmp.path()).await.unwrap();
+    let mut server = Process::serve(&args, &[], tmp.path()).await.unwrap();
     let mut client = server.client(&setup.tokens.admin).await;
     all_readable(&mut client, &["a".to_owned()]).await;
+    server.terminate().await;
+
+    // Another Transit mount: each sealed key remembers the mount that opens it.
+    bao.call(
+        "POST",
+        "sys/mounts/transit-b",
+        serde_json::json!({"type": "transit"}),
+    )
+    .await;
+    bao.call("POST", "transit-b/keys/credvault", serde_json::json!({}))
+        .await;
+    let args = flags(
+        &[&without_key(&setup), &transit],
+        &["--key-provider", "transit", "--transit-mount", "transit-b"],
+    );
+    let mut server = Process::serve(&args, &[], tmp.path()).await.unwrap();
+    server.wait_for_log(&["made a new master key"]).await;
+    let mut client = server.client(&setup.tokens.admin).await;
+    all_readable(&mut client, &["a".to_owned()]).await;
+    let report = rewrap(&mut client).await;
+    assert_eq!(
+        report.retired_key_ids,
+        std::slice::from_ref(&second),
+        "{report:?}"
+    );
+    server.terminate().await;
 }

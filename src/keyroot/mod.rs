@@ -63,6 +63,20 @@ pub struct SealedKey {
     /// When it was made (unix seconds): the newest of a root is its active key.
     #[prost(uint64, tag = "4")]
     pub created: u64,
+    /// Transit's mount path when it was sealed (empty: the one configured now).
+    #[prost(string, tag = "5")]
+    pub mount: String,
+}
+
+impl SealedKey {
+    /// The Transit mount that opens it: its own, or `configured` for an entry without one.
+    fn mount_or<'a>(&'a self, configured: &'a str) -> &'a str {
+        if self.mount.is_empty() {
+            configured
+        } else {
+            &self.mount
+        }
+    }
 }
 
 /// Why a root could not seal, unseal or confirm.
@@ -176,11 +190,16 @@ impl Roots {
             }
             Provider::File => unreachable!("the file root seals nothing"),
         };
+        let mount = match (provider, &self.transit) {
+            (Provider::Transit, Some(transit)) => transit.mount().to_owned(),
+            _ => String::new(),
+        };
         Ok(SealedKey {
             root: provider.as_str().to_owned(),
             key_name,
             blob,
             created: unix_now(),
+            mount,
         })
     }
 
@@ -192,7 +211,9 @@ impl Roots {
                         root: transit::NAME,
                         why: format!("the sealed master key {id} is not a Transit ciphertext"),
                     })?;
-                    transit.unseal(&sealed.key_name, text).await?
+                    transit
+                        .unseal(sealed.mount_or(transit.mount()), &sealed.key_name, text)
+                        .await?
                 }
                 None => return Ok(None),
             },
@@ -318,7 +339,12 @@ impl Roots {
         let mut active: Option<(u64, String)> = None;
         for (id, sealed) in sealed_keys {
             let ours = sealed.root == self.provider.as_str()
-                && self.own_key_name() == Some(sealed.key_name.as_str());
+                && self.own_key_name() == Some(sealed.key_name.as_str())
+                && self
+                    .transit
+                    .as_ref()
+                    .filter(|_| self.provider == Provider::Transit)
+                    .is_none_or(|t| sealed.mount_or(t.mount()) == t.mount());
             match self.unseal(&id, &sealed).await? {
                 Some(key) => {
                     if ours && active.as_ref().is_none_or(|(at, _)| sealed.created >= *at) {
@@ -361,14 +387,19 @@ impl Roots {
         let latest = transit.key_version().await?;
         let mut moved = 0;
         for (id, mut sealed) in Self::sealed(store).await? {
-            if sealed.root != transit::NAME || sealed.key_name != transit.key_name() {
+            if sealed.root != transit::NAME
+                || sealed.key_name != transit.key_name()
+                || sealed.mount_or(transit.mount()) != transit.mount()
+            {
                 continue;
             }
             let text = String::from_utf8_lossy(&sealed.blob).into_owned();
             if transit::ciphertext_version(&text).is_some_and(|v| v >= latest) {
                 continue;
             }
-            let rewrapped = transit.rewrap(&sealed.key_name, &text).await?;
+            let rewrapped = transit
+                .rewrap(sealed.mount_or(transit.mount()), &sealed.key_name, &text)
+                .await?;
             sealed.blob = rewrapped.into_bytes();
             store
                 .put_meta(&format!("{SEALED_KEY_PREFIX}{id}"), &sealed.encode_to_vec())
@@ -445,6 +476,7 @@ mod tests {
             key_name: "credvault".into(),
             blob: b"vault:v1:abc".to_vec(),
             created: 1,
+            mount: "transit".into(),
         };
         let bytes = sealed.encode_to_vec();
         assert_eq!(SealedKey::decode(bytes.as_slice()).unwrap(), sealed);

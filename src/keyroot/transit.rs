@@ -346,13 +346,19 @@ impl Transit {
             .ok_or_else(|| fatal(format!("{path}: no ciphertext in the answer")))
     }
 
-    /// Decrypts a master key's ciphertext with the Transit key `key`.
+    /// The Transit engine's mount path.
+    pub fn mount(&self) -> &str {
+        &self.settings.mount
+    }
+
+    /// Decrypts a master key's ciphertext with the Transit key `key` at `mount`.
     pub async fn unseal(
         &self,
+        mount: &str,
         key: &str,
         ciphertext: &str,
     ) -> Result<Zeroizing<[u8; KEY_LEN]>, RootError> {
-        let path = format!("{}/decrypt/{key}", self.settings.mount);
+        let path = format!("{mount}/decrypt/{key}");
         let body = self
             .call(
                 Method::POST,
@@ -375,9 +381,14 @@ impl Transit {
         Ok(Zeroizing::new(raw))
     }
 
-    /// Rewraps a ciphertext to the Transit key's latest version (the key bytes never leave OpenBao).
-    pub async fn rewrap(&self, key: &str, ciphertext: &str) -> Result<String, RootError> {
-        let path = format!("{}/rewrap/{key}", self.settings.mount);
+    /// Rewraps a ciphertext of key `key` at `mount` to that key's latest version (the key bytes never leave OpenBao).
+    pub async fn rewrap(
+        &self,
+        mount: &str,
+        key: &str,
+        ciphertext: &str,
+    ) -> Result<String, RootError> {
+        let path = format!("{mount}/rewrap/{key}");
         let body = self
             .call(
                 Method::POST,
