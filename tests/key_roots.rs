@@ -73,6 +73,43 @@ fn flags(parts: &[&[String]], extra: &[&str]) -> Vec<String> {
     all
 }
 
+/// A vault set up for Transit: a directory with a callers file (and a key file
+/// the flags leave out), OpenBao with a token bound to the policy of
+/// docs/key-roots.md, and the token itself.
+struct TransitVault {
+    tmp: TempDir,
+    setup: Setup,
+    bao: Bao,
+    token: String,
+    /// `--data-dir`, `--callers-file`, the Transit flags and `--key-provider transit`.
+    args: Vec<String>,
+}
+
+impl TransitVault {
+    async fn new() -> TransitVault {
+        let tmp = TempDir::new().unwrap();
+        let setup = write_config(tmp.path());
+        let bao = Bao::start().await;
+        let (token, token_file) = bao.token_file(tmp.path()).await;
+        let args = flags(
+            &[&without_key(&setup), &transit_args(&bao, &token_file)],
+            &["--key-provider", "transit"],
+        );
+        TransitVault {
+            tmp,
+            setup,
+            bao,
+            token,
+            args,
+        }
+    }
+
+    /// Its flags, then `extra`.
+    fn with(&self, extra: &[&str]) -> Vec<String> {
+        flags(&[&self.args], extra)
+    }
+}
+
 /// Every credential `names` gives exactly the header it was created with.
 async fn all_readable(client: &mut Client, names: &[String]) {
     for name in names {
@@ -314,15 +351,16 @@ async fn an_unreachable_transit_at_start_keeps_the_vault_not_serving_until_it_an
 
 #[tokio::test]
 async fn a_transit_that_dies_while_serving_leaves_reads_working_within_the_bound_given() {
-    let tmp = TempDir::new().unwrap();
-    let setup = write_config(tmp.path());
-    let mut bao = Bao::start().await;
-    let (_, token_file) = bao.token_file(tmp.path()).await;
+    let TransitVault {
+        tmp,
+        setup,
+        mut bao,
+        args,
+        ..
+    } = TransitVault::new().await;
     let args = flags(
-        &[&without_key(&setup), &transit_args(&bao, &token_file)],
+        &[&args],
         &[
-            "--key-provider",
-            "transit",
             "--key-root-check-interval",
             "200ms",
             "--key-root-max-unconfirmed",
@@ -360,22 +398,15 @@ async fn a_transit_that_dies_while_serving_leaves_reads_working_within_the_bound
 
 #[tokio::test]
 async fn a_revoked_token_turns_readiness_off_with_its_cause_and_approle_logs_in() {
-    let tmp = TempDir::new().unwrap();
-    let setup = write_config(tmp.path());
-    let bao = Bao::start().await;
-    let (token, token_file) = bao.token_file(tmp.path()).await;
+    let vault = TransitVault::new().await;
+    let (tmp, setup, bao, token) = (&vault.tmp, &vault.setup, &vault.bao, vault.token.as_str());
     let metrics = format!("127.0.0.1:{}", free_port());
-    let args = flags(
-        &[&without_key(&setup), &transit_args(&bao, &token_file)],
-        &[
-            "--key-provider",
-            "transit",
-            "--key-root-check-interval",
-            "200ms",
-            "--metrics-listen",
-            &metrics,
-        ],
-    );
+    let args = vault.with(&[
+        "--key-root-check-interval",
+        "200ms",
+        "--metrics-listen",
+        &metrics,
+    ]);
     let mut server = Process::serve(&args, &[], tmp.path()).await.unwrap();
     let mut client = server.client(&setup.tokens.admin).await;
     create(&mut client, "one", "key-of-one", "acct").await;
@@ -388,14 +419,14 @@ async fn a_revoked_token_turns_readiness_off_with_its_cause_and_approle_logs_in(
     let unready = "credvault_unready{cause=\"key_root\"}";
     assert_eq!(metric(&metrics, unready).await, 0.0);
 
-    bao.revoke(&token).await;
+    bao.revoke(token).await;
     wait_for_health(server.addr, api::SERVICE_NAME, ServingStatus::NotServing).await;
     let line = server
         .wait_for_log(&["the key root refuses this vault", "permission denied"])
         .await;
-    assert!(!line.contains(&token), "the token is never logged: {line}");
+    assert!(!line.contains(token), "the token is never logged: {line}");
     wait_for_metric(&metrics, unready, 1.0).await;
-    assert!(!server.stderr().contains(&token));
+    assert!(!server.stderr().contains(token));
     // A new token in the file (what an operator or an agent does) turns it back on.
     let (_, _) = bao.token_file(tmp.path()).await;
     wait_for_health(server.addr, api::SERVICE_NAME, ServingStatus::Serving).await;
@@ -437,7 +468,7 @@ async fn a_revoked_token_turns_readiness_off_with_its_cause_and_approle_logs_in(
     let secret_file = tmp.path().join("secret-id");
     std::fs::write(&secret_file, &secret_id).unwrap();
     let args = flags(
-        &[&without_key(&setup)],
+        &[&without_key(setup)],
         &[
             "--key-provider",
             "transit",
@@ -458,23 +489,23 @@ async fn a_revoked_token_turns_readiness_off_with_its_cause_and_approle_logs_in(
 
 #[tokio::test]
 async fn a_wrong_transit_key_name_or_a_wrong_pin_refuses_to_start() {
-    let tmp = TempDir::new().unwrap();
-    let setup = write_config(tmp.path());
-    let bao = Bao::start().await;
-    let (_, token_file) = bao.token_file(tmp.path()).await;
-    let args = flags(
-        &[&without_key(&setup), &transit_args(&bao, &token_file)],
-        &["--key-provider", "transit", "--transit-key", "no-such-key"],
-    );
+    let vault = TransitVault::new().await;
+    let (tmp, setup, bao) = (&vault.tmp, &vault.setup, &vault.bao);
+    let args = vault.with(&["--transit-key", "no-such-key"]);
     let err = Process::serve(&args, &[], tmp.path()).await.err().unwrap();
-    assert!(err.contains("exited"), "{err}");
+    // Refused at once, not waited on: the start stops with the root's answer.
+    assert!(
+        err.contains("the key root cannot unseal the master keys"),
+        "{err}"
+    );
+    assert!(!err.contains("waiting for the key root"), "{err}");
     assert!(err.contains("no-such-key"), "{err}");
     assert!(err.contains("its policy does not allow this path"), "{err}");
     // A token whose policy reaches every path (here the root token) hears 404.
     let root_token = tmp.path().join("root-token");
     std::fs::write(&root_token, BAO_ROOT_TOKEN).unwrap();
     let args = flags(
-        &[&without_key(&setup), &transit_args(&bao, &root_token)],
+        &[&without_key(setup), &transit_args(bao, &root_token)],
         &["--key-provider", "transit", "--transit-key", "no-such-key"],
     );
     let err = Process::serve(&args, &[], tmp.path()).await.err().unwrap();
@@ -487,28 +518,31 @@ async fn a_wrong_transit_key_name_or_a_wrong_pin_refuses_to_start() {
     std::fs::write(&hsm.pin_file, "9999").unwrap();
     let env = hsm.env();
     let args = flags(
-        &[&without_key(&setup), &hsm.args()],
+        &[&without_key(setup), &hsm.args()],
         &["--key-provider", "pkcs11"],
     );
     let err = Process::serve(&args, &[(env.0, env.1.as_str())], tmp.path())
         .await
         .err()
         .unwrap();
-    assert!(err.contains("exited"), "{err}");
+    assert!(
+        err.contains("the key root cannot unseal the master keys"),
+        "{err}"
+    );
+    assert!(!err.contains("waiting for the key root"), "{err}");
     assert!(err.contains("PIN is wrong"), "{err}");
     assert!(!err.contains("9999"), "the PIN is never shown: {err}");
 }
 
 #[tokio::test]
 async fn no_master_key_of_a_root_reaches_the_data_directory_in_plain_text() {
-    let tmp = TempDir::new().unwrap();
-    let setup = write_config(tmp.path());
-    let bao = Bao::start().await;
-    let (_, token_file) = bao.token_file(tmp.path()).await;
-    let args = flags(
-        &[&without_key(&setup), &transit_args(&bao, &token_file)],
-        &["--key-provider", "transit"],
-    );
+    let TransitVault {
+        tmp,
+        setup,
+        bao,
+        args,
+        ..
+    } = TransitVault::new().await;
     let mut server = Process::serve(&args, &[], tmp.path()).await.unwrap();
     let mut client = server.client(&setup.tokens.admin).await;
     create(&mut client, "one", "key-of-one", "acct").await;
@@ -560,22 +594,10 @@ async fn no_master_key_of_a_root_reaches_the_data_directory_in_plain_text() {
 
 #[tokio::test]
 async fn replicas_on_postgresql_share_the_master_key_sealed_by_transit() {
-    let tmp = TempDir::new().unwrap();
-    let setup = write_config(tmp.path());
-    let bao = Bao::start().await;
-    let (_, token_file) = bao.token_file(tmp.path()).await;
+    let vault = TransitVault::new().await;
+    let (tmp, setup) = (&vault.tmp, &vault.setup);
     let url = postgres::PgCluster::shared().new_database().await;
-    let args = flags(
-        &[&without_key(&setup), &transit_args(&bao, &token_file)],
-        &[
-            "--key-provider",
-            "transit",
-            "--store",
-            "postgres",
-            "--database-url",
-            &url,
-        ],
-    );
+    let args = vault.with(&["--store", "postgres", "--database-url", &url]);
     let first = Process::serve(&args, &[], tmp.path()).await.unwrap();
     first.wait_for_log(&["made a new master key"]).await;
     let mut client = first.client(&setup.tokens.admin).await;

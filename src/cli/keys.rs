@@ -118,6 +118,26 @@ pub(super) struct KeyRootArgs {
 /// Environment variable that may hold the PKCS#11 user PIN.
 const PKCS11_PIN_ENV: &str = "CREDVAULT_PKCS11_PIN";
 
+/// The token's user PIN: read from `file` (trimmed), else from [`PKCS11_PIN_ENV`];
+/// every copy wiped on drop.
+pub(super) fn pkcs11_pin(
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<std::sync::Arc<zeroize::Zeroizing<String>>> {
+    let pin = match file {
+        Some(file) => {
+            let text = zeroize::Zeroizing::new(
+                std::fs::read_to_string(file)
+                    .map_err(|e| anyhow!("cannot read the PIN file {}: {e}", file.display()))?,
+            );
+            zeroize::Zeroizing::new(text.trim().to_owned())
+        }
+        None => zeroize::Zeroizing::new(std::env::var(PKCS11_PIN_ENV).map_err(|_| {
+            anyhow!("the token's PIN is needed: a PIN file (--pkcs11-pin-file) or {PKCS11_PIN_ENV}")
+        })?),
+    };
+    Ok(std::sync::Arc::new(pin))
+}
+
 impl KeyRootArgs {
     /// The configured roots, if any root is configured.
     pub(super) fn roots(&self) -> anyhow::Result<Option<keyroot::Roots>> {
@@ -146,21 +166,12 @@ impl KeyRootArgs {
         };
         let pkcs11 = match &self.pkcs11_module {
             Some(module) => {
-                let pin = match (&self.pkcs11_pin_file, std::env::var(PKCS11_PIN_ENV)) {
-                    (Some(file), _) => zeroize::Zeroizing::new(
-                        std::fs::read_to_string(file)
-                            .map_err(|e| anyhow!("cannot read the PIN file {}: {e}", file.display()))?
-                            .trim()
-                            .to_owned(),
-                    ),
-                    (None, Ok(pin)) => zeroize::Zeroizing::new(pin),
-                    (None, Err(_)) => return Err(anyhow!("--pkcs11-module needs the token's PIN: --pkcs11-pin-file or {PKCS11_PIN_ENV}")),
-                };
+                let pin = pkcs11_pin(self.pkcs11_pin_file.as_deref())?;
                 Some(keyroot::Hsm::new(keyroot::Pkcs11Settings {
                     module: module.clone(),
                     token_label: self.pkcs11_token_label.clone(),
                     key_label: self.pkcs11_key_label.clone(),
-                    pin: std::sync::Arc::new(pin),
+                    pin,
                 }))
             }
             None => None,
@@ -199,9 +210,7 @@ impl KeyArgs {
         &self,
         fallback: Option<PathBuf>,
     ) -> anyhow::Result<(Option<Keyring>, Option<KeyringSource>)> {
-        let file_given =
-            self.master_key_file.is_some() || std::env::var_os(config::MASTER_KEY_ENV).is_some();
-        if self.roots.key_provider != ProviderArg::File && !file_given {
+        if self.roots.key_provider != ProviderArg::File && !self.file_given() {
             return Ok((None, None));
         }
         let (keyring, source) = config::resolve_keyring(
@@ -249,14 +258,17 @@ impl KeyArgs {
     /// The key file's keyring for an offline command: optional when a key root is
     /// configured (it may hold every key), whichever root seals the active key.
     fn offline_file(&self) -> anyhow::Result<Option<Keyring>> {
-        let file_given =
-            self.master_key_file.is_some() || std::env::var_os(config::MASTER_KEY_ENV).is_some();
         let roots_given =
             self.roots.transit_address.is_some() || self.roots.pkcs11_module.is_some();
-        if !file_given && roots_given {
+        if !self.file_given() && roots_given {
             return Ok(None);
         }
         Ok(self.keyring(None)?.0)
+    }
+
+    /// Whether a key file or CREDVAULT_MASTER_KEY is given.
+    fn file_given(&self) -> bool {
+        self.master_key_file.is_some() || std::env::var_os(config::MASTER_KEY_ENV).is_some()
     }
 
     /// The key file's keyring, for commands that need one (the key roots do not serve them).

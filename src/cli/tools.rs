@@ -158,19 +158,11 @@ pub(super) struct Pkcs11KeygenArgs {
 
 /// Makes the HSM's sealing key; refuses when one has that label already.
 pub(super) fn pkcs11_keygen(args: &Pkcs11KeygenArgs) -> anyhow::Result<()> {
-    let pin = match &args.pin_file {
-        Some(file) => std::fs::read_to_string(file)
-            .map_err(|e| anyhow!("cannot read the PIN file {}: {e}", file.display()))?
-            .trim()
-            .to_owned(),
-        None => std::env::var("CREDVAULT_PKCS11_PIN")
-            .map_err(|_| anyhow!("the token's PIN: --pin-file or CREDVAULT_PKCS11_PIN"))?,
-    };
     let hsm = keyroot::Hsm::new(keyroot::Pkcs11Settings {
         module: args.module.clone(),
         token_label: args.token_label.clone(),
         key_label: args.key_label.clone(),
-        pin: std::sync::Arc::new(zeroize::Zeroizing::new(pin)),
+        pin: pkcs11_pin(args.pin_file.as_deref())?,
     });
     hsm.generate()?;
     println!(
