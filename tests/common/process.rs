@@ -113,13 +113,17 @@ impl Process {
                 }
             });
         }
+        let mut timed_out = false;
         let addr = tokio::select! {
             a = addr_rx.recv() => a,
             status = child.wait() => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 return Err(format!("credvault exited with {:?}: {}", status.ok(), stderr.lock().unwrap()));
             }
-            () = tokio::time::sleep(Duration::from_secs(30)) => None,
+            () = tokio::time::sleep(Duration::from_secs(30)) => {
+                timed_out = true;
+                None
+            }
         };
         match addr {
             Some(addr) => Ok(Process {
@@ -128,10 +132,19 @@ impl Process {
                 stdout,
                 stderr,
             }),
-            None => Err(format!(
+            None if timed_out => Err(format!(
                 "credvault never reported its address: {}",
                 stderr.lock().unwrap()
             )),
+            None => {
+                // Its stderr closed first (the process is exiting): say how it ended.
+                let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+                let stderr = stderr.lock().unwrap();
+                match status {
+                    Ok(Ok(status)) => Err(format!("credvault exited with {status:?}: {stderr}")),
+                    _ => Err(format!("credvault never reported its address: {stderr}")),
+                }
+            }
         }
     }
 
