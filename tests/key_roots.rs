@@ -81,6 +81,8 @@ struct TransitVault {
     setup: Setup,
     bao: Bao,
     token: String,
+    /// The Transit flags alone (the root configured, not necessarily the provider).
+    transit: Vec<String>,
     /// `--data-dir`, `--callers-file`, the Transit flags and `--key-provider transit`.
     args: Vec<String>,
 }
@@ -91,8 +93,9 @@ impl TransitVault {
         let setup = write_config(tmp.path());
         let bao = Bao::start().await;
         let (token, token_file) = bao.token_file(tmp.path()).await;
+        let transit = transit_args(&bao, &token_file);
         let args = flags(
-            &[&without_key(&setup), &transit_args(&bao, &token_file)],
+            &[&without_key(&setup), &transit],
             &["--key-provider", "transit"],
         );
         TransitVault {
@@ -100,6 +103,7 @@ impl TransitVault {
             setup,
             bao,
             token,
+            transit,
             args,
         }
     }
@@ -128,14 +132,15 @@ async fn rewrap(client: &mut Client) -> api::RewrapCredentialsResponse {
 
 #[tokio::test]
 async fn master_keys_move_from_a_file_to_transit_to_an_hsm_and_back_with_nothing_lost() {
-    let tmp = TempDir::new().unwrap();
-    let setup = write_config(tmp.path());
-    let bao = Bao::start().await;
+    let TransitVault {
+        tmp,
+        setup,
+        bao,
+        transit,
+        ..
+    } = TransitVault::new().await;
     let hsm = SoftHsm::start().await;
-    let (_, token_file) = bao.token_file(tmp.path()).await;
-    let transit = transit_args(&bao, &token_file);
-    let env = hsm.env();
-    let envs = [(env.0, env.1.as_str())];
+    let envs = hsm.envs();
     let mut names: Vec<String> = Vec::new();
     let add = |names: &mut Vec<String>, n: usize| {
         let name = format!("c{n:02}");
@@ -516,12 +521,12 @@ async fn a_wrong_transit_key_name_or_a_wrong_pin_refuses_to_start() {
 
     let hsm = SoftHsm::start().await;
     std::fs::write(&hsm.pin_file, "9999").unwrap();
-    let env = hsm.env();
+    let envs = hsm.envs();
     let args = flags(
         &[&without_key(setup), &hsm.args()],
         &["--key-provider", "pkcs11"],
     );
-    let err = Process::serve(&args, &[(env.0, env.1.as_str())], tmp.path())
+    let err = Process::serve(&args, &envs, tmp.path())
         .await
         .err()
         .unwrap();
@@ -627,18 +632,17 @@ async fn replicas_on_postgresql_share_the_master_key_sealed_by_transit() {
 
 #[tokio::test]
 async fn a_backup_of_a_transit_vault_restores_and_an_offline_rewrap_moves_it_to_the_hsm() {
-    let tmp = TempDir::new().unwrap();
-    let setup = write_config(tmp.path());
-    let bao = Bao::start().await;
+    // OpenBao lives as long as `_bao` (its process dies with the value).
+    let TransitVault {
+        tmp,
+        setup,
+        bao: _bao,
+        transit,
+        args,
+        ..
+    } = TransitVault::new().await;
     let hsm = SoftHsm::start().await;
-    let (_, token_file) = bao.token_file(tmp.path()).await;
-    let transit = transit_args(&bao, &token_file);
-    let env = hsm.env();
-    let envs = [(env.0, env.1.as_str())];
-    let args = flags(
-        &[&without_key(&setup), &transit],
-        &["--key-provider", "transit"],
-    );
+    let envs = hsm.envs();
     let mut server = Process::serve(&args, &envs, tmp.path()).await.unwrap();
     let mut client = server.client(&setup.tokens.admin).await;
     let names = vec!["a".to_owned(), "b".to_owned()];

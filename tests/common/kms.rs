@@ -231,7 +231,7 @@ impl SoftHsm {
     }
 
     /// The environment this token needs (where SoftHSM2 finds it).
-    pub fn env(&self) -> (&'static str, String) {
-        ("SOFTHSM2_CONF", self.conf.to_str().unwrap().to_owned())
+    pub fn envs(&self) -> [(&'static str, &str); 1] {
+        [("SOFTHSM2_CONF", self.conf.to_str().unwrap())]
     }
 }
