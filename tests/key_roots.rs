@@ -185,6 +185,12 @@ async fn master_keys_move_from_a_file_to_transit_to_an_hsm_and_back_with_nothing
     let report = rewrap(&mut client).await;
     let transit_key = report.active_key_id.clone();
     assert_ne!(transit_key, file_key);
+    // Where each key comes from, as an operator sees it in the rewrap's answer.
+    assert_eq!(
+        report.key_sources[&transit_key],
+        "transit:transit/credvault"
+    );
+    assert_eq!(report.key_sources[&file_key], "file");
     assert_eq!(
         report.retired_key_ids,
         std::slice::from_ref(&file_key),
@@ -238,6 +244,7 @@ async fn master_keys_move_from_a_file_to_transit_to_an_hsm_and_back_with_nothing
     all_readable(&mut client, &names).await;
     let report = rewrap(&mut client).await;
     let hsm_key = report.active_key_id.clone();
+    assert_eq!(report.key_sources[&hsm_key], "pkcs11:credvault-root");
     assert_eq!(
         report.retired_key_ids,
         std::slice::from_ref(&transit_key),

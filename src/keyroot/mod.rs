@@ -411,6 +411,29 @@ impl Roots {
     }
 }
 
+/// Where each master key of `keyring` comes from: `file`, `transit:<mount>/<key>`
+/// or `pkcs11:<label>` (what its sealed entry in the store names).
+pub async fn key_sources<S: Store>(
+    store: &S,
+    keyring: &Keyring,
+) -> Result<std::collections::BTreeMap<String, String>, RootError> {
+    let sealed: std::collections::BTreeMap<String, SealedKey> =
+        Roots::sealed(store).await?.into_iter().collect();
+    Ok(keyring
+        .ids()
+        .map(|id| {
+            let source = match sealed.get(id) {
+                Some(s) if s.root == transit::NAME => {
+                    format!("transit:{}/{}", s.mount_or("transit"), s.key_name)
+                }
+                Some(s) => format!("{}:{}", s.root, s.key_name),
+                None => "file".to_owned(),
+            };
+            (id.to_owned(), source)
+        })
+        .collect())
+}
+
 /// Runs a blocking HSM call off the async threads.
 async fn blocking<T: Send + 'static>(
     hsm: &Hsm,

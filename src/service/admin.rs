@@ -50,6 +50,12 @@ impl<S: Store> VaultService<S> {
                     last.active_key_id = report.active_key_id;
                     last.key_id_credentials = report.referenced.into_iter().collect();
                     last.retired_key_ids = report.retired;
+                    match crate::keyroot::key_sources(&**vault.store(), &vault.keyring()).await {
+                        Ok(sources) => last.key_sources = sources.into_iter().collect(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the master keys' sources could not be read")
+                        }
+                    }
                     Ok(last)
                 }
                 Err(e) => {

@@ -145,6 +145,11 @@ impl<S: Store> Vault<S> {
         self
     }
 
+    /// The store it reads and writes.
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
     /// How long a deleted credential stays recoverable.
     pub fn recovery_window(&self) -> std::time::Duration {
         self.recovery_window

@@ -558,7 +558,7 @@ class RewrapCredentialsRequest(_message.Message):
     def __init__(self, batch_size: _Optional[int] = ...) -> None: ...
 
 class RewrapCredentialsResponse(_message.Message):
-    __slots__ = ("total", "scanned", "rewrapped", "failed_credential_ids", "done", "active_key_id", "key_id_credentials", "retired_key_ids")
+    __slots__ = ("total", "scanned", "rewrapped", "failed_credential_ids", "done", "active_key_id", "key_id_credentials", "retired_key_ids", "key_sources")
     class KeyIdCredentialsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -566,6 +566,13 @@ class RewrapCredentialsResponse(_message.Message):
         key: str
         value: int
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class KeySourcesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     SCANNED_FIELD_NUMBER: _ClassVar[int]
     REWRAPPED_FIELD_NUMBER: _ClassVar[int]
@@ -574,6 +581,7 @@ class RewrapCredentialsResponse(_message.Message):
     ACTIVE_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
     RETIRED_KEY_IDS_FIELD_NUMBER: _ClassVar[int]
+    KEY_SOURCES_FIELD_NUMBER: _ClassVar[int]
     total: int
     scanned: int
     rewrapped: int
@@ -582,7 +590,8 @@ class RewrapCredentialsResponse(_message.Message):
     active_key_id: str
     key_id_credentials: _containers.ScalarMap[str, int]
     retired_key_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, total: _Optional[int] = ..., scanned: _Optional[int] = ..., rewrapped: _Optional[int] = ..., failed_credential_ids: _Optional[_Iterable[str]] = ..., done: _Optional[bool] = ..., active_key_id: _Optional[str] = ..., key_id_credentials: _Optional[_Mapping[str, int]] = ..., retired_key_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    key_sources: _containers.ScalarMap[str, str]
+    def __init__(self, total: _Optional[int] = ..., scanned: _Optional[int] = ..., rewrapped: _Optional[int] = ..., failed_credential_ids: _Optional[_Iterable[str]] = ..., done: _Optional[bool] = ..., active_key_id: _Optional[str] = ..., key_id_credentials: _Optional[_Mapping[str, int]] = ..., retired_key_ids: _Optional[_Iterable[str]] = ..., key_sources: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class BackupVaultRequest(_message.Message):
     __slots__ = ()
