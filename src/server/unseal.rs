@@ -13,10 +13,13 @@ use crate::config::{Joined, KeyRootSettings};
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 /// The longest wait between tries.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How long the first try may take before the waiting ports open.
+const QUICK_ANSWER: Duration = Duration::from_secs(1);
 /// Connections the waiting port takes at once (probes and early clients).
 const WAITING_CONNECTIONS: usize = 256;
 
 /// The ports the server will serve on, bound already.
+#[derive(Clone, Copy)]
 pub(super) struct Ports<'a> {
     /// The gRPC port.
     pub(super) grpc: &'a TcpListener,
@@ -35,17 +38,43 @@ pub(super) async fn wait_for_roots<S: Store>(
 ) -> Result<Option<Keyring>, ServeError> {
     let roots = &settings.roots;
     let file = config.keyring.as_deref();
-    // The first try is made before anything listens: a root that answers at once
-    // costs no second server.
-    let mut error = match roots.keyring(store, file).await {
+    // A root that answers within a moment costs no second server; one that takes
+    // longer (a connection timing out) gets the waiting ports opened meanwhile.
+    let first = roots.keyring(store, file);
+    tokio::pin!(first);
+    let (first, waiting) = tokio::select! {
+        answer = &mut first => (answer, None),
+        () = tokio::time::sleep(QUICK_ANSWER) => {
+            let waiting = WaitingPort::start(config, ports)?;
+            tokio::select! {
+                answer = &mut first => (answer, Some(waiting)),
+                () = shutdown.as_mut() => {
+                    waiting.stop().await;
+                    return Ok(None);
+                }
+            }
+        }
+    };
+    let mut error = match first {
         Ok(keyring) => {
+            if let Some(waiting) = waiting {
+                waiting.stop().await;
+            }
             roots.state.confirmed();
             return Ok(Some(keyring));
         }
-        Err(e) if e.is_fatal() => return Err(e.into()),
+        Err(e) if e.is_fatal() => {
+            if let Some(waiting) = waiting {
+                waiting.stop().await;
+            }
+            return Err(e.into());
+        }
         Err(e) => e,
     };
-    let waiting = WaitingPort::start(config, ports)?;
+    let waiting = match waiting {
+        Some(waiting) => waiting,
+        None => WaitingPort::start(config, ports)?,
+    };
     let mut backoff = FIRST_BACKOFF;
     let outcome = loop {
         tracing::warn!(
