@@ -881,3 +881,54 @@ async fn a_new_transit_key_name_or_mount_makes_a_new_master_key_and_the_rewrap_r
     );
     server.terminate().await;
 }
+
+#[tokio::test]
+async fn a_new_hsm_key_label_makes_a_new_master_key_and_the_rewrap_retires_the_old() {
+    let tmp = TempDir::new().unwrap();
+    let setup = write_config(tmp.path());
+    let hsm = SoftHsm::start().await;
+    let envs = hsm.envs();
+    let args = flags(
+        &[&without_key(&setup), &hsm.args()],
+        &["--key-provider", "pkcs11"],
+    );
+    let mut server = Process::serve(&args, &envs, tmp.path()).await.unwrap();
+    let mut client = server.client(&setup.tokens.admin).await;
+    create(&mut client, "a", "key-of-a", "acct").await;
+    let old = rewrap(&mut client).await.active_key_id;
+    server.terminate().await;
+
+    // A second key in the same token, and the vault pointed at it.
+    let out = run_cli(
+        &[
+            "pkcs11-keygen",
+            "--module",
+            SOFTHSM_MODULE,
+            "--key-label",
+            "credvault-root-2",
+            "--pin-file",
+            hsm.pin_file.to_str().unwrap(),
+        ],
+        &envs,
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let args = flags(&[&args], &["--pkcs11-key-label", "credvault-root-2"]);
+    let mut server = Process::serve(&args, &envs, tmp.path()).await.unwrap();
+    server
+        .wait_for_log(&["made a new master key", "credvault-root-2"])
+        .await;
+    let mut client = server.client(&setup.tokens.admin).await;
+    all_readable(&mut client, &["a".to_owned()]).await;
+    let report = rewrap(&mut client).await;
+    assert_eq!(
+        report.retired_key_ids,
+        std::slice::from_ref(&old),
+        "{report:?}"
+    );
+    assert_eq!(
+        report.key_sources[&report.active_key_id],
+        "pkcs11:credvault-root-2"
+    );
+    server.terminate().await;
+}

@@ -218,11 +218,11 @@ impl Roots {
                 None => return Ok(None),
             },
             pkcs11::NAME => match &self.pkcs11 {
-                Some(hsm) if hsm.key_label() == sealed.key_name => {
-                    let blob = sealed.blob.clone();
-                    blocking(hsm, move |hsm| hsm.unseal(&blob)).await?
+                Some(hsm) => {
+                    let (label, blob) = (sealed.key_name.clone(), sealed.blob.clone());
+                    blocking(hsm, move |hsm| hsm.unseal(&label, &blob)).await?
                 }
-                _ => return Ok(None),
+                None => return Ok(None),
             },
             _ => return Ok(None),
         };

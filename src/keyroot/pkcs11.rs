@@ -98,6 +98,30 @@ fn classify(what: &str, e: CkError) -> RootError {
     }
 }
 
+/// Why a key could not be found by its label.
+enum Found {
+    /// The token failed.
+    Error(CkError),
+    /// More than one key has the label.
+    Several(usize),
+}
+
+/// The AES key of the token labelled `label`, if there is one.
+fn find_labelled(session: &Session, label: &str) -> Result<Option<ObjectHandle>, Found> {
+    let found = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::AES),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ])
+        .map_err(Found::Error)?;
+    match found.as_slice() {
+        [] => Ok(None),
+        [key] => Ok(Some(*key)),
+        _ => Err(Found::Several(found.len())),
+    }
+}
+
 impl Hsm {
     /// A token handle for `settings` (the module is loaded at the first call).
     pub fn new(settings: Pkcs11Settings) -> Self {
@@ -168,22 +192,13 @@ impl Hsm {
     }
 
     fn find_key(&self, session: &Session) -> Result<Option<ObjectHandle>, RootError> {
-        let found = session
-            .find_objects(&[
-                Attribute::Class(ObjectClass::SECRET_KEY),
-                Attribute::KeyType(KeyType::AES),
-                Attribute::Label(self.settings.key_label.as_bytes().to_vec()),
-            ])
-            .map_err(|e| classify("C_FindObjects", e))?;
-        match found.as_slice() {
-            [] => Ok(None),
-            [key] => Ok(Some(*key)),
-            _ => Err(fatal(format!(
-                "the token holds {} AES keys labelled {:?}; label one key only",
-                found.len(),
+        find_labelled(session, &self.settings.key_label).map_err(|e| match e {
+            Found::Error(e) => classify("C_FindObjects", e),
+            Found::Several(n) => fatal(format!(
+                "the token holds {n} AES keys labelled {:?}; label one key only",
                 self.settings.key_label
-            ))),
-        }
+            )),
+        })
     }
 
     /// Runs `f` on the open session, opening it (and finding the key) first if
@@ -254,14 +269,29 @@ impl Hsm {
         Ok(blob)
     }
 
-    /// Opens a blob made by [`Hsm::seal`] with the key of this label.
-    pub fn unseal(&self, blob: &[u8]) -> Result<Zeroizing<[u8; KEY_LEN]>, RootError> {
+    /// Opens a blob made by [`Hsm::seal`] with the token's key labelled `label`
+    /// (this root's own, or an older one of the same token).
+    pub fn unseal(&self, label: &str, blob: &[u8]) -> Result<Zeroizing<[u8; KEY_LEN]>, RootError> {
         if blob.len() <= NONCE_LEN {
             return Err(fatal("the sealed key is too short"));
         }
         let (nonce, ciphertext) = blob.split_at(NONCE_LEN);
+        let own = label == self.settings.key_label;
+        let missing = std::cell::Cell::new(false);
         let plain = Zeroizing::new(self.with_key(
             |session, key| {
+                let key = if own {
+                    key
+                } else {
+                    match find_labelled(session, label) {
+                        Ok(Some(key)) => key,
+                        Ok(None) | Err(Found::Several(_)) => {
+                            missing.set(true);
+                            return Ok(Vec::new());
+                        }
+                        Err(Found::Error(e)) => return Err(e),
+                    }
+                };
                 let mut iv = [0u8; NONCE_LEN];
                 iv.copy_from_slice(nonce);
                 let params = GcmParams::new(&mut iv, AAD, 128.into())?;
@@ -269,6 +299,12 @@ impl Hsm {
             },
             "C_Decrypt",
         )?);
+        if missing.get() {
+            return Err(fatal(format!(
+                "the token {:?} holds no single AES key labelled {label:?}, which sealed a master key the store keeps",
+                self.settings.token_label
+            )));
+        }
         let raw: [u8; KEY_LEN] = plain
             .as_slice()
             .try_into()
