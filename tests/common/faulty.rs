@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use credvault::record::{CredentialRecord, Usage};
 use credvault::store::{
-    Accounts, AuditTable, Backups, Entries, Health, History, ListItem, Meta, Records, Replicas,
-    Snapshot, Store, StoreError, Usages,
+    Accounts, AuditTable, Backups, ChangeSink, Entries, Health, History, ListItem, Meta, Records,
+    Replicas, Snapshot, Store, StoreError, Usages,
 };
 
 /// When to fail: one call in `every`, while `on`.
@@ -217,10 +217,20 @@ impl<S: Store> Health for FaultyStore<S> {
     async fn probe_write(&self, instance: &str) -> Result<(), StoreError> {
         self.inner.probe_write(instance).await
     }
+    async fn needs_restart(&self) -> bool {
+        self.inner.needs_restart().await
+    }
 }
 
 impl<S: Store> Replicas for FaultyStore<S> {
     fn audit_table(self: &Arc<Self>) -> Option<Arc<dyn AuditTable>> {
         self.inner.audit_table()
+    }
+    fn listen_changes(
+        self: &Arc<Self>,
+        sink: ChangeSink,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        self.inner.listen_changes(sink, stop)
     }
 }
