@@ -183,7 +183,6 @@ pub async fn run_with_store<S: Store>(
             .ok_or(crate::config::ConfigError::NoKeyring)?,
     };
     keys::check_keyring(&store, &keyring).await?;
-    config.keyring = Some(Arc::clone(&keyring));
     serve(store, listener, health_listener, config, keyring, shutdown).await
 }
 
