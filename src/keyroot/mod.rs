@@ -162,15 +162,19 @@ impl Roots {
 
     /// Checks every configured root: Transit's token is valid (and renewed) and
     /// its key exists; the HSM's token opens with the PIN and holds the key.
-    pub async fn check(&self) -> Result<(), RootError> {
-        if let Some(transit) = &self.transit {
-            transit.renew().await?;
-            transit.key_version().await?;
-        }
+    /// Answers the Transit key's latest version, when Transit is configured.
+    pub async fn check(&self) -> Result<Option<u64>, RootError> {
+        let latest = match &self.transit {
+            Some(transit) => {
+                transit.renew().await?;
+                Some(transit.key_version().await?)
+            }
+            None => None,
+        };
         if let Some(hsm) = &self.pkcs11 {
             blocking(hsm, Hsm::check).await?;
         }
-        Ok(())
+        Ok(latest)
     }
 
     async fn seal(&self, provider: Provider, raw: &[u8; KEY_LEN]) -> Result<SealedKey, RootError> {
@@ -378,13 +382,13 @@ impl Roots {
         }
     }
 
-    /// Rewraps every Transit-sealed key behind the Transit key's latest version,
-    /// so that operators may raise its `min_decryption_version`: how many moved.
-    pub async fn follow<S: Store>(&self, store: &S) -> Result<usize, RootError> {
+    /// Rewraps every Transit-sealed key behind `latest`, the Transit key's latest
+    /// version (as [`Roots::check`] found it), so that operators may raise its
+    /// `min_decryption_version`: how many moved.
+    pub async fn follow<S: Store>(&self, store: &S, latest: u64) -> Result<usize, RootError> {
         let Some(transit) = &self.transit else {
             return Ok(0);
         };
-        let latest = transit.key_version().await?;
         let mut moved = 0;
         for (id, mut sealed) in Self::sealed(store).await? {
             if sealed.root != transit::NAME

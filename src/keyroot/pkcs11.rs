@@ -277,34 +277,33 @@ impl Hsm {
         }
         let (nonce, ciphertext) = blob.split_at(NONCE_LEN);
         let own = label == self.settings.key_label;
-        let missing = std::cell::Cell::new(false);
-        let plain = Zeroizing::new(self.with_key(
+        // `None`: the token holds no single key of that label.
+        let opened = self.with_key(
             |session, key| {
                 let key = if own {
                     key
                 } else {
                     match find_labelled(session, label) {
                         Ok(Some(key)) => key,
-                        Ok(None) | Err(Found::Several(_)) => {
-                            missing.set(true);
-                            return Ok(Vec::new());
-                        }
+                        Ok(None) | Err(Found::Several(_)) => return Ok(None),
                         Err(Found::Error(e)) => return Err(e),
                     }
                 };
                 let mut iv = [0u8; NONCE_LEN];
                 iv.copy_from_slice(nonce);
                 let params = GcmParams::new(&mut iv, AAD, 128.into())?;
-                session.decrypt(&Mechanism::AesGcm(params), key, ciphertext)
+                session
+                    .decrypt(&Mechanism::AesGcm(params), key, ciphertext)
+                    .map(Some)
             },
             "C_Decrypt",
-        )?);
-        if missing.get() {
-            return Err(fatal(format!(
+        )?;
+        let plain = Zeroizing::new(opened.ok_or_else(|| {
+            fatal(format!(
                 "the token {:?} holds no single AES key labelled {label:?}, which sealed a master key the store keeps",
                 self.settings.token_label
-            )));
-        }
+            ))
+        })?);
         let raw: [u8; KEY_LEN] = plain
             .as_slice()
             .try_into()

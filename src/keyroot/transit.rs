@@ -105,6 +105,14 @@ fn errors_of(body: &Value) -> String {
         .unwrap_or_else(|| "no reason given".to_owned())
 }
 
+/// The text at `pointer` (e.g. `/data/ciphertext`) of an answer to `what`.
+fn text_at<'a>(body: &'a Value, pointer: &str, what: &str) -> Result<&'a str, RootError> {
+    let field = pointer.rsplit('/').next().unwrap_or(pointer);
+    body.pointer(pointer)
+        .and_then(Value::as_str)
+        .ok_or_else(|| fatal(format!("{what}: no {field} in the answer")))
+}
+
 /// An answer's JSON body, read to at most [`MAX_ANSWER_BYTES`] (null when it is not JSON).
 async fn read_json(mut answer: reqwest::Response) -> Result<Value, RootError> {
     let mut body = Zeroizing::new(Vec::new());
@@ -215,10 +223,8 @@ impl Transit {
                         why: format!("AppRole login refused ({status}): {}", errors_of(&body)),
                     });
                 }
-                body.pointer("/auth/client_token")
-                    .and_then(Value::as_str)
+                text_at(&body, "/auth/client_token", "the AppRole login")
                     .map(|t| Zeroizing::new(t.to_owned()))
-                    .ok_or_else(|| fatal("the AppRole login answered no client_token"))
             }
         }
     }
@@ -340,10 +346,7 @@ impl Transit {
                 Some(json!({ "plaintext": plaintext.as_str() })),
             )
             .await?;
-        body.pointer("/data/ciphertext")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .ok_or_else(|| fatal(format!("{path}: no ciphertext in the answer")))
+        text_at(&body, "/data/ciphertext", &path).map(str::to_owned)
     }
 
     /// The Transit engine's mount path.
@@ -366,10 +369,7 @@ impl Transit {
                 Some(json!({ "ciphertext": ciphertext })),
             )
             .await?;
-        let text = body
-            .pointer("/data/plaintext")
-            .and_then(Value::as_str)
-            .ok_or_else(|| fatal(format!("{path}: no plaintext in the answer")))?;
+        let text = text_at(&body, "/data/plaintext", &path)?;
         let bytes = Zeroizing::new(
             B64.decode(text)
                 .map_err(|_| fatal(format!("{path}: the plaintext is not base64")))?,
@@ -396,10 +396,7 @@ impl Transit {
                 Some(json!({ "ciphertext": ciphertext })),
             )
             .await?;
-        body.pointer("/data/ciphertext")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .ok_or_else(|| fatal(format!("{path}: no ciphertext in the answer")))
+        text_at(&body, "/data/ciphertext", &path).map(str::to_owned)
     }
 
     /// Confirms the token is valid and renews it when it can be renewed.

@@ -93,7 +93,8 @@ pub async fn watch<S: Store>(
             () = tokio::time::sleep(interval) => {}
         }
         let checked = match roots.check().await {
-            Ok(()) => roots.follow(&*store).await.map(|_| ()),
+            Ok(Some(latest)) => roots.follow(&*store, latest).await.map(|_| ()),
+            Ok(None) => Ok(()),
             Err(e) => Err(e),
         };
         match checked {
