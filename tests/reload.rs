@@ -94,7 +94,22 @@ async fn revoked_tokens_stop_working_without_a_restart() {
         .await
         .unwrap();
 
-    // SIGHUP reloads even when the file's modification time did not move.
+    // A blank file (a write caught halfway) keeps the previous callers too.
+    std::fs::write(&setup.callers, "").unwrap();
+    wait_for_metric(
+        &metrics,
+        r#"credvault_reloads_total{file="callers",outcome="failed"}"#,
+        2.0,
+    )
+    .await;
+    process.wait_for_log(&["a write in progress?"]).await;
+    reader
+        .list_credentials(api::ListCredentialsRequest::default())
+        .await
+        .unwrap();
+
+    // A rewrite that keeps the modification time is still seen: the watch keys on
+    // the content (a truncate and a write within one tick of the file system's clock).
     let stamp = std::fs::metadata(&setup.callers)
         .unwrap()
         .modified()
@@ -103,7 +118,6 @@ async fn revoked_tokens_stop_working_without_a_restart() {
         "{keep_reader}\n{}",
         callers_entry("writer", &t.writer, &[Permission::CredentialsWrite])
     );
-    // Written aside with the old mtime, then renamed in: the watch never sees a new mtime.
     let aside = setup.callers.with_extension("next");
     std::fs::write(&aside, with_writer).unwrap();
     std::fs::File::options()
@@ -112,26 +126,15 @@ async fn revoked_tokens_stop_working_without_a_restart() {
         .unwrap()
         .set_modified(stamp)
         .unwrap();
-    let checks = r#"credvault_reload_checks_total{file="callers"}"#;
-    let before = metric(&metrics, checks).await;
     std::fs::rename(&aside, &setup.callers).unwrap();
-    // Two looks at the file after the rename (the first may have begun before it).
-    wait_for_metric(&metrics, checks, before + 2.0).await;
-    let mut writer = process.client(&t.writer).await;
     assert_eq!(
-        writer
-            .delete_credential(api::DeleteCredentialRequest {
-                force: false,
-                r#ref: Some(api::delete_credential_request::Ref::Name("slow".into())),
-                expected_version: None,
-            })
-            .await
-            .unwrap_err()
-            .code(),
-        Code::Unauthenticated,
-        "not reloaded yet: the watch keys on the modification time"
+        std::fs::metadata(&setup.callers)
+            .unwrap()
+            .modified()
+            .unwrap(),
+        stamp
     );
-    process.signal("HUP");
+    let mut writer = process.client(&t.writer).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let r = writer
@@ -144,9 +147,14 @@ async fn revoked_tokens_stop_working_without_a_restart() {
         if r.is_ok() {
             break;
         }
-        assert!(Instant::now() < deadline, "SIGHUP did not reload: {r:?}");
+        let code = r.unwrap_err().code();
+        assert_eq!(code, Code::Unauthenticated, "not reloaded yet, or taken");
+        assert!(Instant::now() < deadline, "the rewrite was not seen");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    // SIGHUP reads the file at once, changed or not.
+    process.signal("HUP");
     process
         .wait_for_log(&["callers reloaded", "\"reason\":\"SIGHUP\""])
         .await;

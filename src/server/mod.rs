@@ -34,6 +34,7 @@ use crate::transport;
 use crate::vault::Vault;
 
 mod readiness;
+mod reload;
 mod services;
 mod shutdown;
 mod tasks;

@@ -1,7 +1,9 @@
 //! The server's background loops: the audit log's reopen and pruning, refusal
-//! summaries, reloads on SIGHUP and on change (callers, providers, keyring), last-use
-//! flushes, purges of deleted credentials, and the instance's announcement.
+//! summaries, reloads of the callers, providers and keyring (when, see
+//! [`super::reload`]), last-use flushes, purges of deleted credentials, and the
+//! instance's announcement.
 
+use super::reload::{fingerprint, next_reload, Hangups};
 use super::*;
 
 /// Reopens the audit log on SIGHUP (after an outside logrotate moved it).
@@ -105,59 +107,6 @@ pub(super) async fn summarize_refusals(
     }
 }
 
-/// Resolves when the process gets SIGHUP (never where there are no signals).
-pub(super) struct Hangups(#[cfg(unix)] Option<tokio::signal::unix::Signal>);
-
-impl Hangups {
-    pub(super) fn new() -> Self {
-        #[cfg(unix)]
-        {
-            Hangups(tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok())
-        }
-        #[cfg(not(unix))]
-        Hangups()
-    }
-
-    pub(super) async fn next(&mut self) {
-        #[cfg(unix)]
-        if let Some(signal) = self.0.as_mut() {
-            signal.recv().await;
-            return;
-        }
-        std::future::pending::<()>().await;
-    }
-}
-
-/// Waits for SIGHUP or a change of `path`'s modification time (checked twice a
-/// second); `None` once `stop` fires.
-pub(super) async fn next_reload(
-    file: &'static str,
-    path: &std::path::Path,
-    seen: &mut Option<std::time::SystemTime>,
-    hangups: &mut Hangups,
-    stop: &mut tokio::sync::watch::Receiver<bool>,
-) -> Option<&'static str> {
-    let stamp = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return None,
-            () = hangups.next() => {
-                metrics::reload_checked(file);
-                *seen = stamp(path);
-                return Some("SIGHUP");
-            }
-            () = tokio::time::sleep(Duration::from_millis(500)) => {
-                metrics::reload_checked(file);
-                let now = stamp(path);
-                if now != *seen {
-                    *seen = now;
-                    return Some("the file changed");
-                }
-            }
-        }
-    }
-}
-
 /// Re-reads the callers file on SIGHUP and whenever it changes.
 pub(super) async fn reload_callers(
     callers: Arc<CallerRegistry>,
@@ -166,7 +115,7 @@ pub(super) async fn reload_callers(
     let Some(path) = callers.path().map(std::path::Path::to_owned) else {
         return;
     };
-    let mut seen = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+    let mut seen = fingerprint(&path);
     let mut hangups = Hangups::new();
     while let Some(why) = next_reload("callers", &path, &mut seen, &mut hangups, &mut stop).await {
         match callers.reload() {
@@ -191,7 +140,7 @@ pub(super) async fn reload_providers<S: Store>(
     let Some(path) = vault.providers().path().map(std::path::Path::to_owned) else {
         return;
     };
-    let mut seen = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+    let mut seen = fingerprint(&path);
     let mut hangups = Hangups::new();
     while let Some(why) = next_reload("providers", &path, &mut seen, &mut hangups, &mut stop).await
     {
@@ -225,9 +174,7 @@ pub(super) async fn reload_keyring<S: Store>(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let Some(source) = source else { return };
-    let mut seen = std::fs::metadata(&source.path)
-        .and_then(|m| m.modified())
-        .ok();
+    let mut seen = fingerprint(&source.path);
     let mut hangups = Hangups::new();
     while let Some(why) =
         next_reload("keyring", &source.path, &mut seen, &mut hangups, &mut stop).await

@@ -117,6 +117,16 @@ pub enum CallersError {
     /// A reload was asked for, but callers were not read from a file.
     #[error("no callers file to reload")]
     NoFile,
+    /// A reload found the callers file blank: more likely a write in progress
+    /// than a decision to refuse everyone.
+    #[error(
+        "callers file {} is empty (a write in progress?); to refuse every caller, leave only a comment in it",
+        path.display()
+    )]
+    Blank {
+        /// The callers file.
+        path: std::path::PathBuf,
+    },
 }
 
 impl Callers {
@@ -220,10 +230,24 @@ impl Callers {
 
     /// Reads and parses a callers file.
     pub fn load(path: &Path) -> Result<Self, CallersError> {
+        Self::from_file(path, false)
+    }
+
+    /// Reads a callers file again: as [`Callers::load`], but a blank file is refused.
+    pub fn reload(path: &Path) -> Result<Self, CallersError> {
+        Self::from_file(path, true)
+    }
+
+    fn from_file(path: &Path, refuse_blank: bool) -> Result<Self, CallersError> {
         let text = std::fs::read_to_string(path).map_err(|source| CallersError::Read {
             path: path.to_owned(),
             source,
         })?;
+        if refuse_blank && text.trim().is_empty() {
+            return Err(CallersError::Blank {
+                path: path.to_owned(),
+            });
+        }
         Self::from_toml(&text).map_err(|why| CallersError::InFile {
             path: path.to_owned(),
             why: Box::new(why),

@@ -45,10 +45,11 @@ impl CallerRegistry {
         self.path.as_deref()
     }
 
-    /// Re-reads the callers file; on any error keeps the current set and says why.
+    /// Re-reads the callers file; on any error (or a blank file) keeps the
+    /// current set and says why.
     pub fn reload(&self) -> Result<usize, CallersError> {
         let path = self.path.as_deref().ok_or(CallersError::NoFile)?;
-        let callers = Callers::load(path)?;
+        let callers = Callers::reload(path)?;
         for w in callers.warnings() {
             tracing::warn!("{w}");
         }
