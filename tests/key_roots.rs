@@ -763,7 +763,8 @@ async fn an_oversized_or_redirecting_transit_answer_is_refused_not_followed() {
 }
 
 #[tokio::test]
-async fn a_root_that_hangs_gets_the_ports_opened_meanwhile_and_sigterm_stops_the_wait() {
+async fn a_root_that_hangs_gets_the_ports_opened_meanwhile_sighup_is_ignored_and_sigterm_stops_the_wait(
+) {
     let tmp = TempDir::new().unwrap();
     let setup = write_config(tmp.path());
     let token_file = tmp.path().join("bao-token");
@@ -795,6 +796,14 @@ async fn a_root_that_hangs_gets_the_ports_opened_meanwhile_and_sigterm_stops_the
     wait_for_health(addr, "", ServingStatus::Serving).await;
     wait_for_health(addr, api::SERVICE_NAME, ServingStatus::NotServing).await;
     let pid = child.id().unwrap().to_string();
+    // A SIGHUP meanwhile (a logrotate's, say) is no reason to stop.
+    std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(child.try_wait().unwrap().is_none(), "SIGHUP ended the wait");
+    wait_for_health(addr, "", ServingStatus::Serving).await;
     std::process::Command::new("kill")
         .args(["-TERM", &pid])
         .status()

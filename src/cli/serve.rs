@@ -485,26 +485,43 @@ pub(super) fn base_urls(args: &ServeArgs) -> anyhow::Result<BTreeMap<String, Str
     Ok(urls)
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub(super) async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
+/// Resolves on SIGINT or SIGTERM. The handlers are in place when this returns,
+/// before the server announces itself: a signal that came before them would end
+/// the process at once, with nothing drained or flushed.
+pub(super) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let (interrupt, terminate) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        // SIGHUP reloads once serving; before that (an unseal wait) it is ignored.
+        let _ = signal(SignalKind::hangup());
+        (
+            signal(SignalKind::interrupt()).ok(),
+            signal(SignalKind::terminate()).ok(),
+        )
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("SIGINT received"),
-        () = term => tracing::info!("SIGTERM received"),
+    async move {
+        #[cfg(unix)]
+        {
+            let next = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = next(interrupt) => tracing::info!("SIGINT received"),
+                () = next(terminate) => tracing::info!("SIGTERM received"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                tracing::info!("Ctrl-C received");
+            } else {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 }

@@ -41,6 +41,7 @@ mod tasks;
 mod unseal;
 
 use readiness::*;
+use reload::Hangups;
 use services::*;
 use shutdown::*;
 use tasks::*;

@@ -27,6 +27,8 @@ const SETTLE_AT_MOST: Duration = Duration::from_secs(2);
 pub(super) struct Hangups(#[cfg(unix)] Option<tokio::signal::unix::Signal>);
 
 impl Hangups {
+    /// Takes SIGHUP from now on. Made before the server announces itself: a
+    /// SIGHUP that came before any handler would end the process.
     pub(super) fn new() -> Self {
         #[cfg(unix)]
         {

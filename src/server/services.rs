@@ -126,17 +126,30 @@ impl<S: Store> Services<S> {
                 config.reverify.clone(),
                 stop.clone(),
             )),
-            tokio::spawn(reload_callers(Arc::clone(&self.callers), stop.clone())),
-            tokio::spawn(reload_providers(Arc::clone(vault), stop.clone())),
+            tokio::spawn(reload_callers(
+                Arc::clone(&self.callers),
+                Hangups::new(),
+                stop.clone(),
+            )),
+            tokio::spawn(reload_providers(
+                Arc::clone(vault),
+                Hangups::new(),
+                stop.clone(),
+            )),
             tokio::spawn(reload_keyring(
                 Arc::clone(vault),
                 config.keyring_source.clone(),
+                Hangups::new(),
                 stop.clone(),
             )),
             tokio::spawn(flush_usage(Arc::clone(vault), stop.clone())),
             tokio::spawn(purge_deleted(Arc::clone(vault), stop.clone())),
             tokio::spawn(announce_active(Arc::clone(vault), stop.clone())),
-            tokio::spawn(reopen_audit(Arc::clone(&self.audit), stop.clone())),
+            tokio::spawn(reopen_audit(
+                Arc::clone(&self.audit),
+                Hangups::new(),
+                stop.clone(),
+            )),
             tokio::spawn(prune_audit(
                 Arc::clone(&self.audit),
                 config.audit_retention,

@@ -9,9 +9,9 @@ use super::*;
 /// Reopens the audit log on SIGHUP (after an outside logrotate moved it).
 pub(super) async fn reopen_audit(
     audit: Arc<AuditLog>,
+    mut hangups: Hangups,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut hangups = Hangups::new();
     loop {
         tokio::select! {
             _ = stop.changed() => return,
@@ -110,13 +110,13 @@ pub(super) async fn summarize_refusals(
 /// Re-reads the callers file on SIGHUP and whenever it changes.
 pub(super) async fn reload_callers(
     callers: Arc<CallerRegistry>,
+    mut hangups: Hangups,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let Some(path) = callers.path().map(std::path::Path::to_owned) else {
         return;
     };
     let mut seen = fingerprint(&path);
-    let mut hangups = Hangups::new();
     while let Some(why) = next_reload("callers", &path, &mut seen, &mut hangups, &mut stop).await {
         match callers.reload() {
             Ok(count) => {
@@ -135,13 +135,13 @@ pub(super) async fn reload_callers(
 /// with any bad declaration is refused whole and the previous set kept.
 pub(super) async fn reload_providers<S: Store>(
     vault: Arc<Vault<S>>,
+    mut hangups: Hangups,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let Some(path) = vault.providers().path().map(std::path::Path::to_owned) else {
         return;
     };
     let mut seen = fingerprint(&path);
-    let mut hangups = Hangups::new();
     while let Some(why) = next_reload("providers", &path, &mut seen, &mut hangups, &mut stop).await
     {
         match vault.providers().reload() {
@@ -171,11 +171,11 @@ pub(super) async fn reload_providers<S: Store>(
 pub(super) async fn reload_keyring<S: Store>(
     vault: Arc<Vault<S>>,
     source: Option<KeyringSource>,
+    mut hangups: Hangups,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let Some(source) = source else { return };
     let mut seen = fingerprint(&source.path);
-    let mut hangups = Hangups::new();
     while let Some(why) =
         next_reload("keyring", &source.path, &mut seen, &mut hangups, &mut stop).await
     {

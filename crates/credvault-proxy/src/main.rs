@@ -275,8 +275,10 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             proxy = proxy.with_workers(workers);
         }
         let proxy = Arc::new(proxy);
+        // SIGHUP reloads the tokens file, if any; it never ends the proxy.
+        let hangups = hangups();
         if let Some(path) = args.tokens_file.clone() {
-            tokio::spawn(reload_on_hangup(Arc::clone(&proxy), path));
+            tokio::spawn(reload_on_hangup(Arc::clone(&proxy), path, hangups));
         }
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
@@ -290,9 +292,10 @@ fn serve(args: ServeArgs) -> Result<(), String> {
                 Err(e) => tracing::warn!(error = %e, "a routed credential is not held yet; readiness is NOT_SERVING"),
             }
         });
+        let shutdown = shutdown();
         tracing::info!(listen = %addr, vault = %args.vault, "credvault-proxy serving");
         println!("credvault-proxy listening on {addr}");
-        credvault_proxy::run(listener, proxy, shutdown()).await.map_err(|e| e.to_string())?;
+        credvault_proxy::run(listener, proxy, shutdown).await.map_err(|e| e.to_string())?;
         tracing::info!("stopped");
         Ok(())
     })
@@ -335,13 +338,25 @@ fn ready(addr: SocketAddr) -> Result<(), String> {
     }
 }
 
+/// SIGHUP from now on (made before the proxy announces itself: a SIGHUP that came
+/// before any handler would end the process); `None` where there are no signals.
+#[cfg(unix)]
+type Hangups = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangups = Option<()>;
+
+fn hangups() -> Hangups {
+    #[cfg(unix)]
+    return tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    #[cfg(not(unix))]
+    None
+}
+
 /// Re-reads the tokens file on SIGHUP; a file with a problem leaves the tokens as they were.
-async fn reload_on_hangup(proxy: Arc<Proxy>, path: PathBuf) {
+async fn reload_on_hangup(proxy: Arc<Proxy>, path: PathBuf, hangups: Hangups) {
     #[cfg(unix)]
     {
-        let Ok(mut hangups) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
+        let Some(mut hangups) = hangups else {
             return;
         };
         while hangups.recv().await.is_some() {
@@ -357,23 +372,40 @@ async fn reload_on_hangup(proxy: Arc<Proxy>, path: PathBuf) {
         }
     }
     #[cfg(not(unix))]
-    let _ = (proxy, path);
+    let _ = (proxy, path, hangups);
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown() {
+/// Resolves on SIGTERM or Ctrl-C. The handlers are in place when this returns,
+/// before the proxy announces itself: a SIGTERM that came before them would end
+/// the process at once, with nothing drained.
+fn shutdown() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
+    let (interrupt, terminate) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::interrupt()).ok(),
+            signal(SignalKind::terminate()).ok(),
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            let next = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
             };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+            tokio::select! {
+                () = next(interrupt) => {}
+                () = next(terminate) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
 }
