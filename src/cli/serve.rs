@@ -492,8 +492,6 @@ pub(super) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     let (interrupt, terminate) = {
         use tokio::signal::unix::{signal, SignalKind};
-        // SIGHUP reloads once serving; before that (an unseal wait) it is ignored.
-        let _ = signal(SignalKind::hangup());
         (
             signal(SignalKind::interrupt()).ok(),
             signal(SignalKind::terminate()).ok(),

@@ -80,15 +80,12 @@ impl KeyringSource {
     }
 }
 
-pub(super) fn read_key_dir(dir: &Path, active: Option<&str>) -> Result<Keyring, ConfigError> {
-    let unreadable = |source| ConfigError::Read {
-        what: "key directory",
-        path: dir.to_owned(),
-        source,
-    };
+/// The key files of a key directory, as (key id, path) in id order: every
+/// visible file, its id the name less `.key`.
+pub fn key_files(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     let mut files: Vec<(String, PathBuf)> = Vec::new();
-    for entry in fs::read_dir(dir).map_err(unreadable)? {
-        let entry = entry.map_err(unreadable)?;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
         // Skips hidden entries, such as Kubernetes' `..data` links of a mounted Secret.
         if name.starts_with('.') || !entry.path().is_file() {
@@ -98,6 +95,15 @@ pub(super) fn read_key_dir(dir: &Path, active: Option<&str>) -> Result<Keyring, 
         files.push((id, entry.path()));
     }
     files.sort();
+    Ok(files)
+}
+
+pub(super) fn read_key_dir(dir: &Path, active: Option<&str>) -> Result<Keyring, ConfigError> {
+    let files = key_files(dir).map_err(|source| ConfigError::Read {
+        what: "key directory",
+        path: dir.to_owned(),
+        source,
+    })?;
     let mut keys = Vec::with_capacity(files.len());
     for (id, path) in files {
         let text = zeroize::Zeroizing::new(fs::read_to_string(&path).map_err(|source| {

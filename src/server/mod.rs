@@ -153,6 +153,9 @@ pub async fn run_with_store<S: Store>(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let mut shutdown = std::pin::pin!(shutdown);
+    // SIGHUP is taken from here on, so one during an unseal wait (a logrotate's) is
+    // ignored, not the end of the process; the reload tasks take it once serving.
+    drop(Hangups::new());
     // The health-only port is bound first: with key roots, probes find it while
     // the master keys are awaited (Kubernetes' startup and liveness probes ask it).
     let health_listener = match config.health_listen {

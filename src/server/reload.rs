@@ -12,6 +12,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use crate::config::key_files;
 use crate::metrics;
 
 /// How often a watched file is looked at.
@@ -50,24 +51,16 @@ impl Hangups {
 
 /// What a watched path holds now, as a digest; `None` when it cannot be read.
 ///
-/// A directory's digest covers the names and contents of its visible files (a
-/// Kubernetes Secret's `..data` swap changes them all at once).
+/// A key directory's digest covers the ids and contents of the files the keyring
+/// reads from it ([`key_files`]; a Kubernetes Secret's `..data` swap changes them
+/// all at once).
 pub(super) fn fingerprint(path: &Path) -> Option<[u8; 32]> {
     let mut digest = Sha256::new();
     if path.is_dir() {
-        let mut files: Vec<_> = std::fs::read_dir(path)
-            .ok()?
-            .filter_map(Result::ok)
-            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-            .map(|e| e.path())
-            .filter(|p| p.is_file())
-            .collect();
-        files.sort();
-        for file in files {
-            let name = file.file_name().unwrap_or_default().to_string_lossy();
+        for (id, file) in key_files(path).ok()? {
             let bytes = Zeroizing::new(std::fs::read(&file).ok()?);
-            digest.update((name.len() as u64).to_le_bytes());
-            digest.update(name.as_bytes());
+            digest.update((id.len() as u64).to_le_bytes());
+            digest.update(id.as_bytes());
             digest.update((bytes.len() as u64).to_le_bytes());
             digest.update(&*bytes);
         }
